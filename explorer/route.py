@@ -1,0 +1,224 @@
+"""Routes: which experts to force or mask, at which MoE layer and prompt position.
+
+A :class:`Route` is a list of :class:`RouteEdit` plus an ``info`` dict of provenance.
+Its JSON form is a public format (see README, "Route JSON")::
+
+    {"edits": [{"layer": 5, "position": 12, "experts": [3, 9], "mode": "force"},
+               {"layer": 7, "position": null, "experts": [1, 2], "mode": "mask"}],
+     "info": {}}
+
+``layer`` is the absolute decoder-layer index; ``position`` the 0-based index into the
+templated prompt's tokens, ``None`` (JSON ``null``) meaning every position, generated
+tokens included. ``force`` makes exactly those experts the ones the router may pick
+(a forced set has the layer's top-k size); ``mask`` forbids those experts.
+Edits compose: at each (layer, position) the allowed experts are the intersection of
+what every applicable edit allows. A later ``force`` at the same cell replaces an
+earlier one (see :meth:`Route.force`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import ModelInfo
+
+MODES = ("force", "mask")
+
+
+class RouteError(ValueError):
+    """A route that cannot be applied to a model or prompt (bad layer, expert, size...)."""
+
+
+@dataclass(frozen=True)
+class RouteEdit:
+    """One edit: force or mask ``experts`` at ``layer`` and ``position`` (None = all)."""
+
+    layer: int
+    position: int | None
+    experts: tuple[int, ...]
+    mode: str = "force"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RouteError(f"edit mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise RouteError(f"edit layer must be an integer, got {self.layer!r}")
+        if self.position is not None and (
+            isinstance(self.position, bool) or not isinstance(self.position, int)
+        ):
+            raise RouteError(f"edit position must be an integer or null, got {self.position!r}")
+        experts = tuple(self.experts)
+        if not experts:
+            raise RouteError("edit has no experts")
+        for e in experts:
+            if isinstance(e, bool) or not isinstance(e, int):
+                raise RouteError(f"expert indices must be integers, got {e!r}")
+        if len(set(experts)) != len(experts):
+            raise RouteError(f"edit lists an expert twice: {list(experts)}")
+        if self.mode == "force":
+            experts = tuple(sorted(experts))
+        object.__setattr__(self, "experts", experts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "position": self.position,
+                "experts": list(self.experts), "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RouteEdit":
+        if not isinstance(d, dict):
+            raise RouteError(f"each edit must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("layer", "experts") if k not in d]
+        if missing:
+            raise RouteError(f"edit is missing {', '.join(missing)}: {d}")
+        unknown = set(d) - {"layer", "position", "experts", "mode"}
+        if unknown:
+            raise RouteError(f"edit has unknown keys {sorted(unknown)}")
+        experts = d["experts"]
+        if not isinstance(experts, (list, tuple)):
+            raise RouteError(f"edit experts must be a list, got {experts!r}")
+        return cls(layer=d["layer"], position=d.get("position"), experts=tuple(experts),
+                   mode=d.get("mode", "force"))
+
+
+@dataclass
+class Route:
+    """An ordered list of routing edits with provenance ``info``.
+
+    Build one with :meth:`force` / :meth:`mask` (both return ``self`` for chaining)
+    or from JSON with :meth:`from_json`. Apply it with ``MoEModel.control(route)``.
+    """
+
+    edits: list[RouteEdit] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # -- building -------------------------------------------------------------------
+    def force(self, layer: int, position: int | None, experts: Iterable[int]) -> "Route":
+        """Force ``experts`` at (layer, position); replaces an earlier force at that cell."""
+        edit = RouteEdit(layer, position, tuple(experts), "force")
+        self.edits = [e for e in self.edits
+                      if not (e.mode == "force" and e.layer == layer and e.position == position)]
+        self.edits.append(edit)
+        return self
+
+    def mask(self, layer: int, experts: Iterable[int], position: int | None = None) -> "Route":
+        """Forbid ``experts`` at ``layer`` (at ``position``, or everywhere when None)."""
+        self.edits.append(RouteEdit(layer, position, tuple(experts), "mask"))
+        return self
+
+    def copy(self) -> "Route":
+        return Route(list(self.edits), dict(self.info))
+
+    def with_force(self, layer: int, position: int | None, experts: Iterable[int]) -> "Route":
+        """A copy of this route with one more forced cell (used by searches)."""
+        return self.copy().force(layer, position, experts)
+
+    def __len__(self) -> int:
+        return len(self.edits)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({e.layer for e in self.edits})
+
+    # -- JSON -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"edits": [e.to_dict() for e in self.edits], "info": dict(self.info)}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Route":
+        if not isinstance(d, dict):
+            raise RouteError("route JSON must be an object with an 'edits' list")
+        edits = d.get("edits")
+        if not isinstance(edits, list):
+            raise RouteError("route JSON must have an 'edits' list")
+        info = d.get("info", {})
+        if info is None:
+            info = {}
+        if not isinstance(info, dict):
+            raise RouteError("route 'info' must be an object")
+        return cls([RouteEdit.from_dict(e) for e in edits], dict(info))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Route":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise RouteError(f"route is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path) -> None:
+        from pathlib import Path
+        Path(path).write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> "Route":
+        from pathlib import Path
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RouteError(f"cannot read route file {path}: {exc.strerror or exc}") from None
+        return cls.from_json(text)
+
+    # -- semantics ------------------------------------------------------------------
+    def allowed(self, layer: int, position: int | None, num_experts: int) -> set[int]:
+        """Experts allowed at (layer, position) after composing every applicable edit."""
+        allowed = set(range(num_experts))
+        for e in self.edits:
+            if e.layer != layer:
+                continue
+            if e.position is not None and e.position != position:
+                continue
+            if e.mode == "force":
+                allowed &= set(e.experts)
+            else:
+                allowed -= set(e.experts)
+        return allowed
+
+    def validate(self, info: "ModelInfo", num_tokens: int | None = None) -> None:
+        """Raise :class:`RouteError` if this route cannot be applied to the model.
+
+        ``num_tokens`` is the templated prompt length; positions must lie below it.
+        """
+        by_layer = {m.index: m for m in info.layers}
+        for e in self.edits:
+            lay = by_layer.get(e.layer)
+            if lay is None:
+                raise RouteError(
+                    f"layer {e.layer} is out of range: the model has decoder layers "
+                    f"0..{len(info.layers) - 1}")
+            if not lay.is_moe:
+                raise RouteError(f"layer {e.layer} is a dense layer (no router); MoE layers "
+                                 f"are {info.moe_layers}")
+            bad = [x for x in e.experts if not 0 <= x < lay.num_experts]
+            if bad:
+                raise RouteError(f"expert {bad[0]} is out of range at layer {e.layer}: "
+                                 f"experts are 0..{lay.num_experts - 1}")
+            if e.position is not None:
+                if e.position < 0:
+                    raise RouteError(f"position {e.position} is negative")
+                if num_tokens is not None and e.position >= num_tokens:
+                    raise RouteError(f"position {e.position} is out of range: the templated "
+                                     f"prompt has {num_tokens} tokens (0..{num_tokens - 1})")
+            if e.mode == "force":
+                if len(e.experts) != lay.top_k:
+                    raise RouteError(f"a forced set at layer {e.layer} must have exactly "
+                                     f"top-k = {lay.top_k} experts, got {len(e.experts)}")
+                lay.check_groups(e.experts)
+        # composed sets must leave at least k experts (and respect groups)
+        for layer in self.layers:
+            lay = by_layer[layer]
+            positions = {e.position for e in self.edits if e.layer == layer}
+            for pos in positions:
+                allowed = self.allowed(layer, pos, lay.num_experts)
+                if len(allowed) < lay.top_k:
+                    where = "every position" if pos is None else f"position {pos}"
+                    raise RouteError(
+                        f"edits at layer {layer}, {where} leave {len(allowed)} allowed "
+                        f"expert(s); the router needs at least top-k = {lay.top_k}")
+                if lay.n_group and lay.topk_group and len(allowed) == lay.top_k:
+                    lay.check_groups(sorted(allowed))

@@ -1,0 +1,311 @@
+"""RouteControl: record what the routers do and intervene on their choices.
+
+Mechanism (one for every family, see DESIGN.md): a forward pre-hook on each router
+pushes a :class:`torch.overrides.TorchFunctionMode` that lives only while that router's
+forward runs. The mode recognises the router's own ``F.linear`` by its weight (and aliases
+made by ``.float()``, ``.type()``, ``.to()`` ...), records its output (the raw router
+logits) and adds a per-token additive mask (0 = allowed, -inf = forbidden). Routers that
+add a selection-only bias after the softmax/sigmoid (deepseek_v3, glm4_moe, ernie4_5_moe)
+also get a finite mask on that biased "choice" score. The forward hook pops the mode.
+What the model dispatched is read from the experts module's inputs (or the router's
+outputs for llama4 and jetmoe).
+
+The router sees a flattened (batch x seq) input. A pre-hook on the decoder maps rows to
+(batch row, absolute position) from the cache length, so routes work with cached decoding
+and with a prefix cache shared by B candidate rows (one route per row).
+
+Hooks exist only inside ``with RouteControl(...)``; ``__exit__`` always removes them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .layers import LayerHandles
+from .route import Route, RouteError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import MoEModel
+
+NEG_INF = float("-inf")
+CHOICE_MASK = -1.0e4  # finite: selection biases are added after a sigmoid/softmax
+_LINEARS = {F.linear, torch._C._nn.linear}
+_ALIAS_OPS = {"type", "float", "to", "squeeze", "contiguous", "view", "reshape", "detach",
+              "t", "transpose", "bfloat16", "half", "double", "clone", "__get__"}
+_ADD_OPS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
+
+
+class _RouterMode(TorchFunctionMode):
+    """Active only during one router forward: masks its logits and choice scores."""
+
+    def __init__(self, ctl: "RouteControl", handles: LayerHandles):
+        super().__init__()
+        self.ctl, self.h = ctl, handles
+        self.weights = {id(handles.weight): handles.weight}
+        self.biases = {id(b): b for b in handles.choice_biases}
+        self.done = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func in _LINEARS and not self.done and len(args) >= 2
+                and id(args[1]) in self.weights):
+            self.done = True
+            return self.ctl._on_logits(self.h, func(*args, **kwargs))
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if args and isinstance(out, torch.Tensor):
+            if name in _ALIAS_OPS:
+                if id(args[0]) in self.weights:
+                    self.weights[id(out)] = out
+                elif id(args[0]) in self.biases:
+                    self.biases[id(out)] = out
+            elif name in _ADD_OPS and self.biases and any(
+                    id(a) in self.biases for a in args[:2]):
+                out = self.ctl._on_choice(self.h, out)
+        return out
+
+
+def cache_length(cache) -> int:
+    """Tokens already in ``cache``: the longest layer (hybrid caches have empty layers)."""
+    if cache is None:
+        return 0
+    layers = getattr(cache, "layers", None)
+    if layers:
+        lens = [int(lay.get_seq_length()) for lay in layers if hasattr(lay, "get_seq_length")]
+        if lens:
+            return max(lens)
+    return int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+
+
+def _as_routes(routes: Route | Sequence[Route | None] | None) -> list[Route] | None:
+    if routes is None:
+        return None
+    if isinstance(routes, Route):
+        return [routes]
+    return [r if r is not None else Route() for r in routes]
+
+
+class RouteControl:
+    """Record routing and/or apply routes while active (a context manager).
+
+    ``routes``: one :class:`Route` for every batch row, or a list with one route per row
+    (B candidate routes in one forward). ``record`` keeps, per MoE layer and forward, the
+    experts used, their gate weights and (``record_logits``) the raw router logits.
+    ``pad_offsets[b]`` is the number of left-padding tokens of row b (positions in a route
+    are positions in that row's own templated prompt).
+    """
+
+    def __init__(self, moe: "MoEModel", routes=None, record: bool = False,
+                 record_logits: bool = True, pad_offsets: Sequence[int] | None = None,
+                 validate: bool = True):
+        self.moe = moe
+        self.record = record
+        self.record_logits = record_logits
+        self.pad_offsets = list(pad_offsets) if pad_offsets is not None else None
+        self.validate = validate
+        self.records: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._hooks: list = []
+        self._modes: list[_RouterMode] = []
+        self._state: dict = {}
+        self._tables: dict[int, tuple] = {}
+        self._mask_cache: dict = {}
+        self.set_routes(routes)
+
+    # -- routes -> per-layer tables -------------------------------------------------
+    def set_routes(self, routes) -> None:
+        """Replace the active routes (validated against the model)."""
+        self.routes = _as_routes(routes)
+        self._tables.clear()
+        self._mask_cache.clear()
+        if not self.routes:
+            return
+        info = self.moe.info
+        if self.validate:
+            for r in self.routes:
+                r.validate(info)
+        for h in self.moe.handles:
+            lay = h.info.index
+            rows = [[e for e in r.edits if e.layer == lay] for r in self.routes]
+            if not any(rows):
+                continue
+            E = h.info.num_experts
+            B = len(self.routes)
+            P = 1 + max((e.position for row in rows for e in row if e.position is not None),
+                        default=-1)
+            glob = torch.ones(B, E, dtype=torch.bool)
+            table = torch.ones(B, max(P, 1), E, dtype=torch.bool)
+            for b, row in enumerate(rows):
+                for e in row:
+                    vec = torch.zeros(E, dtype=torch.bool)
+                    vec[list(e.experts)] = True
+                    if e.mode == "mask":
+                        vec = ~vec
+                    if e.position is None:
+                        glob[b] &= vec
+                    else:
+                        table[b, e.position] &= vec
+            self._tables[lay] = (glob, table, P)
+
+    # -- context manager --------------------------------------------------------------
+    def __enter__(self) -> "RouteControl":
+        try:
+            self._install()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _install(self) -> None:
+        base = self.moe.base
+        self._hooks.append(base.register_forward_pre_hook(self._on_decoder, with_kwargs=True))
+        for h in self.moe.handles:
+            self._hooks.append(h.router.register_forward_pre_hook(
+                lambda mod, args, h=h: self._enter_router(h)))
+            self._hooks.append(h.router.register_forward_hook(
+                lambda mod, args, out, h=h: self._exit_router(h, out)))
+            if self.record and h.capture == "experts-args" and h.experts is not None:
+                self._hooks.append(h.experts.register_forward_pre_hook(
+                    lambda mod, args, kwargs, h=h: self._on_experts(h, args, kwargs),
+                    with_kwargs=True))
+
+    def _remove(self) -> None:
+        while self._modes:
+            self._modes.pop().__exit__(None, None, None)
+        for hk in self._hooks:
+            hk.remove()
+        self._hooks.clear()
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _on_decoder(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else emb
+        B, S = int(ref.shape[0]), int(ref.shape[1])
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        offset = cache_length(cache)
+        if self.routes is not None and len(self.routes) not in (1, B):
+            raise RouteError(f"{len(self.routes)} routes given for a batch of {B} rows")
+        self._state = {"B": B, "S": S, "offset": offset}
+
+    def _enter_router(self, h: LayerHandles):
+        mode = _RouterMode(self, h)
+        mode.__enter__()
+        self._modes.append(mode)
+
+    def _exit_router(self, h: LayerHandles, out):
+        if self._modes:
+            self._modes.pop().__exit__(None, None, None)
+        if not self.record:
+            return
+        if h.capture == "llama4-scores":
+            scores = out[0]
+            w, idx = torch.topk(scores.float(), h.info.top_k, dim=-1)
+            self._store(h, idx, w)
+        elif h.capture == "jetmoe-gating":
+            sorted_idx, batch_index, gates, sizes = out[0], out[1], out[2], out[3]
+            k = h.info.top_k
+            n = sorted_idx.numel() // k
+            experts = torch.repeat_interleave(
+                torch.arange(len(sizes), device=sorted_idx.device),
+                torch.as_tensor(sizes, device=sorted_idx.device))
+            idx = torch.empty(n, k, dtype=torch.long, device=sorted_idx.device)
+            w = torch.empty(n, k, dtype=gates.dtype, device=sorted_idx.device)
+            idx[batch_index, sorted_idx % k] = experts
+            w[batch_index, sorted_idx % k] = gates
+            self._store(h, idx, w)
+
+    def _on_experts(self, h: LayerHandles, args, kwargs):
+        cands = list(args[1:]) + list(kwargs.values())
+        idx = next((t for t in cands if isinstance(t, torch.Tensor)
+                    and not t.is_floating_point()), None)
+        w = next((t for t in cands if isinstance(t, torch.Tensor) and t.is_floating_point()
+                  and idx is not None and t.shape == idx.shape), None)
+        if idx is not None:
+            self._store(h, idx, w)
+
+    def _store(self, h: LayerHandles, idx, w):
+        B, S = self._state.get("B", 1), self._state.get("S", idx.shape[0])
+        rec = self.records.setdefault(h.info.index, [])
+        entry = {"experts": idx.detach().reshape(B, S, -1).cpu(),
+                 "weights": (w.detach().float().reshape(B, S, -1).cpu()
+                             if w is not None else None),
+                 "offset": self._state.get("offset", 0)}
+        if rec and "logits_pending" in rec[-1]:
+            entry["logits"] = rec[-1].pop("logits_pending")
+            rec[-1] = entry
+        else:
+            rec.append(entry)
+
+    # -- masks ------------------------------------------------------------------------------
+    def _allowed(self, h: LayerHandles, n_rows: int, device) -> torch.Tensor | None:
+        lay = h.info.index
+        tab = self._tables.get(lay)
+        if tab is None:
+            return None
+        st = self._state
+        B, S, offset = st.get("B", 1), st.get("S", n_rows), st.get("offset", 0)
+        if B * S != n_rows:  # a router call we cannot map (should not happen)
+            raise RouteError(f"router at layer {lay} saw {n_rows} rows, expected {B}x{S}")
+        key = (lay, B, S, offset, str(device))
+        hit = self._mask_cache.get(key)
+        if hit is not None:
+            return hit
+        glob, table, P = tab
+        if glob.shape[0] == 1 and B > 1:
+            glob, table = glob.expand(B, -1), table.expand(B, -1, -1)
+        pos = torch.arange(S).unsqueeze(0) + offset
+        if self.pad_offsets is not None:
+            pos = pos - torch.tensor(self.pad_offsets).unsqueeze(1)
+        pos = pos.expand(B, S)
+        inside = (pos >= 0) & (pos < P)
+        spec = table[torch.arange(B).unsqueeze(1), pos.clamp(0, max(P - 1, 0))]
+        spec = torch.where(inside.unsqueeze(-1), spec, torch.ones_like(spec))
+        allowed = (glob.unsqueeze(1) & spec).reshape(B * S, -1).to(device)
+        if len(self._mask_cache) > 256:
+            self._mask_cache.clear()
+        self._mask_cache[key] = allowed
+        return allowed
+
+    def _on_logits(self, h: LayerHandles, logits: torch.Tensor) -> torch.Tensor:
+        if self.record and self.record_logits:
+            B, S = self._state.get("B", 1), self._state.get("S", logits.shape[0])
+            self.records.setdefault(h.info.index, []).append(
+                {"logits_pending": logits.detach().float().reshape(B, S, -1).cpu()})
+        allowed = self._allowed(h, logits.reshape(-1, logits.shape[-1]).shape[0], logits.device)
+        if allowed is None:
+            return logits
+        mask = torch.zeros(allowed.shape, dtype=logits.dtype, device=logits.device)
+        mask.masked_fill_(~allowed, NEG_INF)
+        return logits + mask.reshape(logits.shape)
+
+    def _on_choice(self, h: LayerHandles, scores: torch.Tensor) -> torch.Tensor:
+        allowed = self._allowed(h, scores.reshape(-1, scores.shape[-1]).shape[0], scores.device)
+        if allowed is None:
+            return scores
+        mask = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
+        mask.masked_fill_(~allowed, CHOICE_MASK)
+        return scores + mask.reshape(scores.shape)
+
+    # -- results -----------------------------------------------------------------------------
+    def clear(self) -> None:
+        self.records.clear()
+
+    def collected(self, layer: int) -> dict[str, torch.Tensor]:
+        """Concatenate a layer's records over forwards: experts/weights (B,T,k), logits (B,T,E)."""
+        rec = [r for r in self.records.get(layer, []) if "experts" in r]
+        if not rec:
+            raise RouteError(f"nothing was recorded at layer {layer}: is its router still "
+                             f"recognised by this transformers version?")
+        out = {"experts": torch.cat([r["experts"] for r in rec], dim=1)}
+        if all(r["weights"] is not None for r in rec):
+            out["weights"] = torch.cat([r["weights"] for r in rec], dim=1)
+        if all("logits" in r for r in rec):
+            out["logits"] = torch.cat([r["logits"] for r in rec], dim=1)
+        return out

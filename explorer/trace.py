@@ -1,0 +1,96 @@
+"""RoutingTrace: what every router did for a prompt (and its greedy continuation)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .route import Route
+
+
+@dataclass
+class RoutingTrace:
+    """Per MoE layer and per token: the k experts used, their gate weights, raw logits.
+
+    Token axis: the templated prompt's tokens, then generated tokens.
+    ``experts[i][t]`` are the experts that MoE layer ``moe_layers[i]`` dispatched for
+    token ``t``; ``weights[i][t]`` the effective gate weights the model used for them;
+    ``logits[i][t]`` the router's raw logits over all experts (before any mask).
+    """
+
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    prompt_tokens: int
+    moe_layers: list[int]
+    num_experts: list[int]
+    top_k: list[int]
+    experts: list[list[list[int]]]
+    weights: list[list[list[float]]]
+    logits: list[list[list[float]]] | None = None
+    completion: str = ""
+    route: Route | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def layer_row(self, layer: int) -> int:
+        """Row index of absolute decoder layer ``layer`` in the per-layer lists."""
+        try:
+            return self.moe_layers.index(layer)
+        except ValueError:
+            raise KeyError(f"layer {layer} is not an MoE layer of this trace") from None
+
+    def experts_at(self, layer: int, position: int) -> list[int]:
+        return self.experts[self.layer_row(layer)][position]
+
+    def entropy(self) -> list[list[float]]:
+        """Router entropy (nats) per MoE layer and token, from the raw logits."""
+        if self.logits is None:
+            raise ValueError("this trace was recorded without router logits")
+        out = []
+        for layer in self.logits:
+            row = []
+            for lg in layer:
+                m = max(lg)
+                ex = [math.exp(x - m) for x in lg]
+                z = sum(ex)
+                row.append(-sum((p / z) * math.log(p / z) for p in ex if p > 0))
+            out.append(row)
+        return out
+
+    def changed_vs(self, other: "RoutingTrace") -> list[list[bool]]:
+        """Per layer and token: does the expert set differ from ``other``'s?"""
+        n = min(self.num_tokens, other.num_tokens)
+        return [[set(a[t]) != set(b[t]) for t in range(n)]
+                for a, b in zip(self.experts, other.experts)]
+
+    # -- JSON -----------------------------------------------------------------------
+    def to_dict(self, include_logits: bool = True) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt, "tokens": self.tokens, "token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens, "moe_layers": self.moe_layers,
+            "num_experts": self.num_experts, "top_k": self.top_k,
+            "experts": self.experts, "weights": self.weights,
+            "logits": self.logits if include_logits else None,
+            "completion": self.completion,
+            "route": self.route.to_dict() if self.route is not None else None,
+            "info": self.info,
+        }
+
+    def to_json(self, include_logits: bool = True) -> str:
+        return json.dumps(self.to_dict(include_logits))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RoutingTrace":
+        d = dict(d)
+        route = d.pop("route", None)
+        return cls(route=Route.from_dict(route) if route is not None else None, **d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RoutingTrace":
+        return cls.from_dict(json.loads(text))

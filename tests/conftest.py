@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny local checkpoint with the demo tokenizer, the demo model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_data() -> Path | None:
+    """../shared/data (or $EXPLORER_SHARED_DATA) when present, else None."""
+    env = os.environ.get("EXPLORER_SHARED_DATA")
+    cands = [Path(env)] if env else []
+    cands += [ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
+    return next((c for c in cands if (c / "advbench_harmful_behaviors.csv").exists()), None)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny random OLMoE saved as a local checkpoint folder, with the demo tokenizer."""
+    from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM
+    tok = AutoTokenizer.from_pretrained(ROOT / "assets" / "demo-model")
+    cfg = OlmoeConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=32,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                      num_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    model = OlmoeForCausalLM(cfg)
+    for layer in model.model.layers:  # zero-init routers would route every token alike
+        torch.nn.init.normal_(layer.mlp.gate.weight, std=0.5)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-olmoe"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_ckpt):
+    from explorer import load_model
+    return load_model(str(tiny_ckpt), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo():
+    from explorer import DEMO_MODEL_DIR, load_model
+    if not (DEMO_MODEL_DIR / "model.safetensors").exists():
+        pytest.skip("demo model not built")
+    return load_model()

@@ -1,0 +1,165 @@
+"""Core library: loading, Route and RoutingTrace JSON, validation, tracing, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from explorer import (ModelLoadError, Route, RouteEdit, RouteError, RoutingTrace,
+                      load_model, trace)
+from explorer.cli import main as cli_main
+
+from conftest import ROOT
+
+
+def test_route_json_round_trip_and_public_format():
+    r = Route().force(5, 12, [9, 3]).mask(7, [1, 2])
+    r.info["model"] = "demo"
+    d = json.loads(r.to_json())
+    assert d == {"edits": [{"layer": 5, "position": 12, "experts": [3, 9], "mode": "force"},
+                           {"layer": 7, "position": None, "experts": [1, 2], "mode": "mask"}],
+                 "info": {"model": "demo"}}
+    assert Route.from_json(r.to_json()) == r
+    assert Route.from_dict(d).edits[0] == RouteEdit(5, 12, (3, 9), "force")
+
+
+def test_force_at_same_cell_replaces_and_edits_compose():
+    r = Route().force(1, 3, [0, 1]).force(1, 3, [2, 3]).mask(1, [4])
+    assert len(r) == 2
+    assert r.allowed(1, 3, 8) == {2, 3}
+    assert r.allowed(1, 5, 8) == {0, 1, 2, 3, 5, 6, 7}
+
+
+@pytest.mark.parametrize("text", [
+    "not json", "[]", '{"edits": 3}', '{"edits": [{"layer": 1}]}',
+    '{"edits": [{"layer": "a", "position": 0, "experts": [1, 2]}]}',
+    '{"edits": [{"layer": 1, "position": 0, "experts": [1, 1]}]}',
+    '{"edits": [{"layer": 1, "position": 0, "experts": [1, 2], "mode": "swap"}]}',
+    '{"edits": [{"layer": 1, "position": 0.5, "experts": [1, 2]}]}',
+    '{"edits": [], "info": []}',
+])
+def test_malformed_route_json_is_a_route_error(text):
+    with pytest.raises(RouteError):
+        Route.from_json(text)
+
+
+def test_load_local_checkpoint_discovers_layers(tiny):
+    assert tiny.moe_layers == [0, 1]
+    lay = tiny.info.layers[0]
+    assert (lay.num_experts, lay.top_k, lay.router_class) == (8, 2, "OlmoeTopKRouter")
+    assert tiny.info.device == "cpu" and tiny.info.dtype == "float32"
+    assert tiny.info.chat_template_hash and tiny.info.transformers_version
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_dense_model_is_rejected(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=16,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="no MoE layers"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_trace_records_prompt_and_generated_tokens(tiny):
+    tr = trace(tiny, "How do I bake bread?", max_new_tokens=5)
+    ids = tiny.encode("How do I bake bread?")
+    assert tr.token_ids[:tr.prompt_tokens] == ids
+    n = tr.num_tokens
+    assert n > tr.prompt_tokens  # something was generated (random weights: no early EOS)
+    for i in range(len(tr.moe_layers)):
+        assert len(tr.experts[i]) == n and all(len(x) == 2 for x in tr.experts[i])
+        assert len(tr.logits[i]) == n and len(tr.logits[i][0]) == 8
+        for t in range(n):  # softmax-top-k: chosen experts are the top-2 logits
+            top = sorted(range(8), key=lambda e: -tr.logits[i][t][e])[:2]
+            assert sorted(tr.experts[i][t]) == sorted(top)
+            assert abs(sum(tr.weights[i][t]) - 1.0) < 1e-5 or not tiny.model.config.norm_topk_prob
+    assert tr.info["model"] == tiny.name and tr.info["chat_template_hash"]
+    assert RoutingTrace.from_json(tr.to_json()) == tr
+
+
+def test_trace_with_route_forces_and_changes(tiny):
+    base = trace(tiny, "Tell me a joke", max_new_tokens=3)
+    pos = base.prompt_tokens - 1
+    natural = set(base.experts[1][pos])
+    forced = [e for e in range(8) if e not in natural][:2]
+    route = Route().force(1, pos, forced)
+    tr = trace(tiny, "Tell me a joke", max_new_tokens=3, route=route)
+    assert sorted(tr.experts[1][pos]) == forced
+    assert tr.experts[0][:pos + 1] == base.experts[0][:pos + 1]
+    assert any(tr.changed_vs(base)[1])
+    with pytest.raises(RouteError, match="out of range"):
+        trace(tiny, "Tell me a joke", route=Route().force(1, 500, forced))
+
+
+def test_cli_trace_json(tiny_ckpt, capsys):
+    rc = cli_main(["trace", "--prompt", "Hello there", "--model", str(tiny_ckpt),
+                   "--max-new-tokens", "3", "--json", "--device", "cpu"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("model", "tokens", "prompt_tokens", "moe_layers", "num_experts", "top_k",
+                "experts", "weights", "completion"):
+        assert key in out
+    assert out["moe_layers"] == [0, 1] and out["num_experts"] == 8 and out["top_k"] == 2
+    assert len(out["experts"][0]) == len(out["tokens"])
+
+
+def test_cli_trace_applies_route_file(tiny_ckpt, tmp_path, capsys):
+    Route().force(0, 2, [6, 7]).save(tmp_path / "r.json")
+    rc = cli_main(["trace", "--prompt", "Hello there", "--model", str(tiny_ckpt),
+                   "--max-new-tokens", "0", "--json", "--route", str(tmp_path / "r.json")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["experts"][0][2]) == [6, 7]
+
+
+@pytest.mark.parametrize("argv", [
+    ["trace"],
+    ["trace", "--prompt", ""],
+    ["trace", "--prompt", "hi", "--model", "/no/such/dir"],
+    ["trace", "--prompt", "hi", "--max-new-tokens", "-3"],
+    ["trace", "--prompt", "hi", "--route", "/no/such/route.json"],
+    ["nosuchcommand"],
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, tiny_ckpt, capsys):
+    argv = [a if a != "MODEL" else str(tiny_ckpt) for a in argv]
+    if "--model" not in argv and argv[:1] == ["trace"] and len(argv) > 1:
+        argv += ["--model", str(tiny_ckpt)]
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_cli_bad_route_content_exits_2(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"edits": [{"layer": 9, "position": 0, "experts": [1, 2]}]}')
+    rc = cli_main(["trace", "--prompt", "hi", "--model", str(tiny_ckpt),
+                   "--route", str(tmp_path / "bad.json")])
+    assert rc == 2 and "layer 9" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tiny_ckpt):
+    proc = subprocess.run([sys.executable, "-m", "explorer", "info", "--model", str(tiny_ckpt),
+                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["moe_layers"] == [0, 1] and info["layers"][0]["router_class"] == "OlmoeTopKRouter"
+
+
+def test_no_hooks_left_after_trace(tiny):
+    def count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
+                   for m in tiny.model.modules())
+    before = count()
+    trace(tiny, "hi", max_new_tokens=2, route=Route().mask(0, [0]))
+    assert count() == before and torch._C._len_torch_function_stack() == 0

@@ -1,0 +1,198 @@
+"""Acceptance of routing record and intervention on tiny random models of every family."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from explorer.forward import expand_cache, generate, logits_for_routes, prefill
+from explorer.model import MoEModel
+from explorer.route import Route, RouteError
+from tiny_models import FAMILIES, tiny_model
+
+IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
+
+
+@functools.lru_cache(maxsize=None)
+def moe_for(family: str) -> MoEModel:
+    model, _ = tiny_model(family, experts_implementation="eager")
+    return MoEModel(model, None, family)
+
+
+class DispatchOracle:
+    """Independently records which experts each token was dispatched to, per MoE layer,
+    by watching the experts modules' inputs (not through explorer's recorder)."""
+
+    def __init__(self, moe: MoEModel):
+        self.moe, self.seen, self.hooks = moe, {}, []
+
+    def __enter__(self):
+        for h in self.moe.handles:
+            lay = h.info.index
+            if h.capture == "experts-args":
+                self.hooks.append(h.experts.register_forward_pre_hook(
+                    lambda m, a, lay=lay: self.seen.setdefault(lay, []).append(
+                        a[1].reshape(-1, a[1].shape[-1]).sort(-1).values.clone())))
+            elif h.capture == "llama4-scores":
+                # routed_in = hidden.repeat(E, 1) * scores: rows of unused experts are zero
+                E = h.info.num_experts
+
+                def pre(m, a, lay=lay, E=E):
+                    rows = a[0].reshape(E, -1, a[0].shape[-1]).abs().sum(-1) > 0  # (E, N)
+                    used = [torch.nonzero(rows[:, n]).flatten() for n in range(rows.shape[1])]
+                    self.seen.setdefault(lay, []).append(torch.stack(used))
+                self.hooks.append(h.experts.register_forward_pre_hook(pre))
+            elif h.capture == "jetmoe-gating":
+                block = self.moe.model.model.layers[lay].mlp
+                state = {}
+                self.hooks.append(block.register_forward_pre_hook(
+                    lambda m, a, state=state: state.update(x=a[0].reshape(-1, a[0].shape[-1]))))
+
+                def lin(m, a, lay=lay, state=state):
+                    inputs, sizes = a[0], a[1]
+                    x = state["x"]
+                    tok = [int(torch.nonzero((x == row).all(-1))[0]) for row in inputs]
+                    experts = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+                    sets = [[] for _ in range(x.shape[0])]
+                    for t, e in zip(tok, experts.tolist()):
+                        sets[t].append(e)
+                    self.seen.setdefault(lay, []).append(torch.tensor([sorted(s) for s in sets]))
+                self.hooks.append(block.input_linear.register_forward_pre_hook(lin))
+        return self
+
+    def __exit__(self, *a):
+        for hk in self.hooks:
+            hk.remove()
+
+
+def _differs(h, natural: set[int]) -> list[int]:
+    """k experts that are not the natural choice and satisfy group limits."""
+    info = h.info
+    others = [e for e in range(info.num_experts) if e not in natural]
+    if info.n_group:
+        g = info.group_of(others[0])
+        others = [e for e in others if info.group_of(e) == g] + others
+    return sorted(dict.fromkeys(others))[: info.top_k] if not info.n_group else \
+        sorted(list(dict.fromkeys(others))[: info.top_k])
+
+
+@pytest.fixture(params=FAMILIES)
+def moe(request):
+    return moe_for(request.param)
+
+
+def test_recorded_experts_equal_dispatched(moe):
+    with DispatchOracle(moe) as oracle, moe.control(record=True) as ctl, torch.no_grad():
+        moe.model(torch.tensor([IDS]))
+    assert set(oracle.seen) == set(moe.moe_layers)
+    for lay in moe.moe_layers:
+        rec = ctl.collected(lay)["experts"].reshape(-1, moe.handle(lay).info.top_k)
+        assert torch.equal(rec.sort(-1).values, oracle.seen[lay][0]), lay
+        assert ctl.collected(lay)["logits"].shape[-1] == moe.handle(lay).info.num_experts
+
+
+def test_forced_experts_are_used_and_prefix_unchanged(moe):
+    with moe.control(record=True) as ctl, torch.no_grad():
+        base = moe.model(torch.tensor([IDS])).logits
+    t = 4
+    for lay in moe.moe_layers:
+        h = moe.handle(lay)
+        natural = set(ctl.collected(lay)["experts"][0, t].tolist())
+        forced = _differs(h, natural)
+        route = Route().force(lay, t, forced)
+        with DispatchOracle(moe) as oracle, moe.control(route, record=True) as c2, torch.no_grad():
+            out = moe.model(torch.tensor([IDS])).logits
+        assert oracle.seen[lay][0][t].tolist() == forced
+        assert sorted(c2.collected(lay)["experts"][0, t].tolist()) == forced
+        assert torch.allclose(out[0, :t], base[0, :t], atol=1e-5, rtol=0)
+        assert not torch.allclose(out[0, t:], base[0, t:])  # the change is real
+
+
+def test_masked_experts_never_used_incl_decoding(moe):
+    route = Route()
+    for lay in moe.moe_layers:
+        route.mask(lay, [0, 1, 2])
+    with DispatchOracle(moe) as oracle:
+        gen, ctl = generate(moe, IDS, route, max_new_tokens=4, record=True)
+    assert len(gen.ids) == len(IDS) + 4
+    for lay in moe.moe_layers:
+        used = ctl.collected(lay)["experts"]
+        assert used.shape[1] == len(gen.ids)
+        assert not (used < 3).any()
+        assert all(not (chunk < 3).any() for chunk in oracle.seen[lay])
+        assert len(oracle.seen[lay]) >= 4  # prefill + decoding steps were all watched
+
+
+def test_batched_routes_equal_single_rows(moe):
+    lay0, lay1 = moe.moe_layers[0], moe.moe_layers[-1]
+    h0, h1 = moe.handle(lay0), moe.handle(lay1)
+    routes = [Route(),
+              Route().force(lay0, 2, _differs(h0, set())).mask(lay1, [3]),
+              Route().force(lay1, 6, _differs(h1, {0, 1})).force(lay0, 7, _differs(h0, {0, 1}))]
+    batched = logits_for_routes(moe, IDS, routes)
+    for b, r in enumerate(routes):
+        single = logits_for_routes(moe, IDS, [r])
+        assert torch.allclose(batched[b], single[0], atol=1e-5, rtol=0), b
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_prefix_cache_reuse_matches_full_recompute(moe):
+    lay = moe.moe_layers[-1]
+    h = moe.handle(lay)
+    t = 5
+    routes = [Route().force(lay, t, _differs(h, {e})) for e in range(3)]
+    full = logits_for_routes(moe, IDS, routes)
+    _, cache = prefill(moe, IDS[:t])
+    part = logits_for_routes(moe, IDS, routes, prefix_cache=cache, prefix_len=t)
+    assert part.shape[1] == len(IDS) - t
+    assert torch.allclose(full[:, t:], part, atol=1e-5, rtol=0)
+    again = logits_for_routes(moe, IDS, routes, prefix_cache=cache, prefix_len=t)
+    assert torch.equal(part, again)  # the shared prefix cache was not mutated
+    assert expand_cache(cache, 2) is not cache
+
+
+def test_generate_with_route_changes_continuation_and_is_deterministic(moe):
+    lay = moe.moe_layers[0]
+    route = Route().mask(lay, list(range(moe.handle(lay).info.num_experts - 2)))
+    a = generate(moe, IDS, route, max_new_tokens=5)
+    b = generate(moe, IDS, route, max_new_tokens=5)
+    assert a.ids == b.ids and len(a.ids) == len(IDS) + 5
+
+
+def test_clear_errors(moe):
+    info = moe.info
+    lay = moe.moe_layers[0]
+    h = moe.handle(lay)
+    k, E = h.info.top_k, h.info.num_experts
+    cases = [Route().force(info.num_layers + 3, 0, range(k)),
+             Route().force(lay, 0, [E] + list(range(k - 1))),
+             Route().force(lay, 0, range(k + 1)),
+             Route().mask(lay, range(E - k + 1)),
+             Route().force(lay, 50, range(k))]
+    if info.dense_layers:
+        cases.append(Route().force(info.dense_layers[0], 0, range(k)))
+    if h.info.n_group:
+        size = E // h.info.n_group
+        spread = [g * size for g in range(h.info.topk_group + 1)][:k]
+        if len({h.info.group_of(e) for e in spread}) > h.info.topk_group:
+            cases.append(Route().force(lay, 0, spread))
+    for r in cases:
+        with pytest.raises(RouteError):
+            r.validate(info, num_tokens=len(IDS))
+
+
+def test_hooks_are_removed_even_after_errors(moe):
+    def count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in moe.model.modules())
+    before = count()
+    with pytest.raises(RuntimeError):
+        with moe.control(Route().force(moe.moe_layers[0], 1, range(moe.handle(moe.moe_layers[0]).info.top_k))):
+            raise RuntimeError("boom")
+    assert count() == before
+    with pytest.raises(RouteError):  # 2 routes for a batch of 3 rows: fails inside forward
+        with moe.control([Route(), Route()]), torch.no_grad():
+            moe.model(torch.tensor([IDS] * 3))
+    assert count() == before
+    assert torch._C._len_torch_function_stack() == 0
