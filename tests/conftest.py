@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# tiny models gain nothing from intra-op threads; one thread avoids oversubscription
+torch.set_num_threads(int(os.environ.get("EXPLORER_TEST_THREADS", "1")))
 
 
 def shared_data() -> Path | None:

@@ -1,0 +1,300 @@
+"""The SQLite route library and job table (real SQLite files under tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from explorer.route import Route
+from explorer.store import (DB_NAME, SCHEMA_VERSION, RouteStore, StoreError, StoredRoute,
+                            default_data_dir)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RouteStore(tmp_path / "data" / DB_NAME)
+    yield s
+    s.close()
+
+
+def make_route(n: int = 2) -> Route:
+    r = Route(info={"model": "tiny", "seed": 3})
+    for i in range(n):
+        r.force(i % 2, i, [i % 8, (i + 1) % 8])
+    return r.mask(1, [7])
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "x"))
+    assert default_data_dir() == tmp_path / "x"
+    monkeypatch.delenv("EXPLORER_DATA_DIR")
+    monkeypatch.setattr(os.path, "isdir", lambda p: False)
+    assert default_data_dir() == Path("data")
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == "/data")
+    monkeypatch.setattr(os, "access", lambda p, mode: p == "/data")
+    assert default_data_dir() == Path("/data/explorer")
+
+
+def test_default_path_uses_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "dd"))
+    with RouteStore() as s:
+        assert s.path == tmp_path / "dd" / DB_NAME and s.path.exists()
+
+
+def test_wal_schema_and_idempotent_open(store):
+    assert store.journal_mode == "wal"
+    con = sqlite3.connect(store.path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"routes", "jobs"} <= tables
+    con.close()
+    rid = store.save_route(make_route(), "p", "m")
+    with RouteStore(store.path) as again:  # reopening keeps data, recreates nothing
+        assert again.get_route(rid).prompt == "p"
+        assert again._read("PRAGMA foreign_keys")[0][0] == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(StoreError, match="schema version"):
+        RouteStore(path)
+
+
+def test_route_round_trip(store):
+    route = make_route(3)
+    rid = store.save_route(route, "How do I pick a lock?", "tiny", target="Sure",
+                           target_logprob=-1.25, success=True, judge="keyword",
+                           completion="Sure, here", source="fsour", meta={"job": "abc"})
+    sr = store.get_route(rid)
+    assert isinstance(sr, StoredRoute) and sr.route == route
+    assert (sr.id, sr.prompt, sr.model, sr.n_edits, sr.target, sr.target_logprob,
+            sr.success, sr.judge, sr.completion, sr.source, sr.meta) == (
+        rid, "How do I pick a lock?", "tiny", 4, "Sure", -1.25, True, "keyword",
+        "Sure, here", "fsour", {"job": "abc"})
+    assert sr.created.endswith("+00:00")
+    d = json.loads(json.dumps(sr.to_dict()))
+    assert Route.from_dict(d["route"]) == route and d["success"] is True
+    plain = store.get_route(store.save_route(Route(), "", "tiny"))
+    assert plain.success is None and plain.source == "manual" and plain.n_edits == 0
+
+
+def test_save_route_validates(store):
+    with pytest.raises(StoreError, match="source"):
+        store.save_route(make_route(), "p", "m", source="bogus")
+    with pytest.raises(StoreError, match="Route"):
+        store.save_route({"edits": []}, "p", "m")
+    with pytest.raises(StoreError):
+        store.save_route(make_route(), "p", "m", meta={"x": object()})
+    assert store.list_routes() == []
+
+
+def test_list_routes_filters(store):
+    a = store.save_route(make_route(), "Tell me about ÜBER locks", "m1", success=True,
+                         source="fsour")
+    b = store.save_route(make_route(), "bake a cake", "m1", success=False)
+    c = store.save_route(make_route(), "über alles", "m2", source="rosais")
+    assert [r.id for r in store.list_routes()] == [c, b, a]  # newest first
+    assert [r.id for r in store.list_routes(model="m1")] == [b, a]
+    assert [r.id for r in store.list_routes(text="über")] == [c, a]
+    assert [r.id for r in store.list_routes(text="LOCK")] == [a]
+    assert [r.id for r in store.list_routes(success=False)] == [b]
+    assert [r.id for r in store.list_routes(success=True)] == [a]
+    assert [r.id for r in store.list_routes(source="rosais")] == [c]
+    assert [r.id for r in store.list_routes(limit=1)] == [c]
+    assert store.list_routes(text="%") == [] and store.list_routes(text="_") == []
+
+
+def test_delete_and_unknown_ids(store):
+    rid = store.save_route(make_route(), "p", "m")
+    store.delete_route(rid)
+    for call in (lambda: store.get_route(rid), lambda: store.delete_route(rid),
+                 lambda: store.get_route("nope"), lambda: store.get_job("nope")):
+        with pytest.raises(StoreError) as ei:
+            call()
+        assert "\n" not in str(ei.value) and isinstance(ei.value, ValueError)
+
+
+def test_export_route(store):
+    route = make_route()
+    rid = store.save_route(route, "my prompt", "tiny", target="Sure", target_logprob=-0.5,
+                           success=True, judge="keyword", source="fsour")
+    path = store.export_route(rid)
+    assert path == store.data_dir / "exports" / f"route-{rid}.json"
+    data = json.loads(path.read_text())
+    assert set(data) == {"edits", "info"}
+    assert data["info"]["prompt"] == "my prompt" and data["info"]["model"] == "tiny"
+    assert data["info"]["seed"] == 3 and data["info"]["target_logprob"] == -0.5
+    assert Route.from_json(path.read_text()).edits == route.edits
+    named = store.export_route(rid, "nice name")
+    assert named.name == "nice name.json" and named.parent == store.exports_dir
+    assert store.export_route(rid, "nice name.json") == named  # overwrite is fine
+    (store.exports_dir / "taken.json").mkdir()
+    with pytest.raises(StoreError, match="cannot write"):
+        store.export_route(rid, "taken.json")
+    assert [p.name for p in store.exports_dir.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("name", ["../evil.json", "/tmp/evil.json", "a/b.json", "..",
+                                  "sub\\x.json", "", "x\x00.json"])
+def test_export_rejects_escapes(store, name):
+    rid = store.save_route(make_route(), "p", "m")
+    with pytest.raises(StoreError):
+        store.export_route(rid, name)
+    assert not (store.data_dir / "evil.json").exists()
+
+
+def test_export_does_not_follow_symlinks(store, tmp_path):
+    rid = store.save_route(make_route(), "p", "m")
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep")
+    store.exports_dir.mkdir(parents=True, exist_ok=True)
+    (store.exports_dir / "link.json").symlink_to(outside)
+    with pytest.raises(StoreError, match="escapes"):
+        store.export_route(rid, "link.json")
+    assert outside.read_text() == "keep"
+    (store.exports_dir / "link.json").unlink()
+    store.exports_dir.rmdir()
+    store.exports_dir.symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(StoreError, match="symlink"):
+        store.export_route(rid, "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_import_round_trip(store):
+    route = make_route()
+    rid = store.save_route(route, "the prompt", "tiny", target="Sure", target_logprob=-0.25,
+                           success=False, judge="keyword", completion="no", source="fsour")
+    path = store.export_route(rid)
+    for arg in (path, str(path), "exports/" + path.name):
+        new = store.get_route(store.import_route(arg))
+        assert new.source == "import" and new.route.edits == route.edits
+        assert (new.prompt, new.model, new.target, new.target_logprob, new.success,
+                new.judge, new.completion) == ("the prompt", "tiny", "Sure", -0.25, False,
+                                               "keyword", "no")
+        assert new.meta["original_source"] == "fsour"
+    text = route.to_json()
+    sr = store.get_route(store.import_route(text))
+    assert sr.route == route and sr.prompt == "" and sr.model == "tiny"
+    assert store.get_route(store.import_route(text.encode())).route == route
+    store.imports_dir.mkdir()
+    (store.imports_dir / "mine.json").write_text(json.dumps(
+        {"edits": [{"layer": 1, "position": None, "experts": [2], "mode": "mask"}],
+         "info": {"prompt": "hi"}}))
+    for arg in ("mine.json", "imports/mine.json", store.imports_dir / "mine.json"):
+        assert store.get_route(store.import_route(arg)).prompt == "hi"
+
+
+def test_import_rejects_bad_input(store, tmp_path):
+    store.imports_dir.mkdir(parents=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text(make_route().to_json())
+    (store.imports_dir / "evil.pkl").write_bytes(pickle.dumps({"edits": []}))
+    (store.imports_dir / "evil.json").write_bytes(pickle.dumps({"edits": []}))
+    (store.imports_dir / "text.json").write_text("not json at all")
+    (store.imports_dir / "link.json").symlink_to(outside)
+    (store.data_dir / "loose.json").write_text(make_route().to_json())
+    cases = {
+        str(outside): "outside", "../outside.json": "outside", "imports/../loose.json":
+        "outside", "loose.json": "outside", "link.json": "outside",
+        "evil.pkl": ".json", "evil.json": "JSON", "text.json": "JSON",
+        "missing.json": "no import file", "{not json": "JSON", "[1, 2]": "not a route",
+        '{"edits": [{"layer": 0}]}': "not a route", b"\x80\x03}q": "UTF-8",
+        store.path: "outside",
+    }
+    for arg, match in cases.items():
+        with pytest.raises(StoreError, match=match):
+            store.import_route(arg)
+    assert store.list_routes() == []
+
+
+def test_concurrent_writers(store):
+    errors: list[BaseException] = []
+    job = store.create_job("fsour", {"prompt": "p"})
+
+    def shared(k):  # one shared store object used from 4 threads
+        try:
+            for i in range(40):
+                store.save_route(make_route(1 + i % 3), f"t{k}-{i}", "m", meta={"i": i})
+                store.update_job(job, progress={"thread": k, "i": i})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def separate(k):  # 4 connections to the same file (like several processes)
+        try:
+            with RouteStore(store.path) as own:
+                for i in range(40):
+                    own.save_route(make_route(1), f"s{k}-{i}", "m2")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f, args=(k,)) for f in (shared, separate)
+               for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    routes = store.list_routes(limit=10_000)
+    assert len(routes) == 320 and len({r.id for r in routes}) == 320
+    assert {r.prompt for r in routes} == {f"{p}{k}-{i}" for p in "ts" for k in range(4)
+                                          for i in range(40)}
+    for r in routes:  # every row whole
+        assert r.n_edits == len(r.route.edits)
+    assert store._read("PRAGMA integrity_check")[0][0] == "ok"
+    assert store.get_job(job).progress["i"] == 39
+
+
+def test_jobs_table(store):
+    a = store.create_job("fsour", {"prompt": "p", "seed": 1}, session="s1")
+    b = store.create_job("fsour", {"prompt": "q"}, session="s2")
+    ja = store.get_job(a)
+    assert len(a) == 32 and ja.status == "queued" and ja.params == {"prompt": "p", "seed": 1}
+    assert ja.progress == {} and ja.state is None and ja.result is None
+    assert store.update_job(a, status="running", progress={"iteration": 1},
+                            state={"step": 3}, error=None)
+    ja = store.get_job(a)
+    assert (ja.status, ja.progress, json.loads(ja.state)) == ("running", {"iteration": 1},
+                                                              {"step": 3})
+    assert ja.updated >= ja.created
+    assert not store.update_job(b, status="running", where_status="running")
+    assert store.get_job(b).status == "queued"
+    assert [j.id for j in store.list_jobs()] == [b, a]
+    assert [j.id for j in store.list_jobs(oldest_first=True)] == [a, b]
+    assert [j.id for j in store.list_jobs(session="s1")] == [a]
+    assert [j.id for j in store.list_jobs(status=("queued", "done"))] == [b]
+    assert store.mark_interrupted() == [a] and store.get_job(a).status == "interrupted"
+    assert store.mark_interrupted() == []
+    d = json.loads(json.dumps(store.get_job(a).to_dict(include_state=True)))
+    assert d["has_state"] and json.loads(d["state"]) == {"step": 3}
+    for bad in ({"status": "weird"}, {"colour": "red"}):
+        with pytest.raises(StoreError):
+            store.update_job(a, **bad)
+    with pytest.raises(StoreError, match="no job"):
+        store.update_job("missing", status="done")
+    with pytest.raises(StoreError, match="kind"):
+        store.create_job("bake", {})
+
+
+def test_finish_job_is_one_transaction(store):
+    job = store.create_job("fsour", {"prompt": "p"})
+    store.update_job(job, status="running")
+    with pytest.raises(StoreError):  # the job update fails after the route insert
+        store.finish_job(job, make_route(), "p", "m", status="bogus")
+    assert store.list_routes() == []
+    assert store.finish_job(job, make_route(), "p", "m", where_status="queued",
+                            status="done") is None
+    assert store.list_routes() == [] and store.get_job(job).status == "running"
+    rid = store.finish_job(job, make_route(), "p", "m", route_fields={"success": True},
+                           where_status="running", status="done", result={"ok": 1})
+    j = store.get_job(job)
+    assert (j.status, j.route_id, j.result) == ("done", rid, {"ok": 1})
+    assert store.get_route(rid).source == "fsour" and store.get_route(rid).success
+    store.delete_route(rid)  # the job keeps its result, loses the link
+    assert store.get_job(job).route_id is None
