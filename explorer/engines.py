@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .cone import capture_layer_inputs, cone_target_logprob
 from .forward import prefill, reusable, target_logprob
 from .route import Route
 
@@ -27,7 +28,10 @@ class ReferenceEngine:
     def begin_position(self, route: Route, position: int) -> None:
         """Called when a search moves to ``position`` (``route`` is final below it)."""
 
-    def score(self, routes: Sequence[Route], position: int | None = None) -> list[float]:
+    def score(self, routes: Sequence[Route], position: int | None = None,
+              layer: int | None = None, base: Route | None = None) -> list[float]:
+        """Joint target log-prob for each route. ``position``/``layer``: where the
+        candidates differ from ``base`` (the route so far); engines may exploit it."""
         out = []
         for r in routes:
             out.append(float(target_logprob(self.moe, self.prompt_ids, self.target_ids, [r])[0]))
@@ -36,29 +40,53 @@ class ReferenceEngine:
 
 
 class FastEngine(ReferenceEngine):
-    """Batched candidates plus a prefix KV cache shared by every candidate of a position."""
+    """Batched candidates over the causal cone only: a prefix KV cache for positions < t
+    and the captured hidden states entering layer l, so each batch of candidates runs
+    decoder layers >= l over positions >= t (see :mod:`explorer.cone`)."""
 
     name = "fast"
 
-    def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64):
+    def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64, cone: bool = True):
         super().__init__(moe, prompt_ids, target_ids)
         self.batch_size = batch_size
+        self.cone = cone
+        self.capture_passes = 0
         self._cache = None
         self._cache_pos = 0
+        self._inputs = None
+        self._inputs_key = None
 
     def begin_position(self, route: Route, position: int) -> None:
         self._cache, self._cache_pos = None, 0
+        self._inputs, self._inputs_key = None, None
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
             if cache is not None and reusable(cache):
                 self._cache, self._cache_pos = cache, position
 
-    def score(self, routes: Sequence[Route], position: int | None = None) -> list[float]:
+    def _layer_inputs(self, base: Route):
+        key = tuple(base.edits)
+        if self._inputs_key != key:
+            ids = self.prompt_ids + self.target_ids
+            self._inputs = capture_layer_inputs(self.moe, ids, base, self._cache, self._cache_pos)
+            self._inputs_key = key
+            self.capture_passes += 1
+        return self._inputs
+
+    def score(self, routes: Sequence[Route], position: int | None = None,
+              layer: int | None = None, base: Route | None = None) -> list[float]:
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
+        use_cone = (self.cone and layer is not None and base is not None and position is not None
+                    and position >= self._cache_pos)
         out: list[float] = []
         for i in range(0, len(routes), self.batch_size):
             chunk = list(routes[i:i + self.batch_size])
-            if use_cache:
+            if use_cone:
+                inputs = self._layer_inputs(base)
+                lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
+                                         layer, inputs[layer], self._cache if use_cache else None,
+                                         self._cache_pos if use_cache else 0)
+            elif use_cache:
                 lp = target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                     prefix_cache=self._cache, prefix_len=self._cache_pos)
             else:

@@ -228,7 +228,7 @@ def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
                 li = state.l_index
                 cands = [route.with_force(layers[li], t, sample_set(rng, infos[li]))
                          for _ in range(candidates)]
-                scores = eng.score(cands, position=t)
+                scores = eng.score(cands, position=t, layer=layers[li], base=route)
                 j = max(range(len(scores)), key=scores.__getitem__)
                 improved = scores[j] > state.best_logprob
                 if improved:

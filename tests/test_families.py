@@ -196,3 +196,22 @@ def test_hooks_are_removed_even_after_errors(moe):
             moe.model(torch.tensor([IDS] * 3))
     assert count() == before
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_causal_cone_recompute_matches_full_recompute(moe):
+    from explorer.cone import capture_layer_inputs, cone_logits
+    t = 4
+    for lay in moe.moe_layers:
+        h = moe.handle(lay)
+        base = Route().force(moe.moe_layers[0], 1, _differs(h, set()))
+        routes = [base.with_force(lay, t, _differs(h, {e})) for e in range(3)]
+        full = logits_for_routes(moe, IDS, routes)
+        _, cache = prefill(moe, IDS[:t], base)
+        from explorer.forward import reusable
+        cache, plen = (cache, t) if reusable(cache) else (None, 0)
+        inputs = capture_layer_inputs(moe, IDS, base, cache, plen)
+        part = cone_logits(moe, IDS, routes, lay, inputs[lay], cache, plen)
+        assert torch.allclose(full[:, plen:], part, atol=1e-5, rtol=0), lay
+    from explorer.layers import decoder_layers
+    layers = decoder_layers(moe.model)
+    assert all("forward" not in layer.__dict__ for layer in layers)  # patches removed
