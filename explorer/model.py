@@ -77,6 +77,7 @@ class MoEModel:
         self.tokenizer = tokenizer
         self.name = name
         self.lock = threading.RLock()
+        self.defense: Route | None = None  # model-wide mask edits applied under every route
         found = discover_layers(model)
         self.handles: list[LayerHandles] = [x for x in found if isinstance(x, LayerHandles)]
         layers = [x.info if isinstance(x, LayerHandles) else x for x in found]

@@ -122,6 +122,27 @@ class Route:
     def layers(self) -> list[int]:
         return sorted({e.layer for e in self.edits})
 
+    def under_defense(self, defense: "Route | None") -> "Route":
+        """This route with a model-wide ``defense`` (mask edits) applied on top.
+
+        The defense wins: a forced cell that uses an expert the defense forbids there is
+        dropped (the router then picks among the allowed experts), and the defense's masks
+        are appended.
+        """
+        if defense is None or not defense.edits:
+            return self
+        kept = []
+        for e in self.edits:
+            if e.mode == "force":
+                banned = set()
+                for d in defense.edits:
+                    if d.layer == e.layer and d.mode == "mask" and d.position in (None, e.position):
+                        banned |= set(d.experts)
+                if banned & set(e.experts):
+                    continue
+            kept.append(e)
+        return Route(kept + [d for d in defense.edits if d.mode == "mask"], dict(self.info))
+
     # -- JSON -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"edits": [e.to_dict() for e in self.edits], "info": dict(self.info)}

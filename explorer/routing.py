@@ -119,6 +119,9 @@ class RouteControl:
     def set_routes(self, routes) -> None:
         """Replace the active routes (validated against the model)."""
         self.routes = _as_routes(routes)
+        defense = getattr(self.moe, "defense", None)
+        if defense is not None and defense.edits:
+            self.routes = [r.under_defense(defense) for r in (self.routes or [Route()])]
         self._tables.clear()
         self._mask_cache.clear()
         if not self.routes:
