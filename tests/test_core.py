@@ -163,3 +163,21 @@ def test_no_hooks_left_after_trace(tiny):
     before = count()
     trace(tiny, "hi", max_new_tokens=2, route=Route().mask(0, [0]))
     assert count() == before and torch._C._len_torch_function_stack() == 0
+
+
+def test_model_wide_defense_applies_under_every_route(tiny):
+    defense = Route().mask(0, [0, 1, 2])
+    forced_bad = Route().force(0, 1, [1, 5])
+    forced_ok = Route().force(0, 1, [5, 6])
+    try:
+        tiny.defense = defense
+        plain = trace(tiny, "Tell me a joke", max_new_tokens=2)
+        assert all(not set(x) & {0, 1, 2} for x in plain.experts[0])
+        bad = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)
+        assert not set(bad.experts[0][1]) & {0, 1, 2}  # the defense wins over the force
+        ok = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_ok)
+        assert sorted(ok.experts[0][1]) == [5, 6]
+    finally:
+        tiny.defense = None
+    free = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)
+    assert sorted(free.experts[0][1]) == [1, 5]
