@@ -66,3 +66,6 @@ def _run_info(args):
 register("trace", "record which experts every token uses (optionally with a route)",
          _configure_trace, _run_trace)
 register("info", "describe a model's layers, experts and routers", _configure_info, _run_info)
+from . import commands_eval  # noqa: E402,F401
+from . import commands_search  # noqa: E402,F401
+from . import bench  # noqa: E402,F401

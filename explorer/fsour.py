@@ -143,7 +143,7 @@ def _rng_from(state: list | None, seed: int) -> random.Random:
 
 def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
           threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
-          engine: str = "fast", judge=None, max_new_tokens: int = 48,
+          engine: str = "fast", judge=None, max_new_tokens: int = 48, order: str = "paper",
           on_event: Callable[[FsourEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           state: FsourState | None = None) -> FsourResult:
@@ -151,16 +151,20 @@ def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
 
     ``judge``: a judge object or name (default keyword). ``should_stop()`` is polled
     between steps; when it returns True the search returns with ``cancelled=True`` and a
-    ``state`` to resume from.
+    ``state`` to resume from. ``order="rosais"`` walks the MoE layers of each position in
+    RoSais order (highest first; its scoring passes are counted) instead of the paper's
+    bottom-up order.
     """
     if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
         raise ValueError("candidates and max_iters must be at least 1")
+    if order not in ("paper", "rosais"):
+        raise ValueError(f"unknown order {order!r}; choose paper or rosais")
     if not target or not target.strip():
         raise ValueError("the target answer is empty")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
                 "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
-                "judge": judge.name}
+                "judge": judge.name, "order": order}
     if state is None:
         state = FsourState(prompt=prompt, target=target, settings=settings)
     else:
@@ -169,11 +173,19 @@ def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
     tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
     if not tgt:
         raise ValueError("the target answer has no tokens")
-    layers = list(moe.moe_layers)
-    infos = [moe.handle(lay).info for lay in layers]
     P = len(ids)
     eng = make_engine(engine, moe, ids, tgt)
     eng.forward_passes = state.forward_passes
+    if "layers" not in state.settings:
+        layers = list(moe.moe_layers)
+        if order == "rosais":
+            from .rosais import ranking, rosais
+            r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0)
+            layers = ranking(r)
+            eng.forward_passes += r.forward_passes
+        state.settings["layers"] = layers
+    layers = list(state.settings["layers"])
+    infos = [moe.handle(lay).info for lay in layers]
     t0 = time.perf_counter() - state.elapsed
     base_info = dict(moe.info.provenance(), prompt=prompt, target=target, method="fsour",
                      **settings)

@@ -20,6 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
+
+from .cone import capture_layer_inputs, cone_logits
 from .forward import generate, next_token_logprobs
 from .judge import get_judge
 from .route import Route
@@ -112,12 +115,14 @@ def ranking(result: RosaisResult) -> list[int]:
 def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
            mask_ratio: float = 0.5, max_new_tokens: int = 48,
            affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int = 32,
-           judge=None, curve: bool = False,
+           judge=None, curve: bool = False, engine: str = "fast",
            on_progress: Callable[[int, int], None] | None = None) -> RosaisResult:
     """RoSais per MoE layer for ``prompt``; then mask the top-``top`` routers and generate.
 
     Seeded and deterministic: layer l's masks come from ``Random(seed * 1_000_003 + l)``.
     ``curve`` also generates with the top 1..``top`` routers masked (``by_top``).
+    ``engine="fast"`` runs only layers >= l for masks at layer l (the layers below see
+    no change); ``"reference"`` runs full forwards. Both give the same scores.
     ``on_progress(done, total)`` reports layers scored.
     """
     if samples < 1:
@@ -130,8 +135,11 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
     ids = moe.encode(prompt)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
+    if engine not in ("fast", "reference"):
+        raise ValueError(f"unknown engine {engine!r}; choose fast or reference")
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1
+    inputs = capture_layer_inputs(moe, ids, None) if engine == "fast" else None
     layers = list(moe.moe_layers)
     scores, dists, all_masks, best = [], [], [], []
     for n, lay in enumerate(layers):
@@ -141,7 +149,11 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
         deltas: list[float] = []
         for i in range(0, samples, batch_size):
             chunk = [Route().mask(lay, m) for m in masks[i:i + batch_size]]
-            lp = next_token_logprobs(moe, ids, chunk, aff).max(dim=-1).values
+            if inputs is not None:
+                logits = cone_logits(moe, ids, chunk, lay, inputs[lay])[:, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)[:, aff].cpu().max(dim=-1).values
+            else:
+                lp = next_token_logprobs(moe, ids, chunk, aff).max(dim=-1).values
             deltas.extend(float(x) - base for x in lp)
             passes += len(chunk)
         j = max(range(samples), key=deltas.__getitem__)
@@ -152,7 +164,7 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
         if on_progress is not None:
             on_progress(n + 1, len(layers))
     info = dict(moe.info.provenance(), prompt=prompt, samples=samples, seed=seed,
-                mask_ratio=mask_ratio, judge=judge.name)
+                mask_ratio=mask_ratio, judge=judge.name, engine=engine)
     res = RosaisResult(prompt=prompt, moe_layers=layers, scores=scores, baseline_logprob=base,
                        distributions=dists, masks=all_masks, best_masks=best, top_layers=[],
                        affirmative_tokens=moe.token_strings(aff), info=info)

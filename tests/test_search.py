@@ -160,3 +160,10 @@ def test_cli_search_bad_budgets_exit_2(argv, tiny_ckpt, capsys):
     rc = cli_main(argv + ["--model", str(tiny_ckpt)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
+
+
+def test_rosais_fast_engine_equals_reference(tiny):
+    fast = rosais(tiny, PROMPT, samples=5, seed=4, top=1, max_new_tokens=0, engine="fast")
+    ref = rosais(tiny, PROMPT, samples=5, seed=4, top=1, max_new_tokens=0, engine="reference")
+    assert fast.scores == pytest.approx(ref.scores, abs=1e-5)
+    assert fast.best_masks == ref.best_masks and fast.top_layers == ref.top_layers
