@@ -57,3 +57,13 @@ def demo():
     if not (DEMO_MODEL_DIR / "model.safetensors").exists():
         pytest.skip("demo model not built")
     return load_model()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (real checkpoints, long runs) run only with EXPLORER_SLOW=1."""
+    if os.environ.get("EXPLORER_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set EXPLORER_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
