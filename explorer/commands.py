@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .cli import add_model_args, emit, load_from_args, positive_int, register, require_prompt
+from .cli import (add_model_args, check_route, emit, load_from_args, positive_int, register,
+                  require_prompt)
 
 
 def _configure_trace(p):
@@ -31,6 +32,8 @@ def _run_trace(args):
     require_prompt(args.prompt)
     route = Route.load(args.route) if args.route else None
     moe = load_from_args(args)
+    if route is not None:
+        check_route(moe, route, args.prompt)
     tr = trace(moe, args.prompt, max_new_tokens=args.max_new_tokens, route=route,
                record_logits=False)
     lines = [f"model {moe.name}: {len(tr.moe_layers)} MoE layers, "
@@ -69,3 +72,4 @@ register("info", "describe a model's layers, experts and routers", _configure_in
 from . import commands_eval  # noqa: E402,F401
 from . import commands_search  # noqa: E402,F401
 from . import bench  # noqa: E402,F401
+from . import commands_research  # noqa: E402,F401
