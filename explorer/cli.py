@@ -1,16 +1,33 @@
 """Command-line interface: ``python -m explorer <command> ...``.
 
 Every command accepts ``--json`` (one JSON object on stdout) and ``--model`` (demo model
-by default). Bad input of any kind exits with status 2 and one line on stderr.
-Subcommands register themselves in :data:`COMMANDS` with :func:`register`.
+by default). Subcommands register themselves in :data:`COMMANDS` with :func:`register`.
+
+Exit status of :func:`main` (and ``python -m explorer``):
+
+- 0: success (``--help`` included);
+- 2: bad input of any kind (options, prompts, route or dataset files, model paths,
+  judge endpoints, limits): one line ``error: ...`` on stderr, no traceback;
+- 1: an internal error, i.e. a bug: one line ``error: <ExceptionType>: ...`` on stderr
+  (``EXPLORER_DEBUG=1`` lets the exception and its traceback through instead);
+- 130: interrupted (Ctrl-C).
+
+A route whose provenance (model, chat template) differs from the loaded model's gives
+one ``warning: ...`` line on stderr and is then validated against the loaded model.
+In-process calls (tests, notebooks) reuse loaded models: see :func:`load_from_args`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -33,14 +50,15 @@ class _Parser(argparse.ArgumentParser):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="hub id or local folder (default: the bundled demo model)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default=None, type=dtype_arg, help="float32 | bfloat16 | float16")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint (off by default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer >= 0 (the name is historical: zero is allowed)."""
     try:
         v = int(text)
     except ValueError:
@@ -50,19 +68,248 @@ def positive_int(text: str) -> int:
     return v
 
 
-def require_prompt(text: str | None) -> str:
-    if text is None or not text.strip():
+def count(text: str) -> int:
+    """argparse type: an integer >= 1 (search budgets, sample counts)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+MAX_SEED = 2**32 - 1
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed in 0..2**32-1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must lie in 0..{MAX_SEED}, got {v}")
+    return v
+
+
+def log_prob(text: str) -> float:
+    """argparse type: a log-probability, a number <= 0 (``-inf`` allowed, NaN not)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(v) or v > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a log-probability (a number <= 0), got {text!r}")
+    return v
+
+
+def open_ratio(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, "
+                                         f"got {text!r}")
+    return v
+
+
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]{1,3})?)\Z")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def device_arg(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    if not _DEVICE_RE.match(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, mps, cuda or cuda:N, got {text!r}")
+    return text.strip().lower()
+
+
+def dtype_arg(text: str) -> str:
+    """argparse type: one of :data:`DTYPES`."""
+    if text.strip().lower() not in DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
+    return text.strip().lower()
+
+
+def require_prompt(text) -> str:
+    """The prompt if it is usable text, else :class:`UsageError` (empty, not text)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
         raise UsageError("the prompt is empty")
+    if not isinstance(text, str):
+        raise UsageError(f"the prompt must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the prompt is not valid Unicode text (lone surrogates)") from None
     return text
 
 
+def check_out_path(path: str | None, what: str = "--out", makes_folders: bool = False) -> None:
+    """Refuse, before any work is done, an output path that cannot be written: a folder,
+    or one whose folder is missing (``makes_folders``: whose nearest existing ancestor
+    is not a folder, the command creating the missing ones)."""
+    if path is None:
+        return
+    if not str(path).strip():
+        raise UsageError(f"{what} is empty")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a file")
+    parent = p.parent
+    if makes_folders:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UsageError(f"{what} {path}: {parent} is not a folder")
+    elif not parent.is_dir():
+        raise UsageError(f"{what} {path}: the folder {parent} does not exist")
+
+
+def check_route(moe, route, prompt: str | None = None) -> None:
+    """Validate ``route`` against the loaded model (and ``prompt``'s length).
+
+    A provenance mismatch (route made for another model or chat template) gives one
+    ``warning:`` line on stderr when the route still validates, and is named in the
+    error when it does not.
+    """
+    from .route import RouteError
+    note = route.check_provenance(moe.info.provenance())
+    try:
+        n = len(moe.encode(prompt)) if prompt is not None else None
+        route.validate(moe.info, num_tokens=n)
+    except RouteError as exc:
+        if note:
+            raise RouteError(f"{note}; it does not fit the loaded model {moe.name}: "
+                             f"{exc}") from None
+        raise
+    if note:
+        print(f"warning: {one_line(note)}; it validates against the loaded model "
+              f"{moe.name}, so it is applied", file=sys.stderr)
+
+
+# -- loading models (with an in-process cache) --------------------------------------------
+_HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
+MODEL_CACHE_SIZE = 2
+_MODEL_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_model_cache() -> None:
+    """Forget the models :func:`load_from_args` kept (frees their memory)."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
+def _model_key(name: str | None) -> tuple:
+    """What identifies a model for the cache: a local folder by its resolved path and
+    its files' modification times (a rewritten checkpoint is reloaded), else the name."""
+    from .model import DEMO_MODEL_DIR
+    if name is None or str(name) in ("", "demo"):
+        path = DEMO_MODEL_DIR
+    else:
+        path = Path(str(name)).expanduser()
+        if not path.is_dir():
+            return ("hub", str(name))
+    try:
+        stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                             for f in path.iterdir() if f.is_file()))
+    except OSError:
+        stamp = ()
+    return ("dir", str(path.resolve()), stamp)
+
+
+def _check_model_name(name: str | None) -> None:
+    """Refuse, before any loading, a model name that can be neither a folder nor a hub id."""
+    if name is None or name in ("", "demo"):
+        return
+    if "\x00" in name:
+        raise UsageError("the model name contains a NUL character")
+    try:
+        exists = Path(name).expanduser().exists()
+    except (OSError, ValueError):  # e.g. a name too long for the file system
+        exists = False
+    if exists:
+        return  # load_model checks that it is a model folder
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name \
+            or name.endswith(".json"):
+        raise UsageError(f"model path {name} does not exist")
+    if not _HUB_ID_RE.match(name):
+        raise UsageError(f"model {name!r} is neither an existing folder nor a hub id "
+                         "(owner/name)")
+
+
 def load_from_args(args):
+    """The model the options ask for (``--model``, ``--device``, ``--dtype``,
+    ``--trust-remote-code``), loaded once per process and kept for the next calls
+    (the last :data:`MODEL_CACHE_SIZE` models; ``EXPLORER_MODEL_CACHE=0`` turns it off).
+
+    Also refuses ``--max-new-tokens`` beyond the model's context.
+    """
     from transformers.utils import logging as hf_logging
     from .model import load_model
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code)
+    name = args.model
+    _check_model_name(name)
+    device = args.device
+    if device == "auto":  # the same model as "cpu" (or "cuda") for the cache
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (_model_key(name), device, args.dtype, bool(args.trust_remote_code))
+    use_cache = os.environ.get("EXPLORER_MODEL_CACHE", "1") != "0"
+    with _CACHE_LOCK:
+        moe = _MODEL_CACHE.get(key) if use_cache else None
+        if moe is not None:
+            _MODEL_CACHE.move_to_end(key)
+    if moe is None:
+        moe = load_model(name, device=device, dtype=args.dtype,
+                         trust_remote_code=args.trust_remote_code)
+        if use_cache:
+            with _CACHE_LOCK:
+                _MODEL_CACHE[key] = moe
+                while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
+                    _MODEL_CACHE.popitem(last=False)
+    moe.defense = None  # a fresh load has no defense; never carry one between calls
+    new = getattr(args, "max_new_tokens", None)
+    ctx = moe.context_length
+    if isinstance(new, int) and ctx is not None and new > ctx:
+        raise UsageError(f"--max-new-tokens {new} is more than the model's context of "
+                         f"{ctx} tokens")
+    return moe
+
+
+def _check_common(args) -> None:
+    """Checks for options that several commands share (also those defined elsewhere)."""
+    for dest in ("candidates", "samples", "max_iters"):  # search budgets
+        v = getattr(args, dest, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise UsageError(f"argument --{dest.replace('_', '-')}: expected a positive "
+                             f"integer, got {v}")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"argument --seed: a seed must lie in 0..{MAX_SEED}, got {seed}")
+    thr = getattr(args, "threshold", None)
+    if isinstance(thr, float) and (math.isnan(thr) or thr > 0):
+        raise UsageError(f"argument --threshold: expected a log-probability (a number "
+                         f"<= 0), got {thr}")
+    ratio = getattr(args, "mask_ratio", None)
+    if isinstance(ratio, float) and not 0.0 < ratio < 1.0:
+        raise UsageError(f"argument --mask-ratio: expected a number strictly between 0 "
+                         f"and 1, got {ratio}")
+
+
+def one_line(msg: str, limit: int = 1000) -> str:
+    """The first non-blank line of ``msg``, control characters escaped, at most
+    ``limit`` characters: safe to print as a single terminal line."""
+    lines = [ln for ln in str(msg).split("\n") if ln.strip()]
+    first = lines[0].strip() if lines else ""
+    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                  for ch in first)
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 def emit(args, obj: dict, text: str) -> None:
@@ -82,27 +329,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PARSER: tuple[tuple, argparse.ArgumentParser] | None = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per set of registered commands (parsing keeps no state)."""
+    global _PARSER
+    from . import commands  # noqa: F401 - registers the built-in subcommands
+    key = tuple((n, id(c), id(r)) for n, (c, r, _) in COMMANDS.items())
+    if _PARSER is None or _PARSER[0] != key:
+        _PARSER = (key, build_parser())
+    return _PARSER[1]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (see the module docs)."""
     from .model import ModelLoadError
     from .route import RouteError
     try:
-        parser = build_parser()
+        parser = _parser()
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help()
+            print(f"error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
+        _check_common(args)
         return COMMANDS[args.command][1](args) or 0
-    except (UsageError, RouteError, ModelLoadError, ValueError, FileNotFoundError,
-            OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (UsageError, RouteError, ModelLoadError, ValueError, OSError) as exc:
+        msg = one_line(exc) or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # --help (status 0) from argparse
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback for users
         if os.environ.get("EXPLORER_DEBUG"):
             raise
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import UsageError, add_model_args, emit, load_from_args, positive_int, register
+from .cli import (UsageError, add_model_args, check_out_path, count, emit, load_from_args,
+                  positive_int, register, seed_int)
 
 
 def _limit(text: str) -> int:
@@ -56,14 +57,14 @@ def _configure(p):
                    help="skip rows already in --out (same index and goal) and continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=48,
                    help="greedy answer length (default 48)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--top", type=positive_int, default=None,
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
+    p.add_argument("--top", type=count, default=None,
                    help="rosais: number of top-scored routers to mask (default: rosais's own)")
-    p.add_argument("--samples", type=positive_int, default=None,
+    p.add_argument("--samples", type=count, default=None,
                    help="rosais: random masks sampled per router, S1 (default: rosais's own)")
-    p.add_argument("--candidates", type=positive_int, default=None,
+    p.add_argument("--candidates", type=count, default=None,
                    help="fsour: candidate expert sets per step (default: fsour's own)")
-    p.add_argument("--max-iters", type=positive_int, default=None,
+    p.add_argument("--max-iters", type=count, default=None,
                    help="fsour: search iterations (default: fsour's own)")
     p.add_argument("--target", default=None,
                    help="fsour: target prefix for every row (default: the dataset's target "
@@ -115,6 +116,9 @@ def _run(args):
         raise UsageError("--resume needs --out FILE.jsonl")
     if world > 1 and not args.out:
         raise UsageError(f"--out is required when {world} processes share the rows")
+    check_out_path(args.out, makes_folders=True)
+    if args.target is not None and not args.target.strip():
+        raise UsageError("the target is empty")
     rows = load_dataset_rows(args.dataset, args.limit)
     if world > 1:
         import os

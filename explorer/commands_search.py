@@ -5,23 +5,20 @@ from __future__ import annotations
 import math
 import sys
 
-from .cli import (UsageError, add_model_args, emit, load_from_args, positive_int, register,
-                  require_prompt)
+from .cli import (UsageError, add_model_args, check_out_path, check_route, count, emit,
+                  load_from_args, log_prob, open_ratio, positive_int, register,
+                  require_prompt, seed_int)
 
-
-def _count(text: str) -> int:
-    v = positive_int(text)
-    if v < 1:
-        raise UsageError(f"expected a positive integer, got {v}")
-    return v
+_count = count  # kept for callers of the old private name
 
 
 def _configure_rosais(p):
     p.add_argument("--prompt", required=True)
     p.add_argument("--samples", type=_count, default=32, help="random masks per router (S1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=positive_int, default=5, help="routers to mask together (L)")
-    p.add_argument("--mask-ratio", type=float, default=0.5, help="share of experts per mask")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--top", type=count, default=5, help="routers to mask together (L)")
+    p.add_argument("--mask-ratio", type=open_ratio, default=0.5,
+                   help="share of experts per mask, strictly between 0 and 1")
     p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--curve", action="store_true", help="also generate for L = 1..top")
     add_model_args(p)
@@ -54,26 +51,31 @@ def _configure_fsour(p):
     p.add_argument("--prompt", required=True)
     p.add_argument("--target", default="Sure, here is", help="target answer opening")
     p.add_argument("--candidates", type=_count, default=10, help="random sets per (token, layer)")
-    p.add_argument("--threshold", type=float, default=math.log(0.8),
+    p.add_argument("--threshold", type=log_prob, default=math.log(0.8),
                    help="stop once log P(target) reaches this (default log 0.8)")
     p.add_argument("--max-iters", type=_count, default=5, help="restarts with seed + i")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--engine", choices=["fast", "reference"], default="fast")
-    p.add_argument("--judge", default="keyword")
+    p.add_argument("--judge", default="keyword",
+                   help="keyword (offline default) | rubric | classifier (see evaluate)")
+    p.add_argument("--judge-url", default=None, help="rubric: OpenAI-compatible base URL")
+    p.add_argument("--judge-model", default=None,
+                   help="rubric: model name; classifier: local model folder")
     p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--out", default=None, help="write the route JSON here")
     add_model_args(p)
 
 
 def _run_fsour(args):
+    from .commands_eval import make_judge
     from .fsour import fsour
-    from .judge import get_judge
     require_prompt(args.prompt)
     if not args.target.strip():
         raise UsageError("the target is empty")
     if args.threshold > 0:
         raise UsageError("the threshold is a log-probability: it must be <= 0")
-    judge = get_judge(args.judge)
+    check_out_path(args.out)
+    judge = make_judge(args.judge, args.judge_url, args.judge_model, device=args.device)
     moe = load_from_args(args)
 
     def progress(ev):
@@ -108,9 +110,12 @@ def _run_replay(args):
     from .route import Route
     from .tracer import trace
     route = Route.load(args.route)
-    prompt = args.prompt or route.info.get("prompt")
+    prompt = args.prompt if args.prompt is not None else route.info.get("prompt")
+    if prompt is None:
+        raise UsageError("the route has no prompt in its info: pass --prompt")
     require_prompt(prompt)
     moe = load_from_args(args)
+    check_route(moe, route, prompt)
     tr = trace(moe, prompt, max_new_tokens=args.max_new_tokens, route=route,
                record_logits=False)
     emit(args, trace_json(moe, tr), f"answer with route: {tr.completion}")

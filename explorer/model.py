@@ -16,6 +16,7 @@ from .route import Route, RouteError
 from .routing import RouteControl
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+PROMPT_CAP_ENV = "EXPLORER_MAX_PROMPT_TOKENS"  # an operator's cap on prompt tokens
 
 
 class ModelLoadError(RuntimeError):
@@ -136,9 +137,64 @@ class MoEModel:
         return prompt  # base models: the raw prompt
 
     def encode(self, prompt: str, system: str | None = None) -> list[int]:
-        """Token ids of the templated prompt (special tokens come from the template)."""
+        """Token ids of the templated prompt (special tokens come from the template).
+
+        Raises ``ValueError`` when the templated prompt is longer than
+        :attr:`max_prompt_tokens` (the model's context or ``$EXPLORER_MAX_PROMPT_TOKENS``).
+        """
+        cap, why = self._prompt_cap()
         text = self.template(prompt, system)
-        return list(self._need_tokenizer()(text, add_special_tokens=False)["input_ids"])
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the prompt is not valid Unicode text (lone surrogates)") from None
+        ids = list(self._need_tokenizer()(text, add_special_tokens=False)["input_ids"])
+        if cap is not None and len(ids) > cap:
+            raise ValueError(f"the prompt is too long: {len(ids)} tokens with the chat "
+                             f"template, the limit is {cap} ({why})")
+        return ids
+
+    # -- length limits ----------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in tokens: ``max_position_embeddings``, or the tokenizer's
+        ``model_max_length`` when that is smaller and sane; None when neither is known."""
+        cfg = self.model.config
+        text_cfg = getattr(cfg, "get_text_config", None)
+        try:
+            text_cfg = text_cfg() if callable(text_cfg) else cfg
+        except Exception:  # noqa: BLE001 - unusual configs: fall back to the top level
+            text_cfg = cfg
+        n = getattr(text_cfg, "max_position_embeddings", None) or \
+            getattr(cfg, "max_position_embeddings", None)
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+        t = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(t, int) and not isinstance(t, bool) and 0 < t < 10_000_000 and \
+                (n is None or t < n):
+            n = t
+        return n
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The longest templated prompt :meth:`encode` accepts: the smaller of
+        :attr:`context_length` and ``$EXPLORER_MAX_PROMPT_TOKENS`` (when set). Raises
+        ``ValueError`` when that variable is not a positive integer."""
+        return self._prompt_cap()[0]
+
+    def _prompt_cap(self) -> tuple[int | None, str]:
+        ctx = self.context_length
+        cap, why = ctx, "the model's context"
+        raw = os.environ.get(PROMPT_CAP_ENV, "").strip()
+        if raw:
+            try:
+                env = int(raw)
+            except ValueError:
+                env = 0
+            if env <= 0:
+                raise ValueError(f"{PROMPT_CAP_ENV} must be a positive integer, got {raw!r}")
+            if cap is None or env < cap:
+                cap, why = env, PROMPT_CAP_ENV
+        return cap, why
 
     def token_strings(self, ids) -> list[str]:
         tok = self._need_tokenizer()

@@ -168,8 +168,10 @@ class Route:
     def from_json(cls, text: str) -> "Route":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # JSONDecodeError, bad UTF-8 bytes
             raise RouteError(f"route is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise RouteError("route is not valid JSON: nested too deeply") from None
         return cls.from_dict(data)
 
     def save(self, path) -> None:
@@ -183,7 +185,31 @@ class Route:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise RouteError(f"cannot read route file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise RouteError(f"route file {path} is not UTF-8 JSON text") from None
         return cls.from_json(text)
+
+    # -- provenance -----------------------------------------------------------------
+    def check_provenance(self, provenance: dict[str, Any]) -> str | None:
+        """Compare this route's ``info`` with a loaded model's ``provenance()``.
+
+        Returns None when nothing contradicts (keys missing on either side are not
+        compared), else one line naming what differs: the model, or the chat template
+        (hence the tokenisation and the positions). A mismatch is a warning: the route
+        may still validate against the other model.
+        """
+        diffs = []
+        mine, theirs = self.info.get("model"), provenance.get("model")
+        if isinstance(mine, str) and isinstance(theirs, str) and mine and theirs \
+                and _model_key(mine) != _model_key(theirs):
+            diffs.append(f"model {mine!r}, not {theirs!r}")
+        mine, theirs = self.info.get("chat_template_hash"), provenance.get("chat_template_hash")
+        if mine and theirs and mine != theirs:
+            diffs.append(f"chat template {mine}, not {theirs}")
+        if not diffs:
+            return None
+        return "route was made for " + " and ".join(diffs) + \
+            " (positions may point at other tokens)"
 
     # -- semantics ------------------------------------------------------------------
     def allowed(self, layer: int, position: int | None, num_experts: int) -> set[int]:
@@ -243,3 +269,15 @@ class Route:
                         f"expert(s); the router needs at least top-k = {lay.top_k}")
                 if lay.n_group and lay.topk_group and len(allowed) == lay.top_k:
                     lay.check_groups(sorted(allowed))
+
+
+def _model_key(name: str) -> str:
+    """A model name for comparison: local folders by their resolved path."""
+    import os
+    n = name.strip().rstrip("/\\")
+    try:
+        if os.path.isdir(os.path.expanduser(n)):
+            return os.path.realpath(os.path.expanduser(n))
+    except (OSError, ValueError):  # e.g. a NUL in the name
+        pass
+    return n

@@ -1,0 +1,281 @@
+"""Hosted mode (library side): :class:`explorer.hosted.HostedPolicy`."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from explorer.hosted import REDACTION_NOTE, HostedPolicy, PolicyError, first_sentence
+from explorer.judge import Verdict
+
+ON = {"EXPLORER_HOSTED": "1", "EXPLORER_MODEL_ALLOWLIST": "allenai/OLMoE-1B-7B-0924, "
+      "Qwen/Qwen1.5-MoE-A2.7B"}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def hosted(**kw) -> HostedPolicy:
+    return HostedPolicy.from_env(dict(ON), **kw)
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_from_env_defaults_and_switches():
+    off = HostedPolicy.from_env({})
+    assert not off.enabled and off.model_allowlist == () and not off.full_text
+    p = hosted()
+    assert p.enabled
+    assert p.model_allowlist == ("allenai/OLMoE-1B-7B-0924", "Qwen/Qwen1.5-MoE-A2.7B")
+    assert (p.max_prompt_tokens, p.max_new_tokens, p.max_search_budget,
+            p.max_jobs_per_session) == (256, 64, 5000, 2)
+    assert p.rate == pytest.approx(30 / 60) and p.burst == 10
+    assert p.allowed_judges == ("keyword",)
+    env = {**ON, "EXPLORER_HOSTED_MAX_PROMPT_TOKENS": "100", "EXPLORER_HOSTED_MAX_NEW_TOKENS":
+           "16", "EXPLORER_HOSTED_MAX_SEARCH": "300", "EXPLORER_HOSTED_MAX_JOBS": "1",
+           "EXPLORER_HOSTED_RATE": "6", "EXPLORER_HOSTED_BURST": "2",
+           "EXPLORER_HOSTED_JUDGES": "keyword,rubric", "EXPLORER_HOSTED_FULL_TEXT": "yes"}
+    p = HostedPolicy.from_env(env)
+    assert (p.max_prompt_tokens, p.max_new_tokens, p.max_search_budget,
+            p.max_jobs_per_session) == (100, 16, 300, 1)
+    assert p.rate == pytest.approx(0.1) and p.burst == 2 and p.full_text
+    assert p.allowed_judges == ("keyword", "rubric") and p.max_prompt_chars == 1600
+    # the general prompt cap is the default for the hosted one
+    assert HostedPolicy.from_env({**ON, "EXPLORER_MAX_PROMPT_TOKENS": "77"}) \
+        .max_prompt_tokens == 77
+    # flags win over the environment
+    p = HostedPolicy.from_env(env, enabled=False, allowlist=["a/b"], full_text=False,
+                              max_new_tokens=8)
+    assert not p.enabled and p.model_allowlist == ("a/b",) and not p.full_text
+    assert p.max_new_tokens == 8
+    assert HostedPolicy.from_env({}, enabled=True).enabled
+    d = hosted().to_dict()
+    assert d["enabled"] and d["requests_per_minute"] == pytest.approx(30)
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"EXPLORER_HOSTED": "maybe"}, "EXPLORER_HOSTED must be 1 or 0"),
+    ({"EXPLORER_HOSTED_MAX_NEW_TOKENS": "0"}, "EXPLORER_HOSTED_MAX_NEW_TOKENS must be"),
+    ({"EXPLORER_HOSTED_MAX_SEARCH": "-3"}, "EXPLORER_HOSTED_MAX_SEARCH"),
+    ({"EXPLORER_HOSTED_RATE": "nan"}, "EXPLORER_HOSTED_RATE"),
+    ({"EXPLORER_HOSTED_BURST": "lots"}, "EXPLORER_HOSTED_BURST"),
+    ({"EXPLORER_MODEL_ALLOWLIST": "/srv/models/secret"}, "hub ids"),
+    ({"EXPLORER_MODEL_ALLOWLIST": "org/a,../b"}, "hub ids"),
+    ({"EXPLORER_HOSTED_FULL_TEXT": "2"}, "EXPLORER_HOSTED_FULL_TEXT"),
+])
+def test_malformed_environment_is_refused(env, match):
+    with pytest.raises(PolicyError, match=match):
+        HostedPolicy.from_env(env)
+
+
+def test_policy_error_is_a_value_error():
+    assert issubclass(PolicyError, ValueError)
+    with pytest.raises(TypeError, match="unknown HostedPolicy field"):
+        HostedPolicy.from_env({}, max_gpus=3)
+
+
+# -- models -------------------------------------------------------------------------------
+def test_check_model(tmp_path):
+    p = hosted()
+    for demo in (None, "", "demo", " demo "):
+        assert p.check_model(demo) == "demo"
+    assert p.check_model("allenai/OLMoE-1B-7B-0924") == "allenai/OLMoE-1B-7B-0924"
+    assert p.check_model("ALLENAI/olmoe-1b-7b-0924") == "allenai/OLMoE-1B-7B-0924"
+    for name in ("mistralai/Mixtral-8x7B-v0.1", "allenai/OLMoE-1B-7B-0924-Instruct", "gpt2"):
+        with pytest.raises(PolicyError, match="not available on this server"):
+            p.check_model(name)
+    (tmp_path / "model").mkdir()
+    for path in (str(tmp_path / "model"), "./model", "../x", "~/models/x", "/etc/passwd",
+                 "a\\b", "a/b/c", "weights.safetensors", "x\x00y"):
+        with pytest.raises(PolicyError, match="local model paths are not allowed"):
+            p.check_model(path)
+    with pytest.raises(PolicyError, match="must be text"):
+        p.check_model(42)
+    off = HostedPolicy.from_env({})  # off: anything goes (load_model judges it)
+    assert off.check_model(str(tmp_path / "model")) == str(tmp_path / "model")
+    assert off.check_model("demo") == "demo"
+
+
+def test_an_allowlisted_name_that_is_also_a_local_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "allenai" / "OLMoE-1B-7B-0924").mkdir(parents=True)
+    with pytest.raises(PolicyError, match="local model paths"):
+        hosted().check_model("allenai/OLMoE-1B-7B-0924")
+
+
+# -- prompts, generation, searches, jobs --------------------------------------------------
+def test_check_prompt(tiny, monkeypatch):
+    monkeypatch.delenv("EXPLORER_MAX_PROMPT_TOKENS", raising=False)
+    n = len(tiny.encode("Tell me a joke"))
+    assert hosted().check_prompt(tiny, "Tell me a joke") == n
+    assert HostedPolicy.from_env({}).check_prompt(tiny, "Tell me a joke") == n
+    for bad in ("", "  \n", None, 3):
+        with pytest.raises(PolicyError, match="the prompt is empty"):
+            hosted().check_prompt(tiny, bad)
+    with pytest.raises(PolicyError, match=f"{n} tokens with the chat template, this server "
+                                          f"allows {n - 1}"):
+        hosted(max_prompt_tokens=n - 1).check_prompt(tiny, "Tell me a joke")
+    assert hosted(max_prompt_tokens=n).check_prompt(tiny, "Tell me a joke") == n
+    with pytest.raises(PolicyError, match="10000 characters, this server allows 4096"):
+        hosted().check_prompt(tiny, "a" * 10_000)  # refused before tokenising
+    # beyond the model's own context: refused whether hosted or not
+    for p in (hosted(max_prompt_tokens=10_000, max_prompt_chars=10**6),
+              HostedPolicy.from_env({})):
+        with pytest.raises(PolicyError, match="limit is 512"):
+            p.check_prompt(tiny, "hello " * 600)
+    with pytest.raises(PolicyError, match="not valid Unicode"):
+        hosted().check_prompt(tiny, "hi \ud800")
+
+
+def test_check_generation():
+    p = hosted(max_new_tokens=32)
+    assert p.check_generation(0) == 0 and p.check_generation(32) == 32
+    assert p.check_generation(8.0) == 8
+    with pytest.raises(PolicyError, match="above this server's limit of 32"):
+        p.check_generation(33)
+    for bad in (-1, 1.5, True, "8", None, float("nan"), float("inf")):
+        with pytest.raises(PolicyError, match="max_new_tokens"):
+            p.check_generation(bad)
+    assert HostedPolicy.from_env({}).check_generation(10_000) == 10_000
+
+
+def test_check_search():
+    p = hosted(max_search_budget=600)
+    assert p.check_search({"candidates": 4, "max_iters": 3}, positions=50) == 600
+    assert p.check_search({"candidates": 4, "max_iters": 3, "positions": 50}) == 600
+    assert p.check_search({}, positions=12) == 10 * 5 * 12  # fsour's defaults
+    assert p.check_search({"candidates": None, "max_iters": None}, positions=1) == 50
+    with pytest.raises(PolicyError, match=r"4 candidates x 3 iterations x 51 prompt "
+                                          r"positions = 612 is above this server's limit "
+                                          r"of 600"):
+        p.check_search({"candidates": 4, "max_iters": 3}, positions=51)
+    with pytest.raises(PolicyError, match="needs the prompt's token count"):
+        p.check_search({"candidates": 1, "max_iters": 1})
+    for bad, match in (({"candidates": 0}, "candidates must be at least 1"),
+                       ({"max_iters": -2}, "max_iters must be at least 1"),
+                       ({"candidates": "3"}, "candidates must be an integer"),
+                       ({"candidates": 2.5}, "candidates must be an integer"),
+                       ({"max_new_tokens": 65}, "above this server's limit of 64"),
+                       ({"judge": "rubric"}, "judge 'rubric' is not offered"),
+                       ({"judge": "classifier"}, "not offered")):
+        with pytest.raises(PolicyError, match=match):
+            p.check_search(bad, positions=2)
+    with pytest.raises(PolicyError, match="positions must be at least 1"):
+        p.check_search({}, positions=0)
+    with pytest.raises(PolicyError, match="mapping"):
+        p.check_search([("candidates", 1)], positions=1)
+    assert p.check_search({"judge": "keyword"}, positions=1) == 50
+    off = HostedPolicy.from_env({})
+    assert off.check_search({"candidates": 1000, "max_iters": 100, "judge": "rubric"},
+                            positions=500) == 50_000_000
+    assert off.check_search({"candidates": 3, "max_iters": 2}) == 6
+    with pytest.raises(PolicyError):  # zero budgets are wrong everywhere
+        off.check_search({"candidates": 0}, positions=3)
+
+
+def test_check_jobs():
+    p = hosted()  # two per session
+    p.check_jobs(0)
+    p.check_jobs(1)
+    with pytest.raises(PolicyError, match="already has 2 queued or running job"):
+        p.check_jobs(2)
+    with pytest.raises(PolicyError, match="active must be at least 0"):
+        p.check_jobs(-1)
+    HostedPolicy.from_env({}).check_jobs(99)
+
+
+# -- rate limit ---------------------------------------------------------------------------
+def test_token_bucket_per_session():
+    clock = Clock()
+    p = hosted(clock=clock)  # 30 per minute = one every 2 s, bursts of 10
+    assert [p.allow("alice") for _ in range(11)] == [True] * 10 + [False]
+    assert p.allow("bob")  # sessions are independent
+    clock.t += 1.0
+    assert not p.allow("alice")  # half a token is not enough
+    clock.t += 1.0
+    assert p.allow("alice") and not p.allow("alice")
+    clock.t += 3600
+    assert sum(p.allow("alice") for _ in range(20)) == 10  # refills to the burst, no more
+    with pytest.raises(PolicyError, match=r"try again in 2 s"):
+        p.check_rate("alice")
+    clock.t += 2
+    p.check_rate("alice")
+    off = HostedPolicy.from_env({}, clock=clock)
+    assert all(off.allow("alice") for _ in range(1000))
+    off.check_rate("alice")
+
+
+def test_token_bucket_is_thread_safe():
+    p = hosted(clock=Clock(), burst=25)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def hammer():
+        got = [p.allow("shared") for _ in range(50)]
+        with lock:
+            results.extend(got)
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 400 and sum(results) == 25
+
+
+def test_idle_buckets_are_dropped(monkeypatch):
+    import explorer.hosted as H
+    monkeypatch.setattr(H, "MAX_SESSIONS", 50)
+    clock = Clock()
+    p = hosted(clock=clock)
+    for i in range(200):
+        assert p.allow(f"s{i}")
+        clock.t += 100  # every earlier session has refilled by now
+    assert len(p._buckets) <= 51
+    busy = hosted(clock=Clock())
+    for i in range(60):  # nobody refills: nothing may be forgotten (no free burst)
+        busy.allow(f"s{i}")
+    assert len(busy._buckets) == 60
+
+
+# -- redaction ----------------------------------------------------------------------------
+HARMFUL = ("Sure, here is how to pick a lock. First, insert the tension wrench. "
+           "Then rake the pins until they set.")
+
+
+def test_redact_harmful_answers_of_real_models():
+    p = hosted()
+    yes = Verdict(jailbroken=True, refusal=False, score=1.0, judge="keyword")
+    no = Verdict(jailbroken=False, refusal=True, score=0.0, judge="keyword")
+    shown = p.redact(HARMFUL, yes, is_demo_model=False)
+    assert shown == f"Sure, here is how to pick a lock. {REDACTION_NOTE}"
+    assert "tension wrench" not in shown
+    assert p.redact(HARMFUL, {"jailbroken": True}, False) == shown
+    assert p.redact(HARMFUL, True, False) == shown
+    # left alone: the demo model, refusals, unknown verdicts, the operator's opt-out, off
+    assert p.redact(HARMFUL, yes, is_demo_model=True) == HARMFUL
+    assert p.redact(HARMFUL, no, False) == HARMFUL
+    assert p.redact(HARMFUL, None, False) == HARMFUL
+    assert p.redact(HARMFUL, {"jailbroken": False}, False) == HARMFUL
+    assert hosted(full_text=True).redact(HARMFUL, yes, False) == HARMFUL
+    assert HostedPolicy.from_env({**ON, "EXPLORER_HOSTED_FULL_TEXT": "1"}).redact(
+        HARMFUL, yes, False) == HARMFUL
+    assert HostedPolicy.from_env({}).redact(HARMFUL, yes, False) == HARMFUL
+    assert p.redact("", yes, False) == ""
+
+
+def test_first_sentence():
+    assert first_sentence("  Step one:\n1. mix A and B. 2. heat") == "Step one:"
+    assert first_sentence("Done! More text.") == "Done!"
+    assert first_sentence("Version 1.5 works. Next") == "Version 1.5 works."
+    assert first_sentence("\u4f60\u597d\u3002\u518d\u89c1") == "\u4f60\u597d\u3002"
+    long = "word " * 200  # no sentence end: capped
+    assert len(first_sentence(long)) <= 200
+    p = hosted()
+    shown = p.redact(long, True, False)
+    assert shown.endswith(REDACTION_NOTE) and len(shown) <= 200 + 1 + len(REDACTION_NOTE)
+    assert p.redact(".\n\nsecret", True, False) == f". {REDACTION_NOTE}"
