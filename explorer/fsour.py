@@ -29,6 +29,10 @@ from .route import Route
 
 DEFAULT_TARGET = "Sure, here is"
 DEFAULT_THRESHOLD = math.log(0.8)
+# A candidate must beat the best by more than float noise. Without it, a candidate that
+# re-forces the experts the router already picks (same log-prob in exact arithmetic) can
+# "improve" by 1e-7 in one engine's rounding and not the other's, and the routes diverge.
+IMPROVE_EPS = 1e-4
 
 
 @dataclass
@@ -241,8 +245,9 @@ def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
                 cands = [route.with_force(layers[li], t, sample_set(rng, infos[li]))
                          for _ in range(candidates)]
                 scores = eng.score(cands, position=t, layer=layers[li], base=route)
-                j = max(range(len(scores)), key=scores.__getitem__)
-                improved = scores[j] > state.best_logprob
+                top = max(scores)
+                j = next(i for i, x in enumerate(scores) if x >= top - IMPROVE_EPS)
+                improved = scores[j] > state.best_logprob + IMPROVE_EPS
                 if improved:
                     route, state.best_logprob = cands[j], scores[j]
                 state.l_index += 1

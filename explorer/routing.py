@@ -281,20 +281,19 @@ class RouteControl:
             B, S = self._state.get("B", 1), self._state.get("S", logits.shape[0])
             self.records.setdefault(h.info.index, []).append(
                 {"logits_pending": logits.detach().float().reshape(B, S, -1).cpu()})
-        allowed = self._allowed(h, logits.reshape(-1, logits.shape[-1]).shape[0], logits.device)
-        if allowed is None:
-            return logits
-        mask = torch.zeros(allowed.shape, dtype=logits.dtype, device=logits.device)
-        mask.masked_fill_(~allowed, NEG_INF)
-        return logits + mask.reshape(logits.shape)
+        return self._masked(h, logits, NEG_INF)
 
     def _on_choice(self, h: LayerHandles, scores: torch.Tensor) -> torch.Tensor:
-        allowed = self._allowed(h, scores.reshape(-1, scores.shape[-1]).shape[0], scores.device)
+        return self._masked(h, scores, CHOICE_MASK)
+
+    def _masked(self, h: LayerHandles, x: torch.Tensor, value: float) -> torch.Tensor:
+        """``x`` (rows x experts) plus ``value`` wherever an expert is not allowed."""
+        allowed = self._allowed(h, x.reshape(-1, x.shape[-1]).shape[0], x.device)
         if allowed is None:
-            return scores
-        mask = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
-        mask.masked_fill_(~allowed, CHOICE_MASK)
-        return scores + mask.reshape(scores.shape)
+            return x
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        mask.masked_fill_(~allowed, value)
+        return x + mask.reshape(x.shape)
 
     # -- results -----------------------------------------------------------------------------
     def clear(self) -> None:

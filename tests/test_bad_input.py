@@ -9,7 +9,6 @@ import logging
 import os
 import pickle
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,13 @@ import torch
 from explorer import cli
 from explorer.cli import main
 from explorer.route import Route, RouteError
+from conftest import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-4f1c9a"
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+_closed_port = closed_port
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, shared_data
+from conftest import ROOT, shared_data, closed_port
 
 from explorer.cli import main
 from explorer.data import load_dataset_rows
@@ -267,12 +266,7 @@ def test_cli_rubric_judge(tiny_ckpt, tmp_path, capsys):
     assert len(ep.requests) == 2
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+_closed_port = closed_port
 
 
 def test_cli_bad_input(tiny_ckpt, tmp_path, capsys, monkeypatch):

@@ -30,6 +30,7 @@ from explorer.cli import main
 from explorer.layers import LayerInfo
 from explorer.model import ModelInfo
 from explorer.route import Route, RouteEdit, RouteError
+from conftest import closed_port
 
 COUNTS: collections.Counter = collections.Counter()
 CLI_TESTS = ("soup", "prompts", "routes", "datasets")
@@ -246,13 +247,7 @@ def ws(tmp_path_factory, tiny_ckpt):
         yield {"root": root, "tiny": str(tiny_ckpt), "url": f"http://127.0.0.1:{closed}/v1"}
 
 
-def _closed_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+_closed_port = closed_port
 
 
 INPUT_FILES = {  # rewritten before every soup example (commands may write over them)

@@ -3,12 +3,12 @@ local classifier judge (tiny random checkpoints built here; no downloads)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import closed_port
 from explorer.judge import (JUDGES, REFUSAL_MARKERS, ClassifierJudge, JudgeError, KeywordJudge,
                             RubricJudge, Verdict, get_judge, is_refusal, parse_guard_output,
                             parse_rubric, rubric_score)
@@ -169,12 +169,7 @@ def test_rubric_judge_bad_replies(endpoint):
     assert SECRET not in str(exc.value) and "\n" not in str(exc.value)
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+_closed_port = closed_port
 
 
 def test_rubric_judge_unreachable():
