@@ -57,40 +57,32 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 0 (the name is historical: zero is allowed)."""
+MAX_SEED = 2**32 - 1
+
+
+def _int_in(text: str, lo: int, hi: int | None, what: str, kind: str = "an integer") -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise argparse.ArgumentTypeError(f"{what}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 0 (the name is historical: zero is allowed)."""
+    return _int_in(text, 0, None, "expected a non-negative integer")
 
 
 def count(text: str) -> int:
     """argparse type: an integer >= 1 (search budgets, sample counts)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-MAX_SEED = 2**32 - 1
+    return _int_in(text, 1, None, "expected a positive integer")
 
 
 def seed_int(text: str) -> int:
     """argparse type: a random seed in 0..2**32-1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed must lie in 0..{MAX_SEED}, got {v}")
-    return v
+    return _int_in(text, 0, MAX_SEED, f"a seed must lie in 0..{MAX_SEED}", "an integer seed")
 
 
 def log_prob(text: str) -> float:
