@@ -64,24 +64,28 @@ def load_prompts(spec: str | None, default: str = "harmful", limit: int | None =
     return out[:limit] if limit else out
 
 
+def _json_objects(path, what: str) -> list:
+    """The JSON objects in a file: one JSON document, or JSON lines."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return [json.loads(text)]
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: neither JSON nor JSONL ({exc})") from None
+
+
 def load_routes(paths, top: int | None = None) -> list:
     """Routes from files (see the module docs); RoSais results give their top-L masks."""
     from .rosais import RosaisResult
     from .route import Route, RouteError
     out = []
     for p in paths or []:
-        try:
-            text = Path(p).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read route file {p}: {exc.strerror or exc}") from None
-        objs = []
-        try:
-            objs = [json.loads(text)]
-        except json.JSONDecodeError:
-            try:
-                objs = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{p}: neither JSON nor JSONL ({exc})") from None
+        objs = _json_objects(p, "route file")
         expanded = []
         for obj in objs:  # `minimize --json` holds a list of results
             if isinstance(obj, dict) and isinstance(obj.get("results"), list):
@@ -122,15 +126,7 @@ def load_rosais(paths) -> list:
     from .rosais import RosaisResult
     out = []
     for p in paths or []:
-        try:
-            text = Path(p).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read {p}: {exc.strerror or exc}") from None
-        try:
-            objs = [json.loads(text)]
-        except json.JSONDecodeError:
-            objs = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-        for obj in objs:
+        for obj in _json_objects(p, "RoSais file"):
             if not isinstance(obj, dict) or "best_masks" not in obj:
                 raise UsageError(f"{p}: not a `rosais --json` result")
             out.append(RosaisResult.from_dict(obj))
