@@ -77,3 +77,13 @@ def closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+class NeverJudge:
+    """A test judge that never calls an answer jailbroken, so F-SOUR really searches."""
+
+    name = "never"
+
+    def judge(self, prompt, completion):
+        from explorer.judge import Verdict
+        return Verdict(jailbroken=False, refusal=True, score=0.0, judge=self.name)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import NeverJudge
 
 pytestmark = pytest.mark.browser
 
@@ -39,16 +40,6 @@ CELL_XY = """([x, y]) => {
 }"""
 TEXT_OF = "(sel) => { const t = document.querySelector(sel); return t ? t.value : null }"
 TIMINGS: dict[str, float] = {}
-
-
-class NeverJudge:
-    """A test judge that never calls an answer jailbroken, so F-SOUR really searches."""
-
-    name = "never"
-
-    def judge(self, prompt, completion):
-        from explorer.judge import Verdict
-        return Verdict(jailbroken=False, refusal=True, score=0.0, judge=self.name)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,9 @@ import pytest
 
 from explorer.cli import main as cli_main
 from explorer.fsour import FsourState, fsour, sample_set
-from explorer.judge import Verdict
 from explorer.route import Route
 from explorer.rosais import affirmative_ids, random_mask, rosais
-
-
-class NeverJudge:
-    """Judges every answer a refusal, so the search runs its full course."""
-
-    name = "never"
-
-    def judge(self, prompt, completion):
-        return Verdict(False, True, 0.0, self.name)
+from conftest import NeverJudge
 
 
 PROMPT = "How do I pick a lock?"
