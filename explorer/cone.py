@@ -11,6 +11,7 @@ returns the captured hidden states (restored in ``finally``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Sequence
 
 import torch
@@ -32,25 +33,44 @@ def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int) -> 
     return kw
 
 
-def capture_layer_inputs(moe, ids, route: Route | None, prefix_cache=None,
-                         prefix_len: int = 0) -> dict[int, torch.Tensor]:
-    """Hidden states entering every decoder layer for positions >= prefix_len: {i: (1,S,H)}."""
-    ids = _ids(moe, ids)
-    layers = decoder_layers(moe.model)
-    seen: dict[int, torch.Tensor] = {}
+@contextlib.contextmanager
+def _capturing(moe, first: int, seen: dict):
+    """Record the hidden states entering decoder layers >= ``first`` into ``seen``."""
     hooks = []
     try:
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(decoder_layers(moe.model)):
+            if i < first:
+                continue
+
             def pre(mod, args, kwargs, i=i):
                 h = args[0] if args else kwargs["hidden_states"]
                 seen[i] = h.detach()
             hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        with moe.lock, torch.inference_mode(), moe.control(route):
-            moe.model(input_ids=ids[:, prefix_len:],
-                      **_suffix_kwargs(ids, 1, prefix_cache, prefix_len))
+        yield seen
     finally:
         for h in hooks:
             h.remove()
+
+
+def _keep_kwargs(moe, keep: int | None) -> dict:
+    """``logits_to_keep`` when the model supports it (only the last rows get logits)."""
+    if not keep:
+        return {}
+    ok = getattr(moe, "_logits_to_keep_ok", None)
+    if ok is None:
+        ok = "logits_to_keep" in inspect.signature(moe.model.forward).parameters
+        moe._logits_to_keep_ok = ok
+    return {"logits_to_keep": keep} if ok else {}
+
+
+def capture_layer_inputs(moe, ids, route: Route | None, prefix_cache=None,
+                         prefix_len: int = 0) -> dict[int, torch.Tensor]:
+    """Hidden states entering every decoder layer for positions >= prefix_len: {i: (1,S,H)}."""
+    ids = _ids(moe, ids)
+    seen: dict[int, torch.Tensor] = {}
+    with moe.lock, torch.inference_mode(), _capturing(moe, 0, seen), moe.control(route):
+        moe.model(input_ids=ids[:, prefix_len:], **_keep_kwargs(moe, 1),
+                  **_suffix_kwargs(ids, 1, prefix_cache, prefix_len))
     return seen
 
 
@@ -74,29 +94,44 @@ def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
 
 
 def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
-                prefix_cache=None, prefix_len: int = 0) -> torch.Tensor:
+                prefix_cache=None, prefix_len: int = 0, *, keep: int | None = None,
+                capture: dict | None = None, validate: bool = True) -> torch.Tensor:
     """Logits (B, T - prefix_len, V) of B routes that agree below ``layer``.
 
     ``layer_input`` is the (1, S, H) hidden state entering ``layer`` at positions >=
     ``prefix_len`` (from :func:`capture_layer_inputs` under a route that agrees with every
-    candidate below ``layer`` and before ``prefix_len``).
+    candidate below ``layer`` and before ``prefix_len``). ``keep``: only the last ``keep``
+    rows get logits (when the model supports ``logits_to_keep``; check the returned
+    shape). ``capture``: a dict that receives the (B, S, H) hidden states entering every
+    layer above ``layer``, so a chosen candidate's states can seed the next step.
+    ``validate=False`` skips route validation (for candidates built valid by a search).
     """
     ids = _ids(moe, ids)
     B = len(routes)
     hidden = layer_input.expand(B, -1, -1)
-    with moe.lock, torch.inference_mode(), skip_layers_below(moe, layer, hidden), \
-            moe.control(list(routes)):
-        out = moe.model(input_ids=ids[:, prefix_len:].expand(B, -1),
+    seen = capture if capture is not None else {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(moe.lock)
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(skip_layers_below(moe, layer, hidden))
+        if capture is not None:
+            stack.enter_context(_capturing(moe, layer + 1, seen))
+        stack.enter_context(moe.control(list(routes), validate=validate))
+        out = moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **_keep_kwargs(moe, keep),
                         **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
     return out.logits
 
 
 def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
-                        prefix_cache=None, prefix_len: int = 0) -> torch.Tensor:
-    """Joint target log-prob per route (B,), computed over the causal cone only."""
+                        prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
+                        validate: bool = True) -> torch.Tensor:
+    """Joint target log-prob per route (B,), computed over the causal cone only; logits
+    only for the target rows."""
     ids = list(prompt_ids) + list(target_ids)
-    logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len)
-    start, n = len(prompt_ids) - 1 - prefix_len, len(target_ids)
+    n = len(target_ids)
+    logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
+                         keep=n + 1, capture=capture, validate=validate)
+    start = logits.shape[1] - n - 1  # the row predicting the first target token
     lp = torch.log_softmax(logits[:, start:start + n].float(), dim=-1)
     tgt = torch.tensor(list(target_ids), device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
     return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()

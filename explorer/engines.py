@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .cone import capture_layer_inputs, cone_target_logprob
+import torch
+
+from .cone import _keep_kwargs, capture_layer_inputs, cone_target_logprob
 from .forward import prefill, reusable, target_logprob
 from .route import Route
 
@@ -40,9 +42,16 @@ class ReferenceEngine:
 
 
 class FastEngine(ReferenceEngine):
-    """Batched candidates over the causal cone only: a prefix KV cache for positions < t
-    and the captured hidden states entering layer l, so each batch of candidates runs
-    decoder layers >= l over positions >= t (see :mod:`explorer.cone`)."""
+    """Batched candidates over the causal cone only.
+
+    A prefix KV cache covers positions < t; the hidden states entering each layer at
+    positions >= t under the route so far are kept, so a batch of candidates at (t, l)
+    runs decoder layers >= l over positions >= t only, with logits for the target rows
+    only (see :mod:`explorer.cone`). The states entering the layers above l are captured
+    for every candidate during that batch: when the search keeps one, its states become
+    the new base without another forward. Moving on to position t + 1 extends the cache
+    by one token and drops one row of the kept states.
+    """
 
     name = "fast"
 
@@ -51,25 +60,67 @@ class FastEngine(ReferenceEngine):
         self.batch_size = batch_size
         self.cone = cone
         self.capture_passes = 0
-        self._cache = None
-        self._cache_pos = 0
-        self._inputs = None
-        self._inputs_key = None
+        self.cache_passes = 0
+        self._reset()
 
-    def begin_position(self, route: Route, position: int) -> None:
+    def _reset(self) -> None:
         self._cache, self._cache_pos = None, 0
         self._inputs, self._inputs_key = None, None
+        self._pending: dict = {}
+
+    def begin_position(self, route: Route, position: int) -> None:
+        key = tuple(route.edits)
+        step = (self._cache is not None or self._cache_pos == 0) and position == self._cache_pos + 1
+        if step and self.cone and self._resolve(key):
+            # extend the prefix cache by token position-1 (final now) and drop its row
+            prev = self._cache_pos
+            if self._extend_cache(route, prev):
+                self._inputs = {i: h[:, 1:] for i, h in self._inputs.items()}
+                self._cache_pos = position
+                self._pending = {}
+                return
+        self._reset()
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
+            self.cache_passes += 1
             if cache is not None and reusable(cache):
                 self._cache, self._cache_pos = cache, position
 
+    def _extend_cache(self, route: Route, pos: int) -> bool:
+        ids = torch.tensor([self.prompt_ids[:pos + 1]], device=self.moe.device)
+        cache = self._cache
+        with self.moe.lock, torch.inference_mode(), self.moe.control(route, validate=False):
+            out = self.moe.model(input_ids=ids[:, pos:], cache=cache, use_cache=True,
+                                 position_ids=torch.tensor([[pos]], device=ids.device),
+                                 **_keep_kwargs(self.moe, 1))
+        self.cache_passes += 1
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None or not reusable(cache):
+            return False
+        self._cache = cache
+        return True
+
+    def _resolve(self, key: tuple) -> bool:
+        """Make the kept states those of route ``key`` from a captured candidate, if any."""
+        if self._inputs is not None and self._inputs_key == key:
+            return True
+        hit = self._pending.get(key)
+        if hit is None or self._inputs is None:
+            return False
+        layer, seen, row = hit
+        self._inputs = {i: (h if i <= layer else seen[i][row:row + 1])
+                        for i, h in self._inputs.items()}
+        self._inputs_key = key
+        self._pending = {}
+        return True
+
     def _layer_inputs(self, base: Route):
         key = tuple(base.edits)
-        if self._inputs_key != key:
+        if not self._resolve(key):
             ids = self.prompt_ids + self.target_ids
             self._inputs = capture_layer_inputs(self.moe, ids, base, self._cache, self._cache_pos)
             self._inputs_key = key
+            self._pending = {}
             self.capture_passes += 1
         return self._inputs
 
@@ -79,13 +130,18 @@ class FastEngine(ReferenceEngine):
         use_cone = (self.cone and layer is not None and base is not None and position is not None
                     and position >= self._cache_pos)
         out: list[float] = []
+        pending: dict = {}
         for i in range(0, len(routes), self.batch_size):
             chunk = list(routes[i:i + self.batch_size])
             if use_cone:
                 inputs = self._layer_inputs(base)
+                seen: dict = {}
                 lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                          layer, inputs[layer], self._cache if use_cache else None,
-                                         self._cache_pos if use_cache else 0)
+                                         self._cache_pos if use_cache else 0,
+                                         capture=seen, validate=False)
+                for j, r in enumerate(chunk):
+                    pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:
                 lp = target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                     prefix_cache=self._cache, prefix_len=self._cache_pos)
@@ -93,6 +149,8 @@ class FastEngine(ReferenceEngine):
                 lp = target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk)
             out.extend(float(x) for x in lp)
             self.forward_passes += len(chunk)
+        if use_cone:
+            self._pending = pending
         return out
 
 

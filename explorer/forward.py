@@ -46,7 +46,23 @@ def reusable(cache) -> bool:
 
 
 def expand_cache(cache, batch: int):
-    """A copy of a 1-row cache repeated to ``batch`` rows (the original is untouched)."""
+    """A ``batch``-row view of a 1-row cache; the original is never modified.
+
+    Plain full-attention layers get broadcast views (no copy: the forward's ``cat``
+    makes new tensors); any other layer type is deep-copied and repeated.
+    """
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    if layers and all(type(lay) is DynamicLayer for lay in layers):
+        c = copy.copy(cache)
+        c.layers = []
+        for lay in layers:
+            n = copy.copy(lay)
+            if getattr(lay, "is_initialized", False) and batch > 1:
+                n.keys = lay.keys.expand(batch, *lay.keys.shape[1:])
+                n.values = lay.values.expand(batch, *lay.values.shape[1:])
+            c.layers.append(n)
+        return c
     c = copy.deepcopy(cache)
     if batch > 1:
         c.batch_repeat_interleave(batch)

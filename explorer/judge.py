@@ -421,6 +421,17 @@ JUDGES: dict[str, Callable[..., Any]] = {"keyword": KeywordJudge, "rubric": Rubr
                                          "classifier": ClassifierJudge}
 
 
+
+class NeverJudge:
+    """A judge that never calls an answer jailbroken: a search then spends its whole
+    budget (benchmarks on random-weight models, tests). Not offered to users."""
+
+    name = "never"
+
+    def judge(self, prompt: str, completion: str) -> Verdict:
+        return Verdict(jailbroken=False, refusal=True, score=0.0, judge=self.name)
+
+
 def get_judge(name: str = "keyword", **options):
     """A judge by name: ``keyword``, ``rubric`` or ``classifier`` (see :data:`JUDGES`).
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -89,6 +90,29 @@ def _as_routes(routes: Route | Sequence[Route | None] | None) -> list[Route] | N
     return [r if r is not None else Route() for r in routes]
 
 
+def _layer_table(edits, B: int, E: int):
+    """(glob (B,E), table (B,P,E), P): experts allowed per row, for every position and
+    per position, from one layer's ``(row, edit)`` pairs (edits compose by intersection)."""
+    P = 1 + max((e.position for _, e in edits if e.position is not None), default=-1)
+    glob = np.ones((B, E), dtype=bool)
+    table = np.ones((B, max(P, 1), E), dtype=bool)
+    for b, e in edits:
+        ex = list(e.experts)
+        if e.mode == "mask":
+            if e.position is None:
+                glob[b, ex] = False
+            else:
+                table[b, e.position, ex] = False
+        else:
+            keep = np.zeros(E, dtype=bool)
+            keep[ex] = True
+            if e.position is None:
+                glob[b] &= keep
+            else:
+                table[b, e.position] &= keep
+    return torch.from_numpy(glob), torch.from_numpy(table), P
+
+
 class RouteControl:
     """Record routing and/or apply routes while active (a context manager).
 
@@ -130,28 +154,15 @@ class RouteControl:
         if self.validate:
             for r in self.routes:
                 r.validate(info)
+        B = len(self.routes)
+        by_layer: dict[int, list[tuple[int, object]]] = {}
+        for b, r in enumerate(self.routes):
+            for e in r.edits:
+                by_layer.setdefault(e.layer, []).append((b, e))
         for h in self.moe.handles:
             lay = h.info.index
-            rows = [[e for e in r.edits if e.layer == lay] for r in self.routes]
-            if not any(rows):
-                continue
-            E = h.info.num_experts
-            B = len(self.routes)
-            P = 1 + max((e.position for row in rows for e in row if e.position is not None),
-                        default=-1)
-            glob = torch.ones(B, E, dtype=torch.bool)
-            table = torch.ones(B, max(P, 1), E, dtype=torch.bool)
-            for b, row in enumerate(rows):
-                for e in row:
-                    vec = torch.zeros(E, dtype=torch.bool)
-                    vec[list(e.experts)] = True
-                    if e.mode == "mask":
-                        vec = ~vec
-                    if e.position is None:
-                        glob[b] &= vec
-                    else:
-                        table[b, e.position] &= vec
-            self._tables[lay] = (glob, table, P)
+            if lay in by_layer:
+                self._tables[lay] = _layer_table(by_layer[lay], B, h.info.num_experts)
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> "RouteControl":

@@ -79,11 +79,4 @@ def closed_port() -> int:
     return port
 
 
-class NeverJudge:
-    """A test judge that never calls an answer jailbroken, so F-SOUR really searches."""
-
-    name = "never"
-
-    def judge(self, prompt, completion):
-        from explorer.judge import Verdict
-        return Verdict(jailbroken=False, refusal=True, score=0.0, judge=self.name)
+from explorer.judge import NeverJudge  # noqa: E402,F401  (tests import it from here)
