@@ -320,7 +320,7 @@ class JobManager:
                 self._current = job_id
             try:
                 self._run(job_id)
-            except Exception as exc:  # noqa: BLE001 - store trouble while failing a job
+            except BaseException as exc:  # noqa: BLE001 - store trouble while failing a job
                 log.exception("job %s: bookkeeping failed", job_id)
                 try:
                     self.store.update_job(job_id, status="failed", error=_one_line(exc),
@@ -357,7 +357,9 @@ class JobManager:
 
         try:
             result = self.runner(self.moe, params, on_event, stop.is_set, rec.state)
-        except Exception as exc:  # noqa: BLE001 - any failure ends this job only
+        except BaseException as exc:  # noqa: BLE001 - any failure ends this job only
+            # (SystemExit, KeyboardInterrupt raised by a runner included: here they would
+            # kill the worker thread, leave the job 'running' and stall the queue)
             log.warning("job %s failed: %s", job_id, _one_line(exc))
             self.store.update_job(job_id, status="failed", error=_one_line(exc),
                                   progress=tracker.snapshot(), where_status="running")
