@@ -217,7 +217,7 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     # -- a small search, in the background --------------------------------------------------
     TIMINGS["phase: inspect + re-route done (s)"] = time.perf_counter() - t_start
     page.fill("#prompt-box textarea", SHORT)
-    page.get_by_role("tab", name="Search").click()
+    page.get_by_role("tab", name="Search", exact=True).click()
     _set_slider(page, "search-n", 2)
     _set_slider(page, "search-iters", 1)
     _set_slider(page, "search-thr", 0.99)
@@ -279,7 +279,7 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     # -- a refreshed tab finds its searches again (BrowserState) -------------------------------
     page.reload()
     page.wait_for_selector("#generate-btn")
-    page.get_by_role("tab", name="Search").click()
+    page.get_by_role("tab", name="Search", exact=True).click()
     _wait_text(page, "#search-progress", "· done", timeout=30_000)
     assert not errors, errors
 
@@ -289,7 +289,7 @@ def test_rosais_and_model_tabs(served, browser, shots):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(demo.local_url)
     page.wait_for_selector("#generate-btn")
-    page.get_by_role("tab", name="RoSais").click()
+    page.get_by_role("tab", name="RoSais", exact=True).click()
     _set_slider(page, "rosais-samples", 8)
     page.click("#rosais-btn")
     page.wait_for_function("() => { const g = document.querySelector('#rosais-plot "
@@ -299,7 +299,7 @@ def test_rosais_and_model_tabs(served, browser, shots):
     _wait_value(page, "#rosais-masked textarea", "v && v.includes('masked layers')")
     time.sleep(0.5)
     _shot(page, shots / "rosais.png")
-    page.get_by_role("tab", name="Model").click()
+    page.get_by_role("tab", name="Model", exact=True).click()
     page.wait_for_selector("text=MoE")
     _shot(page, shots / "model.png")
 
@@ -318,13 +318,13 @@ def test_bad_inputs_show_messages_and_another_model_loads(served, browser, tmp_p
     page.click("#generate-btn")
     _toast(page, "The prompt is empty")
     # a bad route file (pasted JSON)
-    page.get_by_role("tab", name="Route library").click()
+    page.get_by_role("tab", name="Route library", exact=True).click()
     page.get_by_text("Export, import, delete").click()
     page.locator("#import-json .cm-content").fill('{"edits": [{"layer": "x"}]}')
     page.click("#import-btn")
     _toast(page, "import is not a route")
     # a model path that does not exist, then a dense (non-MoE) model
-    page.get_by_role("tab", name="Model").click()
+    page.get_by_role("tab", name="Model", exact=True).click()
     page.fill("#model-name textarea", str(tmp_path / "missing-model"))
     page.click("#load-model-btn")
     _toast(page, "does not exist")
@@ -346,3 +346,34 @@ def test_bad_inputs_show_messages_and_another_model_loads(served, browser, tmp_p
     _wait_text(page, "#model-status", "Loaded")
     assert demo.explorer.moe is not moe and demo.explorer.moe.name == moe.name
     assert "MoE" in page.inner_text("#sse-header")
+
+
+def test_tour_tab_flips_the_refusal(served, browser, shots):
+    from explorer.tour import load_tour
+    from explorer.ui_common import is_demo_model
+    demo, moe = served
+    if not is_demo_model(moe):
+        pytest.skip("the tour runs on the demo model")
+    tour = load_tour()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.get_by_role("tab", name="Tour", exact=True).click()
+    t = time.perf_counter()
+    page.click("#tour-generate-btn")
+    _wait_value(page, "#tour-baseline textarea")
+    _wait_text(page, "#tour-info-generate", "refusal")
+    page.click("#tour-replay-btn")
+    _wait_value(page, "#tour-rerouted textarea", "v && v.startsWith('Sure, here is')")
+    _wait_text(page, "#tour-info-replay", "jailbroken")
+    page.click("#tour-compare-btn")
+    _wait_text(page, "#tour-info-compare", "cells route differently")
+    TIMINGS["tour steps 1, 3 and 4 (s)"] = time.perf_counter() - t
+    time.sleep(0.5)
+    _shot(page, shots / "tour.png")
+    page.click("#tour-explain-btn")
+    _wait_text(page, "#pending-edits", f"#{len(tour.route().edits)} ")
+    assert page.input_value("#prompt-box textarea") == tour.prompt
+    assert not errors, errors

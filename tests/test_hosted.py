@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 
 import pytest
 
@@ -279,3 +281,202 @@ def test_first_sentence():
     shown = p.redact(long, True, False)
     assert shown.endswith(REDACTION_NOTE) and len(shown) <= 200 + 1 + len(REDACTION_NOTE)
     assert p.redact(".\n\nsecret", True, False) == f". {REDACTION_NOTE}"
+
+
+# -- the app in hosted mode (issue #6) ---------------------------------------------------
+PROMPT = "Explain how to break into a neighbour's house."
+SHORT = "Steal a car."
+
+
+def ui_handler(demo, elem_id: str, event: str = "click"):
+    """The Python function wired to ``event`` of the component with ``elem_id``."""
+    block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    fns = [f for f in demo.fns.values() if (block._id, event) in
+           [(t[0], t[1]) for t in f.targets]]
+    assert len(fns) == 1, f"{elem_id}.{event}: {len(fns)} handlers"
+    return fns[0].fn
+
+
+def run_ui(fn, *args):
+    out = fn(*args)
+    if hasattr(out, "__next__"):
+        for out in out:
+            pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def hosted_app(tiny_ckpt, tmp_path_factory):
+    pytest.importorskip("gradio")
+    gradio_client = pytest.importorskip("gradio_client")
+    from conftest import NeverJudge
+
+    from explorer import DEMO_MODEL_DIR, load_model
+    from explorer.judge import JUDGES
+    from explorer.ui import build_app, launch_options
+    JUDGES["never"] = NeverJudge
+    path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
+    moe = load_model(str(path), device="cpu")
+    clock = Clock()  # frozen: buckets never refill unless a test moves it
+    policy = hosted(max_prompt_tokens=48, max_new_tokens=16, max_search_budget=2000,
+                    max_jobs_per_session=1, burst=10, clock=clock)
+    policy.allowed_judges = ("keyword", "never")
+    demo = build_app(moe, data_dir=tmp_path_factory.mktemp("hosted-data"), policy=policy)
+    demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
+                        **launch_options())
+    client = gradio_client.Client(demo.local_url, verbose=False)
+    yield demo, client, clock, gradio_client
+    demo.explorer.jobs.shutdown(wait=True, timeout=30)
+    demo.close()
+    JUDGES.pop("never", None)
+
+
+def _refused(client, args, endpoint, message):
+    with pytest.raises(Exception) as info:
+        client.predict(*args, api_name=endpoint)
+    text = str(info.value)
+    assert message.lower() in text.lower(), text
+    assert "Traceback" not in text and "\n" not in text.strip()
+
+
+def test_hosted_app_caps_prompts_and_generation(hosted_app):
+    demo, client, _, _ = hosted_app
+    assert demo.explorer.policy.enabled
+    long = "Please explain, in great detail and step by step, " * 12
+    for endpoint, args in (("/trace", (long, 4, "")), ("/generate", (long, 4, "")),
+                           ("/rosais", (long, 2, 1, 0.5, 0, 4)),
+                           ("/replay", (0, long, '{"edits": []}', 4)),
+                           ("/search_start", (long, "Sure", 2, -0.2, 1, 0, "fast", 4,
+                                              "keyword"))):
+        _refused(client, args, endpoint, "the prompt is too long")
+    _refused(client, ("x" * 1000, 4, ""), "/trace", "1000 characters, this server allows 768")
+    _refused(client, (PROMPT, 17, ""), "/trace", "above this server's limit of 16")
+    _refused(client, (PROMPT, 2, 1, 0.5, 0, 17), "/rosais", "above this server's limit of 16")
+    _refused(client, (PROMPT, 1000, 1, 0.5, 0, 4), "/rosais", "above this server's limit")
+    out = client.predict(PROMPT, 4, "", api_name="/trace")  # within the caps: served
+    assert out["tokens"] and out["model"] == demo.explorer.moe.name
+    # the UI applies the same checks, as one-line messages
+    import gradio as gr
+    with pytest.raises(gr.Error, match="the prompt is too long"):
+        run_ui(ui_handler(demo, "generate-btn"), long, 8, "expert", [], None)
+    with pytest.raises(gr.Error, match="above this server's limit of 16"):
+        run_ui(ui_handler(demo, "generate-btn"), PROMPT, 40, "expert", [], None)
+    slider = next(b for b in demo.blocks.values()
+                  if getattr(b, "elem_id", None) == "prompt-max-new")
+    assert slider.maximum == 16 and slider.value == 16
+
+
+def test_hosted_app_caps_searches_and_jobs(hosted_app):
+    demo, client, _, _ = hosted_app
+    _refused(client, (SHORT, "Sure", 64, -0.2, 20, 0, "fast", 4, "keyword"), "/search_start",
+             "is above this server's limit of 2000")
+    # one job per session: a long search (a judge that never accepts), then a second
+    first = client.predict(SHORT, "Sure", 2, math.log(0.999), 20, 0, "fast", 4, "never",
+                           api_name="/search_start")["job_id"]
+    try:
+        _refused(client, (SHORT, "Sure", 2, -0.2, 1, 1, "fast", 4, "keyword"),
+                 "/search_start", "already has 1 queued or running job")
+        # the UI counts the browser's own jobs the same way
+        import gradio as gr
+        start = ui_handler(demo, "search-start")
+        b = {"client": "browser-1", "jobs": []}
+        out = start(SHORT, "Sure", 2, 0.99, 20, 0, "fast", "never", 4, b)
+        b = out[0]
+        with pytest.raises(gr.Error, match="already has 1 queued or running job"):
+            start(SHORT, "Sure", 2, 0.99, 1, 1, "fast", "keyword", 4, b)
+        with pytest.raises(gr.Error, match="is above this server's limit of 2000"):
+            start(SHORT, "Sure", 64, 0.99, 20, 0, "fast", "keyword", 4,
+                  {"client": "browser-2", "jobs": []})
+        for j in b["jobs"]:
+            demo.explorer.jobs.cancel(j)
+    finally:
+        client.predict(first, api_name="/search_cancel")
+    end = time.time() + 60
+    while time.time() < end and demo.explorer.store.list_jobs(
+            status=("queued", "running"), limit=5):
+        time.sleep(0.2)
+
+
+def test_hosted_app_rate_limits_each_session(hosted_app):
+    demo, _, clock, gradio_client = hosted_app
+    fresh = gradio_client.Client(demo.local_url, verbose=False)  # its own session
+    other = gradio_client.Client(demo.local_url, verbose=False)
+    for _ in range(10):  # the burst
+        fresh.predict(PROMPT, 0, "", api_name="/trace")
+    _refused(fresh, (PROMPT, 0, ""), "/trace", "too many requests from this session: "
+             "try again in 2 s")
+    assert other.predict(PROMPT, 0, "", api_name="/trace")["tokens"]  # others are served
+    assert fresh.predict("", "", "", "", 5, api_name="/routes") == []  # listing is free
+    clock.t += 2.0  # one request refills in 2 s (30 a minute)
+    assert fresh.predict(PROMPT, 0, "", api_name="/trace")["tokens"]
+    _refused(fresh, (PROMPT, 0, ""), "/trace", "too many requests")
+
+
+def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
+    import gradio as gr
+    demo, _, _, _ = hosted_app
+    load = ui_handler(demo, "load-model-btn")
+    moe = demo.explorer.moe
+    for name, message in ((str(tmp_path), "local model paths are not allowed"),
+                          ("/etc/passwd", "local model paths are not allowed"),
+                          ("gpt2", "not available on this server"),
+                          ("mistralai/Mixtral-8x7B-v0.1", "not available on this server")):
+        with pytest.raises(gr.Error, match=message):
+            load(name)
+    assert demo.explorer.moe is moe
+
+
+def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):
+    from explorer.ui import HIDDEN_TOKEN, Explorer
+    from explorer.tracer import trace
+    text = "Sure, here is how. First do this. Then do that."
+    real = Explorer(tiny, data_dir=tmp_path / "a", policy=hosted())
+    try:
+        assert real.shown(PROMPT, text) == f"Sure, here is how. {REDACTION_NOTE}"
+        assert real.shown(PROMPT, "I'm sorry, but I can't help with that.") == \
+            "I'm sorry, but I can't help with that."
+        tr = trace(tiny, PROMPT, max_new_tokens=4)
+        tr.completion = text
+        shown = real.shown_trace(tr)
+        n = tr.prompt_tokens
+        assert shown.tokens[:n] == tr.tokens[:n]
+        assert shown.tokens[n:] == [HIDDEN_TOKEN] * (tr.num_tokens - n)
+        assert shown.experts == tr.experts and shown.completion.endswith(REDACTION_NOTE)
+        d = real.shown_json({"completion": text, "prompt_tokens": 2, "tokens": list("abcd"),
+                             "token_ids": [1, 2, 3, 4]}, PROMPT)
+        assert d["tokens"] == ["a", "b", HIDDEN_TOKEN, HIDDEN_TOKEN]
+        assert d["token_ids"] == [1, 2, -1, -1]
+        st = real.shown_job({"params": {"prompt": PROMPT}, "result": {
+            "completion": text, "attempts": [{"completion": text}]}})
+        assert st["result"]["completion"].endswith(REDACTION_NOTE)
+        assert st["result"]["attempts"][0]["completion"].endswith(REDACTION_NOTE)
+        off = Explorer(tiny, data_dir=tmp_path / "b", policy=HostedPolicy())
+        assert off.shown(PROMPT, text) == text
+        full = Explorer(tiny, data_dir=tmp_path / "c", policy=hosted(full_text=True))
+        assert full.shown(PROMPT, text) == text
+        for e in (off, full):
+            e.jobs.shutdown(wait=True, timeout=30)
+    finally:
+        real.jobs.shutdown(wait=True, timeout=30)
+    on_demo = Explorer(demo, data_dir=tmp_path / "d", policy=hosted())
+    try:
+        assert on_demo.shown(PROMPT, text) == text  # the demo model's filler is shown
+    finally:
+        on_demo.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_app_py_hosted_flags(monkeypatch):
+    import app
+    for var in ("EXPLORER_HOSTED", "EXPLORER_MODEL_ALLOWLIST", "EXPLORER_HOSTED_MAX_SEARCH"):
+        monkeypatch.delenv(var, raising=False)
+    assert not app.parse_args([]).policy.enabled
+    args = app.parse_args(["--hosted", "--allow-model", "org/a", "--allow-model", "org/b"])
+    assert args.policy.enabled and args.policy.model_allowlist == ("org/a", "org/b")
+    monkeypatch.setenv("EXPLORER_HOSTED", "1")
+    monkeypatch.setenv("EXPLORER_HOSTED_MAX_SEARCH", "300")
+    p = app.parse_args([]).policy
+    assert p.enabled and p.max_search_budget == 300
+    assert not app.parse_args(["--no-hosted"]).policy.enabled
+    monkeypatch.setenv("EXPLORER_HOSTED_MAX_SEARCH", "-3")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
