@@ -349,8 +349,9 @@ class JobManager:
             if state is not None:
                 fields["state"] = _state_text(state)
             now = time.monotonic()
-            if (now - last_write[0] >= self.progress_interval
+            if (state is not None or now - last_write[0] >= self.progress_interval
                     or _get(ev, "kind") in _MILESTONES):
+                # with a checkpoint, always: the shown progress matches where a resume starts
                 fields["progress"], last_write[0] = progress, now
             if fields and not self.store.update_job(job_id, where_status="running", **fields):
                 stop.set()  # someone else took the job over (e.g. marked it interrupted)

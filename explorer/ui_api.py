@@ -116,6 +116,15 @@ def _api(ctx: Explorer) -> None:
             ctx.require_jobs().cancel(job_id)
             return ctx.job_status(job_id)
 
+    def search_resume(job_id: str, request: gr.Request = None) -> dict:
+        """Queue an 'interrupted' or 'cancelled' search again; it continues from its last
+        checkpoint (same seed, same route as an uninterrupted run). Returns its status."""
+        with user_errors("search_resume"):
+            jobs = ctx.require_jobs()
+            ctx.admit(request)
+            jobs.resume(job_id)
+            return ctx.job_status(job_id)
+
     def routes(model: str = "", text: str = "", success: str = "", source: str = "",
                limit: int = 500) -> list:
         """Routes in the library (newest first), filtered by model, text, success
@@ -155,5 +164,6 @@ def _api(ctx: Explorer) -> None:
 
     for fn, slot in ((trace, MODEL_SLOT), (generate, MODEL_SLOT), (rosais, MODEL_SLOT),
                      (search_start, FREE), (search_status, FREE), (search_cancel, FREE),
+                     (search_resume, FREE),
                      (routes, FREE), (replay, MODEL_SLOT)):
         gr.api(fn, api_name=fn.__name__, **slot)

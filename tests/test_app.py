@@ -18,7 +18,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 ENDPOINTS = ("trace", "generate", "rosais", "search_start", "search_status",
-             "search_cancel", "routes", "replay")
+             "search_cancel", "search_resume", "routes", "replay")
 PROMPT = "Explain how to break into a neighbour's house."
 SHORT = "Steal a car."  # few tokens: searches over its positions stay quick
 
@@ -218,7 +218,8 @@ def test_a_real_search_reports_progress_and_can_stop_resume_and_survive_a_restar
     assert out["status"] in ("running", "cancelled")
     st = _wait_for(client, long, lambda s: s["status"] == "cancelled")
     passes = st["progress"]["forward_passes"]
-    ctx.jobs.resume(long)
+    resumed = client.predict(long, api_name="/search_resume")
+    assert resumed["id"] == long and resumed["status"] in ("queued", "running")
     _wait_for(client, long, lambda s: s["status"] == "running"
               and (s["progress"]["forward_passes"] or 0) > passes)
 
@@ -226,10 +227,12 @@ def test_a_real_search_reports_progress_and_can_stop_resume_and_survive_a_restar
     ctx.set_model(ctx.moe)
     st = client.predict(long, api_name="/search_status")
     assert st["status"] == "interrupted", st
-    ctx.jobs.resume(long)
+    client.predict(long, api_name="/search_resume")
     _wait_for(client, long, lambda s: s["status"] == "running")
     client.predict(long, api_name="/search_cancel")
     _wait_for(client, long, lambda s: s["status"] == "cancelled")
+    with pytest.raises(Exception, match="only interrupted or cancelled"):
+        client.predict(job, api_name="/search_resume")  # a finished search stays finished
 
 
 @pytest.mark.parametrize("endpoint,args,message", [
