@@ -458,7 +458,9 @@ def _run_curve(args):
                        seed=args.seed, mask_ratio=args.mask_ratio,
                        max_new_tokens=args.max_new_tokens, judge=judge)
     text = [f"{len(prompts)} prompts, {args.samples} masks per router"]
-    text += [f"top-{t} routers masked: ASR {_pct(a)}" for t, a in zip(res.tops, res.asr_by_top)]
+    text += [f"top-{t} routers masked: ASR {_pct(a)}; {t} random routers, random masks "
+             f"(control): ASR {_pct(c)}"
+             for t, a, c in zip(res.tops, res.asr_by_top, res.random_asr_by_top)]
     for lay, d, m in zip(res.moe_layers, res.distributions, res.mean_scores):
         ds = sorted(d)
         q = lambda f: ds[min(len(ds) - 1, int(f * len(ds)))]  # noqa: E731

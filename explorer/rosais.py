@@ -91,6 +91,14 @@ class RosaisResult:
             r.mask(lay, self.best_masks[self.moe_layers.index(lay)])
         return r
 
+    def random_route(self, top: int, rng: random.Random) -> Route:
+        """A control of the same size as :meth:`route_for`: ``top`` routers picked at
+        random, each masked by one of its sampled masks picked at random (not the best)."""
+        r = Route(info=dict(self.info, method="random-masks", top=top))
+        for i in sorted(rng.sample(range(len(self.moe_layers)), min(top, len(self.moe_layers)))):
+            r.mask(self.moe_layers[i], rng.choice(self.masks[i]))
+        return r
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["route"] = self.route.to_dict()
@@ -150,7 +158,8 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
         for i in range(0, samples, batch_size):
             chunk = [Route().mask(lay, m) for m in masks[i:i + batch_size]]
             if inputs is not None:
-                logits = cone_logits(moe, ids, chunk, lay, inputs[lay])[:, -1].float()
+                logits = cone_logits(moe, ids, chunk, lay, inputs[lay], keep=1,
+                                     validate=False)[:, -1].float()
                 lp = torch.log_softmax(logits, dim=-1)[:, aff].cpu().max(dim=-1).values
             else:
                 lp = next_token_logprobs(moe, ids, chunk, aff).max(dim=-1).values

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -497,6 +498,7 @@ class RosaisCurve(ResultMixin):
     per_prompt: list[dict]
     judge: str
     info: dict = field(default_factory=dict)
+    random_asr_by_top: list[float] = field(default_factory=list)
 
 
 def rosais_distributions(result) -> dict[str, Any]:
@@ -522,8 +524,15 @@ def rosais_curve(moe, prompts: Sequence[str], max_top: int = 5, samples: int = 1
                      max_new_tokens=max_new_tokens, judge=judge, curve=True)
         v0 = judge.judge(p, res.baseline_completion)
         jb = [bool(v0.jailbroken)] + [bool(b["jailbroken"]) for b in res.by_top]
+        ctl = [bool(v0.jailbroken)]  # control: as many routers, random, random masks
+        rng = random.Random(seed * 7919 + len(per))
+        for t in range(1, L + 1):
+            text = generate(moe, moe.encode(p), res.random_route(t, rng),
+                            max_new_tokens=max_new_tokens).text
+            ctl.append(bool(judge.judge(p, text).jailbroken))
         per.append({"prompt": p, "scores": list(res.scores), "ranking": ranking(res),
-                    "jailbroken": jb, "forward_passes": res.forward_passes})
+                    "jailbroken": jb, "random_jailbroken": ctl,
+                    "forward_passes": res.forward_passes})
         for i, d in enumerate(res.distributions):
             pooled[i].extend(d)
     n = len(per)
@@ -533,5 +542,6 @@ def rosais_curve(moe, prompts: Sequence[str], max_top: int = 5, samples: int = 1
         distributions=pooled,
         mean_scores=[sum(r["scores"][i] for r in per) / n for i in range(len(moe.moe_layers))],
         per_prompt=per, judge=judge_name(judge),
+        random_asr_by_top=[sum(r["random_jailbroken"][t] for r in per) / n for t in range(L + 1)],
         info=dict(moe.info.provenance(), samples=samples, seed=seed, mask_ratio=mask_ratio,
                   max_new_tokens=max_new_tokens, defense=_defense_dict(moe)))

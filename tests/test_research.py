@@ -231,7 +231,21 @@ def test_rosais_curve(tiny):
     assert c.tops == [0, 1, 2] and c.asr_by_top == [1.0, 1.0, 1.0]
     assert [len(x) for x in c.distributions] == [6, 6]  # 3 masks x 2 prompts per layer
     assert len(c.per_prompt) == 2 and len(c.per_prompt[0]["jailbroken"]) == 3
+    assert c.random_asr_by_top == [1.0, 1.0, 1.0]
+    assert len(c.per_prompt[0]["random_jailbroken"]) == 3
     assert RosaisCurve.from_json(c.to_json()) == c
+
+
+def test_random_mask_control_has_the_size_of_the_rosais_route(tiny):
+    import random
+    r = rosais(tiny, A, samples=4, top=1, max_new_tokens=1)
+    for top in (1, 2):
+        ctl = r.random_route(top, random.Random(3))
+        assert ctl == r.random_route(top, random.Random(3))  # seeded
+        assert len(ctl.edits) == top == len(r.route_for(top).edits)
+        for e in ctl.edits:
+            i = r.moe_layers.index(e.layer)
+            assert list(e.experts) in [list(m) for m in r.masks[i]] and e.mode == "mask"
 
 
 # -- figures ------------------------------------------------------------------------------
