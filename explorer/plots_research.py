@@ -179,5 +179,107 @@ def asr_curve_figure(curve, title: str | None = "ASR vs routers masked") -> go.F
     return _layout(fig, (title or "") + (f" ({n} prompts)" if n else ""), 340)
 
 
-__all__ = ["asr_curve_figure", "defense_figure", "minimal_figure",
-           "rosais_distribution_figure", "transfer_figure", "utility_figure"]
+def utility_asr_figure(result, title: str | None = "Attack success vs utility cost") -> go.Figure:
+    """Per route, side by side: ASR on the harmful prompts (%, when measured), change in the
+    benign refusal rate (pp) and change in mean log-likelihood per token of the model's own
+    benign answers. Routes are ``#i`` on the x axes (the label is in the hover)."""
+    d = _d(result)
+    routes = d.get("routes") or []
+    if not routes:
+        return _empty("No routes evaluated")
+    labels = [f"#{i}" for i in range(len(routes))]
+    hover = [r.get("label", "") for r in routes]
+    n_h = len(d.get("harmful_prompts") or [])
+    n_b = len(d.get("prompts") or [])
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        f"ASR on {n_h} harmful prompts (%)" if n_h else "ASR (not measured)",
+        f"Δ benign refusals on {n_b} prompts (pp)", "Δ log-likelihood (nats/token)"))
+    fig.add_trace(go.Bar(x=labels, y=[None if r.get("asr") is None else 100 * r["asr"]
+                                      for r in routes],
+                         marker_color=_RED, hovertext=hover, name="ASR"), 1, 1)
+    fig.add_trace(go.Bar(x=labels, y=[100 * r["refusal_change"] for r in routes],
+                         marker_color=_GREY, hovertext=hover, name="Δ refusals"), 1, 2)
+    fig.add_trace(go.Bar(x=labels, y=[r["ll_change"] for r in routes], marker_color=_BLUE,
+                         hovertext=hover, name="Δ log-likelihood"), 1, 3)
+    fig.update_yaxes(range=[0, 100], row=1, col=1)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, 360)
+
+
+def route_cells_figure(before, after, moe_layers, tokens=None,
+                       title: str | None = "Kept and removed edits") -> go.Figure:
+    """Heatmap of a route before / after minimisation: rows = MoE layers, columns = prompt
+    positions (tokens when given; an ``all`` column for whole-prompt edits). Colour: 0 no
+    edit, 1 removed edit, 2 kept edit; the cell text is the edit's experts.
+    ``before`` / ``after``: route dicts (``{"edits": [...]}``) or objects with ``to_dict``."""
+    b, a = _d(before).get("edits") or [], _d(after).get("edits") or []
+    if not b:
+        return _empty("The route has no edits")
+    layers = list(moe_layers) or sorted({e["layer"] for e in b})
+    for e in b:
+        if e["layer"] not in layers:
+            layers.append(e["layer"])
+    layers = sorted(layers)
+    npos = max([len(tokens or [])] + [e["position"] + 1 for e in b if e["position"] is not None])
+    whole = any(e["position"] is None for e in b)
+    cols = list(range(npos)) + ([None] if whole else [])
+    xlab = [(f"{j}: {tokens[j]!r}" if tokens and j < len(tokens) else str(j))
+            if j is not None else "all" for j in cols]
+    key = lambda e: (e["layer"], e["position"], tuple(e["experts"]), e["mode"])  # noqa: E731
+    kept = {key(e) for e in a}
+    z = [[0.0] * len(cols) for _ in layers]
+    text = [[""] * len(cols) for _ in layers]
+    for e in b:
+        i, j = layers.index(e["layer"]), cols.index(e["position"])
+        state = 2.0 if key(e) in kept else 1.0
+        z[i][j] = max(z[i][j], state)
+        mark = ("" if e["mode"] == "force" else "¬") + ",".join(map(str, e["experts"]))
+        text[i][j] = (text[i][j] + " " if text[i][j] else "") + mark
+    fig = go.Figure(go.Heatmap(
+        z=z, x=xlab, y=[f"L{lay}" for lay in layers], text=text, texttemplate="%{text}",
+        zmin=0, zmax=2, xgap=1, ygap=1, hoverinfo="x+y+text",
+        colorscale=[[0, "#eef2f7"], [0.33, "#eef2f7"], [0.33, "#f5c6c6"], [0.66, "#f5c6c6"],
+                    [0.66, _RED], [1, _RED]],
+        colorbar=dict(tickvals=[1 / 3, 1, 5 / 3], ticktext=["none", "removed", "kept"],
+                      len=0.6)))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-45)
+    sub = f" ({len(b)} → {len(a)} edits)"
+    return _layout(fig, (title or "") + sub, max(300, 36 * len(layers) + 180))
+
+
+def defense_overview_figure(result, title: str | None = "Defense: ASR and utility cost"
+                            ) -> go.Figure:
+    """Left: ASR of each attack without and with the defense (grouped bars). Right: the
+    benign refusal rate without and with it (its utility cost; ΔLL in the subplot title)."""
+    d = _d(result)
+    table = d.get("table") or {}
+    if not table:
+        return _empty("No defense evaluated")
+    u = d.get("utility")
+    right = "benign refusal rate (%)"
+    if u:
+        right += f", ΔLL {u['ll_change']:+.3f} nats/token"
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35],
+                        subplot_titles=(f"ASR on {len(d.get('prompts') or [])} harmful "
+                                        "prompts (%)", right))
+    attacks = list(table)
+    fig.add_trace(go.Bar(name="without defense", x=attacks, marker_color=_RED,
+                         y=[None if table[a].get("before") is None else 100 * table[a]["before"]
+                            for a in attacks]), 1, 1)
+    fig.add_trace(go.Bar(name="with defense", x=attacks, marker_color=_BLUE,
+                         y=[None if table[a].get("after") is None else 100 * table[a]["after"]
+                            for a in attacks]), 1, 1)
+    if u:
+        fig.add_trace(go.Bar(x=["without", "with"], showlegend=False,
+                             marker_color=[_RED, _BLUE],
+                             y=[100 * u["baseline_refusal_rate"],
+                                100 * u["routes"][0]["refusal_rate"]]), 1, 2)
+    fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(range=[0, 100])
+    return _layout(fig, title, 380)
+
+
+__all__ = ["asr_curve_figure", "defense_figure", "defense_overview_figure", "minimal_figure",
+           "rosais_distribution_figure", "route_cells_figure", "transfer_figure",
+           "utility_asr_figure", "utility_figure"]
