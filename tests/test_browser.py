@@ -377,3 +377,32 @@ def test_tour_tab_flips_the_refusal(served, browser, shots):
     _wait_text(page, "#pending-edits", f"#{len(tour.route().edits)} ")
     assert page.input_value("#prompt-box textarea") == tour.prompt
     assert not errors, errors
+
+
+def test_research_tab_rosais_uncertainty(served, browser, shots):
+    demo, moe = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.get_by_role("tab", name="Research", exact=True).click()
+    page.get_by_role("tab", name="RoSais uncertainty", exact=True).click()
+    page.fill("#rosais-curve-prompts textarea", SHORT)
+    _set_slider(page, "rosais-curve-top", 2)
+    _set_slider(page, "rosais-curve-samples", 4)
+    _set_slider(page, "research-max-new", 8)
+    t = time.perf_counter()
+    page.click("#rosais-curve-btn")
+    page.wait_for_function("() => { const g = document.querySelector('#rosais-curve-dist "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
+                           "&& g.data[0].type === 'box' }", timeout=90_000)
+    page.wait_for_function("() => { const g = document.querySelector('#rosais-curve-asr "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
+                           "&& g.data[0].x && g.data[0].x.length === 3 }", timeout=30_000)
+    _wait_text(page, "#rosais-curve-md", "1 prompts")
+    TIMINGS["research: RoSais uncertainty, 1 prompt (s)"] = time.perf_counter() - t
+    assert page.locator(".toast-body.error").count() == 0
+    time.sleep(0.5)
+    _shot(page, shots / "research-rosais.png")
+    assert not errors, errors

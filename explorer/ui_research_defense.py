@@ -1,0 +1,130 @@
+"""The Research tab's Defense view: derive a route-disabling defense from attack evidence
+(or take one), attack held-out prompts without and with it, and measure its utility cost.
+
+``defense_view(ctx, ...)`` turns UI values into :mod:`explorer.defense` calls and its
+result into a figure, a table and a summary; bad input raises a one-line ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from . import plots_research as pr
+from .ui_common import user_errors
+from .ui_research_common import (ATTACK_CHOICES, _fail, _generation, _int, _pct, _prompts,
+                                 library_routes, parse_ids, parse_route_json,
+                                 run_with_progress)
+
+__all__ = ["DEFENSE_COLUMNS", "defense_view"]
+
+DEFENSE_COLUMNS = ["attack", "prompts", "ASR without defense", "ASR with defense"]
+
+
+def _attacks(attacks) -> list[str]:
+    attacks = [a for a in (attacks or []) if a]
+    valid = {v for _, v in ATTACK_CHOICES}
+    bad = [a for a in attacks if a not in valid]
+    if bad or not attacks:
+        _fail(f"Unknown attack {bad[0]!r}" if bad else "Tick at least one attack.")
+    return attacks
+
+
+def _given_defense(moe, defense_json):
+    """The pasted defense route (validated, mask edits only), or None."""
+    given = parse_route_json(defense_json)
+    if len(given) > 1:
+        _fail("Paste one defense route.")
+    if not given:
+        return None
+    given[0].validate(moe.info)
+    if any(e.mode != "mask" for e in given[0].edits):
+        _fail("A defense route holds only mask edits.")
+    return given[0]
+
+
+def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
+                 benign_text: str, attacks, samples, top, candidates, max_iters, max_new,
+                 judge: str = "keyword", progress=gr.Progress()):
+    """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
+    routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
+    and with it, and its utility cost on ``benign_text``.
+    Returns (figure, table, markdown, defense route JSON)."""
+    with user_errors("Defense"):
+        from .defense import derive_defense, evaluate_defense, gather_evidence
+        from .utility import utility_cost
+        moe = ctx.require()
+        attacks = _attacks(attacks)
+        derive = _prompts(ctx, derive_text, "evidence prompts", required=False)
+        routes = library_routes(ctx, parse_ids(ids_text))
+        harmful = _prompts(ctx, attack_text, "harmful prompts to attack")
+        benign = _prompts(ctx, benign_text, "benign prompts", required=False)
+        S = _int(samples, "RoSais masks per router", 1, 1024)
+        L = _int(top, "RoSais top-L", 1, len(moe.moe_layers))
+        N = _int(candidates, "F-SOUR candidates", 1, 256)
+        It = _int(max_iters, "F-SOUR restarts", 1, 20)
+        n, jd = _generation(ctx, max_new, judge)
+        if "replay" in attacks and not routes:
+            _fail("The replay attack needs library routes (type their ids).")
+        given = _given_defense(moe, defense_json)
+        if given is None and not (derive or routes):
+            _fail("Give evidence (prompts to attack, or library route ids) or a defense "
+                  "route.")
+        steps = (0 if given is not None else len(derive)) + 1 + len(attacks) + bool(benign)
+        done = 0
+        rosais_results: list = []
+        for p in derive if given is None else []:
+            r2, f2 = run_with_progress(progress, lambda p=p: gather_evidence(
+                moe, [p], samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+                f"evidence: RoSais + F-SOUR on {p[:30]!r}", done / steps, (done + 1) / steps,
+                3.0 + 3.0 * N * It)
+            rosais_results += r2
+            routes += f2
+            done += 1
+        defense = given if given is not None else derive_defense(moe, rosais_results, routes)
+        done += 1
+        if not len(defense):
+            _fail("The evidence names no cell to forbid: add evidence prompts or routes "
+                  f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
+                  "results).")
+        insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
+        table, out_attacks = {}, []
+        for a in attacks:
+            per = (S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else \
+                (3.0 * N * It if a == "fsour" else 1.0)
+            res = run_with_progress(progress, lambda a=a: evaluate_defense(
+                moe, defense, harmful, None, attacks=[a],
+                routes=routes if a == "replay" else (), rosais_top=L, samples=S,
+                candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+                f"attack {a!r} without and with the defense", done / steps,
+                (done + 1) / steps, 2 * per * len(harmful))
+            table.update(res.table)
+            out_attacks += res.attacks
+            done += 1
+        util = None
+        if benign:
+            util = run_with_progress(progress, lambda: utility_cost(
+                moe, defense, benign, max_new_tokens=n, judge=jd),
+                f"utility cost on {len(benign)} benign prompts", done / steps, 1.0,
+                2.0 * len(benign)).to_dict()
+        result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,
+                  "table": table, "utility": util}
+        rows = []
+        for a, t in table.items():
+            n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
+            rows.append([a, n_rows, _pct(t.get("before")), _pct(t.get("after"))])
+        cells = "; ".join(f"L{e.layer} forbid {list(e.experts)}" for e in defense.edits)
+        md = (f"**Defense:** {cells} (evidence: {len(routes)} routes, {len(rosais_results)} "
+              f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
+              f"harmful prompts attacked · judge "
+              f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
+        if util:
+            md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
+                   f"{_pct(util['baseline_refusal_rate'])} → "
+                   f"{_pct(util['routes'][0]['refusal_rate'])}, ΔLL "
+                   f"{util['ll_change']:+.3f} nats/token")
+        if insample:
+            md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
+                   "figures are in-sample.")
+        return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
+                md, defense.to_json(indent=2))
