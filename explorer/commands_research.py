@@ -365,6 +365,12 @@ def _configure_defend(p):
     p.add_argument("--rosais-layers", type=positive_int, default=2)
     p.add_argument("--rosais-experts", type=positive_int, default=1)
     p.add_argument("--max-per-layer", type=positive_int, default=2)
+    p.add_argument("--mode", choices=("protect", "mask"), default="protect",
+                   help="protect (default): pin the most safety-critical routers, route "
+                   "edits there are ignored; mask: forbid the experts attacks use "
+                   "(backfires on the demo model, see README)")
+    p.add_argument("--protect-layers", type=positive_int, default=2,
+                   help="protect mode: routers pinned")
     p.add_argument("--top", type=_count, default=2, help="RoSais attack: routers masked")
     p.add_argument("--samples", type=_count, default=8, help="RoSais masks per router")
     p.add_argument("--candidates", type=_count, default=4, help="F-SOUR sets per step")
@@ -377,7 +383,7 @@ def _configure_defend(p):
 
 
 def _run_defend(args):
-    from .defense import derive_defense, evaluate_defense, gather_evidence
+    from .defense import derive_defense, describe_defense, evaluate_defense, gather_evidence
     from .route import Route
     _check_out(args.out)
     _check_seed(args.seed)
@@ -416,7 +422,8 @@ def _run_defend(args):
         defense = derive_defense(moe, rosais_results, routes, min_count=args.min_count,
                                  rosais_layers=args.rosais_layers,
                                  rosais_experts=args.rosais_experts,
-                                 max_per_layer=args.max_per_layer)
+                                 max_per_layer=args.max_per_layer, mode=args.mode,
+                                 protect_layers=args.protect_layers)
     if args.out:
         defense.save(args.out)
     res = evaluate_defense(moe, defense, prompts, benign, attacks=attacks, routes=routes,
@@ -428,9 +435,9 @@ def _run_defend(args):
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
                        "derive_prompts": derive}
-    cells = "; ".join(f"L{e.layer} forbid {list(e.experts)}" for e in defense.edits) or "nothing"
-    text = [f"defense: {cells} (from {len(routes)} routes, {len(rosais_results)} RoSais "
-            f"results); {len(prompts)} harmful, {len(benign)} benign prompts"]
+    text = [f"defense: {describe_defense(defense)} (from {len(routes)} routes, "
+            f"{len(rosais_results)} RoSais results); {len(prompts)} harmful, {len(benign)} "
+            "benign prompts"]
     text += res.summary_lines()
     emit(args, obj, "\n".join(text))
 

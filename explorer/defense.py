@@ -1,10 +1,25 @@
-"""Defense by safety-aware route disabling: forbid the (layer, expert) cells attacks use.
+"""Defense by safety-aware route disabling, in two modes.
 
-A defense is a :class:`~explorer.route.Route` of whole-prompt mask edits, applied model-wide
-by setting ``moe.defense = route``: the core composes it with every route (a forced cell
-that uses a forbidden expert is dropped, the router picks among the allowed experts).
+A defense is a :class:`~explorer.route.Route` applied model-wide by setting
+``moe.defense = route``: the core composes it with every route in
+:class:`~explorer.routing.RouteControl` (:meth:`~explorer.route.Route.under_defense`), so
+attack routes, RoSais masks and F-SOUR candidates all meet it.
 
-:func:`derive_defense` picks the cells from two kinds of evidence:
+- ``mode="mask"``: forbid the (layer, expert) cells attacks use: whole-prompt mask edits
+  (a forced cell that uses a forbidden expert is dropped, the router picks among the
+  allowed experts). Measured on the demo model it BACKFIRES: the masked experts also
+  carry the model's own refusals (README, "Research results").
+- ``mode="protect"``: pin the most safety-critical routers. The defense has no edits and
+  ``info["protect_layers"]``; every edit (force or mask) of any route at a protected
+  layer is ignored, so those routers always choose naturally, and F-SOUR does not search
+  them. Without an attack the model is exactly the plain model (zero utility cost by
+  construction). Kept in ``info`` rather than a new edit mode so that the route JSON stays
+  readable by older code (which then simply applies no protection).
+  :func:`derive_defense` protects, up to ``protect_layers`` routers, alternately the next
+  router by mean RoSais score over the evidence prompts and the next layer found routes
+  edit most (edits, then routes, then layer index), skipping repeats.
+
+For ``mode="mask"``, :func:`derive_defense` picks the cells from two kinds of evidence:
 
 - found routes (F-SOUR, or their minimal forms from :mod:`explorer.minimal`, which keep
   only the cells that matter): experts forced at a layer (at any position) in at least
@@ -59,15 +74,30 @@ def expert_effects(result, moe=None) -> list[list[float]]:
     return out
 
 
+MODES = ("mask", "protect")
+
+
 def derive_defense(moe, rosais_results: Sequence = (), routes: Sequence = (),
                    min_count: int = 2, rosais_layers: int = 2, rosais_experts: int = 1,
-                   max_per_layer: int = 2, mask_ratio: float = 0.5) -> Route:
-    """A model-wide defense (mask edits at every position) from RoSais results and found
-    routes (see the module docs). ``info["cells"]`` lists each forbidden cell and why."""
-    if min_count < 1 or max_per_layer < 0 or rosais_layers < 0 or rosais_experts < 0:
+                   max_per_layer: int = 2, mask_ratio: float = 0.5, mode: str = "mask",
+                   protect_layers: int = 2) -> Route:
+    """A model-wide defense from RoSais results and found routes (see the module docs).
+
+    ``mode="mask"``: mask edits at every position; ``info["cells"]`` lists each forbidden
+    cell and why. ``mode="protect"``: no edits; ``info["protect_layers"]`` pins up to
+    ``protect_layers`` routers and ``info["protected"]`` says why each (the mask-mode
+    counts are then unused). Protect is the better mode on the demo model and the CLI's
+    default (``defend --mode``); ``mode`` defaults to "mask" here only because existing
+    callers (the app's Defense tab) expect mask edits."""
+    if mode not in MODES:
+        raise ValueError(f"unknown defense mode {mode!r}; choose from {list(MODES)}")
+    if min_count < 1 or max_per_layer < 0 or rosais_layers < 0 or rosais_experts < 0 \
+            or protect_layers < 0:
         raise ValueError("min_count must be >= 1; the other counts >= 0")
     routes = [as_route(r) for r in routes]
     used = [r for r in routes if r.info.get("success") is not False]
+    if mode == "protect":
+        return _derive_protect(moe, list(rosais_results), used, protect_layers)
     forced: Counter = Counter()  # routes that force the expert at the layer
     uses: Counter = Counter()    # forced cells (positions) over all routes
     for r in used:
@@ -121,10 +151,60 @@ def derive_defense(moe, rosais_results: Sequence = (), routes: Sequence = (),
     defense.info = dict(moe.info.provenance(), method="defense", cells=cells,
                         settings={"min_count": min_count, "rosais_layers": rosais_layers,
                                   "rosais_experts": rosais_experts,
-                                  "max_per_layer": max_per_layer, "mask_ratio": mask_ratio},
+                                  "max_per_layer": max_per_layer, "mask_ratio": mask_ratio,
+                                  "mode": "mask"},
                         routes=len(used), rosais_results=len(rosais_results))
     defense.validate(moe.info)
     return defense
+
+
+def _derive_protect(moe, rosais_results: list, routes: list[Route], cap: int) -> Route:
+    """The ``protect`` defense: see the module docs."""
+    rank_r: list[int] = []
+    score: dict[int, float] = {}
+    if rosais_results:
+        layers = list(rosais_results[0].moe_layers)
+        for i, lay in enumerate(layers):
+            score[lay] = sum(r.scores[i] for r in rosais_results) / len(rosais_results)
+        rank_r = sorted(layers, key=lambda lay: (-score[lay], lay))
+    edits: Counter = Counter()  # edits at the layer over all routes
+    hits: Counter = Counter()   # routes that edit the layer
+    for r in routes:
+        edits.update(e.layer for e in r.edits)
+        hits.update(set(e.layer for e in r.edits))
+    rank_e = sorted(edits, key=lambda lay: (-edits[lay], -hits[lay], lay))
+    picked: list[int] = []
+    for a, b in zip(rank_r + [None] * len(rank_e), rank_e + [None] * len(rank_r)):
+        for lay in (a, b):
+            if lay is not None and lay not in picked and len(picked) < cap:
+                picked.append(lay)
+    why = []
+    for lay in picked:
+        reasons = []
+        if lay in rank_r:
+            reasons.append(f"RoSais rank {rank_r.index(lay) + 1} (mean score "
+                           f"{score[lay]:.3f})")
+        if lay in rank_e:
+            reasons.append(f"edited {edits[lay]} times in {hits[lay]} found routes "
+                           f"(rank {rank_e.index(lay) + 1})")
+        why.append({"layer": lay, "rosais_score": score.get(lay),
+                    "route_edits": edits.get(lay, 0), "route_count": hits.get(lay, 0),
+                    "reason": "; ".join(reasons)})
+    defense = Route(info=dict(moe.info.provenance(), method="defense",
+                              protect_layers=sorted(picked), protected=why,
+                              settings={"mode": "protect", "protect_layers": cap},
+                              routes=len(routes), rosais_results=len(rosais_results)))
+    defense.validate(moe.info)
+    return defense
+
+
+def describe_defense(defense: Route) -> str:
+    """One line: what ``defense`` forbids and protects."""
+    parts = [f"L{e.layer} forbid {list(e.experts)}" for e in defense.edits]
+    if defense.protected_layers:
+        parts.append("protect layers " + ", ".join(map(str, defense.protected_layers)) +
+                     " (edits there are ignored)")
+    return "; ".join(parts) or "nothing"
 
 
 @dataclass
@@ -211,6 +291,7 @@ def evaluate_defense(moe, defense: Route, harmful_prompts: Sequence[str],
     routes = [as_route(r) for r in routes]
     attacks = list(attacks) + (["replay"] if routes and "replay" not in attacks else [])
     judge = resolve_judge(judge)
+    defense.validate(moe.info)
     t0 = time.perf_counter()
     out, table = [], {}
     with moe.lock:  # moe.defense is model-wide: no other caller may run meanwhile

@@ -187,7 +187,8 @@ def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = 10,
             r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0)
             layers = ranking(r)
             eng.forward_passes += r.forward_passes
-        state.settings["layers"] = layers
+        pinned = getattr(getattr(moe, "defense", None), "protected_layers", [])  # ignored edits
+        state.settings["layers"] = [x for x in layers if x not in pinned]
     layers = list(state.settings["layers"])
     infos = [moe.handle(lay).info for lay in layers]
     t0 = time.perf_counter() - state.elapsed

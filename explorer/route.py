@@ -122,17 +122,38 @@ class Route:
     def layers(self) -> list[int]:
         return sorted({e.layer for e in self.edits})
 
-    def under_defense(self, defense: "Route | None") -> "Route":
-        """This route with a model-wide ``defense`` (mask edits) applied on top.
+    @property
+    def protected_layers(self) -> list[int]:
+        """The layers a defense route pins (``info["protect_layers"]``, default none).
 
-        The defense wins: a forced cell that uses an expert the defense forbids there is
-        dropped (the router then picks among the allowed experts), and the defense's masks
-        are appended.
+        The pinned layers live in ``info``, not in a new edit mode, so the JSON format is
+        unchanged: old readers load such a defense (as a route without that protection)
+        instead of failing on an unknown mode. Raises :class:`RouteError` when malformed.
         """
-        if defense is None or not defense.edits:
+        v = self.info.get("protect_layers")
+        if v is None:
+            return []
+        if not isinstance(v, (list, tuple)) or any(
+                isinstance(x, bool) or not isinstance(x, int) for x in v):
+            raise RouteError(f"info.protect_layers must be a list of layer indices, got {v!r}")
+        return sorted(set(v))
+
+    def under_defense(self, defense: "Route | None") -> "Route":
+        """This route with a model-wide ``defense`` applied on top. The defense wins:
+
+        - every edit (force or mask) at a layer the defense protects
+          (:attr:`protected_layers`) is dropped: that router chooses naturally;
+        - a forced cell that uses an expert a defense mask forbids there is dropped (the
+          router then picks among the allowed experts), and the defense's masks are
+          appended.
+        """
+        if defense is None or not (defense.edits or defense.protected_layers):
             return self
+        pinned = set(defense.protected_layers)
         kept = []
         for e in self.edits:
+            if e.layer in pinned:
+                continue
             if e.mode == "force":
                 banned = set()
                 for d in defense.edits:
@@ -232,6 +253,10 @@ class Route:
         ``num_tokens`` is the templated prompt length; positions must lie below it.
         """
         by_layer = {m.index: m for m in info.layers}
+        bad = [x for x in self.protected_layers if x not in info.moe_layers]
+        if bad:
+            raise RouteError(f"protected layer {bad[0]} is not an MoE layer (MoE layers: "
+                             f"{info.moe_layers})")
         for e in self.edits:
             lay = by_layer.get(e.layer)
             if lay is None:

@@ -304,7 +304,7 @@ def asr(moe, route: Route | None, prompts: Sequence[str], judge=None, mapping: s
 
 def _defense_dict(moe):
     d = getattr(moe, "defense", None)
-    return d.to_dict() if d is not None and d.edits else None
+    return d.to_dict() if d is not None and (d.edits or d.protected_layers) else None
 
 
 def _prompt_list(prompts: Iterable[str]) -> list[str]:

@@ -171,10 +171,12 @@ def _minimal_tab(ctx, max_new, judge) -> None:
 
 def _defense_tab(ctx, max_new, judge) -> None:
     with gr.Tab("Defense", id="research-defense"):
-        gr.Markdown("Safety-aware route disabling: forbid, model-wide, the (layer, expert) "
-                    "cells that attacks rely on (from RoSais and F-SOUR on the evidence "
-                    "prompts, and from library routes), then attack held-out prompts without "
-                    "and with the defense.")
+        gr.Markdown("Safety-aware route disabling, derived from RoSais and F-SOUR on the "
+                    "evidence prompts and from library routes. **protect**: the most "
+                    "safety-critical routers ignore every route edit (they always choose "
+                    "naturally; no cost without an attack). **mask**: forbid, model-wide, "
+                    "the (layer, expert) cells that attacks rely on. Then attack held-out "
+                    "prompts without and with the defense.")
         with gr.Row():
             derive = gr.Textbox("\n".join(HARMFUL_PROMPTS[:2]), lines=3,
                                 label="evidence prompts (RoSais + F-SOUR)")
@@ -185,7 +187,7 @@ def _defense_tab(ctx, max_new, judge) -> None:
         with gr.Row():
             ids = gr.Textbox("", label="evidence: library route ids")
             js = gr.Textbox("", lines=2, label="or a defense route JSON to evaluate (mask "
-                            "edits)", scale=2)
+                            "edits and/or info.protect_layers)", scale=2)
         with gr.Row():
             attacks = gr.CheckboxGroup(ATTACK_CHOICES, value=["none", "rosais", "fsour"],
                                        label="attacks", scale=2)
@@ -193,6 +195,7 @@ def _defense_tab(ctx, max_new, judge) -> None:
             top = gr.Slider(1, 16, value=2, step=1, label="RoSais top-L")
             cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
             iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
+            mode = gr.Radio(["protect", "mask"], value="protect", label="defense mode")
         btn = gr.Button("Derive and evaluate", variant="primary", elem_id="defense-btn")
         plot = gr.Plot(pr.defense_overview_figure(None), label="ASR and cost")
         md = gr.Markdown("")
@@ -200,7 +203,7 @@ def _defense_tab(ctx, max_new, judge) -> None:
         with gr.Accordion("Defense route JSON", open=False):
             route = gr.Code("", language="json")
     _wire(ctx, btn, defense_view, 240, [derive, ids, js, prompts, benign, attacks, samples,
-                                        top, cand, iters, max_new, judge],
+                                        top, cand, iters, max_new, judge, mode],
           [plot, table, md, route])
 
 

@@ -45,15 +45,17 @@ def _given_defense(moe, defense_json):
 
 def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
                  benign_text: str, attacks, samples, top, candidates, max_iters, max_new,
-                 judge: str = "keyword", progress=gr.Progress()):
+                 judge: str = "keyword", mode: str = "protect", progress=gr.Progress()):
     """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
     routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
     and with it, and its utility cost on ``benign_text``.
     Returns (figure, table, markdown, defense route JSON)."""
     with user_errors("Defense"):
-        from .defense import derive_defense, evaluate_defense, gather_evidence
+        from .defense import describe_defense, derive_defense, evaluate_defense, gather_evidence
         from .utility import utility_cost
         moe = ctx.require()
+        if mode not in ("protect", "mask"):
+            _fail(f"Unknown defense mode {mode!r}: choose protect or mask.")
         attacks = _attacks(attacks)
         derive = _prompts(ctx, derive_text, "evidence prompts", required=False)
         routes = library_routes(ctx, parse_ids(ids_text))
@@ -81,10 +83,12 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
             rosais_results += r2
             routes += f2
             done += 1
-        defense = given if given is not None else derive_defense(moe, rosais_results, routes)
+        defense = given if given is not None else derive_defense(moe, rosais_results, routes,
+                                                                 mode=mode)
         done += 1
-        if not len(defense):
-            _fail("The evidence names no cell to forbid: add evidence prompts or routes "
+        if not len(defense) and not defense.protected_layers:
+            _fail("The evidence names no cell to forbid or router to protect: add evidence "
+                  "prompts or routes "
                   f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
                   "results).")
         insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
@@ -113,8 +117,7 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         for a, t in table.items():
             n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
             rows.append([a, n_rows, _pct(t.get("before")), _pct(t.get("after"))])
-        cells = "; ".join(f"L{e.layer} forbid {list(e.experts)}" for e in defense.edits)
-        md = (f"**Defense:** {cells} (evidence: {len(routes)} routes, {len(rosais_results)} "
+        md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, {len(rosais_results)} "
               f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
               f"harmful prompts attacked · judge "
               f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")

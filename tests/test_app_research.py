@@ -200,7 +200,7 @@ def test_defense_from_library_routes(ctx):
                                 success=True, source="manual")
            for p, b in ((H[0], 1), (H[1], 2))]
     fig, table, md, dj = ur.defense_view(ctx, "", ", ".join(map(str, ids)), "", H[2], B[0],
-                                         ["none", "replay"], 2, 1, 1, 1, 8, "keyword")
+                                         ["none", "replay"], 2, 1, 1, 1, 8, "keyword", "mask")
     d = Route.from_json(dj)
     assert [(e.layer, e.position, e.experts, e.mode) for e in d.edits] == \
         [(1, None, (3, 4), "mask")]
@@ -216,12 +216,24 @@ def test_defense_from_library_routes(ctx):
 def test_defense_derived_from_evidence_prompts(ctx):
     # short prompts keep the evidence search (RoSais + F-SOUR, 1 candidate) quick
     fig, table, md, dj = ur.defense_view(ctx, SHORT[0], "", "", SHORT[1], "",
-                                         ["none", "rosais"], 4, 1, 1, 1, 6, "keyword")
+                                         ["none", "rosais"], 4, 1, 1, 1, 6, "keyword", "mask")
     d = Route.from_json(dj)
     assert len(d) >= 1 and all(e.mode == "mask" and e.position is None for e in d.edits)
     assert table["attack"].tolist() == ["none", "rosais"]
     assert len(fig.data) == 2 and all(_in(y, 0, 100) for t in fig.data for y in t.y)
     assert "RoSais results" in md
+
+
+def test_protect_defense_pins_routers_and_blocks_their_masks(ctx):
+    fig, table, md, dj = ur.defense_view(ctx, SHORT[0], "", "", SHORT[1], "",
+                                         ["none", "rosais"], 4, 1, 1, 1, 6, "keyword")
+    d = Route.from_json(dj)  # the UI default is protect: no edits, pinned routers
+    assert not d.edits and d.protected_layers
+    assert set(d.protected_layers) <= set(ctx.moe.moe_layers)
+    assert "protect layers" in md
+    before = dict(zip(table["attack"], table[table.columns[2]]))
+    after = dict(zip(table["attack"], table[table.columns[3]]))
+    assert before["none"] == after["none"]  # no attack: the protected model is the model
 
 
 # -- RoSais uncertainty ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from explorer.cli import main as cli_main
 from explorer.defense import (DefenseResult, derive_defense, evaluate_defense, expert_effects)
@@ -224,6 +225,88 @@ def test_defense_is_removed_when_an_attack_fails(tiny, monkeypatch):
     assert tiny.defense is None
 
 
+def test_protect_defense_ignores_edits_at_protected_layers(tiny):
+    from explorer.tracer import trace
+    PA = len(tiny.encode(A))
+    plain = trace(tiny, A)
+    nat1, nat0 = plain.experts_at(1, PA - 1), plain.experts_at(0, 3)
+    f1 = [x for x in range(8) if x not in nat1][:2]
+    f0 = [x for x in range(8) if x not in nat0][:2]
+    attack = Route().force(1, PA - 1, f1).force(0, 3, f0).mask(1, [nat1[0]])
+    only0 = Route().force(0, 3, f0)
+    d = Route(info={"protect_layers": [1]})
+    assert attack.under_defense(d).edits == only0.edits
+    assert Route().mask(1, [3]).under_defense(d).edits == []
+    want = trace(tiny, A, route=only0)
+    tiny.defense = d
+    try:
+        got = trace(tiny, A, route=attack)
+        assert sorted(got.experts_at(0, 3)) == f0  # unprotected layer: the forced experts
+        assert sorted(got.experts_at(1, PA - 1)) != f1  # protected: the router's own choice
+        assert got.experts == want.experts
+        assert _lp(tiny, A, attack) == pytest.approx(_lp(tiny, A, only0), abs=1e-6)
+    finally:
+        tiny.defense = None
+    assert sorted(trace(tiny, A, route=attack).experts_at(1, PA - 1)) == f1  # undefended
+    with pytest.raises(RouteError, match="protect_layers"):
+        Route(info={"protect_layers": ["1"]}).protected_layers
+    with pytest.raises(RouteError, match="not an MoE layer"):
+        Route(info={"protect_layers": [7]}).validate(tiny.info)
+
+
+def test_protect_defense_no_attack_logits_identical(tiny):
+    from explorer.forward import logits_for_routes
+    ids = tiny.encode(B)
+    PB = len(ids)
+    plain = logits_for_routes(tiny, ids, None)
+    unprot = Route().force(0, PB - 2, [1, 6])
+    plain_unprot = logits_for_routes(tiny, ids, unprot)
+    tiny.defense = Route(info={"protect_layers": [0, 1]})
+    try:
+        assert torch.equal(logits_for_routes(tiny, ids, None), plain)
+        assert torch.equal(logits_for_routes(tiny, ids, Route().force(1, 2, [0, 1])), plain)
+        tiny.defense = Route(info={"protect_layers": [1]})
+        assert torch.equal(logits_for_routes(tiny, ids, unprot), plain_unprot)
+        assert torch.equal(logits_for_routes(tiny, ids, None), plain)
+    finally:
+        tiny.defense = None
+
+
+def test_derive_protect_defense_json_fsour_and_evaluate(tiny):
+    PA, PB = len(tiny.encode(A)), len(tiny.encode(B))
+    ra = _route(A, [(1, PA - 1, [2, 5]), (1, 3, [0, 1]), (0, 3, [0, 1])])
+    rb = _route(B, [(1, PB - 3, [5, 6])])
+    rr = rosais(tiny, A, samples=4, top=1, max_new_tokens=1)
+    with pytest.raises(ValueError, match="mode"):
+        derive_defense(tiny, [rr], [ra], mode="pin")
+    d = derive_defense(tiny, [rr], [ra, rb], mode="protect", protect_layers=1)
+    assert d.edits == [] and len(d.protected_layers) == 1
+    assert d.info["protected"][0]["layer"] == d.protected_layers[0]
+    d2 = derive_defense(tiny, [rr], [ra, rb], mode="protect", protect_layers=2)
+    assert d2.protected_layers == [0, 1]  # top RoSais router + the most edited layer (1)
+    assert derive_defense(tiny, [], [ra, rb], mode="protect",
+                          protect_layers=1).protected_layers == [1]
+    back = Route.from_json(d.to_json())  # plain route JSON: edits [] and info
+    assert back.to_dict() == d.to_dict() and back.protected_layers == d.protected_layers
+    assert json.loads(d.to_json())["edits"] == []
+    # F-SOUR against the protected model searches only the unprotected layers
+    from explorer.fsour import fsour
+    pin = Route(info={"protect_layers": [0]})
+    tiny.defense = pin
+    try:
+        res = fsour(tiny, A, candidates=2, max_iters=1, max_new_tokens=2,
+                    judge=FixedJudge(False))
+    finally:
+        tiny.defense = None
+    assert res.state.settings["layers"] == [1] and all(e.layer == 1 for e in res.route.edits)
+    res = evaluate_defense(tiny, pin, [A], [C], attacks=("none", "rosais"), routes=[ra],
+                           samples=3, max_new_tokens=2, judge=FixedJudge(False))
+    assert tiny.defense is None and set(res.table) == {"none", "rosais", "replay"}
+    u = res.utility
+    assert u["ll_change"] == 0.0 and u["routes"][0]["refusal_rate"] == u["baseline_refusal_rate"]
+    assert DefenseResult.from_json(res.to_json()) == res
+
+
 # -- RoSais uncertainty -------------------------------------------------------------------
 def test_rosais_curve(tiny):
     c = rosais_curve(tiny, [A, B], max_top=2, samples=3, max_new_tokens=2,
@@ -310,12 +393,23 @@ def test_cli_research_commands(tiny_ckpt, tiny, tmp_path, capsys):
         Route.load(tmp_path / "min.json").edits
 
     code, out, _ = _cli(capsys, ["defend", "--route", str(rfile), "--route", str(jsonl),
+                                 "--mode", "mask",
                                  "--min-count", "1", "--prompts", str(pfile), "--limit", "1",
                                  "--benign", str(bfile), "--attacks", "none",
                                  "--out", str(tmp_path / "def.json")] + m)
     d = json.loads(out)
     assert code == 0 and set(d["table"]) == {"none", "replay"} and d["defense"]["edits"]
     assert Route.load(tmp_path / "def.json").edits
+
+    code, out, _ = _cli(capsys, ["defend", "--route", str(rfile), "--route", str(jsonl),
+                                 "--mode", "protect", "--protect-layers", "1", "--prompts",
+                                 str(pfile), "--limit", "1", "--benign", str(bfile),
+                                 "--attacks", "none", "--out", str(tmp_path / "pro.json")] + m)
+    d = json.loads(out)
+    assert code == 0 and d["defense"]["edits"] == [] and d["defense"]["info"]["protect_layers"]
+    assert d["table"]["none"]["before"] == d["table"]["none"]["after"]
+    assert Route.load(tmp_path / "pro.json").protected_layers == \
+        d["defense"]["info"]["protect_layers"]
 
     code, out, _ = _cli(capsys, ["rosais-curve", "--prompts", str(pfile), "--limit", "1",
                                  "--max-top", "1", "--samples", "2"] + m)
