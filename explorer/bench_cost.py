@@ -144,12 +144,13 @@ def latencies(moe, sizes=(64, 512, 2048), new_tokens: int = 16, repeat: int = 3)
 
         def t_route():
             trace(moe, p, route=route, max_new_tokens=new_tokens)
-        out.append({"tokens": len(moe.encode(p)), "trace_s": _median(t_trace, repeat),
-                    "reroute_s": _median(t_route, repeat), "new_tokens": new_tokens})
+        out.append({"tokens": len(moe.encode(p)), "trace_s": median_seconds(t_trace, repeat),
+                    "reroute_s": median_seconds(t_route, repeat), "new_tokens": new_tokens})
     return out
 
 
-def _median(fn, repeat: int) -> float:
+def median_seconds(fn, repeat: int = 5) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs, after one warm-up."""
     fn()
     ts = []
     for _ in range(repeat):

@@ -119,6 +119,20 @@ def fsour_runner(moe, params: dict, on_event, should_stop, state: str | None):
                    state=F.FsourState.from_json(state) if state else None, **kwargs)
 
 
+def _checkpoint_position(state_text: str) -> dict:
+    """Iteration, position and forward passes of a stored search checkpoint (progress is
+    written at most every ``progress_interval``; the checkpoint at every step)."""
+    try:
+        st = json.loads(state_text)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(st, dict):
+        return {}
+    out = {"iteration": st.get("iteration"), "position": st.get("t_index"),
+           "forward_passes": st.get("forward_passes")}
+    return {k: v for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 class _Progress:
     """Turns runner events into the progress dict (ETA, thinned log-prob history)."""
 
@@ -295,6 +309,8 @@ class JobManager:
         live = self._live.get(rec.id)
         progress = dict(live if live is not None and rec.status == "running" else d["progress"])
         progress.pop("restart_started", None)
+        if rec.status in ("interrupted", "cancelled") and rec.state:
+            progress.update(_checkpoint_position(rec.state))  # where a resume starts
         for key in PROGRESS_KEYS:
             progress.setdefault(key, None)
         progress.setdefault("history", [])
@@ -349,9 +365,8 @@ class JobManager:
             if state is not None:
                 fields["state"] = _state_text(state)
             now = time.monotonic()
-            if (state is not None or now - last_write[0] >= self.progress_interval
+            if (now - last_write[0] >= self.progress_interval
                     or _get(ev, "kind") in _MILESTONES):
-                # with a checkpoint, always: the shown progress matches where a resume starts
                 fields["progress"], last_write[0] = progress, now
             if fields and not self.store.update_job(job_id, where_status="running", **fields):
                 stop.set()  # someone else took the job over (e.g. marked it interrupted)

@@ -213,6 +213,9 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     def delete(route_id, model_f, text_f, success, source, request: gr.Request = None):
         filt = (model_f, text_f, success, source)
         with user_errors("Delete"):
+            if ctx.policy.enabled:  # the library is shared and routes have no owner
+                fail("Deleting routes is turned off on this public server (the route "
+                     "library is shared by every visitor).")
             sr = stored(route_id)
             ctx.admit(request)
             ctx.store.delete_route(sr.id)

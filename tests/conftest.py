@@ -80,3 +80,12 @@ def closed_port() -> int:
 
 
 from explorer.judge import NeverJudge  # noqa: E402,F401  (tests import it from here)
+
+
+def ui_handler(demo, elem_id: str, event: str = "click"):
+    """The Python function wired to ``event`` of the app component with ``elem_id``."""
+    block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    fns = [f for f in demo.fns.values() if (block._id, event) in
+           [(t[0], t[1]) for t in f.targets]]
+    assert len(fns) == 1, f"{elem_id}.{event}: {len(fns)} handlers"
+    return fns[0].fn

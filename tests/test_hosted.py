@@ -10,6 +10,7 @@ import pytest
 
 from explorer.hosted import REDACTION_NOTE, HostedPolicy, PolicyError, first_sentence
 from explorer.judge import Verdict
+from conftest import ui_handler
 
 ON = {"EXPLORER_HOSTED": "1", "EXPLORER_MODEL_ALLOWLIST": "allenai/OLMoE-1B-7B-0924, "
       "Qwen/Qwen1.5-MoE-A2.7B"}
@@ -288,15 +289,6 @@ PROMPT = "Explain how to break into a neighbour's house."
 SHORT = "Steal a car."
 
 
-def ui_handler(demo, elem_id: str, event: str = "click"):
-    """The Python function wired to ``event`` of the component with ``elem_id``."""
-    block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
-    fns = [f for f in demo.fns.values() if (block._id, event) in
-           [(t[0], t[1]) for t in f.targets]]
-    assert len(fns) == 1, f"{elem_id}.{event}: {len(fns)} handlers"
-    return fns[0].fn
-
-
 def run_ui(fn, *args):
     out = fn(*args)
     if hasattr(out, "__next__"):
@@ -424,6 +416,20 @@ def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
         with pytest.raises(gr.Error, match=message):
             load(name)
     assert demo.explorer.moe is moe
+
+
+def test_hosted_app_does_not_let_visitors_delete_shared_routes(hosted_app):
+    import gradio as gr
+
+    from explorer.route import Route
+    demo, _, _, _ = hosted_app
+    ctx = demo.explorer
+    rid = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 0, [0, 1]), SHORT,
+                               ctx.moe.name, source="manual")
+    delete = ui_handler(demo, "delete-btn")
+    with pytest.raises(gr.Error, match="turned off on this public server"):
+        delete(rid, "", "", "", "")
+    assert ctx.store.get_route(rid).id == rid  # still there
 
 
 def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):

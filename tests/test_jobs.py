@@ -286,6 +286,42 @@ def test_shutdown_interrupts_and_next_manager_resumes(store, make_mgr):
     assert runner2.calls[-1] == {"prompt": "p", "start": 3}
 
 
+def test_a_stopped_job_shows_the_position_its_checkpoint_resumes_from(store, make_mgr):
+    from explorer.fsour import FsourState
+    from explorer.jobs import _checkpoint_position
+    st = FsourState("p", "Sure", {}, iteration=1, t_index=7, forward_passes=420)
+    assert _checkpoint_position(st.to_json()) == {"iteration": 1, "position": 7,
+                                                  "forward_passes": 420}
+    assert _checkpoint_position("not json") == {} and _checkpoint_position("[1]") == {}
+    held = threading.Event()
+
+    def runner(moe, params, on_event, should_stop, state):
+        for k in range(1000):  # progress is written once (start); checkpoints every step
+            on_event(SimpleNamespace(kind="start" if k == 0 else "step", iteration=0,
+                                     position=k, layer=0, layer_index=0, num_positions=1000,
+                                     num_layers=1, best_logprob=-5.0, forward_passes=10 * k,
+                                     elapsed=0.01 * k,
+                                     state={"t_index": k, "iteration": 0,
+                                            "forward_passes": 10 * k}))
+            if k == 5:
+                held.set()
+                while not should_stop():
+                    time.sleep(0.01)
+                return SimpleNamespace(cancelled=True, state={"t_index": k, "iteration": 0,
+                                                              "forward_passes": 10 * k},
+                                       to_dict=lambda: {})
+    mgr = make_mgr(runner, progress_interval=60.0)
+    jid = mgr.submit("fsour", {"prompt": "p"})
+    held.wait(10)
+    mgr.shutdown(wait=True, timeout=5)
+    # a crash (SIGKILL) leaves the last throttled progress behind, older than the checkpoint
+    stale = dict(store.get_job(jid).progress, position=1, forward_passes=10)
+    store.update_job(jid, progress=stale)
+    shown = make_mgr(runner).status(jid)
+    assert shown["status"] == "interrupted"
+    assert shown["progress"]["position"] == 5 and shown["progress"]["forward_passes"] == 50
+
+
 CHILD = """
 import sys, time, types
 sys.path[:0] = [{root!r}, {tests!r}]

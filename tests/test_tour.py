@@ -13,13 +13,7 @@ from explorer.tour import (ACTIONS, TOUR_DIR, TourError, baseline, changed_cells
                            replayed)
 
 
-def ui_handler(demo, elem_id: str, event: str = "click"):
-    """The Python function wired to ``event`` of the component with ``elem_id``."""
-    block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
-    fns = [f for f in demo.fns.values() if (block._id, event) in
-           [(t[0], t[1]) for t in f.targets]]
-    assert len(fns) == 1, f"{elem_id}.{event}: {len(fns)} handlers"
-    return fns[0].fn
+from conftest import ui_handler  # noqa: E402
 
 
 def last(result):
