@@ -177,10 +177,16 @@ def test_search_runs_in_the_background_and_lands_in_the_library(app):
 
 def test_search_cancel_stops_a_queued_search(app):
     demo, client, _ = app
-    ids = [client.predict(SHORT, "Sure, here is", 2, -12.0, 1, s, "fast", 4,
-                          "keyword", api_name="/search_start")["job_id"] for s in (1, 2)]
-    out = client.predict(ids[1], api_name="/search_cancel")
-    assert out["id"] == ids[1] and out["status"] in ("cancelled", "done")
+    # the first walks its whole grid (never judged jailbroken, unreachable threshold), so
+    # the second is still queued when it is cancelled
+    first = client.predict(PROMPT, "Sure, here is", 8, math.log(0.999), 1, 1, "reference", 4,
+                           "never", api_name="/search_start")["job_id"]
+    second = client.predict(SHORT, "Sure, here is", 2, -12.0, 1, 2, "fast", 4,
+                            "keyword", api_name="/search_start")["job_id"]
+    ids = [first, second]
+    out = client.predict(second, api_name="/search_cancel")
+    assert out["id"] == second and out["status"] == "cancelled"
+    client.predict(first, api_name="/search_cancel")
     for j in ids:
         assert _wait_job(client, j)["status"] in ("done", "cancelled")
 
