@@ -3,8 +3,9 @@
 - :func:`layer_flops` / :class:`ConeCost`: an approximate FLOP count per token and decoder
   layer (attention projections, attention over the context, router, the k routed experts
   and any shared experts), from the model's config. A candidate that changes (layer l,
-  position t) needs, at the least, layers >= l at positions >= t (the causal cone) plus
-  the logits of the target rows; a full forward needs every layer at every position.
+  position t) needs, at the least, layer l at position t, layers > l at positions >= t
+  (the causal cone) and the logits of the target rows; a full forward needs every layer
+  at every position.
 - :func:`matmul_rate`: the dense matrix-product throughput this device reaches at the
   model's shapes, so "ideal seconds" = cone FLOPs / that rate.
 - :func:`latencies`: trace and re-route latency for prompts of a given token count.
@@ -70,8 +71,11 @@ class ConeCost:
         return sum(sum(r) for r in self._rows) + self._head
 
     def cone(self, position: int, layer: int) -> float:
-        """One candidate differing at (layer, position): layers >= layer, positions >= position."""
-        return sum(sum(r[position:]) for r in self._rows[layer:]) + self._head
+        """One candidate differing at (layer, position): that layer at that position only
+        (attention there reads unchanged inputs; the MoE is per token), then the layers
+        above it at positions >= position, and the target logits."""
+        return (self._rows[layer][position] + sum(sum(r[position:]) for r in self._rows[layer + 1:])
+                + self._head)
 
 
 def matmul_rate(moe, rows: int = 256, repeat: int = 5) -> float:

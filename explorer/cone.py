@@ -93,6 +93,52 @@ def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
             mod.__dict__.pop("forward", None)
 
 
+@contextlib.contextmanager
+def skip_layers_above(moe, layer: int):
+    """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
+    layers = decoder_layers(moe.model)
+    patched = []
+
+    def passthrough(*args, **kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    try:
+        for mod in layers[layer + 1:]:
+            mod.forward = passthrough
+            patched.append(mod)
+        yield
+    finally:
+        for mod in patched:
+            mod.__dict__.pop("forward", None)
+
+
+def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
+                    prefix_cache, prefix_len: int, validate: bool = True) -> torch.Tensor:
+    """(B, 1, H): what decoder ``layer`` outputs at position ``prefix_len`` under B routes.
+
+    ``row_input`` (1, 1, H) is the hidden state entering ``layer`` there; the layer attends
+    to ``prefix_cache`` (positions < prefix_len). One token, one layer: the other layers
+    are skipped.
+    """
+    ids = _ids(moe, ids)[:, :prefix_len + 1]
+    B = len(routes)
+    out: dict = {}
+
+    def grab(mod, args, kwargs, output):
+        out["h"] = output[0] if isinstance(output, tuple) else output
+
+    hook = decoder_layers(moe.model)[layer].register_forward_hook(grab, with_kwargs=True)
+    try:
+        with moe.lock, torch.inference_mode(), \
+                skip_layers_below(moe, layer, row_input.expand(B, -1, -1)), \
+                skip_layers_above(moe, layer), moe.control(list(routes), validate=validate):
+            moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **_keep_kwargs(moe, 1),
+                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
+    finally:
+        hook.remove()
+    return out["h"]
+
+
 def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
                 prefix_cache=None, prefix_len: int = 0, *, keep: int | None = None,
                 capture: dict | None = None, validate: bool = True) -> torch.Tensor:
@@ -108,7 +154,7 @@ def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torc
     """
     ids = _ids(moe, ids)
     B = len(routes)
-    hidden = layer_input.expand(B, -1, -1)
+    hidden = layer_input.expand(B, -1, -1) if layer_input.shape[0] == 1 else layer_input
     seen = capture if capture is not None else {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(moe.lock)
@@ -124,11 +170,27 @@ def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torc
 
 def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
-                        validate: bool = True) -> torch.Tensor:
+                        validate: bool = True, next_input: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """Joint target log-prob per route (B,), computed over the causal cone only; logits
-    only for the target rows."""
+    only for the target rows.
+
+    ``next_input`` (1, S, H), the hidden state entering layer + 1 under the routes' common
+    base, narrows the cone further when the routes differ from that base only at
+    (``layer``, ``prefix_len``): layer ``layer`` then changes nothing but its output at
+    ``prefix_len`` (attention there reads its inputs, the MoE is per token), so that one
+    row is computed and layers > ``layer`` run from the base's states with it swapped in.
+    """
     ids = list(prompt_ids) + list(target_ids)
     n = len(target_ids)
+    if next_input is not None:
+        row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
+                              prefix_len, validate)
+        hidden = next_input.expand(len(routes), -1, -1).clone()
+        hidden[:, :1] = row
+        if capture is not None:
+            capture[layer + 1] = hidden
+        layer, layer_input = layer + 1, hidden
     logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
                          keep=n + 1, capture=capture, validate=validate)
     start = logits.shape[1] - n - 1  # the row predicting the first target token

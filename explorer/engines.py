@@ -55,10 +55,12 @@ class FastEngine(ReferenceEngine):
 
     name = "fast"
 
-    def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64, cone: bool = True):
+    def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64, cone: bool = True,
+                 narrow: bool = True):
         super().__init__(moe, prompt_ids, target_ids)
         self.batch_size = batch_size
         self.cone = cone
+        self.narrow = narrow
         self.capture_passes = 0
         self.cache_passes = 0
         self._reset()
@@ -124,6 +126,13 @@ class FastEngine(ReferenceEngine):
             self.capture_passes += 1
         return self._inputs
 
+    @staticmethod
+    def _only_here(base: Route, layer: int, position: int) -> bool:
+        """Does ``base`` leave layer ``layer`` alone at every position after ``position``
+        (so candidates that differ at (layer, position) change only that row there)?"""
+        return all(e.layer != layer or (e.position is not None and e.position <= position)
+                   for e in base.edits)
+
     def score(self, routes: Sequence[Route], position: int | None = None,
               layer: int | None = None, base: Route | None = None) -> list[float]:
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
@@ -136,10 +145,13 @@ class FastEngine(ReferenceEngine):
             if use_cone:
                 inputs = self._layer_inputs(base)
                 seen: dict = {}
+                narrow = (self.narrow and position == self._cache_pos and layer + 1 in inputs
+                          and self._only_here(base, layer, position))
                 lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                          layer, inputs[layer], self._cache if use_cache else None,
                                          self._cache_pos if use_cache else 0,
-                                         capture=seen, validate=False)
+                                         capture=seen, validate=False,
+                                         next_input=inputs[layer + 1] if narrow else None)
                 for j, r in enumerate(chunk):
                     pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:

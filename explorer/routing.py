@@ -90,26 +90,49 @@ def _as_routes(routes: Route | Sequence[Route | None] | None) -> list[Route] | N
     return [r if r is not None else Route() for r in routes]
 
 
-def _layer_table(edits, B: int, E: int):
-    """(glob (B,E), table (B,P,E), P): experts allowed per row, for every position and
-    per position, from one layer's ``(row, edit)`` pairs (edits compose by intersection)."""
-    P = 1 + max((e.position for _, e in edits if e.position is not None), default=-1)
-    glob = np.ones((B, E), dtype=bool)
-    table = np.ones((B, max(P, 1), E), dtype=bool)
-    for b, e in edits:
+_ROWS: dict = {}  # (E, edits of one route at one layer) -> (glob (E,), table (P,E), P); bounded
+
+
+def _route_rows(edits: tuple, E: int):
+    """Allowed experts of one route at one layer: every position (E,) and per position
+    (P, E); edits compose by intersection. Cached: a search's candidates share most of
+    their layers with the route so far."""
+    key = (E, edits)
+    hit = _ROWS.get(key)
+    if hit is not None:
+        return hit
+    P = 1 + max((e.position for e in edits if e.position is not None), default=-1)
+    glob = np.ones(E, dtype=bool)
+    table = np.ones((max(P, 1), E), dtype=bool)
+    for e in edits:
         ex = list(e.experts)
         if e.mode == "mask":
             if e.position is None:
-                glob[b, ex] = False
+                glob[ex] = False
             else:
-                table[b, e.position, ex] = False
+                table[e.position, ex] = False
         else:
             keep = np.zeros(E, dtype=bool)
             keep[ex] = True
             if e.position is None:
-                glob[b] &= keep
+                glob &= keep
             else:
-                table[b, e.position] &= keep
+                table[e.position] &= keep
+    if len(_ROWS) >= 8192:
+        _ROWS.clear()
+    _ROWS[key] = (glob, table, P)
+    return _ROWS[key]
+
+
+def _layer_table(per_row: list[tuple], E: int):
+    """(glob (B,E), table (B,P,E), P) for one layer from each row's edits there."""
+    rows = [_route_rows(edits, E) for edits in per_row]
+    P = max(r[2] for r in rows)
+    glob = np.stack([r[0] for r in rows])
+    table = np.ones((len(rows), max(P, 1), E), dtype=bool)
+    for b, (_, t, p) in enumerate(rows):
+        if p > 0:
+            table[b, :p] = t
     return torch.from_numpy(glob), torch.from_numpy(table), P
 
 
@@ -155,14 +178,15 @@ class RouteControl:
             for r in self.routes:
                 r.validate(info)
         B = len(self.routes)
-        by_layer: dict[int, list[tuple[int, object]]] = {}
+        by_layer: dict[int, list[list]] = {}
         for b, r in enumerate(self.routes):
             for e in r.edits:
-                by_layer.setdefault(e.layer, []).append((b, e))
+                by_layer.setdefault(e.layer, [[] for _ in range(B)])[b].append(e)
         for h in self.moe.handles:
             lay = h.info.index
             if lay in by_layer:
-                self._tables[lay] = _layer_table(by_layer[lay], B, h.info.num_experts)
+                self._tables[lay] = _layer_table([tuple(x) for x in by_layer[lay]],
+                                                 h.info.num_experts)
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> "RouteControl":

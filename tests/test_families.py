@@ -215,3 +215,34 @@ def test_causal_cone_recompute_matches_full_recompute(moe):
     from explorer.layers import decoder_layers
     layers = decoder_layers(moe.model)
     assert all("forward" not in layer.__dict__ for layer in layers)  # patches removed
+
+
+def test_narrow_cone_one_row_at_the_edited_layer_matches_full_recompute(moe):
+    """Candidates that differ only at (layer l, position t): layer l is computed at t alone,
+    layers > l from the base's states with that row swapped in (the fast engine's path)."""
+    from explorer.cone import capture_layer_inputs, cone_target_logprob
+    from explorer.forward import reusable, target_logprob
+    from explorer.layers import decoder_layers
+    prompt, target = IDS[:7], IDS[7:]
+    n_layers = len(decoder_layers(moe.model))
+    for t in (0, 4):
+        base = Route().force(moe.moe_layers[0], 0, _differs(moe.handle(moe.moe_layers[0]), set()))
+        cache, plen = None, 0
+        if t:
+            _, c = prefill(moe, prompt[:t], base)
+            if not reusable(c):
+                continue  # the engine only narrows with a shareable prefix cache
+            cache, plen = c, t
+        inputs = capture_layer_inputs(moe, prompt + target, base, cache, plen)
+        for lay in moe.moe_layers:
+            if lay + 1 >= n_layers:
+                continue
+            h = moe.handle(lay)
+            routes = [base.with_force(lay, t, _differs(h, {e})) for e in range(3)]
+            full = target_logprob(moe, prompt, target, routes)
+            seen: dict = {}
+            narrow = cone_target_logprob(moe, prompt, target, routes, lay, inputs[lay], cache,
+                                         plen, capture=seen, next_input=inputs[lay + 1])
+            assert torch.allclose(full, narrow, atol=1e-4, rtol=0), (t, lay, full, narrow)
+            assert set(seen) >= {lay + 1} and seen[lay + 1].shape[0] == 3
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(moe.model))
