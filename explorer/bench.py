@@ -7,6 +7,7 @@ prompts and seed (wall-clock ratio, forward passes, identical-route check).
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -72,8 +73,11 @@ def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_i
 
 def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
               max_iters: int = 1, samples: int = 32, reference: bool = True,
-              sizes=(64, 512, 2048), orders: int = 0, full_budget: bool = False) -> dict:
-    """All figures as one dict (see module docs)."""
+              sizes=(64, 512, 2048), orders: int = 0, full_budget: bool = False,
+              repeat: int = 1) -> dict:
+    """All figures as one dict (see module docs). ``repeat``: run each F-SOUR search that
+    many times, the engines taking turns, and report the median seconds (the runs' times
+    are kept in ``seconds_all``): timings on a shared machine are noisy."""
     from .bench_cost import compare_orders, latencies, matmul_rate
     from .judge import NeverJudge
     from .rosais import rosais
@@ -95,16 +99,25 @@ def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
     out["rosais"]["seconds"] = out["rosais"]["fast"]["seconds"]
     out["rosais"]["forward_passes"] = out["rosais"]["fast"]["forward_passes"]
     rows = []
+    engines = ("fast", "reference") if reference else ("fast",)
     for p in prompts:
         row = {"prompt": p}
-        for eng in (("fast", "reference") if reference else ("fast",)):
-            row[eng] = _search_row(moe, p, eng, seed, candidates, max_iters,
-                                   NeverJudge() if full_budget else None)
+        runs: dict = {eng: [] for eng in engines}
+        for _ in range(max(1, repeat)):
+            for eng in engines:
+                runs[eng].append(_search_row(moe, p, eng, seed, candidates, max_iters,
+                                             NeverJudge() if full_budget else None))
+        for eng in engines:
+            row[eng] = dict(runs[eng][-1], seconds_all=[x["seconds"] for x in runs[eng]])
+            row[eng]["seconds"] = statistics.median(row[eng]["seconds_all"])
+            row[eng]["cpu_seconds"] = statistics.median(x["cpu_seconds"] for x in runs[eng])
+            row[eng]["candidates_per_s"] = row[eng]["forward_passes"] / row[eng]["seconds"]
         if reference:
             row["identical_route"] = row["fast"]["route"] == row["reference"]["route"]
             row["speedup"] = row["reference"]["seconds"] / max(row["fast"]["seconds"], 1e-9)
         rows.append(row)
     out["fsour"] = rows
+    out["repeat"] = max(1, repeat)
     rate = matmul_rate(moe)
     tf = sum(r["fast"]["seconds"] for r in rows)
     cone = sum(r["fast"]["cone_gflop"] for r in rows) * 1e9
@@ -191,6 +204,9 @@ def _configure(p):
                    help="prompt sizes (tokens) for latency figures; '' to skip")
     p.add_argument("--prompts", type=positive_int, default=len(BENCH_PROMPTS),
                    help=f"how many of the {len(BENCH_PROMPTS)} bench prompts F-SOUR runs on")
+    p.add_argument("--repeat", type=positive_int, default=1,
+                   help="run each F-SOUR search this many times (engines taking turns) and "
+                        "report median seconds")
     p.add_argument("--orders", type=positive_int, default=0,
                    help="also compare F-SOUR layer orders (paper vs RoSais) on this many "
                         "of the project's harmful prompts")
@@ -222,10 +238,11 @@ def _run(args):
         moe = synthetic_model(args.synthetic, device=args.device, dtype=args.dtype)
     else:
         moe = load_from_args(args)
-    b = run_bench(moe, prompts=BENCH_PROMPTS[:max(1, args.prompts)], seed=args.seed, candidates=max(1, args.candidates),
-                  samples=max(1, args.samples), reference=not args.no_reference,
+    b = run_bench(moe, prompts=BENCH_PROMPTS[:max(1, args.prompts)], seed=args.seed,
+                  candidates=max(1, args.candidates), samples=max(1, args.samples), reference=not args.no_reference,
                   sizes=sizes, orders=args.orders,
-                  full_budget=args.full_budget or bool(args.synthetic))
+                  full_budget=args.full_budget or bool(args.synthetic),
+                  repeat=max(1, args.repeat))
     emit(args, b, _text(b))
 
 

@@ -23,7 +23,7 @@ def test_cone_cost_model_is_monotone_and_below_a_full_forward(tiny):
 
 def test_bench_reports_identical_routes_and_cost_figures(tiny):
     b = run_bench(tiny, prompts=("Steal a car.",), candidates=2, samples=2, sizes=(16,),
-                  full_budget=True)
+                  full_budget=True, repeat=2)
     row = b["fsour"][0]
     assert row["identical_route"] and b["fsour_identical_routes"]
     assert row["fast"]["forward_passes"] == row["reference"]["forward_passes"] > 0
@@ -35,6 +35,8 @@ def test_bench_reports_identical_routes_and_cost_figures(tiny):
     lat = b["latency"][0]
     assert lat["trace_s"] > 0 and lat["reroute_s"] > 0 and abs(lat["tokens"] - 16) <= 2
     assert row["fast"]["peak_memory_mb"] > 0 and row["fast"]["candidates_per_s"] > 0
+    assert b["repeat"] == 2 and len(row["fast"]["seconds_all"]) == 2
+    assert row["fast"]["seconds"] == pytest.approx(sum(row["fast"]["seconds_all"]) / 2)
 
 
 def test_prompt_sizes_beyond_the_context_are_skipped(tiny):
