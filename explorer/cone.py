@@ -75,41 +75,28 @@ def capture_layer_inputs(moe, ids, route: Route | None, prefix_cache=None,
 
 
 @contextlib.contextmanager
-def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
-    """Decoder layers < ``layer`` return ``hidden`` instead of computing (restored after)."""
-    layers = decoder_layers(moe.model)
+def _replaced_forwards(modules, forward):
+    """``forward`` stands in for each module's own while active (restored after)."""
     patched = []
-
-    def fake(*args, **kwargs):
-        return hidden
-
     try:
-        for i in range(layer):
-            layers[i].forward = fake
-            patched.append(layers[i])
-        yield
-    finally:
-        for mod in patched:
-            mod.__dict__.pop("forward", None)
-
-
-@contextlib.contextmanager
-def skip_layers_above(moe, layer: int):
-    """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
-    layers = decoder_layers(moe.model)
-    patched = []
-
-    def passthrough(*args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
-
-    try:
-        for mod in layers[layer + 1:]:
-            mod.forward = passthrough
+        for mod in modules:
+            mod.forward = forward
             patched.append(mod)
         yield
     finally:
         for mod in patched:
             mod.__dict__.pop("forward", None)
+
+
+def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
+    """Decoder layers < ``layer`` return ``hidden`` instead of computing (restored after)."""
+    return _replaced_forwards(decoder_layers(moe.model)[:layer], lambda *a, **k: hidden)
+
+
+def skip_layers_above(moe, layer: int):
+    """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
+    return _replaced_forwards(decoder_layers(moe.model)[layer + 1:],
+                              lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
 def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,

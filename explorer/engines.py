@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from .cone import _keep_kwargs, capture_layer_inputs, cone_target_logprob
-from .forward import prefill, reusable, target_logprob
+from .forward import _cache_of, prefill, reusable, target_logprob
 from .route import Route
 
 
@@ -47,8 +47,8 @@ class FastEngine(ReferenceEngine):
 
     A prefix KV cache covers positions < t; the hidden states entering each layer at
     positions >= t under the route so far are kept, so a batch of candidates at (t, l)
-    runs decoder layers >= l over positions >= t only, with logits for the target rows
-    only (see :mod:`explorer.cone`). The states entering the layers above l are captured
+    runs decoder layers >= l over positions >= t only (with ``narrow``, layer l at
+    position t alone), with logits for the target rows only (see :mod:`explorer.cone`). The states entering the layers above l are captured
     for every candidate during that batch: when the search keeps one, its states become
     the new base without another forward. Moving on to position t + 1 extends the cache
     by one token and drops one row of the kept states.
@@ -69,8 +69,6 @@ class FastEngine(ReferenceEngine):
         if narrow is None:
             narrow = env == "1" if env in ("0", "1") else moe.device.type == "cpu"
         self.narrow = narrow
-        self.capture_passes = 0
-        self.cache_passes = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -92,19 +90,18 @@ class FastEngine(ReferenceEngine):
         self._reset()
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
-            self.cache_passes += 1
             if cache is not None and reusable(cache):
                 self._cache, self._cache_pos = cache, position
 
     def _extend_cache(self, route: Route, pos: int) -> bool:
-        ids = torch.tensor([self.prompt_ids[:pos + 1]], device=self.moe.device)
-        cache = self._cache
+        """Append token ``pos`` (routed by ``route``) to the prefix cache, in place."""
+        dev = self.moe.device
         with self.moe.lock, torch.inference_mode(), self.moe.control(route, validate=False):
-            out = self.moe.model(input_ids=ids[:, pos:], cache=cache, use_cache=True,
-                                 position_ids=torch.tensor([[pos]], device=ids.device),
+            out = self.moe.model(input_ids=torch.tensor([[self.prompt_ids[pos]]], device=dev),
+                                 cache=self._cache, use_cache=True,
+                                 position_ids=torch.tensor([[pos]], device=dev),
                                  **_keep_kwargs(self.moe, 1))
-        self.cache_passes += 1
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = _cache_of(out)
         if cache is None or not reusable(cache):
             return False
         self._cache = cache
@@ -131,15 +128,7 @@ class FastEngine(ReferenceEngine):
             self._inputs = capture_layer_inputs(self.moe, ids, base, self._cache, self._cache_pos)
             self._inputs_key = key
             self._pending = {}
-            self.capture_passes += 1
         return self._inputs
-
-    @staticmethod
-    def _only_here(base: Route, layer: int, position: int) -> bool:
-        """Does ``base`` leave layer ``layer`` alone at every position after ``position``
-        (so candidates that differ at (layer, position) change only that row there)?"""
-        return all(e.layer != layer or (e.position is not None and e.position <= position)
-                   for e in base.edits)
 
     def score(self, routes: Sequence[Route], position: int | None = None,
               layer: int | None = None, base: Route | None = None) -> list[float]:
@@ -153,8 +142,8 @@ class FastEngine(ReferenceEngine):
             if use_cone:
                 inputs = self._layer_inputs(base)
                 seen: dict = {}
-                narrow = (self.narrow and position == self._cache_pos and layer + 1 in inputs
-                          and self._only_here(base, layer, position))
+                # candidates differ from base only at (layer, position): see the API above
+                narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
                 lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                          layer, inputs[layer], self._cache if use_cache else None,
                                          self._cache_pos if use_cache else 0,

@@ -138,6 +138,11 @@ class Route:
             raise RouteError(f"info.protect_layers must be a list of layer indices, got {v!r}")
         return sorted(set(v))
 
+    @property
+    def defends(self) -> bool:
+        """As a model-wide defense: does it change anything (masks or pinned layers)?"""
+        return bool(self.edits or self.protected_layers)
+
     def under_defense(self, defense: "Route | None") -> "Route":
         """This route with a model-wide ``defense`` applied on top. The defense wins:
 
@@ -147,7 +152,7 @@ class Route:
           router then picks among the allowed experts), and the defense's masks are
           appended.
         """
-        if defense is None or not (defense.edits or defense.protected_layers):
+        if defense is None or not defense.defends:
             return self
         pinned = set(defense.protected_layers)
         kept = []

@@ -167,7 +167,7 @@ class RouteControl:
         """Replace the active routes (validated against the model)."""
         self.routes = _as_routes(routes)
         defense = getattr(self.moe, "defense", None)
-        if defense is not None and (defense.edits or defense.protected_layers):
+        if defense is not None and defense.defends:
             self.routes = [r.under_defense(defense) for r in (self.routes or [Route()])]
         self._tables.clear()
         self._mask_cache.clear()

@@ -304,7 +304,7 @@ def asr(moe, route: Route | None, prompts: Sequence[str], judge=None, mapping: s
 
 def _defense_dict(moe):
     d = getattr(moe, "defense", None)
-    return d.to_dict() if d is not None and (d.edits or d.protected_layers) else None
+    return d.to_dict() if d is not None and d.defends else None
 
 
 def _prompt_list(prompts: Iterable[str]) -> list[str]:
@@ -526,8 +526,9 @@ def rosais_curve(moe, prompts: Sequence[str], max_top: int = 5, samples: int = 1
         jb = [bool(v0.jailbroken)] + [bool(b["jailbroken"]) for b in res.by_top]
         ctl = [bool(v0.jailbroken)]  # control: as many routers, random, random masks
         rng = random.Random(seed * 7919 + len(per))
+        ids = moe.encode(p)
         for t in range(1, L + 1):
-            text = generate(moe, moe.encode(p), res.random_route(t, rng),
+            text = generate(moe, ids, res.random_route(t, rng),
                             max_new_tokens=max_new_tokens).text
             ctl.append(bool(judge.judge(p, text).jailbroken))
         per.append({"prompt": p, "scores": list(res.scores), "ranking": ranking(res),

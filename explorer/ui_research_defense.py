@@ -86,7 +86,7 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         defense = given if given is not None else derive_defense(moe, rosais_results, routes,
                                                                  mode=mode)
         done += 1
-        if not len(defense) and not defense.protected_layers:
+        if not defense.defends:
             _fail("The evidence names no cell to forbid or router to protect: add evidence "
                   "prompts or routes "
                   f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
