@@ -21,15 +21,10 @@ from dataclasses import dataclass
 import torch
 
 
-def _cfg(moe):
-    c = moe.model.config
-    return c.get_text_config(decoder=True) if hasattr(c, "get_text_config") else c
-
-
 def layer_flops(moe, layer: int, context: int) -> float:
     """Approximate FLOPs (2 x multiply-adds) for one token at decoder ``layer`` that
     attends to ``context`` tokens."""
-    c = _cfg(moe)
+    c = moe.text_config
     H = c.hidden_size
     heads = c.num_attention_heads
     hd = getattr(c, "head_dim", None) or H // heads
@@ -63,7 +58,7 @@ class ConeCost:
         L = len(self.moe.info.layers)
         self._rows = [[layer_flops(self.moe, i, pos + 1) for pos in range(self.T)]
                       for i in range(L)]
-        c = _cfg(self.moe)
+        c = self.moe.text_config
         self._head = 2.0 * c.hidden_size * c.vocab_size * self.n_target
 
     def full(self) -> float:
@@ -80,7 +75,7 @@ class ConeCost:
 
 def matmul_rate(moe, rows: int = 256, repeat: int = 5) -> float:
     """FLOP/s of a (rows x H) @ (H x 4H) product in the model's dtype on its device."""
-    c = _cfg(moe)
+    c = moe.text_config
     H = c.hidden_size
     dev, dt = moe.device, next(moe.model.parameters()).dtype
     a = torch.randn(rows, H, device=dev, dtype=dt)

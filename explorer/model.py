@@ -156,15 +156,21 @@ class MoEModel:
 
     # -- length limits ----------------------------------------------------------------
     @property
+    def text_config(self):
+        """The decoder's config (multimodal configs nest it), else the top-level config."""
+        cfg = self.model.config
+        get = getattr(cfg, "get_text_config", None)
+        try:
+            return get() if callable(get) else cfg
+        except Exception:  # noqa: BLE001 - unusual configs: fall back to the top level
+            return cfg
+
+    @property
     def context_length(self) -> int | None:
         """The model's context in tokens: ``max_position_embeddings``, or the tokenizer's
         ``model_max_length`` when that is smaller and sane; None when neither is known."""
         cfg = self.model.config
-        text_cfg = getattr(cfg, "get_text_config", None)
-        try:
-            text_cfg = text_cfg() if callable(text_cfg) else cfg
-        except Exception:  # noqa: BLE001 - unusual configs: fall back to the top level
-            text_cfg = cfg
+        text_cfg = self.text_config
         n = getattr(text_cfg, "max_position_embeddings", None) or \
             getattr(cfg, "max_position_embeddings", None)
         n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
