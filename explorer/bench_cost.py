@@ -221,5 +221,6 @@ def synthetic_model(name: str, device: str = "auto", dtype=None, seed: int = 0):
             torch.nn.init.normal_(layer.mlp.gate.weight, std=0.5)
     model.eval()
     if not device.startswith("cuda") and hasattr(model, "set_experts_implementation"):
-        model.set_experts_implementation("eager")
+        from .model import cpu_experts_implementation
+        model.set_experts_implementation(cpu_experts_implementation())  # OLMoE accepts both
     return MoEModel(model, tok, f"synthetic:{name}")

@@ -61,6 +61,20 @@ class RouteEdit:
         if self.mode == "force":
             experts = tuple(sorted(experts))
         object.__setattr__(self, "experts", experts)
+        # ints only, so the hash survives pickling into another process (str/None hashes vary)
+        pos = -1 if self.position is None else self.position
+        object.__setattr__(self, "_hash", hash((self.layer, pos, experts, self.mode == "mask")))
+
+    def __hash__(self) -> int:  # computed once: searches hash routes of ~100 edits per candidate
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, RouteEdit):
+            return NotImplemented
+        return self._hash == other._hash and (self.layer, self.position, self.experts, self.mode) == \
+            (other.layer, other.position, other.experts, other.mode)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "position": self.position,

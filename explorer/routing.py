@@ -181,7 +181,10 @@ class RouteControl:
         by_layer: dict[int, list[list]] = {}
         for b, r in enumerate(self.routes):
             for e in r.edits:
-                by_layer.setdefault(e.layer, [[] for _ in range(B)])[b].append(e)
+                rows = by_layer.get(e.layer)
+                if rows is None:
+                    rows = by_layer[e.layer] = [[] for _ in range(B)]
+                rows[b].append(e)
         for h in self.moe.handles:
             lay = h.info.index
             if lay in by_layer:
