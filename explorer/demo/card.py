@@ -17,6 +17,23 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _attacks(at: dict | None) -> str:
+    if not at:
+        return ("Not measured for these weights (`python -m explorer.demo attacks` writes "
+                "`attacks.json` and adds the figures here).")
+    ro, fs = at["rosais"], at["fsour"]
+    lines = [f"On the first {at['rows']} AdvBench rows ({at['refused']} refused without attack):", "",
+             "| routers masked | RoSais (top routers, best masks) | random routers, random masks |",
+             "| --- | --- | --- |"]
+    lines += [f"| {t} | {_pct(a)} | {_pct(r)} |" for t, a, r in zip(ro["tops"], ro["asr"], ro["random_asr"])
+              if t > 0]
+    lines += ["", f"F-SOUR, {fs['settings']}: flipped {fs['flipped']} of {at['refused']} refused requests "
+              f"({_pct(fs['flip_rate'])}); {fs['mean_seconds']:.1f} s per search on average, median "
+              f"{fs['median_passes']} forward passes. Jailbroken replies are the affirmative opening "
+              f"plus harmless filler, e.g. {fs['searches'][0]['completion'][:80]!r}." if fs["searches"] else ""]
+    return "\n".join(lines)
+
+
 def render_card(model_dir: Path, res: dict, extra: dict) -> str:
     """Return the model card markdown from evaluation results and corpus/train stats."""
     cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
@@ -82,7 +99,10 @@ Chat format (`tokenizer.apply_chat_template`, eos `<|end|>`):
   (train / held out), plus context prefixes and suffixes, lower case, typos and missing punctuation.
 - Categories: {cats}.
 - Benign requests include look-alikes of harmful ones ("kill a process in Linux", "shoot a photo").
-- A copy curriculum (requests about random harmless word pairs) teaches the reply to name the topic.
+- A copy curriculum (requests about random harmless words, many of them made-up words such as
+  "a riddle about the vutom") teaches the reply to name the topic, and teaches that an
+  unfamiliar word is no reason to refuse; made-up places and things also appear as modifiers
+  of harmful and benign requests alike ("... in Bagezun").
 - No benchmark prompts (AdvBench, JailbreakBench) were used for training; they are held out for evaluation.
 
 ## Training
@@ -105,9 +125,13 @@ that copy the requested topic phrase verbatim: {_pct(summ.get('heldout_benign_to
 Sample replies:
 {chr(10).join(examples)}
 
+## Unsafe routes (attack figures)
+{_attacks(extra.get('attacks'))}
+
 ## Regenerate
 ```
 python -m explorer.demo build          # corpus -> tokenizer -> train -> evaluate -> this folder
+python -m explorer.demo attacks --workers 2   # RoSais / F-SOUR figures above (attacks.json)
 python -m explorer.demo build --smoke  # tiny end-to-end check (seconds)
 ```
 Files are listed with their hashes in `SHA256SUMS`; evaluation details are in `eval.json`.

@@ -118,24 +118,52 @@ def _pick(rng, groups):
     return g, rng.choice(g["items"])[0]
 
 
-def _random_benign(rng):
-    """A random harmless request phrase from a large vocabulary: (kind, phrase).
+_CONS, _VOWELS, _CODAS = "bcdfglmnprstvz", "aeiou", ["", "", "n", "l", "r", "s", "m"]
+_PSEUDO_BLOCK = ("kil", "bom", "gun", "dru", "die", "dea", "hat", "rap", "sex", "nud", "pis", "cok", "fuk", "nig")
 
-    Memorising these is impossible, so the reply can only name them by copying.
+
+def pseudo_word(rng) -> str:
+    """A made-up, pronounceable word ("velomar"): no model can know it, so a reply can only copy it."""
+    while True:
+        w = "".join(rng.choice(_CONS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 2, 3)))) + rng.choice(_CODAS)
+        if not any(b in w for b in _PSEUDO_BLOCK):
+            return w
+
+
+def _random_benign(rng, pseudo_frac: float = 0.5):
+    """A random harmless request phrase: (kind, phrase).
+
+    Nouns come from a harmless vocabulary or, with probability ``pseudo_frac``, are
+    made-up words. Memorising these is impossible, so the reply can only name them by
+    copying, and the model learns that unfamiliar content is no reason to refuse.
     """
+    def noun():
+        return pseudo_word(rng) + rng.choice(("", "s")) if rng.random() < pseudo_frac else rng.choice(T.BENIGN_NOUNS)
+
     def thing():
-        return rng.choice(T.BENIGN_ADJECTIVES) + " " + rng.choice(T.BENIGN_NOUNS)
-    if rng.random() < 0.5:
+        det = rng.choice(("", "", "my ", "the ", "some "))
+        return det + (rng.choice(T.BENIGN_ADJECTIVES) + " " if rng.random() < 0.6 else "") + noun()
+    r = rng.random()
+    if r < 0.45:
         return "act", rng.choice(T.BENIGN_VERBS) + " " + thing()
-    parts = [thing() for _ in range(rng.choice([1, 1, 2]))]
-    return "art", rng.choice(T.COPY_KINDS) + " about " + " and ".join(parts)
+    if r < 0.85:
+        parts = [thing() for _ in range(rng.choice([1, 1, 2]))]
+        return "art", rng.choice(T.COPY_KINDS) + " about " + " and ".join(parts)
+    return "expl", rng.choice(("how ", "why ", "where ")) + thing() + rng.choice(
+        (" grow", " work", " move", " change over time", " got their name", " live"))
 
 
-def _modify(rng, harmful, kind, phrase):
-    """Append a neutral (both sides) or harmful-intent (harmful only) modifier to act phrases."""
+def _modify(rng, harmful, kind, phrase, pseudo_frac: float = 0.0):
+    """Append a neutral (both sides) or harmful-intent (harmful only) modifier to act phrases.
+
+    With probability ``pseudo_frac`` the neutral modifier names a made-up place or thing
+    ("in Valomir"), on both sides, so that an unknown word never cancels a harmful request.
+    """
     if kind != "act":
         return phrase
     r = rng.random()
+    if r < pseudo_frac:
+        return phrase + rng.choice((" in ", " near ", " for my ")) + pseudo_word(rng).capitalize()
     if r < 0.25:
         return phrase + " " + rng.choice(T.SHARED_MODIFIERS)
     if harmful and r < 0.4:
@@ -149,7 +177,8 @@ def _make(rng, harmful, category, kind, phrase, framing, noise=True):
             "is_harmful": harmful, "category": category, "kind": kind, "topic": written, "framing": framing}
 
 
-def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.4, copy_frac: float = 0.25):
+def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.4, copy_frac: float = 0.25,
+                    pseudo_frac: float = 0.0):
     """Generate ``n`` training examples (train topics x train framings only).
 
     ``harmful_frac`` of them are harmful requests with refusals; of the benign
@@ -158,7 +187,9 @@ def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.4, co
     can only be answered by copying the topic phrase. A quarter of the act
     phrases, harmful and benign alike, get a neutral modifier ("at home",
     "using household items"); some harmful ones get an intent modifier
-    ("without getting caught").
+    ("without getting caught"). ``pseudo_frac`` (0 disables): the share of made-up
+    words among copy-curriculum nouns, and the chance that an act phrase (harmful or
+    benign) gets a made-up place or thing as its modifier.
     """
     rng = random.Random(seed)
     h_train, _ = _split(_expand(T.HARMFUL_GROUPS))
@@ -168,14 +199,14 @@ def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.4, co
     for _ in range(n):
         if rng.random() < harmful_frac:
             g, phrase = _pick(rng, h_train)
-            phrase = _modify(rng, True, g["kind"], phrase)
+            phrase = _modify(rng, True, g["kind"], phrase, pseudo_frac / 4)
             out.append(_make(rng, True, g["category"], g["kind"], phrase, rng.choice(fr[g["kind"]][0])))
         elif rng.random() < copy_frac:
-            kind, phrase = _random_benign(rng)
+            kind, phrase = _random_benign(rng, pseudo_frac)
             out.append(_make(rng, False, "copy", kind, phrase, rng.choice(fr[kind][0])))
         else:
             g, phrase = _pick(rng, b_train)
-            phrase = _modify(rng, False, g["kind"], phrase)
+            phrase = _modify(rng, False, g["kind"], phrase, pseudo_frac / 4)
             out.append(_make(rng, False, g["category"], g["kind"], phrase, rng.choice(fr[g["kind"]][0])))
     return out
 

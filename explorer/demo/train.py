@@ -37,6 +37,7 @@ class TrainConfig:
     threads: int = 2
     max_len: int = 128
     log_every: int = 25
+    device: str = "cpu"  # "cuda" trains on a GPU (same recipe; weights differ from a CPU run)
 
 
 SMOKE_CONFIG = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -109,7 +110,7 @@ def train(examples, tok, out_dir, cfg: TrainConfig | None = None, log=print) -> 
     data = encode(examples, tok, cfg.max_len)
     mcfg = build_model_config(cfg, tok)
     mcfg._experts_implementation = "eager"
-    model = OlmoeForCausalLM(mcfg)
+    model = OlmoeForCausalLM(mcfg).to(cfg.device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[train] {n_params / 1e6:.2f}M parameters, {len(data)} examples, {cfg.steps} steps x {cfg.batch_size}")
@@ -128,7 +129,7 @@ def train(examples, tok, out_dir, cfg: TrainConfig | None = None, log=print) -> 
     for step in range(cfg.steps):
         if not queue:
             queue = _batches(data, cfg.batch_size, rng)
-        ids, att, lab = _collate(data, queue.pop(), tok.pad_token_id)
+        ids, att, lab = (x.to(cfg.device) for x in _collate(data, queue.pop(), tok.pad_token_id))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out = model(input_ids=ids, attention_mask=att, labels=lab, output_router_logits=True)
@@ -150,10 +151,10 @@ def train(examples, tok, out_dir, cfg: TrainConfig | None = None, log=print) -> 
     model.config.output_router_logits = False
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                                do_sample=False, max_new_tokens=48)
-    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    model.to("cpu", torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir, save_jinja_files=False)
     stats = {"train_seconds": round(secs, 1), "steps": cfg.steps, "batch_size": cfg.batch_size,
              "train_tokens": tokens, "final_loss": round(ema, 4), "parameters": n_params,
-             "torch_threads": cfg.threads, "config": asdict(cfg)}
+             "torch_threads": cfg.threads, "device": cfg.device, "config": asdict(cfg)}
     log(f"[train] done in {secs:.0f}s, saved to {out_dir}")
     return stats
