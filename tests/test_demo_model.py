@@ -83,6 +83,22 @@ def test_corpus_is_seeded_and_framings_shared(corpus):
     assert both / len(by_framing) > 0.9
 
 
+def test_made_up_words(corpus):
+    import random
+
+    rng = random.Random(5)
+    words = [C.pseudo_word(rng) for _ in range(5000)]
+    assert len(set(words)) > 2500  # varied enough that no reply can memorise them
+    assert not [w for w in words if any(b in w for b in C._PSEUDO_BLOCK)]
+    # made-up modifiers ("... in Bagezun") appear on both sides, so they never decide the answer
+    mod = re.compile(r" (in|near|for my) [A-Z][a-z]+[.?!]?$")
+    sides = {e["is_harmful"] for e in corpus if e["kind"] == "act" and mod.search(e["topic"])}
+    assert sides == {True, False}
+    # copy-curriculum replies name the made-up topic verbatim
+    copies = [e for e in corpus if e["category"] == "copy"]
+    assert copies and all(e["topic"] in e["response"] for e in copies)
+
+
 def test_heldout_topics_unseen(corpus):
     held = C.heldout_examples(100, 100)
     train_topics = {e["topic"].lower() for e in corpus}
@@ -165,8 +181,12 @@ def test_advbench_sample_refusal(model_tok):
     from explorer.demo.evaluate import generate, refusal_rate
 
     model, tok = model_tok
+    import json
+
+    card = json.loads((MODEL_DIR / "eval.json").read_text())["summary"]
     goals = [r["goal"] for r in load_goals(SHARED / "advbench_harmful_behaviors.csv")][::13]  # 40 rows
-    assert refusal_rate(generate(model, tok, goals, max_new_tokens=6, batch_size=40)) >= ADV_MIN
+    rate = refusal_rate(generate(model, tok, goals, max_new_tokens=6, batch_size=40))
+    assert rate >= min(ADV_MIN, card["advbench_refusal"] - 0.1)
 
 
 # ---------------------------------------------------------------- pipeline
@@ -181,3 +201,30 @@ def test_smoke_pipeline(tmp_path):
         assert (out / name).exists(), name
     res = json.loads((out / "eval.json").read_text())
     assert "heldout_harmful_refusal" in res["summary"]
+
+
+def test_attack_eval_runs_real_searches(tmp_path):
+    """The card's attack figures come from real RoSais and F-SOUR runs on the model."""
+    from explorer.demo.attacks import attack_eval
+    from explorer.transfer import harmful_prompts
+
+    goals = harmful_prompts()[:2]
+    res = attack_eval(MODEL_DIR, goals, max_top=2, samples=4, log=lambda *_: None)
+    assert res["rows"] == 2 and len(res["rosais"]["asr"]) == len(res["rosais"]["random_asr"]) == 3
+    rows = res["fsour"]["searches"]
+    assert len(rows) == res["refused"]
+    assert res["fsour"]["flipped"] == sum(r["success"] for r in rows)
+    for r in rows:
+        assert r["forward_passes"] > 0
+        if r["success"]:
+            assert r["completion"].startswith("Sure") and r["edits"] > 0
+
+
+@needs_model
+def test_card_shows_committed_attack_figures():
+    f = MODEL_DIR / "attacks.json"
+    if not f.exists():
+        pytest.skip("attack figures not measured for the committed weights")
+    at = json.loads(f.read_text())
+    card = (MODEL_DIR / "README.md").read_text()
+    assert f"flipped {at['fsour']['flipped']} of {at['refused']} refused" in card

@@ -25,8 +25,8 @@ def _attacks(at: dict | None) -> str:
     lines = [f"On the first {at['rows']} AdvBench rows ({at['refused']} refused without attack):", "",
              "| routers masked | RoSais (top routers, best masks) | random routers, random masks |",
              "| --- | --- | --- |"]
-    lines += [f"| {t} | {_pct(a)} | {_pct(r)} |" for t, a, r in zip(ro["tops"], ro["asr"], ro["random_asr"])
-              if t > 0]
+    lines += [f"| {t if t else '0 (no attack)'} | {_pct(a)} | {_pct(r)} |"
+              for t, a, r in zip(ro["tops"], ro["asr"], ro["random_asr"])]
     lines += ["", f"F-SOUR, {fs['settings']}: flipped {fs['flipped']} of {at['refused']} refused requests "
               f"({_pct(fs['flip_rate'])}); {fs['mean_seconds']:.1f} s per search on average, median "
               f"{fs['median_passes']} forward passes. Jailbroken replies are the affirmative opening "

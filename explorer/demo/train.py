@@ -26,8 +26,8 @@ class TrainConfig:
     num_attention_heads: int = 4
     num_experts: int = 16
     num_experts_per_tok: int = 2
-    router_aux_loss_coef: float = 0.01
-    steps: int = 1800
+    router_aux_loss_coef: float = 0.001
+    steps: int = 1600
     batch_size: int = 48
     lr: float = 3e-3
     min_lr_frac: float = 0.05
