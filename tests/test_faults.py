@@ -141,15 +141,16 @@ def test_sigkill_mid_search_then_resume_matches_an_uninterrupted_run(demo, tmp_p
         res = st["result"]
         assert res["route"]["edits"] == ref.route.to_dict()["edits"]
         assert res["success"] == ref.success and res["completion"] == ref.completion
-        assert res["logprob"] == pytest.approx(ref.logprob, abs=1e-6)
+        assert res["logprob"] == pytest.approx(ref.logprob, abs=1e-5)
         assert res["forward_passes"] == ref.forward_passes
         # log-probs agree to float noise only: the uninterrupted run extends its prefix KV
-        # cache token by token, the resumed one prefills it at once (the fast engine's
-        # documented ~2e-7); choices are robust to that (IMPROVE_EPS = 1e-4)
+        # cache token by token, the resumed one prefills it at once (about 2e-7 with the
+        # eager experts loop, up to about 1e-6 with grouped_mm on CPU, which sums rows in
+        # other groupings); choices are robust to that (IMPROVE_EPS = 1e-4)
         want = json.loads(json.dumps(ref.attempts))
         assert len(res["attempts"]) == len(want)
         for got_a, want_a in zip(res["attempts"], want):
-            assert got_a["logprob"] == pytest.approx(want_a["logprob"], abs=1e-6)
+            assert got_a["logprob"] == pytest.approx(want_a["logprob"], abs=1e-5)
             diff = {k: (got_a.get(k), want_a.get(k)) for k in set(got_a) | set(want_a)
                     if k != "logprob" and got_a.get(k) != want_a.get(k)}
             assert not diff, diff
