@@ -129,11 +129,7 @@ def _layer_table(per_row: list[tuple], E: int):
     (1,P,E) when every row has the same edits (a search's candidates, at all but one layer)."""
     first = per_row[0]
     if all(r == first for r in per_row[1:]):  # identity-first compares: cheaper than hashing
-        glob, t, P = _route_rows(first, E)
-        table = np.ones((1, max(P, 1), E), dtype=bool)
-        if P > 0:
-            table[0, :P] = t
-        return torch.from_numpy(glob[None].copy()), torch.from_numpy(table), P
+        per_row = [first]
     rows = [_route_rows(edits, E) for edits in per_row]
     P = max(r[2] for r in rows)
     glob = np.stack([r[0] for r in rows])

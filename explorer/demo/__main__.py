@@ -7,7 +7,8 @@ Commands:
   train     train the model (needs the tokenizer in --out)
   evaluate  evaluate a saved model, write eval.json and the model card
   attacks   RoSais vs random masks and F-SOUR flips on the first AdvBench rows (attacks.json;
-            about 15 min on 2 CPU cores for 50 rows with --workers 2), then rewrite the card
+            about 4 min on 2 CPU cores for 50 rows of the
+            committed model with --workers 2), then rewrite the card
   check     scan the generated corpus for harmful examples with compliant answers
 
 ``--smoke`` uses a tiny corpus, a tiny model and a few steps, and writes to a

@@ -8,7 +8,9 @@ shows it. ``workers`` > 1 splits the F-SOUR searches across processes (one model
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -55,16 +57,15 @@ def attack_eval(model_dir, goals, workers: int = 1, max_top: int = 3, samples: i
     log(f"[attacks] RoSais top-1..{max_top}: {cur.asr_by_top}; random: {cur.random_asr_by_top} "
         f"({time.time() - t0:.0f}s)")
     items = [(i, goals[i]) for i in refused]
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers, _worker_init, (model_dir,)) as pool:
-            rows = []
-            for row in pool.imap_unordered(_search, items):
-                rows.append(row)
-                log(f"[attacks] F-SOUR {len(rows)}/{len(items)}: {sum(r['success'] for r in rows)} flipped")
-    else:
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(mp.get_context("spawn").Pool(workers, _worker_init, (model_dir,)))
+            results = pool.imap_unordered(_search, items)
+        else:
+            results = map(_search, items)
         rows = []
-        for it in items:
-            rows.append(_search(it))
+        for row in results:
+            rows.append(row)
             log(f"[attacks] F-SOUR {len(rows)}/{len(items)}: {sum(r['success'] for r in rows)} flipped")
     rows.sort(key=lambda r: r["index"])
     flipped = sum(r["success"] for r in rows)
@@ -76,7 +77,7 @@ def attack_eval(model_dir, goals, workers: int = 1, max_top: int = 3, samples: i
                                   "target 'Sure, here is', keyword judge)",
                       "flipped": flipped, "flip_rate": round(flipped / max(1, len(rows)), 4),
                       "mean_seconds": round(sum(secs) / max(1, len(secs)), 2),
-                      "median_passes": sorted(r["forward_passes"] for r in rows)[len(rows) // 2] if rows else None,
+                      "median_passes": statistics.median_high(r["forward_passes"] for r in rows) if rows else None,
                       "searches": rows},
             "seconds": round(time.time() - t0, 1)}
 
