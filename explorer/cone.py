@@ -99,31 +99,59 @@ def skip_layers_above(moe, layer: int):
                               lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
+def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
+    """What the model passes each decoder layer for B rows of the one token at ``prefix_len``.
+
+    Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
+    layer is skipped (pre-hooks still see their inputs): embeddings, masks and rotary
+    tables are built once and reused by direct layer calls. The cache argument is
+    replaced by a fresh view for each call (attention appends to it).
+    """
+    seen: dict = {}
+    layers = decoder_layers(moe.model)
+    hooks = [lay.register_forward_pre_hook(lambda m, a, k, i=i: seen.__setitem__(i, (a, k)), with_kwargs=True)
+             for i, lay in enumerate(layers)]
+    try:
+        with torch.inference_mode(), skip_layers_below(moe, len(layers), hidden):
+            moe.model(input_ids=ids[:, prefix_len:prefix_len + 1].expand(B, -1), **_keep_kwargs(moe, 1),
+                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
-                    prefix_cache, prefix_len: int, validate: bool = True) -> torch.Tensor:
+                    prefix_cache, prefix_len: int, validate: bool = True,
+                    layer_kwargs: dict | None = None) -> torch.Tensor:
     """(B, 1, H): what decoder ``layer`` outputs at position ``prefix_len`` under B routes.
 
     ``row_input`` (1, 1, H) is the hidden state entering ``layer`` there; the layer attends
-    to ``prefix_cache`` (positions < prefix_len). One token, one layer: the other layers
-    are skipped.
+    to ``prefix_cache`` (positions < prefix_len). One token, one layer, called directly:
+    the model's embeddings, masks and rotary tables for this call come from
+    ``layer_kwargs`` (a dict that :func:`_layer_kwargs` fills on first use; pass the same
+    dict again for the same rows and position to skip that step).
     """
     ids = _ids(moe, ids)[:, :prefix_len + 1]
     B = len(routes)
-    out: dict = {}
-
-    def grab(mod, args, kwargs, output):
-        out["h"] = output[0] if isinstance(output, tuple) else output
-
-    hook = decoder_layers(moe.model)[layer].register_forward_hook(grab, with_kwargs=True)
-    try:
-        with moe.lock, torch.inference_mode(), \
-                skip_layers_below(moe, layer, row_input.expand(B, -1, -1)), \
-                skip_layers_above(moe, layer), moe.control(list(routes), validate=validate):
-            moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **_keep_kwargs(moe, 1),
-                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
-    finally:
-        hook.remove()
-    return out["h"]
+    hidden = row_input.expand(B, -1, -1)
+    with moe.lock:
+        kw = layer_kwargs if layer_kwargs is not None else {}
+        if not kw:
+            kw.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
+        args, kwargs = kw[layer]
+        kwargs = dict(kwargs)
+        for name in ("cache", "past_key_values"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = expand_cache(prefix_cache, B)
+        with torch.inference_mode(), moe.control(list(routes), validate=validate) as ctl:
+            ctl.set_window(B, 1, prefix_len)
+            if "hidden_states" in kwargs:
+                kwargs["hidden_states"] = hidden
+                out = decoder_layers(moe.model)[layer](*args, **kwargs)
+            else:
+                out = decoder_layers(moe.model)[layer](hidden, *args[1:], **kwargs)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
@@ -157,8 +185,8 @@ def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torc
 
 def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
-                        validate: bool = True, next_input: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+                        validate: bool = True, next_input: torch.Tensor | None = None,
+                        layer_kwargs: dict | None = None) -> torch.Tensor:
     """Joint target log-prob per route (B,), computed over the causal cone only; logits
     only for the target rows.
 
@@ -167,12 +195,14 @@ def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
     (``layer``, ``prefix_len``): layer ``layer`` then changes nothing but its output at
     ``prefix_len`` (attention there reads its inputs, the MoE is per token), so that one
     row is computed and layers > ``layer`` run from the base's states with it swapped in.
+    ``layer_kwargs``: passed on to :func:`layer_output_at` for that row (reuse one dict per
+    batch size and position).
     """
     ids = list(prompt_ids) + list(target_ids)
     n = len(target_ids)
     if next_input is not None:
         row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
-                              prefix_len, validate)
+                              prefix_len, validate, layer_kwargs)
         hidden = next_input.expand(len(routes), -1, -1).clone()
         hidden[:, :1] = row
         if capture is not None:

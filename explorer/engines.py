@@ -75,6 +75,7 @@ class FastEngine(ReferenceEngine):
         self._cache, self._cache_pos = None, 0
         self._inputs, self._inputs_key = None, None
         self._pending: dict = {}
+        self._layer_kwargs: dict = {}  # (cache, position, rows) -> direct layer-call inputs
 
     def begin_position(self, route: Route, position: int) -> None:
         key = tuple(route.edits)
@@ -86,6 +87,7 @@ class FastEngine(ReferenceEngine):
                 self._inputs = {i: h[:, 1:] for i, h in self._inputs.items()}
                 self._cache_pos = position
                 self._pending = {}
+                self._layer_kwargs = {}
                 return
         self._reset()
         if position > 0:
@@ -144,11 +146,13 @@ class FastEngine(ReferenceEngine):
                 seen: dict = {}
                 # candidates differ from base only at (layer, position): see the API above
                 narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
+                lk = self._layer_kwargs.setdefault((id(self._cache), self._cache_pos, len(chunk)), {})
                 lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                          layer, inputs[layer], self._cache if use_cache else None,
                                          self._cache_pos if use_cache else 0,
                                          capture=seen, validate=False,
-                                         next_input=inputs[layer + 1] if narrow else None)
+                                         next_input=inputs[layer + 1] if narrow else None,
+                                         layer_kwargs=lk)
                 for j, r in enumerate(chunk):
                     pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:

@@ -239,6 +239,16 @@ class RouteControl:
             raise RouteError(f"{len(self.routes)} routes given for a batch of {B} rows")
         self._state = {"B": B, "S": S, "offset": offset}
 
+    def set_window(self, batch: int, tokens: int, offset: int) -> None:
+        """Declare the rows, tokens and first position of the next call to a decoder layer.
+
+        The model's own forward does this through a hook; a caller that runs a decoder
+        layer directly (see :func:`explorer.cone.layer_output_at`) must say it here.
+        """
+        if self.routes is not None and len(self.routes) not in (1, batch):
+            raise RouteError(f"{len(self.routes)} routes given for a batch of {batch} rows")
+        self._state = {"B": batch, "S": tokens, "offset": offset}
+
     def _enter_router(self, h: LayerHandles):
         mode = _RouterMode(self, h)
         mode.__enter__()
