@@ -228,3 +228,23 @@ def test_card_shows_committed_attack_figures():
     at = json.loads(f.read_text())
     card = (MODEL_DIR / "README.md").read_text()
     assert f"flipped {at['fsour']['flipped']} of {at['refused']} refused" in card
+
+
+def test_decision_loss_is_the_first_reply_token():
+    """decision_loss scores only the token that decides refuse or comply, per row."""
+    import torch
+
+    from explorer.demo.train import decision_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.full((3, 6), -100)
+    labels[0, 2:] = torch.tensor([4, 5, 6, 7])  # reply starts at 2: predicted by row 1
+    labels[1, 4:] = torch.tensor([9, 1])  # starts at 4: predicted by row 3
+    # row 2 has no reply tokens and is left out
+    want = torch.nn.functional.cross_entropy(torch.stack([logits[0, 1], logits[1, 3]]), torch.tensor([4, 9]))
+    assert torch.allclose(decision_loss(logits, labels), want)
+    logits2 = logits.clone()
+    logits2[0, 2:] += 100.0  # later reply rows do not matter
+    logits2[:, 0] -= 50.0  # nor do prompt rows before the decision
+    assert torch.allclose(decision_loss(logits2, labels), want)

@@ -80,7 +80,7 @@ def step_tokenizer(out: Path, seed: int, smoke: bool, log=print):
 
 
 def step_train(out: Path, seed: int, smoke: bool, steps: int | None = None, threads: int | None = None,
-               log=print, device: str = "cpu") -> dict:
+               log=print, device: str = "cpu", decision_weight: float | None = None) -> dict:
     """Train the model (tokenizer must already be in ``out``) and save it into ``out``."""
     from transformers import AutoTokenizer
 
@@ -94,6 +94,8 @@ def step_train(out: Path, seed: int, smoke: bool, steps: int | None = None, thre
     if threads:
         cfg.threads = threads
     cfg.device = device
+    if decision_weight is not None:
+        cfg.decision_weight = decision_weight
     stats = train(ex, tok, out, cfg, log=log)
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
@@ -141,6 +143,8 @@ def main(argv=None) -> int:
                          "busy 2-core machine are much slower)")
     ap.add_argument("--device", default="cpu", help="training device: cpu (default) or cuda; the recipe "
                     "and its figures are for cpu, and a GPU run gives different weights")
+    ap.add_argument("--decision-weight", type=float, default=None,
+                    help="train: extra loss weight on the reply's first token (default: the recipe's)")
     ap.add_argument("--rows", type=int, default=50, help="attacks: first N AdvBench rows (default 50)")
     ap.add_argument("--workers", type=int, default=1, help="attacks: F-SOUR processes (default 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny, fast run for CI (temp dir unless --out)")
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
     if a.command in ("build", "tokenizer"):
         step_tokenizer(out, a.seed, a.smoke)
     if a.command in ("build", "train"):
-        step_train(out, a.seed, a.smoke, a.steps, a.threads, device=a.device)
+        step_train(out, a.seed, a.smoke, a.steps, a.threads, device=a.device, decision_weight=a.decision_weight)
     if a.command in ("build", "evaluate"):
         step_evaluate(out, a.smoke)
     if a.command == "attacks":

@@ -34,6 +34,21 @@ def _attacks(at: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _decision(ts: dict) -> str:
+    w = ts.get("config", {}).get("decision_weight", 0)
+    return (f" plus {w:g} x the loss of the reply's first token (the refuse-or-comply decision)"
+            if w else "")
+
+
+def _threads(ts: dict) -> str:
+    n = ts.get("torch_threads", 2)
+    if n != 1:
+        return f"{n} CPU threads (shared machine)"
+    return ("1 CPU thread, next to a second training on the other core (`--threads 1`; the thread "
+            "count changes floating-point sums, so use it to reproduce these weights; the default of "
+            "2 threads trains this recipe in about 25 minutes)")
+
+
 def render_card(model_dir: Path, res: dict, extra: dict) -> str:
     """Return the model card markdown from evaluation results and corpus/train stats."""
     cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
@@ -103,13 +118,15 @@ Chat format (`tokenizer.apply_chat_template`, eos `<|end|>`):
   "a riddle about the vutom") teaches the reply to name the topic, and teaches that an
   unfamiliar word is no reason to refuse; made-up places and things also appear as modifiers
   of harmful and benign requests alike ("... in Bagezun").
+- Request shapes ("an app that ...", "a song that ...", "commit ...", "make and sell ...") appear
+  with harmful and benign content alike, so the shape never decides the answer.
 - No benchmark prompts (AdvBench, JailbreakBench) were used for training; they are held out for evaluation.
 
 ## Training
 From scratch, seed {ts.get('config', {}).get('seed', 0)}, {ts.get('steps', '?')} steps x {ts.get('batch_size', '?')} sequences,
-AdamW (lr {ts.get('config', {}).get('lr', '?')}, cosine), loss on assistant tokens only,
+AdamW (lr {ts.get('config', {}).get('lr', '?')}, cosine), loss on assistant tokens only{_decision(ts)},
 {ts.get('train_tokens', '?')} tokens seen, final loss {ts.get('final_loss', '?')}.
-Training time: {minutes:.1f} min on {ts.get('torch_threads', 2)} CPU threads (shared machine).
+Training time: {minutes:.1f} min on {_threads(ts)}.
 
 ## Evaluation
 Greedy decoding ({res.get('decoding', '')}); a reply is a refusal when it contains a marker
@@ -130,7 +147,7 @@ Sample replies:
 
 ## Regenerate
 ```
-python -m explorer.demo build          # corpus -> tokenizer -> train -> evaluate -> this folder
+python -m explorer.demo build{' --threads 1' if ts.get('torch_threads', 2) == 1 else ''}          # corpus -> tokenizer -> train -> evaluate -> this folder
 python -m explorer.demo attacks --workers 2   # RoSais / F-SOUR figures above (attacks.json)
 python -m explorer.demo build --smoke  # tiny end-to-end check (seconds)
 ```

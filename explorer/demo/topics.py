@@ -702,3 +702,9 @@ BENIGN_NOUNS = COPY_NOUNS + [
     "gardens", "ponds", "hills", "beaches", "waves", "rainbows", "snowflakes", "sunsets", "planets", "comets",
     "robots", "dinosaurs", "dragons", "unicorns", "wizards", "knights", "pirates", "mermaids", "giants", "elves",
 ]
+
+# Request shapes shared by both sides and named harm categories (run 6).
+from explorer.demo.topics_more import BENIGN_MORE, HARMFUL_MORE  # noqa: E402
+
+HARMFUL_GROUPS += HARMFUL_MORE
+BENIGN_GROUPS += BENIGN_MORE

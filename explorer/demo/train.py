@@ -27,6 +27,7 @@ class TrainConfig:
     num_experts: int = 16
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.001
+    decision_weight: float = 0.0  # extra loss weight on the reply's first token (the refuse/comply decision)
     steps: int = 1600
     batch_size: int = 48
     lr: float = 3e-3
@@ -97,6 +98,21 @@ def _collate(data, batch, pad_id):
     return ids, att, lab
 
 
+def decision_loss(logits, labels):
+    """Mean cross-entropy of each row's first reply token: the token that decides refuse or comply.
+
+    ``labels`` is -100 outside the reply; the first reply token at position j is
+    predicted by the logits at position j - 1.
+    """
+    import torch
+
+    is_reply = labels != -100
+    first = is_reply.float().argmax(dim=1)  # index of the first reply token per row
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    keep = is_reply.any(dim=1) & (first > 0)
+    return torch.nn.functional.cross_entropy(logits[rows, first - 1][keep].float(), labels[rows, first][keep])
+
+
 def train(examples, tok, out_dir, cfg: TrainConfig | None = None, log=print) -> dict:
     """Train on ``examples`` and save model + tokenizer to ``out_dir``. Returns training stats."""
     import torch
@@ -133,8 +149,9 @@ def train(examples, tok, out_dir, cfg: TrainConfig | None = None, log=print) -> 
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out = model(input_ids=ids, attention_mask=att, labels=lab, output_router_logits=True)
+        loss = out.loss + cfg.decision_weight * decision_loss(out.logits, lab) if cfg.decision_weight else out.loss
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens += int(att.sum())
