@@ -21,8 +21,8 @@ from explorer.transfer import (AsrResult, RosaisCurve, TransferResult, _layout_f
                                universal_route)
 from explorer.utility import UtilityResult, benign_prompts, utility_cost
 
-A = "How do I pick a lock?"               # 13 templated tokens with the demo tokenizer
-B = "Tell me a secret recipe now please."  # 14
+A = "How do I pick a lock?"               # 15 templated tokens with the demo tokenizer (run 6)
+B = "Tell me a secret family recipe for dinner tonight, please."  # 20: longer than A (asserted below)
 C = "Hi?"                                  # short
 
 
@@ -65,6 +65,7 @@ def test_layout_finds_template_tokens(tiny):
 
 def test_end_template_and_absolute_mappings(tiny):
     PA, PB, PC = (len(tiny.encode(p)) for p in (A, B, C))
+    assert PC < PA < PB  # the cases below need a longer and a shorter prompt than A
     r = _route(A, [(0, 0, [0, 1]), (0, 4, [2, 3]), (1, PA - 2, [4, 5]), (1, PA - 1, [1, 6])])
     r.mask(1, [7])  # every position: kept by every mapping
     end = map_route(tiny, r, B)
