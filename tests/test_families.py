@@ -234,15 +234,19 @@ def test_narrow_cone_one_row_at_the_edited_layer_matches_full_recompute(moe):
                 continue  # the engine only narrows with a shareable prefix cache
             cache, plen = c, t
         inputs = capture_layer_inputs(moe, prompt + target, base, cache, plen)
+        shared: dict = {}  # direct layer-call inputs, captured once for this position, reused
         for lay in moe.moe_layers:
             if lay + 1 >= n_layers:
                 continue
             h = moe.handle(lay)
             routes = [base.with_force(lay, t, _differs(h, {e})) for e in range(3)]
             full = target_logprob(moe, prompt, target, routes)
-            seen: dict = {}
-            narrow = cone_target_logprob(moe, prompt, target, routes, lay, inputs[lay], cache,
-                                         plen, capture=seen, next_input=inputs[lay + 1])
-            assert torch.allclose(full, narrow, atol=1e-4, rtol=0), (t, lay, full, narrow)
-            assert set(seen) >= {lay + 1} and seen[lay + 1].shape[0] == 3
+            for kw in (None, shared):
+                seen: dict = {}
+                narrow = cone_target_logprob(moe, prompt, target, routes, lay, inputs[lay], cache,
+                                             plen, capture=seen, next_input=inputs[lay + 1],
+                                             layer_kwargs=kw)
+                assert torch.allclose(full, narrow, atol=1e-4, rtol=0), (t, lay, full, narrow)
+                assert set(seen) >= {lay + 1} and seen[lay + 1].shape[0] == 3
     assert all("forward" not in layer.__dict__ for layer in decoder_layers(moe.model))
+    assert not any(layer._forward_pre_hooks for layer in decoder_layers(moe.model))  # capture hooks gone
