@@ -75,7 +75,7 @@ class FastEngine(ReferenceEngine):
         self._cache, self._cache_pos = None, 0
         self._inputs, self._inputs_key = None, None
         self._pending: dict = {}
-        self._layer_kwargs: dict = {}  # (cache, position, rows) -> direct layer-call inputs
+        self._layer_kwargs: dict = {}  # rows -> direct layer-call inputs at the current position
 
     def begin_position(self, route: Route, position: int) -> None:
         key = tuple(route.edits)
@@ -146,13 +146,13 @@ class FastEngine(ReferenceEngine):
                 seen: dict = {}
                 # candidates differ from base only at (layer, position): see the API above
                 narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
-                lk = self._layer_kwargs.setdefault((id(self._cache), self._cache_pos, len(chunk)), {})
                 lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                          layer, inputs[layer], self._cache if use_cache else None,
                                          self._cache_pos if use_cache else 0,
                                          capture=seen, validate=False,
                                          next_input=inputs[layer + 1] if narrow else None,
-                                         layer_kwargs=lk)
+                                         layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {})
+                                         if narrow else None)
                 for j, r in enumerate(chunk):
                     pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:

@@ -234,10 +234,7 @@ class RouteControl:
         ref = ids if ids is not None else emb
         B, S = int(ref.shape[0]), int(ref.shape[1])
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        offset = cache_length(cache)
-        if self.routes is not None and len(self.routes) not in (1, B):
-            raise RouteError(f"{len(self.routes)} routes given for a batch of {B} rows")
-        self._state = {"B": B, "S": S, "offset": offset}
+        self.set_window(B, S, cache_length(cache))
 
     def set_window(self, batch: int, tokens: int, offset: int) -> None:
         """Declare the rows, tokens and first position of the next call to a decoder layer.
