@@ -99,8 +99,9 @@ def skip_layers_above(moe, layer: int):
                               lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
-def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
-    """What the model passes each decoder layer for B rows of the one token at ``prefix_len``.
+def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor,
+                  tokens: int = 1):
+    """What the model passes each decoder layer for B rows of ``tokens`` tokens from ``prefix_len``.
 
     Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
     layer is skipped (pre-hooks still see their inputs): embeddings, masks and rotary
@@ -113,7 +114,7 @@ def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch
              for i, lay in enumerate(layers)]
     try:
         with torch.inference_mode(), skip_layers_below(moe, len(layers), hidden):
-            moe.model(input_ids=ids[:, prefix_len:prefix_len + 1].expand(B, -1), **_keep_kwargs(moe, 1),
+            moe.model(input_ids=ids[:, prefix_len:prefix_len + tokens].expand(B, -1), **_keep_kwargs(moe, 1),
                       **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
     finally:
         for h in hooks:
@@ -183,10 +184,67 @@ def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torc
     return out.logits
 
 
+def _head(moe):
+    """The decoder's final norm and the output projection, or None where not found."""
+    norm = getattr(moe.base, "norm", None)
+    if norm is None:
+        norm = getattr(moe.base, "norm_f", None)
+    head = moe.model.get_output_embeddings()
+    if norm is None or head is None:
+        return None
+    return norm, head
+
+
+def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
+                       prefix_cache, prefix_len: int, *, keep: int, layer_kwargs: dict,
+                       capture: dict | None = None, validate: bool = True) -> torch.Tensor | None:
+    """:func:`cone_logits` without the model call: decoder layers >= ``layer`` are called
+    directly, then the final norm and the output projection on the last ``keep`` rows.
+
+    ``layer_kwargs`` (one dict per batch size and position; filled on first use) holds
+    what the model passes each layer: embeddings, masks and rotary tables are built once
+    per position instead of once per candidate batch. Returns None where the model's
+    head is not a plain norm + projection (the caller then uses :func:`cone_logits`);
+    models that scale or cap their logits after the projection need that check (see
+    :class:`explorer.engines.FastEngine`, which compares both paths once per search).
+    """
+    parts = _head(moe)
+    if parts is None:
+        return None
+    ids = _ids(moe, ids)
+    B, T = len(routes), ids.shape[1]
+    hidden = layer_input.expand(B, -1, -1) if layer_input.shape[0] == 1 else layer_input
+    layers = decoder_layers(moe.model)
+    with moe.lock, torch.inference_mode():
+        if not layer_kwargs:
+            layer_kwargs.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden,
+                                              tokens=T - prefix_len))
+        cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
+        with moe.control(list(routes), validate=validate) as ctl:
+            for i in range(layer, len(layers)):
+                if capture is not None and i > layer:
+                    capture[i] = hidden
+                args, kwargs = layer_kwargs[i]
+                kwargs = dict(kwargs)
+                for name in ("cache", "past_key_values"):
+                    if kwargs.get(name) is not None:
+                        kwargs[name] = cache
+                ctl.set_window(B, hidden.shape[1], prefix_len)
+                if "hidden_states" in kwargs:
+                    kwargs["hidden_states"] = hidden
+                    out = layers[i](*args, **kwargs)
+                else:
+                    out = layers[i](hidden, *args[1:], **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
+        norm, head = parts
+        return head(norm(hidden[:, -keep:]))
+
+
 def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
                         validate: bool = True, next_input: torch.Tensor | None = None,
-                        layer_kwargs: dict | None = None) -> torch.Tensor:
+                        layer_kwargs: dict | None = None,
+                        direct_kwargs: dict | None = None) -> torch.Tensor:
     """Joint target log-prob per route (B,), computed over the causal cone only; logits
     only for the target rows.
 
@@ -196,7 +254,8 @@ def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
     ``prefix_len`` (attention there reads its inputs, the MoE is per token), so that one
     row is computed and layers > ``layer`` run from the base's states with it swapped in.
     ``layer_kwargs``: passed on to :func:`layer_output_at` for that row (reuse one dict per
-    batch size and position).
+    batch size and position). ``direct_kwargs``: a dict (one per batch size and position)
+    that turns on :func:`cone_logits_direct` for the layers above (no model call).
     """
     ids = list(prompt_ids) + list(target_ids)
     n = len(target_ids)
@@ -208,8 +267,14 @@ def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
         if capture is not None:
             capture[layer + 1] = hidden
         layer, layer_input = layer + 1, hidden
-    logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
-                         keep=n + 1, capture=capture, validate=validate)
+    logits = None
+    if direct_kwargs is not None:
+        logits = cone_logits_direct(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
+                                    keep=n + 1, layer_kwargs=direct_kwargs, capture=capture,
+                                    validate=validate)
+    if logits is None:
+        logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
+                             keep=n + 1, capture=capture, validate=validate)
     start = logits.shape[1] - n - 1  # the row predicting the first target token
     lp = torch.log_softmax(logits[:, start:start + n].float(), dim=-1)
     tgt = torch.tensor(list(target_ids), device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)

@@ -57,7 +57,7 @@ class FastEngine(ReferenceEngine):
     name = "fast"
 
     def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64, cone: bool = True,
-                 narrow: bool | None = None):
+                 narrow: bool | None = None, direct: bool | None = None):
         super().__init__(moe, prompt_ids, target_ids)
         self.batch_size = batch_size
         self.cone = cone
@@ -69,6 +69,16 @@ class FastEngine(ReferenceEngine):
         if narrow is None:
             narrow = env == "1" if env in ("0", "1") else moe.device.type == "cpu"
         self.narrow = narrow
+        # direct: the layers above the edited one are called one by one with inputs
+        # captured once per position (no model call per batch: no embedding, mask or rotary
+        # work). Checked against the model call on the first batch; any difference turns
+        # it off for the search. Default: on for CPU (measured there), off for GPU (not
+        # measured); $EXPLORER_CONE_DIRECT=1/0 forces it.
+        env = os.environ.get("EXPLORER_CONE_DIRECT", "").strip()
+        if direct is None:
+            direct = env == "1" if env in ("0", "1") else moe.device.type == "cpu"
+        self.direct = direct
+        self._direct_checked = False
         self._reset()
 
     def _reset(self) -> None:
@@ -76,6 +86,7 @@ class FastEngine(ReferenceEngine):
         self._inputs, self._inputs_key = None, None
         self._pending: dict = {}
         self._layer_kwargs: dict = {}  # rows -> direct layer-call inputs at the current position
+        self._direct_kwargs: dict = {}  # (rows, prefix length) -> the same for the whole cone
 
     def begin_position(self, route: Route, position: int) -> None:
         key = tuple(route.edits)
@@ -88,6 +99,7 @@ class FastEngine(ReferenceEngine):
                 self._cache_pos = position
                 self._pending = {}
                 self._layer_kwargs = {}
+                self._direct_kwargs = {}
                 return
         self._reset()
         if position > 0:
@@ -146,13 +158,19 @@ class FastEngine(ReferenceEngine):
                 seen: dict = {}
                 # candidates differ from base only at (layer, position): see the API above
                 narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
-                lp = cone_target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
-                                         layer, inputs[layer], self._cache if use_cache else None,
-                                         self._cache_pos if use_cache else 0,
-                                         capture=seen, validate=False,
-                                         next_input=inputs[layer + 1] if narrow else None,
-                                         layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {})
-                                         if narrow else None)
+                pre = self._cache_pos if use_cache else 0
+                args = (self.moe, self.prompt_ids, self.target_ids, chunk, layer, inputs[layer],
+                        self._cache if use_cache else None, pre)
+                kw = dict(validate=False, next_input=inputs[layer + 1] if narrow else None,
+                          layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None)
+                direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
+                lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, **kw)
+                if direct is not None and not self._direct_checked:
+                    ref = cone_target_logprob(*args, **kw)
+                    self._direct_checked = True
+                    if not torch.allclose(lp, ref, rtol=1e-5, atol=1e-5):
+                        self.direct, seen = False, {}  # recompute: the capture came from the direct path
+                        lp = cone_target_logprob(*args, capture=seen, **kw)
                 for j, r in enumerate(chunk):
                     pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:

@@ -250,3 +250,62 @@ def test_narrow_cone_one_row_at_the_edited_layer_matches_full_recompute(moe):
                 assert set(seen) >= {lay + 1} and seen[lay + 1].shape[0] == 3
     assert all("forward" not in layer.__dict__ for layer in decoder_layers(moe.model))
     assert not any(layer._forward_pre_hooks for layer in decoder_layers(moe.model))  # capture hooks gone
+
+
+def test_direct_cone_matches_model_call_or_engine_falls_back(moe):
+    """The layers above the edited one called directly (no model call) give the model
+    call's logits; where a model post-processes its logits (scaling, capping), the fast
+    engine's one-time check turns the direct path off and its scores stay exact."""
+    from explorer.cone import capture_layer_inputs, cone_logits, cone_logits_direct
+    from explorer.forward import reusable
+    from explorer.layers import decoder_layers
+    t = 4
+    _, cache = prefill(moe, IDS[:t], Route())
+    cache, plen = (cache, t) if reusable(cache) else (None, 0)
+    inputs = capture_layer_inputs(moe, IDS, Route(), cache, plen)
+    same = []
+    for lay in moe.moe_layers:
+        h = moe.handle(lay)
+        routes = [Route().with_force(lay, t, _differs(h, {e})) for e in range(3)]
+        call = cone_logits(moe, IDS, routes, lay, inputs[lay], cache, plen, keep=4)
+        shared: dict = {}
+        for _ in range(2):  # the second call reuses the captured layer inputs
+            seen: dict = {}
+            direct = cone_logits_direct(moe, IDS, routes, lay, inputs[lay], cache, plen, keep=4,
+                                        layer_kwargs=shared, capture=seen)
+            assert direct is not None and direct.shape == call.shape
+            same.append(torch.allclose(call, direct, atol=1e-5, rtol=0))
+            assert set(seen) == set(range(lay + 1, len(decoder_layers(moe.model))))
+    assert all(same), same
+    _engine_scores_exact(moe, expect_direct=True)
+
+
+def _engine_scores_exact(moe, expect_direct: bool):
+    from explorer.engines import FastEngine
+    from explorer.forward import target_logprob
+    from explorer.layers import decoder_layers
+    prompt, target = IDS[:7], IDS[7:]
+    eng = FastEngine(moe, prompt, target, direct=True)
+    eng.begin_position(Route(), 0)
+    lay = moe.moe_layers[-1]
+    routes = [Route().with_force(lay, 0, _differs(moe.handle(lay), {e})) for e in range(3)]
+    got = torch.tensor(eng.score(routes, position=0, layer=lay, base=Route()))
+    assert eng.direct == expect_direct
+    assert torch.allclose(got, target_logprob(moe, prompt, target, routes), atol=1e-4, rtol=0)
+    assert not any(layer._forward_pre_hooks for layer in decoder_layers(moe.model))
+
+
+def test_direct_cone_falls_back_where_the_model_scales_its_logits():
+    """Granite MoE divides its logits by ``logits_scaling`` after the projection: the
+    direct path's logits differ, the engine's check notices and uses the model call."""
+    from explorer.cone import capture_layer_inputs, cone_logits, cone_logits_direct
+    model, _ = tiny_model("granitemoe", experts_implementation="eager")
+    model.config.logits_scaling = 4.0
+    moe = MoEModel(model, None, "granitemoe")
+    inputs = capture_layer_inputs(moe, IDS, Route())
+    lay = moe.moe_layers[0]
+    call = cone_logits(moe, IDS, [Route()], lay, inputs[lay], keep=3)
+    direct = cone_logits_direct(moe, IDS, [Route()], lay, inputs[lay], None, 0, keep=3, layer_kwargs={})
+    assert not torch.allclose(call, direct, atol=1e-3)
+    assert torch.allclose(call, direct / 4.0, atol=1e-5)
+    _engine_scores_exact(moe, expect_direct=False)
