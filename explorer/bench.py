@@ -39,6 +39,7 @@ def recording_overhead(moe, prompt: str, repeat: int = 10) -> dict:
 def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_iters: int,
                 judge=None):
     """One F-SOUR run with its cost figures (FLOPs of full forwards and of the cone)."""
+    from .batching import memory_batch_size
     from .bench_cost import ConeCost, peak_memory_mb, reset_peak
     from .fsour import DEFAULT_TARGET, fsour
     steps: list[tuple[int, int | None]] = []
@@ -68,7 +69,8 @@ def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_i
             "forward_passes": res.forward_passes, "candidates_per_s": res.forward_passes / wall,
             "cells": len(res.route), "logprob": res.logprob,
             "route": res.route.to_dict()["edits"], "peak_memory_mb": peak_memory_mb(moe.device),
-            "full_gflop": full / 1e9, "cone_gflop": cone / 1e9}
+            "full_gflop": full / 1e9, "cone_gflop": cone / 1e9,
+            "batch_rows": memory_batch_size(moe, cost.T, cost.T, n_tgt + 1)}
 
 
 def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
@@ -171,7 +173,7 @@ def _text(b: dict) -> str:
         f = r["fast"]
         line = (f"F-SOUR fast {f['seconds']:.2f} s, {f['forward_passes']} passes "
                 f"({f['candidates_per_s']:.0f} candidates/s), success {f['success']}, "
-                f"peak {f['peak_memory_mb']:.0f} MB")
+                f"peak {f['peak_memory_mb']:.0f} MB, memory allows {f.get('batch_rows', '?')} rows per batch")
         if "reference" in r:
             g = r["reference"]
             line += (f" | reference {g['seconds']:.2f} s ({g['candidates_per_s']:.0f}/s) | "

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from .batching import memory_batch_size
 from .cone import _keep_kwargs, capture_layer_inputs, cone_target_logprob
 from .forward import _cache_of, prefill, reusable, target_logprob
 from .route import Route
@@ -45,7 +46,9 @@ class ReferenceEngine:
 class FastEngine(ReferenceEngine):
     """Batched candidates over the causal cone only.
 
-    A prefix KV cache covers positions < t; the hidden states entering each layer at
+    Candidates go in batches of ``batch_size`` rows (default: sized to the free memory,
+    see :mod:`explorer.batching`). A prefix KV cache covers positions < t; the hidden
+    states entering each layer at
     positions >= t under the route so far are kept, so a batch of candidates at (t, l)
     runs decoder layers >= l over positions >= t only (with ``narrow``, layer l at
     position t alone), with logits for the target rows only (see :mod:`explorer.cone`). The states entering the layers above l are captured
@@ -56,10 +59,12 @@ class FastEngine(ReferenceEngine):
 
     name = "fast"
 
-    def __init__(self, moe, prompt_ids, target_ids, batch_size: int = 64, cone: bool = True,
+    def __init__(self, moe, prompt_ids, target_ids, batch_size: int | None = None, cone: bool = True,
                  narrow: bool | None = None, direct: bool | None = None):
         super().__init__(moe, prompt_ids, target_ids)
-        self.batch_size = batch_size
+        # rows per batch: sized to the free memory (worst case: the whole prompt recomputed)
+        T = len(self.prompt_ids) + len(self.target_ids)
+        self.batch_size = batch_size or memory_batch_size(moe, T, T, len(self.target_ids) + 1)
         self.cone = cone
         # narrow: the edited layer at the edited position only, in a model call of its own.
         # It saves FLOPs (15% of CPU time on a wider model) but costs launches: on a GPU,

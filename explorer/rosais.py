@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .batching import memory_batch_size
 from .cone import capture_layer_inputs, cone_logits
 from .forward import generate, next_token_logprobs
 from .judge import get_judge
@@ -122,7 +123,7 @@ def ranking(result: RosaisResult) -> list[int]:
 
 def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
            mask_ratio: float = 0.5, max_new_tokens: int = 48,
-           affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int = 32,
+           affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int | None = None,
            judge=None, curve: bool = False, engine: str = "fast",
            on_progress: Callable[[int, int], None] | None = None) -> RosaisResult:
     """RoSais per MoE layer for ``prompt``; then mask the top-``top`` routers and generate.
@@ -131,7 +132,8 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
     ``curve`` also generates with the top 1..``top`` routers masked (``by_top``).
     ``engine="fast"`` runs only layers >= l for masks at layer l (the layers below see
     no change); ``"reference"`` runs full forwards. Both give the same scores.
-    ``on_progress(done, total)`` reports layers scored.
+    ``on_progress(done, total)`` reports layers scored. ``batch_size``: masks per forward
+    (default: sized to the free memory, see :mod:`explorer.batching`).
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -145,6 +147,7 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     if engine not in ("fast", "reference"):
         raise ValueError(f"unknown engine {engine!r}; choose fast or reference")
+    batch_size = batch_size or memory_batch_size(moe, len(ids), len(ids), 1)
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1
     inputs = capture_layer_inputs(moe, ids, None) if engine == "fast" else None

@@ -35,6 +35,7 @@ def test_bench_reports_identical_routes_and_cost_figures(tiny):
     lat = b["latency"][0]
     assert lat["trace_s"] > 0 and lat["reroute_s"] > 0 and abs(lat["tokens"] - 16) <= 2
     assert row["fast"]["peak_memory_mb"] > 0 and row["fast"]["candidates_per_s"] > 0
+    assert row["fast"]["batch_rows"] >= 1
     assert b["repeat"] == 2 and len(row["fast"]["seconds_all"]) == 2
     assert row["fast"]["seconds"] == pytest.approx(sum(row["fast"]["seconds_all"]) / 2)
 
