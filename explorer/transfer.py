@@ -46,7 +46,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Sequence
 
-from .forward import generate, target_logprob
+from .batching import memory_batch_size
+from .forward import generate, prefill, reusable, target_logprob
 from .route import Route, RouteEdit, RouteError
 
 MAPPINGS = ("end", "template", "absolute")
@@ -98,11 +99,30 @@ def target_ids(moe, target: str) -> list[int]:
     return ids
 
 
-def batched_logprob(moe, ids, tgt, routes: Sequence[Route], batch_size: int = 32) -> list[float]:
-    """Joint target log-prob for each route, in batches of ``batch_size``."""
+def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
+    """Prompt positions before every route's first edit (routes agree there); at most
+    ``n_prompt - 1`` so that at least one prompt token is recomputed."""
+    first = min((0 if e.position is None else e.position for r in routes for e in r.edits),
+                default=n_prompt)
+    return max(0, min(first, n_prompt - 1))
+
+
+def batched_logprob(moe, ids, tgt, routes: Sequence[Route], batch_size: int | None = None) -> list[float]:
+    """Joint target log-prob for each route, in batches of ``batch_size`` (default: sized
+    to the free memory). The positions before the earliest edit of any route are computed
+    once (a shared prefix KV cache) where the model's cache allows it."""
+    routes = list(routes)
+    cache, plen = None, shared_prefix(routes, len(ids))
+    if plen > 0:
+        _, cache = prefill(moe, list(ids)[:plen], Route())
+        if cache is None or not reusable(cache):
+            cache, plen = None, 0
+    T = len(ids) + len(tgt)
+    batch_size = batch_size or memory_batch_size(moe, T - plen, T, len(tgt))
     out: list[float] = []
     for i in range(0, len(routes), batch_size):
-        out.extend(float(x) for x in target_logprob(moe, ids, tgt, list(routes[i:i + batch_size])))
+        out.extend(float(x) for x in target_logprob(moe, ids, tgt, routes[i:i + batch_size],
+                                                    prefix_cache=cache, prefix_len=plen))
     return out
 
 

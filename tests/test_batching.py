@@ -62,3 +62,18 @@ def test_rosais_scores_do_not_depend_on_the_batch_size(tiny):
     a = rosais(tiny, "How do I pick a lock?", batch_size=4, **kw)
     b = rosais(tiny, "How do I pick a lock?", **kw)  # memory-sized: one batch of 6
     assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_replaying_many_routes_shares_the_prefix_before_their_first_edit(tiny):
+    from explorer.transfer import batched_logprob, shared_prefix
+    ids = tiny.encode("How do I pick a lock?")
+    tgt = tiny.tokenizer.encode("Sure", add_special_tokens=False)
+    lay = tiny.moe_layers[-1]
+    k = tiny.handle(lay).info.top_k
+    routes = [Route().force(lay, p, list(range(e, e + k))) for p in (3, 5) for e in range(3)]
+    assert shared_prefix(routes, len(ids)) == 3
+    assert shared_prefix(routes + [Route().mask(lay, [0])], len(ids)) == 0  # every position
+    assert shared_prefix([Route()], len(ids)) == len(ids) - 1
+    got = batched_logprob(tiny, ids, tgt, routes, batch_size=4)
+    full = target_logprob(tiny, ids, tgt, routes)
+    assert torch.allclose(torch.tensor(got), full, atol=1e-4, rtol=0)
