@@ -59,7 +59,7 @@ def test_corpus_harmless_by_construction(corpus):
     assert C.check_corpus(corpus) == []
     assert C.check_corpus(C.heldout_examples()) == []
     harmful = [e for e in corpus if e["is_harmful"]]
-    assert 0.3 < len(harmful) / len(corpus) < 0.5
+    assert 0.4 < len(harmful) / len(corpus) < 0.6
     for e in harmful:
         assert not e["response"].lower().startswith("sure")
         assert is_refusal(e["response"])

@@ -177,7 +177,7 @@ def _make(rng, harmful, category, kind, phrase, framing, noise=True):
             "is_harmful": harmful, "category": category, "kind": kind, "topic": written, "framing": framing}
 
 
-def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.4, copy_frac: float = 0.35,
+def generate_corpus(n: int = 60000, seed: int = 0, harmful_frac: float = 0.5, copy_frac: float = 0.35,
                     pseudo_frac: float = 0.5):
     """Generate ``n`` training examples (train topics x train framings only).
 
