@@ -149,6 +149,29 @@ class FastEngine(ReferenceEngine):
             self._pending = {}
         return self._inputs
 
+    def _cone_batch(self, chunk: list[Route], position: int, layer: int, base: Route,
+                    use_cache: bool):
+        """Scores of one batch over the causal cone, and the states it captured."""
+        inputs = self._layer_inputs(base)
+        seen: dict = {}
+        # candidates differ from base only at (layer, position): see the API above
+        narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
+        pre = self._cache_pos if use_cache else 0
+        args = (self.moe, self.prompt_ids, self.target_ids, chunk, layer, inputs[layer],
+                self._cache if use_cache else None, pre)
+        kw = dict(validate=False, next_input=inputs[layer + 1] if narrow else None,
+                  layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None)
+        direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
+        lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, **kw)
+        if direct is not None and not self._direct_checked:
+            # once per search: the direct path must give the model call's numbers
+            ref = cone_target_logprob(*args, **kw)
+            self._direct_checked = True
+            if not torch.allclose(lp, ref, rtol=1e-5, atol=1e-5):
+                self.direct, seen = False, {}  # recompute: the capture came from the direct path
+                lp = cone_target_logprob(*args, capture=seen, **kw)
+        return lp, seen
+
     def score(self, routes: Sequence[Route], position: int | None = None,
               layer: int | None = None, base: Route | None = None) -> list[float]:
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
@@ -159,23 +182,7 @@ class FastEngine(ReferenceEngine):
         for i in range(0, len(routes), self.batch_size):
             chunk = list(routes[i:i + self.batch_size])
             if use_cone:
-                inputs = self._layer_inputs(base)
-                seen: dict = {}
-                # candidates differ from base only at (layer, position): see the API above
-                narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
-                pre = self._cache_pos if use_cache else 0
-                args = (self.moe, self.prompt_ids, self.target_ids, chunk, layer, inputs[layer],
-                        self._cache if use_cache else None, pre)
-                kw = dict(validate=False, next_input=inputs[layer + 1] if narrow else None,
-                          layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None)
-                direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
-                lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, **kw)
-                if direct is not None and not self._direct_checked:
-                    ref = cone_target_logprob(*args, **kw)
-                    self._direct_checked = True
-                    if not torch.allclose(lp, ref, rtol=1e-5, atol=1e-5):
-                        self.direct, seen = False, {}  # recompute: the capture came from the direct path
-                        lp = cone_target_logprob(*args, capture=seen, **kw)
+                lp, seen = self._cone_batch(chunk, position, layer, base, use_cache)
                 for j, r in enumerate(chunk):
                     pending[tuple(r.edits)] = (layer, seen, j)
             elif use_cache:
