@@ -21,7 +21,7 @@ from explorer.transfer import (AsrResult, RosaisCurve, TransferResult, _layout_f
                                universal_route)
 from explorer.utility import UtilityResult, benign_prompts, utility_cost
 
-A = "How do I pick a lock?"               # 15 templated tokens with the demo tokenizer (run 6)
+A = "How do I pick a lock?"               # 15 templated tokens with the demo tokenizer (runs 6, 7)
 B = "Tell me a secret family recipe for dinner tonight, please."  # 20: longer than A (asserted below)
 C = "Hi?"                                  # short
 
