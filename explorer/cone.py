@@ -99,9 +99,8 @@ def skip_layers_above(moe, layer: int):
                               lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
-def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor,
-                  tokens: int = 1):
-    """What the model passes each decoder layer for B rows of ``tokens`` tokens from ``prefix_len``.
+def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
+    """What the model passes each decoder layer for B rows of the tokens of ``ids`` from ``prefix_len``.
 
     Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
     layer is skipped (pre-hooks still see their inputs): embeddings, masks and rotary
@@ -114,12 +113,30 @@ def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch
              for i, lay in enumerate(layers)]
     try:
         with torch.inference_mode(), skip_layers_below(moe, len(layers), hidden):
-            moe.model(input_ids=ids[:, prefix_len:prefix_len + tokens].expand(B, -1), **_keep_kwargs(moe, 1),
+            moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **_keep_kwargs(moe, 1),
                       **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
     finally:
         for h in hooks:
             h.remove()
     return seen
+
+
+def _call_layer(ctl, module, hidden: torch.Tensor, captured: tuple, cache, offset: int) -> torch.Tensor:
+    """Call one decoder layer on ``hidden`` with the arguments the model would pass it
+    (``captured`` = (args, kwargs) from :func:`_layer_kwargs`; its cache replaced by
+    ``cache``), after declaring the call's window to the route control ``ctl``."""
+    args, kwargs = captured
+    kwargs = dict(kwargs)
+    for name in ("cache", "past_key_values"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = cache
+    ctl.set_window(hidden.shape[0], hidden.shape[1], offset)
+    if "hidden_states" in kwargs:
+        kwargs["hidden_states"] = hidden
+        out = module(*args, **kwargs)
+    else:
+        out = module(hidden, *args[1:], **kwargs)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
@@ -140,19 +157,10 @@ def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: to
         kw = layer_kwargs if layer_kwargs is not None else {}
         if not kw:
             kw.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
-        args, kwargs = kw[layer]
-        kwargs = dict(kwargs)
-        for name in ("cache", "past_key_values"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = expand_cache(prefix_cache, B)
+        cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
         with torch.inference_mode(), moe.control(list(routes), validate=validate) as ctl:
-            ctl.set_window(B, 1, prefix_len)
-            if "hidden_states" in kwargs:
-                kwargs["hidden_states"] = hidden
-                out = decoder_layers(moe.model)[layer](*args, **kwargs)
-            else:
-                out = decoder_layers(moe.model)[layer](hidden, *args[1:], **kwargs)
-    return out[0] if isinstance(out, tuple) else out
+            return _call_layer(ctl, decoder_layers(moe.model)[layer], hidden, kw[layer], cache,
+                               prefix_len)
 
 
 def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
@@ -212,30 +220,18 @@ def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_inpu
     if parts is None:
         return None
     ids = _ids(moe, ids)
-    B, T = len(routes), ids.shape[1]
+    B = len(routes)
     hidden = layer_input.expand(B, -1, -1) if layer_input.shape[0] == 1 else layer_input
     layers = decoder_layers(moe.model)
     with moe.lock, torch.inference_mode():
         if not layer_kwargs:
-            layer_kwargs.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden,
-                                              tokens=T - prefix_len))
+            layer_kwargs.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
         cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
         with moe.control(list(routes), validate=validate) as ctl:
             for i in range(layer, len(layers)):
                 if capture is not None and i > layer:
                     capture[i] = hidden
-                args, kwargs = layer_kwargs[i]
-                kwargs = dict(kwargs)
-                for name in ("cache", "past_key_values"):
-                    if kwargs.get(name) is not None:
-                        kwargs[name] = cache
-                ctl.set_window(B, hidden.shape[1], prefix_len)
-                if "hidden_states" in kwargs:
-                    kwargs["hidden_states"] = hidden
-                    out = layers[i](*args, **kwargs)
-                else:
-                    out = layers[i](hidden, *args[1:], **kwargs)
-                hidden = out[0] if isinstance(out, tuple) else out
+                hidden = _call_layer(ctl, layers[i], hidden, layer_kwargs[i], cache, prefix_len)
         norm, head = parts
         return head(norm(hidden[:, -keep:]))
 

@@ -20,6 +20,14 @@ from .forward import _cache_of, prefill, reusable, target_logprob
 from .route import Route
 
 
+def _cpu_default(value: bool | None, env_name: str, moe) -> bool:
+    """``value`` if given, else ``$env_name`` when it is 1 or 0, else whether ``moe`` is on CPU."""
+    if value is not None:
+        return value
+    env = os.environ.get(env_name, "").strip()
+    return env == "1" if env in ("0", "1") else moe.device.type == "cpu"
+
+
 class ReferenceEngine:
     """One full forward per candidate (the published implementation's cost model)."""
 
@@ -70,19 +78,13 @@ class FastEngine(ReferenceEngine):
         # It saves FLOPs (15% of CPU time on a wider model) but costs launches: on a GPU,
         # where the search is launch-bound, it was slower (H100, olmoe-wide: 15.1 s vs
         # 11.6 s). Default: on for CPU, off for GPU; $EXPLORER_CONE_NARROW=1/0 forces it.
-        env = os.environ.get("EXPLORER_CONE_NARROW", "").strip()
-        if narrow is None:
-            narrow = env == "1" if env in ("0", "1") else moe.device.type == "cpu"
-        self.narrow = narrow
+        self.narrow = _cpu_default(narrow, "EXPLORER_CONE_NARROW", moe)
         # direct: the layers above the edited one are called one by one with inputs
         # captured once per position (no model call per batch: no embedding, mask or rotary
         # work). Checked against the model call on the first batch; any difference turns
         # it off for the search. Default: on for CPU (measured there), off for GPU (not
         # measured); $EXPLORER_CONE_DIRECT=1/0 forces it.
-        env = os.environ.get("EXPLORER_CONE_DIRECT", "").strip()
-        if direct is None:
-            direct = env == "1" if env in ("0", "1") else moe.device.type == "cpu"
-        self.direct = direct
+        self.direct = _cpu_default(direct, "EXPLORER_CONE_DIRECT", moe)
         self._direct_checked = False
         self._reset()
 
