@@ -21,6 +21,15 @@ from dataclasses import dataclass
 import torch
 
 
+def kv_flops(moe) -> float:
+    """FLOPs of one token's key and value projections at a decoder layer."""
+    c = moe.text_config
+    H = c.hidden_size
+    hd = getattr(c, "head_dim", None) or H // c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return float(2 * H * 2 * kv * hd)
+
+
 def layer_flops(moe, layer: int, context: int) -> float:
     """Approximate FLOPs (2 x multiply-adds) for one token at decoder ``layer`` that
     attends to ``context`` tokens."""
@@ -28,9 +37,8 @@ def layer_flops(moe, layer: int, context: int) -> float:
     H = c.hidden_size
     heads = c.num_attention_heads
     hd = getattr(c, "head_dim", None) or H // heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
     q = heads * hd
-    f = 2 * H * (2 * q + 2 * kv * hd) + 2 * 2 * q * context
+    f = 2 * H * 2 * q + kv_flops(moe) + 2 * 2 * q * context
     info = next((m for m in moe.info.layers if m.index == layer), None)
     if info is not None and info.is_moe:
         inter = (getattr(c, "moe_intermediate_size", None) or getattr(c, "intermediate_size", None)
@@ -58,6 +66,7 @@ class ConeCost:
         L = len(self.moe.info.layers)
         self._rows = [[layer_flops(self.moe, i, pos + 1) for pos in range(self.T)]
                       for i in range(L)]
+        self._kv = kv_flops(self.moe)
         c = self.moe.text_config
         self._head = 2.0 * c.hidden_size * c.vocab_size * self.n_target
 
@@ -66,11 +75,28 @@ class ConeCost:
         return sum(sum(r) for r in self._rows) + self._head
 
     def cone(self, position: int, layer: int) -> float:
-        """One candidate differing at (layer, position): that layer at that position only
-        (attention there reads unchanged inputs; the MoE is per token), then the layers
-        above it at positions >= position, and the target logits."""
-        return (self._rows[layer][position] + sum(sum(r[position:]) for r in self._rows[layer + 1:])
-                + self._head)
+        """One candidate differing at (layer, position): the least work that can change
+        its score. Scored rows are the positions predicting target tokens (the last
+        ``n_target`` positions before the final token, which nothing scored reads). Needed:
+        the edited layer at the edited position only (attention there reads unchanged
+        inputs; the MoE is per token), the layers above it at positions >= position up to
+        the last scored row, where the last layer needs only keys and values outside the
+        scored rows, and the target logits. An edit at the last layer outside the scored
+        rows changes no score: no work."""
+        L, end = len(self._rows), self.T - 1  # positions < end are read
+        first_scored = end - self.n_target
+        last = L - 1
+        if layer == last and position < first_scored:
+            return 0.0
+        f = self._rows[layer][position] + self._head
+        for i in range(layer + 1, L):
+            row = self._rows[i]
+            if i == last:
+                f += sum(row[max(position, first_scored):end])
+                f += self._kv * max(0, first_scored - position)
+            else:
+                f += sum(row[position:end])
+        return f
 
 
 def matmul_rate(moe, rows: int = 256, repeat: int = 5) -> float:

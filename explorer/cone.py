@@ -121,34 +121,103 @@ def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch
     return seen
 
 
-def _call_layer(ctl, module, hidden: torch.Tensor, captured: tuple, cache, offset: int) -> torch.Tensor:
+def _controlled(moe, routes, validate: bool, control):
+    """``control`` (an active route control for these routes) or a new one."""
+    if control is not None:
+        return contextlib.nullcontext(control)
+    return moe.control(list(routes), validate=validate)
+
+
+def _mlp_block(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The feed-forward (MoE or dense) block of a decoder layer, where it has a known name."""
+    for name in ("mlp", "block_sparse_moe", "feed_forward", "moe", "ffn"):
+        mod = getattr(layer, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    return None
+
+
+@contextlib.contextmanager
+def _mlp_last_rows(ctl, layer: torch.nn.Module, batch: int, tokens: int, offset: int, rows: int):
+    """While active, ``layer``'s feed-forward block runs on the last ``rows`` positions only
+    (its other rows come out as zeros) and the route control is told so.
+
+    For the last decoder layer of a cone: its outputs are read at the scored rows only, and
+    the positions before them need nothing from it but their keys and values, which
+    attention computes before the block. Inputs that are not (batch, tokens, H) pass unchanged.
+    """
+    mlp = _mlp_block(layer)
+    if mlp is None or rows >= tokens:
+        yield
+        return
+    sliced: list[bool] = []
+
+    def pre(mod, args, kwargs):
+        h = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or tuple(h.shape[:2]) != (batch, tokens):
+            return None
+        sliced.append(True)
+        ctl.set_window(batch, rows, offset + tokens - rows)
+        h = h[:, -rows:].contiguous()
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=h)
+
+    def post(mod, args, kwargs, out):
+        if not sliced:
+            return None
+        sliced.clear()
+        first = out[0] if isinstance(out, tuple) else out
+        full = first.new_zeros(batch, tokens, first.shape[-1])
+        full[:, -rows:] = first.reshape(batch, rows, -1)  # some blocks return (B*S, H)
+        if first.dim() == 2:
+            full = full.reshape(batch * tokens, -1)
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    hooks = [mlp.register_forward_pre_hook(pre, with_kwargs=True),
+             mlp.register_forward_hook(post, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _call_layer(ctl, module, hidden: torch.Tensor, captured: tuple, cache, offset: int,
+                mlp_rows: int | None = None) -> torch.Tensor:
     """Call one decoder layer on ``hidden`` with the arguments the model would pass it
     (``captured`` = (args, kwargs) from :func:`_layer_kwargs`; its cache replaced by
-    ``cache``), after declaring the call's window to the route control ``ctl``."""
+    ``cache``), after declaring the call's window to the route control ``ctl``.
+    ``mlp_rows``: run the layer's feed-forward block on that many last positions only
+    (see :func:`_mlp_last_rows`; the other rows of the output are then not meaningful)."""
     args, kwargs = captured
     kwargs = dict(kwargs)
     for name in ("cache", "past_key_values"):
         if kwargs.get(name) is not None:
             kwargs[name] = cache
-    ctl.set_window(hidden.shape[0], hidden.shape[1], offset)
-    if "hidden_states" in kwargs:
-        kwargs["hidden_states"] = hidden
-        out = module(*args, **kwargs)
-    else:
-        out = module(hidden, *args[1:], **kwargs)
+    B, S = hidden.shape[0], hidden.shape[1]
+    ctl.set_window(B, S, offset)
+    rows = contextlib.nullcontext() if mlp_rows is None else _mlp_last_rows(ctl, module, B, S, offset, mlp_rows)
+    with rows:
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = hidden
+            out = module(*args, **kwargs)
+        else:
+            out = module(hidden, *args[1:], **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
 def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
                     prefix_cache, prefix_len: int, validate: bool = True,
-                    layer_kwargs: dict | None = None) -> torch.Tensor:
+                    layer_kwargs: dict | None = None, control=None) -> torch.Tensor:
     """(B, 1, H): what decoder ``layer`` outputs at position ``prefix_len`` under B routes.
 
     ``row_input`` (1, 1, H) is the hidden state entering ``layer`` there; the layer attends
     to ``prefix_cache`` (positions < prefix_len). One token, one layer, called directly:
     the model's embeddings, masks and rotary tables for this call come from
     ``layer_kwargs`` (a dict that :func:`_layer_kwargs` fills on first use; pass the same
-    dict again for the same rows and position to skip that step).
+    dict again for the same rows and position to skip that step). ``control``: an active
+    route control for ``routes`` to use instead of a new one.
     """
     ids = _ids(moe, ids)[:, :prefix_len + 1]
     B = len(routes)
@@ -158,7 +227,7 @@ def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: to
         if not kw:
             kw.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
         cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
-        with torch.inference_mode(), moe.control(list(routes), validate=validate) as ctl:
+        with torch.inference_mode(), _controlled(moe, routes, validate, control) as ctl:
             return _call_layer(ctl, decoder_layers(moe.model)[layer], hidden, kw[layer], cache,
                                prefix_len)
 
@@ -205,13 +274,17 @@ def _head(moe):
 
 def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
                        prefix_cache, prefix_len: int, *, keep: int, layer_kwargs: dict,
-                       capture: dict | None = None, validate: bool = True) -> torch.Tensor | None:
+                       capture: dict | None = None, validate: bool = True,
+                       last_rows_only: bool = True, control=None) -> torch.Tensor | None:
     """:func:`cone_logits` without the model call: decoder layers >= ``layer`` are called
     directly, then the final norm and the output projection on the last ``keep`` rows.
 
     ``layer_kwargs`` (one dict per batch size and position; filled on first use) holds
     what the model passes each layer: embeddings, masks and rotary tables are built once
-    per position instead of once per candidate batch. Returns None where the model's
+    per position instead of once per candidate batch. ``last_rows_only``: the last decoder
+    layer's feed-forward block runs on the ``keep`` rows only (the other positions of that
+    layer are read by nothing). ``control``: an active route control for ``routes`` to use
+    instead of a new one. Returns None where the model's
     head is not a plain norm + projection (the caller then uses :func:`cone_logits`);
     models that scale or cap their logits after the projection need that check (see
     :class:`explorer.engines.FastEngine`, which compares both paths once per search).
@@ -227,23 +300,34 @@ def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_inpu
         if not layer_kwargs:
             layer_kwargs.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
         cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
-        with moe.control(list(routes), validate=validate) as ctl:
+        with _controlled(moe, routes, validate, control) as ctl:
             for i in range(layer, len(layers)):
                 if capture is not None and i > layer:
                     capture[i] = hidden
-                hidden = _call_layer(ctl, layers[i], hidden, layer_kwargs[i], cache, prefix_len)
+                last = i == len(layers) - 1 and last_rows_only
+                hidden = _call_layer(ctl, layers[i], hidden, layer_kwargs[i], cache, prefix_len,
+                                     mlp_rows=keep if last else None)
         norm, head = parts
         return head(norm(hidden[:, -keep:]))
+
+
+def scored_ids(prompt_ids, target_ids) -> list[int]:
+    """The tokens a joint target log-prob depends on: the prompt and every target token but
+    the last (the last one's own position predicts nothing that is scored, and no scored
+    position attends to it)."""
+    return list(prompt_ids) + list(target_ids)[:-1]
 
 
 def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
                         validate: bool = True, next_input: torch.Tensor | None = None,
                         layer_kwargs: dict | None = None,
-                        direct_kwargs: dict | None = None) -> torch.Tensor:
+                        direct_kwargs: dict | None = None, control=None) -> torch.Tensor:
     """Joint target log-prob per route (B,), computed over the causal cone only; logits
     only for the target rows.
 
+    The cone covers :func:`scored_ids` (the last target token is not run); ``layer_input``
+    and ``next_input`` may cover it or not (states of the full prompt + target are cut).
     ``next_input`` (1, S, H), the hidden state entering layer + 1 under the routes' common
     base, narrows the cone further when the routes differ from that base only at
     (``layer``, ``prefix_len``): layer ``layer`` then changes nothing but its output at
@@ -251,13 +335,21 @@ def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
     row is computed and layers > ``layer`` run from the base's states with it swapped in.
     ``layer_kwargs``: passed on to :func:`layer_output_at` for that row (reuse one dict per
     batch size and position). ``direct_kwargs``: a dict (one per batch size and position)
-    that turns on :func:`cone_logits_direct` for the layers above (no model call).
+    that turns on :func:`cone_logits_direct` for the layers above (no model call); there
+    the last layer's feed-forward block runs on the target rows only. ``control``: an
+    active route control for ``routes``, shared by the edited row and the direct layers
+    (only with ``direct_kwargs`` on a model with a plain head: see :func:`_head`).
     """
-    ids = list(prompt_ids) + list(target_ids)
+    if control is not None and (direct_kwargs is None or _head(moe) is None):
+        raise ValueError("a shared route control needs the direct path (direct_kwargs)")
+    ids = scored_ids(prompt_ids, target_ids)
     n = len(target_ids)
+    S = len(ids) - prefix_len
+    layer_input = layer_input[:, :S]
     if next_input is not None:
+        next_input = next_input[:, :S]
         row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
-                              prefix_len, validate, layer_kwargs)
+                              prefix_len, validate, layer_kwargs, control)
         hidden = next_input.expand(len(routes), -1, -1).clone()
         hidden[:, :1] = row
         if capture is not None:
@@ -266,12 +358,12 @@ def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
     logits = None
     if direct_kwargs is not None:
         logits = cone_logits_direct(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
-                                    keep=n + 1, layer_kwargs=direct_kwargs, capture=capture,
-                                    validate=validate)
+                                    keep=n, layer_kwargs=direct_kwargs, capture=capture,
+                                    validate=validate, control=control)
     if logits is None:
         logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
-                             keep=n + 1, capture=capture, validate=validate)
-    start = logits.shape[1] - n - 1  # the row predicting the first target token
-    lp = torch.log_softmax(logits[:, start:start + n].float(), dim=-1)
+                             keep=n, capture=capture, validate=validate)
+    start = logits.shape[1] - n  # the row predicting the first target token
+    lp = torch.log_softmax(logits[:, start:].float(), dim=-1)
     tgt = torch.tensor(list(target_ids), device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
     return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()

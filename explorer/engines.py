@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from .batching import memory_batch_size
-from .cone import _keep_kwargs, capture_layer_inputs, cone_target_logprob
+from .layers import decoder_layers
+from .cone import _head, _keep_kwargs, capture_layer_inputs, cone_target_logprob, scored_ids
 from .forward import _cache_of, prefill, reusable, target_logprob
 from .route import Route
 
@@ -84,8 +85,10 @@ class FastEngine(ReferenceEngine):
         # work). Checked against the model call on the first batch; any difference turns
         # it off for the search. Default: on for CPU (measured there), off for GPU (not
         # measured); $EXPLORER_CONE_DIRECT=1/0 forces it.
-        self.direct = _cpu_default(direct, "EXPLORER_CONE_DIRECT", moe)
+        self.direct = _cpu_default(direct, "EXPLORER_CONE_DIRECT", moe) and _head(moe) is not None
         self._direct_checked = False
+        self._last_layer = len(decoder_layers(moe.model)) - 1
+        self._known: dict = {}  # route edits -> score, for the last batch and its base
         self._reset()
 
     def _reset(self) -> None:
@@ -135,6 +138,11 @@ class FastEngine(ReferenceEngine):
         hit = self._pending.get(key)
         if hit is None or self._inputs is None:
             return False
+        if hit[0] == "same":  # states equal to those of the base the candidate came from
+            if self._inputs_key != hit[1]:
+                return False
+            self._inputs_key, self._pending = key, {}
+            return True
         layer, seen, row = hit
         self._inputs = {i: (h if i <= layer else seen[i][row:row + 1])
                         for i, h in self._inputs.items()}
@@ -145,7 +153,7 @@ class FastEngine(ReferenceEngine):
     def _layer_inputs(self, base: Route):
         key = tuple(base.edits)
         if not self._resolve(key):
-            ids = self.prompt_ids + self.target_ids
+            ids = scored_ids(self.prompt_ids, self.target_ids)
             self._inputs = capture_layer_inputs(self.moe, ids, base, self._cache, self._cache_pos)
             self._inputs_key = key
             self._pending = {}
@@ -164,7 +172,11 @@ class FastEngine(ReferenceEngine):
         kw = dict(validate=False, next_input=inputs[layer + 1] if narrow else None,
                   layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None)
         direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
-        lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, **kw)
+        if direct is not None:  # one route control for the edited row and the layers above
+            with self.moe.lock, self.moe.control(chunk, validate=False) as ctl:
+                lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, control=ctl, **kw)
+        else:
+            lp = cone_target_logprob(*args, capture=seen, **kw)
         if direct is not None and not self._direct_checked:
             # once per search: the direct path must give the model call's numbers
             ref = cone_target_logprob(*args, **kw)
@@ -174,8 +186,25 @@ class FastEngine(ReferenceEngine):
                 lp = cone_target_logprob(*args, capture=seen, **kw)
         return lp, seen
 
+    def _unread(self, position: int | None, layer: int | None, base: Route | None) -> float | None:
+        """The base's score where candidates differ from it only at the last decoder layer
+        before the scored positions (the rows predicting target tokens): nothing scored
+        reads that layer's output there (its keys and values come from its input), so
+        every such candidate scores exactly as the base. None where unknown."""
+        if (layer != self._last_layer or base is None or position is None
+                or position >= len(self.prompt_ids) - 1):
+            return None
+        return self._known.get(tuple(base.edits))
+
     def score(self, routes: Sequence[Route], position: int | None = None,
               layer: int | None = None, base: Route | None = None) -> list[float]:
+        same = self._unread(position, layer, base)
+        if same is not None:
+            key = tuple(base.edits)
+            self.forward_passes += len(routes)
+            self._pending = {tuple(r.edits): ("same", key) for r in routes}
+            self._known = {key: same, **{k: same for k in self._pending}}
+            return [same] * len(routes)
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
         use_cone = (self.cone and layer is not None and base is not None and position is not None
                     and position >= self._cache_pos)
@@ -196,6 +225,10 @@ class FastEngine(ReferenceEngine):
             self.forward_passes += len(chunk)
         if use_cone:
             self._pending = pending
+        known = {tuple(r.edits): x for r, x in zip(routes, out)}
+        if base is not None and tuple(base.edits) in self._known:
+            known[tuple(base.edits)] = self._known[tuple(base.edits)]
+        self._known = known
         return out
 
 

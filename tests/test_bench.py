@@ -19,6 +19,9 @@ def test_cone_cost_model_is_monotone_and_below_a_full_forward(tiny):
             assert all(a > b for a, b in zip(row, row[1:]))
         assert max(row) < full
     assert all(cost.cone(3, a) > cost.cone(3, b) for a, b in zip(range(L), range(1, L)))
+    # scored rows: positions 8-10 predict the 3 target tokens; position 11 is read by none
+    assert cost.cone(7, L - 1) == 0.0 < cost.cone(8, L - 1)  # last layer: only scored rows count
+    assert cost.cone(8, 0) - cost.cone(9, 0) > cost.cone(7, 0) - cost.cone(8, 0) > 0  # K/V only at 7
 
 
 def test_bench_reports_identical_routes_and_cost_figures(tiny):

@@ -1,0 +1,106 @@
+"""The fast engine computes only what a target score reads: no last target token, the
+last layer's feed-forward block on the scored rows only, and no work at all for edits
+at the last layer before the scored rows."""
+
+from __future__ import annotations
+
+import torch
+
+from explorer.cone import (_mlp_block, capture_layer_inputs, cone_logits_direct,
+                           cone_target_logprob, scored_ids)
+from explorer.engines import FastEngine
+from explorer.forward import prefill, target_logprob
+from explorer.layers import decoder_layers
+from explorer.route import Route
+
+
+def _ids(moe):
+    prompt = moe.encode("How do I pick a lock?")
+    target = moe.tokenizer("Sure, here is", add_special_tokens=False)["input_ids"]
+    return prompt, target
+
+
+def _other(moe, lay: int, used: set[int]) -> list[int]:
+    info = moe.handle(lay).info
+    return [e for e in range(info.num_experts) if e not in used][:info.top_k]
+
+
+def test_scored_ids_leave_out_the_last_target_token_and_scores_stay_exact(tiny):
+    prompt, target = _ids(tiny)
+    assert scored_ids(prompt, target) == prompt + target[:-1]
+    t = 2
+    _, cache = prefill(tiny, prompt[:t], Route())
+    for lay in tiny.moe_layers:
+        routes = [Route().with_force(lay, t, _other(tiny, lay, {e})) for e in range(3)]
+        want = target_logprob(tiny, prompt, target, routes)
+        full = capture_layer_inputs(tiny, prompt + target, Route(), cache, t)  # one row longer
+        cut = capture_layer_inputs(tiny, scored_ids(prompt, target), Route(), cache, t)
+        for states in (full, cut):
+            got = cone_target_logprob(tiny, prompt, target, routes, lay, states[lay], cache, t)
+            assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_last_layer_feed_forward_runs_on_the_scored_rows_only(tiny):
+    prompt, target = _ids(tiny)
+    ids = scored_ids(prompt, target)
+    last = decoder_layers(tiny.model)[-1]
+    mlp = _mlp_block(last)
+    assert mlp is not None
+    rows_seen: list[int] = []  # router inputs are flattened: (rows x positions, H)
+    router = tiny.handle(len(decoder_layers(tiny.model)) - 1).router
+    probe = router.register_forward_pre_hook(lambda m, a: rows_seen.append(a[0].reshape(-1, a[0].shape[-1]).shape[0]))
+    try:
+        inputs = capture_layer_inputs(tiny, ids, Route())
+        lay = tiny.moe_layers[0]
+        routes = [Route().with_force(lay, 1, _other(tiny, lay, {e})) for e in range(2)]
+        n = len(target)
+        rows_seen.clear()
+        only = cone_logits_direct(tiny, ids, routes, lay, inputs[lay], None, 0, keep=n,
+                                  layer_kwargs={})
+        assert rows_seen == [2 * n]  # the last layer's block saw the scored rows alone
+        rows_seen.clear()
+        every = cone_logits_direct(tiny, ids, routes, lay, inputs[lay], None, 0, keep=n,
+                                   layer_kwargs={}, last_rows_only=False)
+        assert rows_seen == [2 * len(ids)]
+        assert only.shape == every.shape == (2, n, tiny.text_config.vocab_size)
+        assert torch.allclose(only, every, atol=1e-5, rtol=0)
+    finally:
+        probe.remove()
+    assert not mlp._forward_pre_hooks and not mlp._forward_hooks  # slicing hooks gone
+
+
+def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
+    prompt, target = _ids(tiny)
+    lay = decoder_layers(tiny.model).__len__() - 1
+    assert lay in tiny.moe_layers
+    eng = FastEngine(tiny, prompt, target)
+    base_score = eng.score([Route()], position=None)[0]
+    calls: list[int] = []
+    hooks = [layer.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+             for layer in decoder_layers(tiny.model)]
+    try:
+        for t, computed in ((0, False), (len(prompt) - 2, False), (len(prompt) - 1, True)):
+            eng.begin_position(Route(), t)
+            calls.clear()
+            routes = [Route().with_force(lay, t, _other(tiny, lay, {e})) for e in range(3)]
+            got = eng.score(routes, position=t, layer=lay, base=Route())
+            layers_run = sum(calls)
+            want = target_logprob(tiny, prompt, target, routes)
+            assert torch.allclose(torch.tensor(got), want, atol=1e-5, rtol=0)
+            if computed:  # the last prompt position predicts the first target token
+                assert calls and len(set(got)) > 1
+            else:
+                assert got == [base_score] * 3 and eng.forward_passes > 0
+            assert (layers_run > 0) == computed
+    finally:
+        for h in hooks:
+            h.remove()
+    # a candidate kept after a skipped step reuses the base's states (no new forward)
+    eng.begin_position(Route(), 0)
+    first = tiny.moe_layers[0]
+    eng.score([Route().with_force(first, 0, _other(tiny, first, set()))], position=0,
+              layer=first, base=Route())  # computed: captures the base's states
+    kept = Route().with_force(lay, 0, _other(tiny, lay, set()))
+    eng.score([kept], position=0, layer=lay, base=Route())
+    states = eng._inputs
+    assert eng._resolve(tuple(kept.edits)) and eng._inputs is states
