@@ -64,6 +64,11 @@ class FastEngine(ReferenceEngine):
     for every candidate during that batch: when the search keeps one, its states become
     the new base without another forward. Moving on to position t + 1 extends the cache
     by one token and drops one row of the kept states.
+
+    Only what a score reads is computed: the final target token is not run (see
+    :func:`explorer.cone.scored_ids`), the last layer's feed-forward block runs on the
+    scored rows only (direct path), and candidates that differ from their base only at the
+    last layer before the scored rows get the base's score without a forward.
     """
 
     name = "fast"

@@ -4,6 +4,7 @@ at the last layer before the scored rows."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from explorer.cone import (_mlp_block, capture_layer_inputs, cone_logits_direct,
@@ -12,6 +13,7 @@ from explorer.engines import FastEngine
 from explorer.forward import prefill, target_logprob
 from explorer.layers import decoder_layers
 from explorer.route import Route
+from tiny_models import FAMILIES, tiny_model
 
 
 def _ids(moe):
@@ -104,3 +106,27 @@ def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
     eng.score([kept], position=0, layer=lay, base=Route())
     states = eng._inputs
     assert eng._resolve(tuple(kept.edits)) and eng._inputs is states
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cpu_experts_kernel_equals_grouped_mm(family):
+    """explorer_cpu (one-token calls over the used experts only) gives grouped_mm's
+    numbers: a prefill and three decoding steps of every family that takes it."""
+    from explorer.experts_cpu import register
+    model, _ = tiny_model(family)
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip("no experts interface")
+    outs = {}
+    for impl in ("grouped_mm", register()):
+        try:
+            model.set_experts_implementation(impl)
+        except (ValueError, NotImplementedError, KeyError):
+            pytest.skip(f"{family} has no decorated experts module")
+        with torch.no_grad():
+            outs[impl] = model.generate(torch.tensor([[5, 9, 14, 3, 7]]), max_new_tokens=3,
+                                        do_sample=False, output_logits=True,
+                                        return_dict_in_generate=True)
+    a, b = outs.values()
+    assert torch.equal(a.sequences, b.sequences)
+    for x, y in zip(a.logits, b.logits):
+        assert torch.allclose(x, y, atol=1e-6, rtol=0)
