@@ -76,10 +76,11 @@ def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_i
 def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
               max_iters: int = 1, samples: int = 32, reference: bool = True,
               sizes=(64, 512, 2048), orders: int = 0, full_budget: bool = False,
-              repeat: int = 1) -> dict:
+              repeat: int = 1, search: bool = True) -> dict:
     """All figures as one dict (see module docs). ``repeat``: run each F-SOUR search that
     many times, the engines taking turns, and report the median seconds (the runs' times
-    are kept in ``seconds_all``): timings on a shared machine are noisy."""
+    are kept in ``seconds_all``): timings on a shared machine are noisy. ``search=False``:
+    latencies only (no RoSais, F-SOUR or cone figures), e.g. for a wide model on CPU."""
     from .bench_cost import compare_orders, latencies, matmul_rate
     from .judge import NeverJudge
     from .rosais import rosais
@@ -92,6 +93,8 @@ def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
     out["trace_generate16_s"] = median_seconds(lambda: trace(moe, p0, max_new_tokens=16), 3)
     out["recording"] = recording_overhead(moe, p0)
     out["latency"] = latencies(moe, sizes) if sizes else []
+    if not search:
+        return out
     out["rosais"] = {"samples": samples}
     for eng in (("fast", "reference") if reference else ("fast",)):
         t = time.perf_counter()
@@ -150,7 +153,6 @@ def _device_name(moe) -> str:
 
 def _text(b: dict) -> str:
     rec = b["recording"]
-    ro = b["rosais"]
     lines = [f"model {b['model']} on {b['device']} ({b['device_name']}, {b['dtype']}, "
              f"{b['threads']} threads)",
              f"trace, prompt only:        {1000 * b['trace_prompt_s']:8.1f} ms",
@@ -163,6 +165,9 @@ def _text(b: dict) -> str:
         else:
             lines.append(f"latency @ {lat['tokens']} tokens: trace {1000 * lat['trace_s']:.1f} ms, "
                          f"re-route +{lat['new_tokens']} tokens {1000 * lat['reroute_s']:.1f} ms")
+    if "rosais" not in b:
+        return "\n".join(lines)
+    ro = b["rosais"]
     line = (f"RoSais ({ro['samples']} masks/router): fast {ro['fast']['seconds']:.2f} s, "
             f"{ro['fast']['forward_passes']} passes")
     if "reference" in ro:
@@ -202,6 +207,8 @@ def _configure(p):
     p.add_argument("--candidates", type=positive_int, default=10)
     p.add_argument("--samples", type=positive_int, default=32)
     p.add_argument("--no-reference", action="store_true", help="skip the slow reference engine")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only trace and re-route latencies (no RoSais or F-SOUR)")
     p.add_argument("--sizes", default="64,512,2048",
                    help="prompt sizes (tokens) for latency figures; '' to skip")
     p.add_argument("--prompts", type=positive_int, default=len(BENCH_PROMPTS),
@@ -244,7 +251,7 @@ def _run(args):
                   candidates=max(1, args.candidates), samples=max(1, args.samples), reference=not args.no_reference,
                   sizes=sizes, orders=args.orders,
                   full_budget=args.full_budget or bool(args.synthetic),
-                  repeat=max(1, args.repeat))
+                  repeat=max(1, args.repeat), search=not args.latency_only)
     emit(args, b, _text(b))
 
 

@@ -56,3 +56,13 @@ def test_synthetic_models_are_real_family_classes():
     assert type(moe.model).__name__ == "OlmoeForCausalLM"
     assert len(moe.moe_layers) == 4 and moe.handle(0).info.num_experts == 16
     assert moe.context_length == 4096
+
+
+def test_latency_only_bench_skips_the_searches(tiny, capsys):
+    from explorer.bench import _text
+    b = run_bench(tiny, sizes=(16, 10**6), search=False)
+    assert "rosais" not in b and "fsour" not in b and "cone" not in b
+    assert b["latency"][0]["trace_s"] > 0 and "skipped" in b["latency"][1]
+    text = _text(b)
+    assert "latency @ 16" in text or "latency @ 1" in text
+    assert "F-SOUR" not in text and "skipped" in text
