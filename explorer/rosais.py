@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .batching import memory_batch_size
-from .cone import capture_layer_inputs, cone_logits
+from .cone import capture_layer_inputs, cone_logits, cone_logits_direct
 from .forward import generate, next_token_logprobs
 from .judge import get_judge
 from .route import Route
@@ -121,6 +121,25 @@ def ranking(result: RosaisResult) -> list[int]:
     return [result.moe_layers[i] for i in order]
 
 
+def _cone_last_logits(moe, ids, routes, layer: int, layer_input, direct: dict) -> torch.Tensor:
+    """(B, V) next-token logits at the last prompt position over the cone of ``layer``:
+    layers >= ``layer`` only, called directly (the last layer's feed-forward block on the
+    last row alone) where the first such call matched the model call, else through it."""
+    if direct["on"]:
+        kw = direct.setdefault(len(routes), {})
+        got = cone_logits_direct(moe, ids, routes, layer, layer_input, None, 0, keep=1,
+                                 layer_kwargs=kw, validate=False)
+        if got is not None and direct["checked"]:
+            return got[:, -1].float()
+        direct["checked"] = True
+        ref = cone_logits(moe, ids, routes, layer, layer_input, keep=1, validate=False)
+        if got is not None and torch.allclose(got[:, -1], ref[:, -1], rtol=1e-5, atol=1e-5):
+            return got[:, -1].float()
+        direct["on"] = False  # a head that post-processes its logits (Granite): model calls
+        return ref[:, -1].float()
+    return cone_logits(moe, ids, routes, layer, layer_input, keep=1, validate=False)[:, -1].float()
+
+
 def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
            mask_ratio: float = 0.5, max_new_tokens: int = 48,
            affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int | None = None,
@@ -151,6 +170,7 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1
     inputs = capture_layer_inputs(moe, ids, None) if engine == "fast" else None
+    direct: dict = {"on": True, "checked": False}  # the direct cone, checked once
     layers = list(moe.moe_layers)
     scores, dists, all_masks, best = [], [], [], []
     for n, lay in enumerate(layers):
@@ -161,8 +181,7 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
         for i in range(0, samples, batch_size):
             chunk = [Route().mask(lay, m) for m in masks[i:i + batch_size]]
             if inputs is not None:
-                logits = cone_logits(moe, ids, chunk, lay, inputs[lay], keep=1,
-                                     validate=False)[:, -1].float()
+                logits = _cone_last_logits(moe, ids, chunk, lay, inputs[lay], direct)
                 lp = torch.log_softmax(logits, dim=-1)[:, aff].cpu().max(dim=-1).values
             else:
                 lp = next_token_logprobs(moe, ids, chunk, aff).max(dim=-1).values

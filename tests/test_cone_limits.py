@@ -130,3 +130,29 @@ def test_cpu_experts_kernel_equals_grouped_mm(family):
     assert torch.equal(a.sequences, b.sequences)
     for x, y in zip(a.logits, b.logits):
         assert torch.allclose(x, y, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family,scaling", [("olmoe", None), ("granitemoe", 4.0)])
+def test_rosais_cone_is_direct_where_it_matches_the_model_call(family, scaling):
+    """RoSais's fast path calls the layers directly (last layer's block on the last row
+    only) after one check against the model call; Granite's scaled logits fail the check
+    and every later call goes through the model, with the model's numbers."""
+    from explorer.cone import cone_logits
+    from explorer.model import MoEModel
+    from explorer.rosais import _cone_last_logits, random_mask
+    import random
+    model, _ = tiny_model(family, experts_implementation="eager")
+    if scaling:
+        model.config.logits_scaling = scaling
+    moe = MoEModel(model, None, family)
+    ids = [5, 9, 14, 3, 7, 11, 2, 8]
+    inputs = capture_layer_inputs(moe, ids, None)
+    direct: dict = {"on": True, "checked": False}
+    for lay in moe.moe_layers:
+        info = moe.handle(lay).info
+        rng = random.Random(lay)
+        routes = [Route().mask(lay, random_mask(rng, info, 0.5)) for _ in range(3)]
+        got = _cone_last_logits(moe, ids, routes, lay, inputs[lay], direct)
+        want = cone_logits(moe, ids, routes, lay, inputs[lay], keep=1, validate=False)[:, -1]
+        assert torch.allclose(got, want.float(), atol=1e-5, rtol=0)
+    assert direct["checked"] and direct["on"] == (scaling is None)
