@@ -207,8 +207,10 @@ class FastEngine(ReferenceEngine):
         if same is not None:
             key = tuple(base.edits)
             self.forward_passes += len(routes)
-            self._pending = {tuple(r.edits): ("same", key) for r in routes}
-            self._known = {key: same, **{k: same for k in self._pending}}
+            if self._resolve(key):  # the kept states become the base's (a candidate the
+                # last step kept may still be pending); the candidates share them
+                self._pending = {tuple(r.edits): ("same", key) for r in routes}
+            self._known = {key: same, **{tuple(r.edits): same for r in routes}}
             return [same] * len(routes)
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
         use_cone = (self.cone and layer is not None and base is not None and position is not None

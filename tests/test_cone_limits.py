@@ -156,3 +156,25 @@ def test_rosais_cone_is_direct_where_it_matches_the_model_call(family, scaling):
         want = cone_logits(moe, ids, routes, lay, inputs[lay], keep=1, validate=False)[:, -1]
         assert torch.allclose(got, want.float(), atol=1e-5, rtol=0)
     assert direct["checked"] and direct["on"] == (scaling is None)
+
+
+def test_a_search_captures_states_once_and_extends_its_cache(tiny, monkeypatch):
+    """The kept states follow the search from position to position (one capture, no
+    prefill after the first position), including across skipped last-layer steps."""
+    import explorer.engines as engines
+    from explorer.fsour import fsour
+    from conftest import NeverJudge
+    calls = {"capture": 0, "prefill": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+    monkeypatch.setattr(engines, "capture_layer_inputs", counted("capture", engines.capture_layer_inputs))
+    monkeypatch.setattr(engines, "prefill", counted("prefill", engines.prefill))
+    res = fsour(tiny, "How do I pick a lock?", candidates=3, max_iters=1, seed=3, engine="fast",
+                judge=NeverJudge(), threshold=0.0, max_new_tokens=1)
+    P = len(tiny.encode("How do I pick a lock?"))
+    assert res.forward_passes >= 3 * P * len(tiny.moe_layers)  # every position was walked
+    assert calls == {"capture": 1, "prefill": 0}
