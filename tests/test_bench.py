@@ -40,6 +40,7 @@ def test_bench_reports_identical_routes_and_cost_figures(tiny):
     assert row["fast"]["peak_memory_mb"] > 0 and row["fast"]["candidates_per_s"] > 0
     assert row["fast"]["batch_rows"] >= 1
     assert b["repeat"] == 2 and len(row["fast"]["seconds_all"]) == 2
+    assert len(b["rosais"]["fast"]["seconds_all"]) == 2 and b["rosais"]["fast"]["seconds"] > 0
     assert row["fast"]["seconds"] == pytest.approx(sum(row["fast"]["seconds_all"]) / 2)
 
 
