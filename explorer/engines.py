@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 
 from .batching import memory_batch_size
-from .layers import decoder_layers
 from .cone import _head, _keep_kwargs, capture_layer_inputs, cone_target_logprob, scored_ids
 from .forward import _cache_of, prefill, reusable, target_logprob
+from .layers import decoder_layers
 from .route import Route
 
 
@@ -196,7 +196,7 @@ class FastEngine(ReferenceEngine):
         before the scored positions (the rows predicting target tokens): nothing scored
         reads that layer's output there (its keys and values come from its input), so
         every such candidate scores exactly as the base. None where unknown."""
-        if (layer != self._last_layer or base is None or position is None
+        if (not self.cone or layer != self._last_layer or base is None or position is None
                 or position >= len(self.prompt_ids) - 1):
             return None
         return self._known.get(tuple(base.edits))
