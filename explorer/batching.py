@@ -70,3 +70,11 @@ def memory_batch_size(moe, tokens: int, context: int, logit_rows: int,
         return 64
     per = max(1, row_bytes(moe, tokens, context, logit_rows))
     return max(1, min(MAX_BATCH, int(free * share) // per))
+
+
+def search_batch_size(moe, n_prompt: int, n_target: int) -> int:
+    """Rows per F-SOUR candidate batch for a prompt and target of these lengths (worst
+    case: the whole prompt recomputed); what :class:`explorer.engines.FastEngine` uses by
+    default and ``bench`` reports."""
+    T = n_prompt + n_target
+    return memory_batch_size(moe, T, T, n_target + 1)

@@ -39,7 +39,7 @@ def recording_overhead(moe, prompt: str, repeat: int = 10) -> dict:
 def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_iters: int,
                 judge=None):
     """One F-SOUR run with its cost figures (FLOPs of full forwards and of the cone)."""
-    from .batching import memory_batch_size
+    from .batching import search_batch_size
     from .bench_cost import ConeCost, peak_memory_mb, reset_peak
     from .fsour import DEFAULT_TARGET, fsour
     steps: list[tuple[int, int | None]] = []
@@ -70,7 +70,7 @@ def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_i
             "cells": len(res.route), "logprob": res.logprob,
             "route": res.route.to_dict()["edits"], "peak_memory_mb": peak_memory_mb(moe.device),
             "full_gflop": full / 1e9, "cone_gflop": cone / 1e9,
-            "batch_rows": memory_batch_size(moe, cost.T, cost.T, n_tgt + 1)}
+            "batch_rows": search_batch_size(moe, cost.T - n_tgt, n_tgt)}
 
 
 def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .batching import memory_batch_size
+from .batching import search_batch_size
 from .cone import _head, _keep_kwargs, capture_layer_inputs, cone_target_logprob, scored_ids
 from .forward import _cache_of, prefill, reusable, target_logprob
 from .layers import decoder_layers
@@ -77,8 +77,8 @@ class FastEngine(ReferenceEngine):
                  narrow: bool | None = None, direct: bool | None = None):
         super().__init__(moe, prompt_ids, target_ids)
         # rows per batch: sized to the free memory (worst case: the whole prompt recomputed)
-        T = len(self.prompt_ids) + len(self.target_ids)
-        self.batch_size = batch_size or memory_batch_size(moe, T, T, len(self.target_ids) + 1)
+        self.batch_size = batch_size or search_batch_size(moe, len(self.prompt_ids),
+                                                          len(self.target_ids))
         self.cone = cone
         # narrow: the edited layer at the edited position only, in a model call of its own.
         # It saves FLOPs (15% of CPU time on a wider model) but costs launches: on a GPU,

@@ -126,7 +126,7 @@ def _cone_last_logits(moe, ids, routes, layer: int, layer_input, direct: dict) -
     layers >= ``layer`` only, called directly (the last layer's feed-forward block on the
     last row alone) where the first such call matched the model call, else through it."""
     if direct["on"]:
-        kw = direct.setdefault(len(routes), {})
+        kw = direct.setdefault("kwargs", {}).setdefault(len(routes), {})  # per batch size
         got = cone_logits_direct(moe, ids, routes, layer, layer_input, None, 0, keep=1,
                                  layer_kwargs=kw, validate=False)
         if got is not None and direct["checked"]:
@@ -170,7 +170,7 @@ def rosais(moe, prompt: str, samples: int = 32, seed: int = 0, top: int = 5,
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1
     inputs = capture_layer_inputs(moe, ids, None) if engine == "fast" else None
-    direct: dict = {"on": True, "checked": False}  # the direct cone, checked once
+    direct: dict = {"on": True, "checked": False, "kwargs": {}}  # the direct cone, checked once
     layers = list(moe.moe_layers)
     scores, dists, all_masks, best = [], [], [], []
     for n, lay in enumerate(layers):
