@@ -34,6 +34,11 @@ def test_bench_reports_identical_routes_and_cost_figures(tiny):
     c = b["cone"]
     assert 0 < c["cone_gflop"] < c["full_gflop"] and c["flop_ratio_full_to_cone"] > 1
     assert c["matmul_gflop_s"] > 0 and 0 < c["fraction_of_ideal"]
+    assert c["counted_same_routes"] and c["counted_gflop"] == pytest.approx(
+        sum(c["counted_gflop_by_kind"].values()))
+    assert c["work_ratio"] == pytest.approx(c["counted_gflop"] / c["cone_gflop"]) and c["work_ratio"] >= 1
+    assert 0 < c["products_seconds"] and c["products_share"] > 0
+    assert c["products_in_order_seconds"] > 0 and c["products_in_order_share"] > 0
     assert b["rosais"]["fast"]["forward_passes"] == b["rosais"]["reference"]["forward_passes"]
     lat = b["latency"][0]
     assert lat["trace_s"] > 0 and lat["reroute_s"] > 0 and abs(lat["tokens"] - 16) <= 2
