@@ -10,16 +10,16 @@ it, with its operands' shapes and layouts. From a log:
   minimum of :class:`explorer.bench_cost.ConeCost`, which is what it *had to* do.
 - :func:`replay_seconds`: the seconds the recorded matrix products take run alone, back to
   back, on random operands of the same shapes and layouts (the fastest of a few rounds):
-  a floor for any implementation that runs the same
-  products. Attention kernels are left out of the replay, so the floor stays a lower bound.
+  a floor for any implementation that runs the same products. Attention kernels are left
+  out of the replay, so the floor stays a lower bound.
   :func:`replay_in_order_seconds` runs them in the recorded order with the model's own
   weights: the same products, now paying for weights that left the caches since last use.
 
 Composite operators (``linear``, ``matmul``, ``scaled_dot_product_attention``) are
 decomposed under the log as the dispatcher decomposes them without it (their C++
-decomposition, so the same kernels run and the numbers do not change): their products are seen;
-a kernel's own inner products (a grouped product run as one product per group) are seen
-once, at the outermost recorded operator.
+decomposition, so the same kernels run and the numbers do not change), so their products
+are seen; a kernel's own inner products (a grouped product run as one product per group)
+are seen once, at the outermost recorded operator.
 """
 
 from __future__ import annotations
