@@ -73,29 +73,27 @@ def _search_row(moe, prompt: str, engine: str, seed: int, candidates: int, max_i
             "batch_rows": search_batch_size(moe, cost.T - n_tgt, n_tgt)}
 
 
-def _counted(moe, rows, seed, candidates, max_iters, full_budget, cone, fast_seconds) -> dict:
+def _counted(moe, rows, seed, candidates, max_iters, judge, cone, fast_seconds) -> dict:
     """The fast engine's searches once more under a :class:`~explorer.flops.ProductLog`:
     the FLOPs its products really performed and how long those products take alone
     (``counted_same_routes``: the logged searches found the timed searches' routes)."""
+    from collections import Counter
+
     from .flops import ProductLog, replay_in_order_seconds, replay_seconds
-    from .fsour import fsour
-    from .judge import NeverJudge
     logs, same = [], True
     for row in rows:
         with ProductLog(moe.model) as log:
-            res = fsour(moe, row["prompt"], candidates=candidates, max_iters=max_iters,
-                        seed=seed, engine="fast", max_new_tokens=16,
-                        judge=NeverJudge() if full_budget else None)
+            again = _search_row(moe, row["prompt"], "fast", seed, candidates, max_iters, judge)
         logs.append(log)
-        same = same and res.route.to_dict()["edits"] == row["fast"]["route"]
-    counted = sum(log.flops() for log in logs)
-    kinds: dict = {}
+        same = same and again["route"] == row["fast"]["route"]
+    kinds: Counter = Counter()
     for log in logs:
-        for k, v in log.by_kind().items():
-            kinds[k] = kinds.get(k, 0.0) + v / 1e9
+        kinds.update(log.by_kind())
+    counted = sum(kinds.values())
     products = sum(replay_seconds(log) for log in logs)
     in_order = sum(replay_in_order_seconds(log) for log in logs)
-    return {"counted_gflop": counted / 1e9, "counted_gflop_by_kind": kinds,
+    return {"counted_gflop": counted / 1e9,
+            "counted_gflop_by_kind": {k: v / 1e9 for k, v in kinds.items()},
             "work_ratio": counted / max(cone, 1.0), "products_seconds": products,
             "products_share": products / max(fast_seconds, 1e-9),
             "products_in_order_seconds": in_order,
@@ -137,14 +135,14 @@ def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
     out["rosais"]["seconds"] = out["rosais"]["fast"]["seconds"]
     out["rosais"]["forward_passes"] = out["rosais"]["fast"]["forward_passes"]
     rows = []
+    judge = NeverJudge() if full_budget else None  # a never-judge walks the whole grid
     engines = ("fast", "reference") if reference else ("fast",)
     for p in prompts:
         row = {"prompt": p}
         runs: dict = {eng: [] for eng in engines}
         for _ in range(max(1, repeat)):
             for eng in engines:
-                runs[eng].append(_search_row(moe, p, eng, seed, candidates, max_iters,
-                                             NeverJudge() if full_budget else None))
+                runs[eng].append(_search_row(moe, p, eng, seed, candidates, max_iters, judge))
         for eng in engines:
             row[eng] = dict(runs[eng][-1], seconds_all=[x["seconds"] for x in runs[eng]])
             row[eng]["seconds"] = statistics.median(row[eng]["seconds_all"])
@@ -164,7 +162,7 @@ def run_bench(moe, prompts=BENCH_PROMPTS, seed: int = 0, candidates: int = 10,
                    "full_gflop": full / 1e9, "flop_ratio_full_to_cone": full / max(cone, 1.0),
                    "ideal_seconds": cone / rate, "fast_seconds": tf,
                    "fraction_of_ideal": (cone / rate) / max(tf, 1e-9)}
-    out["cone"].update(_counted(moe, rows, seed, candidates, max_iters, full_budget, cone, tf))
+    out["cone"].update(_counted(moe, rows, seed, candidates, max_iters, judge, cone, tf))
     if reference:
         tr = sum(r["reference"]["seconds"] for r in rows)
         out["fsour_speedup"] = tr / max(tf, 1e-9)

@@ -76,28 +76,29 @@ def _transposed(t: torch.Tensor) -> bool:
     return t.dim() >= 2 and t.stride(-2) == 1 and t.stride(-1) != 1
 
 
+def _meta(t: torch.Tensor) -> tuple[str, str]:
+    return str(t.dtype).replace("torch.", ""), str(t.device)
+
+
 def _record(func, args, kwargs) -> tuple[Product, torch.Tensor | None] | None:
     packet = func.overloadpacket
     name = packet.__name__
-    first = args[0] if args else None
-    dev = str(first.device) if isinstance(first, torch.Tensor) else "cpu"
-    dtype = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else "float32"
     if packet in _PLAIN:
         a, b = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
         return Product(_PLAIN[packet], tuple(a.shape), tuple(b.shape), _transposed(b),
-                       dtype=str(b.dtype).replace("torch.", ""), device=str(b.device)), b
+                       (), *_meta(b)), b
     if name.endswith("grouped_mm"):
         a, b = args[0], args[1]
         offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
         if a.dim() != 2 or b.dim() != 3 or offs is None:
             return None  # layouts the engines never use
         return Product("grouped", tuple(a.shape), tuple(b.shape), _transposed(b),
-                       tuple(int(x) for x in offs.tolist()), dtype, dev), b
+                       tuple(int(x) for x in offs.tolist()), *_meta(a)), b
     if any(name.startswith(p) for p in _ATTENTION) and len(args) >= 3:
         q, k, v = args[0], args[1], args[2]
         if q.dim() == 4:  # (batch, heads, seq, dim)
             return Product("attention", tuple(q.shape), tuple(k.shape), False,
-                           (int(v.shape[-1]),), dtype, dev), None
+                           (int(v.shape[-1]),), *_meta(q)), None
     return None
 
 
@@ -157,33 +158,41 @@ def _run(p: Product, a, b, offs):
     return torch.bmm(a, b) if p.kind == "bmm" else torch.mm(a, b)
 
 
+def _fastest_round(run, device: str, repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` timed calls of ``run()``, after one warm-up."""
+    run()
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        _sync(device)
+        t = time.perf_counter()
+        run()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def replay_seconds(log: ProductLog, repeat: int = 3) -> float:
     """Seconds the log's matrix products take run alone (see the module docs): the calls
-    of each distinct product run back to back, ``repeat`` times after a warm-up call; the
+    of each distinct product run back to back, ``repeat`` times after a warm-up; the
     fastest round counts."""
     counts = Counter(p for p in log.calls if p.kind != "attention")
     total = 0.0
     with torch.inference_mode():
         for p, n in counts.items():
             a, b, offs = _operands(p)
-            _run(p, a, b, offs)
-            best = float("inf")
-            for _ in range(max(1, repeat)):
-                _sync(p.device)
-                t = time.perf_counter()
+
+            def run(p=p, a=a, b=b, offs=offs, n=n):
                 for _ in range(n):
                     _run(p, a, b, offs)
-                _sync(p.device)
-                best = min(best, time.perf_counter() - t)
-            total += best
+            total += _fastest_round(run, p.device, repeat)
     return total
 
 
 def replay_in_order_seconds(log: ProductLog, repeat: int = 3) -> float:
     """Seconds the log's matrix products take run alone in the recorded order, each with
     the model's own weight where the call had one (activations: random, one tensor per
-    shape): unlike :func:`replay_seconds`, weights leave the caches between uses as they
-    do in the engine. The fastest of ``repeat`` rounds (after a warm-up round)."""
+    distinct product): unlike :func:`replay_seconds`, weights leave the caches between
+    uses as they do in the engine. The fastest of ``repeat`` rounds (after a warm-up)."""
     operands: dict = {}
     seq = []
     for p, w in zip(log.calls, log.weights):
@@ -193,17 +202,14 @@ def replay_in_order_seconds(log: ProductLog, repeat: int = 3) -> float:
             operands[p] = _operands(p)
         a, b, offs = operands[p]
         seq.append((p, a, b if w is None else w, offs))
-    best = float("inf")
+    if not seq:
+        return 0.0
+
+    def run():
+        for p, a, b, offs in seq:
+            _run(p, a, b, offs)
     with torch.inference_mode():
-        for i in range(max(1, repeat) + 1):
-            _sync(seq[0][0].device if seq else "cpu")
-            t = time.perf_counter()
-            for p, a, b, offs in seq:
-                _run(p, a, b, offs)
-            _sync(seq[0][0].device if seq else "cpu")
-            if i:
-                best = min(best, time.perf_counter() - t)
-    return best if seq else 0.0
+        return _fastest_round(run, seq[0][0].device, repeat)
 
 
 def _sync(device: str) -> None:
