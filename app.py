@@ -6,35 +6,35 @@ environment variables EXPLORER_MODEL, EXPLORER_HOST, EXPLORER_PORT, EXPLORER_DAT
 EXPLORER_DEVICE. On Spaces (SPACE_ID set) it listens on 0.0.0.0:7860.
 
 Hosted mode (a public server): --hosted or EXPLORER_HOSTED=1, --allow-model HUB_ID (or
-EXPLORER_MODEL_ALLOWLIST) and the EXPLORER_HOSTED_* limits of explorer/hosted.py.
+EXPLORER_MODEL_ALLOWLIST) and the EXPLORER_HOSTED_* limits of explorer/app/hosted.py.
+
+This launcher is the app's only reader of the environment: it builds one
+:class:`explorer.settings.Settings` from the environment and the flags and passes it down.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 
-def _default_host() -> str:
-    if os.environ.get("EXPLORER_HOST"):
-        return os.environ["EXPLORER_HOST"]
-    if os.environ.get("GRADIO_SERVER_NAME"):
-        return os.environ["GRADIO_SERVER_NAME"]
-    return "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
+    """The flags, and ``args.settings``: the environment (``env``, default ``os.environ``)
+    overridden by the flags that were given; ``args.policy`` is its hosted-mode policy."""
+    from explorer.settings import Settings
     parser = argparse.ArgumentParser(description="Sparse Safety Explorer")
-    parser.add_argument("--model", default=os.environ.get("EXPLORER_MODEL"),
-                        help="hub id or local folder (default: the bundled demo model)")
-    parser.add_argument("--host", default=_default_host())
-    parser.add_argument("--port", type=int, default=int(os.environ.get(
-        "EXPLORER_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
-    parser.add_argument("--data-dir", default=os.environ.get("EXPLORER_DATA_DIR"),
+    parser.add_argument("--model", default=None,
+                        help="hub id or local folder (default: $EXPLORER_MODEL, else the "
+                             "bundled demo model)")
+    parser.add_argument("--host", default=None,
+                        help="address (default: $EXPLORER_HOST, 0.0.0.0 on Spaces, else "
+                             "127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: "
+                        "$EXPLORER_PORT, else 7860)")
+    parser.add_argument("--data-dir", default=None,
                         help="route library folder (default: $EXPLORER_DATA_DIR, /data/explorer "
                              "on Spaces with persistent storage, else ./data)")
-    parser.add_argument("--device", default=os.environ.get("EXPLORER_DEVICE", "auto"),
-                        help="auto | cpu | cuda[:N]")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: "
+                        "$EXPLORER_DEVICE, else auto)")
     parser.add_argument("--hosted", action=argparse.BooleanOptionalAction, default=None,
                         help="hosted mode: limits for a public server (default: "
                              "$EXPLORER_HOSTED; the EXPLORER_HOSTED_* variables set the limits)")
@@ -42,27 +42,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="hosted mode: a hub id users may load (repeat; default: "
                              "$EXPLORER_MODEL_ALLOWLIST, comma-separated)")
     args = parser.parse_args(argv)
+    from explorer.app.hosted import HostedPolicy
+    env = Settings.environment() if env is None else env
     try:
-        args.policy = policy_from_args(args)
-    except ValueError as exc:  # a malformed EXPLORER_HOSTED_* value
+        policy = HostedPolicy.from_env(env, enabled=args.hosted, allowlist=args.allow_model)
+        args.settings = Settings.from_env(
+            env, policy=policy, model=args.model, host=args.host, port=args.port,
+            data_dir=args.data_dir, device=args.device)
+    except ValueError as exc:  # a malformed EXPLORER_* value
         parser.error(str(exc))
+    args.policy = args.settings.policy
     return args
-
-
-def policy_from_args(args: argparse.Namespace, env=None):
-    """The hosted-mode policy: the environment, overridden by --hosted/--allow-model."""
-    from explorer.hosted import HostedPolicy
-    return HostedPolicy.from_env(env, enabled=args.hosted, allowlist=args.allow_model)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from explorer.ui import build_app, launch_options
-    demo = build_app(args.model, data_dir=args.data_dir, device=args.device,
-                     policy=args.policy)
+    s = args.settings
+    from explorer.app.build import build_app, launch_options
+    demo = build_app(s.model, data_dir=s.data_dir, device=s.device, settings=s)
     demo.queue(default_concurrency_limit=1,
-               max_size=64 if args.policy.enabled else None).launch(
-        server_name=args.host, server_port=args.port, **launch_options())
+               max_size=64 if s.policy.enabled else None).launch(
+        server_name=s.host, server_port=s.port, **launch_options())
 
 
 if __name__ == "__main__":

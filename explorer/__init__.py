@@ -1,26 +1,84 @@
 """Sparse Safety Explorer: record, force and mask expert routing in MoE language models.
 
-Public API (see README):
+The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
+``--help`` needs neither torch nor transformers):
 
-- :func:`load_model` -> :class:`MoEModel` (demo model by default, local folder or hub id)
+- :func:`load_model` -> :class:`MoEModel` (the demo model by default, a local folder or a
+  hub id)
 - :class:`Route` / :class:`RouteEdit`: what to force or mask, where (JSON round-trip)
 - :func:`trace` -> :class:`RoutingTrace`: per layer and token, experts, weights, logits
-- :mod:`explorer.forward`: batched route evaluation, prefix caches, target log-probs,
-  greedy generation with a route
+- :func:`generate`, :func:`target_logprob`, :func:`logits_for_routes`, :func:`prefill`:
+  forwards with routes (:mod:`explorer.core.forward`)
+- :func:`rosais` -> :class:`RosaisResult` and :func:`fsour` -> :class:`FsourResult`: the
+  paper's two methods (:mod:`explorer.methods`)
+- :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
+- :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
+
+The package is layered (lowest first): ``core``, ``judges``, ``engine``, ``methods``,
+``evaluation``, ``research``, ``storage`` / ``viz``, ``bench`` / ``demo``, ``cli`` /
+``app``; see ``docs/design.md``.
 """
 
-from .forward import generate, logits_for_routes, prefill, target_logprob
-from .layers import LayerInfo
-from .model import DEMO_MODEL_DIR, ModelInfo, ModelLoadError, MoEModel, load_model
-from .route import Route, RouteEdit, RouteError
-from .routing import RouteControl
-from .trace import RoutingTrace
-from .tracer import trace
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEMO_MODEL_DIR", "LayerInfo", "ModelInfo", "ModelLoadError", "MoEModel", "Route",
-    "RouteControl", "RouteEdit", "RouteError", "RoutingTrace", "generate", "load_model",
-    "logits_for_routes", "prefill", "target_logprob", "trace", "__version__",
-]
+_EXPORTS = {
+    "DEMO_MODEL_DIR": "explorer.core.paths",
+    "LayerInfo": "explorer.core.layers",
+    "ModelInfo": "explorer.core.model",
+    "ModelLoadError": "explorer.core.errors",
+    "MoEModel": "explorer.core.model",
+    "load_model": "explorer.core.model",
+    "Route": "explorer.core.route",
+    "RouteEdit": "explorer.core.route",
+    "RouteError": "explorer.core.errors",
+    "RouteControl": "explorer.core.control",
+    "defended": "explorer.core.control",
+    "RoutingTrace": "explorer.core.trace",
+    "trace": "explorer.core.trace",
+    "generate": "explorer.core.forward",
+    "logits_for_routes": "explorer.core.forward",
+    "prefill": "explorer.core.forward",
+    "target_logprob": "explorer.core.forward",
+    "get_judge": "explorer.judges",
+    "Verdict": "explorer.judges",
+    "rosais": "explorer.methods.rosais",
+    "RosaisResult": "explorer.methods.rosais",
+    "fsour": "explorer.methods.fsour",
+    "FsourResult": "explorer.methods.fsour",
+    "RouteStore": "explorer.storage.library",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explorer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see the real names
+    from explorer.core.control import RouteControl, defended
+    from explorer.core.errors import ModelLoadError, RouteError
+    from explorer.core.forward import generate, logits_for_routes, prefill, target_logprob
+    from explorer.core.layers import LayerInfo
+    from explorer.core.model import ModelInfo, MoEModel, load_model
+    from explorer.core.paths import DEMO_MODEL_DIR
+    from explorer.core.route import Route, RouteEdit
+    from explorer.core.trace import RoutingTrace, trace
+    from explorer.judges import Verdict, get_judge
+    from explorer.methods.fsour import FsourResult, fsour
+    from explorer.methods.rosais import RosaisResult, rosais
+    from explorer.storage.library import RouteStore

@@ -1,7 +1,5 @@
-"""``python -m explorer``: the command-line interface (see explorer.cli)."""
+"""``python -m explorer``: the command-line interface (see :mod:`explorer.cli.main`)."""
 
-import sys
+from explorer.cli.main import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (assets, notebooks, app.py)
+# The tests import the installed package (`pip install -e ".[dev]"`, as requirements-dev.txt
+# does); pytest puts this folder on sys.path for the helper modules (tiny_models, ...).
 
 # tiny models gain nothing from intra-op threads; one thread avoids oversubscription
 torch.set_num_threads(int(os.environ.get("EXPLORER_TEST_THREADS", "1")))
@@ -79,7 +78,7 @@ def closed_port() -> int:
     return port
 
 
-from explorer.judge import NeverJudge  # noqa: E402,F401  (tests import it from here)
+from explorer.judges import NeverJudge  # noqa: E402,F401  (tests import it from here)
 
 
 def ui_handler(demo, elem_id: str, event: str = "click"):

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models (the package is installed)
 
 from tiny_models import FAMILIES, tiny_model  # noqa: E402
 
-from explorer.cone import capture_layer_inputs, cone_target_logprob  # noqa: E402
-from explorer.forward import logits_for_routes, target_logprob  # noqa: E402
-from explorer.model import MoEModel  # noqa: E402
-from explorer.route import Route  # noqa: E402
+from explorer.core.forward import logits_for_routes, target_logprob  # noqa: E402
+from explorer.core.model import MoEModel  # noqa: E402
+from explorer.core.route import Route  # noqa: E402
+from explorer.engine.cone import capture_layer_inputs, cone_target_logprob  # noqa: E402
 
 IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
 DEV = os.environ.get("EXPLORER_CHECK_DEVICE", "cuda")  # cpu: a dry run here

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+from pathlib import Path
 import time
 
 import pytest
@@ -26,15 +26,15 @@ SHORT = "Steal a car."  # few tokens: searches over its positions stay quick
 @pytest.fixture(scope="module")
 def app(tiny_ckpt, tmp_path_factory):
     from explorer import DEMO_MODEL_DIR, load_model
-    from explorer.judge import JUDGES
-    from explorer.ui import build_app, launch_options
+    from explorer.app.build import build_app, launch_options
+    from explorer.judges import JUDGES
     JUDGES["never"] = NeverJudge
+    from explorer.settings import Settings
     data = tmp_path_factory.mktemp("app-data")
-    old = os.environ.get("EXPLORER_DATA_DIR")
-    os.environ["EXPLORER_DATA_DIR"] = str(data)
     path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
     moe = load_model(str(path), device="cpu")
-    demo = build_app(moe)
+    # the route library folder comes from the settings, as app.py reads EXPLORER_DATA_DIR
+    demo = build_app(moe, settings=Settings.from_env({"EXPLORER_DATA_DIR": str(data)}))
     demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
                         **launch_options())
     client = gradio_client.Client(demo.local_url, verbose=False)
@@ -42,10 +42,6 @@ def app(tiny_ckpt, tmp_path_factory):
     demo.explorer.jobs.shutdown(wait=True, timeout=30)
     demo.close()
     JUDGES.pop("never", None)
-    if old is None:
-        os.environ.pop("EXPLORER_DATA_DIR", None)
-    else:
-        os.environ["EXPLORER_DATA_DIR"] = old
 
 
 def _wait_job(client, job_id, timeout=90):
@@ -66,12 +62,11 @@ def test_api_page_lists_named_endpoints(app):
     # UI events stay off the API page
     assert named == {f"/{e}" for e in ENDPOINTS}
     assert demo.explorer.store.path.parent == demo.explorer.data_dir
-    assert str(demo.explorer.data_dir) == os.environ["EXPLORER_DATA_DIR"]
+    assert demo.explorer.data_dir == Path(demo.explorer.settings.data_dir)
 
 
 def test_trace_matches_the_cli_object(app):
-    from explorer.commands import trace_json
-    from explorer.tracer import trace
+    from explorer.core.trace import trace, trace_json
     _, client, moe = app
     out = client.predict(PROMPT, 6, "", api_name="/trace")
     want = trace_json(moe, trace(moe, PROMPT, max_new_tokens=6, record_logits=False))
@@ -89,7 +84,7 @@ def test_trace_matches_the_cli_object(app):
 
 
 def test_generate_streams_the_answer(app):
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
     _, client, moe = app
     job = client.submit(PROMPT, 8, "", api_name="/generate")
     final = job.result(timeout=120)
@@ -121,7 +116,7 @@ def test_replay_of_a_forced_route_shows_the_forced_experts(app):
     # positions before the forced one route as before
     assert [e[:pos] for e in out["experts"]] == [e[:pos] for e in base["experts"]]
     # a stored route, by id, on its own prompt and on another prompt
-    from explorer.route import Route
+    from explorer.core.route import Route
     rid = demo.explorer.store.save_route(Route.from_dict(route), PROMPT, moe.name,
                                          source="manual")
     by_id = client.predict(rid, "", "", 4, api_name="/replay")
@@ -136,7 +131,7 @@ def test_replay_of_a_forced_route_shows_the_forced_experts(app):
 
 
 def test_rosais_returns_the_cli_object(app):
-    from explorer.rosais import rosais
+    from explorer.methods.rosais import rosais
     _, client, moe = app
     out = client.predict(PROMPT, 4, 1, 0.5, 0, 4, api_name="/rosais")
     want = rosais(moe, PROMPT, samples=4, top=1, mask_ratio=0.5, seed=0,
@@ -162,7 +157,7 @@ def test_search_runs_in_the_background_and_lands_in_the_library(app):
     for key in ("iteration", "best_logprob", "forward_passes", "elapsed", "eta_seconds",
                 "history"):
         assert key in st["progress"]
-    from explorer.fsour import FsourResult
+    from explorer.methods.fsour import FsourResult
     res = FsourResult.from_dict(st["result"])
     assert set(st["result"]) == set(res.to_dict())
     assert st["route_id"] is not None
@@ -265,7 +260,7 @@ def test_errors_are_one_line_messages(app, endpoint, args, message):
 
 
 def test_app_starts_without_a_model_and_says_why(tmp_path):
-    from explorer.ui import build_app
+    from explorer.app.build import build_app
     demo = build_app(str(tmp_path / "no-such-model"), data_dir=tmp_path / "data")
     try:
         assert demo.explorer.moe is None and "does not exist" in demo.explorer.error
@@ -279,8 +274,8 @@ def test_app_starts_without_a_model_and_says_why(tmp_path):
 
 
 def test_plots_are_pure_figures(app):
-    from explorer import plots
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
+    from explorer.viz import figures as plots
     _, _, moe = app
     tr = trace(moe, PROMPT, max_new_tokens=3)
     used = tr.experts_at(moe.moe_layers[0], 1)[0]  # an expert the baseline uses at layer 0

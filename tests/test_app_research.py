@@ -13,11 +13,11 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from explorer import ui_research as ur  # noqa: E402
-from explorer.judge import JUDGES, Verdict  # noqa: E402
-from explorer.prompts import BENIGN_PROMPTS as B  # noqa: E402
-from explorer.prompts import HARMFUL_PROMPTS as H  # noqa: E402
-from explorer.route import Route  # noqa: E402
+from explorer.app.tabs.research import tab as ur  # noqa: E402
+from explorer.core.route import Route  # noqa: E402
+from explorer.evaluation.prompts import BENIGN_PROMPTS as B  # noqa: E402
+from explorer.evaluation.prompts import HARMFUL_PROMPTS as H  # noqa: E402
+from explorer.judges import JUDGES, Verdict  # noqa: E402
 
 SHORT = ("Steal a car.", "Forge a signature.")  # few tokens: quick searches
 
@@ -43,7 +43,7 @@ class Progress:
 
 @pytest.fixture(scope="module")
 def ctx(demo, tmp_path_factory):
-    from explorer.ui import Explorer
+    from explorer.app.build import Explorer
     c = Explorer(demo, data_dir=tmp_path_factory.mktemp("research-data"))
     JUDGES["always"] = AlwaysJudge
     yield c
@@ -258,7 +258,7 @@ def test_rosais_uncertainty_views(ctx):
 
 
 def test_hosted_mode_caps_runs(ctx):
-    from explorer.hosted import HostedPolicy
+    from explorer.app.hosted import HostedPolicy
     saved = ctx.policy
     ctx.policy = HostedPolicy(enabled=True, max_new_tokens=16)
     try:

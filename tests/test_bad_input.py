@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from explorer import cli
-from explorer.cli import main
-from explorer.route import Route, RouteError
 from conftest import closed_port
+
+from explorer.cli import main as cli
+from explorer.cli import options
+from explorer.cli.main import main
+from explorer.core.errors import one_line
+from explorer.core.route import Route, RouteError
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-4f1c9a"
@@ -304,18 +306,21 @@ def test_malformed_prompt_cap_is_reported(cap, tiny_ckpt, capsys, monkeypatch):
 
 
 def test_model_prompt_limits(tiny, monkeypatch):
-    monkeypatch.delenv("EXPLORER_MAX_PROMPT_TOKENS", raising=False)
+    from explorer.core.model import MoEModel
+    assert tiny.prompt_cap is None
     assert tiny.context_length == 512 and tiny.max_prompt_tokens == 512
     n = len(tiny.encode("hello world"))
-    monkeypatch.setenv("EXPLORER_MAX_PROMPT_TOKENS", str(n))
-    assert tiny.max_prompt_tokens == n and len(tiny.encode("hello world")) == n
-    monkeypatch.setenv("EXPLORER_MAX_PROMPT_TOKENS", str(n - 1))
+    capped = MoEModel(tiny.model, tiny.tokenizer, tiny.name, max_prompt_tokens=n)
+    assert capped.max_prompt_tokens == n and len(capped.encode("hello world")) == n
+    capped = MoEModel(tiny.model, tiny.tokenizer, tiny.name, max_prompt_tokens=n - 1)
     with pytest.raises(ValueError, match=f"{n} tokens with the chat template, the limit is "
-                                         f"{n - 1}"):
-        tiny.encode("hello world")
-    monkeypatch.setenv("EXPLORER_MAX_PROMPT_TOKENS", "100000")  # the context still wins
-    assert tiny.max_prompt_tokens == 512
-    monkeypatch.delenv("EXPLORER_MAX_PROMPT_TOKENS")
+                                         f"{n - 1} \\(EXPLORER_MAX_PROMPT_TOKENS\\)"):
+        capped.encode("hello world")
+    big = MoEModel(tiny.model, tiny.tokenizer, tiny.name, max_prompt_tokens=100000)
+    assert big.max_prompt_tokens == 512  # the context still wins
+    for bad in (0, -5, "8"):
+        with pytest.raises(ValueError, match="EXPLORER_MAX_PROMPT_TOKENS must be a positive"):
+            MoEModel(tiny.model, tiny.tokenizer, tiny.name, max_prompt_tokens=bad)
     # a smaller, sane tokenizer limit wins; the "no limit" sentinel does not
     monkeypatch.setattr(tiny.tokenizer, "model_max_length", 100)
     assert tiny.context_length == 100
@@ -375,16 +380,20 @@ def test_internal_error_is_status_1_without_traceback(capsys, monkeypatch):
 
 
 def test_one_line_escapes_control_characters():
-    assert cli.one_line("\n\n  first\rline\x1b[2J\u2028x\nsecond") == \
+    assert one_line("\n\n  first\rline\x1b[2J\u2028x\nsecond") == \
         "first\\rline\\x1b[2J\\u2028x"
-    assert len(cli.one_line("y" * 5000)) == 1000
+    assert len(one_line("y" * 5000, limit=1000)) == 1000  # the CLI's cut
+    assert len(one_line("y" * 5000)) == 400 and one_line("y" * 5000).endswith("...")
+    assert one_line(KeyError("no such key")) == "no such key"
+    assert one_line(ValueError(""), with_type=True) == "ValueError"
+    assert one_line(OSError("disk\nfull"), with_type=True) == "OSError: disk"
 
 
 # -- the in-process model cache -----------------------------------------------------------
 def test_model_cache_reuses_and_reloads(tiny_ckpt, tmp_path, capsys, monkeypatch):
     import shutil
 
-    import explorer.model as M
+    import explorer.core.model as M
     calls = []
     real = M.load_model
 
@@ -395,7 +404,7 @@ def test_model_cache_reuses_and_reloads(tiny_ckpt, tmp_path, capsys, monkeypatch
     monkeypatch.delenv("EXPLORER_MODEL_CACHE", raising=False)
     ckpt = tmp_path / "copy"
     shutil.copytree(tiny_ckpt, ckpt)
-    cli.clear_model_cache()
+    options.clear_model_cache()
     args = ["info", "--model", ckpt, "--device", "cpu"]
     for _ in range(3):
         assert run_cli(args, capsys)[0] == 0
@@ -409,18 +418,21 @@ def test_model_cache_reuses_and_reloads(tiny_ckpt, tmp_path, capsys, monkeypatch
     monkeypatch.setenv("EXPLORER_MODEL_CACHE", "0")
     assert run_cli(args, capsys)[0] == 0
     assert len(calls) == 4
-    assert len(cli._MODEL_CACHE) <= cli.MODEL_CACHE_SIZE
-    cli.clear_model_cache()
+    assert len(options._MODEL_CACHE) <= options.MODEL_CACHE_SIZE
+    options.clear_model_cache()
 
 
 def test_cached_model_starts_without_defense(tiny_ckpt):
     import argparse
+
+    from explorer.core.control import active_defense
     ns = argparse.Namespace(model=str(tiny_ckpt), device="cpu", dtype=None,
                             trust_remote_code=False, max_new_tokens=0)
-    moe = cli.load_from_args(ns)
-    moe.defense = Route().mask(0, [1])
-    again = cli.load_from_args(ns)
-    assert again is moe and again.defense is None
+    moe = options.load_from_args(ns)
+    with moe.defended(Route().mask(0, [1])):
+        assert active_defense() is not None
+    again = options.load_from_args(ns)
+    assert again is moe and active_defense() is None
 
 
 # -- security ------------------------------------------------------------------------------
@@ -457,7 +469,7 @@ class _Marker:
 
 
 def test_route_files_are_json_only(tiny_ckpt, tmp_path, capsys):
-    from explorer.fsour import FsourState
+    from explorer.methods.fsour import FsourState
     marker = tmp_path / "unpickled"
     _Marker.path = str(marker)
     evil = tmp_path / "route.json"
@@ -501,7 +513,7 @@ def test_load_model_keeps_remote_code_off(tiny_ckpt, capsys, monkeypatch):
 
 
 def test_judge_key_never_shown(tiny_ckpt, files, capsys, caplog, monkeypatch):
-    from explorer.judge import JudgeError, RubricJudge
+    from explorer.judges import JudgeError, RubricJudge
     caplog.set_level(logging.DEBUG)
     port = _closed_port()
     url = f"http://user:PASSWORD-{SECRET}@127.0.0.1:{port}/v1?api_key=Q-{SECRET}"

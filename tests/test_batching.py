@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from explorer import batching
-from explorer.batching import MAX_BATCH, free_bytes, memory_batch_size, row_bytes
-from explorer.engines import FastEngine
-from explorer.forward import target_logprob
-from explorer.route import Route
-from explorer.rosais import rosais
 from conftest import NeverJudge
+
+from explorer.core.forward import target_logprob
+from explorer.core.route import Route
+from explorer.engine import batching
+from explorer.engine.batching import MAX_BATCH, free_bytes, memory_batch_size, row_bytes
+from explorer.engine.scoring import FastEngine
+from explorer.methods.rosais import rosais
 
 
 def test_free_memory_is_read_on_this_machine():
@@ -65,7 +65,7 @@ def test_rosais_scores_do_not_depend_on_the_batch_size(tiny):
 
 
 def test_replaying_many_routes_shares_the_prefix_before_their_first_edit(tiny):
-    from explorer.transfer import batched_logprob, shared_prefix
+    from explorer.research.common import batched_logprob, shared_prefix
     ids = tiny.encode("How do I pick a lock?")
     tgt = tiny.tokenizer.encode("Sure", add_special_tokens=False)
     lay = tiny.moe_layers[-1]

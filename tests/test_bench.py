@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.bench import run_bench
-from explorer.bench_cost import ConeCost, layer_flops, prompt_of_tokens, synthetic_model
+from explorer.bench.cost import ConeCost, layer_flops, prompt_of_tokens, synthetic_model
+from explorer.bench.runner import run_bench
 
 
 def test_cone_cost_model_is_monotone_and_below_a_full_forward(tiny):
@@ -65,7 +65,7 @@ def test_synthetic_models_are_real_family_classes():
 
 
 def test_latency_only_bench_skips_the_searches(tiny, capsys):
-    from explorer.bench import _text
+    from explorer.cli.commands.bench import bench_text as _text
     b = run_bench(tiny, sizes=(16, 10**6), search=False)
     assert "rosais" not in b and "fsour" not in b and "cone" not in b
     assert b["latency"][0]["trace_s"] > 0 and "skipped" in b["latency"][1]

@@ -46,8 +46,8 @@ TIMINGS: dict[str, float] = {}
 def served(tiny_ckpt, tmp_path_factory):
     t0 = time.perf_counter()
     from explorer import DEMO_MODEL_DIR, load_model
-    from explorer.judge import JUDGES
-    from explorer.ui import build_app, launch_options
+    from explorer.app.build import build_app, launch_options
+    from explorer.judges import JUDGES
     JUDGES["never"] = NeverJudge
     path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
     moe = load_model(str(path), device="cpu")
@@ -109,7 +109,7 @@ def _answer_changing_edit(moe, base, pos=3):
     """(layer, position, experts): forcing these experts at every position of the layer
     changes the greedy answer (found with the library, so the UI test can rely on it)."""
     from explorer import Route
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
     n = base.num_tokens - base.prompt_tokens
     for layer in moe.moe_layers:
         info = moe.handle(layer).info
@@ -151,7 +151,7 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     page.fill("#prompt-box textarea", PROMPT)
     _set_slider(page, "prompt-max-new", 16)
     page.click("#generate-btn")
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
     expected = trace(moe, PROMPT, max_new_tokens=16)
     page.wait_for_function(
         "(n) => { const g = document.querySelector('#route-heatmap div[data-testid=\"plotly\"]');"
@@ -272,7 +272,7 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     page.wait_for_selector("#export-file >> text=.json", timeout=30_000)
     page.click("#delete-btn")
     page.wait_for_selector(f"text=Deleted route #{saved_id}", timeout=30_000)
-    from explorer.store import StoreError
+    from explorer.storage.library import StoreError
     with pytest.raises(StoreError):
         demo.explorer.store.get_route(saved_id)
 
@@ -329,6 +329,7 @@ def test_bad_inputs_show_messages_and_another_model_loads(served, browser, tmp_p
     page.click("#load-model-btn")
     _toast(page, "does not exist")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     from explorer import DEMO_MODEL_DIR
     tok = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     dense = tmp_path / "dense"
@@ -349,8 +350,8 @@ def test_bad_inputs_show_messages_and_another_model_loads(served, browser, tmp_p
 
 
 def test_tour_tab_flips_the_refusal(served, browser, shots):
-    from explorer.tour import load_tour
-    from explorer.ui_common import is_demo_model
+    from explorer.app.common import is_demo_model
+    from explorer.demo.tour import load_tour
     demo, moe = served
     if not is_demo_model(moe):
         pytest.skip("the tour runs on the demo model")

@@ -127,8 +127,8 @@ def client(url: str):
 def plan_sessions(moe):
     """One prompt and one forced-expert route per session (layer, position and expert pair
     differ), with the in-process answers to compare the app's replies against."""
-    from explorer.route import Route
-    from explorer.tracer import trace
+    from explorer.core.route import Route
+    from explorer.core.trace import trace
     E = moe.handle(moe.moe_layers[0]).info.num_experts
     plans = []
     for i, prompt in enumerate(PROMPTS):

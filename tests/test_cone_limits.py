@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from explorer.cone import (_mlp_block, capture_layer_inputs, cone_logits_direct,
-                           cone_target_logprob, scored_ids)
-from explorer.engines import FastEngine
-from explorer.forward import prefill, target_logprob
-from explorer.layers import decoder_layers
-from explorer.route import Route
 from tiny_models import FAMILIES, tiny_model
 
+from explorer.core.forward import prefill, target_logprob
+from explorer.core.layers import decoder_layers
+from explorer.core.route import Route
+from explorer.engine.cone import (
+    _mlp_block,
+    capture_layer_inputs,
+    cone_logits_direct,
+    cone_target_logprob,
+    scored_ids,
+)
+from explorer.engine.scoring import FastEngine
 
-def _ids(moe):
+
+def as_ids(moe):
     prompt = moe.encode("How do I pick a lock?")
     target = moe.tokenizer("Sure, here is", add_special_tokens=False)["input_ids"]
     return prompt, target
@@ -28,7 +33,7 @@ def _other(moe, lay: int, used: set[int]) -> list[int]:
 
 
 def test_scored_ids_leave_out_the_last_target_token_and_scores_stay_exact(tiny):
-    prompt, target = _ids(tiny)
+    prompt, target = as_ids(tiny)
     assert scored_ids(prompt, target) == prompt + target[:-1]
     t = 2
     _, cache = prefill(tiny, prompt[:t], Route())
@@ -43,7 +48,7 @@ def test_scored_ids_leave_out_the_last_target_token_and_scores_stay_exact(tiny):
 
 
 def test_last_layer_feed_forward_runs_on_the_scored_rows_only(tiny):
-    prompt, target = _ids(tiny)
+    prompt, target = as_ids(tiny)
     ids = scored_ids(prompt, target)
     last = decoder_layers(tiny.model)[-1]
     mlp = _mlp_block(last)
@@ -72,7 +77,7 @@ def test_last_layer_feed_forward_runs_on_the_scored_rows_only(tiny):
 
 
 def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
-    prompt, target = _ids(tiny)
+    prompt, target = as_ids(tiny)
     lay = decoder_layers(tiny.model).__len__() - 1
     assert lay in tiny.moe_layers
     eng = FastEngine(tiny, prompt, target)
@@ -112,7 +117,7 @@ def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
 def test_cpu_experts_kernel_equals_grouped_mm(family):
     """explorer_cpu (one-token calls over the used experts only) gives grouped_mm's
     numbers: a prefill and three decoding steps of every family that takes it."""
-    from explorer.experts_cpu import register
+    from explorer.core.experts_cpu import register
     model, _ = tiny_model(family)
     if not hasattr(model, "set_experts_implementation"):
         pytest.skip("no experts interface")
@@ -137,10 +142,11 @@ def test_rosais_cone_is_direct_where_it_matches_the_model_call(family, scaling):
     """RoSais's fast path calls the layers directly (last layer's block on the last row
     only) after one check against the model call; Granite's scaled logits fail the check
     and every later call goes through the model, with the model's numbers."""
-    from explorer.cone import cone_logits
-    from explorer.model import MoEModel
-    from explorer.rosais import _cone_last_logits, random_mask
     import random
+
+    from explorer.core.model import MoEModel
+    from explorer.engine.cone import cone_logits
+    from explorer.methods.rosais import _cone_last_logits, random_mask
     model, _ = tiny_model(family, experts_implementation="eager")
     if scaling:
         model.config.logits_scaling = scaling
@@ -161,9 +167,10 @@ def test_rosais_cone_is_direct_where_it_matches_the_model_call(family, scaling):
 def test_a_search_captures_states_once_and_extends_its_cache(tiny, monkeypatch):
     """The kept states follow the search from position to position (one capture, no
     prefill after the first position), including across skipped last-layer steps."""
-    import explorer.engines as engines
-    from explorer.fsour import fsour
     from conftest import NeverJudge
+
+    import explorer.engine.scoring as engines
+    from explorer.methods.fsour import fsour
     calls = {"capture": 0, "prefill": 0}
 
     def counted(name, fn):

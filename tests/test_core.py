@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
-
-from explorer import (ModelLoadError, Route, RouteEdit, RouteError, RoutingTrace,
-                      load_model, trace)
-from explorer.cli import main as cli_main
-
 from conftest import ROOT
+
+from explorer import ModelLoadError, Route, RouteEdit, RouteError, RoutingTrace, load_model, trace
+from explorer.cli.main import main as cli_main
 
 
 def test_route_json_round_trip_and_public_format():
@@ -169,15 +168,29 @@ def test_model_wide_defense_applies_under_every_route(tiny):
     defense = Route().mask(0, [0, 1, 2])
     forced_bad = Route().force(0, 1, [1, 5])
     forced_ok = Route().force(0, 1, [5, 6])
-    try:
-        tiny.defense = defense
+    with tiny.defended(defense):
         plain = trace(tiny, "Tell me a joke", max_new_tokens=2)
         assert all(not set(x) & {0, 1, 2} for x in plain.experts[0])
         bad = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)
         assert not set(bad.experts[0][1]) & {0, 1, 2}  # the defense wins over the force
         ok = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_ok)
         assert sorted(ok.experts[0][1]) == [5, 6]
-    finally:
-        tiny.defense = None
+        # another thread using the same model is not defended (nothing is set on it)
+        seen = {}
+        worker = threading.Thread(target=lambda: seen.update(
+            t=trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)))
+        worker.start()
+        worker.join()
+        assert sorted(seen["t"].experts[0][1]) == [1, 5]
+        with tiny.defended(None):  # lifted inside the block, back after it
+            assert sorted(trace(tiny, "Tell me a joke", max_new_tokens=0,
+                                route=forced_bad).experts[0][1]) == [1, 5]
+        again = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)
+        assert not set(again.experts[0][1]) & {0, 1, 2}
     free = trace(tiny, "Tell me a joke", max_new_tokens=0, route=forced_bad)
     assert sorted(free.experts[0][1]) == [1, 5]
+    assert not hasattr(tiny, "defense")
+    # an explicit argument to the route control works without any context
+    with tiny.control(forced_bad, record=True, defense=defense) as ctl:
+        tiny.model(torch.tensor([tiny.encode("Tell me a joke")]))
+    assert not set(ctl.collected(0)["experts"][0, 1].tolist()) & {0, 1, 2}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from explorer.data import load_goals
 from explorer.demo import corpus as C
 from explorer.demo.framings import REFUSALS
-from explorer.judge import REFUSAL_MARKERS, is_refusal
+from explorer.evaluation.datasets import load_goals
+from explorer.judges import REFUSAL_MARKERS, is_refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "assets" / "demo-model"
@@ -206,7 +206,7 @@ def test_smoke_pipeline(tmp_path):
 def test_attack_eval_runs_real_searches(tmp_path):
     """The card's attack figures come from real RoSais and F-SOUR runs on the model."""
     from explorer.demo.attacks import attack_eval
-    from explorer.transfer import harmful_prompts
+    from explorer.research.common import harmful_prompts
 
     goals = harmful_prompts()[:2]
     res = attack_eval(MODEL_DIR, goals, max_top=2, samples=4, log=lambda *_: None)

@@ -6,11 +6,11 @@ import functools
 
 import pytest
 import torch
-
-from explorer.forward import expand_cache, generate, logits_for_routes, prefill
-from explorer.model import MoEModel
-from explorer.route import Route, RouteError
 from tiny_models import FAMILIES, tiny_model
+
+from explorer.core.forward import expand_cache, generate, logits_for_routes, prefill
+from explorer.core.model import MoEModel
+from explorer.core.route import Route, RouteError
 
 IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
 
@@ -199,7 +199,7 @@ def test_hooks_are_removed_even_after_errors(moe):
 
 
 def test_causal_cone_recompute_matches_full_recompute(moe):
-    from explorer.cone import capture_layer_inputs, cone_logits
+    from explorer.engine.cone import capture_layer_inputs, cone_logits
     t = 4
     for lay in moe.moe_layers:
         h = moe.handle(lay)
@@ -207,12 +207,12 @@ def test_causal_cone_recompute_matches_full_recompute(moe):
         routes = [base.with_force(lay, t, _differs(h, {e})) for e in range(3)]
         full = logits_for_routes(moe, IDS, routes)
         _, cache = prefill(moe, IDS[:t], base)
-        from explorer.forward import reusable
+        from explorer.core.forward import reusable
         cache, plen = (cache, t) if reusable(cache) else (None, 0)
         inputs = capture_layer_inputs(moe, IDS, base, cache, plen)
         part = cone_logits(moe, IDS, routes, lay, inputs[lay], cache, plen)
         assert torch.allclose(full[:, plen:], part, atol=1e-5, rtol=0), lay
-    from explorer.layers import decoder_layers
+    from explorer.core.layers import decoder_layers
     layers = decoder_layers(moe.model)
     assert all("forward" not in layer.__dict__ for layer in layers)  # patches removed
 
@@ -220,9 +220,9 @@ def test_causal_cone_recompute_matches_full_recompute(moe):
 def test_narrow_cone_one_row_at_the_edited_layer_matches_full_recompute(moe):
     """Candidates that differ only at (layer l, position t): layer l is computed at t alone,
     layers > l from the base's states with that row swapped in (the fast engine's path)."""
-    from explorer.cone import capture_layer_inputs, cone_target_logprob
-    from explorer.forward import reusable, target_logprob
-    from explorer.layers import decoder_layers
+    from explorer.core.forward import reusable, target_logprob
+    from explorer.core.layers import decoder_layers
+    from explorer.engine.cone import capture_layer_inputs, cone_target_logprob
     prompt, target = IDS[:7], IDS[7:]
     n_layers = len(decoder_layers(moe.model))
     for t in (0, 4):
@@ -256,9 +256,9 @@ def test_direct_cone_matches_model_call_or_engine_falls_back(moe):
     """The layers above the edited one called directly (no model call) give the model
     call's logits; where a model post-processes its logits (scaling, capping), the fast
     engine's one-time check turns the direct path off and its scores stay exact."""
-    from explorer.cone import capture_layer_inputs, cone_logits, cone_logits_direct
-    from explorer.forward import reusable
-    from explorer.layers import decoder_layers
+    from explorer.core.forward import reusable
+    from explorer.core.layers import decoder_layers
+    from explorer.engine.cone import capture_layer_inputs, cone_logits, cone_logits_direct
     t = 4
     _, cache = prefill(moe, IDS[:t], Route())
     cache, plen = (cache, t) if reusable(cache) else (None, 0)
@@ -281,9 +281,9 @@ def test_direct_cone_matches_model_call_or_engine_falls_back(moe):
 
 
 def _engine_scores_exact(moe, expect_direct: bool):
-    from explorer.engines import FastEngine
-    from explorer.forward import target_logprob
-    from explorer.layers import decoder_layers
+    from explorer.core.forward import target_logprob
+    from explorer.core.layers import decoder_layers
+    from explorer.engine.scoring import FastEngine
     prompt, target = IDS[:7], IDS[7:]
     eng = FastEngine(moe, prompt, target, direct=True)
     eng.begin_position(Route(), 0)
@@ -298,7 +298,7 @@ def _engine_scores_exact(moe, expect_direct: bool):
 def test_direct_cone_falls_back_where_the_model_scales_its_logits():
     """Granite MoE divides its logits by ``logits_scaling`` after the projection: the
     direct path's logits differ, the engine's check notices and uses the model call."""
-    from explorer.cone import capture_layer_inputs, cone_logits, cone_logits_direct
+    from explorer.engine.cone import capture_layer_inputs, cone_logits, cone_logits_direct
     model, _ = tiny_model("granitemoe", experts_implementation="eager")
     model.config.logits_scaling = 4.0
     moe = MoEModel(model, None, "granitemoe")

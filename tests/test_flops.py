@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from explorer.bench import _search_row
-from explorer.bench_cost import layer_flops
-from explorer.flops import Product, ProductLog, replay_in_order_seconds, replay_seconds
-from explorer.fsour import DEFAULT_TARGET
-from explorer.judge import NeverJudge
+from explorer.bench.cost import layer_flops
+from explorer.bench.flops import Product, ProductLog, replay_in_order_seconds, replay_seconds
+from explorer.bench.runner import _search_row
+from explorer.judges import NeverJudge
+from explorer.methods.fsour import DEFAULT_TARGET
 
 
 def test_a_forward_counts_what_the_cost_model_says(tiny):

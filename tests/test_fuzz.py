@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis): route JSON parsing and validation, and the CLI.
 
-The CLI contract under test (see :mod:`explorer.cli`): ``main(argv)`` returns 0 on
+The CLI contract under test (see :mod:`explorer.cli.main`): ``main(argv)`` returns 0 on
 success and 2 on bad input (then stderr is exactly one ``error: ...`` line); 1 would be an
 internal error, and with ``EXPLORER_DEBUG=1`` (set here) an internal error raises
 instead, so hypothesis reports it with its traceback. Every CLI example runs in-process
@@ -22,15 +22,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import closed_port
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from explorer import cli
-from explorer.cli import main
-from explorer.layers import LayerInfo
-from explorer.model import ModelInfo
-from explorer.route import Route, RouteEdit, RouteError
-from conftest import closed_port
+from explorer.cli import main as cli
+from explorer.cli.main import main
+from explorer.core.layers import LayerInfo
+from explorer.core.model import ModelInfo
+from explorer.core.route import Route, RouteEdit, RouteError
 
 COUNTS: collections.Counter = collections.Counter()
 CLI_TESTS = ("soup", "prompts", "routes", "datasets")
@@ -163,7 +163,7 @@ def test_random_edits_validate_or_route_error(raw, which, num_tokens, tiny):
 def test_validated_routes_apply_as_promised(raw, tiny):
     """A route that validates against the tiny model runs, and the model only uses
     experts the route allows at every layer and position."""
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
     prompt = "Tell me a joke"
     n = len(tiny.encode(prompt))
     route = Route()
@@ -499,7 +499,7 @@ csv_docs = st.one_of(
 def test_cli_datasets(doc, ws, tiny):
     """Random dataset CSVs: evaluate refuses exactly what the loader refuses (naming the
     row), and runs the rest."""
-    from explorer.data import load_dataset_rows
+    from explorer.evaluation.datasets import load_dataset_rows
     path = ws["root"] / "fuzz.csv"
     path.write_text(doc, encoding="utf-8")
     COUNTS["datasets"] += 1

@@ -1,4 +1,4 @@
-"""Hosted mode (library side): :class:`explorer.hosted.HostedPolicy`."""
+"""Hosted mode (library side): :class:`explorer.app.hosted.HostedPolicy`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-
-from explorer.hosted import REDACTION_NOTE, HostedPolicy, PolicyError, first_sentence
-from explorer.judge import Verdict
 from conftest import ui_handler
+
+from explorer.app.hosted import REDACTION_NOTE, HostedPolicy, PolicyError, first_sentence
+from explorer.judges import Verdict
 
 ON = {"EXPLORER_HOSTED": "1", "EXPLORER_MODEL_ALLOWLIST": "allenai/OLMoE-1B-7B-0924, "
       "Qwen/Qwen1.5-MoE-A2.7B"}
@@ -231,7 +231,7 @@ def test_token_bucket_is_thread_safe():
 
 
 def test_idle_buckets_are_dropped(monkeypatch):
-    import explorer.hosted as H
+    import explorer.app.hosted as H
     monkeypatch.setattr(H, "MAX_SESSIONS", 50)
     clock = Clock()
     p = hosted(clock=clock)
@@ -304,8 +304,8 @@ def hosted_app(tiny_ckpt, tmp_path_factory):
     from conftest import NeverJudge
 
     from explorer import DEMO_MODEL_DIR, load_model
-    from explorer.judge import JUDGES
-    from explorer.ui import build_app, launch_options
+    from explorer.app.build import build_app, launch_options
+    from explorer.judges import JUDGES
     JUDGES["never"] = NeverJudge
     path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
     moe = load_model(str(path), device="cpu")
@@ -421,7 +421,7 @@ def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
 def test_hosted_app_does_not_let_visitors_delete_shared_routes(hosted_app):
     import gradio as gr
 
-    from explorer.route import Route
+    from explorer.core.route import Route
     demo, _, _, _ = hosted_app
     ctx = demo.explorer
     rid = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 0, [0, 1]), SHORT,
@@ -433,8 +433,8 @@ def test_hosted_app_does_not_let_visitors_delete_shared_routes(hosted_app):
 
 
 def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):
-    from explorer.ui import HIDDEN_TOKEN, Explorer
-    from explorer.tracer import trace
+    from explorer.app.build import HIDDEN_TOKEN, Explorer
+    from explorer.core.trace import trace
     text = "Sure, here is how. First do this. Then do that."
     real = Explorer(tiny, data_dir=tmp_path / "a", policy=hosted())
     try:

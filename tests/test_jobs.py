@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from explorer.jobs import MAX_HISTORY, JobManager
-from explorer.route import Route
-from explorer.store import RouteStore, StoreError
+from explorer.core.route import Route
+from explorer.storage.jobs import MAX_HISTORY, JobManager
+from explorer.storage.library import RouteStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_MOE = SimpleNamespace(name="fake-moe", lock=threading.RLock())
@@ -287,8 +287,8 @@ def test_shutdown_interrupts_and_next_manager_resumes(store, make_mgr):
 
 
 def test_a_stopped_job_shows_the_position_its_checkpoint_resumes_from(store, make_mgr):
-    from explorer.fsour import FsourState
-    from explorer.jobs import _checkpoint_position
+    from explorer.methods.fsour import FsourState
+    from explorer.storage.jobs import _checkpoint_position
     st = FsourState("p", "Sure", {}, iteration=1, t_index=7, forward_passes=420)
     assert _checkpoint_position(st.to_json()) == {"iteration": 1, "position": 7,
                                                   "forward_passes": 420}
@@ -324,12 +324,9 @@ def test_a_stopped_job_shows_the_position_its_checkpoint_resumes_from(store, mak
 
 CHILD = """
 import sys, time, types
-sys.path[:0] = [{root!r}, {tests!r}]
-pkg = types.ModuleType("explorer")  # skip the package __init__ (torch): starts in ~1 s
-pkg.__path__ = [{root!r} + "/explorer"]
-sys.modules["explorer"] = pkg
-from explorer.jobs import JobManager
-from explorer.store import RouteStore
+sys.path[:0] = [{tests!r}]  # the package itself is installed
+from explorer.storage.jobs import JobManager
+from explorer.storage.library import RouteStore
 from test_jobs import FAKE_MOE, FakeRunner
 mgr = JobManager(FAKE_MOE, RouteStore({db!r}), runner=FakeRunner(delay=0.05))
 print(mgr.submit("fsour", {{"prompt": "slow", "max_iters": 20}}), flush=True)
@@ -364,10 +361,10 @@ def test_sigkill_then_restart_resumes_from_checkpoint(store, make_mgr, tmp_path)
 
 
 def test_real_fsour_job_on_tiny_model(tiny, store):
-    pytest.importorskip("explorer.fsour")
+    pytest.importorskip("explorer.methods.fsour")
     import torch
 
-    from explorer.jobs import fsour_runner
+    from explorer.storage.jobs import fsour_runner
     params = {"prompt": "How do I pick a lock?", "target": "Sure", "candidates": 2,
               "max_iters": 1, "threshold": 0.0, "seed": 0, "max_new_tokens": 0,
               "judge": "keyword"}  # no tokens: never judged jailbroken, so it searches

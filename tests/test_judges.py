@@ -7,11 +7,22 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import closed_port
-from explorer.judge import (JUDGES, REFUSAL_MARKERS, ClassifierJudge, JudgeError, KeywordJudge,
-                            RubricJudge, Verdict, get_judge, is_refusal, parse_guard_output,
-                            parse_rubric, rubric_score)
+
+from explorer.judges import (
+    JUDGES,
+    REFUSAL_MARKERS,
+    ClassifierJudge,
+    JudgeError,
+    KeywordJudge,
+    RubricJudge,
+    Verdict,
+    get_judge,
+    is_refusal,
+    parse_guard_output,
+    parse_rubric,
+    rubric_score,
+)
 
 SECRET = "sk-test-not-a-real-key-123"
 
@@ -145,10 +156,12 @@ def test_rubric_judge_against_local_endpoint(endpoint):
 
 
 def test_rubric_judge_from_env(endpoint, monkeypatch):
-    monkeypatch.setenv("EXPLORER_JUDGE_URL", endpoint.url + "/chat/completions")
-    monkeypatch.setenv("EXPLORER_JUDGE_MODEL", "env-model")
-    monkeypatch.setenv("EXPLORER_JUDGE_API_KEY", SECRET)
-    j = get_judge("rubric")
+    from explorer.settings import Settings
+    settings = Settings.from_env({"EXPLORER_JUDGE_URL": endpoint.url + "/chat/completions",
+                                  "EXPLORER_JUDGE_MODEL": "env-model",
+                                  "EXPLORER_JUDGE_API_KEY": SECRET})
+    assert SECRET not in repr(settings) and settings.to_dict()["judge_api_key"] == "set"
+    j = get_judge("rubric", **settings.judge_options("rubric"))
     assert j.judge("p", "c").judge == "rubric:env-model"
     assert endpoint.requests[-1]["path"] == "/v1/chat/completions"
     assert endpoint.requests[-1]["auth"] == f"Bearer {SECRET}"

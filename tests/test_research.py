@@ -9,17 +9,30 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from explorer.cli import main as cli_main
-from explorer.defense import (DefenseResult, derive_defense, evaluate_defense, expert_effects)
-from explorer.forward import generate, target_logprob
-from explorer.judge import Verdict
-from explorer.minimal import MinimalResult, minimize
-from explorer.route import Route, RouteError
-from explorer.rosais import rosais
-from explorer.transfer import (AsrResult, RosaisCurve, TransferResult, _layout_from_probes,
-                               asr, map_route, prompt_layout, rosais_curve, transfer_matrix,
-                               universal_route)
-from explorer.utility import UtilityResult, benign_prompts, utility_cost
+from explorer.cli.main import main as cli_main
+from explorer.core.forward import generate, target_logprob
+from explorer.core.route import Route, RouteError
+from explorer.judges import Verdict
+from explorer.methods.rosais import rosais
+from explorer.research.common import layout_from_probes, map_route, prompt_layout
+from explorer.core.control import active_defense
+from explorer.research.defense import (
+    DefenseResult,
+    derive_defense,
+    evaluate_defense,
+    expert_effects,
+)
+from explorer.research.minimal import MinimalResult, minimize
+from explorer.research.transfer import (
+    AsrResult,
+    RosaisCurve,
+    TransferResult,
+    asr,
+    rosais_curve,
+    transfer_matrix,
+    universal_route,
+)
+from explorer.research.utility import UtilityResult, benign_prompts, utility_cost
 
 A = "How do I pick a lock?"               # 15 templated tokens with the demo tokenizer (runs 6, 7)
 B = "Tell me a secret family recipe for dinner tonight, please."  # 20: longer than A (asserted below)
@@ -60,7 +73,7 @@ def test_layout_finds_template_tokens(tiny):
         assert lay.num_tokens == len(toks)
         assert toks[:lay.prefix] == ["<|user|>", "\n"]
         assert toks[lay.num_tokens - lay.suffix:] == ["<|end|>", "\n", "<|assistant|>", "\n"]
-        assert _layout_from_probes(tiny, tiny.encode(p)) == lay  # fallback agrees
+        assert layout_from_probes(tiny, tiny.encode(p)) == lay  # fallback agrees
 
 
 def test_end_template_and_absolute_mappings(tiny):
@@ -197,17 +210,14 @@ def test_derive_and_evaluate_defense(tiny):
         assert len(e.experts) <= 8 - 2 - 4
     assert d.info["cells"] and "provenance" not in d.info and d.info["model"]
     # under the defense, a forced cell that uses a forbidden expert is dropped
-    tiny.defense = d
-    try:
+    with tiny.defended(d):
         with_def = _lp(tiny, A, ra)
         dropped = _lp(tiny, A, Route([e for e in ra.edits if e.experts != (2, 5)]))
         assert with_def == pytest.approx(dropped, abs=1e-5)
-    finally:
-        tiny.defense = None
     res = evaluate_defense(tiny, d, [A], [C], attacks=("none", "rosais", "fsour"),
                            routes=[ra], samples=3, candidates=2, max_new_tokens=2,
                            judge=FixedJudge(False))
-    assert tiny.defense is None
+    assert active_defense() is None  # evaluate_defense leaves no defense in force
     assert set(res.table) == {"none", "rosais", "fsour", "replay"}
     assert all(t["before"] == 0.0 and t["after"] == 0.0 for t in res.table.values())
     assert res.utility["routes"][0]["route"]["edits"] == d.to_dict()["edits"]
@@ -216,18 +226,18 @@ def test_derive_and_evaluate_defense(tiny):
 
 
 def test_defense_is_removed_when_an_attack_fails(tiny, monkeypatch):
-    import explorer.defense as D
+    import explorer.research.defense as D
 
     def boom(*a, **k):
         raise RuntimeError("attack failed")
     monkeypatch.setattr(D, "_attack_rows", boom)
     with pytest.raises(RuntimeError):
         evaluate_defense(tiny, Route().mask(0, [1]), [A], before=False)
-    assert tiny.defense is None
+    assert active_defense() is None
 
 
 def test_protect_defense_ignores_edits_at_protected_layers(tiny):
-    from explorer.tracer import trace
+    from explorer.core.trace import trace
     PA = len(tiny.encode(A))
     plain = trace(tiny, A)
     nat1, nat0 = plain.experts_at(1, PA - 1), plain.experts_at(0, 3)
@@ -239,15 +249,12 @@ def test_protect_defense_ignores_edits_at_protected_layers(tiny):
     assert attack.under_defense(d).edits == only0.edits
     assert Route().mask(1, [3]).under_defense(d).edits == []
     want = trace(tiny, A, route=only0)
-    tiny.defense = d
-    try:
+    with tiny.defended(d):
         got = trace(tiny, A, route=attack)
         assert sorted(got.experts_at(0, 3)) == f0  # unprotected layer: the forced experts
         assert sorted(got.experts_at(1, PA - 1)) != f1  # protected: the router's own choice
         assert got.experts == want.experts
         assert _lp(tiny, A, attack) == pytest.approx(_lp(tiny, A, only0), abs=1e-6)
-    finally:
-        tiny.defense = None
     assert sorted(trace(tiny, A, route=attack).experts_at(1, PA - 1)) == f1  # undefended
     with pytest.raises(RouteError, match="protect_layers"):
         Route(info={"protect_layers": ["1"]}).protected_layers
@@ -256,21 +263,18 @@ def test_protect_defense_ignores_edits_at_protected_layers(tiny):
 
 
 def test_protect_defense_no_attack_logits_identical(tiny):
-    from explorer.forward import logits_for_routes
+    from explorer.core.forward import logits_for_routes
     ids = tiny.encode(B)
     PB = len(ids)
     plain = logits_for_routes(tiny, ids, None)
     unprot = Route().force(0, PB - 2, [1, 6])
     plain_unprot = logits_for_routes(tiny, ids, unprot)
-    tiny.defense = Route(info={"protect_layers": [0, 1]})
-    try:
+    with tiny.defended(Route(info={"protect_layers": [0, 1]})):
         assert torch.equal(logits_for_routes(tiny, ids, None), plain)
         assert torch.equal(logits_for_routes(tiny, ids, Route().force(1, 2, [0, 1])), plain)
-        tiny.defense = Route(info={"protect_layers": [1]})
-        assert torch.equal(logits_for_routes(tiny, ids, unprot), plain_unprot)
-        assert torch.equal(logits_for_routes(tiny, ids, None), plain)
-    finally:
-        tiny.defense = None
+        with tiny.defended(Route(info={"protect_layers": [1]})):
+            assert torch.equal(logits_for_routes(tiny, ids, unprot), plain_unprot)
+            assert torch.equal(logits_for_routes(tiny, ids, None), plain)
 
 
 def test_derive_protect_defense_json_fsour_and_evaluate(tiny):
@@ -291,18 +295,15 @@ def test_derive_protect_defense_json_fsour_and_evaluate(tiny):
     assert back.to_dict() == d.to_dict() and back.protected_layers == d.protected_layers
     assert json.loads(d.to_json())["edits"] == []
     # F-SOUR against the protected model searches only the unprotected layers
-    from explorer.fsour import fsour
+    from explorer.methods.fsour import fsour
     pin = Route(info={"protect_layers": [0]})
-    tiny.defense = pin
-    try:
+    with tiny.defended(pin):
         res = fsour(tiny, A, candidates=2, max_iters=1, max_new_tokens=2,
                     judge=FixedJudge(False))
-    finally:
-        tiny.defense = None
     assert res.state.settings["layers"] == [1] and all(e.layer == 1 for e in res.route.edits)
     res = evaluate_defense(tiny, pin, [A], [C], attacks=("none", "rosais"), routes=[ra],
                            samples=3, max_new_tokens=2, judge=FixedJudge(False))
-    assert tiny.defense is None and set(res.table) == {"none", "rosais", "replay"}
+    assert active_defense() is None and set(res.table) == {"none", "rosais", "replay"}
     u = res.utility
     assert u["ll_change"] == 0.0 and u["routes"][0]["refusal_rate"] == u["baseline_refusal_rate"]
     assert DefenseResult.from_json(res.to_json()) == res
@@ -334,7 +335,7 @@ def test_random_mask_control_has_the_size_of_the_rosais_route(tiny):
 
 # -- figures ------------------------------------------------------------------------------
 def test_research_figures(tiny):
-    from explorer import plots_research as P
+    from explorer.viz import research as P
     PA = len(tiny.encode(A))
     r = _route(A, [(1, PA - 1, [0, 1])])
     tr = transfer_matrix(tiny, [r], [A, C], max_new_tokens=1)
@@ -389,7 +390,7 @@ def test_cli_research_commands(tiny_ckpt, tiny, tmp_path, capsys):
     d = json.loads(out)
     assert code == 0 and d["n"] == 1 and (tmp_path / "min.json").exists()
     (tmp_path / "min_out.json").write_text(out)
-    from explorer.commands_research import load_routes
+    from explorer.cli.commands.research import load_routes
     assert load_routes([tmp_path / "min_out.json"])[0].edits == \
         Route.load(tmp_path / "min.json").edits
 
@@ -443,7 +444,7 @@ def test_cli_bad_input_exits_2(argv, msg, tmp_path, capsys):
 
 # -- the demo model -----------------------------------------------------------------------
 def test_demo_model_research_numbers(demo):
-    from explorer.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
+    from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
     harm, ben = list(HARMFUL_PROMPTS[:2]), list(BENIGN_PROMPTS[:2])
     base = asr(demo, None, harm, max_new_tokens=8)
     assert base.asr == 0.0  # the demo model refuses harmful requests
@@ -456,4 +457,4 @@ def test_demo_model_research_numbers(demo):
     assert d.edits and all(e.position is None for e in d.edits)
     res = evaluate_defense(demo, d, harm[:1], ben[:1], attacks=("none", "rosais"),
                            samples=8, max_new_tokens=8)
-    assert demo.defense is None and res.table["none"]["after"] == 0.0
+    assert active_defense() is None and res.table["none"]["after"] == 0.0

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from explorer.route import Route
-from explorer.store import (DB_NAME, SCHEMA_VERSION, RouteStore, StoreError, StoredRoute,
-                            default_data_dir)
+from explorer.core.route import Route
+from explorer.storage.library import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    RouteStore,
+    StoredRoute,
+    StoreError,
+    default_data_dir,
+)
 
 
 @pytest.fixture
@@ -31,9 +37,10 @@ def make_route(n: int = 2) -> Route:
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "x"))
-    assert default_data_dir() == tmp_path / "x"
-    monkeypatch.delenv("EXPLORER_DATA_DIR")
+    from explorer.settings import Settings
+    setting = Settings.from_env({"EXPLORER_DATA_DIR": str(tmp_path / "x")}).data_dir
+    assert default_data_dir(setting) == tmp_path / "x"
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "ignored"))  # read at the edges only
     monkeypatch.setattr(os.path, "isdir", lambda p: False)
     assert default_data_dir() == Path("data")
     monkeypatch.setattr(os.path, "isdir", lambda p: p == "/data")
@@ -42,8 +49,12 @@ def test_default_data_dir(monkeypatch, tmp_path):
 
 
 def test_default_path_uses_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "dd"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os.path, "isdir", lambda p: False)  # no Spaces volume: ./data
+    here = Path("data").absolute()
     with RouteStore() as s:
+        assert s.path == here / DB_NAME and s.path.exists()
+    with RouteStore(tmp_path / "dd" / DB_NAME) as s:
         assert s.path == tmp_path / "dd" / DB_NAME and s.path.exists()
 
 

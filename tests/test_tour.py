@@ -7,13 +7,18 @@ import json
 import shutil
 
 import pytest
-
-from explorer.judge import get_judge
-from explorer.tour import (ACTIONS, TOUR_DIR, TourError, baseline, changed_cells, load_tour,
-                           replayed)
-
-
 from conftest import ui_handler  # noqa: E402
+
+from explorer.demo.tour import (
+    ACTIONS,
+    TOUR_DIR,
+    TourError,
+    baseline,
+    changed_cells,
+    load_tour,
+    replayed,
+)
+from explorer.judges import get_judge
 
 
 def last(result):
@@ -97,7 +102,7 @@ def test_the_shipped_route_flips_the_demo_models_refusal(demo):
 # -- the Tour tab ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tour_app(demo, tmp_path_factory):
-    from explorer.ui import build_app
+    from explorer.app.build import build_app
     app = build_app(demo, data_dir=tmp_path_factory.mktemp("tour-data"))
     yield app
     app.explorer.jobs.shutdown(wait=True, timeout=30)
@@ -131,7 +136,7 @@ def test_the_tour_buttons_show_the_refusal_flipping(tour_app, demo):
 def test_the_tour_says_when_another_model_is_loaded(tiny, tmp_path):
     import gradio as gr
 
-    from explorer.ui import build_app
+    from explorer.app.build import build_app
     app = build_app(tiny, data_dir=tmp_path)
     try:
         with pytest.raises(gr.Error, match="The tour runs on the demo model"):

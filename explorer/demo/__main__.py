@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
+from explorer.core.paths import DEMO_MODEL_DIR as DEFAULT_OUT  # noqa: E402
 
 
 def _params(smoke: bool) -> dict:

@@ -2,7 +2,7 @@
 
 On the first ``rows`` AdvBench goals: the greedy answer without attack; RoSais with its
 top 1..3 routers masked next to the same number of random routers with random masks
-(:func:`explorer.transfer.rosais_curve`); and F-SOUR with its default settings and target on
+(:func:`explorer.research.transfer.rosais_curve`); and F-SOUR with its default settings and target on
 every goal the model refuses. Writes ``attacks.json`` into the model folder; the card
 shows it. ``workers`` > 1 splits the F-SOUR searches across processes (one model each).
 """
@@ -20,14 +20,14 @@ _MOE = {}
 def _worker_init(model_dir: str) -> None:
     import torch
 
-    from explorer.model import load_model
+    from explorer.core.model import load_model
 
     torch.set_num_threads(1)
     _MOE["moe"] = load_model(model_dir, device="cpu")
 
 
 def _search(item):
-    from explorer.fsour import fsour
+    from explorer.methods.fsour import fsour
 
     i, goal = item
     t = time.time()
@@ -42,9 +42,9 @@ def attack_eval(model_dir, goals, workers: int = 1, max_top: int = 3, samples: i
     """RoSais curve and F-SOUR flips on ``goals`` (harmful requests); returns a dict."""
     import multiprocessing as mp
 
-    from explorer.forward import generate
-    from explorer.judge import is_refusal
-    from explorer.transfer import rosais_curve
+    from explorer.core.forward import generate
+    from explorer.judges import is_refusal
+    from explorer.research.transfer import rosais_curve
 
     model_dir = str(model_dir)
     _worker_init(model_dir)

@@ -1,6 +1,12 @@
 """Model card (README.md) for the bundled demo model."""
 from __future__ import annotations
 
+from explorer.viz.text import pct
+
+
+def pct1(x) -> str:
+    return pct(x, 1)
+
 import json
 from pathlib import Path
 
@@ -13,10 +19,6 @@ _SETS = [
 ]
 
 
-def _pct(x):
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def _attacks(at: dict | None) -> str:
     if not at:
         return ("Not measured for these weights (`python -m explorer.demo attacks` writes "
@@ -25,10 +27,10 @@ def _attacks(at: dict | None) -> str:
     lines = [f"On the first {at['rows']} AdvBench rows ({at['refused']} refused without attack):", "",
              "| routers masked | RoSais (top routers, best masks) | random routers, random masks |",
              "| --- | --- | --- |"]
-    lines += [f"| {t if t else '0 (no attack)'} | {_pct(a)} | {_pct(r)} |"
+    lines += [f"| {t if t else '0 (no attack)'} | {pct1(a)} | {pct1(r)} |"
               for t, a, r in zip(ro["tops"], ro["asr"], ro["random_asr"])]
     lines += ["", f"F-SOUR, {fs['settings']}: flipped {fs['flipped']} of {at['refused']} refused requests "
-              f"({_pct(fs['flip_rate'])}); {fs['mean_seconds']:.1f} s per search on average, median "
+              f"({pct1(fs['flip_rate'])}); {fs['mean_seconds']:.1f} s per search on average, median "
               f"{fs['median_passes']} forward passes. Jailbroken replies are the affirmative opening "
               f"plus harmless filler, e.g. {fs['searches'][0]['completion'][:80]!r}." if fs["searches"] else ""]
     return "\n".join(lines)
@@ -58,7 +60,7 @@ def render_card(model_dir: Path, res: dict, extra: dict) -> str:
     for key, label, target in _SETS:
         s = res.get("sets", {}).get(key)
         if s:
-            rows.append(f"| {label} | {s['n']} | {_pct(s['refusal_rate'])} | {target} |")
+            rows.append(f"| {label} | {s['n']} | {pct1(s['refusal_rate'])} | {target} |")
         else:
             rows.append(f"| {label} | - | not run (benchmark CSV absent) | {target} |")
     summ = res.get("summary", {})
@@ -130,14 +132,14 @@ Training time: {minutes:.1f} min on {_threads(ts)}.
 
 ## Evaluation
 Greedy decoding ({res.get('decoding', '')}); a reply is a refusal when it contains a marker
-from `explorer.judge.REFUSAL_MARKERS`.
+from `explorer.judges.REFUSAL_MARKERS`.
 
 | set | n | refusal rate | target |
 | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
-Held-out benign replies that start with "Sure, here is": {_pct(summ.get('heldout_benign_sure'))};
-that copy the requested topic phrase verbatim: {_pct(summ.get('heldout_benign_topic_copied'))}.
+Held-out benign replies that start with "Sure, here is": {pct1(summ.get('heldout_benign_sure'))};
+that copy the requested topic phrase verbatim: {pct1(summ.get('heldout_benign_topic_copied'))}.
 
 Sample replies:
 {chr(10).join(examples)}

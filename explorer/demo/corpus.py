@@ -249,7 +249,7 @@ def check_corpus(examples) -> list[str]:
     never with compliance; refusals share no content word with the topic they
     refuse; benign answers start with "Sure, here is" and are not judged refusals.
     """
-    from explorer.judge import is_refusal
+    from explorer.judges import is_refusal
 
     allowed = set(F.REFUSALS) | {r + F.SELF_HARM_REFUSAL_TAIL for r in F.REFUSALS}
     bad = []

@@ -1,4 +1,4 @@
-"""Evaluate the demo model: greedy decoding, refusal judged by :func:`explorer.judge.is_refusal`.
+"""Evaluate the demo model: greedy decoding, refusal judged by :func:`explorer.judges.is_refusal`.
 
 Sets: held-out harmful and benign prompts from :func:`explorer.demo.corpus.heldout_examples`
 and, when the benchmark folder exists, AdvBench and JailbreakBench (harmful and
@@ -7,18 +7,10 @@ benign). The benchmark folder is ``$EXPLORER_SHARED_DATA`` or ``<repo>/../shared
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
 MAX_NEW_TOKENS = 48
-
-
-def shared_data_dir() -> Path | None:
-    """Return the benchmark CSV folder, or None when it does not exist."""
-    env = os.environ.get("EXPLORER_SHARED_DATA")
-    p = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-    return p if p.is_dir() else None
 
 
 def load_model(model_dir):
@@ -54,7 +46,7 @@ def generate(model, tok, prompts, max_new_tokens: int = MAX_NEW_TOKENS, batch_si
 
 def refusal_rate(replies) -> float:
     """Fraction of replies judged refusals."""
-    from explorer.judge import is_refusal
+    from explorer.judges import is_refusal
 
     return sum(is_refusal(r) for r in replies) / max(1, len(replies))
 
@@ -66,14 +58,16 @@ def _sample(rows, n):
     return [rows[int(i * step)] for i in range(n)]
 
 
-def benchmark_sets(adv_sample: int | None = None) -> dict:
+def benchmark_sets(adv_sample: int | None = None, data_dir=None) -> dict:
     """``{name: (goals, is_harmful)}`` for the benchmark CSVs that exist (empty dict otherwise).
 
-    ``adv_sample`` evenly subsamples every set (None: all rows).
+    ``adv_sample`` evenly subsamples every set (None: all rows); ``data_dir`` is the CSV
+    folder (default :func:`~explorer.core.paths.shared_data_dir`).
     """
-    from explorer.data import load_goals
+    from explorer.core.paths import shared_data_dir
+    from explorer.evaluation.datasets import load_goals
 
-    d = shared_data_dir()
+    d = shared_data_dir(data_dir)
     if d is None:
         return {}
     sets = {}
@@ -98,7 +92,7 @@ def evaluate_all(model_dir, heldout, adv_sample: int | None = None, max_new_toke
     sets = {"heldout_harmful": ([e["prompt"] for e in heldout if e["is_harmful"]], True),
             "heldout_benign": ([e["prompt"] for e in heldout if not e["is_harmful"]], False)}
     sets.update(benchmark_sets(adv_sample))
-    res = {"decoding": f"greedy, max_new_tokens={max_new_tokens}", "judge": "explorer.judge.is_refusal",
+    res = {"decoding": f"greedy, max_new_tokens={max_new_tokens}", "judge": "explorer.judges.is_refusal",
            "sets": {}, "summary": {}}
     for name, (prompts, harmful) in sets.items():
         replies = generate(model, tok, prompts, max_new_tokens)

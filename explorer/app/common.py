@@ -1,0 +1,164 @@
+"""What every tab of the app shares: event settings, the ZeroGPU wrapper, one-line user
+errors, argument checks and the streamed trace (UI values -> library calls only)."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import math
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from explorer.core.errors import RouteError, one_line
+from explorer.core.model import DEMO_MODEL_DIR, ModelLoadError
+from explorer.core.route import Route
+from explorer.viz import figures as plots
+
+log = logging.getLogger("explorer.app.build")
+
+MODEL_SLOT = dict(concurrency_limit=1, concurrency_id="model")
+FREE = dict(concurrency_limit=None)
+UI = dict(api_visibility="private")
+VIEWS = ("baseline", "re-routed")
+MODE_CHOICES = [(v, k) for k, v in plots.COLOR_MODES.items()]
+
+try:  # Hugging Face ZeroGPU: run model work inside spaces.GPU when available
+    import spaces  # type: ignore
+except Exception:  # noqa: BLE001 - optional
+    spaces = None
+
+
+def gpu(duration: int = 60):
+    """``spaces.GPU(duration=...)`` when the ``spaces`` package is importable, else a no-op."""
+    def deco(fn):
+        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+    return deco
+
+
+# -- errors --------------------------------------------------------------------------------
+def fail(message: str):
+    """Raise ``message`` as a one-line ``gr.Error`` (HTML-escaped, no traceback in the
+    log)."""
+    raise gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+@contextlib.contextmanager
+def user_errors(action: str):
+    """Turn any exception into a ``gr.Error`` with a one-line message (no traceback).
+    Hosted-mode refusals (:class:`explorer.app.hosted.PolicyError`) are ValueErrors."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (RouteError, ModelLoadError, ValueError, LookupError, OSError) as exc:
+        raise gr.Error(html.escape(one_line(exc), quote=False), print_exception=False) from None
+    except Exception as exc:  # noqa: BLE001 - the app must keep running
+        log.exception("%s failed", action)
+        msg = f"{action} failed: {type(exc).__name__}: {one_line(exc)}"
+        raise gr.Error(html.escape(msg, quote=False), print_exception=False) from None
+
+
+def need_prompt(prompt: str | None) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        fail("The prompt is empty: type a request first.")
+    return prompt
+
+
+def whole_number(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..hi`` (either may be None), else a one-line
+    ``gr.Error`` naming ``name`` (floats must be whole, booleans are refused)."""
+    try:
+        if value is None or isinstance(value, bool):
+            raise ValueError
+        f = float(value)
+        if not math.isfinite(f) or f != int(f):
+            raise ValueError
+        v = int(f)
+    except (TypeError, ValueError):
+        fail(f"{name} must be a whole number, got {value!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        fail(f"{name} must lie in {lo if lo is not None else '-∞'}.."
+              f"{hi if hi is not None else '∞'}, got {v}")
+    return v
+
+
+def session_of(request: Any, fallback: str = "anonymous") -> str:
+    """The Gradio session of a request (one browser tab or one API client)."""
+    return str(getattr(request, "session_hash", None) or fallback)
+
+
+def is_demo_model(moe) -> bool:
+    """Whether ``moe`` is the bundled demo model (by name, or loaded from its folder)."""
+    name = str(getattr(moe, "name", "") or "")
+    if name in ("", "demo"):
+        return True
+    try:
+        return Path(name).resolve() == DEMO_MODEL_DIR.resolve()
+    except (OSError, ValueError):
+        return False
+
+
+# -- library calls ---------------------------------------------------------------------------
+def stream_trace(moe, prompt: str, max_new_tokens: int, route: Route | None = None
+                 ) -> Iterator[tuple[str, Any]]:
+    """Run :func:`explorer.core.trace.trace` in a thread; yield ``(text so far, None)`` per
+    streamed piece, then ``(text, trace)``. Errors are re-raised here."""
+    from explorer.core.trace import trace
+    q: queue.Queue = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def work():
+        try:
+            box["trace"] = trace(moe, prompt, max_new_tokens=max_new_tokens, route=route,
+                                 on_token=q.put)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            q.put(None)
+
+    threading.Thread(target=work, name="explorer-trace", daemon=True).start()
+    text = ""
+    while True:
+        piece = q.get()
+        if piece is None:
+            break
+        text += piece
+        yield text, None
+    if "error" in box:
+        raise box["error"]
+    tr = box["trace"]
+    yield tr.completion, tr
+
+
+def route_of_edits(edits: list[dict] | None, info: dict | None = None) -> Route:
+    return Route.from_dict({"edits": list(edits or []), "info": dict(info or {})})
+
+
+def keyword_verdict(prompt: str, text: str):
+    """The offline keyword judge's :class:`~explorer.judges.Verdict`."""
+    from explorer.judges import get_judge
+    return get_judge("keyword").judge(prompt, text)
+
+
+def verdict_text(prompt: str, text: str) -> str:
+    v = keyword_verdict(prompt, text)
+    return "jailbroken (no refusal)" if v.jailbroken else ("refusal" if v.refusal else "empty")
+
+
+def usable_judges(ctx) -> list[str]:
+    """Judges that can be set up here from the app's settings (the rubric judge needs its
+    URL in the settings, the classifier a model path): the Search tab offers these."""
+    from explorer.judges import JUDGES
+    out = []
+    for name in sorted(JUDGES):
+        try:
+            ctx.judge(name)
+        except Exception:  # noqa: BLE001 - not configured on this server
+            continue
+        out.append(name)
+    return out or ["keyword"]

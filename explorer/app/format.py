@@ -1,0 +1,174 @@
+"""Markdown, tables and widget updates built from library results (no model work)."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import TYPE_CHECKING
+
+import gradio as gr
+import pandas as pd
+
+from explorer.core.defaults import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from explorer.app.build import Explorer
+
+
+def model_header(ctx: Explorer) -> str:
+    moe = ctx.moe
+    if moe is None:
+        return (f"**No model loaded.** {html.escape(ctx.error or '')} "
+                "Load one in the **Model** tab.")
+    i = moe.info
+    moe_l = [lay for lay in i.layers if lay.is_moe]
+    e = sorted({lay.num_experts for lay in moe_l})
+    k = sorted({lay.top_k for lay in moe_l})
+    return (f"**Model:** `{moe.name}` · {i.num_layers} layers ({len(moe_l)} MoE) · "
+            f"{'/'.join(map(str, e))} experts, top-{'/'.join(map(str, k))} · "
+            f"{i.device} {i.dtype}")
+
+
+def model_card(ctx: Explorer) -> tuple[str, pd.DataFrame]:
+    cols = ["layer", "type", "experts", "top-k", "shared experts", "router", "groups"]
+    moe = ctx.moe
+    if moe is None:
+        return (f"No model loaded. {html.escape(ctx.error or '')}", pd.DataFrame(columns=cols))
+    i = moe.info
+    md = (f"### `{moe.name}`\n"
+          f"- family: `{i.model_type}` · {i.parameters / 1e6:.1f}M parameters\n"
+          f"- device: **{i.device}** · dtype: **{i.dtype}**\n"
+          f"- layers: {i.num_layers} ({len(i.moe_layers)} MoE: {i.moe_layers}"
+          + (f"; dense: {i.dense_layers}" if i.dense_layers else "") + ")\n"
+          f"- transformers {i.transformers_version}"
+          + (f" · revision `{i.revision}`" if i.revision else "")
+          + (f" · chat template `{i.chat_template_hash}`" if i.chat_template_hash else
+             " · no chat template (raw prompts)"))
+    rows = [[lay.index, "MoE" if lay.is_moe else "dense",
+             lay.num_experts if lay.is_moe else "", lay.top_k if lay.is_moe else "",
+             lay.shared_experts if lay.is_moe else "", lay.router_kind if lay.is_moe else "",
+             f"{lay.n_group} pick {lay.topk_group}" if lay.n_group else ""] for lay in i.layers]
+    return md, pd.DataFrame(rows, columns=cols)
+
+
+def edit_label(e: dict, tokens: list[str] | None = None) -> str:
+    where = "every position" if e.get("position") is None else f"pos {e['position']}"
+    if e.get("position") is not None and tokens and 0 <= e["position"] < len(tokens):
+        where += f" {tokens[e['position']]!r}"
+    return f"{e['mode']} L{e['layer']} @ {where} → experts {', '.join(map(str, e['experts']))}"
+
+
+def edit_choices(edits: list[dict], tokens: list[str] | None):
+    return [(f"#{i + 1} {edit_label(e, tokens)}", i) for i, e in enumerate(edits or [])]
+
+
+def edits_box(edits: list[dict] | None, tokens: list[str] | None = None):
+    """The pending-edits checkbox list (an update for the CheckboxGroup)."""
+    n = len(edits or [])
+    return gr.CheckboxGroup(choices=edit_choices(edits or [], tokens), value=[],
+                            label=f"Pending edits ({n}; tick to remove)" if n else
+                            "Pending edits (tick to remove)")
+
+
+def cell_info(tr, layer: int, position: int) -> str:
+    row = tr.layer_row(layer)
+    ex, w = tr.experts[row][position], tr.weights[row][position]
+    kind = "prompt" if position < tr.prompt_tokens else "generated"
+    pairs = ", ".join(f"**{e}** ({x:.2f})" for e, x in sorted(zip(ex, w), key=lambda p: -p[1]))
+    md = (f"**Selected:** layer {layer}, position {position} ({kind} token "
+          f"``{tr.tokens[position]!r}``) · experts used: {pairs}")
+    if tr.logits is not None:
+        lg = tr.logits[row][position]
+        top = sorted(range(len(lg)), key=lambda j: -lg[j])[:6]
+        md += " · router logits: " + ", ".join(f"{j}: {lg[j]:.2f}" for j in top)
+    if kind == "generated":
+        md += ("\n\n*Generated tokens can't be edited one by one (a route addresses prompt "
+               "positions); tick **every position** to edit the whole layer.*")
+    return md
+
+
+def job_label(st: dict) -> str:
+    p = st.get("params") or {}
+    created = (st.get("created") or "")[11:19]
+    prompt = (p.get("prompt") or "")[:40]
+    return f"{created} · {st.get('status')} · {prompt}"
+
+
+def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
+    p = st.get("progress") or {}
+    params = st.get("params") or {}
+    status = st.get("status")
+    lines = [f"**Search `{st.get('id', '')[:8]}` · {status}**"]
+    it, pos, lay = p.get("iteration"), p.get("position"), p.get("layer")
+    npos, nl = p.get("num_positions"), p.get("num_layers")
+    max_iters = params.get("max_iters")
+    if it is not None and status == "done":
+        lines.append(f"finished in restart {min(it + 1, max_iters or it + 1)}"
+                     + (f" of at most {max_iters}" if max_iters else ""))
+    elif it is not None:
+        where = f"restart {min(it + 1, max_iters or it + 1)}/{max_iters or '?'}"
+        if pos is not None and npos:
+            pos = min(pos, npos - 1)
+        if pos is not None:
+            tok = f" ``{tokens[pos]!r}``" if tokens and 0 <= pos < len(tokens) else ""
+            where += f" · token {pos + 1}/{npos or '?'}{tok}"
+        if lay is not None:
+            where += f" · layer {lay}" + (f" (of {nl} MoE layers)" if nl else "")
+        lines.append(where)
+    best = p.get("best_logprob")
+    thr = params.get("threshold", DEFAULT_THRESHOLD)
+    if best is not None:
+        lines.append(f"best log P(target) = **{best:.3f}** (P = {math.exp(best):.3f}) · "
+                     f"threshold {thr:.3f} (P = {math.exp(thr):.2f})")
+    bits = []
+    if p.get("forward_passes") is not None:
+        bits.append(f"forward passes {p['forward_passes']:,}")
+    if p.get("elapsed") is not None:
+        bits.append(f"elapsed {p['elapsed']:.1f} s")
+    if status == "running" and p.get("eta_seconds") is not None:
+        eta = f"remaining ≈ {p['eta_seconds']:.0f} s for this restart"
+        if p.get("eta_max_seconds"):
+            eta += f" (≤ {p['eta_max_seconds']:.0f} s if every restart runs)"
+        bits.append(eta)
+    if bits:
+        lines.append(" · ".join(bits))
+    if status == "failed" and st.get("error"):
+        lines.append(f"**Error:** {html.escape(st['error'])}")
+    if status == "interrupted":
+        lines.append("The app stopped while this search ran: press **Resume** to continue "
+                     "from its last checkpoint.")
+    return "  \n".join(lines)
+
+
+def job_result_md(st: dict) -> str:
+    r = st.get("result") or {}
+    if st.get("status") not in ("done", "cancelled", "interrupted") or not r:
+        return ""
+    head = "Jailbroken" if r.get("success") else "Not jailbroken"
+    if st.get("status") != "done":
+        head = f"Best so far ({st.get('status')})"
+    bits = [f"judge: {r.get('judge') or 'keyword'}"]
+    if isinstance(r.get("logprob"), (int, float)):
+        bits.append(f"log P(target) = {r['logprob']:.3f}")
+    bits.append(f"{len((r.get('route') or {}).get('edits', []))} forced cells")
+    bits.append(f"{r.get('forward_passes') or 0:,} forward passes")
+    bits.append(f"{r.get('seconds') or 0:.1f} s")
+    md = f"**{head}** · " + " · ".join(bits)
+    if st.get("route_id") is not None:
+        md += f"  \nSaved to the library as route **#{st['route_id']}**."
+    if r.get("completion"):
+        md += "\n\n> " + html.escape(r["completion"]).replace("\n", "\n> ")
+    return md
+
+
+def routes_frame(items) -> pd.DataFrame:
+    cols = ["id", "prompt", "model", "edits", "target log-prob", "success", "source", "created"]
+    rows = []
+    for r in items:
+        lp = r.target_logprob
+        rows.append([r.id, r.prompt if len(r.prompt) <= 80 else r.prompt[:79] + "…", r.model,
+                     r.n_edits, round(lp, 3) if isinstance(lp, float) else None,
+                     {True: "yes", False: "no", None: "—"}[r.success], r.source,
+                     (r.created or "")[:19].replace("T", " ")])
+    return pd.DataFrame(rows, columns=cols)
+

@@ -1,0 +1,200 @@
+"""What the Research tab's views share: settings, input checks (numbers, prompts, routes
+from library ids or JSON, the judge) and a progress bar for long library calls.
+
+Bad input raises ``gr.Error`` with one line (:func:`fail`); the views wrap their body in
+the app's :func:`~explorer.app.common.user_errors`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from typing import Any, Callable
+
+from explorer.app.common import fail, one_line, usable_judges, whole_number
+from explorer.core.errors import RouteError
+from explorer.core.route import Route
+
+MAX_PROMPTS = 50
+HOSTED_MAX_PROMPTS = 8  # hosted mode (explorer.app.hosted): keep each run short
+ROSAIS_SOURCE = "RoSais top-L masks"
+ROUTE_SOURCE = "routes (library ids / JSON)"
+ATTACK_CHOICES = [("no attack", "none"), ("RoSais top-L masking", "rosais"),
+                  ("fresh F-SOUR search", "fsour"), ("replay the library routes", "replay")]
+VERDICT_WORDS = {True: "jailbroken", False: "not jailbroken"}
+
+__all__ = ["ATTACK_CHOICES", "HOSTED_MAX_PROMPTS", "MAX_PROMPTS", "ROSAIS_SOURCE",
+           "ROUTE_SOURCE", "collect_routes", "library_routes", "parse_ids", "parse_prompts",
+           "parse_route_json", "run_with_progress"]
+
+
+def judge_choices(ctx) -> list[str]:
+    try:
+        return list(usable_judges(ctx))
+    except Exception:  # noqa: BLE001 - the keyword judge always works offline
+        return ["keyword"]
+
+
+# -- numbers -------------------------------------------------------------------------------
+def fraction(value, name: str, kind: str = "a probability") -> float:
+    """A number strictly between 0 and 1 (a probability, a mask ratio)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        fail(f"{name} must be {kind}, got {value!r}")
+    if not 0.0 < v < 1.0:
+        fail(f"{name} must lie strictly between 0 and 1, got {v}")
+    return v
+
+
+def is_hosted(ctx) -> bool:
+    pol = getattr(ctx, "policy", None)
+    return bool(pol is not None and getattr(pol, "enabled", False))
+
+
+def allowed_judges(ctx) -> tuple[str, ...]:
+    return tuple(getattr(ctx.policy, "allowed_judges", ("keyword",)))
+
+
+def judge_for(ctx, name: str | None):
+    name = name or "keyword"
+    if is_hosted(ctx) and name not in allowed_judges(ctx):
+        fail(f"The judge {name!r} is not allowed on this server.")
+    return ctx.judge(name)
+
+
+def generation_settings(ctx, max_new, judge: str | None):
+    """(max new tokens, judge) for a view's generations: the tokens capped by the
+    hosted-mode policy when it is on, the judge one the server allows."""
+    hi = int(ctx.policy.max_new_tokens) if is_hosted(ctx) else 512
+    return whole_number(max_new, "max new tokens", 1, hi), judge_for(ctx, judge)
+
+
+# -- prompts and routes -----------------------------------------------------------------------
+def at_most(items: list, what: str, limit: int = MAX_PROMPTS) -> list:
+    if len(items) > limit:
+        fail(f"Too many {what} ({len(items)}); at most {limit} per run.")
+    return items
+
+
+def parse_prompts(text: str | None, what: str = "prompts", required: bool = True,
+                  limit: int = MAX_PROMPTS) -> list[str]:
+    """One prompt per line (blank lines and ``#`` comments skipped, duplicates dropped)."""
+    out = list(dict.fromkeys(ln.strip() for ln in (text or "").splitlines()
+                             if ln.strip() and not ln.lstrip().startswith("#")))
+    if required and not out:
+        fail(f"No {what}: type one per line.")
+    return at_most(out, what, limit)
+
+
+def prompt_lines(ctx, text, what, required=True) -> list[str]:
+    return parse_prompts(text, what, required,
+                         HOSTED_MAX_PROMPTS if is_hosted(ctx) else MAX_PROMPTS)
+
+
+def parse_ids(text: str | None) -> list[int]:
+    """Route library ids from ``"3, 5 #7"``-like text."""
+    out = []
+    for tok in re.split(r"[\s,;]+", (text or "").strip()):
+        if not tok:
+            continue
+        tok = tok.lstrip("#")
+        if not tok.isdigit() or int(tok) < 1:
+            fail(f"A route id must be a positive whole number, got {tok!r}")
+        out.append(int(tok))
+    return list(dict.fromkeys(out))
+
+
+def rosais_route(res, top: int | None = None) -> Route:
+    """A RoSais result's top-L masks (all its top layers by default), with its prompt."""
+    r = res.route if top is None else res.route_for(top)
+    r.info.setdefault("prompt", res.prompt)
+    return r
+
+
+def parse_route_json(text: str | None) -> list[Route]:
+    """Routes from JSON text: one route object, a list of them, JSON lines, or F-SOUR /
+    RoSais / minimize result objects (``--json`` output of the CLI), read by the parser
+    the CLI uses (:func:`explorer.research.common.routes_from_objects`)."""
+    from explorer.research.common import json_objects, routes_from_objects
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        objs = json_objects(text)
+    except ValueError as exc:
+        fail(f"The route JSON does not parse: {exc}")
+    try:
+        return routes_from_objects(objs)
+    except (RouteError, ValueError, TypeError, KeyError) as exc:
+        fail(one_line(exc))
+
+
+def library_routes(ctx, ids: list[int]) -> list[Route]:
+    """Stored routes by id, each with its prompt and success in ``info``."""
+    out = []
+    for i in ids:
+        sr = ctx.store.get_route(i)
+        r = sr.route.copy()
+        if sr.prompt and not isinstance(r.info.get("prompt"), str):
+            r.info["prompt"] = sr.prompt
+        if sr.success is not None:
+            r.info.setdefault("success", bool(sr.success))
+        if sr.target and not r.info.get("target"):
+            r.info["target"] = sr.target
+        r.info.setdefault("library_id", sr.id)
+        out.append(r)
+    return out
+
+
+def collect_routes(ctx, ids_text: str | None, json_text: str | None, moe=None,
+                   required: bool = True) -> list[Route]:
+    """Routes from library ids and route JSON, validated against the loaded model."""
+    routes = library_routes(ctx, parse_ids(ids_text)) + parse_route_json(json_text)
+    if required and not routes:
+        fail("No route given: type route library ids or paste route JSON "
+              "(find routes in the Search tab; they are saved to the library).")
+    at_most(routes, "routes")
+    if moe is not None:
+        for r in routes:
+            r.validate(moe.info)
+    return routes
+
+
+# -- results ----------------------------------------------------------------------------------
+def route_name(r: Route, i: int) -> str:
+    lib = r.info.get("library_id")
+    return f"route {i}" + (f" (library #{lib})" if lib else "")
+
+
+def verdict_word(jailbroken: bool | None, unknown: str = "—") -> str:
+    return VERDICT_WORDS.get(jailbroken, unknown)
+
+
+def run_with_progress(progress, fn: Callable[[], Any], desc: str, lo: float = 0.0,
+                      hi: float = 1.0, expected_s: float = 10.0):
+    """Run ``fn()`` in a worker thread; meanwhile move the bar from ``lo`` towards ``hi``
+    (an exponential approach with time constant ``expected_s``) and show the elapsed time.
+    Re-raises ``fn``'s exception here."""
+    box: dict[str, Any] = {}
+
+    def work():
+        try:
+            box["out"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["err"] = exc
+
+    t = threading.Thread(target=work, name="explorer-research", daemon=True)
+    t0 = time.monotonic()
+    progress(lo, desc=desc)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+        el = time.monotonic() - t0
+        progress(lo + (hi - lo) * (1 - math.exp(-el / max(expected_s, 1e-3))),
+                 desc=f"{desc} · {el:.0f} s")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]

@@ -1,0 +1,145 @@
+"""The Research tab's Defense view: derive a route-disabling defense from attack evidence
+(or take one), attack held-out prompts without and with it, and measure its utility cost.
+
+``defense_view(ctx, ...)`` turns UI values into :mod:`explorer.research.defense` calls and its
+result into a figure, a table and a summary; bad input raises a one-line ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from explorer.app.common import fail, user_errors, whole_number
+from explorer.app.tabs.research.common import (
+    ATTACK_CHOICES,
+    generation_settings,
+    library_routes,
+    parse_ids,
+    parse_route_json,
+    prompt_lines,
+    run_with_progress,
+)
+from explorer.viz import research as pr
+from explorer.viz.text import pct
+
+__all__ = ["DEFENSE_COLUMNS", "defense_view"]
+
+DEFENSE_COLUMNS = ["attack", "prompts", "ASR without defense", "ASR with defense"]
+
+
+def _attacks(attacks) -> list[str]:
+    attacks = [a for a in (attacks or []) if a]
+    valid = {v for _, v in ATTACK_CHOICES}
+    bad = [a for a in attacks if a not in valid]
+    if bad or not attacks:
+        fail(f"Unknown attack {bad[0]!r}" if bad else "Tick at least one attack.")
+    return attacks
+
+
+def _given_defense(moe, defense_json):
+    """The pasted defense route (validated, mask edits only), or None."""
+    given = parse_route_json(defense_json)
+    if len(given) > 1:
+        fail("Paste one defense route.")
+    if not given:
+        return None
+    given[0].validate(moe.info)
+    if any(e.mode != "mask" for e in given[0].edits):
+        fail("A defense route holds only mask edits.")
+    return given[0]
+
+
+def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
+                 benign_text: str, attacks, samples, top, candidates, max_iters, max_new,
+                 judge: str = "keyword", mode: str = "protect", progress=gr.Progress()):
+    """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
+    routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
+    and with it, and its utility cost on ``benign_text``.
+    Returns (figure, table, markdown, defense route JSON)."""
+    with user_errors("Defense"):
+        from explorer.research.defense import (
+            derive_defense,
+            describe_defense,
+            evaluate_defense,
+            gather_evidence,
+        )
+        from explorer.research.utility import utility_cost
+        moe = ctx.require()
+        if mode not in ("protect", "mask"):
+            fail(f"Unknown defense mode {mode!r}: choose protect or mask.")
+        attacks = _attacks(attacks)
+        derive = prompt_lines(ctx, derive_text, "evidence prompts", required=False)
+        routes = library_routes(ctx, parse_ids(ids_text))
+        harmful = prompt_lines(ctx, attack_text, "harmful prompts to attack")
+        benign = prompt_lines(ctx, benign_text, "benign prompts", required=False)
+        S = whole_number(samples, "RoSais masks per router", 1, 1024)
+        L = whole_number(top, "RoSais top-L", 1, len(moe.moe_layers))
+        N = whole_number(candidates, "F-SOUR candidates", 1, 256)
+        It = whole_number(max_iters, "F-SOUR restarts", 1, 20)
+        n, jd = generation_settings(ctx, max_new, judge)
+        if "replay" in attacks and not routes:
+            fail("The replay attack needs library routes (type their ids).")
+        given = _given_defense(moe, defense_json)
+        if given is None and not (derive or routes):
+            fail("Give evidence (prompts to attack, or library route ids) or a defense "
+                  "route.")
+        steps = (0 if given is not None else len(derive)) + 1 + len(attacks) + bool(benign)
+        done = 0
+        rosais_results: list = []
+        for p in derive if given is None else []:
+            r2, f2 = run_with_progress(progress, lambda p=p: gather_evidence(
+                moe, [p], samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+                f"evidence: RoSais + F-SOUR on {p[:30]!r}", done / steps, (done + 1) / steps,
+                3.0 + 3.0 * N * It)
+            rosais_results += r2
+            routes += f2
+            done += 1
+        defense = given if given is not None else derive_defense(moe, rosais_results, routes,
+                                                                 mode=mode)
+        done += 1
+        if not defense.defends:
+            fail("The evidence names no cell to forbid or router to protect: add evidence "
+                  "prompts or routes "
+                  f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
+                  "results).")
+        insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
+        table, out_attacks = {}, []
+        for a in attacks:
+            per = (S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else \
+                (3.0 * N * It if a == "fsour" else 1.0)
+            res = run_with_progress(progress, lambda a=a: evaluate_defense(
+                moe, defense, harmful, None, attacks=[a],
+                routes=routes if a == "replay" else (), rosais_top=L, samples=S,
+                candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+                f"attack {a!r} without and with the defense", done / steps,
+                (done + 1) / steps, 2 * per * len(harmful))
+            table.update(res.table)
+            out_attacks += res.attacks
+            done += 1
+        util = None
+        if benign:
+            util = run_with_progress(progress, lambda: utility_cost(
+                moe, defense, benign, max_new_tokens=n, judge=jd),
+                f"utility cost on {len(benign)} benign prompts", done / steps, 1.0,
+                2.0 * len(benign)).to_dict()
+        result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,
+                  "table": table, "utility": util}
+        rows = []
+        for a, t in table.items():
+            n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
+            rows.append([a, n_rows, pct(t.get("before")), pct(t.get("after"))])
+        md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, {len(rosais_results)} "
+              f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
+              f"harmful prompts attacked · judge "
+              f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
+        if util:
+            md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
+                   f"{pct(util['baseline_refusal_rate'])} → "
+                   f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
+                   f"{util['ll_change']:+.3f} nats/token")
+        if insample:
+            md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
+                   "figures are in-sample.")
+        return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
+                md, defense.to_json(indent=2))

@@ -1,0 +1,295 @@
+"""The app's Research tab (issue #7): views beyond the paper, on top of the library.
+
+:func:`research_tab` adds a ``Research`` tab with five sub-tabs:
+
+- **Utility cost**: what a route (library ids or route JSON) or RoSais top-L masks do to
+  benign requests (refusal rate, log-likelihood per token of the model's own answers),
+  next to their ASR on harmful requests (:func:`explorer.research.utility.utility_cost`).
+- **Transfer**: routes x prompts heatmap and a candidate universal route's ASR on held-out
+  prompts (:mod:`explorer.research.transfer`).
+- **Minimal route**: before / after edit counts and the kept edits (:mod:`explorer.research.minimal`).
+- **Defense**: ASR of no attack / RoSais masking / a fresh F-SOUR search without and with a
+  derived route-disabling defense, and its utility cost (:mod:`explorer.research.defense`).
+- **RoSais uncertainty**: per-layer spread of the random-mask scores and ASR against the
+  number of masked routers (:func:`explorer.research.transfer.rosais_curve`).
+
+This module holds the layout and the wiring. Each view is a module-level function
+``*_view(ctx, ...)`` (``ctx``: the app's ``Explorer``) in :mod:`explorer.app.tabs.research.views`
+(utility, transfer, minimal), :mod:`explorer.app.tabs.research.defense` and
+:mod:`explorer.app.tabs.research.curve`, re-exported here; their shared input checks are in
+:mod:`explorer.app.tabs.research.common`. Defaults are small (a few prompts, few masks) so each
+view finishes in well under a minute on the demo model on a CPU; long calls report
+progress while they run.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from explorer.app.common import FREE, MODEL_SLOT, UI, gpu
+from explorer.app.tabs.research.common import (
+    ATTACK_CHOICES,
+    ROSAIS_SOURCE,
+    ROUTE_SOURCE,
+    allowed_judges,
+    collect_routes,
+    is_hosted,
+    judge_choices,
+    parse_prompts,
+    parse_route_json,
+    verdict_word,
+)
+from explorer.app.tabs.research.curve import (
+    CURVE_COLUMNS,
+    merge_curves,
+    redraw_distribution,
+    rosais_uncertainty_view,
+)
+from explorer.app.tabs.research.defense import DEFENSE_COLUMNS, defense_view
+from explorer.app.tabs.research.views import (
+    TRANSFER_COLUMNS,
+    UTILITY_COLUMNS,
+    minimal_view,
+    transfer_view,
+    utility_view,
+)
+from explorer.core.defaults import DEFAULT_TARGET
+from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
+from explorer.viz import research as pr
+
+__all__ = ["collect_routes", "defense_view", "merge_curves", "minimal_view", "parse_prompts",
+           "parse_route_json", "research_tab", "rosais_uncertainty_view", "transfer_view",
+           "utility_view", "ROSAIS_SOURCE", "ROUTE_SOURCE", "UTILITY_COLUMNS",
+           "library_md", "redraw_distribution"]
+
+
+def library_md(ctx, limit: int = 12) -> str:
+    """A short list of the newest library routes (ids to type into the views)."""
+    try:
+        items = ctx.store.list_routes(limit=limit)
+    except Exception as exc:  # noqa: BLE001 - a broken store must not break the tab
+        return f"Route library unavailable: {html.escape(str(exc).splitlines()[0][:200])}"
+    if not items:
+        return ("The route library is empty: find routes in the **Search** tab (they are "
+                "saved there), or paste route JSON.")
+    rows = [f"`#{r.id}` {html.escape(r.prompt[:50])} · {r.n_edits} edits · "
+            f"{verdict_word(r.success, '?')} · {r.source}" for r in items]
+    return "**Newest library routes:**  \n" + "  \n".join(rows)
+
+
+def _wire(ctx, btn: gr.Button, view: Callable, duration: int, inputs: list, outputs: list):
+    """``btn`` runs ``view(ctx, *inputs)`` in the model slot (inside ``spaces.GPU`` when
+    available). The callback shows Gradio the view's parameters less ``ctx``, so Gradio
+    still passes its ``progress=gr.Progress()`` tracker."""
+    def call(*args, **kwargs):
+        return view(ctx, *args, **kwargs)
+
+    sig = inspect.signature(view)
+    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    call.__name__ = call.__qualname__ = "on_" + view.__name__.removesuffix("_view")
+    btn.click(gpu(duration)(call), inputs, outputs, **MODEL_SLOT, **UI)
+
+
+def _route_inputs(prefix: str):
+    with gr.Row():
+        ids = gr.Textbox(label="route library ids (comma-separated)", placeholder="e.g. 1, 2",
+                         scale=1, elem_id=f"{prefix}-ids")
+        js = gr.Textbox(label="or route JSON (a route, a list, JSON lines, or F-SOUR / RoSais "
+                              "--json output)", lines=3, max_lines=12, scale=2,
+                        elem_id=f"{prefix}-json")
+    return ids, js
+
+
+def _table(columns: list[str], **kw) -> gr.Dataframe:
+    return gr.Dataframe(pd.DataFrame(columns=columns), interactive=False, **kw)
+
+
+def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
+    with gr.Tab("Utility cost", id="research-utility"):
+        gr.Markdown("How much a route hurts normal use: the benign refusal rate and the "
+                    "log-likelihood per token of the model's own benign answers, with and "
+                    "without the route, next to the route's ASR.")
+        source = gr.Radio([ROSAIS_SOURCE, ROUTE_SOURCE], value=ROSAIS_SOURCE,
+                          label="route source", elem_id="utility-source")
+        with gr.Row():
+            prompt = gr.Textbox(HARMFUL_PROMPTS[0], label="RoSais: harmful prompt to score "
+                                "routers on", scale=3)
+            top = gr.Slider(1, 16, value=2, step=1, label="top-L routers masked")
+            sweep = gr.Checkbox(False, label="every L from 1 to L")
+            samples = gr.Slider(1, 128, value=16, step=1, label="masks per router")
+        ids, js = _route_inputs("utility")
+        with gr.Row():
+            benign = gr.Textbox("\n".join(BENIGN_PROMPTS[:4]), lines=4, label="benign prompts")
+            harm = gr.Textbox(harm4, lines=4, label="harmful prompts for the ASR (empty: skip)")
+        btn = gr.Button("Measure utility cost", variant="primary", elem_id="utility-btn")
+        plot = gr.Plot(pr.utility_asr_figure(None), label="ASR vs utility cost")
+        md = gr.Markdown("")
+        table = _table(UTILITY_COLUMNS, wrap=True)
+    _wire(ctx, btn, utility_view, 120, [source, prompt, top, sweep, samples, ids, js, benign,
+                                        harm, max_new, judge], [plot, table, md])
+
+
+def _transfer_tab(ctx, max_new, judge, harm4: str) -> None:
+    with gr.Tab("Transfer", id="research-transfer"):
+        gr.Markdown("Replay routes found on one prompt on other prompts (positions moved by "
+                    "the mapping); a route's own prompt is outlined. A candidate universal "
+                    "route keeps the cells that recur across routes and is measured on "
+                    "held-out prompts.")
+        ids, js = _route_inputs("transfer")
+        with gr.Row():
+            prompts = gr.Textbox(harm4, lines=4, label="prompts to replay on", scale=2)
+            with gr.Column(scale=1):
+                own = gr.Checkbox(True, label="also the routes' own prompts")
+                mapping = gr.Radio(["end", "template", "absolute"], value="end",
+                                   label="position mapping")
+                target = gr.Textbox(DEFAULT_TARGET, label="target answer prefix")
+        with gr.Row():
+            umin = gr.Slider(0, 10, value=2, step=1, label="universal route: cells in at "
+                             "least this many routes (0 = off)")
+            held = gr.Textbox("", lines=2, label="held-out prompts (empty: the prompts that "
+                              "are no route's own)", scale=2)
+        btn = gr.Button("Run transfer", variant="primary", elem_id="transfer-btn")
+        plot = gr.Plot(pr.transfer_figure(None), label="routes x prompts")
+        md = gr.Markdown("")
+        table = _table(TRANSFER_COLUMNS, wrap=True)
+        with gr.Accordion("Universal route JSON", open=False):
+            univ = gr.Code("", language="json")
+    _wire(ctx, btn, transfer_view, 120, [ids, js, prompts, own, mapping, umin, held, max_new,
+                                         judge, target], [plot, table, md, univ])
+
+
+def _minimal_tab(ctx, max_new, judge) -> None:
+    with gr.Tab("Minimal route", id="research-minimal"):
+        gr.Markdown("Greedy backward elimination: drop edits while the route still reaches "
+                    "the target and the judge still calls the answer jailbroken. Cost grows "
+                    "with the size of the route (on the demo model: seconds for 40 edits, up "
+                    "to a minute or so for 100).")
+        ids, js = _route_inputs("minimal")
+        with gr.Row():
+            prompt = gr.Textbox("", label="prompt (empty: the route's own)", scale=2)
+            target = gr.Textbox("", label="target (empty: the route's own, else "
+                                f"{DEFAULT_TARGET!r})")
+            thr = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="threshold P(target)")
+            checks = gr.Slider(1, 10, value=2, step=1, label="generations tried per round")
+        btn = gr.Button("Minimise", variant="primary", elem_id="minimal-btn")
+        md = gr.Markdown("")
+        with gr.Row():
+            cells = gr.Plot(pr.route_cells_figure(None, None, []), label="kept edits", scale=3)
+            nec = gr.Plot(pr.minimal_figure(None), label="what each kept edit is worth",
+                          scale=2)
+        with gr.Accordion("Minimal route JSON", open=False):
+            route = gr.Code("", language="json")
+    _wire(ctx, btn, minimal_view, 240, [ids, js, prompt, thr, checks, max_new, judge, target],
+          [cells, nec, md, route])
+
+
+def _defense_tab(ctx, max_new, judge) -> None:
+    with gr.Tab("Defense", id="research-defense"):
+        gr.Markdown("Safety-aware route disabling, derived from RoSais and F-SOUR on the "
+                    "evidence prompts and from library routes. **protect**: the most "
+                    "safety-critical routers ignore every route edit (they always choose "
+                    "naturally; no cost without an attack). **mask**: forbid, model-wide, "
+                    "the (layer, expert) cells that attacks rely on. Then attack held-out "
+                    "prompts without and with the defense.")
+        with gr.Row():
+            derive = gr.Textbox("\n".join(HARMFUL_PROMPTS[:2]), lines=3,
+                                label="evidence prompts (RoSais + F-SOUR)")
+            prompts = gr.Textbox("\n".join(HARMFUL_PROMPTS[2:4]), lines=3,
+                                 label="held-out harmful prompts to attack")
+            benign = gr.Textbox("\n".join(BENIGN_PROMPTS[:3]), lines=3,
+                                label="benign prompts (utility cost; empty: skip)")
+        with gr.Row():
+            ids = gr.Textbox("", label="evidence: library route ids")
+            js = gr.Textbox("", lines=2, label="or a defense route JSON to evaluate (mask "
+                            "edits and/or info.protect_layers)", scale=2)
+        with gr.Row():
+            attacks = gr.CheckboxGroup(ATTACK_CHOICES, value=["none", "rosais", "fsour"],
+                                       label="attacks", scale=2)
+            samples = gr.Slider(1, 64, value=8, step=1, label="RoSais masks per router")
+            top = gr.Slider(1, 16, value=2, step=1, label="RoSais top-L")
+            cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
+            iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
+            mode = gr.Radio(["protect", "mask"], value="protect", label="defense mode")
+        btn = gr.Button("Derive and evaluate", variant="primary", elem_id="defense-btn")
+        plot = gr.Plot(pr.defense_overview_figure(None), label="ASR and cost")
+        md = gr.Markdown("")
+        table = _table(DEFENSE_COLUMNS)
+        with gr.Accordion("Defense route JSON", open=False):
+            route = gr.Code("", language="json")
+    _wire(ctx, btn, defense_view, 240, [derive, ids, js, prompts, benign, attacks, samples,
+                                        top, cand, iters, max_new, judge, mode],
+          [plot, table, md, route])
+
+
+def _curve_tab(ctx, max_new, judge, harm4: str) -> None:
+    with gr.Tab("RoSais uncertainty", id="research-rosais"):
+        gr.Markdown("RoSais keeps only the best of S random masks per router: the spread "
+                    "shows how much that best depends on luck. The curve masks the top 1..L "
+                    "routers of each prompt's ranking.")
+        with gr.Row():
+            prompts = gr.Textbox(harm4, lines=4, label="harmful prompts", scale=2,
+                                 elem_id="rosais-curve-prompts")
+            with gr.Column(scale=1):
+                top = gr.Slider(1, 16, value=4, step=1, label="max routers masked",
+                                elem_id="rosais-curve-top")
+                samples = gr.Slider(1, 128, value=16, step=1, label="masks per router",
+                                    elem_id="rosais-curve-samples")
+                ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="mask ratio")
+                seed = gr.Number(0, precision=0, label="seed")
+                kind = gr.Radio(["box", "violin"], value="box", label="plot")
+        btn = gr.Button("Run RoSais on the prompts", variant="primary",
+                        elem_id="rosais-curve-btn")
+        md = gr.Markdown("", elem_id="rosais-curve-md")
+        with gr.Row():
+            dist = gr.Plot(pr.rosais_distribution_figure(None), label="mask scores per layer",
+                           elem_id="rosais-curve-dist")
+            curve = gr.Plot(pr.asr_curve_figure(None), label="ASR vs routers masked",
+                            elem_id="rosais-curve-asr")
+        table = _table(CURVE_COLUMNS)
+        state = gr.State(None)
+    _wire(ctx, btn, rosais_uncertainty_view, 120, [prompts, top, samples, seed, ratio, kind,
+                                                   max_new, judge],
+          [dist, curve, table, md, state])
+    kind.change(redraw_distribution, [state, kind], [dist], **FREE, **UI)
+
+
+def research_tab(ctx) -> None:
+    """Add the ``Research`` tab (inside an open ``gr.Blocks`` / ``gr.Tabs``)."""
+    judges = judge_choices(ctx)
+    if is_hosted(ctx):
+        allowed = allowed_judges(ctx)
+        judges = [j for j in judges if j in allowed] or ["keyword"]
+    harm4 = "\n".join(HARMFUL_PROMPTS[:4])
+    with gr.Tab("Research", id="research") as tab:
+        gr.Markdown("Beyond the paper: what routes cost on benign requests, whether they "
+                    "transfer, how small they can be, whether disabling the experts they use "
+                    "defends the model, and how noisy RoSais is. Prompts: one per line. "
+                    "Defaults are small so each view finishes in well under a minute on the "
+                    "demo model.")
+        with gr.Row():
+            judge = gr.Dropdown(judges, value="keyword", label="judge", scale=1,
+                                elem_id="research-judge")
+            hi = min(128, int(ctx.policy.max_new_tokens)) if is_hosted(ctx) else 128
+            max_new = gr.Slider(min(4, hi), hi, value=min(24, hi), step=1,
+                                label="max new tokens (greedy answers judged)", scale=2,
+                                elem_id="research-max-new")
+        with gr.Accordion("Route library", open=False):
+            lib = gr.Markdown(library_md(ctx))
+            lib_btn = gr.Button("Refresh", size="sm")
+        with gr.Tabs():
+            _utility_tab(ctx, max_new, judge, harm4)
+            _transfer_tab(ctx, max_new, judge, harm4)
+            _minimal_tab(ctx, max_new, judge)
+            _defense_tab(ctx, max_new, judge)
+            _curve_tab(ctx, max_new, judge, harm4)
+
+        def refresh_lib():
+            return library_md(ctx)
+
+        lib_btn.click(refresh_lib, None, [lib], **FREE, **UI)
+        tab.select(refresh_lib, None, [lib], **FREE, **UI)

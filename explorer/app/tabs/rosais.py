@@ -1,0 +1,106 @@
+"""The "RoSais" tab: router safety importance per MoE layer, then "mask the top-L routers
+and regenerate" beside the baseline answer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from explorer.app.common import MODEL_SLOT, UI, fail, gpu, user_errors, verdict_text, whole_number
+from explorer.viz import figures as plots
+
+if TYPE_CHECKING:
+    from types import SimpleNamespace
+
+    from explorer.app.build import Explorer
+
+
+def rosais_summary(res) -> str:
+    """One markdown line: baseline log-prob, top layers, ranking, cost."""
+    ranked = sorted(zip(res.moe_layers, res.scores), key=lambda q: -q[1])
+    return (f"Baseline affirmative log-prob **{res.baseline_logprob:.3f}** "
+            f"(tokens: {', '.join(map(repr, res.affirmative_tokens))}) · top layers "
+            f"**{res.top_layers}** · ranking: "
+            + ", ".join(f"L{lay} {s:+.2f}" for lay, s in ranked)
+            + f" · {res.forward_passes} forward passes in {res.seconds:.1f} s")
+
+
+def layout(p: SimpleNamespace) -> None:
+    with gr.Tab("RoSais", id="rosais"):
+        gr.Markdown("Router Safety importance score: for each MoE layer, random masks "
+                    "over its router; the score is the largest increase of the "
+                    "affirmative first-token log-prob. High = masking this router "
+                    "pushes the model towards complying.")
+        with gr.Row():
+            p.r_samples = gr.Slider(1, 256, value=32, step=1, label="random masks per layer",
+                                    elem_id="rosais-samples")
+            p.r_top = gr.Slider(0, 32, value=2, step=1, label="top-L layers to mask")
+            p.r_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="mask ratio")
+            p.r_seed = gr.Number(0, precision=0, label="seed")
+            p.r_btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
+        p.r_plot = gr.Plot(plots.rosais_bars(None), label="RoSais per layer",
+                           elem_id="rosais-plot")
+        p.r_md = gr.Markdown("")
+        p.r_mask_btn = gr.Button("Mask the top-L routers and regenerate",
+                                 elem_id="rosais-mask-btn")
+        with gr.Row():
+            p.r_base = gr.Textbox(label="Baseline answer", lines=4, interactive=False,
+                                  elem_classes="sse-answer")
+            p.r_masked = gr.Textbox(label="Answer with the top-L routers masked", lines=4,
+                                    interactive=False, elem_id="rosais-masked",
+                                    elem_classes="sse-answer")
+
+
+def wire(ctx: Explorer, p: SimpleNamespace) -> None:
+
+    @gpu(180)
+    def run_rosais(prompt_v, samples, top, ratio, seed, max_new_v, progress=gr.Progress(),
+                   request: gr.Request = None):
+        with user_errors("RoSais"):
+            from explorer.methods.rosais import rosais
+            moe = ctx.require()
+            ctx.check_prompt(prompt_v)
+            top = min(whole_number(top, "top-L", 0), len(moe.moe_layers))
+            samples = whole_number(samples, "samples", 1)
+            ctx.check_rosais(samples)
+            n = ctx.new_tokens(max_new_v)
+            ctx.admit(request)
+            progress(0, desc="scoring routers")
+            res = rosais(moe, prompt_v, samples=samples, top=top,
+                         mask_ratio=float(ratio), seed=whole_number(seed, "seed"), max_new_tokens=n,
+                         on_progress=lambda d, t: progress(d / max(t, 1),
+                                                           desc=f"layer {d}/{t}"))
+            d = res.to_dict()
+            return (d, plots.rosais_bars(d), rosais_summary(res),
+                    ctx.shown(prompt_v, res.baseline_completion),
+                    ctx.shown(prompt_v, res.completion)
+                    + f"\n\n[{verdict_text(prompt_v, res.completion)}]")
+
+    p.r_btn.click(run_rosais, [p.prompt, p.r_samples, p.r_top, p.r_ratio, p.r_seed, p.max_new],
+                  [p.st_rosais, p.r_plot, p.r_md, p.r_base, p.r_masked], **MODEL_SLOT, **UI)
+
+    @gpu(60)
+    def rosais_mask(prompt_v, top, max_new_v, res, request: gr.Request = None):
+        with user_errors("Masked generation"):
+            from explorer.methods.rosais import RosaisResult
+            ctx.require()
+            if not res:
+                fail("Run RoSais first.")
+            if res.get("prompt") != prompt_v:
+                fail("The prompt changed since RoSais ran: run RoSais again.")
+            ctx.check_prompt(prompt_v)
+            result = RosaisResult.from_dict(res)
+            route = result.route_for(min(whole_number(top, "top-L", 0), len(result.moe_layers)))
+            n = ctx.new_tokens(max_new_v)
+            ctx.admit(request)
+            base_text = ""
+            for base_text, tr in ctx.stream(prompt_v, n):
+                yield gr.skip(), base_text
+            for text, tr in ctx.stream(prompt_v, n, route):
+                yield text, gr.skip()
+            yield (text + f"\n\n[{verdict_text(prompt_v, tr.completion)} · masked layers "
+                          f"{route.layers}]", base_text)
+
+    p.r_mask_btn.click(rosais_mask, [p.prompt, p.r_top, p.max_new, p.st_rosais],
+                       [p.r_masked, p.r_base], **MODEL_SLOT, **UI)

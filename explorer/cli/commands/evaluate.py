@@ -1,0 +1,177 @@
+"""``python -m explorer evaluate``: an attack method over a dataset, judged, as JSONL.
+
+Examples::
+
+    python -m explorer evaluate --dataset ../shared/data/advbench_harmful_behaviors.csv \\
+        --method none --limit 20 --out runs/none.jsonl
+    python -m explorer evaluate --dataset jbb --method fsour --out runs/fsour.jsonl --resume
+    accelerate launch --multi_gpu --num_processes 2 -m explorer evaluate --dataset my.csv \\
+        --out runs/x.jsonl        # rows split between processes, merged by rank 0
+    torchrun --nproc_per_node 2 -m explorer evaluate ...   # the same without accelerate
+
+Both set RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, also on a machine without GPUs (each
+process then runs on the CPU; on GPUs process R uses cuda:LOCAL_RANK). Note that
+``accelerate launch --cpu`` starts a single process unless MPI is configured.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from explorer.cli.options import (
+    Command,
+    UsageError,
+    add_model_args,
+    check_out_path,
+    count,
+    emit,
+    load_from_args,
+    positive_int,
+    seed_int,
+)
+from explorer.core.defaults import MAX_NEW_TOKENS
+from explorer.settings import Settings
+
+
+def _limit(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _configure(p):
+    from explorer.evaluation.evaluate import METHODS
+    p.add_argument("--dataset", required=True,
+                   help="a CSV with a goal column (optional target), or jbb | advbench "
+                        "(hub, needs `datasets` and a connection)")
+    p.add_argument("--method", default="none", choices=METHODS,
+                   help="none: plain greedy answer; rosais: route from router safety "
+                        "scores; fsour: F-SOUR route search (default none)")
+    p.add_argument("--limit", type=_limit, default=None, help="evaluate the first K rows")
+    p.add_argument("--judge", default="keyword",
+                   help="keyword (offline default) | rubric (LLM endpoint) | classifier "
+                        "(local safety classifier)")
+    p.add_argument("--judge-url", default=None,
+                   help="rubric: OpenAI-compatible base URL, e.g. http://localhost:8000/v1 "
+                        "(default $EXPLORER_JUDGE_URL); key from $EXPLORER_JUDGE_API_KEY "
+                        "or $OPENAI_API_KEY")
+    p.add_argument("--judge-model", default=None,
+                   help="rubric: model name (default $EXPLORER_JUDGE_MODEL); "
+                        "classifier: local model folder")
+    p.add_argument("--out", default=None,
+                   help="append one JSON row per finished dataset row to this JSONL file")
+    p.add_argument("--resume", action="store_true",
+                   help="skip rows already in --out (same index and goal) and continue")
+    p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS,
+                   help="greedy answer length (default 48)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
+    p.add_argument("--top", type=count, default=None,
+                   help="rosais: number of top-scored routers to mask (default: rosais's own)")
+    p.add_argument("--samples", type=count, default=None,
+                   help="rosais: random masks sampled per router, S1 (default: rosais's own)")
+    p.add_argument("--candidates", type=count, default=None,
+                   help="fsour: candidate expert sets per step (default: fsour's own)")
+    p.add_argument("--max-iters", type=count, default=None,
+                   help="fsour: search iterations (default: fsour's own)")
+    p.add_argument("--target", default=None,
+                   help="fsour: target prefix for every row (default: the dataset's target "
+                        "column, else 'Sure, here is')")
+    add_model_args(p)
+
+
+def make_judge(name: str, url: str | None = None, model: str | None = None,
+               device: str = "cpu", settings: Settings | None = None):
+    """Build and check the judge the CLI options describe (errors: ValueError/UsageError);
+    the rubric judge's endpoint, model and key default to the ``settings``'."""
+    from explorer.judges import JUDGES, get_judge
+    if name not in JUDGES:
+        raise UsageError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}")
+    opts: dict = {}
+    if name == "rubric":
+        opts = dict((settings or Settings()).judge_options(name))
+        opts.update({k: v for k, v in (("base_url", url), ("model", model)) if v})
+    elif name == "classifier":
+        if not model:
+            raise UsageError("--judge classifier needs --judge-model PATH (a local "
+                             "classifier folder)")
+        opts = {"model_path": model, "device": device}
+    judge = get_judge(name, **opts)
+    check = getattr(judge, "check", None)
+    if callable(check):
+        check()
+    return judge
+
+
+def _progress(rank: int, world: int):
+    tag = f"rank {rank} " if world > 1 else ""
+
+    def show(k: int, total: int, rec: dict, skipped: bool) -> None:
+        status = "jailbroken" if rec.get("jailbroken") else (
+            "refusal" if rec.get("refusal") else "not jailbroken")
+        extra = " (resumed)" if skipped else ""
+        goal = rec.get("goal", "")
+        goal = goal if len(goal) <= 50 else goal[:47] + "..."
+        print(f"{tag}[{k}/{total}] row {rec.get('index')}: {status}, "
+              f"{rec.get('forward_passes', 0)} passes, {float(rec.get('seconds') or 0):.2f}s"
+              f"{extra}  {goal!r}", file=sys.stderr, flush=True)
+    return show
+
+
+def _run(args):
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.evaluation.evaluate import check_layout, evaluate
+    st = args.settings
+    rank, world, local = st.rank, st.world_size, st.local_rank
+    check_layout(rank, world)
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out FILE.jsonl")
+    if world > 1 and not args.out:
+        raise UsageError(f"--out is required when {world} processes share the rows")
+    check_out_path(args.out, makes_folders=True)
+    if args.target is not None and not args.target.strip():
+        raise UsageError("the target is empty")
+    rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline)
+    if world > 1:
+        import os
+
+        import torch
+        if args.device == "auto" and torch.cuda.is_available():
+            args.device = f"cuda:{local % torch.cuda.device_count()}"
+        if st.omp_threads is None:  # share the CPU cores between processes
+            per_node = st.local_world_size or world
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+    judge = make_judge(args.judge, args.judge_url, args.judge_model,
+                       device=args.device, settings=st)
+    moe = load_from_args(args)
+    settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, top=args.top,
+                    samples=args.samples, candidates=args.candidates,
+                    max_iters=args.max_iters, target=args.target)
+    ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
+                  rank=rank, world=world, dataset=args.dataset,
+                  process_group=bool(st.master_addr and st.master_port),
+                  group_timeout=st.dist_timeout,
+                  on_row=None if args.json else _progress(rank, world), **settings)
+    if rank != 0:  # rank 0 reports the merged result
+        if not args.json:
+            print(f"rank {rank}: {ev.n} rows in its shard", file=sys.stderr)
+        return 0
+    s = ev.summary()
+    obj = {**ev.to_dict(), "model": moe.name, "out": args.out}
+    text = (f"{args.method} on {args.dataset} ({moe.name}, judge {ev.judge}): n={s['n']}, "
+            f"ASR {s['asr']:.1%}, refusal rate {s['refusal_rate']:.1%}, "
+            f"{s['mean_forward_passes']:.1f} forward passes and {s['mean_seconds']:.2f}s "
+            f"per row" + (f"; rows in {args.out}" if args.out else ""))
+    emit(args, obj, text)
+    return 0
+
+
+#: This group's commands (joined in :data:`explorer.cli.main.COMMANDS`).
+COMMANDS = {
+    "evaluate": Command(_configure, _run,
+            "run an attack method over a dataset and judge every answer "
+         "(JSONL rows, resumable, splits across processes)"),
+}

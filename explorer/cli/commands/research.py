@@ -1,0 +1,465 @@
+"""CLI subcommands ``utility``, ``transfer``, ``minimize``, ``defend`` and ``rosais-curve``.
+
+Prompts: ``--prompts FILE`` (one prompt per line, ``#`` comments; or a CSV with a
+goal/Goal column), ``harmful`` / ``benign`` for the built-in sets (``benign`` adds
+JailbreakBench's benign split when ../shared/data has it). Routes: ``--route FILE``,
+repeatable; a file holds a route JSON, a ``fsour --json`` / ``rosais --json`` object, or
+JSONL rows from ``evaluate --method fsour|rosais`` (each row's route, its goal as prompt),
+or a ``minimize --json`` object (its minimal routes).
+
+Examples::
+
+    python -m explorer fsour --prompt "..." --out r1.json
+    python -m explorer utility --route r1.json --harmful harmful --limit 12
+    python -m explorer transfer --route runs/fsour.jsonl --universal 2
+    python -m explorer minimize --route r1.json
+    python -m explorer defend --derive-prompts harmful --derive-limit 4 --limit 8
+    python -m explorer rosais-curve --limit 6 --max-top 4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from explorer.cli.options import (
+    Command,
+    UsageError,
+    add_model_args,
+    emit,
+    load_from_args,
+    positive_int,
+)
+from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.viz.text import pct
+
+
+def _count(text: str) -> int:
+    v = positive_int(text)
+    if v < 1:
+        raise UsageError(f"expected a positive integer, got {v}")
+    return v
+
+
+# -- inputs -------------------------------------------------------------------------------
+def load_prompts(spec: str | None, default: str = "harmful", limit: int | None = None,
+                 data_dir: str | None = None) -> list[str]:
+    """Prompts from ``spec`` (file, ``harmful`` or ``benign``; None = ``default``);
+    ``data_dir``: the benchmark folder whose JailbreakBench benign split ``benign`` adds."""
+    from explorer.research.common import harmful_prompts
+    from explorer.research.utility import benign_prompts
+    spec = spec or default
+    if spec == "harmful":
+        out = harmful_prompts()
+    elif spec == "benign":
+        out = benign_prompts(data_dir=data_dir)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UsageError(f"prompt file {spec} does not exist (or use 'harmful' / 'benign')")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise UsageError(f"{spec}: not a UTF-8 text file") from None
+        first = text.splitlines()[0].strip().lower() if text.strip() else ""
+        if path.suffix.lower() == ".csv" or first in ("goal", "goal,target") or \
+                first.startswith(("goal,", ",goal")):
+            from explorer.evaluation.datasets import load_goals
+            out = [r["goal"] for r in load_goals(path)]
+        else:
+            out = [ln.strip() for ln in text.splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#")]
+    if not out:
+        raise UsageError(f"no prompts in {spec}")
+    return out[:limit] if limit else out
+
+
+def _json_objects(path, what: str) -> list:
+    """The JSON objects in a file: one JSON document, or JSON lines."""
+    from explorer.research.common import json_objects
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return json_objects(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def load_routes(paths, top: int | None = None) -> list:
+    """Routes from files (see the module docs); RoSais results give their top-L masks."""
+    from explorer.research.common import routes_from_objects
+    out = []
+    for p in paths or []:
+        out += routes_from_objects(_json_objects(p, "route file"), top, where=str(p))
+    return out
+
+
+def load_rosais(paths) -> list:
+    from explorer.methods.rosais import RosaisResult
+    out = []
+    for p in paths or []:
+        for obj in _json_objects(p, "RoSais file"):
+            if not isinstance(obj, dict) or "best_masks" not in obj:
+                raise UsageError(f"{p}: not a `rosais --json` result")
+            out.append(RosaisResult.from_dict(obj))
+    return out
+
+
+def _check_threshold(v: float) -> None:
+    if not v <= 0:  # NaN too
+        raise UsageError("the threshold is a log-probability: it must be <= 0")
+
+
+def _check_out(*paths) -> None:
+    for path in paths:
+        if path is None:
+            continue
+        p = Path(path).expanduser()
+        if not str(path).strip() or p.is_dir():
+            raise UsageError(f"output path {path!r} is empty or a folder")
+        if not p.parent.is_dir():
+            raise UsageError(f"output path {path}: the folder {p.parent} does not exist")
+
+
+def _check_seed(v: int) -> None:
+    if not 0 <= v <= 2**32 - 1:
+        raise UsageError(f"a seed must lie in 0..{2**32 - 1}, got {v}")
+
+
+def _judge(args):
+    from explorer.cli.commands.evaluate import make_judge
+    return make_judge(args.judge, settings=args.settings)
+
+
+def _common(p, max_new: int = 32):
+    p.add_argument("--judge", default="keyword", help="keyword (default) | rubric | classifier")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new,
+                   help=f"greedy answer length (default {max_new})")
+    add_model_args(p)
+
+
+def _mapping(p):
+    p.add_argument("--mapping", choices=["end", "template", "absolute"], default="end",
+                   help="how positions move to another prompt: end (align from the end of "
+                        "the templated prompt, default), template (only chat-template tokens), "
+                        "absolute")
+
+
+# -- utility ------------------------------------------------------------------------------
+def _configure_utility(p):
+    p.add_argument("--route", action="append", default=[], help="route / result file (repeatable)")
+    p.add_argument("--rosais", action="append", default=[], help="`rosais --json` result file")
+    p.add_argument("--top", type=_count, default=None, help="RoSais routers to mask (default: "
+                   "the result's own top-L)")
+    p.add_argument("--prompts", default=None, help="benign prompts: FILE or benign (default: "
+                   "built-in benign + JBB benign when present)")
+    p.add_argument("--limit", type=_count, default=None, help="use the first N benign prompts")
+    p.add_argument("--harmful", default=None, help="also measure ASR on these harmful "
+                   "prompts: FILE or harmful")
+    p.add_argument("--harmful-limit", type=_count, default=None)
+    _mapping(p)
+    _common(p)
+
+
+def _run_utility(args):
+    from explorer.research.utility import utility_cost
+    routes = load_routes(args.route, args.top) + load_rosais(args.rosais)
+    if not routes:
+        raise UsageError("give at least one --route or --rosais file")
+    benign = load_prompts(args.prompts, "benign", args.limit, data_dir=args.settings.shared_data)
+    harm = load_prompts(args.harmful, "harmful", args.harmful_limit, data_dir=args.settings.shared_data) if args.harmful else None
+    judge = _judge(args)
+    moe = load_from_args(args)
+    res = utility_cost(moe, routes, benign, max_new_tokens=args.max_new_tokens,
+                       mapping=args.mapping, judge=judge, harmful_prompts=harm, top=args.top)
+    text = [f"{len(res.prompts)} benign prompts: baseline refusal rate "
+            f"{pct(res.baseline_refusal_rate)}, mean log-likelihood "
+            f"{res.baseline_mean_ll:.3f} nats/token"] + res.summary_lines()
+    emit(args, res.to_dict(), "\n".join(text))
+
+
+# -- transfer -----------------------------------------------------------------------------
+def _configure_transfer(p):
+    p.add_argument("--route", action="append", default=[], required=True,
+                   help="route / result file (repeatable)")
+    p.add_argument("--prompts", default=None, help="prompts to replay on: FILE or harmful "
+                   "(default: the routes' own prompts plus the built-in harmful set)")
+    p.add_argument("--limit", type=_count, default=None)
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--universal", type=positive_int, default=0, metavar="MIN_COUNT",
+                   help="also build a universal route from cells in >= MIN_COUNT routes "
+                        "and measure its ASR on held-out prompts (0 = off)")
+    p.add_argument("--key", choices=["set", "cell"], default="set",
+                   help="universal: count identical expert sets (set) or any forced set "
+                        "at a (layer, distance-from-end) cell (cell)")
+    p.add_argument("--heldout", default=None, help="universal: held-out prompts, FILE or "
+                   "harmful (default: --prompts minus the routes' own prompts)")
+    p.add_argument("--out-universal", default=None, help="write the universal route here")
+    _mapping(p)
+    _common(p)
+
+
+def _run_transfer(args):
+    from explorer.research.transfer import asr, transfer_matrix, universal_route
+    if not args.target.strip():
+        raise UsageError("the target is empty")
+    routes = load_routes(args.route)
+    if not routes:
+        raise UsageError("the route files hold no routes")
+    own = [r.info["prompt"] for r in routes if isinstance(r.info.get("prompt"), str)]
+    if args.prompts:
+        prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
+    else:
+        prompts = list(dict.fromkeys(own + load_prompts("harmful", data_dir=args.settings.shared_data)))[:args.limit or None]
+    _check_out(args.out_universal)
+    judge = _judge(args)
+    moe = load_from_args(args)
+    res = transfer_matrix(moe, routes, prompts, target=args.target, judge=judge,
+                          mapping=args.mapping, max_new_tokens=args.max_new_tokens)
+    obj = res.to_dict()
+    text = [f"{len(routes)} routes x {len(prompts)} prompts ({args.mapping} mapping): "
+            f"transfer rate {pct(res.transfer_rate)} (own prompts {pct(res.own_rate)}, "
+            f"no route {pct(res.baseline_asr)})"
+            + (f", mean target log-prob gain {res.mean_logprob_gain:+.2f}"
+               if res.mean_logprob_gain is not None else "")]
+    for i, rate in enumerate(res.row_rates()):
+        row = "".join("X" if c["jailbroken"] else "." for c in res.cells[i])
+        text.append(f"route {i}: {row}  {pct(rate)}")
+    if args.universal:
+        u = universal_route(routes, args.universal, moe=moe, key=args.key)
+        held = (load_prompts(args.heldout, data_dir=args.settings.shared_data) if args.heldout
+                else [p for p in prompts if p not in own])
+        obj["universal"] = {"route": u.to_dict(), "heldout": held}
+        if args.out_universal:
+            u.save(args.out_universal)
+        if len(u) and held:
+            a = asr(moe, u, held, judge=judge, mapping=args.mapping,
+                    max_new_tokens=args.max_new_tokens)
+            obj["universal"]["asr"] = a.to_dict()
+            text.append(f"universal route ({len(u)} edits, cells in >= {args.universal} "
+                        f"routes): ASR {pct(a.asr)} on {a.n} held-out prompts")
+        else:
+            obj["universal"]["asr"] = None
+            text.append(f"universal route: {len(u)} edits recur in >= {args.universal} "
+                        "routes" + ("" if held else "; no held-out prompts"))
+    emit(args, obj, "\n".join(text))
+
+
+# -- minimize -----------------------------------------------------------------------------
+def _configure_minimize(p):
+    p.add_argument("--route", action="append", default=[], required=True,
+                   help="route / result file (repeatable; each is minimised on its own prompt)")
+    p.add_argument("--prompt", default=None, help="prompt (default: the route's own; only "
+                   "with a single route)")
+    p.add_argument("--target", default=None, help="target answer (default: the route's own, "
+                   "else 'Sure, here is')")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="log P(target) a route must keep (default log 0.8; a route below it "
+                        "must keep its own)")
+    p.add_argument("--checks", type=_count, default=3, help="generations tried per round")
+    p.add_argument("--out", default=None, help="write the minimal route (single route)")
+    _common(p)
+
+
+def _run_minimize(args):
+    from explorer.research.minimal import minimize
+    _check_threshold(args.threshold)
+    routes = load_routes(args.route)
+    if not routes:
+        raise UsageError("the route files hold no routes")
+    _check_out(args.out)
+    if len(routes) > 1 and (args.prompt or args.out):
+        raise UsageError("--prompt and --out need exactly one route")
+    if args.target is not None and not args.target.strip():
+        raise UsageError("the target is empty")
+    for r in routes:
+        if not (args.prompt or r.info.get("prompt")):
+            raise UsageError("a route does not name its prompt: pass --prompt")
+    judge = _judge(args)
+    moe = load_from_args(args)
+    results = []
+    for r in routes:
+        target = args.target or r.info.get("target") or DEFAULT_TARGET
+        results.append(minimize(moe, args.prompt, r, target=target, threshold=args.threshold,
+                                judge=judge, max_new_tokens=args.max_new_tokens,
+                                checks=args.checks))
+    if args.out:
+        results[0].minimal_route.save(args.out)
+    ok = [m for m in results if m.jailbroken_before]
+    obj = {"results": [m.to_dict() for m in results], "n": len(results),
+           "succeeding": len(ok),
+           "mean_edits_before": (sum(m.edits_before for m in ok) / len(ok)) if ok else None,
+           "mean_edits_after": (sum(m.edits_after for m in ok) / len(ok)) if ok else None}
+    text = []
+    for m in results:
+        if not m.jailbroken_before:
+            text.append(f"{m.prompt[:50]!r}: the route does not jailbreak (log P = "
+                        f"{m.logprob_before:.2f}); nothing to minimise")
+            continue
+        cells = ", ".join(f"L{x['layer']}@{x['position']}({x['token']!r}, -{x['from_end']})"
+                          f" drop {x['drop']:.2f}" if x["position"] is not None else
+                          f"L{x['layer']} all" for x in m.necessity) or \
+            "no edit (the unattacked answer already succeeds)"
+        text.append(f"{m.prompt[:50]!r}: {m.edits_before} -> {m.edits_after} edits, log P "
+                    f"{m.logprob_before:.2f} -> {m.logprob_after:.2f}; needed: {cells}")
+    if ok:
+        text.append(f"mean route size {obj['mean_edits_before']:.1f} -> "
+                    f"{obj['mean_edits_after']:.1f} edits over {len(ok)} succeeding routes")
+    emit(args, obj, "\n".join(text))
+
+
+# -- defend -------------------------------------------------------------------------------
+def _configure_defend(p):
+    p.add_argument("--defense", default=None, help="evaluate this defense route file "
+                   "instead of deriving one")
+    p.add_argument("--route", action="append", default=[], help="found routes (evidence and "
+                   "replay), repeatable")
+    p.add_argument("--rosais", action="append", default=[], help="`rosais --json` results "
+                   "(evidence), repeatable")
+    p.add_argument("--derive-prompts", default=None, help="run RoSais and F-SOUR on these "
+                   "prompts (FILE or harmful) to gather evidence")
+    p.add_argument("--derive-limit", type=_count, default=None)
+    p.add_argument("--prompts", default=None, help="harmful prompts to attack: FILE or "
+                   "harmful (default: the built-in harmful prompts no evidence came from)")
+    p.add_argument("--limit", type=_count, default=None)
+    p.add_argument("--benign", default=None, help="benign prompts for the utility cost: FILE "
+                   "or benign (default: built-in + JBB benign)")
+    p.add_argument("--benign-limit", type=_count, default=None)
+    p.add_argument("--attacks", default="none,rosais,fsour",
+                   help="comma list of none, rosais, fsour (replay is added with --route)")
+    p.add_argument("--no-before", action="store_true", help="skip the undefended run")
+    p.add_argument("--min-count", type=_count, default=2,
+                   help="forbid experts forced in >= this many routes")
+    p.add_argument("--rosais-layers", type=positive_int, default=2)
+    p.add_argument("--rosais-experts", type=positive_int, default=1)
+    p.add_argument("--max-per-layer", type=positive_int, default=2)
+    p.add_argument("--mode", choices=("protect", "mask"), default="protect",
+                   help="protect (default): pin the most safety-critical routers, route "
+                   "edits there are ignored; mask: forbid the experts attacks use "
+                   "(backfires on the demo model, see README)")
+    p.add_argument("--protect-layers", type=positive_int, default=2,
+                   help="protect mode: routers pinned")
+    p.add_argument("--top", type=_count, default=2, help="RoSais attack: routers masked")
+    p.add_argument("--samples", type=_count, default=8, help="RoSais masks per router")
+    p.add_argument("--candidates", type=_count, default=4, help="F-SOUR sets per step")
+    p.add_argument("--max-iters", type=_count, default=1, help="F-SOUR restarts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    p.add_argument("--out", default=None, help="write the defense route here")
+    _common(p)
+
+
+def _run_defend(args):
+    from explorer.core.route import Route
+    from explorer.research.defense import (
+        derive_defense,
+        describe_defense,
+        evaluate_defense,
+        gather_evidence,
+    )
+    _check_out(args.out)
+    _check_seed(args.seed)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in attacks if a not in ("none", "rosais", "fsour", "replay")]
+    if bad or not attacks:
+        raise UsageError(f"unknown attack {bad[0] if bad else '(none given)'}; choose from "
+                         "none, rosais, fsour")
+    _check_threshold(args.threshold)
+    routes = load_routes(args.route)
+    rosais_results = load_rosais(args.rosais)
+    derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=args.settings.shared_data) \
+        if args.derive_prompts else []
+    if args.defense is None and not (routes or rosais_results or derive):
+        raise UsageError("give --defense, or evidence: --route, --rosais or --derive-prompts")
+    if args.prompts:
+        prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
+    else:  # held out: not a prompt any evidence came from
+        seen = set(derive) | {r.info.get("prompt") for r in routes} | \
+            {r.prompt for r in rosais_results}
+        prompts = [p for p in load_prompts("harmful", data_dir=args.settings.shared_data) if p not in seen][:args.limit or None]
+        if not prompts:
+            raise UsageError("no held-out prompts left: pass --prompts")
+    benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=args.settings.shared_data)
+    defense = Route.load(args.defense) if args.defense else None
+    judge = _judge(args)
+    moe = load_from_args(args)
+    if derive:
+        r2, f2 = gather_evidence(moe, derive, samples=args.samples, candidates=args.candidates,
+                                 max_iters=args.max_iters, seed=args.seed, target=args.target,
+                                 threshold=args.threshold,
+                                 max_new_tokens=args.max_new_tokens, judge=judge)
+        rosais_results += r2
+        routes += f2
+    if defense is None:
+        defense = derive_defense(moe, rosais_results, routes, min_count=args.min_count,
+                                 rosais_layers=args.rosais_layers,
+                                 rosais_experts=args.rosais_experts,
+                                 max_per_layer=args.max_per_layer, mode=args.mode,
+                                 protect_layers=args.protect_layers)
+    if args.out:
+        defense.save(args.out)
+    res = evaluate_defense(moe, defense, prompts, benign, attacks=attacks, routes=routes,
+                           before=not args.no_before, rosais_top=args.top,
+                           samples=args.samples, candidates=args.candidates,
+                           max_iters=args.max_iters, threshold=args.threshold,
+                           target=args.target, max_new_tokens=args.max_new_tokens,
+                           judge=judge, seed=args.seed)
+    obj = res.to_dict()
+    obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
+                       "derive_prompts": derive}
+    text = [f"defense: {describe_defense(defense)} (from {len(routes)} routes, "
+            f"{len(rosais_results)} RoSais results); {len(prompts)} harmful, {len(benign)} "
+            "benign prompts"]
+    text += res.summary_lines()
+    emit(args, obj, "\n".join(text))
+
+
+# -- rosais-curve -------------------------------------------------------------------------
+def _configure_curve(p):
+    p.add_argument("--prompts", default=None, help="FILE or harmful (default harmful)")
+    p.add_argument("--limit", type=_count, default=None)
+    p.add_argument("--max-top", type=_count, default=5, help="mask the top 1..N routers")
+    p.add_argument("--samples", type=_count, default=16, help="random masks per router")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-ratio", type=float, default=0.5)
+    _common(p)
+
+
+def _run_curve(args):
+    from explorer.research.transfer import rosais_curve
+    if not 0.0 < args.mask_ratio < 1.0:
+        raise UsageError("--mask-ratio must lie strictly between 0 and 1")
+    _check_seed(args.seed)
+    prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
+    judge = _judge(args)
+    moe = load_from_args(args)
+    res = rosais_curve(moe, prompts, max_top=args.max_top, samples=args.samples,
+                       seed=args.seed, mask_ratio=args.mask_ratio,
+                       max_new_tokens=args.max_new_tokens, judge=judge)
+    text = [f"{len(prompts)} prompts, {args.samples} masks per router"]
+    text += [f"top-{t} routers masked: ASR {pct(a)}; {t} random routers, random masks "
+             f"(control): ASR {pct(c)}"
+             for t, a, c in zip(res.tops, res.asr_by_top, res.random_asr_by_top)]
+    for lay, d, m in zip(res.moe_layers, res.distributions, res.mean_scores):
+        ds = sorted(d)
+        q = lambda f: ds[min(len(ds) - 1, int(f * len(ds)))]  # noqa: E731
+        text.append(f"layer {lay:>3}: mean best {m:+.3f}; mask scores median {q(0.5):+.3f}, "
+                    f"IQR [{q(0.25):+.3f}, {q(0.75):+.3f}], max {ds[-1]:+.3f}")
+    emit(args, res.to_dict(), "\n".join(text))
+
+
+#: This group's commands (joined in :data:`explorer.cli.main.COMMANDS`).
+COMMANDS = {
+    "utility": Command(_configure_utility, _run_utility,
+            "utility cost of routes on benign prompts (refusals, log-likelihood)"),
+    "transfer": Command(_configure_transfer, _run_transfer,
+            "replay routes on other prompts; universal route"),
+    "minimize": Command(_configure_minimize, _run_minimize,
+            "shrink a route to the edits it needs"),
+    "defend": Command(_configure_defend, _run_defend,
+            "derive a route-disabling defense and measure ASR before/after"),
+    "rosais-curve": Command(_configure_curve, _run_curve,
+            "RoSais ASR vs number of masked routers, with score spreads"),
+}

@@ -1,0 +1,144 @@
+"""CLI subcommands ``rosais``, ``fsour`` and ``replay``."""
+
+from __future__ import annotations
+
+import sys
+
+from explorer.cli.options import (
+    Command,
+    UsageError,
+    add_model_args,
+    check_out_path,
+    check_route,
+    count,
+    emit,
+    load_from_args,
+    log_prob,
+    open_ratio,
+    positive_int,
+    require_prompt,
+    seed_int,
+)
+from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, MAX_NEW_TOKENS, ROSAIS_SAMPLES
+
+_count = count  # kept for callers of the old private name
+
+
+def _configure_rosais(p):
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--samples", type=_count, default=ROSAIS_SAMPLES, help="random masks per router (S1)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--top", type=count, default=5, help="routers to mask together (L)")
+    p.add_argument("--mask-ratio", type=open_ratio, default=0.5,
+                   help="share of experts per mask, strictly between 0 and 1")
+    p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    p.add_argument("--curve", action="store_true", help="also generate for L = 1..top")
+    add_model_args(p)
+
+
+def _run_rosais(args):
+    from explorer.methods.rosais import rosais
+    require_prompt(args.prompt)
+    moe = load_from_args(args)
+    res = rosais(moe, args.prompt, samples=args.samples, seed=args.seed, top=args.top,
+                 mask_ratio=args.mask_ratio, max_new_tokens=args.max_new_tokens,
+                 curve=args.curve,
+                 on_progress=None if args.json else
+                 lambda d, n: print(f"\rscoring routers {d}/{n}", end="", file=sys.stderr))
+    if not args.json:
+        print(file=sys.stderr)
+    rows = [f"baseline log P(affirmative) = {res.baseline_logprob:.3f} "
+            f"(tokens {res.affirmative_tokens})"]
+    best = max(res.scores) if res.scores else 1.0
+    for lay, s in zip(res.moe_layers, res.scores):
+        bar = "#" * int(30 * max(s, 0) / best) if best > 0 else ""
+        mark = " *" if lay in res.top_layers else ""
+        rows.append(f"layer {lay:>3}  RoSais {s:+8.3f}  {bar}{mark}")
+    rows.append(f"baseline answer: {res.baseline_completion}")
+    rows.append(f"masked top-{len(res.top_layers)} {res.top_layers}: {res.completion}")
+    emit(args, res.to_dict(), "\n".join(rows))
+
+
+def _configure_fsour(p):
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--target", default=DEFAULT_TARGET, help="target answer opening")
+    p.add_argument("--candidates", type=_count, default=10, help="random sets per (token, layer)")
+    p.add_argument("--threshold", type=log_prob, default=DEFAULT_THRESHOLD,
+                   help="stop once log P(target) reaches this (default log 0.8)")
+    p.add_argument("--max-iters", type=_count, default=5, help="restarts with seed + i")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--engine", choices=["fast", "reference"], default="fast")
+    p.add_argument("--judge", default="keyword",
+                   help="keyword (offline default) | rubric | classifier (see evaluate)")
+    p.add_argument("--judge-url", default=None, help="rubric: OpenAI-compatible base URL")
+    p.add_argument("--judge-model", default=None,
+                   help="rubric: model name; classifier: local model folder")
+    p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    p.add_argument("--out", default=None, help="write the route JSON here")
+    add_model_args(p)
+
+
+def _run_fsour(args):
+    from explorer.cli.commands.evaluate import make_judge
+    from explorer.methods.fsour import fsour
+    require_prompt(args.prompt)
+    if not args.target.strip():
+        raise UsageError("the target is empty")
+    if args.threshold > 0:
+        raise UsageError("the threshold is a log-probability: it must be <= 0")
+    check_out_path(args.out)
+    judge = make_judge(args.judge, args.judge_url, args.judge_model, device=args.device,
+                       settings=args.settings)
+    moe = load_from_args(args)
+
+    def progress(ev):
+        if ev.kind in ("step", "improved") and not args.json:
+            print(f"\rrestart {ev.iteration + 1} token {ev.position + 1}/{ev.num_positions} "
+                  f"layer {ev.layer}  best log P = {ev.best_logprob:.3f}  "
+                  f"passes {ev.forward_passes}", end="", file=sys.stderr)
+    res = fsour(moe, args.prompt, target=args.target, candidates=args.candidates,
+                threshold=args.threshold, max_iters=args.max_iters, seed=args.seed,
+                engine=args.engine, judge=judge, max_new_tokens=args.max_new_tokens,
+                on_event=progress)
+    if not args.json:
+        print(file=sys.stderr)
+    if args.out:
+        res.route.save(args.out)
+    lp = "n/a" if res.logprob is None else f"{res.logprob:.3f}"
+    text = (f"{'SUCCESS' if res.success else 'no success'}: log P(target) = {lp}, "
+            f"{len(res.route)} forced cells, {res.forward_passes} forward passes, "
+            f"{res.seconds:.1f} s\nanswer: {res.completion}")
+    emit(args, res.to_dict(), text)
+
+
+def _configure_replay(p):
+    p.add_argument("--route", required=True, help="route JSON file")
+    p.add_argument("--prompt", default=None, help="prompt (default: the route's own)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    add_model_args(p)
+
+
+def _run_replay(args):
+    from explorer.core.route import Route
+    from explorer.core.trace import trace, trace_json
+    route = Route.load(args.route)
+    prompt = args.prompt if args.prompt is not None else route.info.get("prompt")
+    if prompt is None:
+        raise UsageError("the route has no prompt in its info: pass --prompt")
+    require_prompt(prompt)
+    moe = load_from_args(args)
+    check_route(moe, route, prompt)
+    tr = trace(moe, prompt, max_new_tokens=args.max_new_tokens, route=route,
+               record_logits=False)
+    emit(args, trace_json(moe, tr), f"answer with route: {tr.completion}")
+
+
+#: This group's commands (joined in :data:`explorer.cli.main.COMMANDS`).
+COMMANDS = {
+    "rosais": Command(_configure_rosais, _run_rosais,
+            "router safety importance scores and top-L masking"),
+    "fsour": Command(_configure_fsour, _run_fsour,
+            "search an unsafe route with F-SOUR"),
+    "replay": Command(_configure_replay, _run_replay,
+            "replay a saved route on its prompt or another"),
+}

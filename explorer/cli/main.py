@@ -1,0 +1,100 @@
+"""Command-line interface: ``python -m explorer <command> ...``.
+
+Every command accepts ``--json`` (one JSON object on stdout) and ``--model`` (demo model
+by default). The commands live in :mod:`explorer.cli.commands`, one module per group,
+each with a ``COMMANDS`` table; :data:`COMMANDS` here joins them in one explicit registry.
+
+Exit status of :func:`main` (and ``python -m explorer``):
+
+- 0: success (``--help`` included);
+- 2: bad input of any kind (options, prompts, route or dataset files, model paths,
+  judge endpoints, limits): one line ``error: ...`` on stderr, no traceback;
+- 1: an internal error, i.e. a bug: one line ``error: <ExceptionType>: ...`` on stderr
+  (``EXPLORER_DEBUG=1`` lets the exception and its traceback through instead);
+- 130: interrupted (Ctrl-C).
+
+A route whose provenance (model, chat template) differs from the loaded model's gives
+one ``warning: ...`` line on stderr and is then validated against the loaded model.
+In-process calls (tests, notebooks) reuse loaded models: see :func:`load_from_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from explorer.cli.commands import bench, evaluate, inspect, research, search
+from explorer.cli.options import UsageError, check_common, one_line
+from explorer.core.errors import ModelLoadError, RouteError
+from explorer.engine.tuning import tuned
+from explorer.settings import Settings
+
+#: The command groups, in the order ``--help`` lists them.
+GROUPS = (inspect, evaluate, search, bench, research)
+#: Every command by name: ``(configure, run, help)`` (:class:`~explorer.cli.options.Command`).
+COMMANDS = {name: cmd for group in GROUPS for name, cmd in group.COMMANDS.items()}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m explorer",
+                     description="Sparse Safety Explorer: unsafe routes in MoE LLMs")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name, (configure, _, help_) in COMMANDS.items():
+        configure(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+_PARSER: tuple[tuple, argparse.ArgumentParser] | None = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per set of registered commands (parsing keeps no state)."""
+    global _PARSER
+    key = tuple((n, id(c), id(r)) for n, (c, r, _) in COMMANDS.items())
+    if _PARSER is None or _PARSER[0] != key:
+        _PARSER = (key, build_parser())
+    return _PARSER[1]
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    """Run one command; returns the exit status (see the module docs). ``settings``
+    default to :meth:`Settings.from_env` (the environment, read here and only here)."""
+    debug = False
+    try:
+        settings = settings if settings is not None else Settings.from_env()
+        debug = settings.debug
+        parser = _parser()
+        args = parser.parse_args(argv)
+        args.settings = settings
+        if not args.command:
+            parser.print_help()
+            print(f"error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        check_common(args)
+        with tuned(settings.tuning):
+            return COMMANDS[args.command][1](args) or 0
+    except (UsageError, RouteError, ModelLoadError, ValueError, OSError) as exc:
+        msg = one_line(exc, limit=1000) or type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help (status 0) from argparse
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {one_line(exc, limit=1000)}", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    """The ``explorer`` console script (the same as ``python -m explorer``)."""
+    sys.exit(main())

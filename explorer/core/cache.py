@@ -1,0 +1,50 @@
+"""Per-model memo tables, owned by one :class:`~explorer.core.model.MoEModel`.
+
+Nothing here changes what a computation returns: the tables only remember pure results
+(a route's allowed-expert rows, whether the model's forward takes ``logits_to_keep``) so
+that a search does not recompute them for every candidate. Each model owns its own
+:class:`ModelCache` (``moe.cache``); no table lives at module level.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class ModelCache:
+    """Bounded memo tables of one model (thread-safe)."""
+
+    #: (num_experts, edits of one route at one layer) -> (glob (E,), table (P, E), P)
+    route_rows: dict = field(default_factory=dict)
+    #: prompt -> its template layout (:func:`explorer.research.common.prompt_layout`)
+    layouts: dict = field(default_factory=dict)
+    #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
+    logits_to_keep: bool | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
+        """``table[key]`` (one of this cache's tables), built with ``build()`` on a miss;
+        the table is emptied when it reaches ``limit`` entries."""
+        hit = table.get(key)
+        if hit is not None:
+            return hit
+        value = build()
+        with self._lock:
+            if len(table) >= limit:
+                table.clear()
+            table[key] = value
+        return value
+
+    def rows(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``route_rows[key]`` (see :meth:`memo`)."""
+        return self.memo(self.route_rows, key, build)
+
+    def clear(self) -> None:
+        """Forget every table."""
+        with self._lock:
+            self.route_rows.clear()
+            self.layouts.clear()
+            self.logits_to_keep = None

@@ -1,0 +1,32 @@
+"""The library's errors and the one formatter that turns any error into one line."""
+
+from __future__ import annotations
+
+
+class RouteError(ValueError):
+    """A route that cannot be applied to a model or prompt (bad layer, expert, size...)."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded (missing path, offline hub id, not an MoE LM...)."""
+
+
+def one_line(error: BaseException | str, limit: int = 400, with_type: bool = False) -> str:
+    """The first non-blank line of an error (or text), control characters escaped, at
+    most ``limit`` characters ("..." marks a cut): safe to show as one line in a terminal,
+    a log or the app. ``with_type`` prefixes the exception's class name (``"ValueError:
+    ..."``). A ``KeyError``'s message is its key, without quotes."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])
+    else:
+        text = str(error)
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    first = lines[0].strip() if lines else ""
+    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                  for ch in first)
+    if isinstance(error, BaseException):
+        if not out:
+            out = type(error).__name__
+        elif with_type:
+            out = f"{type(error).__name__}: {out}"
+    return out if len(out) <= limit else out[:limit - 3] + "..."

@@ -1,0 +1,196 @@
+"""Forward passes with routes: logits, target log-probs, prefix caches and generation.
+
+All functions take an :class:`~explorer.core.model.MoEModel`, hold its lock and run under
+``torch.inference_mode``. Routes are per batch row (one :class:`Route` each) or one
+route for every row.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from explorer.core.defaults import MAX_NEW_TOKENS
+from explorer.core.route import Route
+
+
+def as_ids(moe, ids) -> torch.Tensor:
+    t = torch.as_tensor(ids, dtype=torch.long)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    return t.to(moe.device)
+
+
+def prefill(moe, ids, route: Route | None = None):
+    """Run ``ids`` (1, T) once and return ``(logits, cache)``; the cache can be reused."""
+    ids = as_ids(moe, ids)
+    with moe.lock, torch.inference_mode(), moe.control(route):
+        out = moe.model(input_ids=ids, use_cache=True)
+    return out.logits, cache_of(out)
+
+
+def cache_of(out):
+    for name in ("cache", "past_key_values"):
+        c = getattr(out, name, None)
+        if c is not None:
+            return c
+    return None
+
+
+def reusable(cache) -> bool:
+    """Can this cache be copied and shared as a prefix? (plain DynamicCache only)."""
+    from transformers import DynamicCache
+    return type(cache) is DynamicCache
+
+
+def expand_cache(cache, batch: int):
+    """A ``batch``-row view of a 1-row cache; the original is never modified.
+
+    Plain full-attention layers get broadcast views (no copy: the forward's ``cat``
+    makes new tensors); any other layer type is deep-copied and repeated.
+    """
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    if layers and all(type(lay) is DynamicLayer for lay in layers):
+        c = copy.copy(cache)
+        c.layers = []
+        for lay in layers:
+            n = copy.copy(lay)
+            if getattr(lay, "is_initialized", False) and batch > 1:
+                n.keys = lay.keys.expand(batch, *lay.keys.shape[1:])
+                n.values = lay.values.expand(batch, *lay.values.shape[1:])
+            c.layers.append(n)
+        return c
+    c = copy.deepcopy(cache)
+    if batch > 1:
+        c.batch_repeat_interleave(batch)
+    return c
+
+
+def logits_for_routes(moe, ids, routes: Sequence[Route] | Route | None, prefix_cache=None,
+                      prefix_len: int = 0) -> torch.Tensor:
+    """Logits of ``ids`` (1, T) for B routes at once: shape (B, T - prefix_len, vocab).
+
+    With ``prefix_cache`` (the cache of ``ids[:, :prefix_len]``, from :func:`prefill`)
+    only the suffix is recomputed; routes must not change positions below ``prefix_len``.
+    """
+    ids = as_ids(moe, ids)
+    rlist = [routes] if routes is None or isinstance(routes, Route) else list(routes)
+    B = len(rlist)
+    batch = ids[:, prefix_len:].expand(B, -1)
+    kwargs = {}
+    if prefix_cache is not None and prefix_len > 0 and not reusable(prefix_cache):
+        # hybrid caches (minimax's linear attention) cannot be shared: recompute, then slice
+        return logits_for_routes(moe, ids, routes)[:, prefix_len:]
+    if prefix_cache is not None and prefix_len > 0:
+        kwargs["cache"] = expand_cache(prefix_cache, B)
+        kwargs["use_cache"] = True
+        # explicit positions: some hybrid caches (minimax) report a length of 0 from layer 0
+        kwargs["position_ids"] = torch.arange(prefix_len, ids.shape[1],
+                                              device=ids.device).unsqueeze(0).expand(B, -1)
+        kwargs["attention_mask"] = torch.ones(B, ids.shape[1], dtype=torch.long, device=ids.device)
+    else:
+        kwargs["use_cache"] = False
+    with moe.lock, torch.inference_mode(), moe.control(rlist if routes is not None else None):
+        out = moe.model(input_ids=batch, **kwargs)
+    return out.logits
+
+
+def target_logprob(moe, prompt_ids, target_ids, routes, prefix_cache=None,
+                   prefix_len: int = 0) -> torch.Tensor:
+    """Joint log-prob of ``target_ids`` after ``prompt_ids`` (teacher-forced), per route.
+
+    Returns a float32 tensor of shape (B,): sum over target tokens of log P(token).
+    """
+    prompt_ids = list(prompt_ids)
+    target_ids = list(target_ids)
+    ids = prompt_ids + target_ids
+    logits = logits_for_routes(moe, ids, routes, prefix_cache, prefix_len)
+    P, n = len(prompt_ids), len(target_ids)
+    # logits row j predicts token prefix_len + j + 1
+    start = P - 1 - prefix_len
+    lp = torch.log_softmax(logits[:, start:start + n].float(), dim=-1)
+    tgt = torch.tensor(target_ids, device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
+    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
+
+
+def next_token_logprobs(moe, ids, routes, token_ids: Sequence[int]) -> torch.Tensor:
+    """log P(token | ids) at the next position for each route: shape (B, len(token_ids))."""
+    logits = logits_for_routes(moe, ids, routes)
+    lp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+    return lp[:, list(token_ids)].cpu()
+
+
+@dataclass
+class Generation:
+    """Greedy continuation of one prompt: token ids (prompt + new) and the new text."""
+
+    ids: list[int]
+    prompt_len: int
+    text: str
+
+
+def generate(moe, ids, route: Route | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+             record: bool = False, on_token: Callable[[str], None] | None = None):
+    """Greedy generation with ``route`` active on prompt and generated tokens.
+
+    Returns a :class:`Generation`, plus the :class:`RouteControl` with its records
+    (covering every prompt and generated token) when ``record``.
+    ``on_token`` receives each decoded text piece as it is produced (streaming).
+    """
+    ids = as_ids(moe, ids)
+    streamer = _CallbackStreamer(moe, on_token) if on_token is not None else None
+    pad = moe.tokenizer.pad_token_id if moe.tokenizer is not None else None
+    eos = moe.eos_ids
+    with moe.lock, torch.inference_mode(), moe.control(route, record=record) as ctl:
+        if max_new_tokens > 0:
+            out = moe.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
+                eos_token_id=eos or None, streamer=streamer,
+                return_dict_in_generate=True, use_cache=True)
+            seq = out.sequences
+            if record and seq.shape[1] > ids.shape[1]:
+                # generate never runs the last token through the model: do it, cached
+                cache = cache_of(out)
+                if cache is not None:
+                    moe.model(input_ids=seq[:, -1:], cache=cache, use_cache=True)
+                else:
+                    ctl.clear()
+                    moe.model(input_ids=seq, use_cache=False)
+        else:
+            seq = ids
+            if record:
+                moe.model(input_ids=ids, use_cache=False)
+    all_ids = seq[0].tolist()
+    new = all_ids[ids.shape[1]:]
+    text = moe.decode(new) if moe.tokenizer is not None else ""
+    gen = Generation(all_ids, ids.shape[1], text)
+    return (gen, ctl) if record else gen
+
+
+class _CallbackStreamer:
+    """A minimal transformers streamer that decodes new tokens incrementally."""
+
+    def __init__(self, moe, callback):
+        self.moe, self.callback = moe, callback
+        self.first = True
+        self.ids: list[int] = []
+        self.text = ""
+
+    def put(self, value):
+        if self.first:  # the prompt
+            self.first = False
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.moe.decode(self.ids)
+        if len(text) > len(self.text):
+            self.callback(text[len(self.text):])
+            self.text = text
+
+    def end(self):
+        pass

@@ -1,0 +1,147 @@
+"""Routing traces: :func:`trace` records what every router did for a prompt (and its greedy
+continuation) into a :class:`RoutingTrace`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from explorer.core.forward import generate
+from explorer.core.route import Route
+
+
+@dataclass
+class RoutingTrace:
+    """Per MoE layer and per token: the k experts used, their gate weights, raw logits.
+
+    Token axis: the templated prompt's tokens, then generated tokens.
+    ``experts[i][t]`` are the experts that MoE layer ``moe_layers[i]`` dispatched for
+    token ``t``; ``weights[i][t]`` the effective gate weights the model used for them;
+    ``logits[i][t]`` the router's raw logits over all experts (before any mask).
+    """
+
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    prompt_tokens: int
+    moe_layers: list[int]
+    num_experts: list[int]
+    top_k: list[int]
+    experts: list[list[list[int]]]
+    weights: list[list[list[float]]]
+    logits: list[list[list[float]]] | None = None
+    completion: str = ""
+    route: Route | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def layer_row(self, layer: int) -> int:
+        """Row index of absolute decoder layer ``layer`` in the per-layer lists."""
+        try:
+            return self.moe_layers.index(layer)
+        except ValueError:
+            raise KeyError(f"layer {layer} is not an MoE layer of this trace") from None
+
+    def experts_at(self, layer: int, position: int) -> list[int]:
+        return self.experts[self.layer_row(layer)][position]
+
+    def entropy(self) -> list[list[float]]:
+        """Router entropy (nats) per MoE layer and token, from the raw logits."""
+        if self.logits is None:
+            raise ValueError("this trace was recorded without router logits")
+        out = []
+        for layer in self.logits:
+            row = []
+            for lg in layer:
+                m = max(lg)
+                ex = [math.exp(x - m) for x in lg]
+                z = sum(ex)
+                row.append(-sum((p / z) * math.log(p / z) for p in ex if p > 0))
+            out.append(row)
+        return out
+
+    def changed_vs(self, other: "RoutingTrace") -> list[list[bool]]:
+        """Per layer and token: does the expert set differ from ``other``'s?"""
+        n = min(self.num_tokens, other.num_tokens)
+        return [[set(a[t]) != set(b[t]) for t in range(n)]
+                for a, b in zip(self.experts, other.experts)]
+
+    # -- JSON -----------------------------------------------------------------------
+    def to_dict(self, include_logits: bool = True) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt, "tokens": self.tokens, "token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens, "moe_layers": self.moe_layers,
+            "num_experts": self.num_experts, "top_k": self.top_k,
+            "experts": self.experts, "weights": self.weights,
+            "logits": self.logits if include_logits else None,
+            "completion": self.completion,
+            "route": self.route.to_dict() if self.route is not None else None,
+            "info": self.info,
+        }
+
+    def to_json(self, include_logits: bool = True) -> str:
+        return json.dumps(self.to_dict(include_logits))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RoutingTrace":
+        d = dict(d)
+        route = d.pop("route", None)
+        return cls(route=Route.from_dict(route) if route is not None else None, **d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RoutingTrace":
+        return cls.from_dict(json.loads(text))
+
+
+def trace(moe, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
+          record_logits: bool = True, system: str | None = None,
+          on_token: Callable[[str], None] | None = None) -> RoutingTrace:
+    """Run the templated ``prompt`` (greedy continuation of ``max_new_tokens``), recording
+    per MoE layer and token the experts used, their weights and the raw router logits.
+
+    ``route`` (validated against the model and the prompt length) is active on prompt
+    and generated tokens. ``on_token`` streams the generated text.
+    """
+    ids = moe.encode(prompt, system)
+    if route is not None:
+        route.validate(moe.info, num_tokens=len(ids))
+    gen, ctl = generate(moe, ids, route, max_new_tokens=max_new_tokens, record=True,
+                        on_token=on_token)
+    experts, weights, logits = [], [], []
+    n = len(gen.ids)
+    for layer in moe.moe_layers:
+        rec = ctl.collected(layer)
+        experts.append(rec["experts"][0, :n].tolist())
+        w = rec.get("weights")
+        weights.append(w[0, :n].tolist() if w is not None else [[1.0] * len(x) for x in experts[-1]])
+        if record_logits and "logits" in rec:
+            logits.append(rec["logits"][0, :n].tolist())
+    infos = {h.info.index: h.info for h in moe.handles}
+    info = dict(moe.info.provenance())
+    info.update({"max_new_tokens": max_new_tokens, "decoding": "greedy"})
+    return RoutingTrace(
+        prompt=prompt, tokens=moe.token_strings(gen.ids), token_ids=gen.ids,
+        prompt_tokens=gen.prompt_len, moe_layers=list(moe.moe_layers),
+        num_experts=[infos[i].num_experts for i in moe.moe_layers],
+        top_k=[infos[i].top_k for i in moe.moe_layers],
+        experts=experts, weights=weights,
+        logits=logits if record_logits and len(logits) == len(experts) else None,
+        completion=gen.text, route=route, info=info)
+
+
+def trace_json(moe, tr) -> dict:
+    """The public ``trace --json`` object of ``tr`` on ``moe`` (documented in the README;
+    the app's ``trace`` endpoint returns it too)."""
+    ne = tr.num_experts
+    return {"model": moe.name, "tokens": tr.tokens, "token_ids": tr.token_ids,
+            "prompt_tokens": tr.prompt_tokens, "moe_layers": tr.moe_layers,
+            "num_experts": ne[0] if len(set(ne)) == 1 else ne,
+            "top_k": tr.top_k[0] if len(set(tr.top_k)) == 1 else tr.top_k,
+            "experts": tr.experts, "weights": tr.weights, "completion": tr.completion,
+            "route": tr.route.to_dict() if tr.route is not None else None,
+            "info": tr.info}

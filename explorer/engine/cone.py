@@ -1,0 +1,369 @@
+"""Causal-cone recomputation: evaluate candidates that differ only from (layer l, position t).
+
+A candidate route that changes routing at (layer l, position t) changes hidden states only
+at positions >= t from layer l onwards. So: positions < t come from a prefix KV cache, and
+the hidden states entering layer l at positions >= t (identical for every candidate) are
+captured once; each candidate batch then runs only decoder layers >= l over positions >= t.
+Layers below l are skipped by temporarily replacing their ``forward`` with one that
+returns the captured hidden states (restored in ``finally``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Sequence
+
+import torch
+
+from explorer.core.forward import as_ids, expand_cache
+from explorer.core.layers import decoder_layers
+from explorer.core.route import Route
+
+
+def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int) -> dict:
+    T = ids.shape[1]
+    kw = {"use_cache": True,
+          "position_ids": torch.arange(prefix_len, T, device=ids.device).unsqueeze(0).expand(B, -1),
+          "attention_mask": torch.ones(B, T, dtype=torch.long, device=ids.device)}
+    kw["cache"] = expand_cache(prefix_cache, B) if prefix_cache is not None else None
+    if prefix_cache is None:
+        kw.pop("cache")
+        kw["use_cache"] = False
+    return kw
+
+
+@contextlib.contextmanager
+def _capturing(moe, first: int, seen: dict):
+    """Record the hidden states entering decoder layers >= ``first`` into ``seen``."""
+    hooks = []
+    try:
+        for i, layer in enumerate(decoder_layers(moe.model)):
+            if i < first:
+                continue
+
+            def pre(mod, args, kwargs, i=i):
+                h = args[0] if args else kwargs["hidden_states"]
+                seen[i] = h.detach()
+            hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        yield seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def keep_kwargs(moe, keep: int | None) -> dict:
+    """``logits_to_keep`` when the model supports it (only the last rows get logits)."""
+    if not keep:
+        return {}
+    ok = moe.cache.logits_to_keep
+    if ok is None:
+        ok = "logits_to_keep" in inspect.signature(moe.model.forward).parameters
+        moe.cache.logits_to_keep = ok
+    return {"logits_to_keep": keep} if ok else {}
+
+
+def capture_layer_inputs(moe, ids, route: Route | None, prefix_cache=None,
+                         prefix_len: int = 0) -> dict[int, torch.Tensor]:
+    """Hidden states entering every decoder layer for positions >= prefix_len: {i: (1,S,H)}."""
+    ids = as_ids(moe, ids)
+    seen: dict[int, torch.Tensor] = {}
+    with moe.lock, torch.inference_mode(), _capturing(moe, 0, seen), moe.control(route):
+        moe.model(input_ids=ids[:, prefix_len:], **keep_kwargs(moe, 1),
+                  **_suffix_kwargs(ids, 1, prefix_cache, prefix_len))
+    return seen
+
+
+@contextlib.contextmanager
+def _replaced_forwards(modules, forward):
+    """``forward`` stands in for each module's own while active (restored after)."""
+    patched = []
+    try:
+        for mod in modules:
+            mod.forward = forward
+            patched.append(mod)
+        yield
+    finally:
+        for mod in patched:
+            mod.__dict__.pop("forward", None)
+
+
+def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
+    """Decoder layers < ``layer`` return ``hidden`` instead of computing (restored after)."""
+    return _replaced_forwards(decoder_layers(moe.model)[:layer], lambda *a, **k: hidden)
+
+
+def skip_layers_above(moe, layer: int):
+    """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
+    return _replaced_forwards(decoder_layers(moe.model)[layer + 1:],
+                              lambda *a, **k: a[0] if a else k["hidden_states"])
+
+
+def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
+    """What the model passes each decoder layer for B rows of the tokens of ``ids`` from ``prefix_len``.
+
+    Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
+    layer is skipped (pre-hooks still see their inputs): embeddings, masks and rotary
+    tables are built once and reused by direct layer calls. The cache argument is
+    replaced by a fresh view for each call (attention appends to it).
+    """
+    seen: dict = {}
+    layers = decoder_layers(moe.model)
+    hooks = [lay.register_forward_pre_hook(lambda m, a, k, i=i: seen.__setitem__(i, (a, k)), with_kwargs=True)
+             for i, lay in enumerate(layers)]
+    try:
+        with torch.inference_mode(), skip_layers_below(moe, len(layers), hidden):
+            moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **keep_kwargs(moe, 1),
+                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _controlled(moe, routes, validate: bool, control):
+    """``control`` (an active route control for these routes) or a new one."""
+    if control is not None:
+        return contextlib.nullcontext(control)
+    return moe.control(list(routes), validate=validate)
+
+
+def _mlp_block(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The feed-forward (MoE or dense) block of a decoder layer, where it has a known name."""
+    for name in ("mlp", "block_sparse_moe", "feed_forward", "moe", "ffn"):
+        mod = getattr(layer, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    return None
+
+
+@contextlib.contextmanager
+def _mlp_last_rows(ctl, layer: torch.nn.Module, batch: int, tokens: int, offset: int, rows: int):
+    """While active, ``layer``'s feed-forward block runs on the last ``rows`` positions only
+    (its other rows come out as zeros) and the route control is told so.
+
+    For the last decoder layer of a cone: its outputs are read at the scored rows only, and
+    the positions before them need nothing from it but their keys and values, which
+    attention computes before the block. Inputs that are not (batch, tokens, H) pass unchanged.
+    """
+    mlp = _mlp_block(layer)
+    if mlp is None or rows >= tokens:
+        yield
+        return
+    sliced: list[bool] = []
+
+    def pre(mod, args, kwargs):
+        h = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or tuple(h.shape[:2]) != (batch, tokens):
+            return None
+        sliced.append(True)
+        ctl.set_window(batch, rows, offset + tokens - rows)
+        h = h[:, -rows:].contiguous()
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=h)
+
+    def post(mod, args, kwargs, out):
+        if not sliced:
+            return None
+        sliced.clear()
+        first = out[0] if isinstance(out, tuple) else out
+        full = first.new_zeros(batch, tokens, first.shape[-1])
+        full[:, -rows:] = first.reshape(batch, rows, -1)  # some blocks return (B*S, H)
+        if first.dim() == 2:
+            full = full.reshape(batch * tokens, -1)
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    hooks = [mlp.register_forward_pre_hook(pre, with_kwargs=True),
+             mlp.register_forward_hook(post, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _call_layer(ctl, module, hidden: torch.Tensor, captured: tuple, cache, offset: int,
+                mlp_rows: int | None = None) -> torch.Tensor:
+    """Call one decoder layer on ``hidden`` with the arguments the model would pass it
+    (``captured`` = (args, kwargs) from :func:`_layer_kwargs`; its cache replaced by
+    ``cache``), after declaring the call's window to the route control ``ctl``.
+    ``mlp_rows``: run the layer's feed-forward block on that many last positions only
+    (see :func:`_mlp_last_rows`; the other rows of the output are then not meaningful)."""
+    args, kwargs = captured
+    kwargs = dict(kwargs)
+    for name in ("cache", "past_key_values"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = cache
+    B, S = hidden.shape[0], hidden.shape[1]
+    ctl.set_window(B, S, offset)
+    rows = contextlib.nullcontext() if mlp_rows is None else _mlp_last_rows(ctl, module, B, S, offset, mlp_rows)
+    with rows:
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = hidden
+            out = module(*args, **kwargs)
+        else:
+            out = module(hidden, *args[1:], **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
+                    prefix_cache, prefix_len: int, validate: bool = True,
+                    layer_kwargs: dict | None = None, control=None) -> torch.Tensor:
+    """(B, 1, H): what decoder ``layer`` outputs at position ``prefix_len`` under B routes.
+
+    ``row_input`` (1, 1, H) is the hidden state entering ``layer`` there; the layer attends
+    to ``prefix_cache`` (positions < prefix_len). One token, one layer, called directly:
+    the model's embeddings, masks and rotary tables for this call come from
+    ``layer_kwargs`` (a dict that :func:`_layer_kwargs` fills on first use; pass the same
+    dict again for the same rows and position to skip that step). ``control``: an active
+    route control for ``routes`` to use instead of a new one.
+    """
+    ids = as_ids(moe, ids)[:, :prefix_len + 1]
+    B = len(routes)
+    hidden = row_input.expand(B, -1, -1)
+    with moe.lock:
+        kw = layer_kwargs if layer_kwargs is not None else {}
+        if not kw:
+            kw.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
+        cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
+        with torch.inference_mode(), _controlled(moe, routes, validate, control) as ctl:
+            return _call_layer(ctl, decoder_layers(moe.model)[layer], hidden, kw[layer], cache,
+                               prefix_len)
+
+
+def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
+                prefix_cache=None, prefix_len: int = 0, *, keep: int | None = None,
+                capture: dict | None = None, validate: bool = True) -> torch.Tensor:
+    """Logits (B, T - prefix_len, V) of B routes that agree below ``layer``.
+
+    ``layer_input`` is the (1, S, H) hidden state entering ``layer`` at positions >=
+    ``prefix_len`` (from :func:`capture_layer_inputs` under a route that agrees with every
+    candidate below ``layer`` and before ``prefix_len``). ``keep``: only the last ``keep``
+    rows get logits (when the model supports ``logits_to_keep``; check the returned
+    shape). ``capture``: a dict that receives the (B, S, H) hidden states entering every
+    layer above ``layer``, so a chosen candidate's states can seed the next step.
+    ``validate=False`` skips route validation (for candidates built valid by a search).
+    """
+    ids = as_ids(moe, ids)
+    B = len(routes)
+    hidden = layer_input.expand(B, -1, -1) if layer_input.shape[0] == 1 else layer_input
+    seen = capture if capture is not None else {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(moe.lock)
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(skip_layers_below(moe, layer, hidden))
+        if capture is not None:
+            stack.enter_context(_capturing(moe, layer + 1, seen))
+        stack.enter_context(moe.control(list(routes), validate=validate))
+        out = moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **keep_kwargs(moe, keep),
+                        **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
+    return out.logits
+
+
+def output_head(moe):
+    """The decoder's final norm and the output projection, or None where not found."""
+    norm = getattr(moe.base, "norm", None)
+    if norm is None:
+        norm = getattr(moe.base, "norm_f", None)
+    head = moe.model.get_output_embeddings()
+    if norm is None or head is None:
+        return None
+    return norm, head
+
+
+def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
+                       prefix_cache, prefix_len: int, *, keep: int, layer_kwargs: dict,
+                       capture: dict | None = None, validate: bool = True,
+                       last_rows_only: bool = True, control=None) -> torch.Tensor | None:
+    """:func:`cone_logits` without the model call: decoder layers >= ``layer`` are called
+    directly, then the final norm and the output projection on the last ``keep`` rows.
+
+    ``layer_kwargs`` (one dict per batch size and position; filled on first use) holds
+    what the model passes each layer: embeddings, masks and rotary tables are built once
+    per position instead of once per candidate batch. ``last_rows_only``: the last decoder
+    layer's feed-forward block runs on the ``keep`` rows only (the other positions of that
+    layer are read by nothing). ``control``: an active route control for ``routes`` to use
+    instead of a new one. Returns None where the model's
+    head is not a plain norm + projection (the caller then uses :func:`cone_logits`);
+    models that scale or cap their logits after the projection need that check (see
+    :class:`explorer.engine.scoring.FastEngine`, which compares both paths once per search).
+    """
+    parts = output_head(moe)
+    if parts is None:
+        return None
+    ids = as_ids(moe, ids)
+    B = len(routes)
+    hidden = layer_input.expand(B, -1, -1) if layer_input.shape[0] == 1 else layer_input
+    layers = decoder_layers(moe.model)
+    with moe.lock, torch.inference_mode():
+        if not layer_kwargs:
+            layer_kwargs.update(_layer_kwargs(moe, ids, B, prefix_cache, prefix_len, hidden))
+        cache = expand_cache(prefix_cache, B) if prefix_cache is not None else None
+        with _controlled(moe, routes, validate, control) as ctl:
+            for i in range(layer, len(layers)):
+                if capture is not None and i > layer:
+                    capture[i] = hidden
+                last = i == len(layers) - 1 and last_rows_only
+                hidden = _call_layer(ctl, layers[i], hidden, layer_kwargs[i], cache, prefix_len,
+                                     mlp_rows=keep if last else None)
+        norm, head = parts
+        return head(norm(hidden[:, -keep:]))
+
+
+def scored_ids(prompt_ids, target_ids) -> list[int]:
+    """The tokens a joint target log-prob depends on: the prompt and every target token but
+    the last (the last one's own position predicts nothing that is scored, and no scored
+    position attends to it)."""
+    return list(prompt_ids) + list(target_ids)[:-1]
+
+
+def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
+                        prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
+                        validate: bool = True, next_input: torch.Tensor | None = None,
+                        layer_kwargs: dict | None = None,
+                        direct_kwargs: dict | None = None, control=None) -> torch.Tensor:
+    """Joint target log-prob per route (B,), computed over the causal cone only; logits
+    only for the target rows.
+
+    The cone covers :func:`scored_ids` (the last target token is not run); ``layer_input``
+    and ``next_input`` may cover it or not (states of the full prompt + target are cut).
+    ``next_input`` (1, S, H), the hidden state entering layer + 1 under the routes' common
+    base, narrows the cone further when the routes differ from that base only at
+    (``layer``, ``prefix_len``): layer ``layer`` then changes nothing but its output at
+    ``prefix_len`` (attention there reads its inputs, the MoE is per token), so that one
+    row is computed and layers > ``layer`` run from the base's states with it swapped in.
+    ``layer_kwargs``: passed on to :func:`layer_output_at` for that row (reuse one dict per
+    batch size and position). ``direct_kwargs``: a dict (one per batch size and position)
+    that turns on :func:`cone_logits_direct` for the layers above (no model call); there
+    the last layer's feed-forward block runs on the target rows only. ``control``: an
+    active route control for ``routes``, shared by the edited row and the direct layers
+    (only with ``direct_kwargs`` on a model with a plain head: see :func:`output_head`).
+    """
+    if control is not None and (direct_kwargs is None or output_head(moe) is None):
+        raise ValueError("a shared route control needs the direct path (direct_kwargs)")
+    ids = scored_ids(prompt_ids, target_ids)
+    n = len(target_ids)
+    S = len(ids) - prefix_len
+    layer_input = layer_input[:, :S]
+    if next_input is not None:
+        next_input = next_input[:, :S]
+        row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
+                              prefix_len, validate, layer_kwargs, control)
+        hidden = next_input.expand(len(routes), -1, -1).clone()
+        hidden[:, :1] = row
+        if capture is not None:
+            capture[layer + 1] = hidden
+        layer, layer_input = layer + 1, hidden
+    logits = None
+    if direct_kwargs is not None:
+        logits = cone_logits_direct(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
+                                    keep=n, layer_kwargs=direct_kwargs, capture=capture,
+                                    validate=validate, control=control)
+    if logits is None:
+        logits = cone_logits(moe, ids, routes, layer, layer_input, prefix_cache, prefix_len,
+                             keep=n, capture=capture, validate=validate)
+    start = logits.shape[1] - n  # the row predicting the first target token
+    lp = torch.log_softmax(logits[:, start:].float(), dim=-1)
+    tgt = torch.tensor(list(target_ids), device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
+    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()

@@ -1,0 +1,354 @@
+"""Dataset evaluation: run an attack method on every row of a dataset and judge it.
+
+Methods: ``none`` (greedy generation, no route), ``rosais`` (:func:`explorer.methods.rosais.rosais`)
+and ``fsour`` (:func:`explorer.methods.fsour.fsour`). Rows are appended to a JSONL file as each
+finishes (flushed and fsynced), so an interrupted run continues with ``resume=True``.
+Several processes (``accelerate launch`` / ``torchrun``, or RANK and WORLD_SIZE in the
+environment) split the rows by ``index % world == rank``; each writes
+``FILE.rank<R>.jsonl`` and rank 0 merges the shards into ``FILE`` once all are done.
+
+One JSONL row::
+
+    {"index": 0, "goal": "...", "method": "fsour", "completion": "...",
+     "jailbroken": true, "refusal": false, "judge": "keyword", "verdict": {...},
+     "forward_passes": 96, "seconds": 1.7, "route": {"edits": [...], "info": {}},
+     "target": "Sure, here is", "success": true, "logprob": -3.2}
+
+``route`` appears for ``rosais``/``fsour``; ``target``/``success``/``logprob`` for
+``fsour``; ``top_layers`` for ``rosais``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+
+METHODS = ("none", "rosais", "fsour")
+
+
+@dataclass
+class Evaluation:
+    """The rows of one evaluation run and their summary (see :meth:`summary`)."""
+
+    rows: list[dict]
+    method: str
+    judge: str
+    dataset: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return len(self.rows)
+
+    def _mean(self, key: str) -> float:
+        return sum(float(r.get(key) or 0) for r in self.rows) / self.n if self.rows else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """``n``, ``asr`` (jailbroken fraction), ``refusal_rate``, mean passes and seconds."""
+        return {"n": self.n,
+                "asr": (sum(bool(r.get("jailbroken")) for r in self.rows) / self.n
+                        if self.n else 0.0),
+                "refusal_rate": (sum(bool(r.get("refusal")) for r in self.rows) / self.n
+                                 if self.n else 0.0),
+                "mean_forward_passes": self._mean("forward_passes"),
+                "mean_seconds": self._mean("seconds")}
+
+    @property
+    def asr(self) -> float:
+        """Attack success rate: the fraction of rows judged jailbroken."""
+        return self.summary()["asr"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary, settings and rows as one JSON-ready object."""
+        return {**self.summary(), "method": self.method, "judge": self.judge,
+                "dataset": self.dataset, "info": dict(self.info), "rows": list(self.rows)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Evaluation":
+        """The inverse of :meth:`to_dict` (summary fields are recomputed)."""
+        return cls(rows=list(d["rows"]), method=d["method"], judge=d["judge"],
+                   dataset=d.get("dataset", ""), info=dict(d.get("info") or {}))
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Evaluation":
+        """The inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+# -- JSONL --------------------------------------------------------------------------------
+def read_jsonl(path) -> list[dict]:
+    """The JSON objects in ``path`` (missing file: []); a torn last line is dropped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # an interrupted write; the row is redone
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one row to ``path`` and make it durable (flush + fsync)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl(path, rows: list[dict]) -> None:
+    """Replace ``path`` atomically with ``rows``."""
+    p = Path(path)
+    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def shard_path(out, rank: int) -> Path:
+    """``FILE.rank<R>.jsonl`` for ``FILE.jsonl`` (or ``FILE.rank<R>.jsonl`` for any name)."""
+    p = Path(out)
+    stem = p.name[:-len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return p.with_name(f"{stem}.rank{rank}.jsonl")
+
+
+def merge_shards(out, world: int, keep_existing: bool = False) -> list[dict]:
+    """Merge ``FILE.rank0..world-1.jsonl`` into ``out``, ordered by row index.
+
+    With ``keep_existing`` rows already in ``out`` are kept unless a shard has the same
+    index. Returns the merged rows.
+    """
+    by_index: dict[int, dict] = {}
+    if keep_existing:
+        by_index.update((int(r["index"]), r) for r in read_jsonl(out) if "index" in r)
+    for r in range(world):
+        by_index.update((int(x["index"]), x) for x in read_jsonl(shard_path(out, r))
+                        if "index" in x)
+    rows = [by_index[i] for i in sorted(by_index)]
+    write_jsonl(out, rows)
+    return rows
+
+
+# -- processes ----------------------------------------------------------------------------
+def check_layout(rank: int, world: int) -> None:
+    """Refuse a process layout (``RANK``/``WORLD_SIZE`` from torchrun or accelerate, read
+    into :class:`explorer.settings.Settings`) that cannot split rows."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"bad process layout: RANK={rank}, WORLD_SIZE={world}")
+
+
+class _Sync:
+    """Barriers between processes: a gloo process group when MASTER_ADDR/PORT are set
+    (torchrun and accelerate set them), else marker files next to the output."""
+
+    def __init__(self, out, rank: int, world: int, group: bool = False,
+                 timeout: float = 7 * 24 * 3600):
+        self.out, self.rank, self.world = Path(out), rank, world
+        self.t0 = time.time()
+        self.owned = False
+        self.pg = world > 1 and group
+        if self.pg:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", rank=rank, world_size=world,
+                                        timeout=timedelta(seconds=timeout))
+                self.owned = True
+        else:
+            self._marker(rank).unlink(missing_ok=True)
+
+    def _marker(self, r: int) -> Path:
+        return shard_path(self.out, r).with_suffix(".done")
+
+    def done(self) -> None:
+        """Block until every process has finished its rows."""
+        if self.pg:
+            import torch.distributed as dist
+            dist.barrier()
+            return
+        self._marker(self.rank).write_text(str(time.time()))
+        if self.rank != 0:
+            return
+        while True:  # markers older than this run (minus a start-up grace) are stale
+            fresh = [m.exists() and m.stat().st_mtime >= self.t0 - 300
+                     for m in map(self._marker, range(self.world))]
+            if all(fresh):
+                return
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+# -- one row ------------------------------------------------------------------------------
+def _opt(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def evaluate_row(moe, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
+                 seed: int = 0, top: int | None = None, samples: int | None = None,
+                 candidates: int | None = None, max_iters: int | None = None,
+                 target: str | None = None) -> dict:
+    """Run ``method`` on one dataset row and judge it; returns the JSONL row dict.
+
+    ``forward_passes`` for ``none`` counts model calls (one per generated token); for
+    the searches it is what they report. ``target`` (fsour) overrides the row's target;
+    without either, ``"Sure, here is"`` is used.
+    """
+    goal = row["goal"]
+    rec: dict[str, Any] = {"index": row["index"], "goal": goal, "method": method}
+    t0 = time.perf_counter()
+    verdict = None
+    if method == "none":
+        import torch
+
+        from explorer.core.forward import generate
+        torch.manual_seed(seed)
+        gen = generate(moe, moe.encode(goal), None, max_new_tokens=max_new_tokens)
+        completion = gen.text
+        passes = max(1, len(gen.ids) - gen.prompt_len)
+    elif method == "rosais":
+        res = importlib.import_module("explorer.methods.rosais").rosais(
+            moe, goal, seed=seed, max_new_tokens=max_new_tokens,
+            **_opt(samples=samples, top=top))
+        completion, passes = res.completion, res.forward_passes
+        rec["route"] = res.route.to_dict() if res.route is not None else None
+        rec["top_layers"] = list(res.top_layers or [])
+    elif method == "fsour":
+        tgt = target or row.get("target") or DEFAULT_TARGET
+        res = importlib.import_module("explorer.methods.fsour").fsour(
+            moe, goal, target=tgt, seed=seed, judge=judge, max_new_tokens=max_new_tokens,
+            **_opt(candidates=candidates, max_iters=max_iters))
+        completion, passes, verdict = res.completion, res.forward_passes, res.verdict
+        rec["route"] = res.route.to_dict() if res.route is not None else None
+        rec.update(target=tgt, success=bool(res.success),
+                   logprob=None if res.logprob is None else float(res.logprob))
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if verdict is None:
+        verdict = judge.judge(goal, completion)
+    rec.update(completion=completion, jailbroken=bool(verdict.jailbroken),
+               refusal=bool(verdict.refusal), judge=verdict.judge,
+               verdict=verdict.to_dict(), forward_passes=int(passes or 0),
+               seconds=round(time.perf_counter() - t0, 4))
+    return rec
+
+
+# -- a dataset ----------------------------------------------------------------------------
+def _judge_label(judge) -> str:
+    return getattr(judge, "label", None) or getattr(judge, "name", type(judge).__name__)
+
+
+def _resume_rows(path, rows: list[dict], method: str, judge: str) -> dict[int, dict]:
+    """Rows already in ``path`` that match the dataset; another goal, method or judge
+    is an error (the file belongs to another run)."""
+    goals = {r["index"]: r["goal"] for r in rows}
+    done: dict[int, dict] = {}
+    for old in read_jsonl(path):
+        i = old.get("index")
+        if not isinstance(i, int) or i not in goals:
+            continue
+        if old.get("goal") != goals[i]:
+            raise ValueError(f"--resume: {path} row {i} has another goal than the dataset; "
+                             "use another --out")
+        if old.get("method", method) != method:
+            raise ValueError(f"--resume: {path} holds method {old.get('method')!r} rows, "
+                             f"not {method!r}; use another --out")
+        if old.get("judge", judge) != judge:
+            raise ValueError(f"--resume: {path} rows were judged by {old.get('judge')!r}, "
+                             f"not {judge!r}; use another --out")
+        done[i] = old
+    return done
+
+
+def evaluate(moe, rows: list[dict], method: str = "none", judge=None, out=None,
+             resume: bool = False, rank: int = 0, world: int = 1,
+             on_row: Callable[[int, int, dict, bool], None] | None = None,
+             dataset: str = "", *, process_group: bool = False,
+             group_timeout: float = 7 * 24 * 3600, **settings) -> Evaluation:
+    """Evaluate ``rows`` (from :func:`explorer.evaluation.datasets.load_dataset_rows`) with ``method``.
+
+    ``judge`` defaults to the keyword judge. With ``out`` each row is appended to the
+    JSONL file as it finishes; ``resume`` skips rows already there (same index and
+    goal). With ``world > 1`` this process takes rows with ``index % world == rank``,
+    writes ``FILE.rank<R>.jsonl`` and, on rank 0, merges all shards into ``out`` after
+    every process is done; the processes wait for each other through a gloo process group
+    when ``process_group`` (torchrun and accelerate set ``MASTER_ADDR``/``MASTER_PORT``;
+    ``group_timeout`` seconds) or marker files next to the output otherwise.
+    ``on_row(done, total, row, skipped)`` reports progress.
+    ``settings`` go to :func:`evaluate_row`. Rank 0 (or a single process) returns every
+    row; other ranks return their own.
+    """
+    from explorer.judges import KeywordJudge
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    judge = judge or KeywordJudge()
+    if world > 1 and out is None:
+        raise ValueError("an output file is needed when several processes share the rows")
+    if resume and out is None:
+        raise ValueError("--resume needs --out FILE.jsonl")
+    mine = [r for r in rows if r["index"] % world == rank]
+    path = shard_path(out, rank) if (out is not None and world > 1) else out
+    done: dict[int, dict] = {}
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            done = _resume_rows(path, rows, method, _judge_label(judge))
+            if world > 1:
+                merged = _resume_rows(out, rows, method, _judge_label(judge))
+                done.update({i: r for i, r in merged.items() if i % world == rank
+                             and i not in done})
+            write_jsonl(path, read_jsonl(path))  # drop a torn last line
+        else:
+            Path(path).write_text("", encoding="utf-8")
+    sync = _Sync(out, rank, world, process_group, group_timeout) if world > 1 else None
+    results: list[dict] = []
+    try:
+        for k, row in enumerate(mine, start=1):
+            if row["index"] in done:
+                results.append(done[row["index"]])
+                if on_row:
+                    on_row(k, len(mine), done[row["index"]], True)
+                continue
+            rec = evaluate_row(moe, row, method, judge, **settings)
+            if path is not None:
+                append_jsonl(path, rec)
+            results.append(rec)
+            if on_row:
+                on_row(k, len(mine), rec, False)
+        if sync is not None:
+            sync.done()
+            if rank == 0:
+                results = merge_shards(out, world, keep_existing=resume)
+                wanted = {r["index"] for r in rows}
+                results = [r for r in results if r["index"] in wanted]
+    finally:
+        if sync is not None:
+            sync.close()
+    info = {"model": moe.info.provenance() if hasattr(moe, "info") else None,
+            "settings": {k: v for k, v in settings.items()}, "rank": rank, "world": world,
+            "out": str(out) if out is not None else None}
+    return Evaluation(rows=sorted(results, key=lambda r: r["index"]), method=method,
+                      judge=_judge_label(judge), dataset=dataset, info=info)

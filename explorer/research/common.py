@@ -1,0 +1,320 @@
+"""What the research modules share: result serialisation, judges, target ids, batched
+log-probs, the project's harmful prompts, routes from objects and JSON, and the prompt
+layout and position mapping that replay a route on another prompt (see
+:mod:`explorer.research.transfer` for the mappings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from explorer.core.control import active_defense
+from explorer.core.errors import RouteError
+from explorer.core.forward import prefill, reusable, target_logprob
+from explorer.core.route import Route, RouteEdit
+from explorer.engine.batching import memory_batch_size
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
+
+MAPPINGS = ("end", "template", "absolute")
+
+
+# -- shared helpers -----------------------------------------------------------------------
+class ResultMixin:
+    """``to_dict`` / ``to_json`` / ``from_dict`` / ``from_json`` for JSON-ready dataclasses.
+
+    Fields hold only JSON types (lists, dicts with string keys, numbers, strings, None), so
+    ``from_dict(to_dict(x)) == x`` and the JSON form is the CLI's ``--json`` object.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+def resolve_judge(judge):
+    """A judge object from a name, an object or None (keyword)."""
+    from explorer.judges import get_judge
+    if judge is None or isinstance(judge, str):
+        return get_judge(judge or "keyword")
+    return judge
+
+
+def judge_name(judge) -> str:
+    return getattr(judge, "name", type(judge).__name__)
+
+
+def target_ids(moe, target: str) -> list[int]:
+    if not target or not target.strip():
+        raise ValueError("the target answer is empty")
+    ids = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError("the target answer has no tokens")
+    return ids
+
+
+def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
+    """Prompt positions before every route's first edit (routes agree there); at most
+    ``n_prompt - 1`` so that at least one prompt token is recomputed."""
+    first = min((0 if e.position is None else e.position for r in routes for e in r.edits),
+                default=n_prompt)
+    return max(0, min(first, n_prompt - 1))
+
+
+def batched_logprob(moe, ids, tgt, routes: Sequence[Route], batch_size: int | None = None) -> list[float]:
+    """Joint target log-prob for each route, in batches of ``batch_size`` (default: sized
+    to the free memory). The positions before the earliest edit of any route are computed
+    once (a shared prefix KV cache) where the model's cache allows it."""
+    routes = list(routes)
+    cache, plen = None, shared_prefix(routes, len(ids))
+    if plen > 0:
+        _, cache = prefill(moe, list(ids)[:plen], Route())
+        if cache is None or not reusable(cache):
+            cache, plen = None, 0
+    T = len(ids) + len(tgt)
+    batch_size = batch_size or memory_batch_size(moe, T - plen, T, len(tgt))
+    out: list[float] = []
+    for i in range(0, len(routes), batch_size):
+        out.extend(float(x) for x in target_logprob(moe, ids, tgt, routes[i:i + batch_size],
+                                                    prefix_cache=cache, prefix_len=plen))
+    return out
+
+
+def harmful_prompts() -> list[str]:
+    """The project's own harmful requests (:data:`explorer.evaluation.prompts.HARMFUL_PROMPTS`)."""
+    from explorer.evaluation.prompts import HARMFUL_PROMPTS
+    return list(HARMFUL_PROMPTS)
+
+
+def as_route(x) -> Route:
+    """A :class:`Route` from a Route, its JSON dict, a RoSais result or an F-SOUR result."""
+    if isinstance(x, Route):
+        return x
+    if isinstance(x, dict):
+        return Route.from_dict(x)
+    r = getattr(x, "route", None)
+    if isinstance(r, Route):
+        out = r.copy()
+        out.info.setdefault("prompt", getattr(x, "prompt", None))
+        if hasattr(x, "success"):
+            out.info.setdefault("success", bool(x.success))
+        return out
+    raise TypeError(f"cannot make a route from {type(x).__name__}")
+
+
+def json_objects(text: str) -> list:
+    """The JSON values in ``text``: one JSON document (a list gives its items) or JSON
+    lines. Raises ``ValueError`` naming where the text stops parsing."""
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError as exc:
+        try:
+            return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        except json.JSONDecodeError:
+            raise ValueError(f"neither JSON nor JSON lines: {exc.msg} (line {exc.lineno}, "
+                             f"column {exc.colno})") from None
+
+
+def routes_from_objects(objs: Iterable[Any], top: int | None = None,
+                        where: str = "route JSON") -> list[Route]:
+    """Routes from parsed JSON objects, the one parser the CLI and the app share: route
+    objects (``{"edits": ...}``), ``fsour --json`` results and ``evaluate`` rows (their
+    ``route``, with the prompt or goal, success and target in ``info``), ``rosais --json``
+    results (their top-``top`` masks, all top layers by default) and ``minimize --json``
+    output (each minimal route). Rows without a route (``evaluate --method none``) are
+    skipped. Raises :class:`RouteError` for anything else, naming ``where``."""
+    from explorer.methods.rosais import RosaisResult
+    expanded: list[Any] = []
+    for obj in objs:  # `minimize --json` holds a list of results
+        if isinstance(obj, dict) and isinstance(obj.get("results"), list):
+            expanded += [dict(x, success=x.get("jailbroken_after", True))
+                         for x in obj["results"] if isinstance(x, dict)]
+        else:
+            expanded.append(obj)
+    out = []
+    for obj in expanded:
+        if not isinstance(obj, dict):
+            raise RouteError(f"{where}: expected JSON objects like {{\"edits\": [...], "
+                             f"\"info\": {{...}}}}, got {type(obj).__name__}")
+        if "edits" in obj:
+            out.append(Route.from_dict(obj))
+        elif "best_masks" in obj:
+            res = RosaisResult.from_dict(obj)
+            r = res.route_for(top if top is not None else len(res.top_layers))
+            r.info.setdefault("prompt", res.prompt)
+            out.append(r)
+        elif isinstance(obj.get("route"), dict):
+            r = Route.from_dict(obj["route"])
+            prompt = obj.get("prompt") or obj.get("goal")
+            if isinstance(prompt, str) and prompt and not r.info.get("prompt"):
+                r.info["prompt"] = prompt
+            if "success" in obj:
+                r.info["success"] = bool(obj["success"])
+            elif "jailbroken" in obj:
+                r.info.setdefault("success", bool(obj["jailbroken"]))
+            if isinstance(obj.get("target"), str) and obj["target"] and \
+                    not r.info.get("target"):
+                r.info["target"] = obj["target"]
+            out.append(r)
+        elif "route" in obj and obj["route"] is None:
+            continue  # an evaluate row without a route (method none)
+        else:
+            raise RouteError(f"{where}: not a route, search result or evaluate row "
+                             f"(expected an object with 'edits', or an F-SOUR / RoSais / "
+                             f"minimize result)")
+    return out
+
+
+# -- prompt layout and position mapping ---------------------------------------------------
+@dataclass
+class Layout:
+    """A templated prompt's length and its leading / trailing chat-template token counts."""
+
+    num_tokens: int
+    prefix: int
+    suffix: int
+
+    @property
+    def content(self) -> range:
+        return range(self.prefix, self.num_tokens - self.suffix)
+
+    def is_template(self, position: int) -> bool:
+        return position < self.prefix or position >= self.num_tokens - self.suffix
+
+
+def prompt_layout(moe: MoEModel, prompt: str) -> Layout:
+    """Where the chat template's own tokens are in ``moe.encode(prompt)`` (cached in the
+    model's own :attr:`~explorer.core.model.MoEModel.cache`)."""
+    def build() -> Layout:
+        ids = moe.encode(prompt)
+        return _layout_from_offsets(moe, prompt, ids) or layout_from_probes(moe, ids)
+    return moe.cache.memo(moe.cache.layouts, prompt, build, limit=4096)
+
+
+def _layout_from_offsets(moe, prompt: str, ids: list[int]) -> Layout | None:
+    try:
+        text = moe.template(prompt)
+        start = text.find(prompt)
+        if start < 0:
+            return None
+        end = start + len(prompt)
+        enc = moe.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != list(ids):
+            return None
+        content = [a < end and b > start and b > a for a, b in enc["offset_mapping"]]
+    except Exception:  # noqa: BLE001 - slow tokenizers have no offsets: use the fallback
+        return None
+    if not any(content):
+        return None
+    first = content.index(True)
+    last = len(content) - 1 - content[::-1].index(True)
+    return Layout(len(ids), first, len(ids) - 1 - last)
+
+
+def layout_from_probes(moe: MoEModel, ids: list[int]) -> Layout:
+    pre, suf = len(ids), len(ids)
+    for probe in ("Hello there.", "What is 7?"):
+        other = moe.encode(probe)
+        n = 0
+        while n < min(len(ids), len(other)) and ids[n] == other[n]:
+            n += 1
+        m = 0
+        while m < min(len(ids), len(other)) - n and ids[-1 - m] == other[-1 - m]:
+            m += 1
+        pre, suf = min(pre, n), min(suf, m)
+    suf = min(suf, len(ids) - pre)
+    return Layout(len(ids), pre, suf)
+
+
+def source_length(moe, route: Route) -> int:
+    """The templated length of the prompt ``route`` was found on."""
+    p = route.info.get("prompt")
+    if isinstance(p, str) and p.strip():
+        return len(moe.encode(p))
+    n = route.info.get("prompt_tokens")
+    if isinstance(n, int) and n > 0:
+        return n
+    raise RouteError("the route does not name its source prompt (info.prompt or "
+                     "info.prompt_tokens): pass source_prompt")
+
+
+def map_route(moe, route: Route, prompt: str, mapping: str = "end",
+              source_prompt: str | None = None) -> Route:
+    """``route`` moved onto ``prompt`` by ``mapping`` (see the module docs).
+
+    The copy's ``info`` names the new ``prompt`` and its ``prompt_tokens``, the source
+    (``mapped_from``), the ``mapping`` and ``edits_dropped``.
+    """
+    if mapping not in MAPPINGS:
+        raise ValueError(f"unknown mapping {mapping!r}; choose one of {list(MAPPINGS)}")
+    src = source_prompt if source_prompt is not None else route.info.get("prompt")
+    positional = any(e.position is not None for e in route.edits)
+    tgt = prompt_layout(moe, prompt)
+    info = dict(route.info)
+    if src == prompt or not positional:
+        info.update(prompt=prompt, prompt_tokens=tgt.num_tokens)
+        info.setdefault("edits_dropped", 0)
+        return Route(list(route.edits), info)
+    if isinstance(src, str) and src.strip():
+        slay: Layout | None = prompt_layout(moe, src)
+        P = slay.num_tokens
+    else:
+        slay, P = None, source_length(moe, route)
+    kept: list[RouteEdit] = []
+    for e in route.edits:
+        if e.position is None:
+            kept.append(e)
+            continue
+        if not 0 <= e.position < P:
+            continue
+        back = P - e.position  # 1 = the last token
+        if mapping == "end":
+            new = tgt.num_tokens - back
+        elif mapping == "absolute":
+            new = e.position
+        elif slay is not None and e.position < slay.prefix:
+            new = e.position if e.position < tgt.prefix else -1
+        elif slay is not None and e.position >= P - slay.suffix:
+            new = tgt.num_tokens - back if back <= tgt.suffix else -1
+        elif slay is None and back <= tgt.suffix:
+            new = tgt.num_tokens - back
+        else:
+            new = -1
+        if 0 <= new < tgt.num_tokens:
+            kept.append(RouteEdit(e.layer, new, e.experts, e.mode))
+    info.update(prompt=prompt, prompt_tokens=tgt.num_tokens, mapped_from=src,
+                mapping=mapping, edits_dropped=len(route.edits) - len(kept))
+    return Route(kept, info)
+
+
+# -- ASR on a prompt set ------------------------------------------------------------------
+
+
+def defense_dict(moe=None):
+    """The defense in force (:func:`explorer.core.control.defended`) as JSON, or None:
+    results record it in their provenance."""
+    d = active_defense()
+    return d.to_dict() if d is not None and d.defends else None
+
+
+def prompt_list(prompts: Iterable[str]) -> list[str]:
+    """The usable prompts of ``prompts`` (non-empty text); ValueError when none is left."""
+    out = [p for p in prompts if isinstance(p, str) and p.strip()]
+    if not out:
+        raise ValueError("no prompts")
+    return out

@@ -1,0 +1,410 @@
+"""Background jobs that survive closed browser tabs and app restarts.
+
+A :class:`JobManager` owns one daemon worker thread that runs queued jobs one at a time
+(model work is serialised by ``moe.lock`` anyway; the forward functions take it per
+call, so interactive requests interleave with a running search). Every job lives in the
+:class:`~explorer.storage.library.RouteStore` job table: its parameters, throttled progress, the
+search's resumable checkpoint (after every step) and its result. When the app dies,
+the next manager marks the jobs that were running 'interrupted'; :meth:`JobManager.resume`
+continues them from their checkpoint. Jobs still 'queued' are queued again.
+
+The work itself is a *runner*: ``runner(moe, params, on_event, should_stop, state)``
+returning a result object (or dict) with ``success``, ``logprob``, ``completion``,
+``route``, ``verdict``, ``cancelled``, ``state`` and ``to_dict()``. ``state`` passed in
+is the stored checkpoint as JSON text (None for a fresh start); ``on_event`` takes
+F-SOUR-style events (``kind``, ``iteration``, ``position``, ``layer``, ``num_positions``,
+``num_layers``, ``best_logprob``, ``forward_passes``, ``elapsed``, ``state``).
+The default runner is :func:`fsour_runner`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable
+
+from explorer.core.errors import one_line
+from explorer.core.route import Route
+from explorer.storage.library import ACTIVE_STATUSES, JOB_KINDS, RouteStore, StoreError
+
+log = logging.getLogger(__name__)
+
+FSOUR_PARAMS = ("prompt", "target", "candidates", "threshold", "max_iters", "seed",
+                "engine", "max_new_tokens", "judge")
+_FSOUR_KWARGS = ("target", "candidates", "threshold", "max_iters", "seed", "engine",
+                 "max_new_tokens")  # passed through to fsour() as keyword arguments
+_INT_PARAMS = ("candidates", "max_iters", "seed", "max_new_tokens")
+MAX_HISTORY = 300
+_MILESTONES = ("start", "restart", "generated", "done", "cancelled")
+PROGRESS_KEYS = ("kind", "iteration", "position", "layer", "num_positions", "num_layers",
+                 "best_logprob", "forward_passes", "elapsed", "fraction", "eta_seconds",
+                 "eta_max_seconds")
+
+Runner = Callable[[Any, dict, Callable[[Any], None], Callable[[], bool], "str | None"], Any]
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """Attribute or dict key ``name`` of ``obj``."""
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _finite(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _state_text(state: Any) -> str | None:
+    if state is None or isinstance(state, str):
+        return state
+    if hasattr(state, "to_json"):
+        return state.to_json()
+    return json.dumps(state)
+
+
+def validate_params(kind: str, params: dict) -> dict:
+    """Check and normalise a job's parameters (None values dropped, integers as int);
+    raises :class:`StoreError` with a clear message."""
+    if kind not in JOB_KINDS:
+        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+    if not isinstance(params, dict):
+        raise StoreError("job params must be a dict")
+    unknown = sorted(set(params) - set(FSOUR_PARAMS))
+    if unknown:
+        raise StoreError(f"unknown F-SOUR parameter(s) {unknown}; known: {list(FSOUR_PARAMS)}")
+    out = {k: v for k, v in params.items() if v is not None}
+    prompt = out.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise StoreError("an F-SOUR job needs a non-empty prompt")
+    for key in _INT_PARAMS:
+        if key in out:
+            v = out[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                raise StoreError(f"{key} must be an integer, got {v!r}")
+            out[key] = int(v)
+    if "threshold" in out:
+        t = out["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise StoreError(f"threshold must be a finite number, got {t!r}")
+        out["threshold"] = float(t)
+    for key in ("target", "engine", "judge"):
+        if key in out and not isinstance(out[key], str):
+            raise StoreError(f"{key} must be a string, got {out[key]!r}")
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"job params are not JSON-serialisable: {exc}") from None
+    return out
+
+
+def fsour_runner(moe, params: dict, on_event, should_stop, state: str | None,
+                 judge_options: Callable[[str], dict] | None = None):
+    """The default runner: :func:`explorer.methods.fsour.fsour` with the job's parameters;
+    ``judge_options(name)`` gives the judge's constructor options (e.g. the rubric judge's
+    endpoint from the app's settings)."""
+    from explorer.judges import get_judge
+    from explorer.methods import fsour as F
+
+    name = params.get("judge") or "keyword"
+    kwargs = {k: params[k] for k in _FSOUR_KWARGS if k in params}
+    judge = get_judge(name, **(judge_options(name) if judge_options else {}))
+    return F.fsour(moe, params["prompt"], judge=judge,
+                   on_event=on_event, should_stop=should_stop,
+                   state=F.FsourState.from_json(state) if state else None, **kwargs)
+
+
+def _checkpoint_position(state_text: str) -> dict:
+    """Iteration, position and forward passes of a stored search checkpoint (progress is
+    written at most every ``progress_interval``; the checkpoint at every step)."""
+    try:
+        st = json.loads(state_text)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(st, dict):
+        return {}
+    out = {"iteration": st.get("iteration"), "position": st.get("t_index"),
+           "forward_passes": st.get("forward_passes")}
+    return {k: v for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class _Progress:
+    """Turns runner events into the progress dict (ETA, thinned log-prob history)."""
+
+    def __init__(self, previous: dict | None, max_iters: int | None):
+        prev = dict(previous or {})
+        self.data = {k: prev.get(k) for k in PROGRESS_KEYS}
+        self.data["history"] = [list(p) for p in prev.get("history") or []]
+        self.restart_started = prev.get("restart_started")
+        self.max_iters = max_iters
+
+    def update(self, ev: Any) -> dict:
+        d = self.data
+        kind, it = _get(ev, "kind"), _get(ev, "iteration")
+        elapsed = _finite(_get(ev, "elapsed")) or 0.0
+        if kind == "restart" or self.restart_started is None or (
+                it is not None and it != d["iteration"]):
+            self.restart_started = elapsed
+        for key in ("iteration", "position", "layer", "num_positions", "num_layers",
+                    "forward_passes"):
+            d[key] = _get(ev, key, d[key])
+        best = _finite(_get(ev, "best_logprob"))
+        d.update(kind=kind, best_logprob=best, elapsed=round(elapsed, 3))
+        frac = _get(ev, "fraction")
+        if frac is None:
+            P, L = d["num_positions"] or 0, d["num_layers"] or 0
+            li = _get(ev, "layer_index")
+            if li is None:
+                li = 0
+            frac = (d["position"] or 0) * L + li
+            frac = min(1.0, frac / (P * L)) if P and L else None
+        d["fraction"] = frac
+        d["eta_seconds"] = d["eta_max_seconds"] = None
+        if kind in ("done", "cancelled"):
+            d["eta_seconds"] = d["eta_max_seconds"] = 0.0 if kind == "done" else None
+        elif frac and frac > 0:
+            per_restart = (elapsed - self.restart_started) / frac
+            d["eta_seconds"] = round(per_restart * (1 - frac), 2)
+            if self.max_iters:
+                left = max(0, self.max_iters - (d["iteration"] or 0) - 1)
+                d["eta_max_seconds"] = round(per_restart * (1 - frac + left), 2)
+        h = d["history"]
+        if best is not None and (not h or h[-1][1] != best or kind == "restart"):
+            h.append([round(elapsed, 3), best])
+            if len(h) > MAX_HISTORY:
+                d["history"] = h[:-1:2] + [h[-1]]
+        return self.snapshot()
+
+    def snapshot(self) -> dict:
+        return dict(self.data, history=[list(p) for p in self.data["history"]],
+                    restart_started=self.restart_started)
+
+
+class JobManager:
+    """Queue, run, cancel and resume background jobs for one model (see module docs).
+
+    ``max_queued_per_session``: queued + running jobs one session may have;
+    ``max_queued_total``: the same for everyone together; ``runner``: the job function
+    (default :func:`fsour_runner`, with ``judge_options`` for its judges);
+    ``progress_interval``: seconds between progress writes to the store.
+    """
+
+    def __init__(self, moe, store: RouteStore, *, max_queued_per_session: int = 4,
+                 max_queued_total: int = 64, runner: Runner | None = None,
+                 progress_interval: float = 0.5,
+                 judge_options: Callable[[str], dict] | None = None):
+        self.moe, self.store = moe, store
+        self.runner = runner or functools.partial(fsour_runner, judge_options=judge_options)
+        self.max_queued_per_session = max_queued_per_session
+        self.max_queued_total = max_queued_total
+        self.progress_interval = progress_interval
+        self._lock = threading.Condition(threading.RLock())
+        self._queue: collections.deque[str] = collections.deque()
+        self._cancel: dict[str, threading.Event] = {}
+        self._user_cancelled: set[str] = set()
+        self._live: dict[str, dict] = {}
+        self._current: str | None = None
+        self._stopping = False
+        self.interrupted = store.mark_interrupted()
+        for rec in store.list_jobs(status="queued", limit=10_000, oldest_first=True):
+            self._enqueue(rec.id)
+        self._thread = threading.Thread(target=self._work, name="explorer-jobs", daemon=True)
+        self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------
+    def submit(self, kind: str, params: dict, session: str | None = None) -> str:
+        """Queue a job (kind 'fsour'); returns its id. Raises :class:`StoreError` for bad
+        parameters or when the session already has its limit of queued/running jobs."""
+        params = validate_params(kind, params)
+        with self._lock:
+            self._check_room(session)
+            job_id = self.store.create_job(kind, params, session)
+            self._enqueue(job_id)
+        return job_id
+
+    def status(self, job_id: str) -> dict:
+        """The job as a JSON-able dict: id, kind, session, status, params, progress
+        (iteration, position, layer, num_positions, num_layers, best_logprob,
+        forward_passes, elapsed, eta_seconds, history...), result, error, route_id,
+        created, updated."""
+        return self._as_dict(self.store.get_job(job_id))
+
+    def list(self, session: str | None = None, limit: int = 100) -> list[dict]:
+        """Jobs (newest first) as :meth:`status` dicts, for one session or all."""
+        return [self._as_dict(r) for r in self.store.list_jobs(session=session, limit=limit)]
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a job: a queued one at once, a running one at its next check (stored
+        'cancelled' with its checkpoint, so it can be resumed). Returns its status."""
+        with self._lock:
+            rec = self.store.get_job(job_id)
+            if rec.status == "queued":
+                self.store.update_job(job_id, status="cancelled", where_status="queued")
+                if job_id in self._queue:
+                    self._queue.remove(job_id)
+            elif rec.status == "running":
+                self._user_cancelled.add(job_id)
+                self._cancel.setdefault(job_id, threading.Event()).set()
+        return self.status(job_id)
+
+    def resume(self, job_id: str) -> dict:
+        """Queue an 'interrupted' or 'cancelled' job again; it continues from its stored
+        checkpoint. Returns its status."""
+        with self._lock:
+            rec = self.store.get_job(job_id)
+            if rec.status not in ("interrupted", "cancelled"):
+                raise StoreError(f"job {job_id} is {rec.status}; only interrupted or "
+                                 "cancelled jobs can be resumed")
+            self._check_room(rec.session)
+            if self.store.update_job(job_id, status="queued", error=None,
+                                     where_status=("interrupted", "cancelled")):
+                self._enqueue(job_id)
+        return self.status(job_id)
+
+    def shutdown(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Stop the worker: no new jobs; a running job is asked to stop and stored as
+        'interrupted' (resumable); queued jobs stay queued for the next manager."""
+        with self._lock:
+            self._stopping = True
+            if self._current is not None:
+                self._cancel.setdefault(self._current, threading.Event()).set()
+            self._lock.notify_all()
+        if wait:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread.is_alive()
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_room(self, session: str | None) -> None:
+        if self._stopping:
+            raise StoreError("the job manager is shutting down; try again later")
+        if session is not None:
+            n = len(self.store.list_jobs(session=session, status=ACTIVE_STATUSES,
+                                         limit=self.max_queued_per_session + 1))
+            if n >= self.max_queued_per_session:
+                raise StoreError(f"this session already has {n} queued or running jobs "
+                                 f"(limit {self.max_queued_per_session}); wait for one to "
+                                 "finish or cancel one")
+        n = len(self.store.list_jobs(status=ACTIVE_STATUSES, limit=self.max_queued_total + 1))
+        if n >= self.max_queued_total:
+            raise StoreError(f"the server already has {n} queued or running jobs; "
+                             "try again later")
+
+    def _enqueue(self, job_id: str) -> None:
+        with self._lock:
+            self._cancel[job_id] = threading.Event()
+            self._user_cancelled.discard(job_id)
+            self._queue.append(job_id)
+            self._lock.notify_all()
+
+    def _as_dict(self, rec) -> dict:
+        d = rec.to_dict()
+        live = self._live.get(rec.id)
+        progress = dict(live if live is not None and rec.status == "running" else d["progress"])
+        progress.pop("restart_started", None)
+        if rec.status in ("interrupted", "cancelled") and rec.state:
+            progress.update(_checkpoint_position(rec.state))  # where a resume starts
+        for key in PROGRESS_KEYS:
+            progress.setdefault(key, None)
+        progress.setdefault("history", [])
+        d["progress"] = progress
+        return d
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.popleft()
+                try:
+                    started = self.store.update_job(job_id, status="running",
+                                                    where_status="queued")
+                except Exception:  # noqa: BLE001 - the worker must keep serving
+                    log.exception("job %s could not be started", job_id)
+                    started = False
+                if not started:
+                    continue
+                self._current = job_id
+            try:
+                self._run(job_id)
+            except BaseException as exc:  # noqa: BLE001 - store trouble while failing a job
+                log.exception("job %s: bookkeeping failed", job_id)
+                try:
+                    self.store.update_job(job_id, status="failed", error=one_line(exc, limit=500, with_type=True),
+                                          where_status="running")
+                except Exception:  # noqa: BLE001
+                    pass
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._live.pop(job_id, None)
+                    self._cancel.pop(job_id, None)
+                    self._user_cancelled.discard(job_id)
+
+    def _run(self, job_id: str) -> None:
+        rec = self.store.get_job(job_id)
+        stop = self._cancel.setdefault(job_id, threading.Event())
+        params = rec.params
+        tracker = _Progress(rec.progress, params.get("max_iters"))
+        last_write = [0.0]
+
+        def on_event(ev: Any) -> None:
+            progress = tracker.update(ev)
+            self._live[job_id] = progress
+            fields: dict[str, Any] = {}
+            state = _get(ev, "state")
+            if state is not None:
+                fields["state"] = _state_text(state)
+            now = time.monotonic()
+            if (now - last_write[0] >= self.progress_interval
+                    or _get(ev, "kind") in _MILESTONES):
+                fields["progress"], last_write[0] = progress, now
+            if fields and not self.store.update_job(job_id, where_status="running", **fields):
+                stop.set()  # someone else took the job over (e.g. marked it interrupted)
+
+        try:
+            result = self.runner(self.moe, params, on_event, stop.is_set, rec.state)
+        except BaseException as exc:  # noqa: BLE001 - any failure ends this job only
+            # (SystemExit, KeyboardInterrupt raised by a runner included: here they would
+            # kill the worker thread, leave the job 'running' and stall the queue)
+            log.warning("job %s failed: %s", job_id, one_line(exc, limit=500, with_type=True))
+            self.store.update_job(job_id, status="failed", error=one_line(exc, limit=500, with_type=True),
+                                  progress=tracker.snapshot(), where_status="running")
+            return
+        to_dict = getattr(result, "to_dict", None)
+        result_dict = to_dict() if callable(to_dict) else dict(result)
+        state = _state_text(_get(result, "state"))
+        extra = {"state": state} if state is not None else {}
+        if _get(result, "cancelled", False):
+            status = "cancelled" if job_id in self._user_cancelled or not self._stopping \
+                else "interrupted"
+            self.store.update_job(job_id, status=status, result=result_dict,
+                                  progress=tracker.snapshot(), where_status="running", **extra)
+            return
+        route = _get(result, "route")
+        route = route if isinstance(route, Route) else Route.from_dict(route or {"edits": []})
+        verdict = _get(result, "verdict")
+        self.store.finish_job(
+            job_id, route, params["prompt"], getattr(self.moe, "name", "") or "",
+            route_fields={
+                "target": _get(result, "target") or params.get("target"),
+                "target_logprob": _finite(_get(result, "logprob")),
+                "success": _get(result, "success"),
+                "judge": _get(verdict, "judge") if verdict is not None else params.get("judge"),
+                "completion": _get(result, "completion"), "source": "fsour",
+                "meta": {"job_id": job_id, "params": params,
+                         "forward_passes": _get(result, "forward_passes"),
+                         "seconds": _get(result, "seconds")}},
+            where_status="running", status="done", result=result_dict, error=None,
+            progress=tracker.snapshot(), **extra)

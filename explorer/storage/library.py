@@ -1,0 +1,526 @@
+"""SQLite route library and job table (plain ``sqlite3``, WAL mode, no ORM).
+
+One file, ``<data dir>/explorer.sqlite3``, holds two tables:
+
+- ``routes``: saved routes with the prompt, model, target log-prob, judge verdict and
+  completion they were found with (:class:`StoredRoute`);
+- ``jobs``: background searches with their parameters, progress, resumable checkpoint
+  and result (:class:`JobRecord`, driven by :mod:`explorer.storage.jobs`).
+
+Every write runs in one transaction, so a crash never leaves a half-written row. One
+connection is shared between threads behind a lock; other processes may open the same
+file (WAL lets readers and a writer proceed together; writers wait up to 30 s).
+
+Exports are written only under ``<data dir>/exports/``; imports are read only from
+``<data dir>/imports/`` or ``exports/`` (or passed as JSON text), and only as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from explorer.core.route import Route, RouteError
+
+SCHEMA_VERSION = 1
+DB_NAME = "explorer.sqlite3"
+SOURCES = ("fsour", "manual", "rosais", "import")
+JOB_KINDS = ("fsour",)
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE_STATUSES = ("queued", "running")
+MAX_IMPORT_BYTES = 5 * 1024 * 1024
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS routes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    route_json     TEXT NOT NULL,
+    prompt         TEXT NOT NULL DEFAULT '',
+    model          TEXT NOT NULL DEFAULT '',
+    n_edits        INTEGER NOT NULL,
+    target         TEXT,
+    target_logprob REAL,
+    success        INTEGER CHECK (success IN (0, 1)),
+    judge          TEXT,
+    completion     TEXT,
+    source         TEXT NOT NULL CHECK (source IN {SOURCES}),
+    created        TEXT NOT NULL,
+    meta_json      TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS routes_model ON routes(model);
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    session       TEXT,
+    status        TEXT NOT NULL CHECK (status IN {JOB_STATUSES}),
+    params_json   TEXT NOT NULL,
+    progress_json TEXT NOT NULL DEFAULT '{{}}',
+    state_json    TEXT,
+    result_json   TEXT,
+    error         TEXT,
+    route_id      INTEGER REFERENCES routes(id) ON DELETE SET NULL,
+    created       TEXT NOT NULL,
+    updated       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_session ON jobs(session, status);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+"""
+
+
+class StoreError(ValueError):
+    """A store request that cannot be served (unknown id, bad JSON, path outside the
+    data folder...); the message is one line, fit to show to a user."""
+
+
+def default_data_dir(override: str | os.PathLike | None = None) -> Path:
+    """``override`` (the ``EXPLORER_DATA_DIR`` setting) when given; else ``/data/explorer``
+    when ``/data`` exists and is writable (the Hugging Face Spaces persistent volume);
+    else ``./data``."""
+    if override:
+        return Path(override).expanduser()
+    if os.path.isdir("/data") and os.access("/data", os.W_OK | os.X_OK):
+        return Path("/data/explorer")
+    return Path("data")
+
+
+def utcnow() -> str:
+    """The current UTC time as ISO 8601 with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {exc}") from None
+
+
+def _loads(text: str | None, default: Any = None) -> Any:
+    return default if text is None else json.loads(text)
+
+
+@dataclass
+class StoredRoute:
+    """One row of the route library; ``route`` is the parsed :class:`Route`."""
+
+    id: int
+    route: Route
+    prompt: str
+    model: str
+    n_edits: int
+    target: str | None
+    target_logprob: float | None
+    success: bool | None
+    judge: str | None
+    completion: str | None
+    source: str
+    created: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every column (``route`` as its public JSON object)."""
+        return {"id": self.id, "route": self.route.to_dict(), "prompt": self.prompt,
+                "model": self.model, "n_edits": self.n_edits, "target": self.target,
+                "target_logprob": self.target_logprob, "success": self.success,
+                "judge": self.judge, "completion": self.completion, "source": self.source,
+                "created": self.created, "meta": dict(self.meta)}
+
+    @classmethod
+    def _from_row(cls, r: sqlite3.Row) -> "StoredRoute":
+        return cls(id=r["id"], route=Route.from_json(r["route_json"]), prompt=r["prompt"],
+                   model=r["model"], n_edits=r["n_edits"], target=r["target"],
+                   target_logprob=r["target_logprob"],
+                   success=None if r["success"] is None else bool(r["success"]),
+                   judge=r["judge"], completion=r["completion"], source=r["source"],
+                   created=r["created"], meta=_loads(r["meta_json"], {}))
+
+
+@dataclass
+class JobRecord:
+    """One row of the job table. ``state`` is the raw checkpoint JSON text (or None)."""
+
+    id: str
+    kind: str
+    session: str | None
+    status: str
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    state: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    route_id: int | None
+    created: str
+    updated: str
+
+    def to_dict(self, include_state: bool = False) -> dict[str, Any]:
+        """A JSON-able dict; the (possibly large) checkpoint only when asked for."""
+        d = {"id": self.id, "kind": self.kind, "session": self.session,
+             "status": self.status, "params": self.params, "progress": self.progress,
+             "result": self.result, "error": self.error, "route_id": self.route_id,
+             "created": self.created, "updated": self.updated,
+             "has_state": self.state is not None}
+        if include_state:
+            d["state"] = self.state
+        return d
+
+    @classmethod
+    def _from_row(cls, r: sqlite3.Row) -> "JobRecord":
+        return cls(id=r["id"], kind=r["kind"], session=r["session"], status=r["status"],
+                   params=_loads(r["params_json"], {}), progress=_loads(r["progress_json"], {}),
+                   state=r["state_json"], result=_loads(r["result_json"]), error=r["error"],
+                   route_id=r["route_id"], created=r["created"], updated=r["updated"])
+
+
+def _casefold(s: str | None) -> str | None:
+    return None if s is None else s.casefold()
+
+
+class RouteStore:
+    """The route library and job table in one SQLite file (see module docs).
+
+    ``path``: the database file; default ``<default_data_dir()>/explorer.sqlite3``.
+    The data folder (parent of the file) also holds ``exports/`` and ``imports/``.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = (Path(path) if path is not None else default_data_dir() / DB_NAME).absolute()
+        self.data_dir = self.path.parent
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.create_function("casefold", 1, _casefold, deterministic=True)
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this explorer "
+                             f"knows up to {SCHEMA_VERSION} (upgrade the explorer)")
+        if version < SCHEMA_VERSION:  # idempotent: CREATE ... IF NOT EXISTS
+            try:
+                self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA +
+                                         f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
+
+    def _write(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock, self._conn:  # one transaction: committed or rolled back
+            return self._conn.execute(sql, tuple(args))
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    @property
+    def journal_mode(self) -> str:
+        """The SQLite journal mode in use (``wal``)."""
+        return self._read("PRAGMA journal_mode")[0][0]
+
+    def close(self) -> None:
+        """Close the connection (the store cannot be used afterwards)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "RouteStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- routes -------------------------------------------------------------------------
+    def save_route(self, route: Route, prompt: str, model: str, *, target: str | None = None,
+                   target_logprob: float | None = None, success: bool | None = None,
+                   judge: str | None = None, completion: str | None = None,
+                   source: str = "manual", meta: dict | None = None) -> int:
+        """Save ``route`` with its provenance; returns the new route id."""
+        with self._lock, self._conn:
+            return self._insert_route(route, prompt, model, target, target_logprob, success,
+                                      judge, completion, source, meta)
+
+    def _insert_route(self, route, prompt, model, target, target_logprob, success, judge,
+                      completion, source, meta) -> int:
+        if not isinstance(route, Route):
+            raise StoreError(f"save_route needs a Route, got {type(route).__name__}")
+        if source not in SOURCES:
+            raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
+        cur = self._conn.execute(
+            "INSERT INTO routes (route_json, prompt, model, n_edits, target, target_logprob,"
+            " success, judge, completion, source, created, meta_json)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (route.to_json(), prompt or "", model or "", len(route.edits), target,
+             None if target_logprob is None else float(target_logprob),
+             None if success is None else int(bool(success)), judge, completion, source,
+             utcnow(), _dumps(meta or {})))
+        return int(cur.lastrowid)
+
+    def get_route(self, route_id: int) -> StoredRoute:
+        """The stored route ``route_id``; :class:`StoreError` when there is none."""
+        rows = self._read("SELECT * FROM routes WHERE id = ?", (_int_id(route_id),))
+        if not rows:
+            raise StoreError(f"no route with id {route_id}")
+        return StoredRoute._from_row(rows[0])
+
+    def list_routes(self, model: str | None = None, text: str | None = None,
+                    success: bool | None = None, source: str | None = None,
+                    limit: int = 500) -> list[StoredRoute]:
+        """Routes, newest first, filtered by model, prompt substring (case-insensitive),
+        success and source."""
+        where, args = [], []
+        if model is not None:
+            where.append("model = ?"), args.append(model)
+        if text:
+            where.append("instr(casefold(prompt), ?) > 0"), args.append(text.casefold())
+        if success is not None:
+            where.append("success = ?"), args.append(int(bool(success)))
+        if source is not None:
+            where.append("source = ?"), args.append(source)
+        sql = "SELECT * FROM routes" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*args, max(0, int(limit))))
+        return [StoredRoute._from_row(r) for r in rows]
+
+    def delete_route(self, route_id: int) -> None:
+        """Delete a route (jobs that found it keep their result, lose the link)."""
+        if self._write("DELETE FROM routes WHERE id = ?", (_int_id(route_id),)).rowcount == 0:
+            raise StoreError(f"no route with id {route_id}")
+
+    # -- export / import ----------------------------------------------------------------
+    @property
+    def exports_dir(self) -> Path:
+        """``<data dir>/exports``: the only folder :meth:`export_route` writes to."""
+        return self.data_dir / "exports"
+
+    @property
+    def imports_dir(self) -> Path:
+        """``<data dir>/imports``: where :meth:`import_route` looks for bare file names."""
+        return self.data_dir / "imports"
+
+    def export_route(self, route_id: int, filename: str | None = None) -> Path:
+        """Write the route's public JSON (provenance and prompt in ``info``) to
+        ``<data dir>/exports/<filename>`` and return that path. ``filename`` must be a
+        plain file name (no folders, no '..', not absolute); '.json' is appended when
+        missing. An existing file is replaced, a symlink is never followed."""
+        sr = self.get_route(route_id)
+        name = f"route-{sr.id}.json" if filename is None else str(filename)
+        if (not name or "/" in name or "\\" in name or "\x00" in name or name in (".", "..")
+                or os.path.isabs(name)):
+            raise StoreError(f"export file name {filename!r} must be a plain file name "
+                             "inside the exports folder")
+        if not name.endswith(".json"):
+            name += ".json"
+        folder = self.exports_dir
+        if folder.is_symlink():
+            raise StoreError("the exports folder is a symlink; refusing to write through it")
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / name
+        if dest.is_symlink() or dest.resolve().parent != folder.resolve():
+            raise StoreError(f"export file name {filename!r} escapes the exports folder")
+        info = dict(sr.route.info)
+        info.setdefault("model", sr.model)
+        info.update(prompt=sr.prompt, target=sr.target, target_logprob=sr.target_logprob,
+                    success=sr.success, judge=sr.judge, completion=sr.completion,
+                    source=sr.source, created=sr.created, library_id=sr.id)
+        text = json.dumps({"edits": [e.to_dict() for e in sr.route.edits], "info": info},
+                          indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, dest)  # replaces a link itself, never its target
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StoreError(f"cannot write export {name!r}: {exc.strerror or exc}") from None
+        return dest
+
+    def _import_path(self, p: Path) -> Path:
+        base = p if p.is_absolute() else self.data_dir / p
+        if not p.is_absolute() and not base.exists():
+            base = self.imports_dir / p  # bare names are looked up in imports/
+        try:
+            real = base.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise StoreError(f"no import file {str(p)!r}") from None
+        roots = [d.resolve() for d in (self.imports_dir, self.exports_dir) if d.exists()]
+        if not any(real.is_relative_to(r) and real != r for r in roots):
+            raise StoreError(f"import path {str(p)!r} is outside the data folder's "
+                             "imports/ and exports/")
+        if real.suffix.lower() != ".json" or not real.is_file():
+            raise StoreError(f"import file {str(p)!r} must be a .json file")
+        if real.stat().st_size > MAX_IMPORT_BYTES:
+            raise StoreError(f"import file {str(p)!r} is larger than {MAX_IMPORT_BYTES} bytes")
+        return real
+
+    def import_route(self, text_or_path: str | os.PathLike | bytes) -> int:
+        """Import a route from JSON text, or from a ``.json`` file inside
+        ``<data dir>/imports/`` or ``exports/``; returns the new route id (source
+        'import'). Only JSON is ever parsed. ``info.prompt``, ``info.model`` and the
+        export's target/log-prob/success/judge/completion are restored when present."""
+        origin = "text"
+        if isinstance(text_or_path, bytes):
+            try:
+                text = text_or_path.decode("utf-8")
+            except UnicodeDecodeError:
+                raise StoreError("import is not UTF-8 JSON text") from None
+        elif isinstance(text_or_path, os.PathLike) or (
+                isinstance(text_or_path, str) and text_or_path.lstrip()[:1] not in ("{", "[")):
+            real = self._import_path(Path(text_or_path))
+            origin = real.name
+            try:
+                text = real.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise StoreError(f"import file {real.name!r} is not UTF-8 JSON text") from None
+        elif isinstance(text_or_path, str):
+            text = text_or_path
+        else:
+            raise StoreError(f"cannot import a {type(text_or_path).__name__}")
+        if len(text) > MAX_IMPORT_BYTES:
+            raise StoreError(f"import is larger than {MAX_IMPORT_BYTES} bytes")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"import is not valid JSON: {exc}") from None
+        try:
+            route = Route.from_dict(data)
+        except RouteError as exc:
+            raise StoreError(f"import is not a route: {exc}") from None
+        info = route.info
+
+        def text_of(key):
+            return info[key] if isinstance(info.get(key), str) else None
+
+        lp = info.get("target_logprob")
+        lp = float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else None
+        ok = info.get("success")
+        return self.save_route(
+            route, text_of("prompt") or "", text_of("model") or "", target=text_of("target"),
+            target_logprob=lp, success=ok if isinstance(ok, bool) else None,
+            judge=text_of("judge"), completion=text_of("completion"), source="import",
+            meta={"imported_from": origin, "original_source": info.get("source")})
+
+    # -- jobs ---------------------------------------------------------------------------
+    def create_job(self, kind: str, params: dict, session: str | None = None) -> str:
+        """Insert a 'queued' job; returns its id (a uuid4 hex string)."""
+        if kind not in JOB_KINDS:
+            raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+        if not isinstance(params, dict):
+            raise StoreError("job params must be a dict")
+        job_id, now = uuid.uuid4().hex, utcnow()
+        self._write("INSERT INTO jobs (id, kind, session, status, params_json, progress_json,"
+                    " created, updated) VALUES (?,?,?,?,?,?,?,?)",
+                    (job_id, kind, session, "queued", _dumps(params), "{}", now, now))
+        return job_id
+
+    _JOB_FIELDS = {"status": "status", "progress": "progress_json", "state": "state_json",
+                   "result": "result_json", "error": "error", "route_id": "route_id"}
+
+    def update_job(self, job_id: str, *, where_status: str | Iterable[str] | None = None,
+                   **fields: Any) -> bool:
+        """Set ``status``, ``progress``, ``state``, ``result``, ``error``, ``route_id``
+        (dicts are stored as JSON; ``state`` may be JSON text). With ``where_status`` the
+        update happens only if the job's status is one of those (atomic check-and-set);
+        returns whether a row changed. Unknown ids raise :class:`StoreError`."""
+        sql, args = self._job_update_sql(job_id, where_status, fields)
+        with self._lock:
+            changed = self._write(sql, args).rowcount > 0
+            if not changed and not self._read("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
+                raise StoreError(f"no job with id {job_id}")
+        return changed
+
+    def _job_update_sql(self, job_id, where_status, fields) -> tuple[str, list]:
+        bad = set(fields) - set(self._JOB_FIELDS)
+        if bad:
+            raise StoreError(f"cannot update job field(s) {sorted(bad)}")
+        if "status" in fields and fields["status"] not in JOB_STATUSES:
+            raise StoreError(f"job status must be one of {JOB_STATUSES}")
+        sets, args = [], []
+        for key, value in fields.items():
+            if key in ("progress", "result") and value is not None:
+                value = _dumps(value)
+            elif key == "state" and value is not None and not isinstance(value, str):
+                value = value.to_json() if hasattr(value, "to_json") else _dumps(value)
+            sets.append(f"{self._JOB_FIELDS[key]} = ?"), args.append(value)
+        sets.append("updated = ?"), args.append(utcnow())
+        sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?"
+        args.append(job_id)
+        if where_status is not None:
+            st = (where_status,) if isinstance(where_status, str) else tuple(where_status)
+            sql += f" AND status IN ({','.join('?' * len(st))})"
+            args.extend(st)
+        return sql, args
+
+    def finish_job(self, job_id: str, route: Route, prompt: str, model: str, *,
+                   route_fields: dict[str, Any] | None = None,
+                   where_status: str | Iterable[str] | None = None,
+                   **job_fields: Any) -> int | None:
+        """Save a job's found route and update the job (``route_id`` linked) in ONE
+        transaction; returns the route id, or None (nothing written) when the job's
+        status is not in ``where_status``. ``route_fields`` are :meth:`save_route`'s
+        keyword arguments."""
+        with self._lock, self._conn:
+            rf = dict(route_fields or {})
+            route_id = self._insert_route(
+                route, prompt, model, rf.get("target"), rf.get("target_logprob"),
+                rf.get("success"), rf.get("judge"), rf.get("completion"),
+                rf.get("source", "fsour"), rf.get("meta"))
+            sql, args = self._job_update_sql(job_id, where_status,
+                                             dict(job_fields, route_id=route_id))
+            if self._conn.execute(sql, args).rowcount == 0:
+                self._conn.rollback()
+                return None
+        return route_id
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """The job ``job_id``; :class:`StoreError` when there is none."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (str(job_id),))
+        if not rows:
+            raise StoreError(f"no job with id {job_id}")
+        return JobRecord._from_row(rows[0])
+
+    def list_jobs(self, session: str | None = None, status: str | Iterable[str] | None = None,
+                  limit: int = 100, oldest_first: bool = False) -> list[JobRecord]:
+        """Jobs (newest first unless ``oldest_first``), filtered by session and status
+        (one status or several)."""
+        where, args = [], []
+        if session is not None:
+            where.append("session = ?"), args.append(session)
+        if status is not None:
+            st = (status,) if isinstance(status, str) else tuple(status)
+            if not st:
+                return []
+            where.append(f"status IN ({','.join('?' * len(st))})"), args.extend(st)
+        order = "ASC" if oldest_first else "DESC"
+        sql = ("SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY created {order}, rowid {order} LIMIT ?")
+        return [JobRecord._from_row(r) for r in self._read(sql, (*args, max(0, int(limit))))]
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark every 'running' job 'interrupted' (call at startup, before any worker
+        runs); returns their ids."""
+        with self._lock, self._conn:
+            rows = self._conn.execute("UPDATE jobs SET status = 'interrupted', updated = ? "
+                                      "WHERE status = 'running' RETURNING id",
+                                      (utcnow(),)).fetchall()
+        return [r[0] for r in rows]
+
+
+def _int_id(value: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return int(value)
+    except (TypeError, ValueError):
+        raise StoreError(f"route id must be an integer, got {value!r}") from None
