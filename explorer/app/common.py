@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from explorer.core.errors import RouteError, one_line
-from explorer.core.model import DEMO_MODEL_DIR, ModelLoadError
+from explorer.core.model import DEMO_MODEL_DIR, ModelLoadError, MoEModel
 from explorer.core.route import Route
 from explorer.viz import figures as plots
 
@@ -92,7 +92,7 @@ def session_of(request: Any, fallback: str = "anonymous") -> str:
     return str(getattr(request, "session_hash", None) or fallback)
 
 
-def is_demo_model(moe) -> bool:
+def is_demo_model(moe: MoEModel) -> bool:
     """Whether ``moe`` is the bundled demo model (by name, or loaded from its folder)."""
     name = str(getattr(moe, "name", "") or "")
     if name in ("", "demo"):
@@ -104,7 +104,7 @@ def is_demo_model(moe) -> bool:
 
 
 # -- library calls ---------------------------------------------------------------------------
-def stream_trace(moe, prompt: str, max_new_tokens: int, route: Route | None = None
+def stream_trace(moe: MoEModel, prompt: str, max_new_tokens: int, route: Route | None = None
                  ) -> Iterator[tuple[str, Any]]:
     """Run :func:`explorer.core.trace.trace` in a thread; yield ``(text so far, None)`` per
     streamed piece, then ``(text, trace)``. Errors are re-raised here."""

@@ -17,11 +17,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
-def kv_flops(moe) -> float:
+
+def kv_flops(moe: MoEModel) -> float:
     """FLOPs of one token's key and value projections at a decoder layer."""
     c = moe.text_config
     H = c.hidden_size
@@ -30,7 +34,7 @@ def kv_flops(moe) -> float:
     return float(2 * H * 2 * kv * hd)
 
 
-def layer_flops(moe, layer: int, context: int) -> float:
+def layer_flops(moe: MoEModel, layer: int, context: int) -> float:
     """Approximate FLOPs (2 x multiply-adds) for one token at decoder ``layer`` that
     attends to ``context`` tokens."""
     c = moe.text_config
@@ -99,7 +103,7 @@ class ConeCost:
         return f
 
 
-def matmul_rate(moe, rows: int = 256, repeat: int = 5) -> float:
+def matmul_rate(moe: MoEModel, rows: int = 256, repeat: int = 5) -> float:
     """FLOP/s of a (rows x H) @ (H x 4H) product in the model's dtype on its device."""
     c = moe.text_config
     H = c.hidden_size
@@ -136,7 +140,7 @@ def reset_peak(dev) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
 
 
-def prompt_of_tokens(moe, n: int) -> str | None:
+def prompt_of_tokens(moe: MoEModel, n: int) -> str | None:
     """A benign prompt whose templated form has about ``n`` tokens (None: beyond context)."""
     limit = moe.context_length or 10**9
     if n + 32 > limit:
@@ -150,7 +154,7 @@ def prompt_of_tokens(moe, n: int) -> str | None:
     return text
 
 
-def latencies(moe, sizes=(64, 512, 2048), new_tokens: int = 16, repeat: int = 3) -> list[dict]:
+def latencies(moe: MoEModel, sizes=(64, 512, 2048), new_tokens: int = 16, repeat: int = 3) -> list[dict]:
     """Per prompt size: trace (prompt only) and re-route (a forced edit, +new_tokens) seconds."""
     from explorer.core.route import Route
     from explorer.core.trace import trace
@@ -185,7 +189,7 @@ def median_seconds(fn, repeat: int = 5) -> float:
     return statistics.median(ts)
 
 
-def compare_orders(moe, prompts, candidates: int = 10, max_iters: int = 3, seed: int = 0,
+def compare_orders(moe: MoEModel, prompts, candidates: int = 10, max_iters: int = 3, seed: int = 0,
                    max_new_tokens: int = 24) -> dict:
     """F-SOUR with the paper's order vs RoSais-guided layer order on the same prompts."""
     from explorer.methods.fsour import fsour

@@ -11,10 +11,14 @@ import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from explorer.core.errors import one_line
 from explorer.settings import Settings
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
+    from explorer.core.route import Route
 
 
 class Command(NamedTuple):
@@ -144,7 +148,7 @@ def check_out_path(path: str | None, what: str = "--out", makes_folders: bool = 
         raise UsageError(f"{what} {path}: the folder {parent} does not exist")
 
 
-def check_route(moe, route, prompt: str | None = None) -> None:
+def check_route(moe: MoEModel, route: Route, prompt: str | None = None) -> None:
     """Validate ``route`` against the loaded model (and ``prompt``'s length).
 
     A provenance mismatch (route made for another model or chat template) gives one

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -160,6 +161,19 @@ def _layer_table(per_row: list[tuple], E: int, cache: ModelCache | None = None):
     return torch.from_numpy(glob), torch.from_numpy(table), P
 
 
+@dataclass
+class RouterRecord:
+    """What one MoE layer's router did in one forward: the router logits (recorded when its
+    ``F.linear`` runs, before any mask; None when not recorded) and the experts dispatched
+    with their gate weights (None until the experts run). Shapes: (B, S, E) and (B, S, k);
+    ``offset`` is the absolute position of the forward's first token."""
+
+    logits: torch.Tensor | None = None
+    experts: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    offset: int = 0
+
+
 class RouteControl:
     """Record routing and/or apply routes while active (a context manager).
 
@@ -180,7 +194,7 @@ class RouteControl:
         self.record_logits = record_logits
         self.pad_offsets = list(pad_offsets) if pad_offsets is not None else None
         self.validate = validate
-        self.records: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.records: dict[int, list[RouterRecord]] = {}
         self._hooks: list = []
         self._modes: list[_RouterMode] = []
         self._state: dict = {}
@@ -307,15 +321,12 @@ class RouteControl:
     def _store(self, h: LayerHandles, idx, w):
         B, S = self._state.get("B", 1), self._state.get("S", idx.shape[0])
         rec = self.records.setdefault(h.info.index, [])
-        entry = {"experts": idx.detach().reshape(B, S, -1).cpu(),
-                 "weights": (w.detach().float().reshape(B, S, -1).cpu()
-                             if w is not None else None),
-                 "offset": self._state.get("offset", 0)}
-        if rec and "logits_pending" in rec[-1]:
-            entry["logits"] = rec[-1].pop("logits_pending")
-            rec[-1] = entry
-        else:
-            rec.append(entry)
+        if not rec or rec[-1].experts is not None:  # no router logits waiting for it
+            rec.append(RouterRecord())
+        entry = rec[-1]
+        entry.experts = idx.detach().reshape(B, S, -1).cpu()
+        entry.weights = w.detach().float().reshape(B, S, -1).cpu() if w is not None else None
+        entry.offset = self._state.get("offset", 0)
 
     # -- masks ------------------------------------------------------------------------------
     def _allowed(self, h: LayerHandles, n_rows: int, device) -> torch.Tensor | None:
@@ -351,7 +362,7 @@ class RouteControl:
         if self.record and self.record_logits:
             B, S = self._state.get("B", 1), self._state.get("S", logits.shape[0])
             self.records.setdefault(h.info.index, []).append(
-                {"logits_pending": logits.detach().float().reshape(B, S, -1).cpu()})
+                RouterRecord(logits=logits.detach().float().reshape(B, S, -1).cpu()))
         return self._masked(h, logits, NEG_INF)
 
     def _on_choice(self, h: LayerHandles, scores: torch.Tensor) -> torch.Tensor:
@@ -372,13 +383,13 @@ class RouteControl:
 
     def collected(self, layer: int) -> dict[str, torch.Tensor]:
         """Concatenate a layer's records over forwards: experts/weights (B,T,k), logits (B,T,E)."""
-        rec = [r for r in self.records.get(layer, []) if "experts" in r]
+        rec = [r for r in self.records.get(layer, []) if r.experts is not None]
         if not rec:
             raise RouteError(f"nothing was recorded at layer {layer}: is its router still "
                              f"recognised by this transformers version?")
-        out = {"experts": torch.cat([r["experts"] for r in rec], dim=1)}
-        if all(r["weights"] is not None for r in rec):
-            out["weights"] = torch.cat([r["weights"] for r in rec], dim=1)
-        if all("logits" in r for r in rec):
-            out["logits"] = torch.cat([r["logits"] for r in rec], dim=1)
+        out = {"experts": torch.cat([r.experts for r in rec], dim=1)}
+        if all(r.weights is not None for r in rec):
+            out["weights"] = torch.cat([r.weights for r in rec], dim=1)
+        if all(r.logits is not None for r in rec):
+            out["logits"] = torch.cat([r.logits for r in rec], dim=1)
         return out

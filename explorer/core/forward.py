@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from explorer.core.defaults import MAX_NEW_TOKENS
 from explorer.core.route import Route
 
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
-def as_ids(moe, ids) -> torch.Tensor:
+
+def as_ids(moe: MoEModel, ids) -> torch.Tensor:
     t = torch.as_tensor(ids, dtype=torch.long)
     if t.dim() == 1:
         t = t.unsqueeze(0)
     return t.to(moe.device)
 
 
-def prefill(moe, ids, route: Route | None = None):
+def prefill(moe: MoEModel, ids, route: Route | None = None):
     """Run ``ids`` (1, T) once and return ``(logits, cache)``; the cache can be reused."""
     ids = as_ids(moe, ids)
     with moe.lock, torch.inference_mode(), moe.control(route):
@@ -70,7 +73,7 @@ def expand_cache(cache, batch: int):
     return c
 
 
-def logits_for_routes(moe, ids, routes: Sequence[Route] | Route | None, prefix_cache=None,
+def logits_for_routes(moe: MoEModel, ids, routes: Sequence[Route] | Route | None, prefix_cache=None,
                       prefix_len: int = 0) -> torch.Tensor:
     """Logits of ``ids`` (1, T) for B routes at once: shape (B, T - prefix_len, vocab).
 
@@ -99,7 +102,7 @@ def logits_for_routes(moe, ids, routes: Sequence[Route] | Route | None, prefix_c
     return out.logits
 
 
-def target_logprob(moe, prompt_ids, target_ids, routes, prefix_cache=None,
+def target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, prefix_cache=None,
                    prefix_len: int = 0) -> torch.Tensor:
     """Joint log-prob of ``target_ids`` after ``prompt_ids`` (teacher-forced), per route.
 
@@ -117,7 +120,7 @@ def target_logprob(moe, prompt_ids, target_ids, routes, prefix_cache=None,
     return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
 
 
-def next_token_logprobs(moe, ids, routes, token_ids: Sequence[int]) -> torch.Tensor:
+def next_token_logprobs(moe: MoEModel, ids, routes, token_ids: Sequence[int]) -> torch.Tensor:
     """log P(token | ids) at the next position for each route: shape (B, len(token_ids))."""
     logits = logits_for_routes(moe, ids, routes)
     lp = torch.log_softmax(logits[:, -1].float(), dim=-1)
@@ -133,7 +136,7 @@ class Generation:
     text: str
 
 
-def generate(moe, ids, route: Route | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+def generate(moe: MoEModel, ids, route: Route | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
              record: bool = False, on_token: Callable[[str], None] | None = None):
     """Greedy generation with ``route`` active on prompt and generated tokens.
 
@@ -176,7 +179,7 @@ def generate(moe, ids, route: Route | None = None, max_new_tokens: int = MAX_NEW
 class _CallbackStreamer:
     """A minimal transformers streamer that decodes new tokens incrementally."""
 
-    def __init__(self, moe, callback):
+    def __init__(self, moe: MoEModel, callback):
         self.moe, self.callback = moe, callback
         self.first = True
         self.ids: list[int] = []

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from explorer.core.model import ModelInfo
 
 from explorer.core.errors import RouteError
 
-MODES = ("force", "mask")
+Mode = Literal["force", "mask"]
+MODES: tuple[Mode, ...] = ("force", "mask")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class RouteEdit:
     layer: int
     position: int | None
     experts: tuple[int, ...]
-    mode: str = "force"
+    mode: Mode = "force"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.forward import generate
 from explorer.core.route import Route
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 
 @dataclass
@@ -98,7 +101,7 @@ class RoutingTrace:
         return cls.from_dict(json.loads(text))
 
 
-def trace(moe, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
+def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
           record_logits: bool = True, system: str | None = None,
           on_token: Callable[[str], None] | None = None) -> RoutingTrace:
     """Run the templated ``prompt`` (greedy continuation of ``max_new_tokens``), recording
@@ -134,7 +137,7 @@ def trace(moe, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
         completion=gen.text, route=route, info=info)
 
 
-def trace_json(moe, tr) -> dict:
+def trace_json(moe: MoEModel, tr) -> dict:
     """The public ``trace --json`` object of ``tr`` on ``moe`` (documented in the README;
     the app's ``trace`` endpoint returns it too)."""
     ne = tr.num_experts

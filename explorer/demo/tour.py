@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from explorer.core.paths import TOUR_DIR
 from explorer.core.route import Route
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 ACTIONS = ("generate", "rosais", "replay", "compare", "explain")
 MIN_STEPS, MAX_STEPS = 4, 6
@@ -123,14 +126,14 @@ def load_tour(path: str | Path | None = None) -> Tour:
     return tour
 
 
-def baseline(moe, tour: Tour, max_new_tokens: int | None = None):
+def baseline(moe: MoEModel, tour: Tour, max_new_tokens: int | None = None):
     """The demo model's own answer to the tour prompt (a RoutingTrace)."""
     from explorer.core.trace import trace
     n = tour.max_new_tokens if max_new_tokens is None else max_new_tokens
     return trace(moe, tour.prompt, max_new_tokens=n)
 
 
-def replayed(moe, tour: Tour, max_new_tokens: int | None = None):
+def replayed(moe: MoEModel, tour: Tour, max_new_tokens: int | None = None):
     """The answer under the tour's route (a RoutingTrace); the route is validated first."""
     from explorer.core.trace import trace
     route = tour.route()

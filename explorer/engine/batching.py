@@ -10,7 +10,12 @@ model's config; :func:`memory_batch_size` divides a share of the free memory by 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 DEFAULT_SHARE = 0.25  # of the free memory one batch may use
 MAX_BATCH = 1024
@@ -33,7 +38,7 @@ def free_bytes(device: torch.device | str) -> int | None:
     return None
 
 
-def row_bytes(moe, tokens: int, context: int, logit_rows: int) -> int:
+def row_bytes(moe: MoEModel, tokens: int, context: int, logit_rows: int) -> int:
     """Estimated bytes one candidate row of a cone batch needs.
 
     ``tokens``: positions the batch recomputes; ``context``: the positions attention reads
@@ -55,7 +60,7 @@ def row_bytes(moe, tokens: int, context: int, logit_rows: int) -> int:
     return int(elt * (kept + working + cache) + 4 * logits)
 
 
-def memory_batch_size(moe, tokens: int, context: int, logit_rows: int,
+def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int,
                       share: float | None = None, free: int | None = None) -> int:
     """Rows per cone batch: ``share`` (default: the active tuning's ``memory_share``, else
     0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024; 64 where the free memory
@@ -71,7 +76,7 @@ def memory_batch_size(moe, tokens: int, context: int, logit_rows: int,
     return max(1, min(MAX_BATCH, int(free * share) // per))
 
 
-def search_batch_size(moe, n_prompt: int, n_target: int) -> int:
+def search_batch_size(moe: MoEModel, n_prompt: int, n_target: int) -> int:
     """Rows per F-SOUR candidate batch for a prompt and target of these lengths (worst
     case: the whole prompt recomputed); what :class:`explorer.engine.scoring.FastEngine` uses by
     default and ``bench`` reports."""

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from explorer.core.forward import as_ids, expand_cache
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 
 def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int) -> dict:
@@ -34,7 +37,7 @@ def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int) -> 
 
 
 @contextlib.contextmanager
-def _capturing(moe, first: int, seen: dict):
+def _capturing(moe: MoEModel, first: int, seen: dict):
     """Record the hidden states entering decoder layers >= ``first`` into ``seen``."""
     hooks = []
     try:
@@ -52,7 +55,7 @@ def _capturing(moe, first: int, seen: dict):
             h.remove()
 
 
-def keep_kwargs(moe, keep: int | None) -> dict:
+def keep_kwargs(moe: MoEModel, keep: int | None) -> dict:
     """``logits_to_keep`` when the model supports it (only the last rows get logits)."""
     if not keep:
         return {}
@@ -63,7 +66,7 @@ def keep_kwargs(moe, keep: int | None) -> dict:
     return {"logits_to_keep": keep} if ok else {}
 
 
-def capture_layer_inputs(moe, ids, route: Route | None, prefix_cache=None,
+def capture_layer_inputs(moe: MoEModel, ids, route: Route | None, prefix_cache=None,
                          prefix_len: int = 0) -> dict[int, torch.Tensor]:
     """Hidden states entering every decoder layer for positions >= prefix_len: {i: (1,S,H)}."""
     ids = as_ids(moe, ids)
@@ -88,18 +91,18 @@ def _replaced_forwards(modules, forward):
             mod.__dict__.pop("forward", None)
 
 
-def skip_layers_below(moe, layer: int, hidden: torch.Tensor):
+def skip_layers_below(moe: MoEModel, layer: int, hidden: torch.Tensor):
     """Decoder layers < ``layer`` return ``hidden`` instead of computing (restored after)."""
     return _replaced_forwards(decoder_layers(moe.model)[:layer], lambda *a, **k: hidden)
 
 
-def skip_layers_above(moe, layer: int):
+def skip_layers_above(moe: MoEModel, layer: int):
     """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
     return _replaced_forwards(decoder_layers(moe.model)[layer + 1:],
                               lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
-def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
+def _layer_kwargs(moe: MoEModel, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
     """What the model passes each decoder layer for B rows of the tokens of ``ids`` from ``prefix_len``.
 
     Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
@@ -121,7 +124,7 @@ def _layer_kwargs(moe, ids, B: int, prefix_cache, prefix_len: int, hidden: torch
     return seen
 
 
-def _controlled(moe, routes, validate: bool, control):
+def _controlled(moe: MoEModel, routes, validate: bool, control):
     """``control`` (an active route control for these routes) or a new one."""
     if control is not None:
         return contextlib.nullcontext(control)
@@ -207,7 +210,7 @@ def _call_layer(ctl, module, hidden: torch.Tensor, captured: tuple, cache, offse
     return out[0] if isinstance(out, tuple) else out
 
 
-def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
+def layer_output_at(moe: MoEModel, ids, routes: Sequence[Route], layer: int, row_input: torch.Tensor,
                     prefix_cache, prefix_len: int, validate: bool = True,
                     layer_kwargs: dict | None = None, control=None) -> torch.Tensor:
     """(B, 1, H): what decoder ``layer`` outputs at position ``prefix_len`` under B routes.
@@ -232,7 +235,7 @@ def layer_output_at(moe, ids, routes: Sequence[Route], layer: int, row_input: to
                                prefix_len)
 
 
-def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
+def cone_logits(moe: MoEModel, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
                 prefix_cache=None, prefix_len: int = 0, *, keep: int | None = None,
                 capture: dict | None = None, validate: bool = True) -> torch.Tensor:
     """Logits (B, T - prefix_len, V) of B routes that agree below ``layer``.
@@ -261,7 +264,7 @@ def cone_logits(moe, ids, routes: Sequence[Route], layer: int, layer_input: torc
     return out.logits
 
 
-def output_head(moe):
+def output_head(moe: MoEModel):
     """The decoder's final norm and the output projection, or None where not found."""
     norm = getattr(moe.base, "norm", None)
     if norm is None:
@@ -272,7 +275,7 @@ def output_head(moe):
     return norm, head
 
 
-def cone_logits_direct(moe, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
+def cone_logits_direct(moe: MoEModel, ids, routes: Sequence[Route], layer: int, layer_input: torch.Tensor,
                        prefix_cache, prefix_len: int, *, keep: int, layer_kwargs: dict,
                        capture: dict | None = None, validate: bool = True,
                        last_rows_only: bool = True, control=None) -> torch.Tensor | None:
@@ -318,7 +321,7 @@ def scored_ids(prompt_ids, target_ids) -> list[int]:
     return list(prompt_ids) + list(target_ids)[:-1]
 
 
-def cone_target_logprob(moe, prompt_ids, target_ids, routes, layer, layer_input,
+def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, layer_input,
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
                         validate: bool = True, next_input: torch.Tensor | None = None,
                         layer_kwargs: dict | None = None,

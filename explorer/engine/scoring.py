@@ -9,7 +9,8 @@ pick the same routes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -26,6 +27,9 @@ from explorer.engine.cone import (
 )
 from explorer.engine.tuning import active_tuning
 
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
+
 
 def _cpu_default(value: bool | None, switch: str, moe) -> bool:
     """``value`` if given, else the active :class:`~explorer.engine.tuning.Tuning`'s
@@ -36,12 +40,30 @@ def _cpu_default(value: bool | None, switch: str, moe) -> bool:
     return tuned if tuned is not None else moe.device.type == "cpu"
 
 
+@dataclass(frozen=True)
+class SameStates:
+    """A candidate whose kept states equal those of the base route ``base`` (it differs
+    from it only where nothing scored reads)."""
+
+    base: tuple
+
+
+@dataclass(frozen=True)
+class CapturedStates:
+    """A candidate whose states entering the layers above ``layer`` were captured during
+    its batch: row ``row`` of ``seen`` (``{decoder layer: (B, S, H)}``)."""
+
+    layer: int
+    seen: dict
+    row: int
+
+
 class ReferenceEngine:
     """One full forward per candidate (the published implementation's cost model)."""
 
     name = "reference"
 
-    def __init__(self, moe, prompt_ids: Sequence[int], target_ids: Sequence[int]):
+    def __init__(self, moe: MoEModel, prompt_ids: Sequence[int], target_ids: Sequence[int]):
         self.moe, self.prompt_ids, self.target_ids = moe, list(prompt_ids), list(target_ids)
         self.forward_passes = 0
 
@@ -80,7 +102,7 @@ class FastEngine(ReferenceEngine):
 
     name = "fast"
 
-    def __init__(self, moe, prompt_ids, target_ids, batch_size: int | None = None, cone: bool = True,
+    def __init__(self, moe: MoEModel, prompt_ids, target_ids, batch_size: int | None = None, cone: bool = True,
                  *, narrow: bool | None = None, direct: bool | None = None):
         super().__init__(moe, prompt_ids, target_ids)
         # rows per batch: sized to the free memory (worst case: the whole prompt recomputed)
@@ -106,7 +128,8 @@ class FastEngine(ReferenceEngine):
     def _reset(self) -> None:
         self._cache, self._cache_pos = None, 0
         self._inputs, self._inputs_key = None, None
-        self._pending: dict = {}
+        # candidates whose states are known without a forward, by their edits
+        self._pending: dict[tuple, SameStates | CapturedStates] = {}
         self._layer_kwargs: dict = {}  # rows -> direct layer-call inputs at the current position
         self._direct_kwargs: dict = {}  # (rows, prefix length) -> the same for the whole cone
 
@@ -150,12 +173,12 @@ class FastEngine(ReferenceEngine):
         hit = self._pending.get(key)
         if hit is None or self._inputs is None:
             return False
-        if hit[0] == "same":  # states equal to those of the base the candidate came from
-            if self._inputs_key != hit[1]:
+        if isinstance(hit, SameStates):  # the states of the base the candidate came from
+            if self._inputs_key != hit.base:
                 return False
             self._inputs_key, self._pending = key, {}
             return True
-        layer, seen, row = hit
+        layer, seen, row = hit.layer, hit.seen, hit.row
         self._inputs = {i: (h if i <= layer else seen[i][row:row + 1])
                         for i, h in self._inputs.items()}
         self._inputs_key = key
@@ -216,20 +239,20 @@ class FastEngine(ReferenceEngine):
             self.forward_passes += len(routes)
             if self._resolve(key):  # the kept states become the base's (a candidate the
                 # last step kept may still be pending); the candidates share them
-                self._pending = {tuple(r.edits): ("same", key) for r in routes}
+                self._pending = {tuple(r.edits): SameStates(key) for r in routes}
             self._known = {key: same, **{tuple(r.edits): same for r in routes}}
             return [same] * len(routes)
         use_cache = self._cache is not None and position is not None and position >= self._cache_pos
         use_cone = (self.cone and layer is not None and base is not None and position is not None
                     and position >= self._cache_pos)
         out: list[float] = []
-        pending: dict = {}
+        pending: dict[tuple, SameStates | CapturedStates] = {}
         for i in range(0, len(routes), self.batch_size):
             chunk = list(routes[i:i + self.batch_size])
             if use_cone:
                 lp, seen = self._cone_batch(chunk, position, layer, base, use_cache)
                 for j, r in enumerate(chunk):
-                    pending[tuple(r.edits)] = (layer, seen, j)
+                    pending[tuple(r.edits)] = CapturedStates(layer, seen, j)
             elif use_cache:
                 lp = target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                     prefix_cache=self._cache, prefix_len=self._cache_pos)

@@ -26,9 +26,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 METHODS = ("none", "rosais", "fsour")
 
@@ -207,7 +210,7 @@ def _opt(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def evaluate_row(moe, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
+def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
                  seed: int = 0, top: int | None = None, samples: int | None = None,
                  candidates: int | None = None, max_iters: int | None = None,
                  target: str | None = None) -> dict:
@@ -283,7 +286,7 @@ def _resume_rows(path, rows: list[dict], method: str, judge: str) -> dict[int, d
     return done
 
 
-def evaluate(moe, rows: list[dict], method: str = "none", judge=None, out=None,
+def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, out=None,
              resume: bool = False, rank: int = 0, world: int = 1,
              on_row: Callable[[int, int, dict, bool], None] | None = None,
              dataset: str = "", *, process_group: bool = False,

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.control import active_defense
 from explorer.core.defaults import (
@@ -34,6 +34,9 @@ from explorer.core.forward import generate
 from explorer.core.route import Route
 from explorer.engine.scoring import make_engine
 from explorer.judges import Verdict, get_judge
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 # A candidate must beat the best by more than float noise. Without it, a candidate that
 # re-forces the experts the router already picks (same log-prob in exact arithmetic) can
@@ -150,7 +153,7 @@ def _rng_from(state: list | None, seed: int) -> random.Random:
     return rng
 
 
-def fsour(moe, prompt: str, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
+def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
           threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
           engine: str = "fast", judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
           on_event: Callable[[FsourEvent], None] | None = None,

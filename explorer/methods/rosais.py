@@ -18,7 +18,7 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -29,10 +29,13 @@ from explorer.engine.batching import memory_batch_size
 from explorer.engine.cone import capture_layer_inputs, cone_logits, cone_logits_direct
 from explorer.judges import get_judge
 
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
+
 DEFAULT_AFFIRMATIVE = ("Sure", "Certainly", "Here", "Of course", "Absolutely")
 
 
-def affirmative_ids(moe, words: Sequence[str] = DEFAULT_AFFIRMATIVE) -> list[int]:
+def affirmative_ids(moe: MoEModel, words: Sequence[str] = DEFAULT_AFFIRMATIVE) -> list[int]:
     """The first token of each affirmative word as the model tokenizes it (deduplicated)."""
     out: list[int] = []
     for w in words:
@@ -122,7 +125,7 @@ def ranking(result: RosaisResult) -> list[int]:
     return [result.moe_layers[i] for i in order]
 
 
-def _cone_last_logits(moe, ids, routes, layer: int, layer_input, direct: dict) -> torch.Tensor:
+def _cone_last_logits(moe: MoEModel, ids, routes, layer: int, layer_input, direct: dict) -> torch.Tensor:
     """(B, V) next-token logits at the last prompt position over the cone of ``layer``:
     layers >= ``layer`` only, called directly (the last layer's feed-forward block on the
     last row alone) where the first such call matched the model call, else through it."""
@@ -141,7 +144,7 @@ def _cone_last_logits(moe, ids, routes, layer: int, layer_input, direct: dict) -
     return cone_logits(moe, ids, routes, layer, layer_input, keep=1, validate=False)[:, -1].float()
 
 
-def rosais(moe, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int = 0, top: int = 5,
+def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int = 0, top: int = 5,
            mask_ratio: float = 0.5, max_new_tokens: int = MAX_NEW_TOKENS,
            affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int | None = None,
            judge=None, curve: bool = False, engine: str = "fast",

@@ -58,7 +58,7 @@ def judge_name(judge) -> str:
     return getattr(judge, "name", type(judge).__name__)
 
 
-def target_ids(moe, target: str) -> list[int]:
+def target_ids(moe: MoEModel, target: str) -> list[int]:
     if not target or not target.strip():
         raise ValueError("the target answer is empty")
     ids = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
@@ -75,7 +75,7 @@ def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
     return max(0, min(first, n_prompt - 1))
 
 
-def batched_logprob(moe, ids, tgt, routes: Sequence[Route], batch_size: int | None = None) -> list[float]:
+def batched_logprob(moe: MoEModel, ids, tgt, routes: Sequence[Route], batch_size: int | None = None) -> list[float]:
     """Joint target log-prob for each route, in batches of ``batch_size`` (default: sized
     to the free memory). The positions before the earliest edit of any route are computed
     once (a shared prefix KV cache) where the model's cache allows it."""
@@ -206,7 +206,7 @@ def prompt_layout(moe: MoEModel, prompt: str) -> Layout:
     return moe.cache.memo(moe.cache.layouts, prompt, build, limit=4096)
 
 
-def _layout_from_offsets(moe, prompt: str, ids: list[int]) -> Layout | None:
+def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int]) -> Layout | None:
     try:
         text = moe.template(prompt)
         start = text.find(prompt)
@@ -241,7 +241,7 @@ def layout_from_probes(moe: MoEModel, ids: list[int]) -> Layout:
     return Layout(len(ids), pre, suf)
 
 
-def source_length(moe, route: Route) -> int:
+def source_length(moe: MoEModel, route: Route) -> int:
     """The templated length of the prompt ``route`` was found on."""
     p = route.info.get("prompt")
     if isinstance(p, str) and p.strip():
@@ -253,7 +253,7 @@ def source_length(moe, route: Route) -> int:
                      "info.prompt_tokens): pass source_prompt")
 
 
-def map_route(moe, route: Route, prompt: str, mapping: str = "end",
+def map_route(moe: MoEModel, route: Route, prompt: str, mapping: str = "end",
               source_prompt: str | None = None) -> Route:
     """``route`` moved onto ``prompt`` by ``mapping`` (see the module docs).
 

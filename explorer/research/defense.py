@@ -49,12 +49,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.route import Route, RouteError
 from explorer.research.common import ResultMixin, as_route, judge_name, prompt_list, resolve_judge
 from explorer.research.transfer import asr
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 ATTACKS = ("none", "rosais", "fsour", "replay")
 
@@ -79,7 +82,7 @@ def expert_effects(result, moe=None) -> list[list[float]]:
 MODES = ("mask", "protect")
 
 
-def derive_defense(moe, rosais_results: Sequence = (), routes: Sequence = (),
+def derive_defense(moe: MoEModel, rosais_results: Sequence = (), routes: Sequence = (),
                    min_count: int = 2, rosais_layers: int = 2, rosais_experts: int = 1,
                    max_per_layer: int = 2, mask_ratio: float = 0.5, mode: str = "mask",
                    protect_layers: int = 2) -> Route:
@@ -160,7 +163,7 @@ def derive_defense(moe, rosais_results: Sequence = (), routes: Sequence = (),
     return defense
 
 
-def _derive_protect(moe, rosais_results: list, routes: list[Route], cap: int) -> Route:
+def _derive_protect(moe: MoEModel, rosais_results: list, routes: list[Route], cap: int) -> Route:
     """The ``protect`` defense: see the module docs."""
     rank_r: list[int] = []
     score: dict[int, float] = {}
@@ -240,7 +243,7 @@ class DefenseResult(ResultMixin):
         return out
 
 
-def _attack_rows(moe, attack: str, prompts, routes, judge, rosais_top, samples, candidates,
+def _attack_rows(moe: MoEModel, attack: str, prompts, routes, judge, rosais_top, samples, candidates,
                  max_iters, threshold, target, max_new_tokens, seed) -> list[dict]:
     from explorer.methods.fsour import fsour
     from explorer.methods.rosais import rosais
@@ -275,7 +278,7 @@ def _attack_rows(moe, attack: str, prompts, routes, judge, rosais_top, samples, 
     return rows
 
 
-def evaluate_defense(moe, defense: Route, harmful_prompts: Sequence[str],
+def evaluate_defense(moe: MoEModel, defense: Route, harmful_prompts: Sequence[str],
                      benign_prompts: Sequence[str] | None = None,
                      attacks: Sequence[str] = ("none", "rosais", "fsour"),
                      routes: Sequence = (), before: bool = True, rosais_top: int = 2,
@@ -319,7 +322,7 @@ def evaluate_defense(moe, defense: Route, harmful_prompts: Sequence[str],
                             "max_new_tokens": max_new_tokens, "before": before}))
 
 
-def gather_evidence(moe, prompts: Sequence[str], samples: int = 8, candidates: int = 4,
+def gather_evidence(moe: MoEModel, prompts: Sequence[str], samples: int = 8, candidates: int = 4,
                     max_iters: int = 1, seed: int = 0, target: str = DEFAULT_TARGET,
                     threshold: float = DEFAULT_THRESHOLD, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
                     judge=None) -> tuple[list, list[Route]]:

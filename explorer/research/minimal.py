@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate
@@ -36,6 +36,9 @@ from explorer.research.common import (
     resolve_judge,
     target_ids,
 )
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 
 @dataclass
@@ -70,7 +73,7 @@ class MinimalResult(ResultMixin):
         return Route.from_dict(self.route)
 
 
-def minimize(moe, prompt: str | None, route, target: str = DEFAULT_TARGET,
+def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TARGET,
              threshold: float = DEFAULT_THRESHOLD, judge=None, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
              checks: int = 3, mapping: str = "end") -> MinimalResult:
     """Greedily remove edits from ``route`` while it still succeeds on ``prompt``.

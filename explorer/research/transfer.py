@@ -43,7 +43,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate
@@ -61,6 +61,9 @@ from explorer.research.common import (
     target_ids,
 )
 
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
+
 
 @dataclass
 class AsrResult(ResultMixin):
@@ -75,7 +78,7 @@ class AsrResult(ResultMixin):
     info: dict = field(default_factory=dict)
 
 
-def asr(moe, route: Route | None, prompts: Sequence[str], judge=None, mapping: str = "end",
+def asr(moe: MoEModel, route: Route | None, prompts: Sequence[str], judge=None, mapping: str = "end",
         max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, target: str | None = None) -> AsrResult:
     """Attack success rate of ``route`` (mapped onto each prompt) on ``prompts``.
 
@@ -139,7 +142,7 @@ class TransferResult(ResultMixin):
         return out
 
 
-def transfer_matrix(moe, routes: Sequence[Route], prompts: Sequence[str],
+def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[str],
                     target: str = DEFAULT_TARGET, judge=None, mapping: str = "end",
                     max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS) -> TransferResult:
     """Replay every route on every prompt (see the module docs for the mapping)."""
@@ -299,7 +302,7 @@ def rosais_distributions(result) -> dict[str, Any]:
             "scores": list(result.scores), "top_layers": list(result.top_layers)}
 
 
-def rosais_curve(moe, prompts: Sequence[str], max_top: int = 5, samples: int = 16,
+def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, samples: int = 16,
                  seed: int = 0, mask_ratio: float = 0.5, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
                  judge=None) -> RosaisCurve:
     """Run RoSais on each prompt and generate with its top 1..``max_top`` routers masked."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate, target_logprob
@@ -36,6 +36,9 @@ from explorer.research.common import (
     resolve_judge,
 )
 from explorer.research.transfer import asr
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 
 def benign_prompts(include_jbb: bool = True, limit: int | None = None,
@@ -114,7 +117,7 @@ def _label(r: Route, i: int) -> str:
     return f"#{i} {m}{extra}{src} ({len(r)} edits)"
 
 
-def utility_cost(moe, route_or_routes, benign_prompts: Sequence[str], max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
+def utility_cost(moe: MoEModel, route_or_routes, benign_prompts: Sequence[str], max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
                  mapping: str = "end", judge=None, harmful_prompts: Sequence[str] | None = None,
                  top: int | None = None, batch_size: int = 16) -> UtilityResult:
     """The benign-prompt cost of a route, a RoSais result (its top-``top`` masks) or a list

@@ -26,11 +26,14 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.errors import one_line
 from explorer.core.route import Route
 from explorer.storage.library import ACTIVE_STATUSES, JOB_KINDS, RouteStore, StoreError
+
+if TYPE_CHECKING:
+    from explorer.core.model import MoEModel
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def validate_params(kind: str, params: dict) -> dict:
     return out
 
 
-def fsour_runner(moe, params: dict, on_event, should_stop, state: str | None,
+def fsour_runner(moe: MoEModel, params: dict, on_event, should_stop, state: str | None,
                  judge_options: Callable[[str], dict] | None = None):
     """The default runner: :func:`explorer.methods.fsour.fsour` with the job's parameters;
     ``judge_options(name)`` gives the judge's constructor options (e.g. the rubric judge's
@@ -195,7 +198,7 @@ class JobManager:
     ``progress_interval``: seconds between progress writes to the store.
     """
 
-    def __init__(self, moe, store: RouteStore, *, max_queued_per_session: int = 4,
+    def __init__(self, moe: MoEModel, store: RouteStore, *, max_queued_per_session: int = 4,
                  max_queued_total: int = 64, runner: Runner | None = None,
                  progress_interval: float = 0.5,
                  judge_options: Callable[[str], dict] | None = None):
