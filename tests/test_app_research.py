@@ -43,7 +43,7 @@ class Progress:
 
 @pytest.fixture(scope="module")
 def ctx(demo, tmp_path_factory):
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
     c = Explorer(demo, data_dir=tmp_path_factory.mktemp("research-data"))
     JUDGES["always"] = AlwaysJudge
     yield c

@@ -433,7 +433,7 @@ def test_hosted_app_does_not_let_visitors_delete_shared_routes(hosted_app):
 
 
 def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):
-    from explorer.app.build import HIDDEN_TOKEN, Explorer
+    from explorer.app.context import HIDDEN_TOKEN, Explorer
     from explorer.core.trace import trace
     text = "Sure, here is how. First do this. Then do that."
     real = Explorer(tiny, data_dir=tmp_path / "a", policy=hosted())

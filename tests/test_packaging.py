@@ -11,7 +11,6 @@ import sys
 import sysconfig
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 

@@ -34,7 +34,7 @@ from explorer.core.defaults import (
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
 
 
 def register_api(ctx: Explorer) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 from explorer.core.defaults import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
 
 
 def model_header(ctx: Explorer) -> str:

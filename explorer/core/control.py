@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,11 +30,19 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from explorer.core.cache import ModelCache
-from explorer.core.layers import LayerHandles
+from explorer.core.layers import LayerHandles, ModelInfo
 from explorer.core.route import Route, RouteError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from explorer.core.model import MoEModel
+
+class RoutedModel(Protocol):
+    """What :class:`RouteControl` needs of a model: its description, its MoE layers' hook
+    sites, its own cache and the decoder base (:class:`~explorer.core.model.MoEModel`
+    has them all)."""
+
+    info: ModelInfo
+    handles: list[LayerHandles]
+    cache: ModelCache
+    base: torch.nn.Module
 
 NEG_INF = float("-inf")
 CHOICE_MASK = -1.0e4  # finite: selection biases are added after a sigmoid/softmax
@@ -185,7 +193,7 @@ class RouteControl:
     composed with every route (default: the one :func:`defended` put in force, if any).
     """
 
-    def __init__(self, moe: "MoEModel", routes=None, record: bool = False,
+    def __init__(self, moe: RoutedModel, routes=None, record: bool = False,
                  record_logits: bool = True, pad_offsets: Sequence[int] | None = None,
                  validate: bool = True, defense: Route | None = None):
         self.moe = moe

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.core.route import RouteError
+from explorer.core.errors import RouteError
 
 ROUTER_CLASS = re.compile(r"(TopKRouter|TopkRouter|Router|TopKGating)$")
 
@@ -173,3 +173,46 @@ def discover_layers(model: nn.Module) -> list[LayerHandles | LayerInfo]:
     if not any(isinstance(x, LayerHandles) for x in out):
         raise RouteError("this model has no MoE layers (no router modules were found)")
     return out
+
+
+@dataclass
+class ModelInfo:
+    """A serialisable description of a loaded model and its layers."""
+
+    name: str
+    model_type: str
+    num_layers: int
+    layers: list[LayerInfo]
+    device: str = "cpu"
+    dtype: str = "float32"
+    revision: str | None = None
+    transformers_version: str = ""
+    chat_template_hash: str | None = None
+    parameters: int = 0
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [lay.index for lay in self.layers if lay.is_moe]
+
+    @property
+    def dense_layers(self) -> list[int]:
+        return [lay.index for lay in self.layers if not lay.is_moe]
+
+    def layer(self, index: int) -> LayerInfo:
+        return self.layers[index]
+
+    def provenance(self) -> dict[str, Any]:
+        """The provenance dict stored in routes, traces and results."""
+        return {"model": self.name, "revision": self.revision,
+                "transformers_version": self.transformers_version,
+                "chat_template_hash": self.chat_template_hash}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model_type": self.model_type,
+                "num_layers": self.num_layers, "moe_layers": self.moe_layers,
+                "dense_layers": self.dense_layers, "device": self.device,
+                "dtype": self.dtype, "revision": self.revision,
+                "transformers_version": self.transformers_version,
+                "chat_template_hash": self.chat_template_hash,
+                "parameters": self.parameters,
+                "layers": [lay.to_dict() for lay in self.layers]}

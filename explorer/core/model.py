@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,55 +13,12 @@ import torch
 from explorer.core.cache import ModelCache
 from explorer.core.control import RouteControl, defended
 from explorer.core.errors import ModelLoadError, RouteError
-from explorer.core.layers import LayerHandles, LayerInfo, decoder_layers, discover_layers
+from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.paths import DEMO_MODEL_DIR
 from explorer.core.route import Route
 
 #: How the operator's prompt cap is named in messages (the setting that sets it).
 PROMPT_CAP_NAME = "EXPLORER_MAX_PROMPT_TOKENS"
-
-
-@dataclass
-class ModelInfo:
-    """A serialisable description of a loaded model and its layers."""
-
-    name: str
-    model_type: str
-    num_layers: int
-    layers: list[LayerInfo]
-    device: str = "cpu"
-    dtype: str = "float32"
-    revision: str | None = None
-    transformers_version: str = ""
-    chat_template_hash: str | None = None
-    parameters: int = 0
-
-    @property
-    def moe_layers(self) -> list[int]:
-        return [lay.index for lay in self.layers if lay.is_moe]
-
-    @property
-    def dense_layers(self) -> list[int]:
-        return [lay.index for lay in self.layers if not lay.is_moe]
-
-    def layer(self, index: int) -> LayerInfo:
-        return self.layers[index]
-
-    def provenance(self) -> dict[str, Any]:
-        """The provenance dict stored in routes, traces and results."""
-        return {"model": self.name, "revision": self.revision,
-                "transformers_version": self.transformers_version,
-                "chat_template_hash": self.chat_template_hash}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model_type": self.model_type,
-                "num_layers": self.num_layers, "moe_layers": self.moe_layers,
-                "dense_layers": self.dense_layers, "device": self.device,
-                "dtype": self.dtype, "revision": self.revision,
-                "transformers_version": self.transformers_version,
-                "chat_template_hash": self.chat_template_hash,
-                "parameters": self.parameters,
-                "layers": [lay.to_dict() for lay in self.layers]}
 
 
 class MoEModel:

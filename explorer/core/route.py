@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
-    from explorer.core.model import ModelInfo
+    from explorer.core.layers import ModelInfo
 
 from explorer.core.errors import RouteError
 

@@ -60,7 +60,7 @@ def row_bytes(moe: MoEModel, tokens: int, context: int, logit_rows: int) -> int:
     return int(elt * (kept + working + cache) + 4 * logits)
 
 
-def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int,
+def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int, *,
                       share: float | None = None, free: int | None = None) -> int:
     """Rows per cone batch: ``share`` (default: the active tuning's ``memory_share``, else
     0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024; 64 where the free memory

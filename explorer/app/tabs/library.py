@@ -26,7 +26,7 @@ from explorer.viz import figures as plots
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
 
 
 def list_table(ctx: Explorer, model_f, text, success, source):

@@ -13,7 +13,7 @@ from explorer.app.format import model_card, model_header
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
 
 
 def layout(p: SimpleNamespace) -> None:

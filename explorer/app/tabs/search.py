@@ -17,7 +17,7 @@ from explorer.viz import figures as plots
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
-    from explorer.app.build import Explorer
+    from explorer.app.context import Explorer
 
 
 def ensure_client(b):

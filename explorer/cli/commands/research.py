@@ -25,19 +25,13 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    count,
     emit,
     load_from_args,
     positive_int,
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
 from explorer.viz.text import pct
-
-
-def _count(text: str) -> int:
-    v = positive_int(text)
-    if v < 1:
-        raise UsageError(f"expected a positive integer, got {v}")
-    return v
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -150,14 +144,14 @@ def _mapping(p):
 def _configure_utility(p):
     p.add_argument("--route", action="append", default=[], help="route / result file (repeatable)")
     p.add_argument("--rosais", action="append", default=[], help="`rosais --json` result file")
-    p.add_argument("--top", type=_count, default=None, help="RoSais routers to mask (default: "
+    p.add_argument("--top", type=count, default=None, help="RoSais routers to mask (default: "
                    "the result's own top-L)")
     p.add_argument("--prompts", default=None, help="benign prompts: FILE or benign (default: "
                    "built-in benign + JBB benign when present)")
-    p.add_argument("--limit", type=_count, default=None, help="use the first N benign prompts")
+    p.add_argument("--limit", type=count, default=None, help="use the first N benign prompts")
     p.add_argument("--harmful", default=None, help="also measure ASR on these harmful "
                    "prompts: FILE or harmful")
-    p.add_argument("--harmful-limit", type=_count, default=None)
+    p.add_argument("--harmful-limit", type=count, default=None)
     _mapping(p)
     _common(p)
 
@@ -185,7 +179,7 @@ def _configure_transfer(p):
                    help="route / result file (repeatable)")
     p.add_argument("--prompts", default=None, help="prompts to replay on: FILE or harmful "
                    "(default: the routes' own prompts plus the built-in harmful set)")
-    p.add_argument("--limit", type=_count, default=None)
+    p.add_argument("--limit", type=count, default=None)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--universal", type=positive_int, default=0, metavar="MIN_COUNT",
                    help="also build a universal route from cells in >= MIN_COUNT routes "
@@ -257,7 +251,7 @@ def _configure_minimize(p):
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="log P(target) a route must keep (default log 0.8; a route below it "
                         "must keep its own)")
-    p.add_argument("--checks", type=_count, default=3, help="generations tried per round")
+    p.add_argument("--checks", type=count, default=3, help="generations tried per round")
     p.add_argument("--out", default=None, help="write the minimal route (single route)")
     _common(p)
 
@@ -319,17 +313,17 @@ def _configure_defend(p):
                    "(evidence), repeatable")
     p.add_argument("--derive-prompts", default=None, help="run RoSais and F-SOUR on these "
                    "prompts (FILE or harmful) to gather evidence")
-    p.add_argument("--derive-limit", type=_count, default=None)
+    p.add_argument("--derive-limit", type=count, default=None)
     p.add_argument("--prompts", default=None, help="harmful prompts to attack: FILE or "
                    "harmful (default: the built-in harmful prompts no evidence came from)")
-    p.add_argument("--limit", type=_count, default=None)
+    p.add_argument("--limit", type=count, default=None)
     p.add_argument("--benign", default=None, help="benign prompts for the utility cost: FILE "
                    "or benign (default: built-in + JBB benign)")
-    p.add_argument("--benign-limit", type=_count, default=None)
+    p.add_argument("--benign-limit", type=count, default=None)
     p.add_argument("--attacks", default="none,rosais,fsour",
                    help="comma list of none, rosais, fsour (replay is added with --route)")
     p.add_argument("--no-before", action="store_true", help="skip the undefended run")
-    p.add_argument("--min-count", type=_count, default=2,
+    p.add_argument("--min-count", type=count, default=2,
                    help="forbid experts forced in >= this many routes")
     p.add_argument("--rosais-layers", type=positive_int, default=2)
     p.add_argument("--rosais-experts", type=positive_int, default=1)
@@ -340,10 +334,10 @@ def _configure_defend(p):
                    "(backfires on the demo model, see README)")
     p.add_argument("--protect-layers", type=positive_int, default=2,
                    help="protect mode: routers pinned")
-    p.add_argument("--top", type=_count, default=2, help="RoSais attack: routers masked")
-    p.add_argument("--samples", type=_count, default=8, help="RoSais masks per router")
-    p.add_argument("--candidates", type=_count, default=4, help="F-SOUR sets per step")
-    p.add_argument("--max-iters", type=_count, default=1, help="F-SOUR restarts")
+    p.add_argument("--top", type=count, default=2, help="RoSais attack: routers masked")
+    p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
+    p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
+    p.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
@@ -419,9 +413,9 @@ def _run_defend(args):
 # -- rosais-curve -------------------------------------------------------------------------
 def _configure_curve(p):
     p.add_argument("--prompts", default=None, help="FILE or harmful (default harmful)")
-    p.add_argument("--limit", type=_count, default=None)
-    p.add_argument("--max-top", type=_count, default=5, help="mask the top 1..N routers")
-    p.add_argument("--samples", type=_count, default=16, help="random masks per router")
+    p.add_argument("--limit", type=count, default=None)
+    p.add_argument("--max-top", type=count, default=5, help="mask the top 1..N routers")
+    p.add_argument("--samples", type=count, default=16, help="random masks per router")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-ratio", type=float, default=0.5)
     _common(p)

@@ -21,12 +21,10 @@ from explorer.cli.options import (
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, MAX_NEW_TOKENS, ROSAIS_SAMPLES
 
-_count = count  # kept for callers of the old private name
-
 
 def _configure_rosais(p):
     p.add_argument("--prompt", required=True)
-    p.add_argument("--samples", type=_count, default=ROSAIS_SAMPLES, help="random masks per router (S1)")
+    p.add_argument("--samples", type=count, default=ROSAIS_SAMPLES, help="random masks per router (S1)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--top", type=count, default=5, help="routers to mask together (L)")
     p.add_argument("--mask-ratio", type=open_ratio, default=0.5,
@@ -62,10 +60,10 @@ def _run_rosais(args):
 def _configure_fsour(p):
     p.add_argument("--prompt", required=True)
     p.add_argument("--target", default=DEFAULT_TARGET, help="target answer opening")
-    p.add_argument("--candidates", type=_count, default=10, help="random sets per (token, layer)")
+    p.add_argument("--candidates", type=count, default=10, help="random sets per (token, layer)")
     p.add_argument("--threshold", type=log_prob, default=DEFAULT_THRESHOLD,
                    help="stop once log P(target) reaches this (default log 0.8)")
-    p.add_argument("--max-iters", type=_count, default=5, help="restarts with seed + i")
+    p.add_argument("--max-iters", type=count, default=5, help="restarts with seed + i")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--engine", choices=["fast", "reference"], default="fast")
     p.add_argument("--judge", default="keyword",
