@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     s = args.settings
+    s.apply_threads()
     from explorer.app.build import build_app, launch_options
     demo = build_app(s.model, data_dir=s.data_dir, device=s.device, settings=s)
     demo.queue(default_concurrency_limit=1,

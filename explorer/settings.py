@@ -203,6 +203,13 @@ class Settings:
         environment's value)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def apply_threads(self) -> None:
+        """Set torch's intra-op threads to :attr:`threads` when it is set (entry points call
+        this once, before any model work)."""
+        if self.threads:
+            import torch
+            torch.set_num_threads(self.threads)
+
     def judge_options(self, name: str) -> dict[str, Any]:
         """Constructor options for the judge ``name`` from these settings (the rubric
         judge's endpoint, model and key; the OpenAI API when only its key is set)."""

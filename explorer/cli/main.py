@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     try:
         settings = settings if settings is not None else Settings.from_env()
         debug = settings.debug
+        settings.apply_threads()
         parser = _parser()
         args = parser.parse_args(argv)
         args.settings = settings
