@@ -28,7 +28,8 @@ COLOR_MODES = {
 }
 
 _PALETTE = (list(qualitative.Dark24) + list(qualitative.Light24) + list(qualitative.Alphabet))
-_FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+#: The font of every figure (the app, the notebook and the research views share it).
+FONT = dict(family="Inter, system-ui, sans-serif", size=12)
 _MAX_TICKS = 140
 
 
@@ -60,7 +61,7 @@ def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = 
                  margin: dict | None = None) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)) if title else None,
-        template="plotly_white", font=_FONT, height=height,
+        template="plotly_white", font=FONT, height=height,
         margin=margin or dict(l=60, r=20, t=50 if title else 20, b=60),
         hoverlabel=dict(font=dict(family="ui-monospace, monospace", size=12)))
     return fig

@@ -13,7 +13,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-_FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+from explorer.viz.figures import FONT
+
 _RED, _BLUE, _GREY = "#d62728", "#1f77b4", "#7f7f7f"
 
 
@@ -28,7 +29,7 @@ def _d(x) -> dict[str, Any]:
 def _layout(fig: go.Figure, title: str | None, height: int | None = None) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)) if title else None,
-        template="plotly_white", font=_FONT, height=height,
+        template="plotly_white", font=FONT, height=height,
         margin=dict(l=60, r=20, t=50 if title else 20, b=60))
     return fig
 
