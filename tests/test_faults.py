@@ -108,7 +108,9 @@ def test_sigkill_mid_search_then_resume_matches_an_uninterrupted_run(demo, tmp_p
         ref = F.fsour(demo, SEARCH_PROMPT, judge=get_judge("keyword"), **SEARCH)
         ref_seconds = time.perf_counter() - t0
         wait_ready(proc, url, log)
-        c = client(url)
+        owner = c.session_hash  # a job belongs to the client session that started it:
+        c = client(url)         # after the restart, the same client reconnects with it
+        c.session_hash = owner
         st = c.predict(job, api_name="/search_status")
         assert st["status"] == "interrupted", st
         # progress is written at most every 0.5 s, the checkpoint at every step

@@ -153,9 +153,11 @@ def test_check_search():
     assert p.check_search({"candidates": 4, "max_iters": 3, "positions": 50}) == 600
     assert p.check_search({}, positions=12) == 10 * 5 * 12  # fsour's defaults
     assert p.check_search({"candidates": None, "max_iters": None}, positions=1) == 50
-    with pytest.raises(PolicyError, match=r"4 candidates x 3 iterations x 51 prompt "
-                                          r"positions = 612 is above this server's limit "
-                                          r"of 600"):
+    assert p.check_search({"candidates": 4, "max_iters": 3}, positions=46,
+                          target_tokens=4) == 600  # every candidate runs prompt + target
+    with pytest.raises(PolicyError, match=r"4 candidates x 3 iterations x \(51 prompt \+ 0 "
+                                          r"target tokens\) = 612 is above this server's "
+                                          r"limit of 600"):
         p.check_search({"candidates": 4, "max_iters": 3}, positions=51)
     with pytest.raises(PolicyError, match="needs the prompt's token count"):
         p.check_search({"candidates": 1, "max_iters": 1})
@@ -238,11 +240,11 @@ def test_idle_buckets_are_dropped(monkeypatch):
     for i in range(200):
         assert p.allow(f"s{i}")
         clock.t += 100  # every earlier session has refilled by now
-    assert len(p._buckets) <= 51
+    assert len([k for k in p._buckets if k[0] == "session"]) <= 51
     busy = hosted(clock=Clock())
     for i in range(60):  # nobody refills: nothing may be forgotten (no free burst)
         busy.allow(f"s{i}")
-    assert len(busy._buckets) == 60
+    assert len([k for k in busy._buckets if k[0] == "session"]) == 60
 
 
 # -- redaction ----------------------------------------------------------------------------

@@ -15,11 +15,13 @@ import gradio as gr
 
 from explorer.app.common import (
     FREE,
+    MAX_ROW_ID,
     MODEL_SLOT,
     fail,
+    fraction,
     gpu,
     need_prompt,
-    session_of,
+    text_arg,
     user_errors,
     whole_number,
 )
@@ -28,6 +30,8 @@ from explorer.core.defaults import (
     DEFAULT_THRESHOLD,
     FSOUR_CANDIDATES,
     MAX_NEW_TOKENS,
+    MAX_SAMPLES,
+    MAX_SEED,
     RESEARCH_MAX_NEW_TOKENS,
     ROSAIS_SAMPLES,
 )
@@ -42,7 +46,8 @@ def register_api(ctx: Explorer) -> None:
     from explorer.core.trace import trace_json
 
     def _route_arg(route: str) -> Route | None:
-        return Route.from_json(route) if (route or "").strip() else None
+        route = text_arg(route, "route")
+        return Route.from_json(route) if route.strip() else None
 
     @gpu(60)
     def trace(prompt: str, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, route: str = "",
@@ -52,9 +57,10 @@ def register_api(ctx: Explorer) -> None:
         with user_errors("trace"):
             from explorer.core.trace import trace as run
             moe = ctx.require()
-            ctx.check_prompt(prompt)
+            ctx.check_prompt(text_arg(prompt, "prompt"))
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
             r = _route_arg(route)
+            ctx.check_route(r, prompt)
             ctx.admit(request)
             tr = run(moe, prompt, max_new_tokens=n, route=r, record_logits=False)
             return ctx.shown_json(trace_json(moe, tr), prompt)
@@ -66,11 +72,10 @@ def register_api(ctx: Explorer) -> None:
         "route", "done"}; the last message has done = true."""
         with user_errors("generate"):
             moe = ctx.require()
-            n_prompt = ctx.check_prompt(prompt)
+            ctx.check_prompt(text_arg(prompt, "prompt"))
             r = _route_arg(route)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
-            if r is not None:
-                r.validate(moe.info, num_tokens=n_prompt)
+            ctx.check_route(r, prompt)
             ctx.admit(request)
             for text, tr in ctx.stream(prompt, n, r):
                 yield {"model": moe.name, "prompt": prompt, "completion": text,
@@ -83,13 +88,14 @@ def register_api(ctx: Explorer) -> None:
         with user_errors("rosais"):
             from explorer.methods.rosais import rosais as run
             moe = ctx.require()
-            ctx.check_prompt(prompt)
-            samples = whole_number(samples, "samples", 1)
+            ctx.check_prompt(text_arg(prompt, "prompt"))
+            samples = whole_number(samples, "samples", 1, MAX_SAMPLES)
             ctx.check_rosais(samples)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
             ctx.admit(request)
-            d = run(moe, prompt, samples=samples, top=whole_number(top, "top", 0),
-                    mask_ratio=float(mask_ratio), seed=whole_number(seed, "seed"),
+            d = run(moe, prompt, samples=samples, top=whole_number(top, "top", 0, 4096),
+                    mask_ratio=fraction(mask_ratio, "mask_ratio"),
+                    seed=whole_number(seed, "seed", 0, MAX_SEED),
                     max_new_tokens=n).to_dict()
             for key in ("completion", "baseline_completion"):
                 if isinstance(d.get(key), str):
@@ -103,42 +109,37 @@ def register_api(ctx: Explorer) -> None:
         """Queue an F-SOUR search in the background; returns {"job_id": ...}. `threshold`
         is a log-probability (default log 0.8)."""
         with user_errors("search_start"):
-            jobs = ctx.require_jobs()
-            if not (target or "").strip():
+            ctx.require_jobs()
+            need_prompt(text_arg(prompt, "prompt"))
+            if not text_arg(target, "target").strip():
                 fail("the target is empty")
-            if not isinstance(threshold, (int, float)) or threshold > 0:
-                fail("the threshold is a log-probability: it must be <= 0")
-            need_prompt(prompt)
-            ctx.judge(judge)  # unknown or unconfigured judges fail here, with their message
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                    or not threshold <= 0:
+                fail("the threshold is a log-probability: it must be a number <= 0")
+            ctx.judge(text_arg(judge, "judge"))  # unknown or unconfigured judges fail here
             params = {"prompt": prompt, "target": target,
                       "candidates": candidates, "threshold": threshold,
-                      "max_iters": max_iters, "seed": seed, "engine": engine,
+                      "max_iters": max_iters, "seed": seed, "engine": text_arg(engine, "engine"),
                       "max_new_tokens": max_new_tokens, "judge": judge}
-            session = f"api:{session_of(request, 'anonymous')}"
-            ctx.check_search(params, session=session)
-            ctx.admit(request)
-            return {"job_id": jobs.submit("fsour", params, session=session)}
+            return {"job_id": ctx.submit_search(params, ctx.owner(request), request)}
 
-    def search_status(job_id: str) -> dict:
+    def search_status(job_id: str, request: gr.Request = None) -> dict:
         """A search's status: id, kind, status, params, progress, result (the CLI
-        `fsour --json` object once done), error, route_id, created, updated."""
+        `fsour --json` object once done), error, route_id, created, updated. Only the
+        client that started a search can read, cancel or resume it."""
         with user_errors("search_status"):
-            return ctx.job_status(job_id)
+            return ctx.job_status(text_arg(job_id, "job_id"), ctx.owner(request))
 
-    def search_cancel(job_id: str) -> dict:
+    def search_cancel(job_id: str, request: gr.Request = None) -> dict:
         """Cancel a queued or running search (resumable); returns its status."""
         with user_errors("search_cancel"):
-            ctx.require_jobs().cancel(job_id)
-            return ctx.job_status(job_id)
+            return ctx.cancel_job(text_arg(job_id, "job_id"), ctx.owner(request))
 
     def search_resume(job_id: str, request: gr.Request = None) -> dict:
         """Queue an 'interrupted' or 'cancelled' search again; it continues from its last
         checkpoint (same seed, same route as an uninterrupted run). Returns its status."""
         with user_errors("search_resume"):
-            jobs = ctx.require_jobs()
-            ctx.admit(request)
-            jobs.resume(job_id)
-            return ctx.job_status(job_id)
+            return ctx.resume_job(text_arg(job_id, "job_id"), ctx.owner(request), request)
 
     def routes(model: str = "", text: str = "", success: str = "", source: str = "",
                limit: int = 500) -> list:
@@ -148,13 +149,12 @@ def register_api(ctx: Explorer) -> None:
             ok = {"true": True, "yes": True, "1": True, "false": False, "no": False,
                   "0": False}.get(str(success).strip().lower())
             out = []
+            model, text = text_arg(model, "model"), text_arg(text, "text")
+            source = text_arg(source, "source")
             for r in ctx.store.list_routes(model=model or None, text=text or None, success=ok,
                                            source=source or None,
                                            limit=whole_number(limit, "limit", 1, 100_000)):
-                d = r.to_dict()
-                if isinstance(d.get("completion"), str):
-                    d["completion"] = ctx.shown(r.prompt, d["completion"])
-                out.append(d)
+                out.append(ctx.shown_route(r.to_dict()))
             return out
 
     @gpu(60)
@@ -165,14 +165,16 @@ def register_api(ctx: Explorer) -> None:
         with user_errors("replay"):
             from explorer.core.trace import trace as run
             moe = ctx.require()
-            if (route or "").strip():
+            prompt = text_arg(prompt, "prompt")
+            if text_arg(route, "route").strip():
                 r = Route.from_json(route)
-                p = prompt if (prompt or "").strip() else r.info.get("prompt")
+                p = prompt if prompt.strip() else r.info.get("prompt")
             else:
-                sr = ctx.store.get_route(whole_number(route_id, "route_id", 1))
+                sr = ctx.store.get_route(whole_number(route_id, "route_id", 1, MAX_ROW_ID))
                 r, p = sr.route, (prompt if (prompt or "").strip() else sr.prompt)
             ctx.check_prompt(p)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
+            ctx.check_route(r, p)
             ctx.admit(request)
             tr = run(moe, p, max_new_tokens=n, route=r, record_logits=False)
             return ctx.shown_json(trace_json(moe, tr), p)

@@ -87,6 +87,32 @@ def whole_number(value, name: str, lo: int | None = None, hi: int | None = None)
     return v
 
 
+def fraction(value, name: str, kind: str = "a probability") -> float:
+    """A number strictly between 0 and 1 (a probability, a mask ratio)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        fail(f"{name} must be {kind}, got {str(value)[:40]!r}")
+    if not 0.0 < v < 1.0:
+        fail(f"{name} must lie strictly between 0 and 1, got {v}")
+    return v
+
+
+#: The largest row id SQLite stores (ids beyond it are refused before any query).
+MAX_ROW_ID = 2**63 - 1
+
+
+def text_arg(value: Any, name: str) -> str:
+    """``value`` if it is text (None: ""), else a one-line "expected text" error."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        fail(f"{name} must be text, got {type(value).__name__}")
+    return value
+
+
 def session_of(request: Any, fallback: str = "anonymous") -> str:
     """The Gradio session of a request (one browser tab or one API client)."""
     return str(getattr(request, "session_hash", None) or fallback)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import hmac
 import html
 import os
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -26,9 +29,11 @@ from explorer.app.common import (
     whole_number,
 )
 from explorer.app.hosted import HostedPolicy, PolicyError
+from explorer.core.defaults import DEFAULT_TARGET
 from explorer.core.model import ModelLoadError, MoEModel, load_model
 from explorer.core.route import Route
 from explorer.settings import Settings
+from explorer.storage.library import StoreError
 
 HIDDEN_TOKEN = "…"  # what a redacted generated token shows in heatmaps and trace JSON
 
@@ -52,6 +57,7 @@ class Explorer:
         self.error: str | None = None
         self._swap = threading.Lock()
         self._tokens: dict[tuple[str, str], list[str]] = {}
+        self._secret: bytes | None = None
         try:
             self.set_model(model if isinstance(model, MoEModel) else self.load_model(model))
         except ModelLoadError as exc:
@@ -78,7 +84,11 @@ class Explorer:
             if old is not None:
                 old.shutdown(wait=True, timeout=30)
             self.moe, self.error = moe, None
-            self.jobs = JobManager(moe, self.store, judge_options=self.settings.judge_options)
+            hosted = self.policy.enabled
+            self.jobs = JobManager(
+                moe, self.store, judge_options=self.settings.judge_options,
+                max_queued_per_session=self.policy.max_jobs_per_session if hosted else 4,
+                max_queued_per_group=self.policy.max_jobs_per_address if hosted else 8)
             self._tokens.clear()
 
     def require(self) -> MoEModel:
@@ -91,8 +101,38 @@ class Explorer:
         self.require()
         return self.jobs
 
-    def job_status(self, job_id: str) -> dict:
-        """A job's status dict, with its answers redacted as hosted mode asks."""
+    # -- ownership: jobs belong to a key derived here, never sent to anyone ------------------
+    def owner(self, request: Any = None, client: str | None = None) -> str:
+        """The owner key of a caller: an HMAC, with a secret only this server knows, of the
+        browser's client id (the UI; kept in its signed BrowserState) or of the Gradio
+        session (API clients). It is stored with the caller's jobs and never shown."""
+        ident = f"ui:{client}" if client else f"api:{session_of(request, 'anonymous')}"
+        return "o:" + hmac.new(self._owner_secret(), ident.encode("utf-8"),
+                               hashlib.sha256).hexdigest()[:32]
+
+    def _owner_secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = hmac.new(self.browser_secret().encode(), b"job owners",
+                                    hashlib.sha256).digest()
+        return self._secret
+
+    def owned_job(self, job_id: Any, owner: str):
+        """The stored job ``job_id`` if ``owner`` owns it; otherwise the same "no job"
+        error as for an unknown id (so ids cannot be probed)."""
+        if not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{32}", job_id):
+            raise StoreError("no job with that id")
+        try:
+            rec = self.store.get_job(job_id)
+        except StoreError:
+            rec = None
+        if rec is None or not hmac.compare_digest(str(rec.session or ""), owner):
+            raise StoreError("no job with that id")
+        return rec
+
+    def job_status(self, job_id: str, owner: str) -> dict:
+        """A job's status dict for its ``owner`` (answers redacted as hosted mode asks; no
+        owner key in it)."""
+        self.owned_job(job_id, owner)
         st = self.jobs.status(job_id) if self.jobs is not None else \
             self.store.get_job(job_id).to_dict()
         return self.shown_job(st)
@@ -125,9 +165,18 @@ class Explorer:
         return s
 
     # -- hosted mode: checks (PolicyError is a ValueError: user_errors shows one line) -------
-    def admit(self, request: Any = None) -> None:
-        """Count one request against the session's rate limit (hosted mode)."""
-        self.policy.check_rate(session_of(request))
+    def admit(self, request: Any = None, cost: float = 1.0) -> None:
+        """The one admission of every door that runs the model or queues work: count
+        ``cost`` requests against the caller's session, its client address and the whole
+        server (hosted mode; see :meth:`HostedPolicy.check_rate`)."""
+        self.policy.check_rate(session_of(request), cost, self.policy.address_of(request))
+
+    def check_budget(self, passes: int, what: str) -> None:
+        """Refuse (hosted mode) work of more than the search budget in forward passes."""
+        if self.policy.enabled and passes > self.policy.max_search_budget:
+            raise PolicyError(f"{what} would run about {passes} forward passes, above this "
+                              f"server's limit of {self.policy.max_search_budget}; ask for "
+                              f"less")
 
     def check_prompt(self, prompt: Any) -> int:
         """The prompt's token count; refuses empty, too long (hosted caps) prompts."""
@@ -148,15 +197,67 @@ class Explorer:
                               f"{total} forward passes is above this server's limit of "
                               f"{self.policy.max_search_budget}; use fewer masks")
 
-    def check_search(self, params: dict, session: str) -> None:
-        """Hosted caps of an F-SOUR job: prompt, budget, judge, jobs of ``session``."""
+    def check_search(self, params: dict, session: str) -> dict:
+        """The F-SOUR job ``params`` checked and normalised before anything is queued: the
+        bounds of every mode (:func:`explorer.storage.jobs.validate_params`; the target's
+        tokens), then the hosted caps (prompt, budget over prompt and target tokens, judge,
+        jobs of ``session``)."""
+        from explorer.core.defaults import MAX_TARGET_TOKENS
+        from explorer.storage.jobs import validate_params
         from explorer.storage.library import ACTIVE_STATUSES
+        params = validate_params("fsour", params)
         positions = self.check_prompt(params.get("prompt"))
-        self.policy.check_search(params, positions)
+        target = params.get("target") or DEFAULT_TARGET
+        n_target = len(self.require().tokenizer(target, add_special_tokens=False)["input_ids"])
+        if not 0 < n_target <= MAX_TARGET_TOKENS:
+            raise PolicyError(f"the target has {n_target} tokens; it needs 1 to "
+                              f"{MAX_TARGET_TOKENS}")
+        self.policy.check_search(params, positions, target_tokens=n_target)
         if self.policy.enabled:
             active = self.store.list_jobs(session=session, status=ACTIVE_STATUSES,
                                           limit=self.policy.max_jobs_per_session + 1)
             self.policy.check_jobs(len(active))
+        return params
+
+    def submit_search(self, params: dict, owner: str, request: Any = None) -> str:
+        """Check (:meth:`check_search`), admit (:meth:`admit`) and queue an F-SOUR job
+        owned by ``owner``; returns its id."""
+        jobs = self.require_jobs()
+        params = self.check_search(params, owner)
+        self.admit(request)
+        return jobs.submit("fsour", params, session=owner,
+                           group=self.policy.address_of(request) if self.policy.enabled else None)
+
+    def cancel_job(self, job_id: Any, owner: str) -> dict:
+        """Cancel ``owner``'s job ``job_id``; its status."""
+        self.owned_job(job_id, owner)
+        self.require_jobs().cancel(job_id)
+        return self.job_status(job_id, owner)
+
+    def resume_job(self, job_id: Any, owner: str, request: Any = None) -> dict:
+        """Queue ``owner``'s interrupted or cancelled job again, checked and admitted like a
+        new one (it counts against the same caps); its status."""
+        rec = self.owned_job(job_id, owner)
+        jobs = self.require_jobs()
+        self.check_search(dict(rec.params), owner)
+        self.admit(request)
+        jobs.resume(job_id, group=self.policy.address_of(request) if self.policy.enabled
+                    else None)
+        return self.job_status(job_id, owner)
+
+    def check_route(self, route: Route | None, prompt: str | None = None) -> None:
+        """Validate ``route`` against the model (and ``prompt``'s length); in hosted mode
+        also refuse routes with more edits than two per (MoE layer, prompt token) cell."""
+        if route is None:
+            return
+        moe = self.require()
+        n = len(moe.encode(prompt)) if isinstance(prompt, str) and prompt.strip() else None
+        if self.policy.enabled:
+            cap = max(64, 2 * len(moe.moe_layers) * (n or 1))
+            if len(route.edits) > cap:
+                raise PolicyError(f"the route has {len(route.edits)} edits; this server "
+                                  f"allows {cap} for this prompt")
+        route.validate(moe.info, num_tokens=n)
 
     def check_model(self, name: str | None) -> str | None:
         """The model name to load ("demo" for the demo model), or PolicyError in hosted mode
@@ -199,8 +300,19 @@ class Explorer:
                     tokens=d["tokens"][:n] + [HIDDEN_TOKEN] * (len(d["tokens"]) - n),
                     token_ids=d["token_ids"][:n] + [-1] * (len(d["token_ids"]) - n))
 
+    def shown_route(self, d: dict) -> dict:
+        """A stored route's dict as visitors see it: in hosted mode without the id of the
+        job that saved it, and with its answer redacted."""
+        d = dict(d)
+        if isinstance(d.get("completion"), str):
+            d["completion"] = self.shown(d.get("prompt") or "", d["completion"])
+        if self.policy.enabled and isinstance(d.get("meta"), dict):
+            d["meta"] = {k: v for k, v in d["meta"].items() if k not in ("job_id", "session")}
+        return d
+
     def shown_job(self, st: dict) -> dict:
-        """A job status dict with the answers in its result redacted."""
+        """A job status dict with the answers in its result redacted (never its owner)."""
+        st = {k: v for k, v in st.items() if k != "session"}
         res = st.get("result")
         if not self.policy.enabled or not isinstance(res, dict):
             return st

@@ -20,6 +20,15 @@ Environment (flags passed to :meth:`~HostedPolicy.from_env` win):
 ``EXPLORER_HOSTED_MAX_JOBS``           queued or running jobs per session (default 2)
 ``EXPLORER_HOSTED_RATE``               requests per minute per session (default 30)
 ``EXPLORER_HOSTED_BURST``              requests a session may make at once (default 10)
+``EXPLORER_HOSTED_ADDRESS_RATE``       requests per minute per client address (default
+                                       twice the session rate; its burst is twice too)
+``EXPLORER_HOSTED_GLOBAL_RATE``        requests per minute for the whole server (default
+                                       600; burst a tenth of it, at least 20)
+``EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS`` queued or running jobs per client address
+                                       (default twice the per-session cap)
+``EXPLORER_HOSTED_TRUST_PROXY=1``      take the client address from the last
+                                       ``X-Forwarded-For`` entry (default on when
+                                       ``SPACE_ID`` is set: Spaces runs behind a proxy)
 ``EXPLORER_HOSTED_JUDGES``             judges users may pick (default ``keyword``)
 ``EXPLORER_HOSTED_FULL_TEXT=1``        show harmful answers of real models in full
 =====================================  ==================================================
@@ -123,6 +132,10 @@ class HostedPolicy:
     max_jobs_per_session: int = 2
     rate: float = 0.5
     burst: float = 10.0
+    address_rate: float | None = None  # default 2 x rate (per second)
+    global_rate: float = 10.0          # per second (600 per minute)
+    max_jobs_per_address: int | None = None  # default 2 x max_jobs_per_session
+    trust_proxy: bool = False
     allowed_judges: tuple[str, ...] = ("keyword",)
     full_text: bool = False
     max_prompt_chars: int | None = None  # default: 16 characters per allowed token
@@ -145,6 +158,18 @@ class HostedPolicy:
                     not math.isfinite(v) or v <= 0:
                 raise PolicyError(f"{name} must be a positive number, got {v!r}")
             setattr(self, name, float(v))
+        if self.address_rate is None:
+            self.address_rate = 2 * self.rate
+        if self.max_jobs_per_address is None:
+            self.max_jobs_per_address = 2 * self.max_jobs_per_session
+        self.max_jobs_per_address = _as_count("max_jobs_per_address", self.max_jobs_per_address)
+        for name in ("address_rate", "global_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not math.isfinite(v) or v <= 0:
+                raise PolicyError(f"{name} must be a positive number, got {v!r}")
+            setattr(self, name, float(v))
+        self.trust_proxy = bool(self.trust_proxy)
         if self.max_prompt_chars is None:
             self.max_prompt_chars = 16 * self.max_prompt_tokens
         self.max_prompt_chars = _as_count("max_prompt_chars", self.max_prompt_chars)
@@ -174,6 +199,12 @@ class HostedPolicy:
             max_jobs_per_session=_positive(env, "EXPLORER_HOSTED_MAX_JOBS", 2),
             rate=_positive(env, "EXPLORER_HOSTED_RATE", 30.0, float) / 60.0,
             burst=_positive(env, "EXPLORER_HOSTED_BURST", 10.0, float),
+            address_rate=(_positive(env, "EXPLORER_HOSTED_ADDRESS_RATE", None, float) or 0)
+            / 60.0 or None,
+            global_rate=_positive(env, "EXPLORER_HOSTED_GLOBAL_RATE", 600.0, float) / 60.0,
+            max_jobs_per_address=_positive(env, "EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS", None),
+            trust_proxy=_flag(env, "EXPLORER_HOSTED_TRUST_PROXY")
+            if env.get("EXPLORER_HOSTED_TRUST_PROXY", "").strip() else bool(env.get("SPACE_ID")),
             full_text=_flag(env, "EXPLORER_HOSTED_FULL_TEXT") if full_text is None
             else full_text)
         if any(j.strip() for j in judges):
@@ -193,6 +224,9 @@ class HostedPolicy:
                 "max_search_budget": self.max_search_budget,
                 "max_jobs_per_session": self.max_jobs_per_session,
                 "requests_per_minute": self.rate * 60, "burst": self.burst,
+                "requests_per_minute_per_address": self.address_rate * 60,
+                "requests_per_minute_global": self.global_rate * 60,
+                "max_jobs_per_address": self.max_jobs_per_address,
                 "allowed_judges": list(self.allowed_judges), "full_text": self.full_text}
 
     # -- checks -------------------------------------------------------------------------
@@ -243,12 +277,14 @@ class HostedPolicy:
                               f"{self.max_new_tokens}")
         return n
 
-    def check_search(self, params: Mapping[str, Any], positions: int | None = None) -> int:
-        """The search budget ``candidates x max_iters x positions`` of F-SOUR ``params``
-        (defaults 10 and 5 as in :func:`explorer.methods.fsour.fsour`; ``positions``: the prompt's
-        token count, or ``params["positions"]``), or PolicyError: a value that is not a
-        positive integer, a budget or generation length above the caps, or a judge the
-        server does not offer (hosted)."""
+    def check_search(self, params: Mapping[str, Any], positions: int | None = None,
+                     target_tokens: int = 0) -> int:
+        """The search budget ``candidates x max_iters x (positions + target_tokens)`` of
+        F-SOUR ``params`` (defaults 10 and 5 as in :func:`explorer.methods.fsour.fsour`;
+        ``positions``: the prompt's token count, or ``params["positions"]``; every scored
+        candidate runs over the prompt and the target), or PolicyError: a value that is
+        not a positive integer, a budget or generation length above the caps, or a judge
+        the server does not offer (hosted)."""
         if not isinstance(params, Mapping):
             raise PolicyError("search parameters must be a mapping")
         def value(key, default):
@@ -264,12 +300,13 @@ class HostedPolicy:
         pos = _as_count("positions", pos)
         if params.get("max_new_tokens") is not None:
             self.check_generation(params["max_new_tokens"])
-        budget = cand * iters * pos
+        tgt = _as_count("target_tokens", target_tokens, minimum=0)
+        budget = cand * iters * (pos + tgt)
         if self.enabled:
             if budget > self.max_search_budget:
                 raise PolicyError(
-                    f"search budget {cand} candidates x {iters} iterations x {pos} prompt "
-                    f"positions = {budget} is above this server's limit of "
+                    f"search budget {cand} candidates x {iters} iterations x ({pos} prompt "
+                    f"+ {tgt} target tokens) = {budget} is above this server's limit of "
                     f"{self.max_search_budget}; lower candidates or iterations, or use a "
                     f"shorter prompt")
             judge = params.get("judge") or "keyword"
@@ -287,42 +324,76 @@ class HostedPolicy:
                               f"job(s); the limit is {self.max_jobs_per_session}: wait for "
                               "one to finish or cancel it")
 
-    # -- rate limit ---------------------------------------------------------------------
-    def _take(self, session: str, cost: float) -> float:
-        """Take ``cost`` tokens from ``session``'s bucket; 0.0 on success, else the
-        seconds until enough tokens are there (nothing taken)."""
+    # -- rate limit: per session, per client address, for the whole server ---------------
+    def _buckets_for(self, session: str, address: str | None) -> list[tuple[tuple, float, float]]:
+        out = [(("session", session), self.rate, self.burst)]
+        if address:
+            out.append((("address", address), self.address_rate, 2 * self.burst))
+        out.append((("global",), self.global_rate, max(20.0, self.global_rate * 6)))
+        return out
+
+    def _take(self, session: str, cost: float, address: str | None = None) -> tuple[float, str]:
+        """Take ``cost`` tokens from each bucket (the session's, the address's, the
+        server's) when all have them: ``(0.0, "")``; else nothing is taken and the seconds
+        until they do, with the name of the limit that holds."""
         now = self.clock()
         with self._lock:
-            tokens, last = self._buckets.get(session, (self.burst, now))
-            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-            if tokens >= cost:
-                self._buckets[session] = (tokens - cost, now)
-                wait = 0.0
-            else:
-                self._buckets[session] = (tokens, now)
-                wait = (cost - tokens) / self.rate
+            plan, wait, who = [], 0.0, ""
+            for key, rate, burst in self._buckets_for(session, address):
+                tokens, last = self._buckets.get(key, (burst, now))
+                tokens = min(burst, tokens + max(0.0, now - last) * rate)
+                plan.append((key, tokens))
+                if tokens < cost and (cost - tokens) / rate > wait:
+                    wait, who = (cost - tokens) / rate, key[0]
+            for key, tokens in plan:
+                self._buckets[key] = (tokens - cost if not wait else tokens, now)
             if len(self._buckets) > MAX_SESSIONS:  # drop the buckets that refilled
-                full = [s for s, (t, ts) in self._buckets.items()
-                        if s != session and t + (now - ts) * self.rate >= self.burst]
-                for s in full:
-                    del self._buckets[s]
-        return wait
+                rates = {"session": (self.rate, self.burst),
+                         "address": (self.address_rate, 2 * self.burst)}
+                keep = dict(plan)
+                for k, (t, ts) in list(self._buckets.items()):
+                    rate, burst = rates.get(k[0], (None, None))
+                    if k not in keep and rate is not None and t + (now - ts) * rate >= burst:
+                        del self._buckets[k]
+        return wait, who
 
-    def allow(self, session: str | None, cost: float = 1.0) -> bool:
-        """Token bucket per session: True (and one request counted) when ``session`` may
-        make a request now; always True with hosted mode off."""
+    def allow(self, session: str | None, cost: float = 1.0, address: str | None = None) -> bool:
+        """Token buckets: True (and one request counted) when ``session`` (and its client
+        ``address``, and the server as a whole) may make a request now; always True with
+        hosted mode off."""
         if not self.enabled:
             return True
-        return self._take(str(session), float(cost)) == 0.0
+        return self._take(str(session), float(cost), address)[0] == 0.0
 
-    def check_rate(self, session: str | None, cost: float = 1.0) -> None:
+    def check_rate(self, session: str | None, cost: float = 1.0,
+                   address: str | None = None) -> None:
         """Like :meth:`allow`, raising PolicyError (with the wait) instead of False."""
         if not self.enabled:
             return
-        wait = self._take(str(session), float(cost))
+        wait, who = self._take(str(session), float(cost), address)
         if wait > 0:
-            raise PolicyError(f"too many requests from this session: try again in "
+            whom = {"session": "this session", "address": "your address",
+                    "global": "all visitors of this server"}[who]
+            raise PolicyError(f"too many requests from {whom}: try again in "
                               f"{math.ceil(wait)} s")
+
+    def address_of(self, request: Any) -> str | None:
+        """The client address of a Gradio request: the socket's peer, or with
+        ``trust_proxy`` the last ``X-Forwarded-For`` entry (the one the proxy added)."""
+        if request is None:
+            return None
+        if self.trust_proxy:
+            headers = getattr(request, "headers", None) or {}
+            try:
+                fwd = headers.get("x-forwarded-for") or ""
+            except Exception:  # noqa: BLE001 - odd header containers
+                fwd = ""
+            last = [x.strip() for x in str(fwd).split(",") if x.strip()]
+            if last:
+                return last[-1][:64]
+        client = getattr(request, "client", None)
+        host = getattr(client, "host", None)
+        return str(host)[:64] if host else None
 
     # -- output -------------------------------------------------------------------------
     def redact(self, text: str, verdict, is_demo_model: bool) -> str:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
+from explorer.core.defaults import MAX_SEED
 from explorer.core.errors import one_line
 from explorer.settings import Settings
 
@@ -44,7 +45,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-MAX_SEED = 2**32 - 1
 
 
 def _int_in(text: str, lo: int, hi: int | None, what: str, kind: str = "an integer") -> int:

@@ -22,3 +22,22 @@ MAX_NEW_TOKENS = 48
 #: New tokens of the research commands (utility, transfer, minimize, defend, curves) and of
 #: a recorded trace's continuation.
 RESEARCH_MAX_NEW_TOKENS = 32
+
+# -- bounds on every request, in every mode (hosted mode adds its own, tighter caps) --------
+#: Seeds of the random sets (Python's RNG takes any int; the CLI and the app take these).
+MAX_SEED = 2**32 - 1
+#: Random sets per (token, layer) cell and restarts of one F-SOUR search.
+MAX_CANDIDATES = 1024
+MAX_ITERS = 100
+#: RoSais masks per router.
+MAX_SAMPLES = 4096
+#: The target answer opening: characters, and tokens once tokenised.
+MAX_TARGET_CHARS = 1000
+MAX_TARGET_TOKENS = 128
+#: New tokens one generation may ask for.
+MAX_GENERATION = 4096
+#: A prompt's characters before it is tokenised (the model's context caps its tokens).
+MAX_PROMPT_CHARS = 1_000_000
+#: Edits of a route, and characters of a route's JSON, accepted from outside.
+MAX_ROUTE_EDITS = 10_000
+MAX_ROUTE_JSON_CHARS = 1_000_000

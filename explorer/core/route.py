@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal
 if TYPE_CHECKING:  # pragma: no cover
     from explorer.core.layers import ModelInfo
 
+from explorer.core.defaults import MAX_ROUTE_EDITS, MAX_ROUTE_JSON_CHARS
 from explorer.core.errors import RouteError
 
 Mode = Literal["force", "mask"]
@@ -196,6 +197,9 @@ class Route:
         edits = d.get("edits")
         if not isinstance(edits, list):
             raise RouteError("route JSON must have an 'edits' list")
+        if len(edits) > MAX_ROUTE_EDITS:
+            raise RouteError(f"the route has {len(edits)} edits; at most {MAX_ROUTE_EDITS} "
+                             f"are accepted")
         info = d.get("info", {})
         if info is None:
             info = {}
@@ -205,6 +209,11 @@ class Route:
 
     @classmethod
     def from_json(cls, text: str) -> "Route":
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise RouteError(f"route JSON must be text, got {type(text).__name__}")
+        if len(text) > MAX_ROUTE_JSON_CHARS:
+            raise RouteError(f"the route JSON has {len(text)} characters; at most "
+                             f"{MAX_ROUTE_JSON_CHARS} are accepted")
         try:
             data = json.loads(text)
         except (ValueError, TypeError) as exc:  # JSONDecodeError, bad UTF-8 bytes

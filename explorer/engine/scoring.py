@@ -270,6 +270,8 @@ class FastEngine(ReferenceEngine):
 
 
 ENGINES = {"reference": ReferenceEngine, "fast": FastEngine}
+#: The engine names a search accepts.
+ENGINE_NAMES = ("fast", "reference")
 
 
 def make_engine(name: str, moe, prompt_ids, target_ids):

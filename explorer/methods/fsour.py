@@ -29,6 +29,8 @@ from explorer.core.defaults import (
     FSOUR_CANDIDATES,
     IMPROVE_EPS,
     MAX_NEW_TOKENS,
+    MAX_TARGET_CHARS,
+    MAX_TARGET_TOKENS,
 )
 from explorer.core.forward import generate
 from explorer.core.route import Route
@@ -173,6 +175,9 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
         raise ValueError(f"unknown order {order!r}; choose paper or rosais")
     if not target or not target.strip():
         raise ValueError("the target answer is empty")
+    if len(target) > MAX_TARGET_CHARS:
+        raise ValueError(f"the target has {len(target)} characters; at most "
+                         f"{MAX_TARGET_CHARS} are accepted")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
                 "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
@@ -185,6 +190,9 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
     if not tgt:
         raise ValueError("the target answer has no tokens")
+    if len(tgt) > MAX_TARGET_TOKENS:
+        raise ValueError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
+                         f"are accepted")
     P = len(ids)
     eng = make_engine(engine, moe, ids, tgt)
     eng.forward_passes = state.forward_passes

@@ -28,8 +28,18 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.core.defaults import (
+    MAX_CANDIDATES,
+    MAX_GENERATION,
+    MAX_ITERS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_TARGET_CHARS,
+)
 from explorer.core.errors import one_line
 from explorer.core.route import Route
+from explorer.engine.scoring import ENGINE_NAMES
+from explorer.judges import JUDGES
 from explorer.storage.library import ACTIVE_STATUSES, JOB_KINDS, RouteStore, StoreError
 
 if TYPE_CHECKING:
@@ -72,6 +82,15 @@ def _state_text(state: Any) -> str | None:
     return json.dumps(state)
 
 
+_INT_BOUNDS = {"candidates": (1, MAX_CANDIDATES), "max_iters": (1, MAX_ITERS),
+               "seed": (0, MAX_SEED), "max_new_tokens": (0, MAX_GENERATION)}
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validate_params(kind: str, params: dict) -> dict:
     """Check and normalise a job's parameters (None values dropped, integers as int);
     raises :class:`StoreError` with a clear message."""
@@ -86,20 +105,46 @@ def validate_params(kind: str, params: dict) -> dict:
     prompt = out.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise StoreError("an F-SOUR job needs a non-empty prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise StoreError(f"the prompt has {len(prompt)} characters; at most "
+                         f"{MAX_PROMPT_CHARS} are accepted")
     for key in _INT_PARAMS:
         if key in out:
             v = out[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
-                raise StoreError(f"{key} must be an integer, got {v!r}")
-            out[key] = int(v)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    (isinstance(v, float) and not math.isfinite(v)) or v != int(v):
+                raise StoreError(f"{key} must be an integer, got {_short(v)}")
+            v = int(v)
+            lo, hi = _INT_BOUNDS[key]
+            if not lo <= v <= hi:
+                raise StoreError(f"{key} must lie in {lo}..{hi}, got {_short(v)}")
+            out[key] = v
     if "threshold" in out:
         t = out["threshold"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
             raise StoreError(f"threshold must be a finite number, got {t!r}")
         out["threshold"] = float(t)
-    for key in ("target", "engine", "judge"):
+    for key in ("prompt", "target", "engine", "judge"):
         if key in out and not isinstance(out[key], str):
-            raise StoreError(f"{key} must be a string, got {out[key]!r}")
+            raise StoreError(f"{key} must be text, got {type(out[key]).__name__}")
+        if key in out:
+            try:
+                out[key].encode("utf-8")
+            except UnicodeEncodeError:
+                raise StoreError(f"the {key} is not valid Unicode text (lone surrogates)") \
+                    from None
+    if "target" in out:
+        if not out["target"].strip():
+            raise StoreError("the target is empty")
+        if len(out["target"]) > MAX_TARGET_CHARS:
+            raise StoreError(f"the target has {len(out['target'])} characters; at most "
+                             f"{MAX_TARGET_CHARS} are accepted")
+    if "engine" in out and out["engine"] not in ENGINE_NAMES:
+        raise StoreError(f"unknown engine {out['engine'][:40]!r}; choose "
+                         f"{' or '.join(ENGINE_NAMES)}")
+    if "judge" in out and out["judge"] not in JUDGES:
+        raise StoreError(f"unknown judge {out['judge'][:40]!r}; choose one of "
+                         f"{sorted(JUDGES)}")
     try:
         json.dumps(out)
     except (TypeError, ValueError) as exc:
@@ -193,19 +238,23 @@ class JobManager:
     """Queue, run, cancel and resume background jobs for one model (see module docs).
 
     ``max_queued_per_session``: queued + running jobs one session may have;
-    ``max_queued_total``: the same for everyone together; ``runner``: the job function
+    ``max_queued_total``: the same for everyone together; ``max_queued_per_group``: the
+    same for the jobs submitted with one ``group`` key; ``runner``: the job function
     (default :func:`fsour_runner`, with ``judge_options`` for its judges);
     ``progress_interval``: seconds between progress writes to the store.
     """
 
     def __init__(self, moe: MoEModel, store: RouteStore, *, max_queued_per_session: int = 4,
-                 max_queued_total: int = 64, runner: Runner | None = None,
+                 max_queued_total: int = 64, max_queued_per_group: int = 8,
+                 runner: Runner | None = None,
                  progress_interval: float = 0.5,
                  judge_options: Callable[[str], dict] | None = None):
         self.moe, self.store = moe, store
         self.runner = runner or functools.partial(fsour_runner, judge_options=judge_options)
         self.max_queued_per_session = max_queued_per_session
         self.max_queued_total = max_queued_total
+        self.max_queued_per_group = max_queued_per_group
+        self._groups: dict[str, str] = {}  # job id -> group (client address), in memory
         self.progress_interval = progress_interval
         self._lock = threading.Condition(threading.RLock())
         self._queue: collections.deque[str] = collections.deque()
@@ -221,13 +270,18 @@ class JobManager:
         self._thread.start()
 
     # -- public API -----------------------------------------------------------------------
-    def submit(self, kind: str, params: dict, session: str | None = None) -> str:
-        """Queue a job (kind 'fsour'); returns its id. Raises :class:`StoreError` for bad
-        parameters or when the session already has its limit of queued/running jobs."""
+    def submit(self, kind: str, params: dict, session: str | None = None,
+               group: str | None = None) -> str:
+        """Queue a job (kind 'fsour'); returns its id. ``session``: its owner (stored with
+        it); ``group``: a wider key that shares a cap (the app passes the client address).
+        Raises :class:`StoreError` for bad parameters or when the session, the group or
+        the server already has its limit of queued/running jobs."""
         params = validate_params(kind, params)
         with self._lock:
-            self._check_room(session)
+            self._check_room(session, group)
             job_id = self.store.create_job(kind, params, session)
+            if group is not None:
+                self._groups[job_id] = group
             self._enqueue(job_id)
         return job_id
 
@@ -256,15 +310,17 @@ class JobManager:
                 self._cancel.setdefault(job_id, threading.Event()).set()
         return self.status(job_id)
 
-    def resume(self, job_id: str) -> dict:
+    def resume(self, job_id: str, group: str | None = None) -> dict:
         """Queue an 'interrupted' or 'cancelled' job again; it continues from its stored
-        checkpoint. Returns its status."""
+        checkpoint and counts against the same caps as a new job. Returns its status."""
         with self._lock:
             rec = self.store.get_job(job_id)
             if rec.status not in ("interrupted", "cancelled"):
                 raise StoreError(f"job {job_id} is {rec.status}; only interrupted or "
                                  "cancelled jobs can be resumed")
-            self._check_room(rec.session)
+            self._check_room(rec.session, group)
+            if group is not None:
+                self._groups[job_id] = group
             if self.store.update_job(job_id, status="queued", error=None,
                                      where_status=("interrupted", "cancelled")):
                 self._enqueue(job_id)
@@ -287,7 +343,7 @@ class JobManager:
         return self._thread.is_alive()
 
     # -- internals ------------------------------------------------------------------------
-    def _check_room(self, session: str | None) -> None:
+    def _check_room(self, session: str | None, group: str | None = None) -> None:
         if self._stopping:
             raise StoreError("the job manager is shutting down; try again later")
         if session is not None:
@@ -297,7 +353,14 @@ class JobManager:
                 raise StoreError(f"this session already has {n} queued or running jobs "
                                  f"(limit {self.max_queued_per_session}); wait for one to "
                                  "finish or cancel one")
-        n = len(self.store.list_jobs(status=ACTIVE_STATUSES, limit=self.max_queued_total + 1))
+        active = self.store.list_jobs(status=ACTIVE_STATUSES, limit=self.max_queued_total + 1)
+        if group is not None:
+            n = sum(1 for r in active if self._groups.get(r.id) == group)
+            if n >= self.max_queued_per_group:
+                raise StoreError(f"your address already has {n} queued or running jobs "
+                                 f"(limit {self.max_queued_per_group}); wait for one to "
+                                 "finish or cancel one")
+        n = len(active)
         if n >= self.max_queued_total:
             raise StoreError(f"the server already has {n} queued or running jobs; "
                              "try again later")

@@ -29,13 +29,19 @@ def ensure_client(b):
     return b
 
 
+def owner_of(ctx: Explorer, b) -> str:
+    """The owner key of this browser's jobs (from its signed BrowserState client id)."""
+    return ctx.owner(client=ensure_client(b)["client"])
+
+
 def job_view(ctx: Explorer, b, job_id):
     """Everything the search panel shows for the browser's jobs and the chosen one:
     (browser state, job dropdown, progress markdown, plot, result markdown, timer)."""
     statuses = []
+    owner = owner_of(ctx, b)
     for j in reversed(b.get("jobs") or []):
         try:
-            statuses.append(ctx.job_status(j))
+            statuses.append(ctx.job_status(j, owner))
         except Exception:  # noqa: BLE001 - a job the store no longer knows
             continue
     known = {s["id"] for s in statuses}
@@ -100,7 +106,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     def start_search(prompt_v, target, n, thr, iters, seed, engine, judge, max_new_v, b,
                      request: gr.Request = None):
         with user_errors("Start search"):
-            jobs = ctx.require_jobs()
+            ctx.require_jobs()
             ctx.check_prompt(prompt_v)
             if not (target or "").strip():
                 fail("The target is empty.")
@@ -110,9 +116,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                       "seed": whole_number(seed, "seed"), "engine": engine,
                       "max_new_tokens": whole_number(max_new_v, "max new tokens", 1, 4096),
                       "judge": judge or "keyword"}
-            ctx.check_search(params, session=b["client"])
-            ctx.admit(request)
-            job_id = jobs.submit("fsour", params, session=b["client"])
+            job_id = ctx.submit_search(params, owner_of(ctx, b), request)
             b["jobs"] = b["jobs"] + [job_id]
             gr.Info("Search queued: it runs in the background.")
             return job_view(ctx, b, job_id)
@@ -132,7 +136,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
         with user_errors("Stop"):
             if not job_id:
                 fail("No search selected.")
-            ctx.require_jobs().cancel(job_id)
+            ctx.cancel_job(job_id, owner_of(ctx, b))
             return job_view(ctx, ensure_client(b), job_id)
 
     def resume(b, job_id, request: gr.Request = None):
@@ -140,23 +144,20 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             if not job_id:
                 fail("No search selected.")
             b = ensure_client(b)
-            st = ctx.job_status(job_id)
-            ctx.check_search(st.get("params") or {}, session=st.get("session") or b["client"])
-            ctx.admit(request)
-            ctx.require_jobs().resume(job_id)
+            ctx.resume_job(job_id, owner_of(ctx, b), request)
             return job_view(ctx, b, job_id)
 
     p.s_stop.click(stop, [p.browser, p.s_jobs], job_outputs, **FREE, **UI)
     p.s_resume.click(resume, [p.browser, p.s_jobs], job_outputs, **FREE, **UI)
 
-    def open_in_library(job_id):
+    def open_in_library(b, job_id):
         with user_errors("Open"):
             if not job_id:
                 fail("No search selected.")
-            st = ctx.job_status(job_id)
+            st = ctx.job_status(job_id, owner_of(ctx, b))
             if st.get("route_id") is None:
                 fail("This search has not saved a route (yet).")
             return (st["route_id"], gr.Tabs(selected="library"),
                     list_table(ctx, "any", "", "any", "any"))
 
-    p.s_open.click(open_in_library, [p.s_jobs], [p.l_id, p.tabs, p.table], **FREE, **UI)
+    p.s_open.click(open_in_library, [p.browser, p.s_jobs], [p.l_id, p.tabs, p.table], **FREE, **UI)

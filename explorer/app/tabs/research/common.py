@@ -38,17 +38,6 @@ def judge_choices(ctx) -> list[str]:
 
 
 # -- numbers -------------------------------------------------------------------------------
-def fraction(value, name: str, kind: str = "a probability") -> float:
-    """A number strictly between 0 and 1 (a probability, a mask ratio)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        fail(f"{name} must be {kind}, got {value!r}")
-    if not 0.0 < v < 1.0:
-        fail(f"{name} must lie strictly between 0 and 1, got {v}")
-    return v
-
-
 def is_hosted(ctx) -> bool:
     pol = getattr(ctx, "policy", None)
     return bool(pol is not None and getattr(pol, "enabled", False))

@@ -11,9 +11,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import user_errors, whole_number
+from explorer.app.common import fraction, user_errors, whole_number
 from explorer.app.tabs.research.common import (
-    fraction,
     generation_settings,
     prompt_lines,
     run_with_progress,

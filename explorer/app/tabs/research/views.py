@@ -16,14 +16,13 @@ import math
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import fail, user_errors, whole_number
+from explorer.app.common import fail, fraction, user_errors, whole_number
 from explorer.app.tabs.research.common import (
     MAX_PROMPTS,
     ROSAIS_SOURCE,
     ROUTE_SOURCE,
     at_most,
     collect_routes,
-    fraction,
     generation_settings,
     prompt_lines,
     rosais_route,
