@@ -15,6 +15,7 @@ This launcher is the app's only reader of the environment: it builds one
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
@@ -60,10 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     s = args.settings
     s.apply_threads()
     from explorer.app.build import build_app, launch_options
-    demo = build_app(s.model, data_dir=s.data_dir, device=s.device, settings=s)
+    from explorer.storage.library import StoreError
+    try:
+        demo = build_app(s.model, data_dir=s.data_dir, device=s.device, settings=s)
+    except StoreError as exc:  # an unwritable or full data folder: one line, status 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     demo.queue(default_concurrency_limit=1,
                max_size=64 if s.policy.enabled else None).launch(
-        server_name=s.host, server_port=s.port, **launch_options())
+        server_name=s.host, server_port=s.port, **launch_options(demo))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def app(tiny_ckpt, tmp_path_factory):
     # the route library folder comes from the settings, as app.py reads EXPLORER_DATA_DIR
     demo = build_app(moe, settings=Settings.from_env({"EXPLORER_DATA_DIR": str(data)}))
     demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options())
+                        **launch_options(demo))
     client = gradio_client.Client(demo.local_url, verbose=False)
     yield demo, client, moe
     demo.explorer.jobs.shutdown(wait=True, timeout=30)

@@ -53,7 +53,7 @@ def served(tiny_ckpt, tmp_path_factory):
     moe = load_model(str(path), device="cpu")
     demo = build_app(moe, data_dir=tmp_path_factory.mktemp("browser-data"))
     demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options())
+                        **launch_options(demo))
     TIMINGS["app built and launched (s)"] = time.perf_counter() - t0
     yield demo, moe
     demo.explorer.jobs.shutdown(wait=True, timeout=30)

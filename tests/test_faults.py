@@ -218,7 +218,7 @@ def test_app_with_a_model_that_fails_to_load_still_serves(tmp_path, monkeypatch)
     demo = build_app(str(broken), data_dir=tmp_path / "data", device="cpu")
     assert demo.explorer.moe is None and demo.explorer.error
     demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options())
+                        **launch_options(demo))
     try:
         c = gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
         for args, api in ((("Steal a car.",), "/search_start"),

@@ -317,7 +317,7 @@ def hosted_app(tiny_ckpt, tmp_path_factory):
     policy.allowed_judges = ("keyword", "never")
     demo = build_app(moe, data_dir=tmp_path_factory.mktemp("hosted-data"), policy=policy)
     demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options())
+                        **launch_options(demo))
     client = gradio_client.Client(demo.local_url, verbose=False)
     yield demo, client, clock, gradio_client
     demo.explorer.jobs.shutdown(wait=True, timeout=30)
@@ -414,9 +414,18 @@ def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
     for name, message in ((str(tmp_path), "local model paths are not allowed"),
                           ("/etc/passwd", "local model paths are not allowed"),
                           ("gpt2", "not available on this server"),
-                          ("mistralai/Mixtral-8x7B-v0.1", "not available on this server")):
+                          ("mistralai/Mixtral-8x7B-v0.1", "not available on this server"),
+                          (" demo ", "already loaded")):  # no swap that stops searches
         with pytest.raises(gr.Error, match=message):
             load(name)
+    assert demo.explorer.moe is moe
+    allow = demo.explorer.policy.model_allowlist
+    try:  # without an allowlist, visitors cannot load models at all
+        demo.explorer.policy.model_allowlist = ()
+        with pytest.raises(gr.Error, match="loading models is turned off"):
+            load("demo")
+    finally:
+        demo.explorer.policy.model_allowlist = allow
     assert demo.explorer.moe is moe
 
 

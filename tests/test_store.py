@@ -214,16 +214,23 @@ def test_import_rejects_bad_input(store, tmp_path):
     (store.imports_dir / "link.json").symlink_to(outside)
     (store.data_dir / "loose.json").write_text(make_route().to_json())
     cases = {
-        str(outside): "outside", "../outside.json": "outside", "imports/../loose.json":
-        "outside", "loose.json": "outside", "link.json": "outside",
+        str(outside): "refused", "../outside.json": "refused", "imports/../loose.json":
+        "refused", "loose.json": "refused", "link.json": "refused",
         "evil.pkl": ".json", "evil.json": "JSON", "text.json": "JSON",
         "missing.json": "no import file", "{not json": "JSON", "[1, 2]": "not a route",
         '{"edits": [{"layer": 0}]}': "not a route", b"\x80\x03}q": "UTF-8",
-        store.path: "outside",
+        store.path: "refused", "/etc/hostname": "refused", "/no/such/file.json": "refused",
     }
     for arg, match in cases.items():
         with pytest.raises(StoreError, match=match):
             store.import_route(arg)
+    # no oracle: a server file that exists and one that does not read the same
+    msgs = {}
+    for arg in ("/etc/hostname", "/no/such/dir/x.json"):
+        with pytest.raises(StoreError) as exc:
+            store.import_route(arg)
+        msgs[arg] = str(exc.value).replace(arg, "PATH")
+    assert len(set(msgs.values())) == 1
     assert store.list_routes() == []
 
 

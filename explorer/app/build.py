@@ -82,9 +82,18 @@ CSS = """
 """
 
 
-def launch_options() -> dict[str, Any]:
-    """Keyword arguments for ``launch()`` (theme and css moved there in Gradio 6)."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"), "css": CSS}
+def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``launch()`` (theme and css moved there in Gradio 6). With
+    the app ``demo``, its HTTP edge too (:class:`explorer.app.http.RequestCheck`: bounded
+    bodies, unknown API names and missing arguments answered with one line)."""
+    out: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"),
+                           "css": CSS}
+    if demo is not None:
+        from starlette.middleware import Middleware
+
+        from explorer.app.http import RequestCheck
+        out["app_kwargs"] = {"middleware": [Middleware(RequestCheck, blocks=lambda: demo)]}
+    return out
 
 
 def _hosted_note(policy: HostedPolicy) -> str:

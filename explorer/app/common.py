@@ -75,16 +75,26 @@ def whole_number(value, name: str, lo: int | None = None, hi: int | None = None)
     try:
         if value is None or isinstance(value, bool):
             raise ValueError
-        f = float(value)
-        if not math.isfinite(f) or f != int(f):
-            raise ValueError
-        v = int(f)
-    except (TypeError, ValueError):
-        fail(f"{name} must be a whole number, got {value!r}")
+        if isinstance(value, int):
+            v = value
+        else:
+            if isinstance(value, str) and len(value) > 40:
+                raise ValueError
+            f = float(value)
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError
+            v = int(f)
+    except (TypeError, ValueError, OverflowError):
+        fail(f"{name} must be a whole number, got {_shown(value)}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         fail(f"{name} must lie in {lo if lo is not None else '-∞'}.."
-              f"{hi if hi is not None else '∞'}, got {v}")
+              f"{hi if hi is not None else '∞'}, got {_shown(v)}")
     return v
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def fraction(value, name: str, kind: str = "a probability") -> float:

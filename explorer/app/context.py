@@ -259,6 +259,22 @@ class Explorer:
                                   f"allows {cap} for this prompt")
         route.validate(moe.info, num_tokens=n)
 
+    def check_swap(self, wanted: str) -> None:
+        """Hosted mode: a visitor may switch the one model only when the operator allowed
+        other models (``--allow-model``), to another model than the loaded one, and while
+        nobody's search is queued or running (a swap would interrupt them)."""
+        from explorer.storage.library import ACTIVE_STATUSES
+        if not self.policy.model_allowlist:
+            raise PolicyError("loading models is turned off on this public server: the "
+                              "operator chooses the model")
+        current = self.moe
+        if current is not None and (wanted == current.name or
+                                    (wanted == "demo" and is_demo_model(current))):
+            raise PolicyError(f"{wanted} is already loaded")
+        if self.store.list_jobs(status=ACTIVE_STATUSES, limit=1):
+            raise PolicyError("searches are running on the loaded model; try again when "
+                              "they are done")
+
     def check_model(self, name: str | None) -> str | None:
         """The model name to load ("demo" for the demo model), or PolicyError in hosted mode
         for local paths and hub ids off the allowlist."""

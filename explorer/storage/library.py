@@ -192,16 +192,22 @@ class RouteStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = (Path(path) if path is not None else default_data_dir() / DB_NAME).absolute()
         self.data_dir = self.path.parent
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.create_function("casefold", 1, _casefold, deterministic=True)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.create_function("casefold", 1, _casefold, deterministic=True)
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise StoreError(f"cannot open the route library in {self.data_dir}: {reason}; "
+                             "make the folder writable (and free some disk space), or "
+                             "choose another with --data-dir / EXPLORER_DATA_DIR") from None
 
     # -- plumbing -----------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -347,19 +353,23 @@ class RouteStore:
         return dest
 
     def _import_path(self, p: Path) -> Path:
+        """The file an import path names, inside ``imports/`` or ``exports/``. A missing
+        file and one outside those folders get the SAME message, so an import cannot tell
+        which files exist elsewhere on the server."""
+        refused = StoreError(f"no import file {str(p)[:200]!r} in the data folder's imports/ "
+                             "or exports/ (paths outside them are refused)")
         base = p if p.is_absolute() else self.data_dir / p
-        if not p.is_absolute() and not base.exists():
-            base = self.imports_dir / p  # bare names are looked up in imports/
         try:
+            if not p.is_absolute() and not base.exists():
+                base = self.imports_dir / p  # bare names are looked up in imports/
             real = base.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise StoreError(f"no import file {str(p)!r}") from None
+        except (OSError, RuntimeError, ValueError):
+            raise refused from None
         roots = [d.resolve() for d in (self.imports_dir, self.exports_dir) if d.exists()]
         if not any(real.is_relative_to(r) and real != r for r in roots):
-            raise StoreError(f"import path {str(p)!r} is outside the data folder's "
-                             "imports/ and exports/")
+            raise refused
         if real.suffix.lower() != ".json" or not real.is_file():
-            raise StoreError(f"import file {str(p)!r} must be a .json file")
+            raise StoreError(f"import file {str(p)[:200]!r} must be a .json file")
         if real.stat().st_size > MAX_IMPORT_BYTES:
             raise StoreError(f"import file {str(p)!r} is larger than {MAX_IMPORT_BYTES} bytes")
         return real

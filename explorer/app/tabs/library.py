@@ -3,7 +3,7 @@ load it into Inspect, compare two, export, import and delete."""
 
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +12,7 @@ import gradio as gr
 
 from explorer.app.common import (
     FREE,
+    MAX_ROW_ID,
     MODEL_SLOT,
     UI,
     fail,
@@ -121,7 +122,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     p.table.select(pick_row, [p.table], [p.l_id], **FREE, **UI)
 
     def stored(route_id):
-        return ctx.store.get_route(whole_number(route_id, "route id", 1))
+        return ctx.store.get_route(whole_number(route_id, "route id", 1, MAX_ROW_ID))
 
     @gpu(60)
     def replay_ui(route_id, other_prompt, max_new_v, request: gr.Request = None):
@@ -187,12 +188,17 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     p.c_btn.click(compare, [p.c_a, p.c_b, p.c_prompt, p.max_new],
                   [p.c_ans_a, p.c_ans_b, p.c_diff, p.c_overlap], **MODEL_SLOT, **UI)
 
-    def export(route_id):
+    def export(route_id, request: gr.Request = None):
         with user_errors("Export"):
             sr = stored(route_id)
+            ctx.admit(request)
             path = ctx.store.export_route(sr.id)
             out = Path(tempfile.mkdtemp(prefix="sse-export-")) / path.name
-            shutil.copyfile(path, out)
+            data = json.loads(path.read_text(encoding="utf-8"))
+            info = data.get("info") or {}
+            if isinstance(info.get("completion"), str):  # what this server shows, no more
+                info["completion"] = ctx.shown(sr.prompt, info["completion"])
+            out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
             return str(out)
 
     p.x_btn.click(export, [p.l_id], [p.x_file], **FREE, **UI)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from explorer.app.common import MODEL_SLOT, UI, user_errors
+from explorer.app.common import MODEL_SLOT, UI, text_arg, user_errors
 from explorer.app.format import model_card, model_header
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
 
     def load_new(name, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
         with user_errors("Load model"):
-            wanted = ctx.check_model(name)
+            wanted = ctx.check_model(text_arg(name, "model name"))
+            if ctx.policy.enabled:  # one model serves every visitor
+                ctx.check_swap(wanted)
             ctx.admit(request)
             label = (name or "").strip() or "the demo model"
             progress(0, desc=f"Loading {label}…")

@@ -13,7 +13,14 @@ import threading
 import time
 from typing import Any, Callable
 
-from explorer.app.common import fail, one_line, usable_judges, whole_number
+from explorer.app.common import (
+    MAX_ROW_ID,
+    fail,
+    one_line,
+    text_arg,
+    usable_judges,
+    whole_number,
+)
 from explorer.core.errors import RouteError
 from explorer.core.route import Route
 
@@ -79,19 +86,37 @@ def parse_prompts(text: str | None, what: str = "prompts", required: bool = True
 
 
 def prompt_lines(ctx, text, what, required=True) -> list[str]:
-    return parse_prompts(text, what, required,
-                         HOSTED_MAX_PROMPTS if is_hosted(ctx) else MAX_PROMPTS)
+    """The prompts of ``text`` (one a line), each checked like any other prompt (the
+    hosted caps on characters and tokens included)."""
+    out = parse_prompts(text_arg(text, what), what, required,
+                        HOSTED_MAX_PROMPTS if is_hosted(ctx) else MAX_PROMPTS)
+    for p in out:
+        ctx.check_prompt(p)
+    return out
+
+
+def prompt_tokens(ctx, prompts: list[str]) -> int:
+    """The largest templated length of ``prompts`` (for cost estimates)."""
+    moe = ctx.require()
+    return max((len(moe.encode(p)) for p in prompts), default=0)
+
+
+def check_cost(ctx, passes: float, what: str) -> None:
+    """The Research views' share of the one admission: hosted mode refuses a view whose
+    estimated forward passes exceed the search budget (a generation of n tokens counts
+    n passes)."""
+    ctx.check_budget(int(passes), what)
 
 
 def parse_ids(text: str | None) -> list[int]:
     """Route library ids from ``"3, 5 #7"``-like text."""
     out = []
-    for tok in re.split(r"[\s,;]+", (text or "").strip()):
+    for tok in re.split(r"[\s,;]+", text_arg(text, "route ids").strip()):
         if not tok:
             continue
         tok = tok.lstrip("#")
-        if not tok.isdigit() or int(tok) < 1:
-            fail(f"A route id must be a positive whole number, got {tok!r}")
+        if not tok.isdigit() or not 1 <= int(tok) <= MAX_ROW_ID:
+            fail(f"A route id must be a positive whole number, got {tok[:30]!r}")
         out.append(int(tok))
     return list(dict.fromkeys(out))
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from explorer.app.common import fraction, user_errors, whole_number
 from explorer.app.tabs.research.common import (
+    check_cost,
     generation_settings,
     prompt_lines,
     run_with_progress,
@@ -75,6 +76,8 @@ def rosais_uncertainty_view(ctx, prompts_text: str, max_top, samples, seed, rati
         sd = whole_number(seed, "seed", 0, 2**32 - 1)
         r = fraction(ratio, "mask ratio", "a number")
         n, jd = generation_settings(ctx, max_new, judge)
+        check_cost(ctx, len(prompts) * (S * len(moe.moe_layers) + 2 * L * n),
+                   f"RoSais with {S} masks on {len(prompts)} prompts")
         curves = []
         for i, p in enumerate(prompts):
             c = run_with_progress(progress, lambda p=p: rosais_curve(

@@ -13,11 +13,13 @@ import pandas as pd
 from explorer.app.common import fail, user_errors, whole_number
 from explorer.app.tabs.research.common import (
     ATTACK_CHOICES,
+    check_cost,
     generation_settings,
     library_routes,
     parse_ids,
     parse_route_json,
     prompt_lines,
+    prompt_tokens,
     run_with_progress,
 )
 from explorer.viz import research as pr
@@ -80,6 +82,13 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         n, jd = generation_settings(ctx, max_new, judge)
         if "replay" in attacks and not routes:
             fail("The replay attack needs library routes (type their ids).")
+        P = prompt_tokens(ctx, derive + harmful)
+        fsour_cost = N * It * (P + 8) + n
+        rosais_cost = S * len(moe.moe_layers) + n
+        per_attack = {"none": n, "replay": n, "rosais": rosais_cost, "fsour": fsour_cost}
+        check_cost(ctx, len(derive) * (rosais_cost + fsour_cost)
+                   + sum(2 * len(harmful) * per_attack.get(a, n) for a in attacks)
+                   + n * len(benign), "this defense evaluation")
         given = _given_defense(moe, defense_json)
         if given is None and not (derive or routes):
             fail("Give evidence (prompts to attack, or library route ids) or a defense "

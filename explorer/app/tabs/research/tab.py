@@ -31,7 +31,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import FREE, MODEL_SLOT, UI, gpu
+from explorer.app.common import FREE, MODEL_SLOT, UI, gpu, user_errors
 from explorer.app.tabs.research.common import (
     ATTACK_CHOICES,
     ROSAIS_SOURCE,
@@ -86,11 +86,15 @@ def _wire(ctx, btn: gr.Button, view: Callable, duration: int, inputs: list, outp
     """``btn`` runs ``view(ctx, *inputs)`` in the model slot (inside ``spaces.GPU`` when
     available). The callback shows Gradio the view's parameters less ``ctx``, so Gradio
     still passes its ``progress=gr.Progress()`` tracker."""
-    def call(*args, **kwargs):
+    def call(*args, request: gr.Request = None, **kwargs):
+        with user_errors("Research"):  # the one admission: the rate limits first
+            ctx.admit(request)
         return view(ctx, *args, **kwargs)
 
     sig = inspect.signature(view)
-    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    request = inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=gr.Request)
+    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:] + [request])
     call.__name__ = call.__qualname__ = "on_" + view.__name__.removesuffix("_view")
     btn.click(gpu(duration)(call), inputs, outputs, **MODEL_SLOT, **UI)
 

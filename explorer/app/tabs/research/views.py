@@ -16,12 +16,13 @@ import math
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import fail, fraction, user_errors, whole_number
+from explorer.app.common import fail, fraction, text_arg, user_errors, whole_number
 from explorer.app.tabs.research.common import (
     MAX_PROMPTS,
     ROSAIS_SOURCE,
     ROUTE_SOURCE,
     at_most,
+    check_cost,
     collect_routes,
     generation_settings,
     prompt_lines,
@@ -80,6 +81,8 @@ def utility_view(ctx, source: str, rosais_prompt: str, top, sweep: bool, samples
         else:
             fail(f"Unknown source {source!r}")
         k = len(routes)
+        check_cost(ctx, (S * len(moe.moe_layers) if source == ROSAIS_SOURCE else 0)
+                   + n * (len(benign) * (k + 1) + len(harmful) * k), "this utility view")
         est = 1.5 * (len(benign) * (k + 1) + len(harmful) * k)
         util = run_with_progress(progress, lambda: utility_cost(
             moe, routes, benign, max_new_tokens=n, judge=jd,
@@ -119,8 +122,11 @@ def transfer_view(ctx, ids_text: str, json_text: str, prompts_text: str, include
                            "prompts", MAX_PROMPTS)
         n, jd = generation_settings(ctx, max_new, judge)
         umin = whole_number(universal_min, "universal: min routes", 0, 1000)
-        if not (target or "").strip():
+        if not text_arg(target, "target").strip():
             fail("The target answer is empty.")
+        held_n = len(prompts) if umin else 0
+        check_cost(ctx, n * (len(routes) + 1) * len(prompts) + n * held_n,
+                   f"{len(routes)} routes x {len(prompts)} prompts")
         res = run_with_progress(progress, lambda: transfer_matrix(
             moe, routes, prompts, target=target, judge=jd, mapping=mapping, max_new_tokens=n),
             f"{len(routes)} routes x {len(prompts)} prompts", 0.0, 0.8 if umin else 1.0,
@@ -185,6 +191,8 @@ def minimal_view(ctx, ids_text: str, json_text: str, prompt: str, threshold_p, c
         thr = math.log(fraction(threshold_p, "threshold P(target)"))
         c = whole_number(checks, "checks per round", 1, 50)
         n, jd = generation_settings(ctx, max_new, judge)
+        ctx.check_prompt(p)
+        check_cost(ctx, 2 * len(route) + c * n * 4, "minimising this route")
         m = run_with_progress(progress, lambda: minimize(
             moe, p, route, target=tgt, threshold=thr, judge=jd, max_new_tokens=n, checks=c),
             f"minimising {len(route)} edits", 0.0, 1.0, 2.5 * max(len(route), 1))
@@ -203,6 +211,6 @@ def minimal_view(ctx, ids_text: str, json_text: str, prompt: str, threshold_p, c
                   f" · {tmpl} of {len(m.necessity)} kept edits on chat-template tokens · "
                   f"{m.forward_passes:,} forward passes, {m.generations} generations, "
                   f"{m.seconds:.1f} s")
-        md += ("\n\n**Before:** " + html.escape(m.completion_before[:300])
-               + "\n\n**After:** " + html.escape(m.completion_after[:300]))
+        md += ("\n\n**Before:** " + html.escape(ctx.shown(p, m.completion_before)[:300])
+               + "\n\n**After:** " + html.escape(ctx.shown(p, m.completion_after)[:300]))
         return cells, pr.minimal_figure(m), md, json.dumps(m.route, indent=2)
