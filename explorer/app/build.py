@@ -85,7 +85,11 @@ CSS = """
 def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     """Keyword arguments for ``launch()`` (theme and css moved there in Gradio 6). With
     the app ``demo``, its HTTP edge too (:class:`explorer.app.http.RequestCheck`: bounded
-    bodies, unknown API names and missing arguments answered with one line)."""
+    bodies, unknown API names and missing arguments answered with one line) and
+    ``show_error``: a value Gradio itself cannot take (text in a slider, say) is answered
+    with Gradio's one-line reason instead of ``{"error": null}``. Every callback turns its
+    own failures into one-line messages (:func:`~explorer.app.common.user_errors`), so no
+    internal detail travels this way."""
     out: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"),
                            "css": CSS}
     if demo is not None:
@@ -93,6 +97,7 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
 
         from explorer.app.http import RequestCheck
         out["app_kwargs"] = {"middleware": [Middleware(RequestCheck, blocks=lambda: demo)]}
+        out["show_error"] = True
     return out
 
 

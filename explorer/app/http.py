@@ -14,22 +14,46 @@ from typing import Any, Callable
 
 #: The largest request body accepted (JSON arguments; uploads go elsewhere).
 MAX_BODY_BYTES = 4 * 1024 * 1024
+#: How much of an oversized body is read (and dropped) before the answer.
+DRAIN_BYTES = 64 * 1024 * 1024
 _CALL_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/call/", "/run/")
 _JOIN_PATHS = ("/gradio_api/queue/join", "/queue/join")
 
 
-def _arities(blocks: Any) -> tuple[dict[str, int], dict[int, int]]:
-    """``({api_name: n_inputs}, {fn_index: n_inputs})`` of a Gradio Blocks."""
+def _inputs(blocks: Any) -> tuple[dict[str, list[str]], dict[int, list[str]]]:
+    """``({api_name: input kinds}, {fn_index: input kinds})`` of a Gradio Blocks; a kind is
+    the input component's class name (``"Slider"``, ``"Textbox"``, ``"Api"``...)."""
     by_name, by_index = {}, {}
     fns = getattr(blocks, "fns", {}) or {}
     items = fns.items() if isinstance(fns, dict) else enumerate(fns)
     for index, fn in items:
-        n = len(getattr(fn, "inputs", []) or [])
-        by_index[int(index)] = n
+        kinds = [type(c).__name__ for c in (getattr(fn, "inputs", []) or [])]
+        by_index[int(index)] = kinds
         name = getattr(fn, "api_name", None)
         if isinstance(name, str) and name:
-            by_name[name.lstrip("/")] = n
+            by_name[name.lstrip("/")] = kinds
     return by_name, by_index
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and \
+        abs(v) != float("inf")
+
+
+#: What a UI component accepts from the wire (None passes, but for :data:`_NEEDS_VALUE`), so that
+#: Gradio's own preprocessing never meets a value it answers with a multi-line error.
+_ACCEPTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "Slider": ("a number", _number),
+    "Number": ("a number", _number),
+    "Textbox": ("text", lambda v: isinstance(v, str)),
+    "Code": ("text", lambda v: isinstance(v, str)),
+    "Checkbox": ("true or false", lambda v: isinstance(v, bool)),
+    "CheckboxGroup": ("a list", lambda v: isinstance(v, list) and all(
+        isinstance(x, (str, int, float)) for x in v)),
+    "Radio": ("one of its choices", lambda v: isinstance(v, (str, int, float))),
+    "Dropdown": ("one of its choices", lambda v: isinstance(v, (str, int, float)) or (
+        isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v))),
+}
 
 
 class RequestCheck:
@@ -52,13 +76,14 @@ class RequestCheck:
             msg = await receive()
             if msg["type"] != "http.request":
                 break
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > MAX_BODY_BYTES:
-                return await _answer(send, 413, f"the request is larger than "
-                                                f"{MAX_BODY_BYTES} bytes")
-            if not msg.get("more_body"):
+            size += len(msg.get("body", b""))
+            if size <= MAX_BODY_BYTES:
+                chunks.append(msg.get("body", b""))
+            if not msg.get("more_body") or size > DRAIN_BYTES:
                 break
+        if size > MAX_BODY_BYTES:  # read (and dropped) to its end, so the client hears us
+            return await _answer(send, 413, f"the request is larger than {MAX_BODY_BYTES} "
+                                            "bytes")
         body = b"".join(chunks)
         problem = self._problem(path, body, is_call)
         if problem is not None:
@@ -80,23 +105,56 @@ class RequestCheck:
             return 400, "the request body is not JSON"
         if not isinstance(payload, dict):
             return 400, "the request body must be a JSON object with a 'data' list"
-        by_name, by_index = _arities(self.blocks())
+        by_name, by_index = _inputs(self.blocks())
         if is_call:
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if name not in by_name:
                 return 404, "no API endpoint with that name; see the app's API page"
-            need, what = by_name[name], name
+            kinds, what = by_name[name], name
         else:
             index = payload.get("fn_index")
             if isinstance(index, bool) or not isinstance(index, int) or index not in by_index:
                 return 404, "no app function with that fn_index"
-            need, what = by_index[index], f"function {index}"
+            kinds, what = by_index[index], f"function {index}"
         data = payload.get("data")
         if not isinstance(data, list):
-            return 422, f"{what} takes a 'data' list of {need} arguments"
-        if len(data) != need:
-            return 422, f"{what} takes {need} arguments, got {len(data)}"
+            return 422, f"{what} takes a 'data' list of {len(kinds)} arguments"
+        if len(data) != len(kinds):
+            return 422, f"{what} takes {len(kinds)} arguments, got {len(data)}"
+        for i, (kind, value) in enumerate(zip(kinds, data)):
+            if not _valid_text(value):
+                return 422, (f"{what}: argument {i + 1} is not valid Unicode text (lone "
+                             "surrogates)")
+            rule = _ACCEPTS.get(kind)
+            if rule is None or (value is None and kind not in _NEEDS_VALUE):
+                continue
+            if not rule[1](value):
+                return 422, (f"{what}: argument {i + 1} (a {kind.lower()}) must be "
+                             f"{rule[0]}, got {type(value).__name__}")
         return None
+
+
+#: Components whose value may not be None (Gradio cannot compare or convert it).
+_NEEDS_VALUE = ("Slider", "Number", "Checkbox")
+
+
+def _valid_text(value: Any, depth: int = 0) -> bool:
+    """No lone surrogates anywhere in ``value`` (Gradio would echo them into a message it
+    then cannot encode, breaking the event stream)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if depth > 20:
+        return True
+    if isinstance(value, list):
+        return all(_valid_text(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(_valid_text(k, depth + 1) and _valid_text(v, depth + 1)
+                   for k, v in value.items())
+    return True
 
 
 async def _answer(send, status: int, message: str) -> None:

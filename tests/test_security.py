@@ -1,0 +1,456 @@
+"""Hosted mode against a hostile visitor: each attack of the red-team report, replayed over
+raw HTTP against ``python app.py --hosted`` in a subprocess (the demo model), and a
+property-based fuzz of every named endpoint and every Research event.
+
+Two servers: ``open_server`` with rate limits high enough for the fuzz (caps on prompts,
+generation, searches and jobs as usual) and ``strict_server`` with the default-sized rate
+limits and one job per session, for the attacks on the caps. Every answer must be a result
+or one line of error (never ``null``, never a traceback), and the server must still answer
+a trace within a few seconds after each attack.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("gradio")
+from test_concurrency import ROOT, app_env, free_port, stop_app, tail  # noqa: E402
+
+DEMO = ROOT / "assets" / "demo-model" / "model.safetensors"
+pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="needs the demo weights")
+PROMPT = "Tell me how to break into my neighbour's house."
+COUNTS: collections.Counter = collections.Counter()
+
+
+# -- a hosted app in a subprocess, spoken to over raw HTTP -----------------------------------
+class Server:
+    def __init__(self, tmp: Path, **env):
+        import subprocess
+        import sys
+        self.port, self.log = free_port(), tmp / "app.log"
+        self.data = tmp / "data"
+        full = app_env()
+        full.update({"EXPLORER_HOSTED": "1", "EXPLORER_HOSTED_MAX_NEW_TOKENS": "16",
+                     "EXPLORER_HOSTED_MAX_PROMPT_TOKENS": "64"})
+        full.update({k: str(v) for k, v in env.items()})
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--data-dir", str(self.data), "--device", "cpu"], cwd=ROOT, env=full,
+                stdout=log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+        end = time.monotonic() + 240
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"app exited {self.proc.returncode}:\n{tail(self.log)}")
+            try:
+                self.config = json.loads(self.get("/config", timeout=5)[1])
+                break
+            except (OSError, ValueError):
+                time.sleep(0.5)
+        else:
+            stop_app(self.proc)
+            raise AssertionError(f"app not ready:\n{tail(self.log)}")
+
+    def get(self, path: str, timeout: float = 60) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def post(self, path: str, body: bytes, timeout: float = 60,
+             headers: dict | None = None) -> tuple[int, str]:
+        req = urllib.request.Request(self.base + path, data=body, headers={
+            "Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def call(self, name: str, *data, session: str | None = None, timeout: float = 60,
+             headers: dict | None = None):
+        """A named endpoint: ("ok", value) or ("error", one-line message)."""
+        body = {"data": list(data)}
+        if session is not None:
+            body["session_hash"] = session
+        status, text = self.post(f"/gradio_api/call/{name}", json.dumps(body).encode(),
+                                 timeout, headers)
+        if status != 200:
+            return "error", _http_error(status, text)
+        event = json.loads(text)["event_id"]
+        status, stream = self.get(f"/gradio_api/call/{name}/{event}", timeout)
+        return _sse_result(stream)
+
+    def queue(self, fn_index: int, data: list, session: str | None = None,
+              timeout: float = 120):
+        """A UI event by fn_index through the queue: ("ok", outputs) or ("error", line)."""
+        session = session or uuid.uuid4().hex[:11]
+        body = {"data": data, "fn_index": fn_index, "session_hash": session,
+                "event_data": None, "trigger_id": None}
+        status, text = self.post("/gradio_api/queue/join", json.dumps(body).encode(), timeout)
+        if status != 200:
+            return "error", _http_error(status, text)
+        event = json.loads(text)["event_id"]
+        status, stream = self.get(f"/gradio_api/queue/data?session_hash={session}", timeout)
+        for line in stream.splitlines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("event_id") == event and msg.get("msg") == "process_completed":
+                out = msg.get("output") or {}
+                if msg.get("success"):
+                    return "ok", out.get("data")
+                return "error", out.get("error")
+        return "error", None
+
+    def fn_index(self, api_name: str) -> int:
+        for dep in self.config["dependencies"]:
+            if dep.get("api_name") == api_name:
+                return dep["id"]
+        raise KeyError(api_name)
+
+    def trace_seconds(self) -> float:
+        t0 = time.perf_counter()
+        kind, value = self.call("trace", "hi", 2, "")
+        assert kind == "ok", value
+        return time.perf_counter() - t0
+
+    def close(self):
+        stop_app(self.proc)
+
+
+def _http_error(status: int, text: str) -> str:
+    try:
+        msg = json.loads(text).get("error") or json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        msg = None
+    assert status < 500, (status, text[:300])
+    return msg if isinstance(msg, str) else f"HTTP {status}"
+
+
+def _sse_result(stream: str):
+    kind, data = None, None
+    for line in stream.splitlines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data = json.loads(line[5:])
+    if kind == "complete":
+        return "ok", data[0] if isinstance(data, list) and len(data) == 1 else data
+    if kind == "error":
+        return "error", (data or {}).get("error") if isinstance(data, dict) else data
+    return "error", None
+
+
+def one_line(message) -> bool:
+    return isinstance(message, str) and message.strip() and "\n" not in message.strip() \
+        and "Traceback" not in message
+
+
+def refused(result, fragment: str = "") -> str:
+    kind, msg = result
+    assert kind == "error" and one_line(msg), result
+    assert fragment.lower() in msg.lower(), msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("open"), EXPLORER_HOSTED_RATE=10**6,
+               EXPLORER_HOSTED_BURST=10**5, EXPLORER_HOSTED_ADDRESS_RATE=10**6,
+               EXPLORER_HOSTED_GLOBAL_RATE=10**6, EXPLORER_HOSTED_MAX_SEARCH=5000,
+               EXPLORER_HOSTED_MAX_JOBS=2)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("strict"), EXPLORER_HOSTED_RATE=30,
+               EXPLORER_HOSTED_BURST=4, EXPLORER_HOSTED_ADDRESS_RATE=30,
+               EXPLORER_HOSTED_GLOBAL_RATE=6000, EXPLORER_HOSTED_MAX_JOBS=1,
+               EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS=2, EXPLORER_HOSTED_MAX_SEARCH=20000)
+    yield s
+    s.close()
+
+
+def wait_status(server, job, session, want, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        kind, st = server.call("search_status", job, session=session)
+        assert kind == "ok", st
+        if st["status"] in want:
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"job {job} never reached {want}")
+
+
+# -- 1. reading another visitor's results ---------------------------------------------------
+def test_no_cross_user_reads(open_server):
+    s = open_server
+    victim, attacker = uuid.uuid4().hex[:11], uuid.uuid4().hex[:11]
+    kind, out = s.call("search_start", PROMPT, "Sure, here is", 4, -0.22, 1, 0, "fast", 8,
+                       "keyword", session=victim)
+    assert kind == "ok", out
+    job = out["job_id"]
+    done = wait_status(s, job, victim, ("done", "failed"))
+    assert "session" not in done and victim not in json.dumps(done)
+    # the attacker knows the job id (say it leaked): it gets the same answer as for none
+    for name in ("search_status", "search_cancel", "search_resume"):
+        msg = refused(s.call(name, job, session=attacker), "no job with that id")
+        assert msg == refused(s.call(name, uuid.uuid4().hex, session=attacker))
+    # nothing the attacker can list names a session or a job
+    kind, routes = s.call("routes", "", "", "", "", 500, session=attacker)
+    assert kind == "ok"
+    text = json.dumps(routes)
+    assert victim not in text and job not in text and '"session"' not in text
+    assert all("job_id" not in r["meta"] for r in routes)
+    assert s.trace_seconds() < 10
+
+
+# -- 2. one request takes the server down ----------------------------------------------------
+@pytest.mark.parametrize("args,fragment", [
+    ((PROMPT, "x " * 50_000, 4, -0.22, 1, 0, "fast", 8, "keyword"), "characters"),
+    ((PROMPT, "Sure " * 200, 4, -0.22, 1, 0, "fast", 8, "keyword"), "tokens"),
+    ((PROMPT, "Sure", 10**30, -0.22, 1, 0, "fast", 8, "keyword"), "candidates"),
+    ((PROMPT, "Sure", 4, -0.22, 10**30, 0, "fast", 8, "keyword"), "max_iters"),
+    ((PROMPT, "Sure", 4, -0.22, 1, 10**64, "fast", 8, "keyword"), "seed"),
+    ((PROMPT, "Sure", 4, -0.22, 1, 10**100, "fast", 8, "keyword"), "seed"),
+    ((PROMPT, "Sure", 4, -0.22, 1, 0, "warp", 8, "keyword"), "engine"),
+    ((PROMPT, "Sure\ud800", 4, -0.22, 1, 0, "fast", 8, "keyword"), "surrogate"),
+    ((PROMPT, "Sure", 4, float("inf"), 1, 0, "fast", 8, "keyword"), "threshold"),
+])
+def test_bad_searches_are_refused_at_submission(open_server, args, fragment):
+    t0 = time.perf_counter()
+    refused(open_server.call("search_start", *args, session=uuid.uuid4().hex[:11]), fragment)
+    assert time.perf_counter() - t0 < 10
+    assert open_server.trace_seconds() < 10
+
+
+def test_huge_routes_and_bodies_are_refused_fast(open_server):
+    s = open_server
+    edits = [{"layer": 0, "position": 0, "experts": [0, 1], "mode": "force"}] * 200_000
+    big = json.dumps({"edits": edits})
+    t0 = time.perf_counter()
+    status, text = s.post("/gradio_api/call/trace", json.dumps(
+        {"data": ["hi", 2, big]}).encode())
+    assert status == 413 and one_line(json.loads(text)["error"])
+    moderate = json.dumps({"edits": edits[:12_000]})  # under the body cap, over the edits cap
+    refused(s.call("trace", "hi", 2, moderate), "edits")
+    refused(s.call("trace", "hi", 2, json.dumps({"edits": edits[:500]})), "edits")  # hosted
+    status, _ = s.post("/gradio_api/call/trace", json.dumps(
+        {"data": ["x" * 5_000_000, 2, ""]}).encode())
+    assert status == 413
+    assert time.perf_counter() - t0 < 20
+    assert s.trace_seconds() < 10
+
+
+def test_cancel_takes_effect_within_seconds(open_server):
+    s = open_server
+    me = uuid.uuid4().hex[:11]
+    kind, out = s.call("search_start", PROMPT, "Sure, here is", 64, -0.0001, 3, 0,
+                       "reference", 8, "keyword", session=me)
+    assert kind == "ok", out
+    job = out["job_id"]
+    wait_status(s, job, me, ("running",))
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    assert s.call("search_cancel", job, session=me)[0] == "ok"
+    st = wait_status(s, job, me, ("cancelled", "done"), timeout=30)
+    assert st["status"] == "cancelled" and time.perf_counter() - t0 < 10
+    assert s.trace_seconds() < 10
+
+
+# -- 3. doors around the policy ---------------------------------------------------------------
+def test_research_events_pass_the_policy(open_server):
+    s = open_server
+    curve = s.fn_index("on_rosais_uncertainty")
+    # the report's case: 8 prompts x 128 masks x 6 layers = 6,144 passes, budget 5,000
+    eight = "\n".join(f"{PROMPT} ({i})" for i in range(8))
+    refused(s.queue(curve, [eight, 3, 128, 0, 0.5, "box", 8, "keyword"]), "forward passes")
+    defense = s.fn_index("on_defense")  # and F-SOUR at 32 candidates x 5 restarts
+    refused(s.queue(defense, [PROMPT, "", "", PROMPT, "", ["fsour"], 64, 2, 32, 5, 8,
+                              "keyword", "protect"]), "forward passes")
+    assert s.trace_seconds() < 10
+
+
+def test_visitors_cannot_swap_the_model(open_server):
+    s = open_server
+    load = s.fn_index("load_new")
+    refused(s.queue(load, [" demo "]), "turned off")
+    refused(s.queue(load, ["/etc/passwd"]), "not allowed")
+    assert s.trace_seconds() < 10
+
+
+# -- 4. caps that reset --------------------------------------------------------------------------
+def test_rotating_sessions_gains_nothing(strict_server):
+    s = strict_server
+    time.sleep(3)  # a full bucket for this client address
+    ok = 0
+    for i in range(30):  # a new session every time, as a rotating client would
+        kind, _ = s.call("trace", "hi", 0, "", session=uuid.uuid4().hex[:11])
+        if kind == "ok":
+            ok += 1
+        else:
+            refused((kind, _), "too many requests from your address")
+    assert ok <= 2 * 4 + 2  # the address bucket (twice a session's burst) and its refill
+    # plain /call requests without a session hash are the same address
+    refused(s.call("trace", "hi", 0, ""), "too many requests")
+
+
+def test_job_caps_hold_across_sessions_and_resume(strict_server):
+    s = strict_server
+    time.sleep(20)  # refill the address bucket
+    me = uuid.uuid4().hex[:11]
+    args = (PROMPT, "Sure, here is", 64, -0.0001, 3, 0, "reference", 8, "keyword")
+    kind, out = s.call("search_start", *args, session=me)
+    assert kind == "ok", out
+    first = out["job_id"]
+    refused(s.call("search_start", *args, session=me), "queued or running")  # 1 a session
+    kind, out = s.call("search_start", *args, session=uuid.uuid4().hex[:11])
+    assert kind == "ok", out
+    refused(s.call("search_start", *args, session=uuid.uuid4().hex[:11]),
+            "your address")  # 2 an address
+    # cancel-then-resume counts like a new job
+    assert s.call("search_cancel", first, session=me)[0] == "ok"
+    wait_status(s, first, me, ("cancelled",), timeout=30)
+    kind, out = s.call("search_resume", first, session=me)
+    assert kind == "ok", out
+    refused(s.call("search_start", *args, session=me), "queued or running")
+
+
+# -- 5. small leaks and rough edges ---------------------------------------------------------------
+def test_no_nulls_no_oracles(open_server):
+    s = open_server
+    status, text = s.post("/gradio_api/call/trace", b'{"data": []}')
+    assert status == 422 and "takes 3 arguments" in json.loads(text)["error"]
+    status, text = s.post("/gradio_api/call/trace", b'{"data": ["hi", 0, "", "again"]}')
+    assert status == 422
+    status, text = s.post("/gradio_api/call/no_such_endpoint", b'{"data": []}')
+    assert status == 404 and one_line(json.loads(text)["error"])
+    refused(s.call("trace", "hi", 0, 7), "must be text")
+    refused(s.call("trace", 7, 0, ""), "must be text")
+    refused(s.call("replay", 10**30, "", "", 4), "route_id")
+    refused(s.call("search_status", 10**30), "must be text")
+    imp = s.fn_index("do_import")
+    a = refused(s.queue(imp, [None, "/etc/hostname", "", "", "any", "any"]))
+    b = refused(s.queue(imp, [None, "/no/such/x.json", "", "", "any", "any"]))
+    assert a.replace("/etc/hostname", "P") == b.replace("/no/such/x.json", "P")
+
+
+# -- 6. storage faults at start -----------------------------------------------------------------
+def test_unwritable_data_folder_stops_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = subprocess.run([sys.executable, "app.py", "--data-dir", str(blocker / "data"),
+                          "--port", str(free_port())], cwd=ROOT, env=app_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(blocker) in lines[0] and "--data-dir" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+# -- the fuzz ------------------------------------------------------------------------------------
+text = st.one_of(st.text(max_size=40), st.just(""), st.just("\ud800"), st.just("a\x00b"),
+                 st.text(alphabet="Sure, here is", max_size=12), st.just(PROMPT))
+number = st.one_of(st.integers(-3, 70), st.integers(-2**70, 2**70), st.floats(-1e3, 1e3),
+                   st.just(1e308))
+anything = st.one_of(text, number, st.none(), st.booleans(),
+                     st.lists(st.integers(-2, 3), max_size=3))
+ENDPOINTS = {
+    "trace": [text, number, st.one_of(text, st.just('{"edits": []}'))],
+    "generate": [text, number, text],
+    "rosais": [text, number, number, number, number, number],
+    "search_start": [text, text, number, number, number, number,
+                     st.sampled_from(["fast", "reference", "warp", ""]), number,
+                     st.sampled_from(["keyword", "rubric", "nope"])],
+    "search_status": [text],
+    "search_cancel": [text],
+    "search_resume": [text],
+    "routes": [text, text, text, text, number],
+    "replay": [number, text, text, number],
+}
+RESEARCH = ("on_utility", "on_transfer", "on_minimal", "on_rosais_uncertainty", "on_defense")
+FUZZ = dict(deadline=timedelta(seconds=120), database=None, derandomize=True,
+            suppress_health_check=list(HealthCheck))
+
+
+def _check(result) -> None:
+    kind, value = result
+    if kind == "error":
+        assert one_line(value), result
+
+
+@settings(max_examples=900, **FUZZ)
+@given(data=st.data())
+def test_fuzz_named_endpoints(open_server, data):
+    name = data.draw(st.sampled_from(sorted(ENDPOINTS)))
+    args = [data.draw(a) for a in ENDPOINTS[name]]
+    if data.draw(st.booleans()):  # now and then any value where any argument goes
+        i = data.draw(st.integers(0, len(args) - 1))
+        args[i] = data.draw(anything)
+    _check(open_server.call(name, *args, session=uuid.uuid4().hex[:11], timeout=120))
+    COUNTS["calls"] += 1
+
+
+def _component_value(component: dict):
+    """A strategy for what the browser could send this component, plus odd values."""
+    kind, props = component.get("type"), component.get("props") or {}
+    choices = [c[1] if isinstance(c, (list, tuple)) else c for c in props.get("choices") or []]
+    if kind in ("slider", "number"):
+        lo, hi = props.get("minimum", 0) or 0, props.get("maximum", 8) or 8
+        if (props.get("step") or 1) < 1:
+            typical = st.floats(lo, hi)
+        else:
+            typical = st.integers(int(lo), int(min(hi, lo + 8)))
+    elif kind == "checkbox":
+        typical = st.booleans()
+    elif kind == "checkboxgroup":
+        typical = st.lists(st.sampled_from(choices), max_size=2) if choices else st.just([])
+    elif kind in ("dropdown", "radio") and choices:
+        typical = st.sampled_from(choices)
+    else:  # text: prompts, route ids, route JSON
+        typical = st.one_of(text, st.just("1, 2"), st.just('{"edits": []}'),
+                            st.just(json.dumps({"edits": [{"layer": 0, "position": 1,
+                                                           "experts": [0, 1],
+                                                           "mode": "force"}],
+                                                "info": {"prompt": PROMPT}})))
+    return typical
+
+
+@settings(max_examples=150, **FUZZ)
+@given(data=st.data())
+def test_fuzz_research_events(open_server, data):
+    name = data.draw(st.sampled_from(RESEARCH))
+    dep = next(d for d in open_server.config["dependencies"] if d.get("api_name") == name)
+    comps = {c["id"]: c for c in open_server.config["components"]}
+    args = [data.draw(_component_value(comps[i])) for i in dep["inputs"]]
+    if data.draw(st.integers(0, 3)) == 0:  # now and then any value where any argument goes
+        args[data.draw(st.integers(0, len(args) - 1))] = data.draw(anything)
+    _check(open_server.queue(dep["id"], args))
+    COUNTS["calls"] += 1
+
+
+def test_fuzz_count_and_server_still_answers(open_server):
+    """Runs after the fuzz tests (file order): at least 1,000 generated calls, and the
+    server still answers a trace within a few seconds."""
+    if COUNTS["calls"] == 0:
+        pytest.skip("the fuzz tests did not run (selected out)")
+    assert COUNTS["calls"] >= 1000
+    assert open_server.trace_seconds() < 10
