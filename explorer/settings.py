@@ -16,10 +16,6 @@ from typing import Any, Mapping
 from explorer.engine.tuning import Tuning
 
 
-def _flag(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _optional_flag(name: str, text: str) -> bool | None:
     t = text.strip()
     if not t:

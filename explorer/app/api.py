@@ -57,10 +57,10 @@ def register_api(ctx: Explorer) -> None:
         with user_errors("trace"):
             from explorer.core.trace import trace as run
             moe = ctx.require()
-            ctx.check_prompt(text_arg(prompt, "prompt"))
+            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"))
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
             r = _route_arg(route)
-            ctx.check_route(r, prompt)
+            ctx.check_route(r, n_prompt)
             ctx.admit(request)
             tr = run(moe, prompt, max_new_tokens=n, route=r, record_logits=False)
             return ctx.shown_json(trace_json(moe, tr), prompt)
@@ -72,10 +72,10 @@ def register_api(ctx: Explorer) -> None:
         "route", "done"}; the last message has done = true."""
         with user_errors("generate"):
             moe = ctx.require()
-            ctx.check_prompt(text_arg(prompt, "prompt"))
+            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"))
             r = _route_arg(route)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
-            ctx.check_route(r, prompt)
+            ctx.check_route(r, n_prompt)
             ctx.admit(request)
             for text, tr in ctx.stream(prompt, n, r):
                 yield {"model": moe.name, "prompt": prompt, "completion": text,
@@ -172,9 +172,9 @@ def register_api(ctx: Explorer) -> None:
             else:
                 sr = ctx.store.get_route(whole_number(route_id, "route_id", 1, MAX_ROW_ID))
                 r, p = sr.route, (prompt if (prompt or "").strip() else sr.prompt)
-            ctx.check_prompt(p)
+            n_prompt = ctx.check_prompt(p)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
-            ctx.check_route(r, p)
+            ctx.check_route(r, n_prompt)
             ctx.admit(request)
             tr = run(moe, p, max_new_tokens=n, route=r, record_logits=False)
             return ctx.shown_json(trace_json(moe, tr), p)

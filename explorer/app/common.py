@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from explorer.core.errors import RouteError, one_line
+from explorer.core.errors import RouteError, brief, one_line
 from explorer.core.model import DEMO_MODEL_DIR, ModelLoadError, MoEModel
 from explorer.core.route import Route
 from explorer.viz import figures as plots
@@ -85,16 +85,12 @@ def whole_number(value, name: str, lo: int | None = None, hi: int | None = None)
                 raise ValueError
             v = int(f)
     except (TypeError, ValueError, OverflowError):
-        fail(f"{name} must be a whole number, got {_shown(value)}")
+        fail(f"{name} must be a whole number, got {brief(value)}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         fail(f"{name} must lie in {lo if lo is not None else '-∞'}.."
-              f"{hi if hi is not None else '∞'}, got {_shown(v)}")
+              f"{hi if hi is not None else '∞'}, got {brief(v)}")
     return v
 
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def fraction(value, name: str, kind: str = "a probability") -> float:

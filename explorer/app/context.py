@@ -200,11 +200,11 @@ class Explorer:
     def check_search(self, params: dict, session: str) -> dict:
         """The F-SOUR job ``params`` checked and normalised before anything is queued: the
         bounds of every mode (:func:`explorer.storage.jobs.validate_params`; the target's
-        tokens), then the hosted caps (prompt, budget over prompt and target tokens, judge,
-        jobs of ``session``)."""
+        tokens), then the hosted caps (prompt, budget over prompt and target tokens, judge).
+        The job caps (per ``session``, per address, in all) are the job manager's, which
+        :meth:`set_model` sizes from the policy."""
         from explorer.core.defaults import MAX_TARGET_TOKENS
         from explorer.storage.jobs import validate_params
-        from explorer.storage.library import ACTIVE_STATUSES
         params = validate_params("fsour", params)
         positions = self.check_prompt(params.get("prompt"))
         target = params.get("target") or DEFAULT_TARGET
@@ -213,10 +213,6 @@ class Explorer:
             raise PolicyError(f"the target has {n_target} tokens; it needs 1 to "
                               f"{MAX_TARGET_TOKENS}")
         self.policy.check_search(params, positions, target_tokens=n_target)
-        if self.policy.enabled:
-            active = self.store.list_jobs(session=session, status=ACTIVE_STATUSES,
-                                          limit=self.policy.max_jobs_per_session + 1)
-            self.policy.check_jobs(len(active))
         return params
 
     def submit_search(self, params: dict, owner: str, request: Any = None) -> str:
@@ -245,13 +241,14 @@ class Explorer:
                     else None)
         return self.job_status(job_id, owner)
 
-    def check_route(self, route: Route | None, prompt: str | None = None) -> None:
-        """Validate ``route`` against the model (and ``prompt``'s length); in hosted mode
-        also refuse routes with more edits than two per (MoE layer, prompt token) cell."""
+    def check_route(self, route: Route | None, num_tokens: int | None = None) -> None:
+        """Validate ``route`` against the model (and a prompt of ``num_tokens``, as
+        :meth:`check_prompt` counted them); in hosted mode also refuse routes with more
+        edits than two per (MoE layer, prompt token) cell."""
         if route is None:
             return
         moe = self.require()
-        n = len(moe.encode(prompt)) if isinstance(prompt, str) and prompt.strip() else None
+        n = num_tokens
         if self.policy.enabled:
             cap = max(64, 2 * len(moe.moe_layers) * (n or 1))
             if len(route.edits) > cap:

@@ -81,6 +81,10 @@ def _positive(env: Mapping[str, str], name: str, default, kind=int):
     return v
 
 
+def _per_second(per_minute: float | None) -> float | None:
+    return None if per_minute is None else per_minute / 60.0
+
+
 def _as_count(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or \
             (isinstance(v, float) and (not math.isfinite(v) or v != int(v))):
@@ -199,8 +203,7 @@ class HostedPolicy:
             max_jobs_per_session=_positive(env, "EXPLORER_HOSTED_MAX_JOBS", 2),
             rate=_positive(env, "EXPLORER_HOSTED_RATE", 30.0, float) / 60.0,
             burst=_positive(env, "EXPLORER_HOSTED_BURST", 10.0, float),
-            address_rate=(_positive(env, "EXPLORER_HOSTED_ADDRESS_RATE", None, float) or 0)
-            / 60.0 or None,
+            address_rate=_per_second(_positive(env, "EXPLORER_HOSTED_ADDRESS_RATE", None, float)),
             global_rate=_positive(env, "EXPLORER_HOSTED_GLOBAL_RATE", 600.0, float) / 60.0,
             max_jobs_per_address=_positive(env, "EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS", None),
             trust_proxy=_flag(env, "EXPLORER_HOSTED_TRUST_PROXY")

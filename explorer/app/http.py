@@ -60,10 +60,18 @@ class RequestCheck:
     """ASGI middleware (``app_kwargs={"middleware": [...]}`` of ``launch``) that refuses,
     with one line, bodies above :data:`MAX_BODY_BYTES`, calls of unknown API names and
     calls with more or fewer arguments than the function takes. ``blocks()`` returns the app's
-    ``gr.Blocks`` (looked up on each request, after the app is built)."""
+    ``gr.Blocks`` (looked up at the first request, after the app is built)."""
 
     def __init__(self, app, blocks: Callable[[], Any]):
         self.app, self.blocks = app, blocks
+        self._table: tuple[dict[str, list[str]], dict[int, list[str]]] | None = None
+
+    def _signatures(self) -> tuple[dict[str, list[str]], dict[int, list[str]]]:
+        """The app's functions and their input kinds, read once (the app is built before
+        it serves its first request and does not change afterwards)."""
+        if self._table is None:
+            self._table = _inputs(self.blocks())
+        return self._table
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope.get("type") == "http" else ""
@@ -105,7 +113,7 @@ class RequestCheck:
             return 400, "the request body is not JSON"
         if not isinstance(payload, dict):
             return 400, "the request body must be a JSON object with a 'data' list"
-        by_name, by_index = _inputs(self.blocks())
+        by_name, by_index = self._signatures()
         if is_call:
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if name not in by_name:

@@ -11,6 +11,13 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded (missing path, offline hub id, not an MoE LM...)."""
 
 
+def brief(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters ("..." marks a cut): how a message
+    quotes a value a user sent, however large."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def one_line(error: BaseException | str, limit: int = 400, with_type: bool = False) -> str:
     """The first non-blank line of an error (or text), control characters escaped, at
     most ``limit`` characters ("..." marks a cut): safe to show as one line in a terminal,

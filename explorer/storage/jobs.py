@@ -36,7 +36,7 @@ from explorer.core.defaults import (
     MAX_SEED,
     MAX_TARGET_CHARS,
 )
-from explorer.core.errors import one_line
+from explorer.core.errors import brief, one_line
 from explorer.core.route import Route
 from explorer.engine.scoring import ENGINE_NAMES
 from explorer.judges import JUDGES
@@ -86,11 +86,6 @@ _INT_BOUNDS = {"candidates": (1, MAX_CANDIDATES), "max_iters": (1, MAX_ITERS),
                "seed": (0, MAX_SEED), "max_new_tokens": (0, MAX_GENERATION)}
 
 
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def validate_params(kind: str, params: dict) -> dict:
     """Check and normalise a job's parameters (None values dropped, integers as int);
     raises :class:`StoreError` with a clear message."""
@@ -113,11 +108,11 @@ def validate_params(kind: str, params: dict) -> dict:
             v = out[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or \
                     (isinstance(v, float) and not math.isfinite(v)) or v != int(v):
-                raise StoreError(f"{key} must be an integer, got {_short(v)}")
+                raise StoreError(f"{key} must be an integer, got {brief(v)}")
             v = int(v)
             lo, hi = _INT_BOUNDS[key]
             if not lo <= v <= hi:
-                raise StoreError(f"{key} must lie in {lo}..{hi}, got {_short(v)}")
+                raise StoreError(f"{key} must lie in {lo}..{hi}, got {brief(v)}")
             out[key] = v
     if "threshold" in out:
         t = out["threshold"]
