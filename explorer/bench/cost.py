@@ -218,7 +218,11 @@ SYNTHETIC = {
     "olmoe-wide": dict(num_hidden_layers=16, num_experts=64, num_experts_per_tok=8,
                        hidden_size=1024, intermediate_size=512, num_attention_heads=16,
                        num_key_value_heads=16, max_position_embeddings=4096),
-    # the same shape, small enough for a CPU smoke run
+    # the real OLMoE-1B-7B shape (random weights): the GPU benchmark of multi-prompt F-SOUR
+    "olmoe-real": dict(num_hidden_layers=16, num_experts=64, num_experts_per_tok=8,
+                       hidden_size=2048, intermediate_size=1024, num_attention_heads=16,
+                       num_key_value_heads=16, max_position_embeddings=4096),
+    # the same shape as olmoe-wide, small enough for a CPU smoke run
     "olmoe-small": dict(num_hidden_layers=4, num_experts=16, num_experts_per_tok=2,
                         hidden_size=128, intermediate_size=128, num_attention_heads=4,
                         num_key_value_heads=4, max_position_embeddings=4096),

@@ -68,15 +68,18 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     try:
         settings = settings if settings is not None else Settings.from_env()
         debug = settings.debug
-        settings.apply_threads()
         parser = _parser()
         args = parser.parse_args(argv)
+        if getattr(args, "threads", None):
+            settings = settings.replace(threads=args.threads)
         args.settings = settings
         if not args.command:
             parser.print_help()
             print(f"error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         check_common(args)
+        if hasattr(args, "threads"):  # the commands that load a model (add_model_args)
+            settings.apply_threads()
         with tuned(settings.tuning):
             return COMMANDS[args.command][1](args) or 0
     except (UsageError, RouteError, ModelLoadError, ValueError, OSError) as exc:

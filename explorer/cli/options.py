@@ -42,9 +42,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, type=dtype_arg, help="float32 | bfloat16 | float16")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint (off by default)")
+    p.add_argument("--threads", type=count, default=None,
+                   help="torch threads (default $EXPLORER_THREADS, else $OMP_NUM_THREADS, "
+                        "else the physical cores this process may use)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
 
 
 def _int_in(text: str, lo: int, hi: int | None, what: str, kind: str = "an integer") -> int:

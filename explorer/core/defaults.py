@@ -12,6 +12,14 @@ DEFAULT_TARGET = "Sure, here is"
 DEFAULT_THRESHOLD = math.log(0.8)
 #: A candidate replaces the current best only when it gains more than this (log-prob).
 IMPROVE_EPS = 1e-4
+#: Near-tie band of F-SOUR's decisions: where a gain lies within this of IMPROVE_EPS, two
+#: candidates within it of each other, or the best within it of the threshold, the
+#: decision is re-taken on the reference computation (one unbatched forward per route), so
+#: every engine decides on the same numbers. Absolute part, plus a share of |log-prob| per
+#: parameter precision. Measured in float32 on the demo model, fast vs reference: at most
+#: 6.7e-6 apart at log-prob -7 and 2.3e-5 at -108; the band is 3.7-5x that.
+TIE_BAND = 3e-5
+TIE_BAND_REL = {"float32": 5e-7, "float64": 1e-12, "bfloat16": 1e-2, "float16": 3e-3}
 
 #: F-SOUR's random k-expert sets per (token, layer) cell (the paper's N).
 FSOUR_CANDIDATES = 10

@@ -73,6 +73,40 @@ def expand_cache(cache, batch: int):
     return c
 
 
+def stack_caches(caches, rows: Sequence[int]):
+    """One cache of ``sum(rows)`` rows whose i-th block repeats the 1-row ``caches[i]``
+    ``rows[i]`` times (prompts of the same prefix length batched together); the originals
+    are never modified. None unless every cache is a DynamicCache of the same layer types,
+    full-attention or sliding-window layers, with equal lengths (the kinds whose state is
+    their keys and values alone)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    kinds = (DynamicLayer, DynamicSlidingWindowLayer)
+    first = caches[0]
+    n = len(first.layers)
+    for c in caches:
+        if type(c) is not DynamicCache or len(c.layers) != n:
+            return None
+        for a, b in zip(c.layers, first.layers):
+            if (type(a) not in kinds or type(a) is not type(b)
+                    or getattr(a, "cumulative_length", None) != getattr(b, "cumulative_length", None)
+                    or getattr(a, "is_initialized", False) != getattr(b, "is_initialized", False)):
+                return None
+    out = copy.copy(first)
+    out.layers = []
+    for i, lay in enumerate(first.layers):
+        new = copy.copy(lay)  # attention's update replaces keys and values: never in place
+        if getattr(lay, "is_initialized", False):
+            parts = [c.layers[i] for c in caches]
+            if any(p.keys.shape[1:] != lay.keys.shape[1:] for p in parts):
+                return None
+            new.keys = torch.cat([p.keys.expand(r, *p.keys.shape[1:]) for p, r in zip(parts, rows)])
+            new.values = torch.cat([p.values.expand(r, *p.values.shape[1:])
+                                    for p, r in zip(parts, rows)])
+        out.layers.append(new)
+    return out
+
+
 def logits_for_routes(moe: MoEModel, ids, routes: Sequence[Route] | Route | None, prefix_cache=None,
                       prefix_len: int = 0) -> torch.Tensor:
     """Logits of ``ids`` (1, T) for B routes at once: shape (B, T - prefix_len, vocab).

@@ -24,12 +24,16 @@ if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
 
-def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int) -> dict:
+def _suffix_kwargs(ids: torch.Tensor, B: int, prefix_cache, prefix_len: int,
+                   stacked: bool = False) -> dict:
+    """Model-call arguments for B rows of ``ids`` from ``prefix_len`` on. ``stacked``: the
+    cache already has B rows (see :func:`explorer.core.forward.stack_caches`)."""
     T = ids.shape[1]
     kw = {"use_cache": True,
           "position_ids": torch.arange(prefix_len, T, device=ids.device).unsqueeze(0).expand(B, -1),
           "attention_mask": torch.ones(B, T, dtype=torch.long, device=ids.device)}
-    kw["cache"] = expand_cache(prefix_cache, B) if prefix_cache is not None else None
+    kw["cache"] = (expand_cache(prefix_cache, 1 if stacked else B)
+                   if prefix_cache is not None else None)
     if prefix_cache is None:
         kw.pop("cache")
         kw["use_cache"] = False
@@ -102,7 +106,8 @@ def skip_layers_above(moe: MoEModel, layer: int):
                               lambda *a, **k: a[0] if a else k["hidden_states"])
 
 
-def _layer_kwargs(moe: MoEModel, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor):
+def _layer_kwargs(moe: MoEModel, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor,
+                  stacked: bool = False):
     """What the model passes each decoder layer for B rows of the tokens of ``ids`` from ``prefix_len``.
 
     Returns ``{layer: (args, kwargs)}`` captured from a model call in which every decoder
@@ -117,7 +122,7 @@ def _layer_kwargs(moe: MoEModel, ids, B: int, prefix_cache, prefix_len: int, hid
     try:
         with torch.inference_mode(), skip_layers_below(moe, len(layers), hidden):
             moe.model(input_ids=ids[:, prefix_len:].expand(B, -1), **keep_kwargs(moe, 1),
-                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len))
+                      **_suffix_kwargs(ids, B, prefix_cache, prefix_len, stacked))
     finally:
         for h in hooks:
             h.remove()
@@ -370,3 +375,120 @@ def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, la
     lp = torch.log_softmax(logits[:, start:].float(), dim=-1)
     tgt = torch.tensor(list(target_ids), device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
     return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
+
+
+def _padded(h: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """(1, >=rows, H) states cut to ``rows`` positions and right-padded to ``length`` by
+    repeating the last one (causal attention never lets a real position see the padding)."""
+    h = h[:, :rows]
+    if rows < length:
+        h = torch.cat([h, h[:, -1:].expand(1, length - rows, h.shape[-1])], dim=1)
+    return h
+
+
+def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int, prefix_len: int,
+                              cache, *, narrow: bool, memo: dict, capture: dict | None = None,
+                              direct: bool = True) -> list[torch.Tensor]:
+    """:func:`cone_target_logprob` for several prompts in one batch (the direct path).
+
+    ``parts``: one ``(prompt_ids, target_ids, routes, inputs)`` per prompt, where
+    ``inputs`` maps each decoder layer to the (1, S, H) states entering it at positions >=
+    ``prefix_len`` under that prompt's base route; every prompt shares ``prefix_len`` and
+    ``layer`` (its routes differ from its base only at (``layer``, ``prefix_len``)).
+    ``cache``: the prompts' prefix caches stacked row by row (see
+    :func:`explorer.core.forward.stack_caches`; None when ``prefix_len`` is 0). Suffixes
+    are right-padded to the longest; each row gets its own route, and its target rows are
+    gathered for the log-softmax. ``narrow``: layer ``layer`` runs at ``prefix_len`` alone
+    (``inputs`` must hold layer + 1). ``direct``: the layers above are called one by one
+    (see :func:`cone_logits_direct`), else through one model call whose lower layers are
+    skipped (for models whose head is more than a norm and a projection). ``memo``: a dict
+    reused across calls for the layer arguments per batch shape. ``capture`` receives the
+    (B, S, H) states entering every layer above ``layer``. Returns one (N_p,) tensor of
+    joint target log-probs per part.
+    """
+    parts = list(parts)
+    layers = decoder_layers(moe.model)
+    sizes = [len(scored_ids(p, t)) - prefix_len for p, t, _, _ in parts]
+    counts = [len(r) for _, _, r, _ in parts]
+    S, B = max(sizes), sum(counts)
+    routes = [r for _, _, rs, _ in parts for r in rs]
+    dev = moe.device
+
+    def stacked(i: int) -> torch.Tensor:
+        return torch.cat([_padded(inp[i], n, S).expand(c, -1, -1)
+                          for (_, _, _, inp), n, c in zip(parts, sizes, counts)])
+
+    def kwargs(tokens: int, hidden: torch.Tensor) -> dict:
+        key = (B, tokens, prefix_len)
+        if key not in memo:
+            if len(memo) > 32:
+                memo.clear()
+            ids = torch.zeros(1, prefix_len + tokens, dtype=torch.long, device=dev)
+            memo[key] = _layer_kwargs(moe, ids, B, cache, prefix_len, hidden, stacked=True)
+        return memo[key]
+
+    def fresh():
+        return expand_cache(cache, 1) if cache is not None else None
+
+    # the target rows of each part: its last n real positions, in its block of rows
+    starts = [sum(counts[:q]) for q in range(len(parts))]
+    b_idx, s_idx, tgt = [], [], []
+    for (_, t_ids, _, _), n, c, r0 in zip(parts, sizes, counts, starts):
+        k = len(t_ids)
+        for b in range(r0, r0 + c):
+            b_idx += [b] * k
+            s_idx += range(n - k, n)
+            tgt += list(t_ids)
+    keep = S - min(n - len(t) for (_, t, _, _), n in zip(parts, sizes))
+    with moe.lock, torch.inference_mode(), moe.control(routes, validate=False) as ctl:
+        if narrow:
+            row_in = torch.cat([inp[layer][:, :1].expand(c, -1, -1)
+                                for (_, _, _, inp), c in zip(parts, counts)])
+            row = _call_layer(ctl, layers[layer], row_in, kwargs(1, row_in)[layer], fresh(),
+                              prefix_len)
+            hidden = stacked(layer + 1).clone()
+            hidden[:, :1] = row
+            if capture is not None:
+                capture[layer + 1] = hidden
+            first = layer + 1
+        else:
+            hidden, first = stacked(layer), layer
+        if direct:
+            kw = kwargs(S, hidden)
+            cache_now = fresh()
+            for i in range(first, len(layers)):
+                if capture is not None and i > layer:
+                    capture[i] = hidden
+                last = i == len(layers) - 1
+                hidden = _call_layer(ctl, layers[i], hidden, kw[i], cache_now, prefix_len,
+                                     mlp_rows=keep if last else None)
+            norm, head = output_head(moe)
+            rows_out, offset = hidden, 0
+        else:  # one model call; its layers below ``first`` return ``hidden``
+            ids = torch.cat([torch.tensor([(scored_ids(p, t)[prefix_len:] + [0] * S)[:S]],
+                                          device=dev).expand(c, -1)
+                             for (p, t, _, _), c in zip(parts, counts)])
+            seen = capture if capture is not None else {}
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(skip_layers_below(moe, first, hidden))
+                if capture is not None:
+                    stack.enter_context(_capturing(moe, first + 1, seen))
+                kw = {"position_ids": torch.arange(prefix_len, prefix_len + S, device=dev)
+                      .unsqueeze(0).expand(B, -1),
+                      "attention_mask": torch.ones(B, prefix_len + S, dtype=torch.long, device=dev)}
+                if cache is not None:
+                    kw.update(cache=fresh(), use_cache=True)
+                else:
+                    kw["use_cache"] = False
+                out = moe.model(input_ids=ids, **keep_kwargs(moe, keep), **kw)
+            rows_out, offset = out.logits, S - out.logits.shape[1]
+        b = torch.tensor(b_idx, device=rows_out.device)
+        s_ = torch.tensor(s_idx, device=rows_out.device) - offset
+        picked_rows = rows_out[b, s_]
+        logits = head(norm(picked_rows)) if direct else picked_rows
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        picked = lp.gather(-1, torch.tensor(tgt, device=lp.device).unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(B, dtype=picked.dtype, device=picked.device)
+        sums.index_add_(0, b, picked)
+    sums = sums.cpu()
+    return [sums[r0:r0 + c] for r0, c in zip(starts, counts)]

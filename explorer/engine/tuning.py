@@ -24,6 +24,9 @@ class Tuning:
     narrow: bool | None = None
     direct: bool | None = None
     memory_share: float | None = None
+    #: token rows (batch rows x positions) per multi-prompt batch; None: 2048 on CPU (larger
+    #: products leave the CPU's caches and run slower), the memory cap alone on a GPU
+    multi_tokens: int | None = None
 
 
 _ACTIVE: contextvars.ContextVar[Tuning] = contextvars.ContextVar("explorer_tuning",

@@ -55,14 +55,18 @@ class Evaluation:
         return sum(float(r.get(key) or 0) for r in self.rows) / self.n if self.rows else 0.0
 
     def summary(self) -> dict[str, Any]:
-        """``n``, ``asr`` (jailbroken fraction), ``refusal_rate``, mean passes and seconds."""
+        """``n``, ``asr`` (jailbroken fraction), ``refusal_rate``, mean passes and seconds
+        (per row as recorded), and ``seconds_per_row``: the run's wall time over the rows it
+        computed (None for a loaded evaluation without that record)."""
         return {"n": self.n,
                 "asr": (sum(bool(r.get("jailbroken")) for r in self.rows) / self.n
                         if self.n else 0.0),
                 "refusal_rate": (sum(bool(r.get("refusal")) for r in self.rows) / self.n
                                  if self.n else 0.0),
                 "mean_forward_passes": self._mean("forward_passes"),
-                "mean_seconds": self._mean("seconds")}
+                "mean_seconds": self._mean("seconds"),
+                "seconds_per_row": (self.info["wall_seconds"] / self.info["computed_rows"]
+                                    if self.info.get("computed_rows") else None)}
 
     @property
     def asr(self) -> float:
@@ -240,14 +244,11 @@ def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: i
         rec["route"] = res.route.to_dict() if res.route is not None else None
         rec["top_layers"] = list(res.top_layers or [])
     elif method == "fsour":
-        tgt = target or row.get("target") or DEFAULT_TARGET
+        tgt = row_target(row, target)
         res = importlib.import_module("explorer.methods.fsour").fsour(
             moe, goal, target=tgt, seed=seed, judge=judge, max_new_tokens=max_new_tokens,
             **_opt(candidates=candidates, max_iters=max_iters))
-        completion, passes, verdict = res.completion, res.forward_passes, res.verdict
-        rec["route"] = res.route.to_dict() if res.route is not None else None
-        rec.update(target=tgt, success=bool(res.success),
-                   logprob=None if res.logprob is None else float(res.logprob))
+        return fsour_record(row, res, judge, time.perf_counter() - t0)
     else:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     if verdict is None:
@@ -257,6 +258,43 @@ def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: i
                verdict=verdict.to_dict(), forward_passes=int(passes or 0),
                seconds=round(time.perf_counter() - t0, 4))
     return rec
+
+
+def row_target(row: dict, target: str | None = None) -> str:
+    """The F-SOUR target of a dataset row: ``target`` if given, else the row's own, else
+    ``"Sure, here is"``."""
+    return target or row.get("target") or DEFAULT_TARGET
+
+
+def fsour_record(row: dict, res, judge, seconds: float, **extra) -> dict:
+    """The JSONL row of an F-SOUR search over a dataset row (``res``: its FsourResult)."""
+    verdict = res.verdict if res.verdict is not None else judge.judge(row["goal"], res.completion)
+    rec: dict[str, Any] = {"index": row["index"], "goal": row["goal"], "method": "fsour",
+                           "route": res.route.to_dict() if res.route is not None else None,
+                           "target": res.target, "success": bool(res.success),
+                           "logprob": None if res.logprob is None else float(res.logprob)}
+    rec.update(completion=res.completion, jailbroken=bool(verdict.jailbroken),
+               refusal=bool(verdict.refusal), judge=verdict.judge,
+               verdict=verdict.to_dict(), forward_passes=int(res.forward_passes or 0),
+               seconds=round(seconds, 4), rechecks=int(res.info.get("rechecks", 0)), **extra)
+    return rec
+
+
+def _fsour_many_rows(moe: MoEModel, todo: list[dict], judge, prompt_batch: int | None,
+                     max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
+                     candidates: int | None = None, max_iters: int | None = None,
+                     target: str | None = None, **_ignored):
+    """(row, record) for each row of ``todo`` as its search finishes (multi-prompt F-SOUR)."""
+    from explorer.methods.fsour import iter_fsour_many
+    stats: dict = {}
+    searches = iter_fsour_many(moe, [r["goal"] for r in todo],
+                               [row_target(r, target) for r in todo],
+                               prompt_batch=prompt_batch, seed=seed, judge=judge,
+                               max_new_tokens=max_new_tokens, stats=stats,
+                               **_opt(candidates=candidates, max_iters=max_iters))
+    for i, res in searches:
+        yield todo[i], fsour_record(todo[i], res, judge, res.seconds,
+                                    prompt_batch=stats.get("prompt_batch"))
 
 
 # -- a dataset ----------------------------------------------------------------------------
@@ -290,7 +328,8 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
              resume: bool = False, rank: int = 0, world: int = 1,
              on_row: Callable[[int, int, dict, bool], None] | None = None,
              dataset: str = "", *, process_group: bool = False,
-             group_timeout: float = 7 * 24 * 3600, **settings) -> Evaluation:
+             group_timeout: float = 7 * 24 * 3600, prompt_batch: int | None = None,
+             **settings) -> Evaluation:
     """Evaluate ``rows`` (from :func:`explorer.evaluation.datasets.load_dataset_rows`) with ``method``.
 
     ``judge`` defaults to the keyword judge. With ``out`` each row is appended to the
@@ -303,6 +342,13 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     ``on_row(done, total, row, skipped)`` reports progress.
     ``settings`` go to :func:`evaluate_row`. Rank 0 (or a single process) returns every
     row; other ranks return their own.
+
+    ``method="fsour"`` searches ``prompt_batch`` rows at once (multi-prompt F-SOUR, see
+    :func:`explorer.methods.fsour.iter_fsour_many`; default: sized from the free memory;
+    1: one row at a time); rows are written as each search finishes, in that order, with
+    the same routes and verdicts as one at a time. Each row's ``seconds`` is then its
+    search's wall time while sharing the batch; ``info["wall_seconds"]`` (and the summary's
+    ``seconds_per_row``) is the time the run took for the rows it computed.
     """
     from explorer.judges import KeywordJudge
     if method not in METHODS:
@@ -328,19 +374,31 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
             Path(path).write_text("", encoding="utf-8")
     sync = _Sync(out, rank, world, process_group, group_timeout) if world > 1 else None
     results: list[dict] = []
+    t_run, computed = time.perf_counter(), 0
     try:
-        for k, row in enumerate(mine, start=1):
+        k = 0
+        todo = []
+        for row in mine:
             if row["index"] in done:
+                k += 1
                 results.append(done[row["index"]])
                 if on_row:
                     on_row(k, len(mine), done[row["index"]], True)
-                continue
-            rec = evaluate_row(moe, row, method, judge, **settings)
+            else:
+                todo.append(row)
+        if method == "fsour" and prompt_batch != 1 and len(todo) > 1:
+            finished = _fsour_many_rows(moe, todo, judge, prompt_batch, **settings)
+        else:
+            finished = ((row, evaluate_row(moe, row, method, judge, **settings)) for row in todo)
+        for row, rec in finished:
+            k += 1
+            computed += 1
             if path is not None:
                 append_jsonl(path, rec)
             results.append(rec)
             if on_row:
                 on_row(k, len(mine), rec, False)
+        wall = time.perf_counter() - t_run
         if sync is not None:
             sync.done()
             if rank == 0:
@@ -352,6 +410,7 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
             sync.close()
     info = {"model": moe.info.provenance() if hasattr(moe, "info") else None,
             "settings": {k: v for k, v in settings.items()}, "rank": rank, "world": world,
-            "out": str(out) if out is not None else None}
+            "out": str(out) if out is not None else None, "prompt_batch": prompt_batch,
+            "computed_rows": computed, "wall_seconds": round(wall, 3)}
     return Evaluation(rows=sorted(results, key=lambda r: r["index"]), method=method,
                       judge=_judge_label(judge), dataset=dataset, info=info)

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from explorer.core.control import active_defense
 from explorer.core.defaults import (
@@ -31,18 +31,20 @@ from explorer.core.defaults import (
     MAX_NEW_TOKENS,
     MAX_TARGET_CHARS,
     MAX_TARGET_TOKENS,
+    TIE_BAND,
+    TIE_BAND_REL,
 )
 from explorer.core.forward import generate
 from explorer.core.route import Route
-from explorer.engine.scoring import make_engine
+from explorer.engine.scoring import MultiScorer, make_engine
 from explorer.judges import Verdict, get_judge
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
-# A candidate must beat the best by more than float noise. Without it, a candidate that
-# re-forces the experts the router already picks (same log-prob in exact arithmetic) can
-# "improve" by 1e-7 in one engine's rounding and not the other's, and the routes diverge.
+# A candidate must beat the best by more than float noise (IMPROVE_EPS), and a decision
+# whose numbers lie within the near-tie band of that margin is re-taken on the reference
+# computation (see choose()): the engines then pick the same routes by construction.
 
 
 @dataclass
@@ -155,6 +157,222 @@ def _rng_from(state: list | None, seed: int) -> random.Random:
     return rng
 
 
+@dataclass
+class ScoreRequest:
+    """What a running search asks its driver to score: candidate routes that differ from
+    ``base`` only at (``layer``, ``position``). ``layer_index``: the layer's index in the
+    search's layer order (drivers advance the searches furthest behind first)."""
+
+    routes: list[Route]
+    position: int
+    layer: int
+    layer_index: int
+    base: Route
+
+
+def _check_args(candidates, max_iters, max_new_tokens, order, target) -> None:
+    if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
+        raise ValueError("candidates and max_iters must be at least 1")
+    if order not in ("paper", "rosais"):
+        raise ValueError(f"unknown order {order!r}; choose paper or rosais")
+    if not target or not target.strip():
+        raise ValueError("the target answer is empty")
+    if len(target) > MAX_TARGET_CHARS:
+        raise ValueError(f"the target has {len(target)} characters; at most "
+                         f"{MAX_TARGET_CHARS} are accepted")
+
+
+def _target_ids(moe: MoEModel, target: str) -> list[int]:
+    tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
+    if not tgt:
+        raise ValueError("the target answer has no tokens")
+    if len(tgt) > MAX_TARGET_TOKENS:
+        raise ValueError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
+                         f"are accepted")
+    return tgt
+
+
+def tie_band(moe: MoEModel, value: float) -> float:
+    """Half-width of the near-tie band around a decision on log-prob ``value`` (see
+    :data:`explorer.core.defaults.TIE_BAND`), from the model's parameter precision."""
+    rel = TIE_BAND_REL.get(moe.info.dtype, TIE_BAND_REL["float16"])
+    return TIE_BAND + rel * abs(value)
+
+
+def choose(eng, scores: list[float], cands: list[Route], route: Route, best: float,
+           band: float) -> tuple[int | None, float]:
+    """The search's decision at one cell: (index of the kept candidate or None, new best).
+
+    The rule (the paper's, with a margin against float noise): the first candidate within
+    IMPROVE_EPS of the top score replaces the route when it beats ``best`` by more than
+    IMPROVE_EPS. Where the batched ``scores`` leave that decision within ``band`` (a gain
+    near the margin, or distinct candidates near the top), the contenders and the base are
+    re-scored with ``eng.reference_score`` and the rule is applied to those numbers: every
+    engine then takes the same decision (rounding differences between them are far below
+    the band). Each re-check counts in ``eng.rechecks``.
+    """
+    top = max(scores)
+    if top <= best + IMPROVE_EPS - band:
+        return None, best  # no candidate can gain the margin under any rounding
+    # contenders: not clearly below the top's margin (each distinct route once, first index)
+    near, seen = [], set()
+    for i, x in enumerate(scores):
+        key = tuple(cands[i].edits)
+        if x >= top - IMPROVE_EPS - band and key not in seen:
+            seen.add(key)
+            near.append(i)
+    j = near[0]
+    # the first contender is the choice under any rounding when it is clearly within the
+    # margin of the top; its gain then decides unless it lies within the band of the margin
+    if top - scores[j] < IMPROVE_EPS - band and abs(scores[j] - best - IMPROVE_EPS) > band:
+        return (j, scores[j]) if scores[j] > best + IMPROVE_EPS else (None, best)
+    eng.rechecks += 1
+    exact = {i: eng.reference_score(cands[i]) for i in near}
+    ref_top = max(exact.values())
+    j = next(i for i in near if exact[i] >= ref_top - IMPROVE_EPS)
+    ref_best = eng.reference_score(route)
+    return (j, exact[j]) if exact[j] > ref_best + IMPROVE_EPS else (None, ref_best)
+
+
+def reached(eng, route: Route, best: float, threshold: float, band: float) -> bool:
+    """Has the search reached ``threshold``? Re-checked on the reference computation when
+    ``best`` lies within ``band`` of it (see :func:`choose`)."""
+    if abs(best - threshold) > band:
+        return best >= threshold
+    eng.rechecks += 1
+    return eng.reference_score(route) >= threshold
+
+
+class _Search:
+    """One prompt's search, as a generator of :class:`ScoreRequest` (see :func:`fsour`)."""
+
+    def __init__(self, moe, prompt, target, candidates, threshold, max_iters, seed, engine,
+                 judge, max_new_tokens, order, on_event, state):
+        _check_args(candidates, max_iters, max_new_tokens, order, target)
+        judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
+        settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
+                    "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
+                    "judge": judge.name, "order": order}
+        if state is None:
+            state = FsourState(prompt=prompt, target=target, settings=settings)
+        else:
+            prompt, target = state.prompt, state.target
+        self.moe, self.prompt, self.target, self.judge, self.state = moe, prompt, target, judge, state
+        self.candidates, self.threshold, self.max_iters, self.seed = candidates, threshold, max_iters, seed
+        self.max_new_tokens, self.on_event = max_new_tokens, on_event
+        self.ids = moe.encode(prompt)
+        self.tgt = _target_ids(moe, target)
+        self.eng = make_engine(engine, moe, self.ids, self.tgt)
+        self.eng.forward_passes = state.forward_passes
+        self.eng.rechecks = state.settings.get("rechecks", 0) if "layers" in state.settings else 0
+        if "layers" not in state.settings:
+            layers = list(moe.moe_layers)
+            if order == "rosais":
+                from explorer.methods.rosais import ranking, rosais
+                r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0)
+                layers = ranking(r)
+                self.eng.forward_passes += r.forward_passes
+            defense = active_defense()  # a defense's protected layers ignore forced edits
+            pinned = defense.protected_layers if defense is not None else []
+            state.settings["layers"] = [x for x in layers if x not in pinned]
+        self.layers = list(state.settings["layers"])
+        self.infos = [moe.handle(lay).info for lay in self.layers]
+        self.t0 = time.perf_counter() - state.elapsed
+        self.base_info = dict(moe.info.provenance(), prompt=prompt, target=target,
+                              method="fsour", **settings)
+
+    def emit(self, kind, position=0, li=None):
+        st, eng, layers = self.state, self.eng, self.layers
+        st.forward_passes, st.elapsed = eng.forward_passes, time.perf_counter() - self.t0
+        st.settings["rechecks"] = eng.rechecks
+        if self.on_event is not None:
+            self.on_event(FsourEvent(kind, st.iteration, position,
+                                     layers[li] if li is not None and li < len(layers) else None,
+                                     len(self.ids), len(layers), st.best_logprob,
+                                     eng.forward_passes, st.elapsed, st, layer_index=li))
+
+    def finish(self, success, route, lp, completion, verdict, cancelled=False):
+        st, eng = self.state, self.eng
+        st.forward_passes, st.elapsed = eng.forward_passes, time.perf_counter() - self.t0
+        if not cancelled:
+            st.phase = "done"
+        route.info.update(self.base_info, logprob=lp, success=success)
+        info = dict(self.base_info, rechecks=eng.rechecks)
+        res = FsourResult(self.prompt, self.target, success, lp, eng.forward_passes,
+                          st.elapsed, completion, route, verdict, list(st.attempts), cancelled,
+                          st, info)
+        self.emit("cancelled" if cancelled else "done", st.t_index)
+        return res
+
+    def run(self, should_stop=None):
+        """The search: yields :class:`ScoreRequest` objects, is sent their scores, and
+        returns the :class:`FsourResult`."""
+        st, eng, moe, layers = self.state, self.eng, self.moe, self.layers
+        P, threshold = len(self.ids), self.threshold
+        if st.phase == "start":  # the unattacked answer first
+            gen = generate(moe, self.ids, None, max_new_tokens=self.max_new_tokens)
+            verdict = self.judge.judge(self.prompt, gen.text)
+            st.initial = {"completion": gen.text, "verdict": verdict.to_dict()}
+            st.phase = "search"
+            if verdict.jailbroken:
+                return self.finish(True, Route(), None, gen.text, verdict)
+            self.emit("start")
+        while st.iteration < self.max_iters:
+            i = st.iteration
+            if st.route is None:  # a fresh restart
+                route = Route()
+                st.best_logprob = eng.score([route], position=None)[0]
+                st.rng_state = None
+                st.t_index, st.l_index = 0, 0
+                st.route = route.to_dict()
+                self.emit("restart")
+            route = Route.from_dict(st.route)
+            rng = _rng_from(st.rng_state, self.seed + i)
+            done = reached(eng, route, st.best_logprob, threshold,
+                           tie_band(moe, st.best_logprob))
+            while st.phase == "search" and st.t_index < P and not done:
+                t = st.t_index
+                eng.begin_position(route, t)  # positions < t are final: cacheable
+                while st.l_index < len(layers):
+                    if should_stop is not None and should_stop():
+                        st.route, st.rng_state = route.to_dict(), _dump(rng)
+                        best = _best_attempt(st.attempts)
+                        return self.finish(False, best[0], best[1], best[2], best[3],
+                                           cancelled=True)
+                    li = st.l_index
+                    cands = [route.with_force(layers[li], t, sample_set(rng, self.infos[li]))
+                             for _ in range(self.candidates)]
+                    scores = yield ScoreRequest(cands, t, layers[li], li, route)
+                    band = tie_band(moe, st.best_logprob)
+                    j, st.best_logprob = choose(eng, scores, cands, route, st.best_logprob, band)
+                    if j is not None:
+                        route = cands[j]
+                    st.l_index += 1
+                    st.route, st.rng_state = route.to_dict(), _dump(rng)
+                    self.emit("improved" if j is not None else "step", t, li)
+                    if j is not None:
+                        done = reached(eng, route, st.best_logprob, threshold, band)
+                    if done:
+                        break
+                if done:
+                    break
+                st.t_index, st.l_index = t + 1, 0
+            st.phase = "generate"
+            gen = generate(moe, self.ids, route, max_new_tokens=self.max_new_tokens)
+            verdict = self.judge.judge(self.prompt, gen.text)
+            st.attempts.append({"iteration": i, "logprob": st.best_logprob,
+                                "jailbroken": verdict.jailbroken, "completion": gen.text,
+                                "route": route.to_dict(), "verdict": verdict.to_dict(),
+                                "forward_passes": eng.forward_passes})
+            self.emit("generated", st.t_index)
+            if verdict.jailbroken:
+                return self.finish(True, route, st.best_logprob, gen.text, verdict)
+            st.iteration += 1
+            st.route, st.phase = None, "search"
+        best = _best_attempt(st.attempts)
+        return self.finish(False, *best)
+
+
 def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
           threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
           engine: str = "fast", judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
@@ -167,129 +385,120 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     between steps; when it returns True the search returns with ``cancelled=True`` and a
     ``state`` to resume from. ``order="rosais"`` walks the MoE layers of each position in
     RoSais order (highest first; its scoring passes are counted) instead of the paper's
-    bottom-up order.
+    bottom-up order. ``info["rechecks"]``: decisions re-taken on the reference computation
+    because the engine's numbers left them within the near-tie band (see :func:`choose`).
     """
-    if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
-        raise ValueError("candidates and max_iters must be at least 1")
-    if order not in ("paper", "rosais"):
-        raise ValueError(f"unknown order {order!r}; choose paper or rosais")
-    if not target or not target.strip():
-        raise ValueError("the target answer is empty")
-    if len(target) > MAX_TARGET_CHARS:
-        raise ValueError(f"the target has {len(target)} characters; at most "
-                         f"{MAX_TARGET_CHARS} are accepted")
+    search = _Search(moe, prompt, target, candidates, threshold, max_iters, seed, engine,
+                     judge, max_new_tokens, order, on_event, state)
+    steps = search.run(should_stop)
+    eng = search.eng
+    try:
+        ask = next(steps)
+        while True:
+            ask = steps.send(eng.score(ask.routes, position=ask.position, layer=ask.layer,
+                                       base=ask.base))
+    except StopIteration as stop:
+        return stop.value
+
+
+def prompt_batch_size(moe: MoEModel, prompts: Sequence[str], target: str = DEFAULT_TARGET,
+                      candidates: int = FSOUR_CANDIDATES, cap: int = 32) -> int:
+    """Prompts one multi-prompt search runs together by default: as many as the rows of one
+    cone batch (sized to the free memory, see :mod:`explorer.engine.batching`) hold at
+    ``candidates`` rows each for the longest prompt, at most ``cap``."""
+    from explorer.engine.batching import search_batch_size
+    if not prompts:
+        return 1
+    longest = max(len(moe.encode(p)) for p in prompts[:256])
+    tgt = len(moe.tokenizer(target, add_special_tokens=False)["input_ids"]) or 1
+    return max(1, min(cap, len(prompts), search_batch_size(moe, longest, tgt) // max(1, candidates)))
+
+
+def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequence[str] = DEFAULT_TARGET,
+                    *, prompt_batch: int | None = None, candidates: int = FSOUR_CANDIDATES,
+                    threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
+                    judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
+                    on_event: Callable[[int, FsourEvent], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None,
+                    stats: dict | None = None) -> Iterator[tuple[int, FsourResult]]:
+    """F-SOUR over many prompts at once: yields ``(index, result)`` as each search finishes.
+
+    Each result is what ``fsour(moe, prompts[index], targets[index], ...)`` returns with the
+    same settings (same route, passes, attempts, completion and verdict; log-probs equal up
+    to float rounding), but up to ``prompt_batch`` searches run together (default:
+    :func:`prompt_batch_size`): the steps of all searches at the same position and layer
+    share one batched forward (their prefixes have the same length; suffixes are
+    right-padded; every row has its own route), and the searches furthest behind advance
+    first so that restarts and new prompts join the others. New prompts start when half
+    the slots are free. ``targets``: one for all or one per prompt. ``on_event(index,
+    event)``: each search's progress. ``should_stop``: polled between steps; stopped
+    searches are yielded with ``cancelled=True``. ``stats`` (a dict) receives the batches
+    run, their rows and the near-tie re-checks.
+    """
+    prompts = list(prompts)
+    tlist = [targets] * len(prompts) if isinstance(targets, str) else list(targets)
+    if len(tlist) != len(prompts):
+        raise ValueError(f"{len(tlist)} targets for {len(prompts)} prompts")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
-    settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
-                "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
-                "judge": judge.name, "order": order}
-    if state is None:
-        state = FsourState(prompt=prompt, target=target, settings=settings)
-    else:
-        prompt, target = state.prompt, state.target
-    ids = moe.encode(prompt)
-    tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
-    if not tgt:
-        raise ValueError("the target answer has no tokens")
-    if len(tgt) > MAX_TARGET_TOKENS:
-        raise ValueError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
-                         f"are accepted")
-    P = len(ids)
-    eng = make_engine(engine, moe, ids, tgt)
-    eng.forward_passes = state.forward_passes
-    if "layers" not in state.settings:
-        layers = list(moe.moe_layers)
-        if order == "rosais":
-            from explorer.methods.rosais import ranking, rosais
-            r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0)
-            layers = ranking(r)
-            eng.forward_passes += r.forward_passes
-        defense = active_defense()  # a defense's protected layers ignore forced edits
-        pinned = defense.protected_layers if defense is not None else []
-        state.settings["layers"] = [x for x in layers if x not in pinned]
-    layers = list(state.settings["layers"])
-    infos = [moe.handle(lay).info for lay in layers]
-    t0 = time.perf_counter() - state.elapsed
-    base_info = dict(moe.info.provenance(), prompt=prompt, target=target, method="fsour",
-                     **settings)
+    k = prompt_batch or prompt_batch_size(moe, prompts, tlist[0] if tlist else DEFAULT_TARGET,
+                                          candidates)
+    if k < 1:
+        raise ValueError("prompt_batch must be at least 1")
+    scorer = MultiScorer(moe)
+    queue = list(range(len(prompts)))[::-1]
+    active: dict[int, list] = {}  # index -> [search, steps, request]
+    stats = stats if stats is not None else {}
+    stats.update(prompts=len(prompts), prompt_batch=k, batches=0, rows=0, rechecks=0)
+    done: list[tuple[int, FsourResult]] = []
 
-    def emit(kind, position=0, li=None):
-        state.forward_passes, state.elapsed = eng.forward_passes, time.perf_counter() - t0
-        if on_event is not None:
-            on_event(FsourEvent(kind, state.iteration, position,
-                                layers[li] if li is not None and li < len(layers) else None,
-                                P, len(layers), state.best_logprob, eng.forward_passes,
-                                state.elapsed, state, layer_index=li))
+    def start(idx: int) -> None:
+        ev = None if on_event is None else (lambda e, i=idx: on_event(i, e))
+        search = _Search(moe, prompts[idx], tlist[idx], candidates, threshold, max_iters, seed,
+                         "fast", judge, max_new_tokens, order, ev, None)
+        steps = search.run(should_stop)
+        try:
+            active[idx] = [search, steps, next(steps)]
+        except StopIteration as stop:
+            finished(idx, stop.value)
 
-    def finish(success, route, lp, completion, verdict, cancelled=False):
-        state.forward_passes, state.elapsed = eng.forward_passes, time.perf_counter() - t0
-        if not cancelled:
-            state.phase = "done"
-        route.info.update(base_info, logprob=lp, success=success)
-        res = FsourResult(prompt, target, success, lp, eng.forward_passes, state.elapsed,
-                          completion, route, verdict, list(state.attempts), cancelled,
-                          state, dict(base_info))
-        emit("cancelled" if cancelled else "done", state.t_index)
-        return res
+    def finished(idx: int, res: FsourResult) -> None:
+        stats["rechecks"] += res.info.get("rechecks", 0)
+        done.append((idx, res))
 
-    if state.phase == "start":  # the unattacked answer first
-        gen = generate(moe, ids, None, max_new_tokens=max_new_tokens)
-        verdict = judge.judge(prompt, gen.text)
-        state.initial = {"completion": gen.text, "verdict": verdict.to_dict()}
-        state.phase = "search"
-        if verdict.jailbroken:
-            return finish(True, Route(), None, gen.text, verdict)
-        emit("start")
+    while queue or active:
+        if queue and (not active or k - len(active) >= max(1, k // 2)):
+            while queue and len(active) < k:
+                start(queue.pop())
+        while done:
+            yield done.pop(0)
+        if not active:
+            continue
+        # the searches furthest behind advance first; steps at their cell share a batch
+        lead = min(active, key=lambda i: (active[i][2].position, active[i][2].layer_index, i))
+        cell = (active[lead][2].position, active[lead][2].layer)
+        group = [i for i in sorted(active)
+                 if (active[i][2].position, active[i][2].layer) == cell]
+        scores = scorer.score([(active[i][0].eng, active[i][2].routes, active[i][2].position,
+                                active[i][2].layer, active[i][2].base) for i in group])
+        stats["batches"], stats["rows"] = scorer.batches, scorer.rows
+        for i, sc in zip(group, scores):
+            search, steps, _ = active[i]
+            try:
+                active[i][2] = steps.send(sc)
+            except StopIteration as stop:
+                del active[i]
+                finished(i, stop.value)
+        while done:
+            yield done.pop(0)
 
-    while state.iteration < max_iters:
-        i = state.iteration
-        if state.route is None:  # a fresh restart
-            route = Route()
-            state.best_logprob = eng.score([route], position=None)[0]
-            state.rng_state = None
-            state.t_index, state.l_index = 0, 0
-            state.route = route.to_dict()
-            emit("restart")
-        route = Route.from_dict(state.route)
-        rng = _rng_from(state.rng_state, seed + i)
-        while state.phase == "search" and state.t_index < P and state.best_logprob < threshold:
-            t = state.t_index
-            eng.begin_position(route, t)  # positions < t are final: cacheable
-            while state.l_index < len(layers):
-                if should_stop is not None and should_stop():
-                    state.route, state.rng_state = route.to_dict(), _dump(rng)
-                    best = _best_attempt(state.attempts)
-                    return finish(False, best[0], best[1], best[2], best[3], cancelled=True)
-                li = state.l_index
-                cands = [route.with_force(layers[li], t, sample_set(rng, infos[li]))
-                         for _ in range(candidates)]
-                scores = eng.score(cands, position=t, layer=layers[li], base=route)
-                top = max(scores)
-                j = next(i for i, x in enumerate(scores) if x >= top - IMPROVE_EPS)
-                improved = scores[j] > state.best_logprob + IMPROVE_EPS
-                if improved:
-                    route, state.best_logprob = cands[j], scores[j]
-                state.l_index += 1
-                state.route, state.rng_state = route.to_dict(), _dump(rng)
-                emit("improved" if improved else "step", t, li)
-                if state.best_logprob >= threshold:
-                    break
-            if state.best_logprob >= threshold:
-                break
-            state.t_index, state.l_index = t + 1, 0
-        state.phase = "generate"
-        gen = generate(moe, ids, route, max_new_tokens=max_new_tokens)
-        verdict = judge.judge(prompt, gen.text)
-        state.attempts.append({"iteration": i, "logprob": state.best_logprob,
-                               "jailbroken": verdict.jailbroken, "completion": gen.text,
-                               "route": route.to_dict(), "verdict": verdict.to_dict(),
-                               "forward_passes": eng.forward_passes})
-        emit("generated", state.t_index)
-        if verdict.jailbroken:
-            return finish(True, route, state.best_logprob, gen.text, verdict)
-        state.iteration += 1
-        state.route, state.phase = None, "search"
-    best = _best_attempt(state.attempts)
-    return finish(False, *best)
+
+def fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequence[str] = DEFAULT_TARGET,
+               **kwargs) -> list[FsourResult]:
+    """:func:`iter_fsour_many`'s results in prompt order (same arguments)."""
+    out: dict[int, FsourResult] = {}
+    for idx, res in iter_fsour_many(moe, prompts, targets, **kwargs):
+        out[idx] = res
+    return [out[i] for i in range(len(out))]
 
 
 def _dump(rng: random.Random) -> list:

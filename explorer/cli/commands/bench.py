@@ -3,11 +3,12 @@ computations live in :mod:`explorer.bench`)."""
 
 from __future__ import annotations
 
-from explorer.bench.runner import BENCH_PROMPTS, run_bench
+from explorer.bench.prompts import BENCH_PROMPTS
 from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    count,
     emit,
     load_from_args,
     positive_int,
@@ -92,15 +93,31 @@ def _configure(p):
     p.add_argument("--full-budget", action="store_true",
                    help="never judge an answer jailbroken, so F-SOUR walks its whole grid "
                         "(on by default with --synthetic: random weights say anything)")
-    p.add_argument("--synthetic", default=None, choices=sorted(_synthetic_names()),
+    p.add_argument("--synthetic", default=None, choices=SYNTHETIC_NAMES,
                    help="benchmark a random-weight model of a real family instead "
                         "(e.g. olmoe-wide: 16 layers, 64 experts, hidden 1024)")
+    g = p.add_argument_group("dataset mode (--dataset): one-at-a-time vs multi-prompt F-SOUR")
+    g.add_argument("--dataset", default=None,
+                   help="a CSV with a goal column: search its rows one at a time and all "
+                        "together, and compare (only this runs)")
+    g.add_argument("--limit", type=count, default=48,
+                   help="rows to search (default 48; refused rows only unless --all-rows)")
+    g.add_argument("--all-rows", action="store_true",
+                   help="take the first rows as they are (default: the first rows whose "
+                        "unattacked answer is a refusal)")
+    g.add_argument("--target", default=None,
+                   help="one target for every row (default: each row's own)")
+    g.add_argument("--prompt-batch", type=count, default=None,
+                   help="prompts searched together (default: sized from the free memory)")
+    g.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts (default 1)")
+    g.add_argument("--count-products", type=positive_int, default=4,
+                   help="rows rerun under a product log for GEMM heights (default 4; 0 skips)")
     add_model_args(p)
 
 
-def _synthetic_names():
-    from explorer.bench.cost import SYNTHETIC
-    return SYNTHETIC.keys()
+#: ``--synthetic`` choices (:data:`explorer.bench.cost.SYNTHETIC`; listed here so that
+#: ``--help`` needs no torch; a test keeps the two equal).
+SYNTHETIC_NAMES = ("olmoe-real", "olmoe-small", "olmoe-wide")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -110,13 +127,34 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise UsageError(f"--sizes: expected comma-separated integers, got {text!r}") from None
 
 
+def _run_dataset(args, moe):
+    from explorer.bench.dataset import dataset_bench, dataset_bench_text, refused_rows
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.judges import get_judge
+    if args.target is not None and not args.target.strip():
+        raise UsageError("the target is empty")
+    judge = get_judge("keyword")
+    rows = load_dataset_rows(args.dataset, offline=args.settings.hub_offline)
+    rows = rows[:args.limit] if args.all_rows else refused_rows(moe, rows, args.limit, judge)
+    if not rows:
+        raise UsageError(f"no rows of {args.dataset} to search")
+    b = dataset_bench(moe, rows, target=args.target, candidates=max(1, args.candidates),
+                      max_iters=args.max_iters, seed=args.seed, prompt_batch=args.prompt_batch,
+                      judge=judge, count_products=args.count_products)
+    b["dataset"] = args.dataset
+    emit(args, b, dataset_bench_text(b))
+
+
 def _run(args):
+    from explorer.bench.runner import run_bench
     sizes = _sizes(args.sizes)
     if args.synthetic:
         from explorer.bench.cost import synthetic_model
         moe = synthetic_model(args.synthetic, device=args.device, dtype=args.dtype)
     else:
         moe = load_from_args(args)
+    if args.dataset:
+        return _run_dataset(args, moe)
     b = run_bench(moe, prompts=BENCH_PROMPTS[:max(1, args.prompts)], seed=args.seed,
                   candidates=max(1, args.candidates), samples=max(1, args.samples), reference=not args.no_reference,
                   sizes=sizes, orders=args.orders,

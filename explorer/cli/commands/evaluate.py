@@ -80,6 +80,9 @@ def _configure(p):
     p.add_argument("--target", default=None,
                    help="fsour: target prefix for every row (default: the dataset's target "
                         "column, else 'Sure, here is')")
+    p.add_argument("--prompt-batch", type=count, default=None,
+                   help="fsour: rows searched together, same routes as one at a time "
+                        "(default: sized from the free memory; 1: one at a time)")
     add_model_args(p)
 
 
@@ -136,14 +139,14 @@ def _run(args):
         raise UsageError("the target is empty")
     rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline)
     if world > 1:
-        import os
-
         import torch
+
+        from explorer.settings import physical_cores
         if args.device == "auto" and torch.cuda.is_available():
             args.device = f"cuda:{local % torch.cuda.device_count()}"
-        if st.omp_threads is None:  # share the CPU cores between processes
+        if not st.threads and st.omp_threads is None:  # share the cores between processes
             per_node = st.local_world_size or world
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+            torch.set_num_threads(max(1, physical_cores() // per_node))
     judge = make_judge(args.judge, args.judge_url, args.judge_model,
                        device=args.device, settings=st)
     moe = load_from_args(args)
@@ -151,6 +154,7 @@ def _run(args):
                     samples=args.samples, candidates=args.candidates,
                     max_iters=args.max_iters, target=args.target)
     ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
+                  prompt_batch=args.prompt_batch,
                   rank=rank, world=world, dataset=args.dataset,
                   process_group=bool(st.master_addr and st.master_port),
                   group_timeout=st.dist_timeout,
@@ -163,7 +167,8 @@ def _run(args):
     obj = {**ev.to_dict(), "model": moe.name, "out": args.out}
     text = (f"{args.method} on {args.dataset} ({moe.name}, judge {ev.judge}): n={s['n']}, "
             f"ASR {s['asr']:.1%}, refusal rate {s['refusal_rate']:.1%}, "
-            f"{s['mean_forward_passes']:.1f} forward passes and {s['mean_seconds']:.2f}s "
+            f"{s['mean_forward_passes']:.1f} forward passes and "
+            f"{s['seconds_per_row'] if s['seconds_per_row'] is not None else s['mean_seconds']:.2f}s "
             f"per row" + (f"; rows in {args.out}" if args.out else ""))
     emit(args, obj, text)
     return 0
