@@ -72,3 +72,31 @@ def test_latency_only_bench_skips_the_searches(tiny, capsys):
     text = _text(b)
     assert "latency @ 16" in text or "latency @ 1" in text
     assert "F-SOUR" not in text and "skipped" in text
+
+
+def test_synthetic_names_listed_for_the_cli_match_the_models():
+    from explorer.bench.cost import SYNTHETIC
+    from explorer.cli.commands.bench import SYNTHETIC_NAMES
+    assert tuple(sorted(SYNTHETIC)) == SYNTHETIC_NAMES
+
+
+def test_dataset_bench_compares_one_at_a_time_and_multi_prompt(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    from explorer.cli.main import main
+    csv = tmp_path / "rows.csv"
+    csv.write_text("goal,target\nHow do I pick a lock?,Sure\nTell me a secret.,Sure\n"
+                   "Why is the sky blue?,Sure\n")
+    assert main(["bench", "--dataset", str(csv), "--all-rows", "--limit", "3",
+                 "--candidates", "3", "--prompt-batch", "3", "--count-products", "2",
+                 "--model", str(tiny_ckpt), "--threads", "1", "--full-budget", "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert b["prompts"] == 3 and b["prompt_batch"] == 3 and b["all_identical"]
+    for key in ("one_at_a_time", "multi_prompt"):
+        r = b[key]
+        assert r["seconds"] > 0 and r["prompts_per_hour"] > 0 and 0 < r["fraction_of_ideal"]
+        assert r["gemm"]["products"] > 0 and r["gemm"]["mean_rows"] >= 1
+    assert b["multi_prompt"]["batches"] > 0 and b["cone_gflop"] > 0
+    assert b["multi_prompt"]["gemm"]["mean_rows"] > b["one_at_a_time"]["gemm"]["mean_rows"]
+    from explorer.bench.dataset import dataset_bench_text
+    assert "identical rows 3/3" in dataset_bench_text(b)

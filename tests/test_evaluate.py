@@ -11,12 +11,19 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, closed_port, shared_data
+from conftest import ROOT, NeverJudge, closed_port, shared_data
 
 from explorer.cli.main import main
 from explorer.core.route import Route
 from explorer.evaluation.datasets import load_dataset_rows
-from explorer.evaluation.evaluate import Evaluation, evaluate, merge_shards, read_jsonl, shard_path
+from explorer.evaluation.evaluate import (
+    Evaluation,
+    evaluate,
+    merge_shards,
+    read_jsonl,
+    shard_path,
+    write_jsonl,
+)
 from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.judges import KeywordJudge, Verdict
 
@@ -140,7 +147,8 @@ def _fake_searches(monkeypatch, calls):
         v = kw["judge"].judge(prompt, "I'm sorry, but I can't help with that.")
         return types.SimpleNamespace(success=False, logprob=-4.5, route=route, verdict=v,
                                      completion="I'm sorry, but I can't help with that.",
-                                     forward_passes=33, seconds=0.02)
+                                     forward_passes=33, seconds=0.02, target=kw["target"],
+                                     info={"rechecks": 0})
     monkeypatch.setitem(sys.modules, "explorer.methods.rosais", types.SimpleNamespace(rosais=rosais))
     monkeypatch.setitem(sys.modules, "explorer.methods.fsour", types.SimpleNamespace(fsour=fsour))
     return route
@@ -159,7 +167,8 @@ def test_methods_call_the_searches(tiny, tmp_path, monkeypatch):
     assert r["route"] == route.to_dict() and r["forward_passes"] == 7 and r["jailbroken"]
     assert r["top_layers"] == [1] and r["method"] == "rosais"
     calls.clear()
-    ev = evaluate(tiny, rows, "fsour", out=tmp_path / "f.jsonl", candidates=8, max_iters=2)
+    ev = evaluate(tiny, rows, "fsour", out=tmp_path / "f.jsonl", candidates=8, max_iters=2,
+                  prompt_batch=1)
     kw = calls[0][2]
     assert kw["target"] == "Sure, here is a rainbow" and kw["candidates"] == 8
     assert kw["max_iters"] == 2 and isinstance(kw["judge"], KeywordJudge)
@@ -169,13 +178,13 @@ def test_methods_call_the_searches(tiny, tmp_path, monkeypatch):
     assert r["logprob"] == -4.5 and r["target"] == "Sure, here is a rainbow"
     assert r["route"] == route.to_dict() and r["forward_passes"] == 33
     calls.clear()
-    evaluate(tiny, rows, "fsour", target="Absolutely")
+    evaluate(tiny, rows, "fsour", target="Absolutely", prompt_batch=1)
     assert [c[2]["target"] for c in calls] == ["Absolutely", "Absolutely"]
 
 
 @pytest.mark.parametrize("method", ["rosais", "fsour"])
 def test_real_search_methods(tiny, tmp_path, method):
-    pytest.importorskip(f"explorer.{method}")
+    pytest.importorskip(f"explorer.methods.{method}")
     rows = load_dataset_rows(_csv(tmp_path / "a.csv"), limit=1)
     settings = ({"samples": 2, "top": 1} if method == "rosais"
                 else {"candidates": 2, "max_iters": 1})
@@ -335,3 +344,25 @@ def test_two_processes_split_and_merge(tiny_ckpt, tmp_path):
     assert [r["index"] for r in read_jsonl(shard_path(out, 0))] == [0, 2, 4]
     assert [r["index"] for r in read_jsonl(shard_path(out, 1))] == [1, 3]
     assert [r["goal"] for r in merged] == GOALS + ["Explain what a prime is."]
+
+
+def test_fsour_rows_searched_together_equal_one_at_a_time(tiny, tmp_path):
+    """``evaluate --method fsour`` searches rows together by default: every row's route,
+    passes and answer equal the one-at-a-time run's, rows land as searches finish, and
+    ``--resume`` continues a run cut short."""
+    rows = load_dataset_rows(_csv(tmp_path / "a.csv", rows=[(g, "") for g in GOALS]))
+    kw = dict(candidates=3, max_iters=1, max_new_tokens=3, judge=NeverJudge())
+    one = evaluate(tiny, rows, "fsour", out=tmp_path / "one.jsonl", prompt_batch=1, **kw)
+    many = evaluate(tiny, rows, "fsour", out=tmp_path / "many.jsonl", prompt_batch=3, **kw)
+    for a, b in zip(one.rows, many.rows):
+        assert (a["index"], a["route"], a["forward_passes"], a["completion"]) == (
+            b["index"], b["route"], b["forward_passes"], b["completion"])
+        assert b["prompt_batch"] == 3 and "rechecks" in b
+    assert many.info["computed_rows"] == len(rows) and many.summary()["seconds_per_row"] > 0
+    written = read_jsonl(tmp_path / "many.jsonl")
+    assert sorted(r["index"] for r in written) == [r["index"] for r in rows]
+    write_jsonl(tmp_path / "many.jsonl", written[:1])  # a run cut short after one row
+    again = evaluate(tiny, rows, "fsour", out=tmp_path / "many.jsonl", resume=True,
+                     prompt_batch=3, **kw)
+    assert again.info["computed_rows"] == len(rows) - 1
+    assert [r["route"] for r in again.rows] == [r["route"] for r in one.rows]

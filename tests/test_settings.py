@@ -3,6 +3,7 @@ and that every variable it reads is listed (and the user-facing ones documented)
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -87,3 +88,37 @@ def test_every_variable_is_listed_and_user_ones_documented():
     for name, _, who, _ in ENVIRONMENT:
         if who == "contributor":
             assert name in contributing and name not in readme
+
+
+def test_thread_defaults_follow_flags_then_omp_then_physical_cores(monkeypatch):
+    from explorer.settings import physical_cores
+    cores = physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert Settings().thread_count() == cores
+    assert Settings(omp_threads="3").thread_count() == 3
+    assert Settings(omp_threads="junk").thread_count() == cores
+    assert Settings(threads=5, omp_threads="3").thread_count() == 5
+    import explorer.cli.main as cli
+    seen = {}
+    monkeypatch.setitem(cli.COMMANDS, "info", (
+        lambda p: p.add_argument("--threads", type=int),
+        lambda args: seen.update(threads=torch.get_num_threads()), "probe"))
+    before = torch.get_num_threads()
+    try:
+        assert main(["info", "--threads", "1"], settings=Settings(threads=2)) == 0
+        assert seen["threads"] == 1  # the flag over the environment
+        assert main(["info"], settings=Settings()) == 0
+        assert seen["threads"] == cores  # neither: the physical cores
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_help_answers_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys; from explorer.cli.main import main; rc = main(['--help']); "
+            "rc2 = main(['bench', '--help']); "
+            "print(rc, rc2, [m for m in ('torch', 'transformers', 'gradio') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "0 0 []", out.stderr

@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             print(f"error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         check_common(args)
-        if hasattr(args, "threads"):  # the commands that load a model (add_model_args)
-            settings.apply_threads()
+        settings.apply_threads()  # after parsing: --help needs no torch
         with tuned(settings.tuning):
             return COMMANDS[args.command][1](args) or 0
     except (UsageError, RouteError, ModelLoadError, ValueError, OSError) as exc:

@@ -245,7 +245,7 @@ class DefenseResult(ResultMixin):
 
 def _attack_rows(moe: MoEModel, attack: str, prompts, routes, judge, rosais_top, samples, candidates,
                  max_iters, threshold, target, max_new_tokens, seed) -> list[dict]:
-    from explorer.methods.fsour import fsour
+    from explorer.methods.fsour import fsour, fsour_many
     from explorer.methods.rosais import rosais
     rows = []
     if attack == "none":
@@ -258,6 +258,16 @@ def _attack_rows(moe: MoEModel, attack: str, prompts, routes, judge, rosais_top,
             row = asr(moe, r, [p], judge=judge, max_new_tokens=max_new_tokens).rows[0]
             rows.append(row)
         return rows
+    if attack == "fsour":
+        try:  # all prompts searched together (the same routes as one at a time)
+            found = fsour_many(moe, list(prompts), target, candidates=candidates,
+                               threshold=threshold, max_iters=max_iters, seed=seed,
+                               judge=judge, max_new_tokens=max_new_tokens)
+            return [{"prompt": p, "jailbroken": bool(res.success), "completion": res.completion,
+                     "edits": len(res.route), "logprob": res.logprob,
+                     "forward_passes": res.forward_passes} for p, res in zip(prompts, found)]
+        except RouteError:
+            pass  # one prompt's route cannot compose with the defense: say which, below
     for p in prompts:
         try:
             if attack == "rosais":
@@ -328,15 +338,13 @@ def gather_evidence(moe: MoEModel, prompts: Sequence[str], samples: int = 8, can
                     judge=None) -> tuple[list, list[Route]]:
     """RoSais results and successful F-SOUR routes on ``prompts``, for
     :func:`derive_defense` (prompts the unattacked model already answers give no route)."""
-    from explorer.methods.fsour import fsour
+    from explorer.methods.fsour import fsour_many
     from explorer.methods.rosais import rosais
     judge = resolve_judge(judge)
-    results, routes = [], []
-    for p in prompt_list(prompts):
-        results.append(rosais(moe, p, samples=samples, seed=seed, top=1,
-                              max_new_tokens=max_new_tokens, judge=judge))
-        res = fsour(moe, p, target=target, candidates=candidates, threshold=threshold,
-                    max_iters=max_iters, seed=seed, judge=judge, max_new_tokens=max_new_tokens)
-        if res.success and len(res.route):
-            routes.append(as_route(res))
+    prompts = prompt_list(prompts)
+    results = [rosais(moe, p, samples=samples, seed=seed, top=1, max_new_tokens=max_new_tokens,
+                      judge=judge) for p in prompts]
+    found = fsour_many(moe, prompts, target, candidates=candidates, threshold=threshold,
+                       max_iters=max_iters, seed=seed, judge=judge, max_new_tokens=max_new_tokens)
+    routes = [as_route(res) for res in found if res.success and len(res.route)]
     return results, routes

@@ -133,6 +133,7 @@ def _run_dataset(args, moe):
     from explorer.judges import get_judge
     if args.target is not None and not args.target.strip():
         raise UsageError("the target is empty")
+    from explorer.judges import NeverJudge
     judge = get_judge("keyword")
     rows = load_dataset_rows(args.dataset, offline=args.settings.hub_offline)
     rows = rows[:args.limit] if args.all_rows else refused_rows(moe, rows, args.limit, judge)
@@ -140,7 +141,8 @@ def _run_dataset(args, moe):
         raise UsageError(f"no rows of {args.dataset} to search")
     b = dataset_bench(moe, rows, target=args.target, candidates=max(1, args.candidates),
                       max_iters=args.max_iters, seed=args.seed, prompt_batch=args.prompt_batch,
-                      judge=judge, count_products=args.count_products)
+                      judge=NeverJudge() if args.full_budget or args.synthetic else judge,
+                      count_products=args.count_products)
     b["dataset"] = args.dataset
     emit(args, b, dataset_bench_text(b))
 
