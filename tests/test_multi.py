@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 from conftest import NeverJudge
 from tiny_models import FAMILIES, tiny_model
 
@@ -172,3 +171,30 @@ def test_fast_and_reference_count_rechecks_and_agree(tiny):
     ref = fsour(tiny, GOALS[0], engine="reference", **_kw())
     assert fast.route.edits == ref.route.edits
     assert isinstance(fast.info["rechecks"], int) and isinstance(ref.info["rechecks"], int)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_generations_equal_lone_ones_on_every_family(family):
+    """Left-padded prompts of different lengths, each under its own route (or none),
+    generate in one batch exactly what each generates alone."""
+    from explorer.core.forward import generate, generate_many
+    model, _ = tiny_model(family, experts_implementation="eager")
+    moe = MoEModel(model, None, family)
+    lay = moe.moe_layers[0]
+    info = moe.handle(lay).info
+    forced = sample_set(random.Random(1), info)
+    items = [(PROMPTS[0], None), (PROMPTS[1], Route().force(lay, 2, forced)),
+             (PROMPTS[2], Route().force(lay, None, forced)), (PROMPTS[1][:3], None)]
+    lone = [generate(moe, ids, r, max_new_tokens=6).ids for ids, r in items]
+    assert [g.ids for g in generate_many(moe, items, max_new_tokens=6)] == lone
+
+
+def test_batched_generations_on_the_demo_model_stop_at_their_own_end(demo):
+    from explorer.core.forward import generate, generate_many
+    goals = ["Explain how a rainbow forms.", "Steal a car.", "Write a poem about the sea."]
+    items = [(demo.encode(g), None) for g in goals]
+    items.append((demo.encode(goals[1]), Route().force(demo.moe_layers[2], None, [0, 1])))
+    lone = [generate(demo, ids, r, max_new_tokens=24) for ids, r in items]
+    many = generate_many(demo, items, max_new_tokens=24)
+    assert [g.text for g in many] == [g.text for g in lone]
+    assert [g.ids for g in many] == [g.ids for g in lone]

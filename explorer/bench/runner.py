@@ -69,6 +69,8 @@ def _search_row(moe: MoEModel, prompt: str, engine: str, seed: int, candidates: 
     return {"seconds": wall, "cpu_seconds": cpu, "success": res.success,
             "forward_passes": res.forward_passes, "candidates_per_s": res.forward_passes / wall,
             "cells": len(res.route), "logprob": res.logprob,
+            "rechecks": res.info.get("rechecks", 0),
+            "recheck_passes": res.info.get("recheck_passes", 0),
             "route": res.route.to_dict()["edits"], "peak_memory_mb": peak_memory_mb(moe.device),
             "full_gflop": full / 1e9, "cone_gflop": cone / 1e9,
             "batch_rows": search_batch_size(moe, cost.T - n_tgt, n_tgt)}

@@ -23,6 +23,9 @@ class ModelCache:
     layouts: dict = field(default_factory=dict)
     #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
     logits_to_keep: bool | None = None
+    #: whether the model's cache is of full-attention or sliding-window layers only, so
+    #: that left-padded prompts can generate in one batch (None: not probed yet)
+    paddable_cache: bool | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
@@ -48,3 +51,4 @@ class ModelCache:
             self.route_rows.clear()
             self.layouts.clear()
             self.logits_to_keep = None
+            self.paddable_cache = None

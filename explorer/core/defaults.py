@@ -19,6 +19,9 @@ IMPROVE_EPS = 1e-4
 #: parameter precision. Measured in float32 on the demo model, fast vs reference: at most
 #: 6.7e-6 apart at log-prob -7 and 2.3e-5 at -108; the band is 3.7-5x that.
 TIE_BAND = 3e-5
+#: Greedy steps of a batched generation whose top two logits lie closer than this (per
+#: parameter precision) are re-decided by a generation of that prompt alone.
+GENERATION_TIE_BAND = {"float32": 1e-3, "float64": 1e-9, "bfloat16": 0.25, "float16": 0.05}
 TIE_BAND_REL = {"float32": 5e-7, "float64": 1e-12, "bfloat16": 1e-2, "float16": 3e-3}
 
 #: F-SOUR's random k-expert sets per (token, layer) cell (the paper's N).

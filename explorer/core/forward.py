@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from explorer.core.defaults import MAX_NEW_TOKENS
+from explorer.core.defaults import GENERATION_TIE_BAND, MAX_NEW_TOKENS
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
@@ -104,6 +104,28 @@ def stack_caches(caches, rows: Sequence[int]):
             new.values = torch.cat([p.values.expand(r, *p.values.shape[1:])
                                     for p, r in zip(parts, rows)])
         out.layers.append(new)
+    return out
+
+
+def split_cache(cache, rows: int) -> list:
+    """The ``rows`` one-row caches of a ``rows``-row cache (the inverse of
+    :func:`stack_caches`; views of its tensors), or Nones where it is not a DynamicCache of
+    full-attention or sliding-window layers."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    if type(cache) is not DynamicCache or not all(
+            type(lay) in (DynamicLayer, DynamicSlidingWindowLayer) for lay in cache.layers):
+        return [None] * rows
+    out = []
+    for r in range(rows):
+        c = copy.copy(cache)
+        c.layers = []
+        for lay in cache.layers:
+            n = copy.copy(lay)
+            if getattr(lay, "is_initialized", False):
+                n.keys, n.values = lay.keys[r:r + 1], lay.values[r:r + 1]
+            c.layers.append(n)
+        out.append(c)
     return out
 
 
@@ -208,6 +230,116 @@ def generate(moe: MoEModel, ids, route: Route | None = None, max_new_tokens: int
     text = moe.decode(new) if moe.tokenizer is not None else ""
     gen = Generation(all_ids, ids.shape[1], text)
     return (gen, ctl) if record else gen
+
+
+def _plain_greedy(moe: MoEModel) -> bool:
+    """Does ``moe``'s generation config leave greedy decoding plain (an argmax of the raw
+    logits)? Penalties, forced, suppressed or biased tokens and minimum lengths do not."""
+    gc = getattr(moe.model, "generation_config", None)
+    if gc is None:
+        return True
+    unset = (None, 0, 1.0, [], ())
+    for name in ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                 "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                 "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens",
+                 "sequence_bias", "exponential_decay_length_penalty", "guidance_scale"):
+        if getattr(gc, name, None) not in unset:
+            return False
+    return not getattr(gc, "renormalize_logits", False)
+
+
+def _paddable(cache) -> bool:
+    """Is ``cache`` a DynamicCache of full-attention or sliding-window layers only?"""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    return type(cache) is DynamicCache and all(
+        type(lay) in (DynamicLayer, DynamicSlidingWindowLayer) for lay in cache.layers)
+
+
+def _shifted(route: Route | None, by: int) -> Route | None:
+    """``route`` with its positions moved ``by`` tokens on (left padding)."""
+    if route is None or not by:
+        return route
+    d = route.to_dict()
+    for e in d["edits"]:
+        if e.get("position") is not None:
+            e["position"] += by
+    return Route.from_dict(d)
+
+
+def generate_many(moe: MoEModel, items: Sequence[tuple], max_new_tokens: int = MAX_NEW_TOKENS
+                  ) -> list[Generation]:
+    """Greedy generations of several prompts in one batch: ``items`` are ``(ids, route)``
+    pairs, and each result equals ``generate(moe, ids, route, max_new_tokens)``.
+
+    Prompts are left-padded, with their own positions and their routes moved along; at
+    every step each row's next token is the argmax of its logits. A row whose top two
+    logits come within :data:`~explorer.core.defaults.GENERATION_TIE_BAND` of each other
+    at some step (where batched rounding could pick the other token) is generated again
+    alone, so the texts are those of lone generations by construction. Models whose
+    generation config changes greedy decoding get lone generations throughout.
+    """
+    items = list(items)
+    if (len(items) < 2 or max_new_tokens <= 0 or not _plain_greedy(moe)
+            or moe.cache.paddable_cache is False):
+        return [generate(moe, ids, r, max_new_tokens=max_new_tokens) for ids, r in items]
+    dev = moe.device
+    seqs = [as_ids(moe, ids)[0].tolist() for ids, _ in items]
+    B, L = len(seqs), max(map(len, seqs))
+    pads = [L - len(q) for q in seqs]
+    eos = set(moe.eos_ids or [])
+    pad_id = moe.tokenizer.pad_token_id if moe.tokenizer is not None else None
+    pad_id = pad_id if pad_id is not None else (min(eos) if eos else 0)
+    band = GENERATION_TIE_BAND.get(moe.info.dtype, GENERATION_TIE_BAND["float16"])
+    ids = torch.tensor([[pad_id] * p + q for p, q in zip(pads, seqs)], device=dev)
+    mask = torch.tensor([[0] * p + [1] * len(q) for p, q in zip(pads, seqs)], device=dev)
+    pos = torch.tensor([[0] * p + list(range(len(q))) for p, q in zip(pads, seqs)], device=dev)
+    routes = [_shifted(r, p) for (_, r), p in zip(items, pads)]
+    new: list[list[int]] = [[] for _ in range(B)]
+    done, unsure = [False] * B, [False] * B
+    with moe.lock, torch.inference_mode(), moe.control(routes):
+        out = moe.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                        **keep_kwargs(moe, 1))
+        if moe.cache.paddable_cache is None:  # recurrent (linear-attention) states would
+            moe.cache.paddable_cache = _paddable(cache_of(out))  # take the padding in
+        for step in range(max_new_tokens if moe.cache.paddable_cache else 0):
+            top = out.logits[:, -1].float().topk(2, dim=-1)
+            best, gap = top.indices[:, 0].tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
+            for b in range(B):
+                if done[b]:
+                    continue
+                unsure[b] = unsure[b] or gap[b] < band
+                new[b].append(best[b])
+                done[b] = best[b] in eos
+            if all(done) or step == max_new_tokens - 1:
+                break
+            feed = torch.tensor([[n[-1]] for n in new], device=dev)  # finished rows: ignored
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = moe.model(input_ids=feed, attention_mask=mask, position_ids=pos,
+                            cache=cache_of(out), use_cache=True, **keep_kwargs(moe, 1))
+    if not moe.cache.paddable_cache:
+        return [generate(moe, i, r, max_new_tokens=max_new_tokens) for i, r in items]
+    gens = []
+    for (ids_b, route), q, n, u in zip(items, seqs, new, unsure):
+        if u:
+            gens.append(generate(moe, ids_b, route, max_new_tokens=max_new_tokens))
+        else:
+            text = moe.decode(n) if moe.tokenizer is not None else ""
+            gens.append(Generation(q + n, len(q), text))
+    return gens
+
+
+def keep_kwargs(moe: MoEModel, keep: int | None) -> dict:
+    """``logits_to_keep`` when the model supports it (only the last rows get logits)."""
+    if not keep:
+        return {}
+    ok = moe.cache.logits_to_keep
+    if ok is None:
+        import inspect
+        ok = "logits_to_keep" in inspect.signature(moe.model.forward).parameters
+        moe.cache.logits_to_keep = ok
+    return {"logits_to_keep": keep} if ok else {}
 
 
 class _CallbackStreamer:

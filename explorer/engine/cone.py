@@ -11,12 +11,11 @@ returns the captured hidden states (restored in ``finally``).
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from explorer.core.forward import as_ids, expand_cache
+from explorer.core.forward import as_ids, expand_cache, keep_kwargs
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
 
@@ -57,17 +56,6 @@ def _capturing(moe: MoEModel, first: int, seen: dict):
     finally:
         for h in hooks:
             h.remove()
-
-
-def keep_kwargs(moe: MoEModel, keep: int | None) -> dict:
-    """``logits_to_keep`` when the model supports it (only the last rows get logits)."""
-    if not keep:
-        return {}
-    ok = moe.cache.logits_to_keep
-    if ok is None:
-        ok = "logits_to_keep" in inspect.signature(moe.model.forward).parameters
-        moe.cache.logits_to_keep = ok
-    return {"logits_to_keep": keep} if ok else {}
 
 
 def capture_layer_inputs(moe: MoEModel, ids, route: Route | None, prefix_cache=None,

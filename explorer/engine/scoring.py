@@ -14,14 +14,21 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from explorer.core.forward import cache_of, prefill, reusable, stack_caches, target_logprob
+from explorer.core.forward import (
+    cache_of,
+    keep_kwargs,
+    prefill,
+    reusable,
+    split_cache,
+    stack_caches,
+    target_logprob,
+)
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
 from explorer.engine.cone import (
     capture_layer_inputs,
     cone_target_logprob,
-    keep_kwargs,
     multi_cone_target_logprob,
     output_head,
     scored_ids,
@@ -147,6 +154,7 @@ class FastEngine(ReferenceEngine):
 
     def _reset(self) -> None:
         self._cache, self._cache_pos = None, 0
+        self._extension: tuple | None = None  # (route, position): a deferred cache extension
         self._inputs, self._inputs_key = None, None
         # candidates whose states are known without a forward, by their edits
         self._pending: dict[tuple, SameStates | CapturedStates] = {}
@@ -154,23 +162,42 @@ class FastEngine(ReferenceEngine):
         self._direct_kwargs: dict = {}  # (rows, prefix length) -> the same for the whole cone
 
     def begin_position(self, route: Route, position: int) -> None:
+        self.flush()
         key = tuple(route.edits)
         step = (self._cache is not None or self._cache_pos == 0) and position == self._cache_pos + 1
         if step and self.cone and self._resolve(key):
-            # extend the prefix cache by token position-1 (final now) and drop its row
-            prev = self._cache_pos
-            if self._extend_cache(route, prev):
-                self._inputs = {i: h[:, 1:] for i, h in self._inputs.items()}
-                self._cache_pos = position
-                self._pending = {}
-                self._layer_kwargs = {}
-                self._direct_kwargs = {}
-                return
+            # the prefix cache grows by token position-1 (final now), its kept row goes; the
+            # extension itself waits for the next use of the cache (see flush), so that a
+            # multi-prompt scorer can run the extensions of several searches in one call
+            self._extension = (route, self._cache_pos)
+            self._inputs = {i: h[:, 1:] for i, h in self._inputs.items()}
+            self._cache_pos = position
+            self._pending = {}
+            self._layer_kwargs = {}
+            self._direct_kwargs = {}
+            return
+        self._restart_at(route, position)
+
+    def _restart_at(self, route: Route, position: int) -> None:
         self._reset()
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
             if cache is not None and reusable(cache):
                 self._cache, self._cache_pos = cache, position
+
+    def flush(self) -> None:
+        """Run a deferred prefix-cache extension (see :meth:`begin_position`)."""
+        if self._extension is None:
+            return
+        route, prev = self._extension
+        self._extension = None
+        if not self._extend_cache(route, prev):
+            self._restart_at(route, prev + 1)
+
+    def _extended(self, cache) -> None:
+        """A deferred extension done elsewhere (one row of a batched call): ``cache``."""
+        self._extension = None
+        self._cache = cache
 
     def _extend_cache(self, route: Route, pos: int) -> bool:
         """Append token ``pos`` (routed by ``route``) to the prefix cache, in place."""
@@ -199,7 +226,9 @@ class FastEngine(ReferenceEngine):
             self._inputs_key, self._pending = key, {}
             return True
         layer, seen, row = hit.layer, hit.seen, hit.row
-        self._inputs = {i: (h if i <= layer else seen[i][row:row + 1])
+        # a copy of the kept row: a view would keep the whole batch's states alive (with many
+        # prompts per batch, one per search)
+        self._inputs = {i: (h if i <= layer else seen[i][row:row + 1].clone())
                         for i, h in self._inputs.items()}
         self._inputs_key = key
         self._pending = {}
@@ -278,6 +307,7 @@ class FastEngine(ReferenceEngine):
 
     def score(self, routes: Sequence[Route], position: int | None = None,
               layer: int | None = None, base: Route | None = None) -> list[float]:
+        self.flush()
         same = self._shortcut(routes, position, layer, base)
         if same is not None:
             return same
@@ -310,6 +340,7 @@ class FastEngine(ReferenceEngine):
         where it must run alone: not a cone step, the direct path off or not yet checked
         against the model call, more rows than one batch, or a prefix cache that cannot
         be stacked."""
+        self.flush()
         if not (self.cone and (self._direct_checked or not self.direct) and layer is not None
                 and base is not None and position is not None and position >= self._cache_pos
                 and len(routes) <= self.batch_size):
@@ -342,7 +373,8 @@ class MultiScorer:
     per-shape layer arguments and the last stacked prefix cache between calls.
     ``max_rows``: rows per batch (default: the smallest of the engines' batch sizes);
     ``max_tokens``: rows x positions per batch (default: the active tuning's
-    ``multi_tokens``, else 2048 on CPU and no limit on a GPU). ``batches``, ``rows`` and
+    ``multi_tokens``, else :data:`CPU_MULTI_TOKENS` per torch thread on CPU and no limit
+    on a GPU). ``batches``, ``rows`` and
     ``tokens`` count the multi-prompt batches run, their rows and their padded positions."""
 
     def __init__(self, moe: MoEModel, max_rows: int | None = None, max_tokens: int | None = None):
@@ -350,7 +382,7 @@ class MultiScorer:
         if max_tokens is None:
             max_tokens = active_tuning().multi_tokens
         if max_tokens is None and moe.device.type == "cpu":
-            max_tokens = CPU_MULTI_TOKENS
+            max_tokens = CPU_MULTI_TOKENS * max(1, torch.get_num_threads())
         self.max_tokens = max_tokens
         self.tokens = 0
         self._memo: dict = {}
@@ -395,12 +427,46 @@ class MultiScorer:
             r0 += n
         return out
 
+    def extend(self, engines: Sequence) -> None:
+        """Run the deferred prefix-cache extensions of ``engines`` (see
+        :meth:`FastEngine.begin_position`): those at the same prefix length in one call with
+        a row per engine, each row under its engine's route; the rest one by one."""
+        waiting: dict[int, list] = {}
+        for eng in engines:
+            ext = getattr(eng, "_extension", None)
+            if ext is not None:
+                waiting.setdefault(ext[1], []).append(eng)
+        for prev, engs in waiting.items():
+            if len(engs) < 2:
+                engs[0].flush()
+                continue
+            stacked = None if prev == 0 else stack_caches([e._cache for e in engs], [1] * len(engs))
+            if prev and stacked is None:
+                for e in engs:
+                    e.flush()
+                continue
+            dev = self.moe.device
+            ids = torch.tensor([[e.prompt_ids[prev]] for e in engs], device=dev)
+            kw = {"cache": stacked} if stacked is not None else {}
+            with self.moe.lock, torch.inference_mode(), \
+                    self.moe.control([e._extension[0] for e in engs], validate=False):
+                out = self.moe.model(input_ids=ids, use_cache=True,
+                                     position_ids=torch.full((len(engs), 1), prev, device=dev),
+                                     **kw, **keep_kwargs(self.moe, 1))
+            parts = split_cache(cache_of(out), len(engs))
+            for e, c in zip(engs, parts):
+                if c is None or not reusable(c):
+                    e.flush()
+                else:
+                    e._extended(c)
+
     def score(self, requests: Sequence[tuple]) -> list[list[float]]:
         """Scores for ``requests``, each ``(engine, routes, position, layer, base)``, as
         each engine's own :meth:`~FastEngine.score` would return them (up to float
         rounding): steps of different prompts at the same position and layer share
         batches; the rest run alone."""
         results: list = [None] * len(requests)
+        self.extend([r[0] for r in requests if isinstance(r[0], FastEngine)])
         groups: dict[tuple, list[tuple[int, ConePart]]] = {}
         for i, (eng, routes, position, layer, base) in enumerate(requests):
             if isinstance(eng, FastEngine):
@@ -441,9 +507,11 @@ class MultiScorer:
         return results
 
 
-#: Token rows per multi-prompt batch on CPU (demo model, 1 thread: 40-80 rows of ~30
-#: positions ran 1.4-1.6x faster than one prompt at a time, 160 rows slower again).
-CPU_MULTI_TOKENS = 2048
+#: Token rows per multi-prompt batch on CPU, per torch thread (demo model, 16 AdvBench rows x
+#: 10 candidates, 1 thread: a cap of 4096 ran x1.51-1.72 the one-at-a-time speed, 2048
+#: x1.44, 1024 x1.05, no cap x1.33-1.56: larger products leave the CPU's caches; 2 threads:
+#: 8192 x2.16, no cap x2.24).
+CPU_MULTI_TOKENS = 4096
 
 ENGINES = {"reference": ReferenceEngine, "fast": FastEngine}
 #: The engine names a search accepts.

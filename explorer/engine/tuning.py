@@ -24,7 +24,7 @@ class Tuning:
     narrow: bool | None = None
     direct: bool | None = None
     memory_share: float | None = None
-    #: token rows (batch rows x positions) per multi-prompt batch; None: 2048 on CPU (larger
+    #: token rows (batch rows x positions) per multi-prompt batch; None: 4096 per thread on CPU (larger
     #: products leave the CPU's caches and run slower), the memory cap alone on a GPU
     multi_tokens: int | None = None
 

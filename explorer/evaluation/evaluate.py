@@ -410,7 +410,9 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
             sync.close()
     info = {"model": moe.info.provenance() if hasattr(moe, "info") else None,
             "settings": {k: v for k, v in settings.items()}, "rank": rank, "world": world,
-            "out": str(out) if out is not None else None, "prompt_batch": prompt_batch,
+            "out": str(out) if out is not None else None,
+            "prompt_batch": next((r["prompt_batch"] for r in results if r.get("prompt_batch")),
+                                 1 if method == "fsour" else None),
             "computed_rows": computed, "wall_seconds": round(wall, 3)}
     return Evaluation(rows=sorted(results, key=lambda r: r["index"]), method=method,
                       judge=_judge_label(judge), dataset=dataset, info=info)

@@ -34,7 +34,7 @@ from explorer.core.defaults import (
     TIE_BAND,
     TIE_BAND_REL,
 )
-from explorer.core.forward import generate
+from explorer.core.forward import generate, generate_many
 from explorer.core.route import Route
 from explorer.engine.scoring import MultiScorer, make_engine
 from explorer.judges import Verdict, get_judge
@@ -170,6 +170,16 @@ class ScoreRequest:
     base: Route
 
 
+@dataclass
+class GenerateRequest:
+    """What a running search asks its driver to generate: the greedy answer to ``ids``
+    under ``route`` (None: unattacked), as :func:`explorer.core.forward.generate` gives it."""
+
+    ids: list[int]
+    route: Route | None
+    max_new_tokens: int
+
+
 def _check_args(candidates, max_iters, max_new_tokens, order, target) -> None:
     if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
         raise ValueError("candidates and max_iters must be at least 1")
@@ -212,8 +222,10 @@ def choose(eng, scores: list[float], cands: list[Route], route: Route, best: flo
     the band). Each re-check counts in ``eng.rechecks``.
     """
     top = max(scores)
-    if top <= best + IMPROVE_EPS - band:
-        return None, best  # no candidate can gain the margin under any rounding
+    if top <= best + IMPROVE_EPS - band or top == best:
+        # no candidate can gain the margin under any rounding; or none changed the score at
+        # all (candidates whose only edit nothing scored reads get the base's very score)
+        return None, best
     # contenders: not clearly below the top's margin (each distinct route once, first index)
     near, seen = [], set()
     for i, x in enumerate(scores):
@@ -297,7 +309,7 @@ class _Search:
         if not cancelled:
             st.phase = "done"
         route.info.update(self.base_info, logprob=lp, success=success)
-        info = dict(self.base_info, rechecks=eng.rechecks)
+        info = dict(self.base_info, rechecks=eng.rechecks, recheck_passes=eng.recheck_passes)
         res = FsourResult(self.prompt, self.target, success, lp, eng.forward_passes,
                           st.elapsed, completion, route, verdict, list(st.attempts), cancelled,
                           st, info)
@@ -305,12 +317,12 @@ class _Search:
         return res
 
     def run(self, should_stop=None):
-        """The search: yields :class:`ScoreRequest` objects, is sent their scores, and
-        returns the :class:`FsourResult`."""
+        """The search: yields :class:`ScoreRequest` and :class:`GenerateRequest` objects,
+        is sent their scores or generations, and returns the :class:`FsourResult`."""
         st, eng, moe, layers = self.state, self.eng, self.moe, self.layers
         P, threshold = len(self.ids), self.threshold
         if st.phase == "start":  # the unattacked answer first
-            gen = generate(moe, self.ids, None, max_new_tokens=self.max_new_tokens)
+            gen = yield GenerateRequest(self.ids, None, self.max_new_tokens)
             verdict = self.judge.judge(self.prompt, gen.text)
             st.initial = {"completion": gen.text, "verdict": verdict.to_dict()}
             st.phase = "search"
@@ -358,7 +370,7 @@ class _Search:
                     break
                 st.t_index, st.l_index = t + 1, 0
             st.phase = "generate"
-            gen = generate(moe, self.ids, route, max_new_tokens=self.max_new_tokens)
+            gen = yield GenerateRequest(self.ids, route, self.max_new_tokens)
             verdict = self.judge.judge(self.prompt, gen.text)
             st.attempts.append({"iteration": i, "logprob": st.best_logprob,
                                 "jailbroken": verdict.jailbroken, "completion": gen.text,
@@ -395,14 +407,18 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     try:
         ask = next(steps)
         while True:
-            ask = steps.send(eng.score(ask.routes, position=ask.position, layer=ask.layer,
-                                       base=ask.base))
+            if isinstance(ask, GenerateRequest):
+                ask = steps.send(generate(moe, ask.ids, ask.route,
+                                          max_new_tokens=ask.max_new_tokens))
+            else:
+                ask = steps.send(eng.score(ask.routes, position=ask.position, layer=ask.layer,
+                                           base=ask.base))
     except StopIteration as stop:
         return stop.value
 
 
 def prompt_batch_size(moe: MoEModel, prompts: Sequence[str], target: str = DEFAULT_TARGET,
-                      candidates: int = FSOUR_CANDIDATES, cap: int = 32) -> int:
+                      candidates: int = FSOUR_CANDIDATES, cap: int = 64) -> int:
     """Prompts one multi-prompt search runs together by default: as many as the rows of one
     cone batch (sized to the free memory, see :mod:`explorer.engine.batching`) hold at
     ``candidates`` rows each for the longest prompt, at most ``cap``."""
@@ -429,7 +445,9 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
     :func:`prompt_batch_size`): the steps of all searches at the same position and layer
     share one batched forward (their prefixes have the same length; suffixes are
     right-padded; every row has its own route), and the searches furthest behind advance
-    first so that restarts and new prompts join the others. New prompts start when half
+    first so that restarts and new prompts join the others. Answers are generated in
+    batches too (see :func:`explorer.core.forward.generate_many`) once half the searches
+    (or all) wait for one. New prompts start when half
     the slots are free. ``targets``: one for all or one per prompt. ``on_event(index,
     event)``: each search's progress. ``should_stop``: polled between steps; stopped
     searches are yielded with ``cancelled=True``. ``stats`` (a dict) receives the batches
@@ -465,6 +483,14 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
         stats["rechecks"] += res.info.get("rechecks", 0)
         done.append((idx, res))
 
+    def advance(indices, answers) -> None:
+        for i, answer in zip(indices, answers):
+            try:
+                active[i][2] = active[i][1].send(answer)
+            except StopIteration as stop:
+                del active[i]
+                finished(i, stop.value)
+
     while queue or active:
         if queue and (not active or k - len(active) >= max(1, k // 2)):
             while queue and len(active) < k:
@@ -473,21 +499,28 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
             yield done.pop(0)
         if not active:
             continue
-        # the searches furthest behind advance first; steps at their cell share a batch
-        lead = min(active, key=lambda i: (active[i][2].position, active[i][2].layer_index, i))
-        cell = (active[lead][2].position, active[lead][2].layer)
-        group = [i for i in sorted(active)
-                 if (active[i][2].position, active[i][2].layer) == cell]
-        scores = scorer.score([(active[i][0].eng, active[i][2].routes, active[i][2].position,
-                                active[i][2].layer, active[i][2].base) for i in group])
-        stats["batches"], stats["rows"] = scorer.batches, scorer.rows
-        for i, sc in zip(group, scores):
-            search, steps, _ = active[i]
-            try:
-                active[i][2] = steps.send(sc)
-            except StopIteration as stop:
-                del active[i]
-                finished(i, stop.value)
+        gens = [i for i in sorted(active) if isinstance(active[i][2], GenerateRequest)]
+        # answers wait until half the slots (or every search) want one: one batch for all
+        if gens and (len(gens) == len(active) or len(gens) >= max(2, k // 2)):
+            reqs = [active[i][2] for i in gens]
+            lengths = {r.max_new_tokens for r in reqs}
+            outs = (generate_many(moe, [(r.ids, r.route) for r in reqs], reqs[0].max_new_tokens)
+                    if len(lengths) == 1 else
+                    [generate(moe, r.ids, r.route, max_new_tokens=r.max_new_tokens) for r in reqs])
+            stats["generation_batches"] = stats.get("generation_batches", 0) + 1
+            advance(gens, outs)
+        else:
+            # the searches furthest behind advance first; steps at their cell share a batch
+            scoring = [i for i in active if isinstance(active[i][2], ScoreRequest)]
+            lead = min(scoring, key=lambda i: (active[i][2].position, active[i][2].layer_index, i))
+            cell = (active[lead][2].position, active[lead][2].layer)
+            group = [i for i in sorted(scoring)
+                     if (active[i][2].position, active[i][2].layer) == cell]
+            scores = scorer.score([(active[i][0].eng, active[i][2].routes,
+                                    active[i][2].position, active[i][2].layer,
+                                    active[i][2].base) for i in group])
+            stats["batches"], stats["rows"] = scorer.batches, scorer.rows
+            advance(group, scores)
         while done:
             yield done.pop(0)
 
