@@ -407,3 +407,84 @@ def test_research_tab_rosais_uncertainty(served, browser, shots):
     time.sleep(0.5)
     _shot(page, shots / "research-rosais.png")
     assert not errors, errors
+
+
+# -- issue 21 -------------------------------------------------------------------------------
+HEAT_READY = ("() => { const g = document.querySelector('#route-heatmap div[data-testid="
+              "\"plotly\"]'); return g && g.data && g.data[0] && g.data[0].z }")
+NO_BADGE = ("(sel) => { const e = document.querySelector(sel); return !!e && "
+            "e.querySelectorAll('.error').length === 0 && !/\\bError\\b/.test(e.innerText) }")
+
+
+def _open(browser, demo, width=1400):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
+                           "'#sse-header').innerText.trim())")  # demo.load has finished
+    return page, errors
+
+
+def _generate(page, prompt=SHORT, new=4):
+    page.get_by_role("tab", name="Inspect & re-route", exact=True).click()
+    page.fill("#prompt-box textarea", prompt)
+    _set_slider(page, "prompt-max-new", new)
+    page.click("#generate-btn")
+    page.wait_for_function(HEAT_READY, timeout=90_000)
+    _wait_value(page, "#baseline-answer textarea", "v !== null")
+
+
+def _select(page, layer, pos):
+    page.fill("#sel-layer input", str(layer))
+    page.fill("#sel-pos input", str(pos))
+    page.click("#select-btn")
+    _wait_text(page, "#cell-info", f"layer {layer}, position {pos}")
+
+
+def test_an_error_leaves_the_heatmap_in_place(served, browser):
+    demo, moe = served
+    page, errors = _open(browser, demo)
+    _generate(page)
+    layer = moe.moe_layers[0]
+    k = moe.handle(layer).info.top_k
+    _select(page, layer, 1)
+    page.click("#add-edit-btn")  # the router's own experts: a valid (no-op) edit
+    _wait_text(page, "#pending-edits", f"force L{layer} @ pos 1")
+    heat_before = page.evaluate("() => JSON.stringify(document.querySelector("
+                                "'#route-heatmap div[data-testid=\"plotly\"]').data[0].z)")
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    ticked = [i for i in range(choices.count()) if choices.nth(i).is_checked()]
+    assert len(ticked) == k
+    choices.nth(next(i for i in range(choices.count()) if i not in ticked)).check()
+    page.click("#add-edit-btn")  # k + 1 experts ticked: refused
+    _toast(page, f"Forcing needs exactly top-k = {k} experts")
+    time.sleep(1.0)
+    for sel in ("#route-heatmap", "#pending-edits", "#usage-plot"):
+        assert page.evaluate(NO_BADGE, sel), f"{sel} shows an error badge"
+    assert page.evaluate("() => JSON.stringify(document.querySelector("
+                         "'#route-heatmap div[data-testid=\"plotly\"]').data[0].z)") == heat_before
+    assert page.locator("#pending-edits input[type=checkbox]").count() == 1
+    assert page.is_visible("#route-heatmap div[data-testid=\"plotly\"]")
+    assert not errors, errors
+
+
+def test_a_failed_model_load_leaves_the_header_and_layers(served, browser, tmp_path):
+    demo, _ = served
+    moe = demo.explorer.moe  # an earlier test may have loaded a fresh copy
+    page, errors = _open(browser, demo)
+    header = page.inner_text("#sse-header")
+    assert "MoE" in header
+    page.get_by_role("tab", name="Model", exact=True).click()
+    _wait_text(page, "#model-layers", "MoE")
+    layers = page.inner_text("#model-layers")
+    page.fill("#model-name textarea", str(tmp_path / "missing-model"))
+    page.click("#load-model-btn")
+    _toast(page, "does not exist")
+    time.sleep(1.0)
+    assert page.inner_text("#sse-header") == header
+    assert page.evaluate(NO_BADGE, "#sse-header") and page.evaluate(NO_BADGE, "#model-layers")
+    assert page.inner_text("#model-layers") == layers
+    assert demo.explorer.moe is moe
+    assert not errors, errors

@@ -37,6 +37,7 @@ from explorer.app.common import (
     MODEL_SLOT,
     UI,
     VIEWS,
+    errors_as_toasts,
     gpu,
     route_of_edits,
     spaces,
@@ -182,4 +183,5 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
                   p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers],
                   **FREE, **UI)
         register_api(ctx)
+    errors_as_toasts(demo)  # after every event is wired
     return demo

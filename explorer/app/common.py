@@ -4,7 +4,9 @@ errors, argument checks and the streamed trace (UI values -> library calls only)
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
+import inspect
 import logging
 import math
 import queue
@@ -61,6 +63,84 @@ def user_errors(action: str):
         log.exception("%s failed", action)
         msg = f"{action} failed: {type(exc).__name__}: {one_line(exc)}"
         raise gr.Error(html.escape(msg, quote=False), print_exception=False) from None
+
+
+def toast(message: str, title: str = "Error") -> None:
+    """Show ``message`` (already HTML-escaped) as a toast; nothing else changes."""
+    gr.Warning(message, title=title)
+
+
+def skips(n: int):
+    """``gr.skip()`` for each of ``n`` outputs (what a refused UI event returns)."""
+    return None if n == 0 else gr.skip() if n == 1 else tuple(gr.skip() for _ in range(n))
+
+
+def _message_of(exc: BaseException, action: str) -> str:
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    log.error("%s failed: %s", action, exc, exc_info=exc)
+    return html.escape(f"{action} failed: {type(exc).__name__}: {one_line(exc)}", quote=False)
+
+
+def keep_screen_on_error(fn, n_outputs: int, action: str = "This action"):
+    """``fn`` (a UI callback: plain, generator or async) that, instead of raising, shows its
+    error as a toast and leaves every one of its ``n_outputs`` components as it was
+    (``gr.skip()``). A raised ``gr.Error`` would turn them into red "Error" badges."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen(*args, **kwargs):
+            try:
+                async for out in fn(*args, **kwargs):
+                    yield out
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                yield skips(n_outputs)
+        return agen
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                yield skips(n_outputs)
+        return gen
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coro(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                return skips(n_outputs)
+        return coro
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+            toast(_message_of(exc, action))
+            return skips(n_outputs)
+    return plain
+
+
+def errors_as_toasts(demo: gr.Blocks) -> int:
+    """Make every UI event of ``demo`` (``api_visibility="private"``) show its errors as
+    toasts and leave its outputs as they were (see :func:`keep_screen_on_error`). The
+    named API endpoints keep raising, so API clients still get an error. Returns how
+    many events were wrapped. The one place where UI errors are turned into toasts."""
+    n = 0
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None or block_fn.api_visibility != "private" \
+                or getattr(block_fn.fn, "__sse_toasts__", False):
+            continue
+        wrapped = keep_screen_on_error(block_fn.fn, len(block_fn.outputs),
+                                       action=str(block_fn.name or "This action"))
+        wrapped.__sse_toasts__ = True
+        block_fn.fn = wrapped
+        n += 1
+    return n
 
 
 def need_prompt(prompt: str | None) -> str:

@@ -228,21 +228,22 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     def rerun(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
         with user_errors("Re-run"):
             moe = ctx.require()
-            ctx.check_prompt(prompt_v)
+            n_prompt = ctx.check_prompt(prompt_v)
             n = ctx.new_tokens(max_new_v)
             if not edits:
                 fail("There are no pending edits: select a cell and add one.")
             ctx.admit(request)
             route = route_of_edits(edits, moe.info.provenance())
+            stale = (base is None or base.prompt != prompt_v or
+                     base.info.get("model") != moe.name or
+                     base.info.get("max_new_tokens") != n)
+            route.validate(moe.info, num_tokens=n_prompt)  # before anything is cleared
             yield ("", skip(), skip(), skip(), skip(), skip(), skip(), skip())
-            if (base is None or base.prompt != prompt_v or
-                    base.info.get("model") != moe.name or
-                    base.info.get("max_new_tokens") != n):
+            if stale:
                 for text, tr in ctx.stream(prompt_v, n):
                     yield (skip(), text, skip(), skip(), skip(), skip(), skip(), skip())
                 base = tr
                 yield (skip(), "", skip(), skip(), base, skip(), skip(), skip())
-            route.validate(moe.info, num_tokens=base.prompt_tokens)
             for text, tr in ctx.stream(prompt_v, n, route):
                 if tr is None:
                     yield (text, skip(), skip(), skip(), skip(), skip(), skip(), skip())

@@ -30,7 +30,8 @@ def layout(p: SimpleNamespace) -> None:
         p.m_status = gr.Markdown("", elem_id="model-status")
         card_md, card_df = model_card(ctx)
         p.m_card = gr.Markdown(card_md)
-        p.m_layers = gr.Dataframe(card_df, interactive=False, label="layers")
+        p.m_layers = gr.Dataframe(card_df, interactive=False, label="layers",
+                                  elem_id="model-layers")
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
