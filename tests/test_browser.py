@@ -361,7 +361,6 @@ def test_tour_tab_flips_the_refusal(served, browser, shots):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(demo.local_url)
     page.wait_for_selector("#generate-btn")
-    page.get_by_role("tab", name="Tour", exact=True).click()
     t = time.perf_counter()
     page.click("#tour-generate-btn")
     _wait_value(page, "#tour-baseline textarea")
@@ -487,4 +486,54 @@ def test_a_failed_model_load_leaves_the_header_and_layers(served, browser, tmp_p
     assert page.evaluate(NO_BADGE, "#sse-header") and page.evaluate(NO_BADGE, "#model-layers")
     assert page.inner_text("#model-layers") == layers
     assert demo.explorer.moe is moe
+    assert not errors, errors
+
+
+def test_the_tour_is_the_landing_tab_and_step_5_shows_the_rerouted_answer(served, browser):
+    from explorer.app.common import is_demo_model
+    from explorer.demo.tour import load_tour
+    demo, _ = served
+    if not is_demo_model(demo.explorer.moe):
+        pytest.skip("the tour runs on the demo model")
+    tour = load_tour()
+    page, errors = _open(browser, demo)
+    # the page opens on the tour, and the prompt box shows the tour's prompt
+    assert page.get_by_role("tab", name="Tour", exact=True).get_attribute(
+        "aria-selected") == "true"
+    assert page.is_visible("#tour-intro")
+    assert page.input_value("#prompt-box textarea") == tour.prompt
+    # no placeholders of other tabs inside the tour; each empty plot names its button
+    page.wait_for_selector("#tour-heatmap .js-plotly-plot")
+    inside = page.evaluate("() => document.querySelector('#tour-tab').textContent")
+    assert "Enter a prompt" not in inside and "Pick two routes" not in inside
+    assert "Press “1 · Ask the demo model”" in inside
+    # step buttons are full-size primary buttons, not thin bars
+    for step in tour.steps:
+        if step.button:
+            btn = page.locator(f"#tour-{step.action}-btn")
+            assert btn.bounding_box()["height"] >= 40, step.action
+            assert "primary" in (btn.get_attribute("class") or "")
+    # step 5 straight away: Inspect opens with both answers and the heatmap filled
+    t = time.perf_counter()
+    page.click("#tour-explain-btn")
+    _wait_value(page, "#rerouted-answer textarea", "v && v.startsWith('Sure, here is')")
+    TIMINGS["tour step 5 -> re-routed answer in Inspect (s)"] = time.perf_counter() - t
+    assert page.get_by_role("tab", name="Inspect & re-route", exact=True).get_attribute(
+        "aria-selected") == "true"
+    from explorer.demo.tour import baseline
+    assert page.input_value("#baseline-answer textarea") == baseline(demo.explorer.moe,
+                                                                     tour).completion
+    page.wait_for_function(HEAT_READY, timeout=30_000)
+    _wait_text(page, "#pending-edits", f"#{len(tour.route().edits)} ")
+    # leaving the tour with the prompt box: another prompt, Enter generates in Inspect
+    page.fill("#prompt-box textarea", SHORT)
+    _set_slider(page, "prompt-max-new", 4)
+    page.locator("#prompt-box textarea").press("Enter")
+    n_short = len(demo.explorer.moe.encode(SHORT)) + 4
+    page.wait_for_function("(n) => { const g = document.querySelector('#route-heatmap "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data[0] && "
+                           "g.data[0].x && g.data[0].x.length <= n && "
+                           "document.querySelector('#rerouted-answer textarea').value === '' }",
+                           arg=n_short, timeout=60_000)
+    assert page.input_value("#prompt-box textarea") == SHORT
     assert not errors, errors

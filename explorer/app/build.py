@@ -80,6 +80,7 @@ CSS = """
 .sse-answer textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 #pending-edits .wrap { max-height: 190px; overflow-y: auto; }
 .sse-tour-step { border-left: 3px solid var(--color-accent); padding-left: 0.6em; }
+.sse-tour-btn { font-size: 1.05em; min-height: 44px; margin: 0.3em 0; }
 """
 
 
@@ -151,9 +152,12 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         p.header = gr.Markdown(model_header(ctx), elem_id="sse-header")
         if policy.enabled:
             gr.Markdown(_hosted_note(policy), elem_id="hosted-note")
+        tour = ui_tour.load(p)  # the landing tab, when the shipped tour is readable
         with gr.Row():
             p.prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
-                                  value=HARMFUL_PROMPTS[0], lines=2, scale=4,
+                                  value=tour.prompt if tour else HARMFUL_PROMPTS[0],
+                                  lines=1, max_lines=6, scale=4,
+                                  info="Enter generates; Shift+Enter starts a new line.",
                                   elem_id="prompt-box")
             with gr.Column(scale=1, min_width=220):
                 p.max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
@@ -162,9 +166,9 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         gr.Examples([[x] for x in HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3]], inputs=[p.prompt],
                     label="Example prompts")
 
-        with gr.Tabs(elem_id="main-tabs") as p.tabs:
-            ui_inspect.layout(p)
+        with gr.Tabs(elem_id="main-tabs", selected="tour" if tour else "inspect") as p.tabs:
             ui_tour.layout(p)
+            ui_inspect.layout(p)
             ui_rosais.layout(p)
             ui_search.layout(p)
             ui_library.layout(p)

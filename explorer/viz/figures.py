@@ -95,18 +95,19 @@ def _top1(experts: Sequence[int], weights: Sequence[float]) -> tuple[int, float]
 
 
 def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | None = None,
-            selected: dict | None = None, title: str | None = None) -> go.Figure:
+            selected: dict | None = None, title: str | None = None,
+            empty: str = "Enter a prompt and press Generate") -> go.Figure:
     """The routing heatmap: x = tokens (templated prompt, then generated), y = MoE layers.
 
     ``mode``: ``expert`` (top-1 expert id, categorical), ``weight`` (top-1 gate weight),
     ``entropy`` (router entropy in nats; needs recorded logits) or ``changed`` (expert
     set differs from ``baseline``). Hover shows the k experts and their weights.
     ``edits`` (route edit dicts) are drawn as markers; ``selected`` ({layer, position})
-    as an outlined cell.
+    as an outlined cell. ``empty``: the placeholder's message when there is no trace.
     """
     tr = _trace(tr)
     if tr is None:
-        return empty_figure("Enter a prompt and press Generate")
+        return empty_figure(empty)
     baseline = _trace(baseline)
     mode = mode if mode in COLOR_MODES else "expert"
     L, T = len(tr.moe_layers), tr.num_tokens
@@ -264,7 +265,8 @@ def usage(tr) -> go.Figure:
                         margin=dict(l=50, r=10, t=80, b=20))
 
 
-def rosais_bars(result) -> go.Figure:
+def rosais_bars(result, empty: str = "Run RoSais to see router safety importance per layer"
+                ) -> go.Figure:
     """RoSais per MoE layer (bars) with the spread over the random masks (box per layer).
 
     ``result`` is a RosaisResult or its ``to_dict()``: ``moe_layers``, ``scores``,
@@ -274,7 +276,7 @@ def rosais_bars(result) -> go.Figure:
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result or {})
     layers = list(d.get("moe_layers") or [])
     if not layers:
-        return empty_figure("Run RoSais to see router safety importance per layer")
+        return empty_figure(empty)
     scores = list(d.get("scores") or [])
     dists = list(d.get("distributions") or [])
     top = set(d.get("top_layers") or [])
@@ -323,11 +325,12 @@ def search_progress(history: Sequence[Sequence[float]] | None, threshold: float 
     return _base_layout(fig, title, height=300)
 
 
-def diff_heatmap(a, b, names: tuple[str, str] = ("A", "B")) -> go.Figure:
+def diff_heatmap(a, b, names: tuple[str, str] = ("A", "B"),
+                 empty: str = "Pick two routes and press Compare") -> go.Figure:
     """Where two traces route differently: per MoE layer and token, 1 = expert sets differ."""
     a, b = _trace(a), _trace(b)
     if a is None or b is None:
-        return empty_figure("Pick two routes and press Compare")
+        return empty_figure(empty)
     changed = a.changed_vs(b)
     n = min(a.num_tokens, b.num_tokens)
     text = []

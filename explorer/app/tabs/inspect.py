@@ -134,8 +134,9 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     gen_evt = dict(fn=on_generate, inputs=[p.prompt, p.max_new, p.mode, p.st_edits, p.st_sel],
                    outputs=[p.base_ans, p.alt_ans, p.heat, p.usage, p.st_base, p.st_alt,
                             p.view, p.mode], **MODEL_SLOT, **UI)
-    p.gen_btn.click(**gen_evt)
-    p.prompt.submit(**gen_evt)
+    for trigger in (p.gen_btn.click, p.prompt.submit):  # Enter in the prompt box generates
+        trigger(**gen_evt)
+        trigger(lambda: gr.Tabs(selected="inspect"), None, [p.tabs], **FREE, **UI)
 
     def on_redraw(view_v, mode_v, base, alt, edits, sel):
         return figs(view_v, mode_v, base, alt, edits, sel)
