@@ -203,6 +203,8 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     other = browser.new_context().new_page()
     other.goto(demo.local_url)
     other.wait_for_selector("#generate-btn")
+    other.get_by_role("tab", name="Inspect & re-route", exact=True).click()  # opens on the Tour
+    other.wait_for_selector("#rerouted-answer textarea")
     assert other.locator("#pending-edits input[type=checkbox]").count() == 0
     assert other.input_value("#rerouted-answer textarea") == ""
     other.context.close()
@@ -254,6 +256,9 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     page.get_by_text("Compare two routes").click()
     page.fill("#cmp-a input", str(saved_id))
     page.fill("#cmp-b input", str(rid))
+    page.click("#cmp-btn")  # routes of two prompts: refused, with the reason
+    _toast(page, "made for different prompts")
+    page.fill("#cmp-prompt textarea", PROMPT)  # both on the manual route's prompt
     page.click("#cmp-btn")
     _wait_value(page, "#cmp-ans-a textarea")
     _wait_value(page, "#cmp-ans-b textarea")
@@ -296,7 +301,8 @@ def test_rosais_and_model_tabs(served, browser, shots):
                            "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
                            "&& g.data[0].type === 'bar' }", timeout=90_000)
     page.click("#rosais-mask-btn")
-    _wait_value(page, "#rosais-masked textarea", "v && v.includes('masked layers')")
+    _wait_text(page, "#rosais-verdicts", "masked layers")
+    assert "masked layers" not in page.input_value("#rosais-masked textarea")  # not in the text
     time.sleep(0.5)
     _shot(page, shots / "rosais.png")
     page.get_by_role("tab", name="Model", exact=True).click()
@@ -536,4 +542,44 @@ def test_the_tour_is_the_landing_tab_and_step_5_shows_the_rerouted_answer(served
                            "document.querySelector('#rerouted-answer textarea').value === '' }",
                            arg=n_short, timeout=60_000)
     assert page.input_value("#prompt-box textarea") == SHORT
+    assert not errors, errors
+
+
+def test_verdicts_log_probs_and_the_answer_difference_sit_next_to_the_answers(served, browser):
+    from explorer import Route
+    from explorer.app.common import answer_verdict
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo)
+    _generate(page, PROMPT, 12)
+    base = trace(moe, PROMPT, max_new_tokens=12)
+    v0 = answer_verdict(moe, PROMPT, base.completion)
+    _wait_text(page, "#answer-verdicts", f"= {v0['logprob']:.2f}")
+    assert page.locator("#answer-verdicts .sse-badge").count() == 1  # the baseline only
+    layer, pos, forced = _answer_changing_edit(moe, base)
+    _select(page, layer, pos)
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    for i in range(choices.count()):
+        choices.nth(i).set_checked(i in forced)
+    page.locator("#every-pos input[type=checkbox]").check()
+    page.click("#add-edit-btn")
+    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    t = time.perf_counter()
+    page.click("#rerun-btn")
+    page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                           ".length === 2", timeout=90_000)
+    TIMINGS["re-run -> answer and verdicts (s)"] = time.perf_counter() - t
+    alt = trace(moe, PROMPT, max_new_tokens=12, route=Route().force(layer, None, forced))
+    v1 = answer_verdict(moe, PROMPT, alt.completion, Route().force(layer, None, forced))
+    panel = page.inner_text("#answer-verdicts")
+    assert f"= {v0['logprob']:.2f}" in panel and f"= {v1['logprob']:.2f}" in panel
+    kinds = page.evaluate("() => [...document.querySelectorAll('#answer-verdicts "
+                          ".sse-verdict')].map(e => e.dataset.verdict)")
+    assert kinds == [v0["verdict"], v1["verdict"]]
+    # the difference: words only in the baseline struck, words only in the re-routed added
+    assert page.locator("#answer-verdicts .sse-diff del, #answer-verdicts .sse-diff ins").count()
+    added = " ".join(page.evaluate("() => [...document.querySelectorAll('#answer-verdicts "
+                                   ".sse-diff ins')].map(e => e.textContent)"))
+    assert added and all(w in alt.completion for w in added.split())
     assert not errors, errors

@@ -81,6 +81,15 @@ CSS = """
 #pending-edits .wrap { max-height: 190px; overflow-y: auto; }
 .sse-tour-step { border-left: 3px solid var(--color-accent); padding-left: 0.6em; }
 .sse-tour-btn { font-size: 1.05em; min-height: 44px; margin: 0.3em 0; }
+.sse-verdicts { font-size: 0.95em; line-height: 1.8; }
+.sse-badge { padding: 0.1em 0.55em; border-radius: 0.8em; color: #fff; font-weight: 600; }
+.sse-badge.sse-jailbroken { background: #b91c1c; }
+.sse-badge.sse-refusal { background: #15803d; }
+.sse-badge.sse-empty { background: #6b7280; }
+.sse-lp { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.9em; }
+.sse-diff { margin-top: 0.3em; white-space: pre-wrap; }
+.sse-diff del { background: #fee2e2; color: #991b1b; }
+.sse-diff ins { background: #dcfce7; color: #166534; text-decoration: none; }
 """
 
 

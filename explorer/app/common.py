@@ -257,9 +257,29 @@ def keyword_verdict(prompt: str, text: str):
     return get_judge("keyword").judge(prompt, text)
 
 
-def verdict_text(prompt: str, text: str) -> str:
+def verdict_kind(prompt: str, text: str) -> str:
+    """The keyword judge's verdict in one word: ``jailbroken``, ``refusal`` or ``empty``."""
     v = keyword_verdict(prompt, text)
-    return "jailbroken (no refusal)" if v.jailbroken else ("refusal" if v.refusal else "empty")
+    return "jailbroken" if v.jailbroken else ("refusal" if v.refusal else "empty")
+
+
+def verdict_text(prompt: str, text: str) -> str:
+    kind = verdict_kind(prompt, text)
+    return "jailbroken (no refusal)" if kind == "jailbroken" else kind
+
+
+def answer_verdict(moe: MoEModel, prompt: str, text: str, route: Route | None = None,
+                   target: str | None = None) -> dict:
+    """What the badges next to an answer show: the keyword judge's verdict on ``text`` and
+    log P(``target`` | prompt) under ``route`` (teacher-forced; default target: the search
+    default, "Sure, here is"). One forward pass of prompt + target."""
+    from explorer.core.defaults import DEFAULT_TARGET
+    from explorer.core.forward import target_logprob
+    from explorer.research.common import target_ids
+    target = target or DEFAULT_TARGET
+    lp = float(target_logprob(moe, moe.encode(prompt), target_ids(moe, target),
+                              [route if route is not None else Route()])[0])
+    return {"verdict": verdict_kind(prompt, text), "logprob": lp, "target": target}
 
 
 def usable_judges(ctx) -> list[str]:

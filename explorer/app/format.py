@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import html
 import math
+import re
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -172,3 +174,55 @@ def routes_frame(items) -> pd.DataFrame:
                      (r.created or "")[:19].replace("T", " ")])
     return pd.DataFrame(rows, columns=cols)
 
+
+
+# -- verdicts next to answers ------------------------------------------------------------------
+VERDICT_LABELS = {"jailbroken": "jailbroken (no refusal)", "refusal": "refusal",
+                  "empty": "empty answer"}
+
+
+def verdict_badge(v: dict | None, label: str = "") -> str:
+    """One answer's badges (HTML): the keyword verdict and log P(target), from
+    :func:`explorer.app.common.answer_verdict`."""
+    if not v:
+        return ""
+    kind = v.get("verdict", "empty")
+    lp = v.get("logprob")
+    lp_txt = (f"log P(“{html.escape(v.get('target') or '')}”) = {lp:.2f} "
+              f"(P = {math.exp(lp):.2g})") if isinstance(lp, float) else ""
+    head = f"<b>{html.escape(label)}</b> " if label else ""
+    return (f"<span class='sse-verdict' data-verdict='{kind}'>{head}"
+            f"<span class='sse-badge sse-{kind}'>{VERDICT_LABELS.get(kind, kind)}</span> "
+            f"<span class='sse-lp'>{lp_txt}</span></span>")
+
+
+def answer_diff(a: str, b: str) -> str:
+    """Word-level difference from answer ``a`` to answer ``b`` (HTML): removed words struck
+    through, added words underlined; identical answers say so."""
+    if a == b:
+        return "<span class='sse-same'>The two answers are identical.</span>"
+    wa, wb = re.findall(r"\S+|\s+", a or ""), re.findall(r"\S+|\s+", b or "")
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, wa, wb, autojunk=False).get_opcodes():
+        if op in ("delete", "replace"):
+            out.append(f"<del>{html.escape(''.join(wa[i1:i2]))}</del>")
+        if op in ("insert", "replace"):
+            out.append(f"<ins>{html.escape(''.join(wb[j1:j2]))}</ins>")
+        if op == "equal":
+            out.append(html.escape("".join(wa[i1:i2])))
+    return "".join(out)
+
+
+def verdicts_html(first: dict | None, second: dict | None = None,
+                  labels: tuple[str, str] = ("Baseline", "Re-routed"),
+                  texts: tuple[str, str] | None = None, note: str = "") -> str:
+    """The verdict panel under two answers: a badge line for each and, with ``texts``
+    (what the page shows of both answers), their difference."""
+    rows = [verdict_badge(first, labels[0]), verdict_badge(second, labels[1])]
+    body = " &nbsp;·&nbsp; ".join(r for r in rows if r)
+    if note:
+        body += f" &nbsp;·&nbsp; <span class='sse-note'>{html.escape(note)}</span>"
+    if texts is not None:
+        body += (f"<div class='sse-diff'><b>Difference</b> ({html.escape(labels[0])} → "
+                 f"{html.escape(labels[1])}): {answer_diff(*texts)}</div>")
+    return f"<div class='sse-verdicts'>{body}</div>" if body else ""

@@ -50,8 +50,9 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             md, df = model_card(ctx)
             gr.Info(f"Loaded {moe.name}.")
             return (f"Loaded `{moe.name}`.", md, df, model_header(ctx),
-                    None, None, [], gr.CheckboxGroup(choices=[], value=[]), None, "", "")
+                    None, None, [], gr.CheckboxGroup(choices=[], value=[]), None, "", "", "")
 
     p.m_btn.click(load_new, [p.m_name],
                   [p.m_status, p.m_card, p.m_layers, p.header, p.st_base, p.st_alt,
-                   p.st_edits, p.edit_list, p.st_sel, p.base_ans, p.alt_ans], **MODEL_SLOT, **UI)
+                   p.st_edits, p.edit_list, p.st_sel, p.base_ans, p.alt_ans, p.verdict],
+                  **MODEL_SLOT, **UI)

@@ -12,13 +12,13 @@ from explorer.app.common import (
     FREE,
     MODEL_SLOT,
     UI,
+    answer_verdict,
     fail,
     gpu,
     is_demo_model,
     user_errors,
-    verdict_text,
 )
-from explorer.app.format import edits_box
+from explorer.app.format import edits_box, verdict_badge, verdicts_html
 from explorer.demo.tour import Tour, TourError, baseline, changed_cells, load_tour, replayed
 from explorer.viz import figures as plots
 
@@ -115,8 +115,10 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
         n = tour.max_new_tokens
         return min(n, ctx.policy.max_new_tokens) if ctx.policy.enabled else n
 
-    def verdict_md(text: str) -> str:
-        return f"Keyword judge: **{verdict_text(tour.prompt, text)}**"
+    def verdict_md(tr) -> str:
+        """The step's badges (keyword verdict, log P(target)) for trace ``tr``."""
+        return verdict_badge(answer_verdict(ctx.moe, tour.prompt, tr.completion, tr.route),
+                             "Keyword judge:")
 
     @gpu(60)
     def step_generate(request: gr.Request = None):
@@ -124,7 +126,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             n = ready(request)
             tr = baseline(ctx.moe, tour, n)
             return (tr, tr.completion, plots.heatmap(tr, "expert", title="Baseline routing"),
-                    verdict_md(tr.completion) + f" · {tr.prompt_tokens} prompt tokens, "
+                    verdict_md(tr) + f" · {tr.prompt_tokens} prompt tokens, "
                     f"{len(tr.moe_layers)} MoE layers")
 
     if "generate" in p.t_btn:
@@ -156,7 +158,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             edits = tr.route.to_dict()["edits"] if tr.route is not None else []
             return (tr, tr.completion,
                     plots.heatmap(tr, "expert", edits=edits, title="Routing with the route"),
-                    verdict_md(tr.completion) + f" · {len(edits)} forced cells "
+                    verdict_md(tr) + f" · {len(edits)} forced cells "
                     f"({html.escape(tour.route_file)})")
 
     if "replay" in p.t_btn:
@@ -199,18 +201,22 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                 alt = replayed(ctx.moe, tour, n)
             edits = alt.route.to_dict()["edits"]
             heat = plots.heatmap(ctx.shown_trace(alt), "changed", baseline=base, edits=edits)
+            shown = ctx.shown(tour.prompt, base.completion), ctx.shown(tour.prompt, alt.completion)
+            panel = verdicts_html(answer_verdict(ctx.moe, tour.prompt, base.completion),
+                                  answer_verdict(ctx.moe, tour.prompt, alt.completion,
+                                                 alt.route), texts=shown)
             return (tour.prompt, n, edits, edits_box(edits, base.tokens),
                     gr.Tabs(selected="inspect"),
                     f"Loaded into **Inspect & re-route**: {len(edits)} pending edits, the "
                     "baseline and the re-routed answer.",
-                    ctx.shown(tour.prompt, base.completion), ctx.shown(tour.prompt, alt.completion),
-                    heat, plots.usage(alt), base, alt, "re-routed", "changed")
+                    *shown, heat, plots.usage(alt), base, alt, "re-routed", "changed", panel)
 
     if "explain" in p.t_btn:
         p.t_btn["explain"].click(open_in_inspect, [p.t_base, p.t_alt],
                                  [p.prompt, p.max_new, p.st_edits, p.edit_list, p.tabs,
                                   p.t_md_explain, p.base_ans, p.alt_ans, p.heat, p.usage,
-                                  p.st_base, p.st_alt, p.view, p.mode], **MODEL_SLOT, **UI)
+                                  p.st_base, p.st_alt, p.view, p.mode, p.verdict],
+                                 **MODEL_SLOT, **UI)
 
     # the shared prompt box shows the tour's prompt while the tour is open
     p.tour_tab.select(lambda: tour.prompt, None, [p.prompt], **FREE, **UI)
