@@ -583,3 +583,78 @@ def test_verdicts_log_probs_and_the_answer_difference_sit_next_to_the_answers(se
                                    ".sse-diff ins')].map(e => e.textContent)"))
     assert added and all(w in alt.completion for w in added.split())
     assert not errors, errors
+
+
+def _routes(demo):
+    return {r.id for r in demo.explorer.store.list_routes(limit=10**6)}
+
+
+def test_an_invalid_route_import_is_refused_with_the_clis_message(served, browser):
+    import json
+
+    from explorer import Route
+    from explorer.cli.options import check_route
+    from explorer.core.route import RouteError
+    demo, _ = served
+    moe = demo.explorer.moe
+    bad = {"edits": [{"layer": 99, "position": 0, "experts": [0, 1], "mode": "force"}],
+           "info": {"prompt": SHORT}}
+    with pytest.raises(RouteError) as cli:  # what `explorer inspect --route` says
+        check_route(moe, Route.from_dict(bad), SHORT)
+    before = _routes(demo)
+    page, errors = _open(browser, demo)
+    page.get_by_role("tab", name="Route library", exact=True).click()
+    page.get_by_text("Export, import, delete").click()
+    page.locator("#import-json .cm-content").fill(json.dumps(bad))
+    page.click("#import-btn")
+    _toast(page, str(cli.value))
+    # a route without its prompt cannot be replayed: refused too, not stored half-made
+    page.locator("#import-json .cm-content").fill(json.dumps({"edits": bad["edits"][:0] + [
+        {"layer": moe.moe_layers[0], "position": 0, "experts": [0, 1], "mode": "force"}]}))
+    page.click("#import-btn")
+    _toast(page, "the route names no prompt")
+    assert _routes(demo) == before
+    # a good one is stored with the loaded model's name; importing it again finds it
+    good = {"edits": [{"layer": moe.moe_layers[0], "position": 1, "experts": [0, 1],
+                       "mode": "force"}], "info": {"prompt": SHORT}}
+    page.locator("#import-json .cm-content").fill(json.dumps(good))
+    page.click("#import-btn")
+    toast = page.wait_for_selector("text=/Imported as route #\\d+/", timeout=30_000)
+    rid = int(toast.inner_text().split("#")[1].split(".")[0])
+    assert demo.explorer.store.get_route(rid).model == moe.name
+    page.click("#import-btn")
+    _toast(page, f"already in the library as route #{rid}")
+    assert _routes(demo) == before | {rid}
+    # delete, then undo: the route is back under its id
+    page.fill("#lib-route-id input", str(rid))
+    page.click("#delete-btn")
+    _toast(page, f"Deleted route #{rid}")
+    assert rid not in _routes(demo)
+    page.click("#undo-delete-btn")
+    _toast(page, f"Route #{rid} is back")
+    assert demo.explorer.store.get_route(rid).prompt == SHORT
+    assert not page.is_visible("#undo-delete-btn")
+    assert not errors, errors
+
+
+BENIGN = "Explain how a rainbow forms."
+
+
+def test_a_benign_search_saves_nothing(served, browser):
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    if not trace(moe, BENIGN, max_new_tokens=8).completion.startswith("Sure"):
+        pytest.skip("this model does not already answer the benign prompt with the target")
+    before = _routes(demo)
+    page, errors = _open(browser, demo)
+    page.fill("#prompt-box textarea", BENIGN)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 1)
+    page.click("#search-start")
+    _wait_text(page, "#search-progress", "· done", timeout=120_000)
+    _wait_text(page, "#search-result", "already answers with the target")
+    assert "Saved to the library" not in page.inner_text("#search-result")
+    assert _routes(demo) == before
+    assert not errors, errors

@@ -158,6 +158,9 @@ def job_result_md(st: dict) -> str:
     md = f"**{head}** · " + " · ".join(bits)
     if st.get("route_id") is not None:
         md += f"  \nSaved to the library as route **#{st['route_id']}**."
+    elif st.get("status") == "done" and not (r.get("route") or {}).get("edits"):
+        md += ("  \nThe prompt already answers with the target without any forced expert: "
+               "there is no route to find, so nothing was saved to the library.")
     if r.get("completion"):
         md += "\n\n> " + html.escape(r["completion"]).replace("\n", "\n> ")
     return md

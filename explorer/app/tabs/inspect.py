@@ -285,6 +285,11 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             route = route_of_edits(edits, dict(moe.info.provenance(), source="manual",
                                           prompt=prompt_v))
             completion = alt.completion if (alt is not None and alt.prompt == prompt_v) else None
+            same = ctx.store.find_route(route, prompt_v, moe.name)
+            if same is not None:
+                gr.Info(f"These edits are already in the library as route #{same} (same prompt "
+                        "and model): not saved again.")
+                return same
             rid = ctx.store.save_route(route, prompt_v, moe.name, completion=completion,
                                        source="manual")
             gr.Info(f"Saved as route #{rid} in the library.")

@@ -22,6 +22,7 @@ from explorer.app.common import (
     whole_number,
 )
 from explorer.app.format import edits_box, routes_frame, verdict_badge, verdicts_html
+from explorer.core.route import Route
 from explorer.viz import figures as plots
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ def layout(p: SimpleNamespace) -> None:
                 p.x_file = gr.File(label="exported route", interactive=False,
                                    elem_id="export-file")
                 p.d_btn = gr.Button("Delete route", variant="stop", elem_id="delete-btn")
+                p.u_btn = gr.Button("Undo delete", visible=False, elem_id="undo-delete-btn")
+            p.st_deleted = gr.State(None)  # the last deleted route (StoredRoute.to_dict())
             with gr.Row():
                 p.i_file = gr.File(label="route JSON file", file_types=[".json"],
                                    type="filepath")
@@ -229,8 +232,10 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                 payload = text
             else:
                 fail("Choose a route JSON file or paste route JSON.")
-            rid = ctx.store.import_route(payload)
-            gr.Info(f"Imported as route #{rid}.")
+            newest = max((r.id for r in ctx.store.list_routes(limit=1)), default=0)
+            rid = ctx.store.import_route(payload, check=ctx.check_import)
+            gr.Info(f"That route is already in the library as route #{rid}." if rid <= newest
+                    else f"Imported as route #{rid}.")
             return rid, None, list_table(ctx, *filt)
 
     p.i_btn.click(do_import, [p.i_file, p.i_text] + filters, [p.l_id, p.i_file, p.table],
@@ -245,7 +250,24 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             sr = stored(route_id)
             ctx.admit(request)
             ctx.store.delete_route(sr.id)
-            gr.Info(f"Deleted route #{sr.id}.")
-            return None, list_table(ctx, *filt)
+            gr.Info(f"Deleted route #{sr.id}: press Undo delete to bring it back.")
+            return (None, list_table(ctx, *filt), sr.to_dict(),
+                    gr.Button(f"Undo delete of #{sr.id}", visible=True))
 
-    p.d_btn.click(delete, [p.l_id] + filters, [p.l_id, p.table], **FREE, **UI)
+    p.d_btn.click(delete, [p.l_id] + filters, [p.l_id, p.table, p.st_deleted, p.u_btn],
+                  **FREE, **UI)
+
+    def undo_delete(gone, model_f, text_f, success, source, request: gr.Request = None):
+        with user_errors("Undo delete"):
+            from explorer.storage.library import StoredRoute
+            if not gone:
+                fail("Nothing to undo.")
+            ctx.admit(request)
+            d = dict(gone, route=Route.from_dict(gone["route"]))
+            rid = ctx.store.restore_route(StoredRoute(**d))
+            gr.Info(f"Route #{rid} is back in the library.")
+            return (rid, list_table(ctx, model_f, text_f, success, source), None,
+                    gr.Button(visible=False))
+
+    p.u_btn.click(undo_delete, [p.st_deleted] + filters,
+                  [p.l_id, p.table, p.st_deleted, p.u_btn], **FREE, **UI)
