@@ -302,3 +302,33 @@ def test_plots_are_pure_figures(app):
     assert plots.rosais_bars({"moe_layers": [0, 1], "scores": [0.1, 0.5],
                               "distributions": [[0.1, -0.2], [0.5, 0.0]], "top_layers": [1],
                               "baseline_logprob": -3.0}).data
+
+
+def test_expert_colours_stay_distinct_and_heatmaps_name_them():
+    import itertools
+
+    from explorer.viz import figures as plots
+
+    def rgb(c):
+        return [int(c[i:i + 2], 16) for i in (1, 3, 5)]
+
+    for n in (8, 16, 32, 64):
+        cols = plots.expert_colors(n)
+        assert len(cols) == n
+        closest = min(sum((a - b) ** 2 for a, b in zip(rgb(x), rgb(y))) ** 0.5
+                      for x, y in itertools.combinations(cols, 2))
+        assert closest >= 28, (n, closest)
+    # a heatmap coloured by expert: no colour bar, a legend entry per top-1 expert shown
+    tr = {"prompt": "p", "tokens": ["a", "b", "c"], "token_ids": [1, 2, 3], "prompt_tokens": 2,
+          "moe_layers": [0, 1],
+          "num_experts": [16, 16], "top_k": [2, 2], "completion": "c",
+          "experts": [[[3, 1], [5, 2], [3, 4]], [[0, 9], [15, 1], [0, 2]]],
+          "weights": [[[0.6, 0.4]] * 3, [[0.7, 0.3]] * 3], "logits": None, "info": {}}
+    from explorer.core.trace import RoutingTrace
+    fig = plots.heatmap(RoutingTrace.from_dict(tr), "expert")
+    assert fig.data[0].showscale is False and fig.layout.showlegend
+    assert [t.name for t in fig.data[1:]] == ["expert 0", "expert 3", "expert 5", "expert 15"]
+    assert "token" in fig.layout.xaxis.title.text
+    # 128 experts: the fallback colour bar
+    big = dict(tr, num_experts=[128, 128])
+    assert plots.heatmap(RoutingTrace.from_dict(big), "expert").data[0].showscale is not False

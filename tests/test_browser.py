@@ -658,3 +658,42 @@ def test_a_benign_search_saves_nothing(served, browser):
     assert "Saved to the library" not in page.inner_text("#search-result")
     assert _routes(demo) == before
     assert not errors, errors
+
+
+def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(served, browser,
+                                                                             shots):
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo, width=390)
+    _generate(page, SHORT, 4)
+    info = page.evaluate("""() => {
+      const g = document.querySelector('#route-heatmap div[data-testid="plotly"]');
+      const names = g.data.slice(1).filter(t => t.showlegend).map(t => t.name);
+      const top1 = [...new Set(g.data[0].z.flat())].sort((a, b) => a - b);
+      const box = g.getBoundingClientRect();
+      return {names, top1, scale: g.data[0].showscale, legend: g._fullLayout.showlegend,
+              xtitle: g._fullLayout.xaxis.title.text, width: box.width,
+              colors: g.data.slice(1).map(t => t.marker.color),
+              scroll: document.querySelector('#route-heatmap').scrollWidth};
+    }""")
+    assert info["legend"] and info["scale"] is False  # a legend, not a colour bar
+    assert info["names"] == [f"expert {e}" for e in info["top1"]]
+    assert len(set(info["colors"])) == len(info["colors"])  # one colour per expert
+    assert "token" in info["xtitle"] and "generated" in info["xtitle"]
+    assert info["width"] >= 600  # wider than the phone: the heatmap scrolls sideways
+    assert info["scroll"] > 390
+    _shot(page, shots / "inspect-390px.png")
+    # RoSais: every bar carries its value, so a 0 is drawn as "0.00" rather than nothing
+    page.set_viewport_size({"width": 1400, "height": 1000})  # at 390 px tabs sit in a menu
+    page.get_by_role("tab", name="RoSais", exact=True).click()
+    _set_slider(page, "rosais-samples", 2)
+    page.click("#rosais-btn")
+    page.wait_for_function("() => { const g = document.querySelector('#rosais-plot "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
+                           "&& g.data[0].type === 'bar' }", timeout=90_000)
+    bars = page.evaluate("() => { const g = document.querySelector('#rosais-plot "
+                         "div[data-testid=\"plotly\"]'); return [g.data[0].y, g.data[0].text, "
+                         "g._fullLayout.xaxis.title.text] }")
+    assert len(bars[1]) == len(moe.moe_layers) == len(bars[0])
+    assert bars[1] == [f"{v:.2f}" for v in bars[0]] and "layer" in bars[2]
+    assert not errors, errors

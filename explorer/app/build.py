@@ -90,6 +90,9 @@ CSS = """
 .sse-diff { margin-top: 0.3em; white-space: pre-wrap; }
 .sse-diff del { background: #fee2e2; color: #991b1b; }
 .sse-diff ins { background: #dcfce7; color: #166534; text-decoration: none; }
+.sse-table th, .sse-table th * { white-space: nowrap; word-break: keep-all; }
+#route-heatmap { overflow-x: auto; }
+#route-heatmap .js-plotly-plot, #route-heatmap div[data-testid="plotly"] { min-width: 640px; }
 """
 
 

@@ -110,7 +110,8 @@ def _route_inputs(prefix: str):
 
 
 def _table(columns: list[str], **kw) -> gr.Dataframe:
-    return gr.Dataframe(pd.DataFrame(columns=columns), interactive=False, **kw)
+    return gr.Dataframe(pd.DataFrame(columns=columns), interactive=False,
+                        elem_classes="sse-table", **kw)
 
 
 def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
