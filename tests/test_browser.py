@@ -697,3 +697,38 @@ def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(se
     assert len(bars[1]) == len(moe.moe_layers) == len(bars[0])
     assert bars[1] == [f"{v:.2f}" for v in bars[0]] and "layer" in bars[2]
     assert not errors, errors
+
+
+def test_controls_fit_the_model_and_buttons_apply_only_when_they_can(served, browser):
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo)
+    # the top-L slider ends at the model's number of MoE layers
+    page.get_by_role("tab", name="RoSais", exact=True).click()
+    top_max = page.get_attribute("#rosais-top input[type=range]", "max")
+    assert int(float(top_max)) == len(moe.moe_layers)
+    # Stop and Resume are off until a search they apply to is chosen
+    page.fill("#prompt-box textarea", SHORT)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    assert page.locator("#search-jobs input").input_value() == ""  # a fresh browser
+    assert page.is_disabled("#search-stop") and page.is_disabled("#search-resume")
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 20)
+    _set_slider(page, "search-thr", 0.99)
+    page.click("#search-judge input")
+    page.get_by_role("option", name="never").click()  # runs until stopped
+    page.click("#search-start")
+    page.wait_for_function("() => !document.querySelector('#search-stop').disabled",
+                           timeout=30_000)
+    assert page.is_disabled("#search-resume")  # running: nothing to resume
+    # named by time and prompt, not by its id
+    label = page.locator("#search-jobs input").input_value()
+    assert "Steal a car." in label and "UTC" in label
+    job = next(j for j in demo.explorer.store.list_jobs(limit=5))
+    assert job.id[:8] not in label and job.id[:8] not in page.inner_text("#search-progress")
+    page.click("#search-stop")
+    _wait_text(page, "#search-progress", "· cancelled", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#search-stop').disabled && "
+                           "!document.querySelector('#search-resume').disabled",
+                           timeout=30_000)
+    assert not errors, errors

@@ -199,6 +199,13 @@ def text_arg(value: Any, name: str) -> str:
     return value
 
 
+def moe_layer_count(ctx, default: int = 16) -> int:
+    """How many MoE layers the loaded model has (``default`` without a model): the largest
+    top-L a slider offers."""
+    moe = getattr(ctx, "moe", None)
+    return max(1, len(moe.moe_layers)) if moe is not None else default
+
+
 def session_of(request: Any, fallback: str = "anonymous") -> str:
     """The Gradio session of a request (one browser tab or one API client)."""
     return str(getattr(request, "session_hash", None) or fallback)

@@ -89,18 +89,23 @@ def cell_info(tr, layer: int, position: int) -> str:
     return md
 
 
-def job_label(st: dict) -> str:
+def job_name(st: dict) -> str:
+    """A search as people name it: when it started (UTC) and its prompt, not its id."""
     p = st.get("params") or {}
-    created = (st.get("created") or "")[11:19]
-    prompt = (p.get("prompt") or "")[:40]
-    return f"{created} · {st.get('status')} · {prompt}"
+    created = (st.get("created") or "")[11:16] or "?"
+    prompt = " ".join((p.get("prompt") or "").split())
+    return f"{created} UTC · “{prompt if len(prompt) <= 40 else prompt[:39] + '…'}”"
+
+
+def job_label(st: dict) -> str:
+    return f"{job_name(st)} · {st.get('status')}"
 
 
 def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
     p = st.get("progress") or {}
     params = st.get("params") or {}
     status = st.get("status")
-    lines = [f"**Search `{st.get('id', '')[:8]}` · {status}**"]
+    lines = [f"**Search {html.escape(job_name(st))} · {status}**"]
     it, pos, lay = p.get("iteration"), p.get("position"), p.get("layer")
     npos, nl = p.get("num_positions"), p.get("num_layers")
     max_iters = params.get("max_iters")

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from explorer.app.common import MODEL_SLOT, UI, answer_verdict, fail, gpu, user_errors, whole_number
+from explorer.app.common import (
+    MODEL_SLOT,
+    UI,
+    answer_verdict,
+    fail,
+    gpu,
+    moe_layer_count,
+    user_errors,
+    whole_number,
+)
 from explorer.app.format import verdicts_html
 from explorer.viz import figures as plots
 
@@ -37,7 +46,9 @@ def layout(p: SimpleNamespace) -> None:
         with gr.Row():
             p.r_samples = gr.Slider(1, 256, value=32, step=1, label="random masks per layer",
                                     elem_id="rosais-samples")
-            p.r_top = gr.Slider(0, 32, value=2, step=1, label="top-L layers to mask")
+            n_moe = moe_layer_count(p.ctx)
+            p.r_top = gr.Slider(0, n_moe, value=min(2, n_moe), step=1,
+                                label="top-L layers to mask", elem_id="rosais-top")
             p.r_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="mask ratio")
             p.r_seed = gr.Number(0, precision=0, label="seed")
             p.r_btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
