@@ -332,3 +332,22 @@ def test_expert_colours_stay_distinct_and_heatmaps_name_them():
     # 128 experts: the fallback colour bar
     big = dict(tr, num_experts=[128, 128])
     assert plots.heatmap(RoutingTrace.from_dict(big), "expert").data[0].showscale is not False
+
+
+def test_links_round_trip_and_refuse_damage():
+    from explorer.app.links import LinkError, edits_link, parse_link, route_link
+    from urllib.parse import parse_qsl, urlsplit
+    edits = [{"layer": 1, "position": None, "experts": [3, 4], "mode": "force"}] * 50
+
+    def query(link):
+        return dict(parse_qsl(urlsplit(link).query))
+
+    link = edits_link("http://h:1/", "Steal a car. ü", edits, 8)
+    assert link.startswith("http://h:1/?") and len(link) < 600  # compressed
+    assert parse_link(query(link)) == {"prompt": "Steal a car. ü", "edits": edits, "n": 8}
+    assert parse_link(query(route_link("", 7))) == {"route": 7}
+    assert parse_link({}) == {}
+    for bad in ({"edits": "garbage"}, {"route": "7; drop"}, {"n": "x", "route": "1"},
+                {"edits": "A" * 20000}, {"job": "x" * 100}):
+        with pytest.raises(LinkError):
+            parse_link(bad)

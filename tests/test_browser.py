@@ -660,8 +660,7 @@ def test_a_benign_search_saves_nothing(served, browser):
     assert not errors, errors
 
 
-def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(served, browser,
-                                                                             shots):
+def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(served, browser):
     demo, _ = served
     moe = demo.explorer.moe
     page, errors = _open(browser, demo, width=390)
@@ -682,7 +681,6 @@ def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(se
     assert "token" in info["xtitle"] and "generated" in info["xtitle"]
     assert info["width"] >= 600  # wider than the phone: the heatmap scrolls sideways
     assert info["scroll"] > 390
-    _shot(page, shots / "inspect-390px.png")
     # RoSais: every bar carries its value, so a 0 is drawn as "0.00" rather than nothing
     page.set_viewport_size({"width": 1400, "height": 1000})  # at 390 px tabs sit in a menu
     page.get_by_role("tab", name="RoSais", exact=True).click()
@@ -732,3 +730,99 @@ def test_controls_fit_the_model_and_buttons_apply_only_when_they_can(served, bro
                            "!document.querySelector('#search-resume').disabled",
                            timeout=30_000)
     assert not errors, errors
+
+
+def test_a_copied_link_reopens_the_same_route(served, browser):
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=demo.local_url)
+    page = context.new_page()
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    _generate(page, PROMPT, 12)
+    base = trace(moe, PROMPT, max_new_tokens=12)
+    layer, pos, forced = _answer_changing_edit(moe, base)
+    _select(page, layer, pos)
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    for i in range(choices.count()):
+        choices.nth(i).set_checked(i in forced)
+    page.locator("#every-pos input[type=checkbox]").check()
+    page.click("#add-edit-btn")
+    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    page.click("#rerun-btn")
+    page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                           ".length === 2", timeout=90_000)
+    rerouted = page.input_value("#rerouted-answer textarea")
+    # an unsaved route: the link carries the prompt and the edits
+    page.click("#copy-link-btn")
+    _wait_value(page, "#share-link textarea", "v && v.includes('edits=')")
+    link = page.input_value("#share-link textarea")
+    assert link.startswith(demo.local_url) and "route=" not in link
+    assert page.evaluate("() => navigator.clipboard.readText()") == link
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    t = time.perf_counter()
+    other.goto(link)
+    _wait_value(other, "#rerouted-answer textarea", timeout=90_000)
+    other.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                            ".length === 2", timeout=90_000)
+    TIMINGS["link to an unsaved route -> re-routed answer (s)"] = time.perf_counter() - t
+    assert other.input_value("#rerouted-answer textarea") == rerouted
+    assert other.input_value("#prompt-box textarea") == PROMPT
+    assert other.locator("#pending-edits input[type=checkbox]").count() == 1
+    other.context.close()
+    # saved: the link names the route by id and opens it replayed in the library
+    page.click("#save-route-btn")
+    toast = page.wait_for_selector("text=/Saved as route #\\d+/", timeout=30_000)
+    rid = int(toast.inner_text().split("#")[1].split()[0])
+    page.click("#copy-link-btn")
+    _wait_value(page, "#share-link textarea", f"v && v.includes('route={rid}')")
+    link = page.input_value("#share-link textarea")
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    t = time.perf_counter()
+    other.goto(link)
+    _wait_value(other, "#lib-answer textarea", timeout=90_000)
+    TIMINGS["link to a saved route -> replayed answer (s)"] = time.perf_counter() - t
+    assert other.get_by_role("tab", name="Route library", exact=True).get_attribute(
+        "aria-selected") == "true"
+    assert other.input_value("#lib-route-id input") == str(rid)
+    other.wait_for_function("(r) => document.querySelector('#lib-answer textarea').value === r",
+                            arg=rerouted, timeout=60_000)
+    # a broken link says so and leaves the page usable
+    other.goto(demo.local_url.rstrip("/") + "/?edits=garbage")
+    _toast(other, "This link cannot be opened")
+    other.context.close()
+    context.close()
+
+
+def test_a_search_link_opens_only_in_the_browser_that_owns_it(served, browser):
+    demo, _ = served
+    owner_ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = owner_ctx.new_page()
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.fill("#prompt-box textarea", SHORT)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 1)
+    page.click("#search-start")
+    _wait_text(page, "#search-progress", "· done", timeout=120_000)
+    href = page.get_attribute("#search-progress a", "href")
+    assert href and href.startswith("?job=")
+    job = href.split("=", 1)[1]
+    # the owner's browser (a fresh tab): the Search tab opens on that search
+    again = owner_ctx.new_page()
+    again.goto(demo.local_url.rstrip("/") + "/" + href)
+    _wait_text(again, "#search-progress", "· done", timeout=30_000)
+    assert again.get_by_role("tab", name="Search", exact=True).get_attribute(
+        "aria-selected") == "true"
+    # another browser: refused like an unknown id, and the search is not listed
+    stranger = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    stranger.goto(demo.local_url.rstrip("/") + "/" + href)
+    _toast(stranger, "This link cannot be opened: no job with that id")
+    stranger.get_by_role("tab", name="Search", exact=True).click()
+    assert "No search yet" in stranger.inner_text("#search-progress")
+    assert job not in stranger.content()
+    stranger.context.close()
+    owner_ctx.close()

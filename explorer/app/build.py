@@ -62,6 +62,7 @@ from explorer.app.format import (
 from explorer.app.hosted import HostedPolicy
 from explorer.app.tabs.inspect import BRIDGE_JS
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.core.errors import one_line
 from explorer.core.model import MoEModel
 from explorer.settings import Settings
 
@@ -113,6 +114,19 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
         out["app_kwargs"] = {"middleware": [Middleware(RequestCheck, blocks=lambda: demo)]}
         out["show_error"] = True
     return out
+
+
+def opened_link(request: Any, quiet: bool = False) -> dict:
+    """What the page's address asks to open (:func:`explorer.app.links.parse_link`); {}
+    for none. Raises :class:`~explorer.app.links.LinkError` for a malformed one (``quiet``:
+    {} instead; the page load already said why)."""
+    from explorer.app.links import LinkError, parse_link
+    try:
+        return parse_link(getattr(request, "query_params", None))
+    except LinkError:
+        if quiet:
+            return {}
+        raise
 
 
 def _hosted_note(policy: HostedPolicy) -> str:
@@ -190,14 +204,56 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         for tab in (ui_inspect, ui_tour, ui_rosais, ui_search, ui_library, ui_model):
             tab.wire(ctx, p)
 
-        def on_load(b, *filt):
-            out = ui_search.job_view(ctx, ui_search.ensure_client(b), None)
+        def on_load(b, *filt, request: gr.Request = None):
+            b = ui_search.ensure_client(b)
+            link = opened_link(request)
+            tab = skip = gr.skip()
+            view = (skip,) * 5  # route id, prompt, max new tokens, edits, the edits list
+            job = None
+            try:
+                if "job" in link:  # a search of this browser only (every job view checks)
+                    ctx.owned_job(link["job"], ui_search.owner_of(ctx, b))
+                    job, tab = link["job"], gr.Tabs(selected="search")
+                    b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
+                elif "route" in link:
+                    sr = ctx.store.get_route(link["route"])
+                    view = (sr.id, skip, link.get("n", skip), skip, skip)
+                    tab = gr.Tabs(selected="library")
+                elif "edits" in link:
+                    route = route_of_edits(link["edits"])
+                    ctx.check_route(route, ctx.check_prompt(link["prompt"]))
+                    edits = route.to_dict()["edits"]
+                    view = (skip, link["prompt"], link.get("n", skip), edits,
+                            edits_box(edits, ctx.prompt_tokens(link["prompt"])))
+                    tab = gr.Tabs(selected="inspect")
+            except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
+                gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
+            out = ui_search.job_view(ctx, b, job)
             df, dd = ui_library.refresh(ctx, *filt)
-            return (*out, df, dd, model_header(ctx), *model_card(ctx))
+            return (*out, df, dd, model_header(ctx), *model_card(ctx), tab, *view)
 
-        demo.load(on_load, [p.browser] + p.filters,
-                  p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers],
-                  **FREE, **UI)
+        loaded = demo.load(on_load, [p.browser] + p.filters,
+                           p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers,
+                                            p.tabs, p.l_id, p.prompt, p.max_new, p.st_edits,
+                                            p.edit_list], **FREE, **UI)
+
+        def follow_route_link(route_id, other_prompt, max_new_v, request: gr.Request = None):
+            if "route" in opened_link(request, quiet=True) and route_id:
+                yield from p.replay_fn(route_id, other_prompt, max_new_v, request)
+            else:
+                yield (gr.skip(),) * 4
+
+        def follow_edits_link(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
+            if "edits" in opened_link(request, quiet=True) and edits:
+                yield from p.rerun_fn(prompt_v, max_new_v, edits, base, sel, request)
+            else:
+                yield (gr.skip(),) * 9
+
+        loaded.then(follow_route_link, [p.l_id, p.l_prompt, p.max_new],
+                    [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
+        loaded.then(follow_edits_link, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
+                    [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
+                     p.mode, p.verdict], **MODEL_SLOT, **UI)
         register_api(ctx)
     errors_as_toasts(demo)  # after every event is wired
     return demo

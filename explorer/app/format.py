@@ -139,6 +139,9 @@ def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
         bits.append(eta)
     if bits:
         lines.append(" · ".join(bits))
+    if status in ("done", "cancelled", "interrupted") and st.get("id"):
+        lines.append(f"[link to this search](?job={html.escape(st['id'])}) (it opens in "
+                     "this browser, which owns the search)")
     if status == "failed" and st.get("error"):
         lines.append(f"**Error:** {html.escape(st['error'])}")
     if status == "interrupted":

@@ -109,7 +109,7 @@ def _distinct_colors() -> tuple[str, ...]:
     pool = [c for c in itertools.product(levels, repeat=3) if 60 < sum(c) / 3 < 225]
     while len(chosen) < MAX_DISTINCT_EXPERTS:
         chosen.append(max(pool, key=lambda c: (min(dist(c, x) for x in chosen), c)))
-    return tuple("#%02X%02X%02X" % c for c in chosen)
+    return tuple("#{:02X}{:02X}{:02X}".format(*c) for c in chosen)
 
 
 def _discrete_scale(n: int, colors: list[str] | None = None) -> list:
@@ -218,7 +218,7 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
     fig = go.Figure(go.Heatmap(**hm))
     for e in legend:  # legend-only markers: the expert ids this heatmap shows
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"expert {e}",
-                                 marker=dict(symbol="square", size=11, color=colors[e]),
+                                 marker={"symbol": "square", "size": 11, "color": colors[e]},
                                  hoverinfo="skip", showlegend=True))
     # prompt | generated boundary
     if 0 < tr.prompt_tokens < T:
@@ -237,8 +237,8 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
     fig.update_xaxes(tickmode="array", tickvals=list(range(0, T, step)),
                      ticktext=labels[::step], tickangle=-60, tickfont=dict(size=10),
                      range=[-0.5, T - 0.5], showgrid=False, zeroline=False,
-                     title=dict(text=f"token (templated prompt: {tr.prompt_tokens}, then "
-                                     f"generated: {T - tr.prompt_tokens})", standoff=4))
+                     title={"text": f"token (templated prompt: {tr.prompt_tokens}, then "
+                                    f"generated: {T - tr.prompt_tokens})", "standoff": 4})
     fig.update_yaxes(tickmode="array", tickvals=list(range(L)),
                      ticktext=[f"L{x}" for x in tr.moe_layers], autorange="reversed",
                      range=None, title=dict(text="MoE layer"), showgrid=False, zeroline=False)
@@ -246,8 +246,8 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
     _base_layout(fig, title, height=max(300, 140 + 34 * L), margin=dict(l=60, r=20, t=50, b=110))
     fig.update_layout(clickmode="event", hovermode="closest", dragmode=False,
                       showlegend=bool(legend),
-                      legend=dict(title=dict(text="top-1"), font=dict(size=10),
-                                  tracegroupgap=0, itemclick=False, itemdoubleclick=False))
+                      legend={"title": {"text": "top-1"}, "font": {"size": 10},
+                              "tracegroupgap": 0, "itemclick": False, "itemdoubleclick": False})
     return fig
 
 
@@ -352,7 +352,7 @@ def rosais_bars(result, empty: str = "Run RoSais to see router safety importance
     fig.update_layout(boxmode="overlay", barmode="overlay", showlegend=True,
                       legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(title=dict(text="increase in affirmative log-prob"))
-    fig.update_xaxes(title=dict(text="MoE layer (router)"))
+    fig.update_xaxes(title={"text": "MoE layer (router)"})
     return fig
 
 

@@ -110,6 +110,9 @@ def layout(p: SimpleNamespace) -> None:
             p.rerun_btn = gr.Button("Re-run with edits", variant="primary",
                                     elem_id="rerun-btn")
             p.save_btn = gr.Button("Save edits as a route", elem_id="save-route-btn")
+            p.link_btn = gr.Button("Copy link", elem_id="copy-link-btn")
+        p.link = gr.Textbox(label="Link to this view (prompt and route; saved routes by id)",
+                            interactive=False, buttons=["copy"], elem_id="share-link")
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
@@ -296,3 +299,24 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             return rid
 
     p.save_btn.click(save_edits, [p.prompt, p.st_edits, p.st_alt], [p.l_id], **FREE, **UI)
+
+    def share(prompt_v, max_new_v, edits, request: gr.Request = None):
+        with user_errors("Copy link"):
+            from explorer.app.links import edits_link, page_base, route_link
+            moe = ctx.require()
+            ctx.check_prompt(prompt_v)
+            n = ctx.new_tokens(max_new_v)
+            if not edits:
+                fail("There are no pending edits: a link shares a prompt with its route.")
+            base = page_base(request)
+            same = ctx.store.find_route(route_of_edits(edits), prompt_v, moe.name)
+            link = route_link(base, same, n) if same is not None else \
+                edits_link(base, prompt_v, edits, n)
+            gr.Info("Link copied: it opens this prompt and route"
+                    + (f" (saved route #{same})." if same is not None else "."))
+            return link
+
+    p.link_btn.click(share, [p.prompt, p.max_new, p.st_edits], [p.link], **FREE, **UI).then(
+        None, [p.link], None, js="(link) => { if (link && navigator.clipboard) "
+        "navigator.clipboard.writeText(link).catch(() => {}); return []; }")
+    p.rerun_fn = rerun  # links to an unsaved route re-run it (explorer.app.build)

@@ -148,6 +148,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                     md = (f"Route **#{sr.id}** ({sr.n_edits} edits, {sr.source}, model "
                           f"`{sr.model}`) on "
                           f"{'its own prompt' if q == sr.prompt else 'another prompt'}")
+                    md += f" · [link to this route](?route={sr.id}&n={n})"
                     if sr.model and sr.model != moe.name:
                         md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
                     badge = verdict_badge(answer_verdict(moe, q, tr.completion, sr.route),
@@ -155,6 +156,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                     yield text, md, plots.heatmap(ctx.shown_trace(tr), "expert", edits=edits,
                                                   title="Replayed routing"), badge
 
+    p.replay_fn = replay_ui  # links to a saved route replay it (explorer.app.build)
     p.l_replay.click(replay_ui, [p.l_id, p.l_prompt, p.max_new],
                      [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
 

@@ -207,8 +207,8 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                                                  alt.route), texts=shown)
             return (tour.prompt, n, edits, edits_box(edits, base.tokens),
                     gr.Tabs(selected="inspect"),
-                    f"Loaded into **Inspect & re-route**: {len(edits)} pending edits, the "
-                    "baseline and the re-routed answer.",
+                    (f"Loaded into **Inspect & re-route**: {len(edits)} pending edits, the "
+                     "baseline and the re-routed answer."),
                     *shown, heat, plots.usage(alt), base, alt, "re-routed", "changed", panel)
 
     if "explain" in p.t_btn:
