@@ -823,6 +823,7 @@ def test_a_search_link_opens_only_in_the_browser_that_owns_it(served, browser):
     _toast(stranger, "This link cannot be opened: no job with that id")
     stranger.get_by_role("tab", name="Search", exact=True).click()
     assert "No search yet" in stranger.inner_text("#search-progress")
-    assert job not in stranger.content()
+    assert stranger.locator("#search-jobs input").input_value() == ""  # not listed
+    assert demo.explorer.store.get_job(job).status == "done"  # and untouched
     stranger.context.close()
     owner_ctx.close()

@@ -204,13 +204,15 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         for tab in (ui_inspect, ui_tour, ui_rosais, ui_search, ui_library, ui_model):
             tab.wire(ctx, p)
 
-        def on_load(b, *filt, request: gr.Request = None):
+        def on_load(b, model_f, text_f, success_f, source_f, request: gr.Request = None):
+            # (named, not *filt: Gradio passes no request to a function with *args)
+            filt = (model_f, text_f, success_f, source_f)
             b = ui_search.ensure_client(b)
-            link = opened_link(request)
             tab = skip = gr.skip()
             view = (skip,) * 5  # route id, prompt, max new tokens, edits, the edits list
             job = None
             try:
+                link = opened_link(request)
                 if "job" in link:  # a search of this browser only (every job view checks)
                     ctx.owned_job(link["job"], ui_search.owner_of(ctx, b))
                     job, tab = link["job"], gr.Tabs(selected="search")
@@ -237,9 +239,10 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
                                             p.tabs, p.l_id, p.prompt, p.max_new, p.st_edits,
                                             p.edit_list], **FREE, **UI)
 
-        def follow_route_link(route_id, other_prompt, max_new_v, request: gr.Request = None):
-            if "route" in opened_link(request, quiet=True) and route_id:
-                yield from p.replay_fn(route_id, other_prompt, max_new_v, request)
+        def follow_route_link(max_new_v, request: gr.Request = None):
+            link = opened_link(request, quiet=True)  # (the route id box may be empty: None)
+            if "route" in link:
+                yield from p.replay_fn(link["route"], "", max_new_v, request)
             else:
                 yield (gr.skip(),) * 4
 
@@ -249,7 +252,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             else:
                 yield (gr.skip(),) * 9
 
-        loaded.then(follow_route_link, [p.l_id, p.l_prompt, p.max_new],
+        loaded.then(follow_route_link, [p.max_new],
                     [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
         loaded.then(follow_edits_link, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
                     [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
