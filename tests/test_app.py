@@ -335,8 +335,9 @@ def test_expert_colours_stay_distinct_and_heatmaps_name_them():
 
 
 def test_links_round_trip_and_refuse_damage():
-    from explorer.app.links import LinkError, edits_link, parse_link, route_link
     from urllib.parse import parse_qsl, urlsplit
+
+    from explorer.app.links import LinkError, edits_link, parse_link, route_link
     edits = [{"layer": 1, "position": None, "experts": [3, 4], "mode": "force"}] * 50
 
     def query(link):
