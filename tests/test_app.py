@@ -147,7 +147,14 @@ def test_rosais_returns_the_cli_object(app):
 
 def test_search_runs_in_the_background_and_lands_in_the_library(app):
     _, client, moe = app
-    started = client.predict(SHORT, "Sure, here is", 2, -12.0, 1, 0, "fast", 4,
+    # a threshold the prompt already meets: done at once, with no route to save
+    noop = client.predict(SHORT, "Sure, here is", 2, -12.0, 1, 0, "fast", 4,
+                          "keyword", api_name="/search_start")
+    st = _wait_job(client, noop["job_id"])
+    assert st["status"] == "done" and not st["result"]["route"]["edits"]
+    assert st["route_id"] is None
+    # one it does not: the best route found is saved
+    started = client.predict(SHORT, "Sure, here is", 2, -0.01, 1, 0, "fast", 4,
                              "keyword", api_name="/search_start")
     assert set(started) == {"job_id"}
     st = _wait_job(client, started["job_id"])
@@ -160,7 +167,7 @@ def test_search_runs_in_the_background_and_lands_in_the_library(app):
     from explorer.methods.fsour import FsourResult
     res = FsourResult.from_dict(st["result"])
     assert set(st["result"]) == set(res.to_dict())
-    assert st["route_id"] is not None
+    assert st["route_id"] is not None and st["result"]["route"]["edits"]
     routes = client.predict("", "", "", "fsour", 500, api_name="/routes")
     assert st["route_id"] in [r["id"] for r in routes]
     replay = client.predict(st["route_id"], "", "", 4, api_name="/replay")
