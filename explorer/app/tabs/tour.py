@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from explorer.app.common import (
-    FREE,
     MODEL_SLOT,
     UI,
     answer_verdict,
@@ -217,6 +216,3 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                                   p.t_md_explain, p.base_ans, p.alt_ans, p.heat, p.usage,
                                   p.st_base, p.st_alt, p.view, p.mode, p.verdict],
                                  **MODEL_SLOT, **UI)
-
-    # the shared prompt box shows the tour's prompt while the tour is open
-    p.tour_tab.select(lambda: tour.prompt, None, [p.prompt], **FREE, **UI)
