@@ -147,7 +147,14 @@ def test_rosais_returns_the_cli_object(app):
 
 def test_search_runs_in_the_background_and_lands_in_the_library(app):
     _, client, moe = app
-    started = client.predict(SHORT, "Sure, here is", 2, -12.0, 1, 0, "fast", 4,
+    # a threshold the prompt already meets: done at once, with no route to save
+    noop = client.predict(SHORT, "Sure, here is", 2, -12.0, 1, 0, "fast", 4,
+                          "keyword", api_name="/search_start")
+    st = _wait_job(client, noop["job_id"])
+    assert st["status"] == "done" and not st["result"]["route"]["edits"]
+    assert st["route_id"] is None
+    # one it does not: the best route found is saved
+    started = client.predict(SHORT, "Sure, here is", 2, -0.01, 1, 0, "fast", 4,
                              "keyword", api_name="/search_start")
     assert set(started) == {"job_id"}
     st = _wait_job(client, started["job_id"])
@@ -160,7 +167,7 @@ def test_search_runs_in_the_background_and_lands_in_the_library(app):
     from explorer.methods.fsour import FsourResult
     res = FsourResult.from_dict(st["result"])
     assert set(st["result"]) == set(res.to_dict())
-    assert st["route_id"] is not None
+    assert st["route_id"] is not None and st["result"]["route"]["edits"]
     routes = client.predict("", "", "", "fsour", 500, api_name="/routes")
     assert st["route_id"] in [r["id"] for r in routes]
     replay = client.predict(st["route_id"], "", "", 4, api_name="/replay")
@@ -302,3 +309,53 @@ def test_plots_are_pure_figures(app):
     assert plots.rosais_bars({"moe_layers": [0, 1], "scores": [0.1, 0.5],
                               "distributions": [[0.1, -0.2], [0.5, 0.0]], "top_layers": [1],
                               "baseline_logprob": -3.0}).data
+
+
+def test_expert_colours_stay_distinct_and_heatmaps_name_them():
+    import itertools
+
+    from explorer.viz import figures as plots
+
+    def rgb(c):
+        return [int(c[i:i + 2], 16) for i in (1, 3, 5)]
+
+    for n in (8, 16, 32, 64):
+        cols = plots.expert_colors(n)
+        assert len(cols) == n
+        closest = min(sum((a - b) ** 2 for a, b in zip(rgb(x), rgb(y))) ** 0.5
+                      for x, y in itertools.combinations(cols, 2))
+        assert closest >= 28, (n, closest)
+    # a heatmap coloured by expert: no colour bar, a legend entry per top-1 expert shown
+    tr = {"prompt": "p", "tokens": ["a", "b", "c"], "token_ids": [1, 2, 3], "prompt_tokens": 2,
+          "moe_layers": [0, 1],
+          "num_experts": [16, 16], "top_k": [2, 2], "completion": "c",
+          "experts": [[[3, 1], [5, 2], [3, 4]], [[0, 9], [15, 1], [0, 2]]],
+          "weights": [[[0.6, 0.4]] * 3, [[0.7, 0.3]] * 3], "logits": None, "info": {}}
+    from explorer.core.trace import RoutingTrace
+    fig = plots.heatmap(RoutingTrace.from_dict(tr), "expert")
+    assert fig.data[0].showscale is False and fig.layout.showlegend
+    assert [t.name for t in fig.data[1:]] == ["expert 0", "expert 3", "expert 5", "expert 15"]
+    assert "token" in fig.layout.xaxis.title.text
+    # 128 experts: the fallback colour bar
+    big = dict(tr, num_experts=[128, 128])
+    assert plots.heatmap(RoutingTrace.from_dict(big), "expert").data[0].showscale is not False
+
+
+def test_links_round_trip_and_refuse_damage():
+    from urllib.parse import parse_qsl, urlsplit
+
+    from explorer.app.links import LinkError, edits_link, parse_link, route_link
+    edits = [{"layer": 1, "position": None, "experts": [3, 4], "mode": "force"}] * 50
+
+    def query(link):
+        return dict(parse_qsl(urlsplit(link).query))
+
+    link = edits_link("http://h:1/", "Steal a car. ü", edits, 8)
+    assert link.startswith("http://h:1/?") and len(link) < 600  # compressed
+    assert parse_link(query(link)) == {"prompt": "Steal a car. ü", "edits": edits, "n": 8}
+    assert parse_link(query(route_link("", 7))) == {"route": 7}
+    assert parse_link({}) == {}
+    for bad in ({"edits": "garbage"}, {"route": "7; drop"}, {"n": "x", "route": "1"},
+                {"edits": "A" * 20000}, {"job": "x" * 100}):
+        with pytest.raises(LinkError):
+            parse_link(bad)

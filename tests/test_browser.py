@@ -203,6 +203,8 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     other = browser.new_context().new_page()
     other.goto(demo.local_url)
     other.wait_for_selector("#generate-btn")
+    other.get_by_role("tab", name="Inspect & re-route", exact=True).click()  # opens on the Tour
+    other.wait_for_selector("#rerouted-answer textarea")
     assert other.locator("#pending-edits input[type=checkbox]").count() == 0
     assert other.input_value("#rerouted-answer textarea") == ""
     other.context.close()
@@ -254,6 +256,9 @@ def test_explore_reroute_search_and_replay(served, browser, shots):
     page.get_by_text("Compare two routes").click()
     page.fill("#cmp-a input", str(saved_id))
     page.fill("#cmp-b input", str(rid))
+    page.click("#cmp-btn")  # routes of two prompts: refused, with the reason
+    _toast(page, "made for different prompts")
+    page.fill("#cmp-prompt textarea", PROMPT)  # both on the manual route's prompt
     page.click("#cmp-btn")
     _wait_value(page, "#cmp-ans-a textarea")
     _wait_value(page, "#cmp-ans-b textarea")
@@ -296,7 +301,8 @@ def test_rosais_and_model_tabs(served, browser, shots):
                            "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
                            "&& g.data[0].type === 'bar' }", timeout=90_000)
     page.click("#rosais-mask-btn")
-    _wait_value(page, "#rosais-masked textarea", "v && v.includes('masked layers')")
+    _wait_text(page, "#rosais-verdicts", "masked layers")
+    assert "masked layers" not in page.input_value("#rosais-masked textarea")  # not in the text
     time.sleep(0.5)
     _shot(page, shots / "rosais.png")
     page.get_by_role("tab", name="Model", exact=True).click()
@@ -361,7 +367,6 @@ def test_tour_tab_flips_the_refusal(served, browser, shots):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(demo.local_url)
     page.wait_for_selector("#generate-btn")
-    page.get_by_role("tab", name="Tour", exact=True).click()
     t = time.perf_counter()
     page.click("#tour-generate-btn")
     _wait_value(page, "#tour-baseline textarea")
@@ -407,3 +412,418 @@ def test_research_tab_rosais_uncertainty(served, browser, shots):
     time.sleep(0.5)
     _shot(page, shots / "research-rosais.png")
     assert not errors, errors
+
+
+# -- issue 21 -------------------------------------------------------------------------------
+HEAT_READY = ("() => { const g = document.querySelector('#route-heatmap div[data-testid="
+              "\"plotly\"]'); return g && g.data && g.data[0] && g.data[0].z }")
+NO_BADGE = ("(sel) => { const e = document.querySelector(sel); return !!e && "
+            "e.querySelectorAll('.error').length === 0 && !/\\bError\\b/.test(e.innerText) }")
+
+
+def _open(browser, demo, width=1400):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
+                           "'#sse-header').innerText.trim())")  # demo.load has finished
+    return page, errors
+
+
+def _generate(page, prompt=SHORT, new=4):
+    page.get_by_role("tab", name="Inspect & re-route", exact=True).click()
+    page.fill("#prompt-box textarea", prompt)
+    _set_slider(page, "prompt-max-new", new)
+    page.click("#generate-btn")
+    page.wait_for_function(HEAT_READY, timeout=90_000)
+    _wait_value(page, "#baseline-answer textarea", "v !== null")
+
+
+def _select(page, layer, pos):
+    page.fill("#sel-layer input", str(layer))
+    page.fill("#sel-pos input", str(pos))
+    page.click("#select-btn")
+    _wait_text(page, "#cell-info", f"layer {layer}, position {pos}")
+
+
+def test_an_error_leaves_the_heatmap_in_place(served, browser):
+    demo, moe = served
+    page, errors = _open(browser, demo)
+    _generate(page)
+    layer = moe.moe_layers[0]
+    k = moe.handle(layer).info.top_k
+    _select(page, layer, 1)
+    page.click("#add-edit-btn")  # the router's own experts: a valid (no-op) edit
+    _wait_text(page, "#pending-edits", f"force L{layer} @ pos 1")
+    heat_before = page.evaluate("() => JSON.stringify(document.querySelector("
+                                "'#route-heatmap div[data-testid=\"plotly\"]').data[0].z)")
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    ticked = [i for i in range(choices.count()) if choices.nth(i).is_checked()]
+    assert len(ticked) == k
+    choices.nth(next(i for i in range(choices.count()) if i not in ticked)).check()
+    page.click("#add-edit-btn")  # k + 1 experts ticked: refused
+    _toast(page, f"Forcing needs exactly top-k = {k} experts")
+    time.sleep(1.0)
+    for sel in ("#route-heatmap", "#pending-edits", "#usage-plot"):
+        assert page.evaluate(NO_BADGE, sel), f"{sel} shows an error badge"
+    assert page.evaluate("() => JSON.stringify(document.querySelector("
+                         "'#route-heatmap div[data-testid=\"plotly\"]').data[0].z)") == heat_before
+    assert page.locator("#pending-edits input[type=checkbox]").count() == 1
+    assert page.is_visible("#route-heatmap div[data-testid=\"plotly\"]")
+    assert not errors, errors
+
+
+def test_a_failed_model_load_leaves_the_header_and_layers(served, browser, tmp_path):
+    demo, _ = served
+    moe = demo.explorer.moe  # an earlier test may have loaded a fresh copy
+    page, errors = _open(browser, demo)
+    header = page.inner_text("#sse-header")
+    assert "MoE" in header
+    page.get_by_role("tab", name="Model", exact=True).click()
+    _wait_text(page, "#model-layers", "MoE")
+    layers = page.inner_text("#model-layers")
+    page.fill("#model-name textarea", str(tmp_path / "missing-model"))
+    page.click("#load-model-btn")
+    _toast(page, "does not exist")
+    time.sleep(1.0)
+    assert page.inner_text("#sse-header") == header
+    assert page.evaluate(NO_BADGE, "#sse-header") and page.evaluate(NO_BADGE, "#model-layers")
+    assert page.inner_text("#model-layers") == layers
+    assert demo.explorer.moe is moe
+    assert not errors, errors
+
+
+def test_the_tour_is_the_landing_tab_and_step_5_shows_the_rerouted_answer(served, browser):
+    from explorer.app.common import is_demo_model
+    from explorer.demo.tour import load_tour
+    demo, _ = served
+    if not is_demo_model(demo.explorer.moe):
+        pytest.skip("the tour runs on the demo model")
+    tour = load_tour()
+    page, errors = _open(browser, demo)
+    # the page opens on the tour, and the prompt box shows the tour's prompt
+    assert page.get_by_role("tab", name="Tour", exact=True).get_attribute(
+        "aria-selected") == "true"
+    assert page.is_visible("#tour-intro")
+    assert page.input_value("#prompt-box textarea") == tour.prompt
+    # no placeholders of other tabs inside the tour; each empty plot names its button
+    page.wait_for_selector("#tour-heatmap .js-plotly-plot")
+    inside = page.evaluate("() => document.querySelector('#tour-tab').textContent")
+    assert "Enter a prompt" not in inside and "Pick two routes" not in inside
+    assert "Press “1 · Ask the demo model”" in inside
+    # step buttons are full-size primary buttons, not thin bars
+    for step in tour.steps:
+        if step.button:
+            btn = page.locator(f"#tour-{step.action}-btn")
+            assert btn.bounding_box()["height"] >= 40, step.action
+            assert "primary" in (btn.get_attribute("class") or "")
+    # step 5 straight away: Inspect opens with both answers and the heatmap filled
+    t = time.perf_counter()
+    page.click("#tour-explain-btn")
+    _wait_value(page, "#rerouted-answer textarea", "v && v.startsWith('Sure, here is')")
+    TIMINGS["tour step 5 -> re-routed answer in Inspect (s)"] = time.perf_counter() - t
+    assert page.get_by_role("tab", name="Inspect & re-route", exact=True).get_attribute(
+        "aria-selected") == "true"
+    from explorer.demo.tour import baseline
+    assert page.input_value("#baseline-answer textarea") == baseline(demo.explorer.moe,
+                                                                     tour).completion
+    page.wait_for_function(HEAT_READY, timeout=30_000)
+    _wait_text(page, "#pending-edits", f"#{len(tour.route().edits)} ")
+    # leaving the tour with the prompt box: another prompt, Enter generates in Inspect
+    page.fill("#prompt-box textarea", SHORT)
+    _set_slider(page, "prompt-max-new", 4)
+    page.locator("#prompt-box textarea").press("Enter")
+    n_short = len(demo.explorer.moe.encode(SHORT)) + 4
+    page.wait_for_function("(n) => { const g = document.querySelector('#route-heatmap "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data[0] && "
+                           "g.data[0].x && g.data[0].x.length <= n && "
+                           "document.querySelector('#rerouted-answer textarea').value === '' }",
+                           arg=n_short, timeout=60_000)
+    assert page.input_value("#prompt-box textarea") == SHORT
+    assert not errors, errors
+
+
+def test_verdicts_log_probs_and_the_answer_difference_sit_next_to_the_answers(served, browser):
+    from explorer import Route
+    from explorer.app.common import answer_verdict
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo)
+    _generate(page, PROMPT, 12)
+    base = trace(moe, PROMPT, max_new_tokens=12)
+    v0 = answer_verdict(moe, PROMPT, base.completion)
+    _wait_text(page, "#answer-verdicts", f"= {v0['logprob']:.2f}")
+    assert page.locator("#answer-verdicts .sse-badge").count() == 1  # the baseline only
+    layer, pos, forced = _answer_changing_edit(moe, base)
+    _select(page, layer, pos)
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    for i in range(choices.count()):
+        choices.nth(i).set_checked(i in forced)
+    page.locator("#every-pos input[type=checkbox]").check()
+    page.click("#add-edit-btn")
+    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    t = time.perf_counter()
+    page.click("#rerun-btn")
+    page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                           ".length === 2", timeout=90_000)
+    TIMINGS["re-run -> answer and verdicts (s)"] = time.perf_counter() - t
+    alt = trace(moe, PROMPT, max_new_tokens=12, route=Route().force(layer, None, forced))
+    v1 = answer_verdict(moe, PROMPT, alt.completion, Route().force(layer, None, forced))
+    panel = page.inner_text("#answer-verdicts")
+    assert f"= {v0['logprob']:.2f}" in panel and f"= {v1['logprob']:.2f}" in panel
+    kinds = page.evaluate("() => [...document.querySelectorAll('#answer-verdicts "
+                          ".sse-verdict')].map(e => e.dataset.verdict)")
+    assert kinds == [v0["verdict"], v1["verdict"]]
+    # the difference: words only in the baseline struck, words only in the re-routed added
+    assert page.locator("#answer-verdicts .sse-diff del, #answer-verdicts .sse-diff ins").count()
+    added = " ".join(page.evaluate("() => [...document.querySelectorAll('#answer-verdicts "
+                                   ".sse-diff ins')].map(e => e.textContent)"))
+    assert added and all(w in alt.completion for w in added.split())
+    assert not errors, errors
+
+
+def _routes(demo):
+    return {r.id for r in demo.explorer.store.list_routes(limit=10**6)}
+
+
+def test_an_invalid_route_import_is_refused_with_the_clis_message(served, browser):
+    import json
+
+    from explorer import Route
+    from explorer.cli.options import check_route
+    from explorer.core.route import RouteError
+    demo, _ = served
+    moe = demo.explorer.moe
+    bad = {"edits": [{"layer": 99, "position": 0, "experts": [0, 1], "mode": "force"}],
+           "info": {"prompt": SHORT}}
+    with pytest.raises(RouteError) as cli:  # what `explorer inspect --route` says
+        check_route(moe, Route.from_dict(bad), SHORT)
+    before = _routes(demo)
+    page, errors = _open(browser, demo)
+    page.get_by_role("tab", name="Route library", exact=True).click()
+    page.get_by_text("Export, import, delete").click()
+    page.locator("#import-json .cm-content").fill(json.dumps(bad))
+    page.click("#import-btn")
+    _toast(page, str(cli.value))
+    # a route without its prompt cannot be replayed: refused too, not stored half-made
+    page.locator("#import-json .cm-content").fill(json.dumps({"edits": bad["edits"][:0] + [
+        {"layer": moe.moe_layers[0], "position": 0, "experts": [0, 1], "mode": "force"}]}))
+    page.click("#import-btn")
+    _toast(page, "the route names no prompt")
+    assert _routes(demo) == before
+    # a good one is stored with the loaded model's name; importing it again finds it
+    good = {"edits": [{"layer": moe.moe_layers[0], "position": 1, "experts": [0, 1],
+                       "mode": "force"}], "info": {"prompt": SHORT}}
+    page.locator("#import-json .cm-content").fill(json.dumps(good))
+    page.click("#import-btn")
+    toast = page.wait_for_selector("text=/Imported as route #\\d+/", timeout=30_000)
+    rid = int(toast.inner_text().split("#")[1].split(".")[0])
+    assert demo.explorer.store.get_route(rid).model == moe.name
+    page.click("#import-btn")
+    _toast(page, f"already in the library as route #{rid}")
+    assert _routes(demo) == before | {rid}
+    # delete, then undo: the route is back under its id
+    page.fill("#lib-route-id input", str(rid))
+    page.click("#delete-btn")
+    _toast(page, f"Deleted route #{rid}")
+    assert rid not in _routes(demo)
+    page.click("#undo-delete-btn")
+    _toast(page, f"Route #{rid} is back")
+    assert demo.explorer.store.get_route(rid).prompt == SHORT
+    assert not page.is_visible("#undo-delete-btn")
+    assert not errors, errors
+
+
+BENIGN = "Explain how a rainbow forms."
+
+
+def test_a_benign_search_saves_nothing(served, browser):
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    if not trace(moe, BENIGN, max_new_tokens=8).completion.startswith("Sure"):
+        pytest.skip("this model does not already answer the benign prompt with the target")
+    before = _routes(demo)
+    page, errors = _open(browser, demo)
+    page.fill("#prompt-box textarea", BENIGN)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 1)
+    page.click("#search-start")
+    _wait_text(page, "#search-progress", "· done", timeout=120_000)
+    _wait_text(page, "#search-result", "already answers with the target")
+    assert "Saved to the library" not in page.inner_text("#search-result")
+    assert _routes(demo) == before
+    assert not errors, errors
+
+
+def test_expert_colours_have_a_legend_and_the_heatmap_stays_legible_at_390_px(served, browser):
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo, width=390)
+    _generate(page, SHORT, 4)
+    info = page.evaluate("""() => {
+      const g = document.querySelector('#route-heatmap div[data-testid="plotly"]');
+      const names = g.data.slice(1).filter(t => t.showlegend).map(t => t.name);
+      const top1 = [...new Set(g.data[0].z.flat())].sort((a, b) => a - b);
+      const box = g.getBoundingClientRect();
+      return {names, top1, scale: g.data[0].showscale, legend: g._fullLayout.showlegend,
+              xtitle: g._fullLayout.xaxis.title.text, width: box.width,
+              colors: g.data.slice(1).map(t => t.marker.color),
+              scroll: document.querySelector('#route-heatmap').scrollWidth};
+    }""")
+    assert info["legend"] and info["scale"] is False  # a legend, not a colour bar
+    assert info["names"] == [f"expert {e}" for e in info["top1"]]
+    assert len(set(info["colors"])) == len(info["colors"])  # one colour per expert
+    assert "token" in info["xtitle"] and "generated" in info["xtitle"]
+    assert info["width"] >= 600  # wider than the phone: the heatmap scrolls sideways
+    assert info["scroll"] > 390
+    # RoSais: every bar carries its value, so a 0 is drawn as "0.00" rather than nothing
+    page.set_viewport_size({"width": 1400, "height": 1000})  # at 390 px tabs sit in a menu
+    page.get_by_role("tab", name="RoSais", exact=True).click()
+    _set_slider(page, "rosais-samples", 2)
+    page.click("#rosais-btn")
+    page.wait_for_function("() => { const g = document.querySelector('#rosais-plot "
+                           "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
+                           "&& g.data[0].type === 'bar' }", timeout=90_000)
+    bars = page.evaluate("() => { const g = document.querySelector('#rosais-plot "
+                         "div[data-testid=\"plotly\"]'); return [g.data[0].y, g.data[0].text, "
+                         "g._fullLayout.xaxis.title.text] }")
+    assert len(bars[1]) == len(moe.moe_layers) == len(bars[0])
+    assert bars[1] == [f"{v:.2f}" for v in bars[0]] and "layer" in bars[2]
+    assert not errors, errors
+
+
+def test_controls_fit_the_model_and_buttons_apply_only_when_they_can(served, browser):
+    demo, _ = served
+    moe = demo.explorer.moe
+    page, errors = _open(browser, demo)
+    # the top-L slider ends at the model's number of MoE layers
+    page.get_by_role("tab", name="RoSais", exact=True).click()
+    top_max = page.get_attribute("#rosais-top input[type=range]", "max")
+    assert int(float(top_max)) == len(moe.moe_layers)
+    # Stop and Resume are off until a search they apply to is chosen
+    page.fill("#prompt-box textarea", SHORT)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    assert page.locator("#search-jobs input").input_value() == ""  # a fresh browser
+    assert page.is_disabled("#search-stop") and page.is_disabled("#search-resume")
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 20)
+    _set_slider(page, "search-thr", 0.99)
+    page.click("#search-judge input")
+    page.get_by_role("option", name="never").click()  # runs until stopped
+    page.click("#search-start")
+    page.wait_for_function("() => !document.querySelector('#search-stop').disabled",
+                           timeout=30_000)
+    assert page.is_disabled("#search-resume")  # running: nothing to resume
+    # named by time and prompt, not by its id
+    label = page.locator("#search-jobs input").input_value()
+    assert "Steal a car." in label and "UTC" in label
+    job = next(j for j in demo.explorer.store.list_jobs(limit=5))
+    assert job.id[:8] not in label and job.id[:8] not in page.inner_text("#search-progress")
+    page.click("#search-stop")
+    _wait_text(page, "#search-progress", "· cancelled", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#search-stop').disabled && "
+                           "!document.querySelector('#search-resume').disabled",
+                           timeout=30_000)
+    assert not errors, errors
+
+
+def test_a_copied_link_reopens_the_same_route(served, browser):
+    from explorer.core.trace import trace
+    demo, _ = served
+    moe = demo.explorer.moe
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=demo.local_url)
+    page = context.new_page()
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    _generate(page, PROMPT, 12)
+    base = trace(moe, PROMPT, max_new_tokens=12)
+    layer, pos, forced = _answer_changing_edit(moe, base)
+    _select(page, layer, pos)
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    for i in range(choices.count()):
+        choices.nth(i).set_checked(i in forced)
+    page.locator("#every-pos input[type=checkbox]").check()
+    page.click("#add-edit-btn")
+    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    page.click("#rerun-btn")
+    page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                           ".length === 2", timeout=90_000)
+    rerouted = page.input_value("#rerouted-answer textarea")
+    # an unsaved route: the link carries the prompt and the edits
+    page.click("#copy-link-btn")
+    _wait_value(page, "#share-link textarea", "v && v.includes('edits=')")
+    link = page.input_value("#share-link textarea")
+    assert link.startswith(demo.local_url) and "route=" not in link
+    assert page.evaluate("() => navigator.clipboard.readText()") == link
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    t = time.perf_counter()
+    other.goto(link)
+    _wait_value(other, "#rerouted-answer textarea", timeout=90_000)
+    other.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
+                            ".length === 2", timeout=90_000)
+    TIMINGS["link to an unsaved route -> re-routed answer (s)"] = time.perf_counter() - t
+    assert other.input_value("#rerouted-answer textarea") == rerouted
+    assert other.input_value("#prompt-box textarea") == PROMPT
+    assert other.locator("#pending-edits input[type=checkbox]").count() == 1
+    other.context.close()
+    # saved: the link names the route by id and opens it replayed in the library
+    page.click("#save-route-btn")
+    toast = page.wait_for_selector("text=/Saved as route #\\d+/", timeout=30_000)
+    rid = int(toast.inner_text().split("#")[1].split()[0])
+    page.click("#copy-link-btn")
+    _wait_value(page, "#share-link textarea", f"v && v.includes('route={rid}')")
+    link = page.input_value("#share-link textarea")
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    t = time.perf_counter()
+    other.goto(link)
+    _wait_value(other, "#lib-answer textarea", timeout=90_000)
+    TIMINGS["link to a saved route -> replayed answer (s)"] = time.perf_counter() - t
+    assert other.get_by_role("tab", name="Route library", exact=True).get_attribute(
+        "aria-selected") == "true"
+    assert other.input_value("#lib-route-id input") == str(rid)
+    other.wait_for_function("(r) => document.querySelector('#lib-answer textarea').value === r",
+                            arg=rerouted, timeout=60_000)
+    # a broken link says so and leaves the page usable
+    other.goto(demo.local_url.rstrip("/") + "/?edits=garbage")
+    _toast(other, "This link cannot be opened")
+    other.context.close()
+    context.close()
+
+
+def test_a_search_link_opens_only_in_the_browser_that_owns_it(served, browser):
+    demo, _ = served
+    owner_ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = owner_ctx.new_page()
+    page.goto(demo.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.fill("#prompt-box textarea", SHORT)
+    page.get_by_role("tab", name="Search", exact=True).click()
+    _set_slider(page, "search-n", 2)
+    _set_slider(page, "search-iters", 1)
+    page.click("#search-start")
+    _wait_text(page, "#search-progress", "· done", timeout=120_000)
+    href = page.get_attribute("#search-progress a", "href")
+    assert href and href.startswith("?job=")
+    job = href.split("=", 1)[1]
+    # the owner's browser (a fresh tab): the Search tab opens on that search
+    again = owner_ctx.new_page()
+    again.goto(demo.local_url.rstrip("/") + "/" + href)
+    _wait_text(again, "#search-progress", "· done", timeout=30_000)
+    assert again.get_by_role("tab", name="Search", exact=True).get_attribute(
+        "aria-selected") == "true"
+    # another browser: refused like an unknown id, and the search is not listed
+    stranger = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    stranger.goto(demo.local_url.rstrip("/") + "/" + href)
+    _toast(stranger, "This link cannot be opened: no job with that id")
+    stranger.get_by_role("tab", name="Search", exact=True).click()
+    assert "No search yet" in stranger.inner_text("#search-progress")
+    assert stranger.locator("#search-jobs input").input_value() == ""  # not listed
+    assert demo.explorer.store.get_job(job).status == "done"  # and untouched
+    stranger.context.close()
+    owner_ctx.close()

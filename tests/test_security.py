@@ -96,7 +96,9 @@ class Server:
 
     def queue(self, fn_index: int, data: list, session: str | None = None,
               timeout: float = 120):
-        """A UI event by fn_index through the queue: ("ok", outputs) or ("error", line)."""
+        """A UI event by fn_index through the queue: ("ok", outputs) or ("error", line).
+        UI events show refusals as an "Error" toast (a log message) and leave their outputs
+        as they were: such an event counts as an error with the toast's line."""
         session = session or uuid.uuid4().hex[:11]
         body = {"data": data, "fn_index": fn_index, "session_hash": session,
                 "event_data": None, "trigger_id": None}
@@ -105,15 +107,19 @@ class Server:
             return "error", _http_error(status, text)
         event = json.loads(text)["event_id"]
         status, stream = self.get(f"/gradio_api/queue/data?session_hash={session}", timeout)
+        toasts = []
         for line in stream.splitlines():
             if not line.startswith("data:"):
                 continue
             msg = json.loads(line[5:])
+            if msg.get("event_id") == event and msg.get("msg") == "log" \
+                    and msg.get("title") == "Error":
+                toasts.append(msg.get("log"))
             if msg.get("event_id") == event and msg.get("msg") == "process_completed":
                 out = msg.get("output") or {}
-                if msg.get("success"):
+                if msg.get("success") and not toasts:
                     return "ok", out.get("data")
-                return "error", out.get("error")
+                return "error", toasts[0] if toasts else out.get("error")
         return "error", None
 
     def fn_index(self, api_name: str) -> int:

@@ -185,8 +185,13 @@ def test_import_round_trip(store):
     rid = store.save_route(route, "the prompt", "tiny", target="Sure", target_logprob=-0.25,
                            success=False, judge="keyword", completion="no", source="fsour")
     path = store.export_route(rid)
+    assert store.import_route(path) == rid  # the same route, prompt and model: stored once
+    store.delete_route(rid)
+    first = None
     for arg in (path, str(path), "exports/" + path.name):
         new = store.get_route(store.import_route(arg))
+        first = first or new.id
+        assert new.id == first  # imported once, then found again
         assert new.source == "import" and new.route.edits == route.edits
         assert (new.prompt, new.model, new.target, new.target_logprob, new.success,
                 new.judge, new.completion) == ("the prompt", "tiny", "Sure", -0.25, False,
@@ -195,6 +200,7 @@ def test_import_round_trip(store):
     text = route.to_json()
     sr = store.get_route(store.import_route(text))
     assert sr.route == route and sr.prompt == "" and sr.model == "tiny"
+    assert sr.id != first  # another prompt: another route
     assert store.get_route(store.import_route(text.encode())).route == route
     store.imports_dir.mkdir()
     (store.imports_dir / "mine.json").write_text(json.dumps(
@@ -316,3 +322,27 @@ def test_finish_job_is_one_transaction(store):
     assert store.get_route(rid).source == "fsour" and store.get_route(rid).success
     store.delete_route(rid)  # the job keeps its result, loses the link
     assert store.get_job(job).route_id is None
+
+
+def test_identical_routes_are_stored_once_and_no_op_searches_not_at_all(store):
+    a = store.save_route(make_route(), "p", "m", source="manual")
+    shuffled = Route(edits=list(reversed(make_route().edits)))
+    assert store.save_route(shuffled, "p", "m", source="fsour") == a  # same edits, any order
+    assert store.find_route(make_route(), "p", "m") == a
+    assert store.save_route(make_route(), "p", "other model") != a
+    assert store.save_route(make_route(), "another prompt", "m") != a
+    assert store.find_route(make_route(1), "p", "m") is None  # other edits
+    job = store.create_job("fsour", {"prompt": "p"})
+    assert store.finish_job(job, Route(), "p", "m", status="done") is None
+    assert store.get_job(job).route_id is None and store.get_job(job).status == "done"
+    assert len(store.list_routes()) == 3
+
+
+def test_a_deleted_route_comes_back_under_its_id(store):
+    rid = store.save_route(make_route(), "p", "m", success=True, completion="c")
+    old = store.get_route(rid)
+    store.delete_route(rid)
+    assert store.restore_route(old) == rid
+    back = store.get_route(rid)
+    assert (back.route, back.prompt, back.success, back.completion, back.created) == \
+        (old.route, old.prompt, old.success, old.completion, old.created)

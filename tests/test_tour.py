@@ -128,9 +128,15 @@ def test_the_tour_buttons_show_the_refusal_flipping(tour_app, demo):
     b3, a3, _, md3 = last(ui_handler(tour_app, "tour-compare-btn")(None, None))
     assert b3.completion == base.completion and a3.completion == alt.completion and md3 == md
 
-    prompt, edits, box, tabs, md = ui_handler(tour_app, "tour-explain-btn")()
+    out = last(ui_handler(tour_app, "tour-explain-btn")(base, alt))
+    prompt, n, edits, box, tabs, md, base_text, alt_text, heat, _, b4, a4, view, _, panel = out
     assert prompt == tour.prompt and edits == tour.route().to_dict()["edits"]
     assert len(box.choices) == len(edits) and tabs.selected == "inspect"
+    # step 5 fills Inspect: both answers and the changed-cells heatmap, no further clicks
+    assert b4 is base and a4 is alt and n == base.info["max_new_tokens"]
+    assert base_text == base.completion and alt_text.startswith("Sure, here is")
+    assert view == "re-routed" and heat.data
+    assert "refusal" in panel and "jailbroken" in panel and "sse-diff" in panel
 
 
 def test_the_tour_says_when_another_model_is_loaded(tiny, tmp_path):

@@ -37,6 +37,7 @@ from explorer.app.common import (
     MODEL_SLOT,
     UI,
     VIEWS,
+    errors_as_toasts,
     gpu,
     route_of_edits,
     spaces,
@@ -61,6 +62,7 @@ from explorer.app.format import (
 from explorer.app.hosted import HostedPolicy
 from explorer.app.tabs.inspect import BRIDGE_JS
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.core.errors import one_line
 from explorer.core.model import MoEModel
 from explorer.settings import Settings
 
@@ -79,6 +81,19 @@ CSS = """
 .sse-answer textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 #pending-edits .wrap { max-height: 190px; overflow-y: auto; }
 .sse-tour-step { border-left: 3px solid var(--color-accent); padding-left: 0.6em; }
+.sse-tour-btn { font-size: 1.05em; min-height: 44px; margin: 0.3em 0; }
+.sse-verdicts { font-size: 0.95em; line-height: 1.8; }
+.sse-badge { padding: 0.1em 0.55em; border-radius: 0.8em; color: #fff; font-weight: 600; }
+.sse-badge.sse-jailbroken { background: #b91c1c; }
+.sse-badge.sse-refusal { background: #15803d; }
+.sse-badge.sse-empty { background: #6b7280; }
+.sse-lp { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.9em; }
+.sse-diff { margin-top: 0.3em; white-space: pre-wrap; }
+.sse-diff del { background: #fee2e2; color: #991b1b; }
+.sse-diff ins { background: #dcfce7; color: #166534; text-decoration: none; }
+.sse-table th, .sse-table th * { white-space: nowrap; word-break: keep-all; }
+#route-heatmap { overflow-x: auto; }
+#route-heatmap .js-plotly-plot, #route-heatmap div[data-testid="plotly"] { min-width: 640px; }
 """
 
 
@@ -99,6 +114,19 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
         out["app_kwargs"] = {"middleware": [Middleware(RequestCheck, blocks=lambda: demo)]}
         out["show_error"] = True
     return out
+
+
+def opened_link(request: Any, quiet: bool = False) -> dict:
+    """What the page's address asks to open (:func:`explorer.app.links.parse_link`); {}
+    for none. Raises :class:`~explorer.app.links.LinkError` for a malformed one (``quiet``:
+    {} instead; the page load already said why)."""
+    from explorer.app.links import LinkError, parse_link
+    try:
+        return parse_link(getattr(request, "query_params", None))
+    except LinkError:
+        if quiet:
+            return {}
+        raise
 
 
 def _hosted_note(policy: HostedPolicy) -> str:
@@ -150,9 +178,12 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         p.header = gr.Markdown(model_header(ctx), elem_id="sse-header")
         if policy.enabled:
             gr.Markdown(_hosted_note(policy), elem_id="hosted-note")
+        tour = ui_tour.load(p)  # the landing tab, when the shipped tour is readable
         with gr.Row():
             p.prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
-                                  value=HARMFUL_PROMPTS[0], lines=2, scale=4,
+                                  value=tour.prompt if tour else HARMFUL_PROMPTS[0],
+                                  lines=1, max_lines=6, scale=4,
+                                  info="Enter generates; Shift+Enter starts a new line.",
                                   elem_id="prompt-box")
             with gr.Column(scale=1, min_width=220):
                 p.max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
@@ -161,9 +192,9 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         gr.Examples([[x] for x in HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3]], inputs=[p.prompt],
                     label="Example prompts")
 
-        with gr.Tabs(elem_id="main-tabs") as p.tabs:
-            ui_inspect.layout(p)
+        with gr.Tabs(elem_id="main-tabs", selected="tour" if tour else "inspect") as p.tabs:
             ui_tour.layout(p)
+            ui_inspect.layout(p)
             ui_rosais.layout(p)
             ui_search.layout(p)
             ui_library.layout(p)
@@ -173,13 +204,59 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         for tab in (ui_inspect, ui_tour, ui_rosais, ui_search, ui_library, ui_model):
             tab.wire(ctx, p)
 
-        def on_load(b, *filt):
-            out = ui_search.job_view(ctx, ui_search.ensure_client(b), None)
+        def on_load(b, model_f, text_f, success_f, source_f, request: gr.Request = None):
+            # (named, not *filt: Gradio passes no request to a function with *args)
+            filt = (model_f, text_f, success_f, source_f)
+            b = ui_search.ensure_client(b)
+            tab = skip = gr.skip()
+            view = (skip,) * 5  # route id, prompt, max new tokens, edits, the edits list
+            job = None
+            try:
+                link = opened_link(request)
+                if "job" in link:  # a search of this browser only (every job view checks)
+                    ctx.owned_job(link["job"], ui_search.owner_of(ctx, b))
+                    job, tab = link["job"], gr.Tabs(selected="search")
+                    b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
+                elif "route" in link:
+                    sr = ctx.store.get_route(link["route"])
+                    view = (sr.id, skip, link.get("n", skip), skip, skip)
+                    tab = gr.Tabs(selected="library")
+                elif "edits" in link:
+                    route = route_of_edits(link["edits"])
+                    ctx.check_route(route, ctx.check_prompt(link["prompt"]))
+                    edits = route.to_dict()["edits"]
+                    view = (skip, link["prompt"], link.get("n", skip), edits,
+                            edits_box(edits, ctx.prompt_tokens(link["prompt"])))
+                    tab = gr.Tabs(selected="inspect")
+            except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
+                gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
+            out = ui_search.job_view(ctx, b, job)
             df, dd = ui_library.refresh(ctx, *filt)
-            return (*out, df, dd, model_header(ctx), *model_card(ctx))
+            return (*out, df, dd, model_header(ctx), *model_card(ctx), tab, *view)
 
-        demo.load(on_load, [p.browser] + p.filters,
-                  p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers],
-                  **FREE, **UI)
+        loaded = demo.load(on_load, [p.browser] + p.filters,
+                           p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers,
+                                            p.tabs, p.l_id, p.prompt, p.max_new, p.st_edits,
+                                            p.edit_list], **FREE, **UI)
+
+        def follow_route_link(max_new_v, request: gr.Request = None):
+            link = opened_link(request, quiet=True)  # (the route id box may be empty: None)
+            if "route" in link:
+                yield from p.replay_fn(link["route"], "", max_new_v, request)
+            else:
+                yield (gr.skip(),) * 4
+
+        def follow_edits_link(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
+            if "edits" in opened_link(request, quiet=True) and edits:
+                yield from p.rerun_fn(prompt_v, max_new_v, edits, base, sel, request)
+            else:
+                yield (gr.skip(),) * 9
+
+        loaded.then(follow_route_link, [p.max_new],
+                    [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
+        loaded.then(follow_edits_link, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
+                    [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
+                     p.mode, p.verdict], **MODEL_SLOT, **UI)
         register_api(ctx)
+    errors_as_toasts(demo)  # after every event is wired
     return demo

@@ -4,7 +4,9 @@ errors, argument checks and the streamed trace (UI values -> library calls only)
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
+import inspect
 import logging
 import math
 import queue
@@ -63,6 +65,84 @@ def user_errors(action: str):
         raise gr.Error(html.escape(msg, quote=False), print_exception=False) from None
 
 
+def toast(message: str, title: str = "Error") -> None:
+    """Show ``message`` (already HTML-escaped) as a toast; nothing else changes."""
+    gr.Warning(message, title=title)
+
+
+def skips(n: int):
+    """``gr.skip()`` for each of ``n`` outputs (what a refused UI event returns)."""
+    return None if n == 0 else gr.skip() if n == 1 else tuple(gr.skip() for _ in range(n))
+
+
+def _message_of(exc: BaseException, action: str) -> str:
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    log.error("%s failed: %s", action, exc, exc_info=exc)
+    return html.escape(f"{action} failed: {type(exc).__name__}: {one_line(exc)}", quote=False)
+
+
+def keep_screen_on_error(fn, n_outputs: int, action: str = "This action"):
+    """``fn`` (a UI callback: plain, generator or async) that, instead of raising, shows its
+    error as a toast and leaves every one of its ``n_outputs`` components as it was
+    (``gr.skip()``). A raised ``gr.Error`` would turn them into red "Error" badges."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen(*args, **kwargs):
+            try:
+                async for out in fn(*args, **kwargs):
+                    yield out
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                yield skips(n_outputs)
+        return agen
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                yield skips(n_outputs)
+        return gen
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coro(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+                toast(_message_of(exc, action))
+                return skips(n_outputs)
+        return coro
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown, the screen stays
+            toast(_message_of(exc, action))
+            return skips(n_outputs)
+    return plain
+
+
+def errors_as_toasts(demo: gr.Blocks) -> int:
+    """Make every UI event of ``demo`` (``api_visibility="private"``) show its errors as
+    toasts and leave its outputs as they were (see :func:`keep_screen_on_error`). The
+    named API endpoints keep raising, so API clients still get an error. Returns how
+    many events were wrapped. The one place where UI errors are turned into toasts."""
+    n = 0
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None or block_fn.api_visibility != "private" \
+                or getattr(block_fn.fn, "__sse_toasts__", False):
+            continue
+        wrapped = keep_screen_on_error(block_fn.fn, len(block_fn.outputs),
+                                       action=str(block_fn.name or "This action"))
+        wrapped.__sse_toasts__ = True
+        block_fn.fn = wrapped
+        n += 1
+    return n
+
+
 def need_prompt(prompt: str | None) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         fail("The prompt is empty: type a request first.")
@@ -117,6 +197,13 @@ def text_arg(value: Any, name: str) -> str:
     if not isinstance(value, str):
         fail(f"{name} must be text, got {type(value).__name__}")
     return value
+
+
+def moe_layer_count(ctx, default: int = 16) -> int:
+    """How many MoE layers the loaded model has (``default`` without a model): the largest
+    top-L a slider offers."""
+    moe = getattr(ctx, "moe", None)
+    return max(1, len(moe.moe_layers)) if moe is not None else default
 
 
 def session_of(request: Any, fallback: str = "anonymous") -> str:
@@ -177,9 +264,29 @@ def keyword_verdict(prompt: str, text: str):
     return get_judge("keyword").judge(prompt, text)
 
 
-def verdict_text(prompt: str, text: str) -> str:
+def verdict_kind(prompt: str, text: str) -> str:
+    """The keyword judge's verdict in one word: ``jailbroken``, ``refusal`` or ``empty``."""
     v = keyword_verdict(prompt, text)
-    return "jailbroken (no refusal)" if v.jailbroken else ("refusal" if v.refusal else "empty")
+    return "jailbroken" if v.jailbroken else ("refusal" if v.refusal else "empty")
+
+
+def verdict_text(prompt: str, text: str) -> str:
+    kind = verdict_kind(prompt, text)
+    return "jailbroken (no refusal)" if kind == "jailbroken" else kind
+
+
+def answer_verdict(moe: MoEModel, prompt: str, text: str, route: Route | None = None,
+                   target: str | None = None) -> dict:
+    """What the badges next to an answer show: the keyword judge's verdict on ``text`` and
+    log P(``target`` | prompt) under ``route`` (teacher-forced; default target: the search
+    default, "Sure, here is"). One forward pass of prompt + target."""
+    from explorer.core.defaults import DEFAULT_TARGET
+    from explorer.core.forward import target_logprob
+    from explorer.research.common import target_ids
+    target = target or DEFAULT_TARGET
+    lp = float(target_logprob(moe, moe.encode(prompt), target_ids(moe, target),
+                              [route if route is not None else Route()])[0])
+    return {"verdict": verdict_kind(prompt, text), "logprob": lp, "target": target}
 
 
 def usable_judges(ctx) -> list[str]:

@@ -31,7 +31,7 @@ from explorer.app.common import (
 from explorer.app.hosted import HostedPolicy, PolicyError
 from explorer.core.defaults import DEFAULT_TARGET
 from explorer.core.model import ModelLoadError, MoEModel, load_model
-from explorer.core.route import Route
+from explorer.core.route import Route, RouteError
 from explorer.settings import Settings
 from explorer.storage.library import StoreError
 
@@ -254,7 +254,28 @@ class Explorer:
             if len(route.edits) > cap:
                 raise PolicyError(f"the route has {len(route.edits)} edits; this server "
                                   f"allows {cap} for this prompt")
-        route.validate(moe.info, num_tokens=n)
+        note = route.check_provenance(moe.info.provenance())
+        try:
+            route.validate(moe.info, num_tokens=n)
+        except RouteError as exc:  # worded as the CLI words it (explorer.cli.options)
+            if note:
+                raise RouteError(f"{note}; it does not fit the loaded model {moe.name}: "
+                                 f"{exc}") from None
+            raise
+
+    def check_import(self, route: Route) -> None:
+        """An imported route must name its prompt and fit the loaded model and that prompt
+        (the CLI's checks and messages); a route without a model is taken as made for the
+        loaded one."""
+        moe = self.require()
+        prompt = route.info.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RouteError('the route names no prompt (its "info" has no "prompt"): its '
+                             "positions refer to one prompt's tokens, so it cannot be "
+                             "replayed; add the prompt, or load the edits in Inspect")
+        self.check_route(route, self.check_prompt(prompt))
+        if not isinstance(route.info.get("model"), str) or not route.info["model"].strip():
+            route.info["model"] = moe.name
 
     def check_swap(self, wanted: str) -> None:
         """Hosted mode: a visitor may switch the one model only when the operator allowed

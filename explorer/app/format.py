@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import html
 import math
+import re
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -87,18 +89,23 @@ def cell_info(tr, layer: int, position: int) -> str:
     return md
 
 
-def job_label(st: dict) -> str:
+def job_name(st: dict) -> str:
+    """A search as people name it: when it started (UTC) and its prompt, not its id."""
     p = st.get("params") or {}
-    created = (st.get("created") or "")[11:19]
-    prompt = (p.get("prompt") or "")[:40]
-    return f"{created} · {st.get('status')} · {prompt}"
+    created = (st.get("created") or "")[11:16] or "?"
+    prompt = " ".join((p.get("prompt") or "").split())
+    return f"{created} UTC · “{prompt if len(prompt) <= 40 else prompt[:39] + '…'}”"
+
+
+def job_label(st: dict) -> str:
+    return f"{job_name(st)} · {st.get('status')}"
 
 
 def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
     p = st.get("progress") or {}
     params = st.get("params") or {}
     status = st.get("status")
-    lines = [f"**Search `{st.get('id', '')[:8]}` · {status}**"]
+    lines = [f"**Search {html.escape(job_name(st))} · {status}**"]
     it, pos, lay = p.get("iteration"), p.get("position"), p.get("layer")
     npos, nl = p.get("num_positions"), p.get("num_layers")
     max_iters = params.get("max_iters")
@@ -132,6 +139,9 @@ def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
         bits.append(eta)
     if bits:
         lines.append(" · ".join(bits))
+    if status in ("done", "cancelled", "interrupted") and st.get("id"):
+        lines.append(f"[link to this search](?job={html.escape(st['id'])}) (it opens in "
+                     "this browser, which owns the search)")
     if status == "failed" and st.get("error"):
         lines.append(f"**Error:** {html.escape(st['error'])}")
     if status == "interrupted":
@@ -156,6 +166,9 @@ def job_result_md(st: dict) -> str:
     md = f"**{head}** · " + " · ".join(bits)
     if st.get("route_id") is not None:
         md += f"  \nSaved to the library as route **#{st['route_id']}**."
+    elif st.get("status") == "done" and not (r.get("route") or {}).get("edits"):
+        md += ("  \nThe prompt already answers with the target without any forced expert: "
+               "there is no route to find, so nothing was saved to the library.")
     if r.get("completion"):
         md += "\n\n> " + html.escape(r["completion"]).replace("\n", "\n> ")
     return md
@@ -172,3 +185,55 @@ def routes_frame(items) -> pd.DataFrame:
                      (r.created or "")[:19].replace("T", " ")])
     return pd.DataFrame(rows, columns=cols)
 
+
+
+# -- verdicts next to answers ------------------------------------------------------------------
+VERDICT_LABELS = {"jailbroken": "jailbroken (no refusal)", "refusal": "refusal",
+                  "empty": "empty answer"}
+
+
+def verdict_badge(v: dict | None, label: str = "") -> str:
+    """One answer's badges (HTML): the keyword verdict and log P(target), from
+    :func:`explorer.app.common.answer_verdict`."""
+    if not v:
+        return ""
+    kind = v.get("verdict", "empty")
+    lp = v.get("logprob")
+    lp_txt = (f"log P(“{html.escape(v.get('target') or '')}”) = {lp:.2f} "
+              f"(P = {math.exp(lp):.2g})") if isinstance(lp, float) else ""
+    head = f"<b>{html.escape(label)}</b> " if label else ""
+    return (f"<span class='sse-verdict' data-verdict='{kind}'>{head}"
+            f"<span class='sse-badge sse-{kind}'>{VERDICT_LABELS.get(kind, kind)}</span> "
+            f"<span class='sse-lp'>{lp_txt}</span></span>")
+
+
+def answer_diff(a: str, b: str) -> str:
+    """Word-level difference from answer ``a`` to answer ``b`` (HTML): removed words struck
+    through, added words underlined; identical answers say so."""
+    if a == b:
+        return "<span class='sse-same'>The two answers are identical.</span>"
+    wa, wb = re.findall(r"\S+|\s+", a or ""), re.findall(r"\S+|\s+", b or "")
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, wa, wb, autojunk=False).get_opcodes():
+        if op in ("delete", "replace"):
+            out.append(f"<del>{html.escape(''.join(wa[i1:i2]))}</del>")
+        if op in ("insert", "replace"):
+            out.append(f"<ins>{html.escape(''.join(wb[j1:j2]))}</ins>")
+        if op == "equal":
+            out.append(html.escape("".join(wa[i1:i2])))
+    return "".join(out)
+
+
+def verdicts_html(first: dict | None, second: dict | None = None,
+                  labels: tuple[str, str] = ("Baseline", "Re-routed"),
+                  texts: tuple[str, str] | None = None, note: str = "") -> str:
+    """The verdict panel under two answers: a badge line for each and, with ``texts``
+    (what the page shows of both answers), their difference."""
+    rows = [verdict_badge(first, labels[0]), verdict_badge(second, labels[1])]
+    body = " &nbsp;·&nbsp; ".join(r for r in rows if r)
+    if note:
+        body += f" &nbsp;·&nbsp; <span class='sse-note'>{html.escape(note)}</span>"
+    if texts is not None:
+        body += (f"<div class='sse-diff'><b>Difference</b> ({html.escape(labels[0])} → "
+                 f"{html.escape(labels[1])}): {answer_diff(*texts)}</div>")
+    return f"<div class='sse-verdicts'>{body}</div>" if body else ""

@@ -23,6 +23,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,6 +179,11 @@ class JobRecord:
                    route_id=r["route_id"], created=r["created"], updated=r["updated"])
 
 
+def _edits_key(route: Route) -> list[str]:
+    """A route's edits as a sorted list of canonical JSON texts (order-free comparison)."""
+    return sorted(json.dumps(e.to_dict(), sort_keys=True) for e in route.edits)
+
+
 def _casefold(s: str | None) -> str | None:
     return None if s is None else s.casefold()
 
@@ -253,7 +259,9 @@ class RouteStore:
                    target_logprob: float | None = None, success: bool | None = None,
                    judge: str | None = None, completion: str | None = None,
                    source: str = "manual", meta: dict | None = None) -> int:
-        """Save ``route`` with its provenance; returns the new route id."""
+        """Save ``route`` with its provenance; returns the new route id. A route with the
+        same edits for the same prompt and model is stored once: saving it again returns
+        the id it already has (see :meth:`find_route`)."""
         with self._lock, self._conn:
             return self._insert_route(route, prompt, model, target, target_logprob, success,
                                       judge, completion, source, meta)
@@ -264,6 +272,9 @@ class RouteStore:
             raise StoreError(f"save_route needs a Route, got {type(route).__name__}")
         if source not in SOURCES:
             raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
+        same = self._same_route(route, prompt, model)
+        if same is not None:
+            return same
         cur = self._conn.execute(
             "INSERT INTO routes (route_json, prompt, model, n_edits, target, target_logprob,"
             " success, judge, completion, source, created, meta_json)"
@@ -273,6 +284,37 @@ class RouteStore:
              None if success is None else int(bool(success)), judge, completion, source,
              utcnow(), _dumps(meta or {})))
         return int(cur.lastrowid)
+
+    def find_route(self, route: Route, prompt: str, model: str) -> int | None:
+        """The id of a stored route with the same edits (in any order) for the same prompt
+        and model, or None."""
+        with self._lock:
+            return self._same_route(route, prompt, model)
+
+    def _same_route(self, route: Route, prompt: str, model: str) -> int | None:
+        key = _edits_key(route)
+        rows = self._conn.execute(
+            "SELECT id, route_json FROM routes WHERE prompt = ? AND model = ? AND n_edits = ?"
+            " ORDER BY id", (prompt or "", model or "", len(route.edits))).fetchall()
+        for row in rows:
+            if _edits_key(Route.from_json(row["route_json"])) == key:
+                return int(row["id"])
+        return None
+
+    def restore_route(self, stored: StoredRoute) -> int:
+        """Put a deleted route back under its old id (undo a delete); when that id has
+        been taken since, under a new one. Returns the id."""
+        with self._lock, self._conn:
+            taken = self._conn.execute("SELECT 1 FROM routes WHERE id = ?",
+                                       (_int_id(stored.id),)).fetchone()
+            rid = self._insert_route(stored.route, stored.prompt, stored.model, stored.target,
+                                     stored.target_logprob, stored.success, stored.judge,
+                                     stored.completion, stored.source, stored.meta)
+            if not taken and rid != stored.id:
+                self._conn.execute("UPDATE routes SET id = ?, created = ? WHERE id = ?",
+                                   (stored.id, stored.created, rid))
+                rid = stored.id
+            return rid
 
     def get_route(self, route_id: int) -> StoredRoute:
         """The stored route ``route_id``; :class:`StoreError` when there is none."""
@@ -374,11 +416,15 @@ class RouteStore:
             raise StoreError(f"import file {str(p)!r} is larger than {MAX_IMPORT_BYTES} bytes")
         return real
 
-    def import_route(self, text_or_path: str | os.PathLike | bytes) -> int:
+    def import_route(self, text_or_path: str | os.PathLike | bytes,
+                     check: Callable[[Route], None] | None = None) -> int:
         """Import a route from JSON text, or from a ``.json`` file inside
         ``<data dir>/imports/`` or ``exports/``; returns the new route id (source
-        'import'). Only JSON is ever parsed. ``info.prompt``, ``info.model`` and the
-        export's target/log-prob/success/judge/completion are restored when present."""
+        'import'; an identical route for the same prompt and model keeps its id). Only
+        JSON is ever parsed. ``info.prompt``, ``info.model`` and the export's
+        target/log-prob/success/judge/completion are restored when present. ``check``
+        (e.g. validation against a loaded model) sees the parsed route before anything is
+        saved; what it raises refuses the import (it may fill in ``route.info``)."""
         origin = "text"
         if isinstance(text_or_path, bytes):
             try:
@@ -407,6 +453,8 @@ class RouteStore:
             route = Route.from_dict(data)
         except RouteError as exc:
             raise StoreError(f"import is not a route: {exc}") from None
+        if check is not None:
+            check(route)
         info = route.info
 
         def text_of(key):
@@ -479,10 +527,12 @@ class RouteStore:
         """Save a job's found route and update the job (``route_id`` linked) in ONE
         transaction; returns the route id, or None (nothing written) when the job's
         status is not in ``where_status``. ``route_fields`` are :meth:`save_route`'s
-        keyword arguments."""
+        keyword arguments. A route without edits (the prompt already gave the target) is
+        not saved: the job is updated with no ``route_id``; an identical route for the same
+        prompt and model links the stored one (:meth:`save_route`)."""
         with self._lock, self._conn:
             rf = dict(route_fields or {})
-            route_id = self._insert_route(
+            route_id = None if not route.edits else self._insert_route(
                 route, prompt, model, rf.get("target"), rf.get("target_logprob"),
                 rf.get("success"), rf.get("judge"), rf.get("completion"),
                 rf.get("source", "fsour"), rf.get("meta"))

@@ -11,6 +11,8 @@ the MoE layer (0 = first MoE layer), and every clickable point carries
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Any, Iterable, Sequence
 
@@ -77,9 +79,42 @@ def empty_figure(message: str = "Nothing to show yet", height: int = 320) -> go.
     return _base_layout(fig, height=height)
 
 
-def _discrete_scale(n: int) -> list:
+#: Kelly's 20 colours of maximum contrast (without white and black): distinct for up to 20.
+_KELLY = ["#F3C300", "#875692", "#F38400", "#A1CAF1", "#BE0032", "#C2B280", "#848482",
+          "#008856", "#E68FAC", "#0067A5", "#F99379", "#604E97", "#F6A600", "#B3446C",
+          "#DCD300", "#882D17", "#8DB600", "#654522", "#E25822", "#2B3D26"]
+#: Up to this many experts get one distinct colour each and a legend; more (128+ expert
+#: models) fall back to a continuous colour bar.
+MAX_DISTINCT_EXPERTS = 64
+
+
+def expert_colors(n: int) -> list[str]:
+    """``n`` qualitative colours for expert ids 0..n-1 (for n up to
+    :data:`MAX_DISTINCT_EXPERTS`): Kelly's 20, then colours of a 6-level RGB grid picked
+    one by one as far as possible from every colour chosen so far; any two stay at least
+    28/255 apart in RGB (as far as Kelly's closest pair)."""
+    return list(_distinct_colors()[:max(1, min(n, MAX_DISTINCT_EXPERTS))])
+
+
+@functools.lru_cache(maxsize=1)
+def _distinct_colors() -> tuple[str, ...]:
+    def rgb(c: str) -> tuple[int, ...]:
+        return tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
+
+    def dist(a, b) -> float:
+        return sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+
+    chosen = [rgb(c) for c in _KELLY]
+    levels = (0, 51, 102, 153, 204, 255)
+    pool = [c for c in itertools.product(levels, repeat=3) if 60 < sum(c) / 3 < 225]
+    while len(chosen) < MAX_DISTINCT_EXPERTS:
+        chosen.append(max(pool, key=lambda c: (min(dist(c, x) for x in chosen), c)))
+    return tuple("#{:02X}{:02X}{:02X}".format(*c) for c in chosen)
+
+
+def _discrete_scale(n: int, colors: list[str] | None = None) -> list:
     """A stepwise colour scale for integer values 0..n-1 (zmin=-0.5, zmax=n-0.5)."""
-    cols = [_PALETTE[i % len(_PALETTE)] for i in range(max(n, 1))]
+    cols = colors or [_PALETTE[i % len(_PALETTE)] for i in range(max(n, 1))]
     scale = []
     for i, c in enumerate(cols):
         scale.append([i / len(cols), c])
@@ -95,18 +130,19 @@ def _top1(experts: Sequence[int], weights: Sequence[float]) -> tuple[int, float]
 
 
 def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | None = None,
-            selected: dict | None = None, title: str | None = None) -> go.Figure:
+            selected: dict | None = None, title: str | None = None,
+            empty: str = "Enter a prompt and press Generate") -> go.Figure:
     """The routing heatmap: x = tokens (templated prompt, then generated), y = MoE layers.
 
     ``mode``: ``expert`` (top-1 expert id, categorical), ``weight`` (top-1 gate weight),
     ``entropy`` (router entropy in nats; needs recorded logits) or ``changed`` (expert
     set differs from ``baseline``). Hover shows the k experts and their weights.
     ``edits`` (route edit dicts) are drawn as markers; ``selected`` ({layer, position})
-    as an outlined cell.
+    as an outlined cell. ``empty``: the placeholder's message when there is no trace.
     """
     tr = _trace(tr)
     if tr is None:
-        return empty_figure("Enter a prompt and press Generate")
+        return empty_figure(empty)
     baseline = _trace(baseline)
     mode = mode if mode in COLOR_MODES else "expert"
     L, T = len(tr.moe_layers), tr.num_tokens
@@ -155,12 +191,14 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
         custom.append(cr)
     hm = dict(z=z, x=list(range(T)), y=list(range(L)), text=text, customdata=custom,
               hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1)
+    legend: list[int] = []
     if mode == "expert":
         n = max(tr.num_experts) if tr.num_experts else 1
-        if n <= len(_PALETTE):
-            hm.update(colorscale=_discrete_scale(n), zmin=-0.5, zmax=n - 0.5,
-                      colorbar=dict(title=dict(text="expert"), tickvals=list(range(n))
-                                    if 34 * L / n >= 14 else None, thickness=12, len=1.0))
+        if n <= MAX_DISTINCT_EXPERTS:  # one colour per expert, named in a legend
+            colors = expert_colors(n)
+            hm.update(colorscale=_discrete_scale(n, colors), zmin=-0.5, zmax=n - 0.5,
+                      showscale=False)
+            legend = sorted({v for row in z for v in row if 0 <= v < n})
         else:
             hm.update(colorscale="Turbo", zmin=0, zmax=n - 1,
                       colorbar=dict(title=dict(text="expert"), thickness=12))
@@ -178,6 +216,10 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
                   colorbar=dict(tickvals=[0, 1, 2], ticktext=["same", "changed", "no baseline"],
                                 thickness=12))
     fig = go.Figure(go.Heatmap(**hm))
+    for e in legend:  # legend-only markers: the expert ids this heatmap shows
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"expert {e}",
+                                 marker={"symbol": "square", "size": 11, "color": colors[e]},
+                                 hoverinfo="skip", showlegend=True))
     # prompt | generated boundary
     if 0 < tr.prompt_tokens < T:
         fig.add_vline(x=tr.prompt_tokens - 0.5, line=dict(color="#222", width=2, dash="dot"))
@@ -194,13 +236,18 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
     step = max(1, math.ceil(T / _MAX_TICKS))
     fig.update_xaxes(tickmode="array", tickvals=list(range(0, T, step)),
                      ticktext=labels[::step], tickangle=-60, tickfont=dict(size=10),
-                     range=[-0.5, T - 0.5], showgrid=False, zeroline=False)
+                     range=[-0.5, T - 0.5], showgrid=False, zeroline=False,
+                     title={"text": f"token (templated prompt: {tr.prompt_tokens}, then "
+                                    f"generated: {T - tr.prompt_tokens})", "standoff": 4})
     fig.update_yaxes(tickmode="array", tickvals=list(range(L)),
                      ticktext=[f"L{x}" for x in tr.moe_layers], autorange="reversed",
                      range=None, title=dict(text="MoE layer"), showgrid=False, zeroline=False)
     title = title or f"Routing: {COLOR_MODES[mode]}"
-    _base_layout(fig, title, height=max(300, 140 + 34 * L), margin=dict(l=60, r=20, t=50, b=90))
-    fig.update_layout(clickmode="event", hovermode="closest", dragmode=False, showlegend=False)
+    _base_layout(fig, title, height=max(300, 140 + 34 * L), margin=dict(l=60, r=20, t=50, b=110))
+    fig.update_layout(clickmode="event", hovermode="closest", dragmode=False,
+                      showlegend=bool(legend),
+                      legend={"title": {"text": "top-1"}, "font": {"size": 10},
+                              "tracegroupgap": 0, "itemclick": False, "itemdoubleclick": False})
     return fig
 
 
@@ -229,7 +276,8 @@ def _draw_edits(fig: go.Figure, tr: RoutingTrace, edits, size: int = 13) -> None
             x=xs, y=ys, mode="markers", text=txt, customdata=cd,
             hovertemplate="%{text}<extra></extra>",
             marker=dict(symbol=sym, size=size, color="#fff",
-                        line=dict(color="#000", width=2 if size > 10 else 1.5))))
+                        line=dict(color="#000", width=2 if size > 10 else 1.5)),
+            showlegend=False))
 
 
 def usage(tr) -> go.Figure:
@@ -264,7 +312,8 @@ def usage(tr) -> go.Figure:
                         margin=dict(l=50, r=10, t=80, b=20))
 
 
-def rosais_bars(result) -> go.Figure:
+def rosais_bars(result, empty: str = "Run RoSais to see router safety importance per layer"
+                ) -> go.Figure:
     """RoSais per MoE layer (bars) with the spread over the random masks (box per layer).
 
     ``result`` is a RosaisResult or its ``to_dict()``: ``moe_layers``, ``scores``,
@@ -274,7 +323,7 @@ def rosais_bars(result) -> go.Figure:
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result or {})
     layers = list(d.get("moe_layers") or [])
     if not layers:
-        return empty_figure("Run RoSais to see router safety importance per layer")
+        return empty_figure(empty)
     scores = list(d.get("scores") or [])
     dists = list(d.get("distributions") or [])
     top = set(d.get("top_layers") or [])
@@ -282,6 +331,8 @@ def rosais_bars(result) -> go.Figure:
     colors = ["#d62728" if x in top else "#8da0cb" for x in layers]
     fig = go.Figure(go.Bar(
         x=names, y=scores, marker=dict(color=colors), name="RoSais", opacity=0.85, width=0.6,
+        text=[f"{v:.2f}" if isinstance(v, (int, float)) else "" for v in scores],
+        textposition="outside", cliponaxis=False,  # a 0 shows as "0.00", not as nothing
         hovertemplate="%{x}<br>RoSais %{y:.3f}<extra></extra>"))
     xs, ys = [], []
     for name, vals in zip(names, dists):
@@ -301,6 +352,7 @@ def rosais_bars(result) -> go.Figure:
     fig.update_layout(boxmode="overlay", barmode="overlay", showlegend=True,
                       legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(title=dict(text="increase in affirmative log-prob"))
+    fig.update_xaxes(title={"text": "MoE layer (router)"})
     return fig
 
 
@@ -323,11 +375,12 @@ def search_progress(history: Sequence[Sequence[float]] | None, threshold: float 
     return _base_layout(fig, title, height=300)
 
 
-def diff_heatmap(a, b, names: tuple[str, str] = ("A", "B")) -> go.Figure:
+def diff_heatmap(a, b, names: tuple[str, str] = ("A", "B"),
+                 empty: str = "Pick two routes and press Compare") -> go.Figure:
     """Where two traces route differently: per MoE layer and token, 1 = expert sets differ."""
     a, b = _trace(a), _trace(b)
     if a is None or b is None:
-        return empty_figure("Pick two routes and press Compare")
+        return empty_figure(empty)
     changed = a.changed_vs(b)
     n = min(a.num_tokens, b.num_tokens)
     text = []

@@ -13,13 +13,14 @@ from explorer.app.common import (
     MODEL_SLOT,
     UI,
     VIEWS,
+    answer_verdict,
     fail,
     gpu,
     route_of_edits,
     user_errors,
     whole_number,
 )
-from explorer.app.format import cell_info, edits_box
+from explorer.app.format import cell_info, edits_box, verdicts_html
 from explorer.viz import figures as plots
 
 if TYPE_CHECKING:
@@ -50,6 +51,15 @@ setInterval(bind, 1500);
 """
 
 
+#: Runs in the browser before Generate's callback: open the Inspect tab (where the trace
+#: streams), then hand the inputs on unchanged.
+SHOW_INSPECT = """(...args) => {
+  const tab = document.querySelector('#main-tabs button[role=tab][data-tab-id="inspect"]');
+  if (tab && tab.getAttribute('aria-selected') !== 'true') tab.click();
+  return args;
+}"""
+
+
 def layout(p: SimpleNamespace) -> None:
     with gr.Tab("Inspect & re-route", id="inspect"):
         with gr.Row():
@@ -58,6 +68,7 @@ def layout(p: SimpleNamespace) -> None:
             p.alt_ans = gr.Textbox(label="Re-routed answer (with the pending edits)",
                                    lines=4, interactive=False, elem_id="rerouted-answer",
                                    elem_classes="sse-answer")
+        p.verdict = gr.HTML("", elem_id="answer-verdicts")
         with gr.Row():
             p.mode = gr.Radio(MODE_CHOICES, value="expert", label="Colour", scale=3)
             p.view = gr.Radio(list(VIEWS), value="baseline", label="Show trace", scale=1)
@@ -99,6 +110,9 @@ def layout(p: SimpleNamespace) -> None:
             p.rerun_btn = gr.Button("Re-run with edits", variant="primary",
                                     elem_id="rerun-btn")
             p.save_btn = gr.Button("Save edits as a route", elem_id="save-route-btn")
+            p.link_btn = gr.Button("Copy link", elem_id="copy-link-btn")
+        p.link = gr.Textbox(label="Link to this view (prompt and route; saved routes by id)",
+                            interactive=False, buttons=["copy"], elem_id="share-link")
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
@@ -124,18 +138,19 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             ctx.admit(request)
             for text, tr in ctx.stream(prompt_v, n):
                 if tr is None:
-                    yield (text, skip(), skip(), skip(), skip(), skip(), skip(), skip())
+                    yield (text, skip(), skip(), skip(), skip(), skip(), skip(), skip(), skip())
                 else:
                     m = "expert" if mode_v == "changed" else mode_v
+                    v = answer_verdict(ctx.moe, prompt_v, tr.completion)
                     yield (text, "", plots.heatmap(ctx.shown_trace(tr), m, edits=edits,
                                                    selected=sel),
-                           plots.usage(tr), tr, None, "baseline", m)
+                           plots.usage(tr), tr, None, "baseline", m, verdicts_html(v))
 
     gen_evt = dict(fn=on_generate, inputs=[p.prompt, p.max_new, p.mode, p.st_edits, p.st_sel],
                    outputs=[p.base_ans, p.alt_ans, p.heat, p.usage, p.st_base, p.st_alt,
-                            p.view, p.mode], **MODEL_SLOT, **UI)
-    p.gen_btn.click(**gen_evt)
-    p.prompt.submit(**gen_evt)
+                            p.view, p.mode, p.verdict], **MODEL_SLOT, **UI)
+    for trigger in (p.gen_btn.click, p.prompt.submit):  # Enter in the prompt box generates
+        trigger(**gen_evt, js=SHOW_INSPECT)
 
     def on_redraw(view_v, mode_v, base, alt, edits, sel):
         return figs(view_v, mode_v, base, alt, edits, sel)
@@ -228,33 +243,40 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     def rerun(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
         with user_errors("Re-run"):
             moe = ctx.require()
-            ctx.check_prompt(prompt_v)
+            n_prompt = ctx.check_prompt(prompt_v)
             n = ctx.new_tokens(max_new_v)
             if not edits:
                 fail("There are no pending edits: select a cell and add one.")
             ctx.admit(request)
             route = route_of_edits(edits, moe.info.provenance())
-            yield ("", skip(), skip(), skip(), skip(), skip(), skip(), skip())
-            if (base is None or base.prompt != prompt_v or
-                    base.info.get("model") != moe.name or
-                    base.info.get("max_new_tokens") != n):
+            stale = (base is None or base.prompt != prompt_v or
+                     base.info.get("model") != moe.name or
+                     base.info.get("max_new_tokens") != n)
+            route.validate(moe.info, num_tokens=n_prompt)  # before anything is cleared
+            keep = (skip(),) * 6
+            yield ("", skip(), *keep, skip())
+            if stale:
                 for text, tr in ctx.stream(prompt_v, n):
-                    yield (skip(), text, skip(), skip(), skip(), skip(), skip(), skip())
+                    yield (skip(), text, *keep, skip())
                 base = tr
-                yield (skip(), "", skip(), skip(), base, skip(), skip(), skip())
-            route.validate(moe.info, num_tokens=base.prompt_tokens)
+                yield (skip(), "", skip(), skip(), base, skip(), skip(), skip(), skip())
             for text, tr in ctx.stream(prompt_v, n, route):
                 if tr is None:
-                    yield (text, skip(), skip(), skip(), skip(), skip(), skip(), skip())
+                    yield (text, *keep, skip(), skip())
                 else:
-                    yield (text, ctx.shown(prompt_v, base.completion),
+                    shown_base = ctx.shown(prompt_v, base.completion)
+                    panel = verdicts_html(
+                        answer_verdict(ctx.moe, prompt_v, base.completion),
+                        answer_verdict(ctx.moe, prompt_v, tr.completion, route),
+                        texts=(shown_base, text))
+                    yield (text, shown_base,
                            plots.heatmap(ctx.shown_trace(tr), "changed", baseline=base,
                                          edits=edits, selected=sel), plots.usage(tr), base, tr,
-                           "re-routed", "changed")
+                           "re-routed", "changed", panel)
 
     p.rerun_btn.click(rerun, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
                       [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
-                       p.mode], **MODEL_SLOT, **UI)
+                       p.mode, p.verdict], **MODEL_SLOT, **UI)
 
     def save_edits(prompt_v, edits, alt, request: gr.Request = None):
         with user_errors("Save route"):
@@ -266,9 +288,35 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             route = route_of_edits(edits, dict(moe.info.provenance(), source="manual",
                                           prompt=prompt_v))
             completion = alt.completion if (alt is not None and alt.prompt == prompt_v) else None
+            same = ctx.store.find_route(route, prompt_v, moe.name)
+            if same is not None:
+                gr.Info(f"These edits are already in the library as route #{same} (same prompt "
+                        "and model): not saved again.")
+                return same
             rid = ctx.store.save_route(route, prompt_v, moe.name, completion=completion,
                                        source="manual")
             gr.Info(f"Saved as route #{rid} in the library.")
             return rid
 
     p.save_btn.click(save_edits, [p.prompt, p.st_edits, p.st_alt], [p.l_id], **FREE, **UI)
+
+    def share(prompt_v, max_new_v, edits, request: gr.Request = None):
+        with user_errors("Copy link"):
+            from explorer.app.links import edits_link, page_base, route_link
+            moe = ctx.require()
+            ctx.check_prompt(prompt_v)
+            n = ctx.new_tokens(max_new_v)
+            if not edits:
+                fail("There are no pending edits: a link shares a prompt with its route.")
+            base = page_base(request)
+            same = ctx.store.find_route(route_of_edits(edits), prompt_v, moe.name)
+            link = route_link(base, same, n) if same is not None else \
+                edits_link(base, prompt_v, edits, n)
+            gr.Info("Link copied: it opens this prompt and route"
+                    + (f" (saved route #{same})." if same is not None else "."))
+            return link
+
+    p.link_btn.click(share, [p.prompt, p.max_new, p.st_edits], [p.link], **FREE, **UI).then(
+        None, [p.link], None, js="(link) => { if (link && navigator.clipboard) "
+        "navigator.clipboard.writeText(link).catch(() => {}); return []; }")
+    p.rerun_fn = rerun  # links to an unsaved route re-run it (explorer.app.build)

@@ -15,13 +15,14 @@ from explorer.app.common import (
     MAX_ROW_ID,
     MODEL_SLOT,
     UI,
+    answer_verdict,
     fail,
     gpu,
     user_errors,
-    verdict_text,
     whole_number,
 )
-from explorer.app.format import edits_box, routes_frame
+from explorer.app.format import edits_box, routes_frame, verdict_badge, verdicts_html
+from explorer.core.route import Route
 from explorer.viz import figures as plots
 
 if TYPE_CHECKING:
@@ -70,19 +71,23 @@ def layout(p: SimpleNamespace) -> None:
         with gr.Row():
             p.l_answer = gr.Textbox(label="Replayed answer", lines=4, interactive=False,
                                     elem_id="lib-answer", elem_classes="sse-answer")
-            p.l_info = gr.Markdown("")
+            with gr.Column():
+                p.l_verdict = gr.HTML("", elem_id="lib-verdict")
+                p.l_info = gr.Markdown("", elem_id="lib-info")
         p.l_heat = gr.Plot(plots.heatmap(None), label="Replayed routing (stars: forced cells)")
         with gr.Accordion("Compare two routes", open=False):
             with gr.Row(equal_height=True):
                 p.c_a = gr.Number(label="route A", precision=0, elem_id="cmp-a")
                 p.c_b = gr.Number(label="route B", precision=0, elem_id="cmp-b")
-                p.c_prompt = gr.Textbox(label="on prompt (blank: each route's own)", scale=3)
+                p.c_prompt = gr.Textbox(label="on prompt (blank: the routes' own, when they "
+                                        "share one)", scale=3, elem_id="cmp-prompt")
                 p.c_btn = gr.Button("Compare", elem_id="cmp-btn")
             with gr.Row():
                 p.c_ans_a = gr.Textbox(label="A's answer", lines=4, interactive=False,
                                        elem_id="cmp-ans-a")
                 p.c_ans_b = gr.Textbox(label="B's answer", lines=4, interactive=False,
                                        elem_id="cmp-ans-b")
+            p.c_verdict = gr.HTML("", elem_id="cmp-verdicts")
             p.c_diff = gr.Plot(plots.diff_heatmap(None, None), label="routing differences",
                                elem_id="cmp-diff")
             p.c_overlap = gr.Plot(plots.empty_figure("Forced-cell overlap appears here"),
@@ -93,6 +98,8 @@ def layout(p: SimpleNamespace) -> None:
                 p.x_file = gr.File(label="exported route", interactive=False,
                                    elem_id="export-file")
                 p.d_btn = gr.Button("Delete route", variant="stop", elem_id="delete-btn")
+                p.u_btn = gr.Button("Undo delete", visible=False, elem_id="undo-delete-btn")
+            p.st_deleted = gr.State(None)  # the last deleted route (StoredRoute.to_dict())
             with gr.Row():
                 p.i_file = gr.File(label="route JSON file", file_types=[".json"],
                                    type="filepath")
@@ -135,20 +142,23 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             ctx.admit(request)
             for text, tr in ctx.stream(q, n, sr.route):
                 if tr is None:
-                    yield text, gr.skip(), gr.skip()
+                    yield text, gr.skip(), gr.skip(), gr.skip()
                 else:
                     edits = sr.route.to_dict()["edits"]
                     md = (f"Route **#{sr.id}** ({sr.n_edits} edits, {sr.source}, model "
                           f"`{sr.model}`) on "
-                          f"{'its own prompt' if q == sr.prompt else 'another prompt'} · "
-                          f"keyword judge: **{verdict_text(q, tr.completion)}**")
+                          f"{'its own prompt' if q == sr.prompt else 'another prompt'}")
+                    md += f" · [link to this route](?route={sr.id}&n={n})"
                     if sr.model and sr.model != moe.name:
                         md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
+                    badge = verdict_badge(answer_verdict(moe, q, tr.completion, sr.route),
+                                          "Keyword judge:")
                     yield text, md, plots.heatmap(ctx.shown_trace(tr), "expert", edits=edits,
-                                                  title="Replayed routing")
+                                                  title="Replayed routing"), badge
 
+    p.replay_fn = replay_ui  # links to a saved route replay it (explorer.app.build)
     p.l_replay.click(replay_ui, [p.l_id, p.l_prompt, p.max_new],
-                     [p.l_answer, p.l_info, p.l_heat], **MODEL_SLOT, **UI)
+                     [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
 
     def load_into_inspect(route_id):
         with user_errors("Load route"):
@@ -173,20 +183,26 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             pb = other_prompt if (other_prompt or "").strip() else rb.prompt
             ctx.check_prompt(pa)
             ctx.check_prompt(pb)
+            if pa != pb:
+                fail(f"Routes #{ra.id} and #{rb.id} were made for different prompts, so their "
+                     "token positions point at different tokens and a cell-by-cell diff would "
+                     "mislead: type one prompt under 'on prompt' to compare both on it.")
             ctx.admit(request)
             ta = trace(moe, pa, max_new_tokens=n, route=ra.route)
             tb = trace(moe, pb, max_new_tokens=n, route=rb.route)
             names = (f"#{ra.id}", f"#{rb.id}")
             E = max(max(ta.num_experts), 1)
-            if pa != pb:
-                gr.Warning("The two routes have different prompts: the diff compares "
-                           "token positions, not the same tokens.")
-            return (ctx.shown(pa, ta.completion), ctx.shown(pb, tb.completion),
+            texts = (ctx.shown(pa, ta.completion), ctx.shown(pb, tb.completion))
+            panel = verdicts_html(answer_verdict(moe, pa, ta.completion, ra.route),
+                                  answer_verdict(moe, pb, tb.completion, rb.route),
+                                  labels=(f"A {names[0]}", f"B {names[1]}"), texts=texts)
+            return (*texts, panel,
                     plots.diff_heatmap(ctx.shown_trace(ta), ctx.shown_trace(tb), names),
                     plots.overlap_figure(ra.route, rb.route, ta.moe_layers, E, names))
 
     p.c_btn.click(compare, [p.c_a, p.c_b, p.c_prompt, p.max_new],
-                  [p.c_ans_a, p.c_ans_b, p.c_diff, p.c_overlap], **MODEL_SLOT, **UI)
+                  [p.c_ans_a, p.c_ans_b, p.c_verdict, p.c_diff, p.c_overlap],
+                  **MODEL_SLOT, **UI)
 
     def export(route_id, request: gr.Request = None):
         with user_errors("Export"):
@@ -218,8 +234,10 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                 payload = text
             else:
                 fail("Choose a route JSON file or paste route JSON.")
-            rid = ctx.store.import_route(payload)
-            gr.Info(f"Imported as route #{rid}.")
+            newest = max((r.id for r in ctx.store.list_routes(limit=1)), default=0)
+            rid = ctx.store.import_route(payload, check=ctx.check_import)
+            gr.Info(f"That route is already in the library as route #{rid}." if rid <= newest
+                    else f"Imported as route #{rid}.")
             return rid, None, list_table(ctx, *filt)
 
     p.i_btn.click(do_import, [p.i_file, p.i_text] + filters, [p.l_id, p.i_file, p.table],
@@ -234,7 +252,24 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             sr = stored(route_id)
             ctx.admit(request)
             ctx.store.delete_route(sr.id)
-            gr.Info(f"Deleted route #{sr.id}.")
-            return None, list_table(ctx, *filt)
+            gr.Info(f"Deleted route #{sr.id}: press Undo delete to bring it back.")
+            return (None, list_table(ctx, *filt), sr.to_dict(),
+                    gr.Button(f"Undo delete of #{sr.id}", visible=True))
 
-    p.d_btn.click(delete, [p.l_id] + filters, [p.l_id, p.table], **FREE, **UI)
+    p.d_btn.click(delete, [p.l_id] + filters, [p.l_id, p.table, p.st_deleted, p.u_btn],
+                  **FREE, **UI)
+
+    def undo_delete(gone, model_f, text_f, success, source, request: gr.Request = None):
+        with user_errors("Undo delete"):
+            from explorer.storage.library import StoredRoute
+            if not gone:
+                fail("Nothing to undo.")
+            ctx.admit(request)
+            d = dict(gone, route=Route.from_dict(gone["route"]))
+            rid = ctx.store.restore_route(StoredRoute(**d))
+            gr.Info(f"Route #{rid} is back in the library.")
+            return (rid, list_table(ctx, model_f, text_f, success, source), None,
+                    gr.Button(visible=False))
+
+    p.u_btn.click(undo_delete, [p.st_deleted] + filters,
+                  [p.l_id, p.table, p.st_deleted, p.u_btn], **FREE, **UI)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from explorer.app.common import MODEL_SLOT, UI, text_arg, user_errors
+from explorer.app.common import MODEL_SLOT, UI, moe_layer_count, text_arg, user_errors
 from explorer.app.format import model_card, model_header
 
 if TYPE_CHECKING:
@@ -30,7 +30,8 @@ def layout(p: SimpleNamespace) -> None:
         p.m_status = gr.Markdown("", elem_id="model-status")
         card_md, card_df = model_card(ctx)
         p.m_card = gr.Markdown(card_md)
-        p.m_layers = gr.Dataframe(card_df, interactive=False, label="layers")
+        p.m_layers = gr.Dataframe(card_df, interactive=False, label="layers",
+                                  elem_id="model-layers")
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
@@ -49,8 +50,11 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             md, df = model_card(ctx)
             gr.Info(f"Loaded {moe.name}.")
             return (f"Loaded `{moe.name}`.", md, df, model_header(ctx),
-                    None, None, [], gr.CheckboxGroup(choices=[], value=[]), None, "", "")
+                    None, None, [], gr.CheckboxGroup(choices=[], value=[]), None, "", "", "",
+                    gr.Slider(maximum=moe_layer_count(ctx), value=min(2, moe_layer_count(ctx))))
 
     p.m_btn.click(load_new, [p.m_name],
                   [p.m_status, p.m_card, p.m_layers, p.header, p.st_base, p.st_alt,
-                   p.st_edits, p.edit_list, p.st_sel, p.base_ans, p.alt_ans], **MODEL_SLOT, **UI)
+                   p.st_edits, p.edit_list, p.st_sel, p.base_ans, p.alt_ans, p.verdict,
+                   p.r_top],
+                  **MODEL_SLOT, **UI)

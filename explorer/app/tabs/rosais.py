@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from explorer.app.common import MODEL_SLOT, UI, fail, gpu, user_errors, verdict_text, whole_number
+from explorer.app.common import (
+    MODEL_SLOT,
+    UI,
+    answer_verdict,
+    fail,
+    gpu,
+    moe_layer_count,
+    user_errors,
+    whole_number,
+)
+from explorer.app.format import verdicts_html
 from explorer.viz import figures as plots
 
 if TYPE_CHECKING:
@@ -19,8 +29,9 @@ if TYPE_CHECKING:
 def rosais_summary(res) -> str:
     """One markdown line: baseline log-prob, top layers, ranking, cost."""
     ranked = sorted(zip(res.moe_layers, res.scores), key=lambda q: -q[1])
-    return (f"Baseline affirmative log-prob **{res.baseline_logprob:.3f}** "
-            f"(tokens: {', '.join(map(repr, res.affirmative_tokens))}) · top layers "
+    return (f"Baseline affirmative log-prob **{res.baseline_logprob:.3f}**: log P(the answer's "
+            "first token is an affirmative one; the demo tokenizer's affirmative first "
+            f"tokens are {', '.join(map(repr, res.affirmative_tokens))}) · top layers "
             f"**{res.top_layers}** · ranking: "
             + ", ".join(f"L{lay} {s:+.2f}" for lay, s in ranked)
             + f" · {res.forward_passes} forward passes in {res.seconds:.1f} s")
@@ -35,7 +46,9 @@ def layout(p: SimpleNamespace) -> None:
         with gr.Row():
             p.r_samples = gr.Slider(1, 256, value=32, step=1, label="random masks per layer",
                                     elem_id="rosais-samples")
-            p.r_top = gr.Slider(0, 32, value=2, step=1, label="top-L layers to mask")
+            n_moe = moe_layer_count(p.ctx)
+            p.r_top = gr.Slider(0, n_moe, value=min(2, n_moe), step=1,
+                                label="top-L layers to mask", elem_id="rosais-top")
             p.r_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="mask ratio")
             p.r_seed = gr.Number(0, precision=0, label="seed")
             p.r_btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
@@ -50,6 +63,7 @@ def layout(p: SimpleNamespace) -> None:
             p.r_masked = gr.Textbox(label="Answer with the top-L routers masked", lines=4,
                                     interactive=False, elem_id="rosais-masked",
                                     elem_classes="sse-answer")
+        p.r_verdict = gr.HTML("", elem_id="rosais-verdicts")
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
@@ -72,13 +86,21 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                          on_progress=lambda d, t: progress(d / max(t, 1),
                                                            desc=f"layer {d}/{t}"))
             d = res.to_dict()
-            return (d, plots.rosais_bars(d), rosais_summary(res),
-                    ctx.shown(prompt_v, res.baseline_completion),
-                    ctx.shown(prompt_v, res.completion)
-                    + f"\n\n[{verdict_text(prompt_v, res.completion)}]")
+            texts = (ctx.shown(prompt_v, res.baseline_completion),
+                     ctx.shown(prompt_v, res.completion))
+            return (d, plots.rosais_bars(d), rosais_summary(res), *texts,
+                    masked_panel(prompt_v, res.baseline_completion, res.completion,
+                                 res.route_for(len(res.top_layers)), texts))
+
+    def masked_panel(prompt_v, base_text, masked_text, route, texts):
+        return verdicts_html(answer_verdict(ctx.moe, prompt_v, base_text),
+                             answer_verdict(ctx.moe, prompt_v, masked_text, route),
+                             labels=("Baseline", "Masked"), texts=texts,
+                             note=f"masked layers {route.layers}")
 
     p.r_btn.click(run_rosais, [p.prompt, p.r_samples, p.r_top, p.r_ratio, p.r_seed, p.max_new],
-                  [p.st_rosais, p.r_plot, p.r_md, p.r_base, p.r_masked], **MODEL_SLOT, **UI)
+                  [p.st_rosais, p.r_plot, p.r_md, p.r_base, p.r_masked, p.r_verdict],
+                  **MODEL_SLOT, **UI)
 
     @gpu(60)
     def rosais_mask(prompt_v, top, max_new_v, res, request: gr.Request = None):
@@ -95,12 +117,12 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             n = ctx.new_tokens(max_new_v)
             ctx.admit(request)
             base_text = ""
-            for base_text, tr in ctx.stream(prompt_v, n):
-                yield gr.skip(), base_text
+            for base_text, base in ctx.stream(prompt_v, n):
+                yield gr.skip(), base_text, gr.skip()
             for text, tr in ctx.stream(prompt_v, n, route):
-                yield text, gr.skip()
-            yield (text + f"\n\n[{verdict_text(prompt_v, tr.completion)} · masked layers "
-                          f"{route.layers}]", base_text)
+                yield text, gr.skip(), gr.skip()
+            yield text, base_text, masked_panel(prompt_v, base.completion, tr.completion, route,
+                                                (base_text, text))
 
     p.r_mask_btn.click(rosais_mask, [p.prompt, p.r_top, p.max_new, p.st_rosais],
-                       [p.r_masked, p.r_base], **MODEL_SLOT, **UI)
+                       [p.r_masked, p.r_base, p.r_verdict], **MODEL_SLOT, **UI)

@@ -34,9 +34,18 @@ def owner_of(ctx: Explorer, b) -> str:
     return ctx.owner(client=ensure_client(b)["client"])
 
 
+def job_buttons(st: dict | None):
+    """Stop and Resume, enabled only when they apply to the chosen job (Stop: queued or
+    running; Resume: interrupted or cancelled)."""
+    status = (st or {}).get("status")
+    return (gr.Button(interactive=status in ("queued", "running")),
+            gr.Button(interactive=status in ("interrupted", "cancelled")))
+
+
 def job_view(ctx: Explorer, b, job_id):
     """Everything the search panel shows for the browser's jobs and the chosen one:
-    (browser state, job dropdown, progress markdown, plot, result markdown, timer)."""
+    (browser state, job dropdown, progress markdown, plot, result markdown, timer, Stop,
+    Resume)."""
     statuses = []
     owner = owner_of(ctx, b)
     for j in reversed(b.get("jobs") or []):
@@ -53,7 +62,7 @@ def job_view(ctx: Explorer, b, job_id):
     st = next((s for s in statuses if s["id"] == job_id), None)
     if st is None:
         return (b, dd, "No search yet.", plots.search_progress(None), "",
-                gr.Timer(active=active))
+                gr.Timer(active=active), *job_buttons(None))
     try:
         toks = ctx.prompt_tokens(st["params"]["prompt"]) if ctx.moe else None
     except Exception:  # noqa: BLE001
@@ -61,7 +70,7 @@ def job_view(ctx: Explorer, b, job_id):
     thr = (st.get("params") or {}).get("threshold", DEFAULT_THRESHOLD)
     return (b, dd, job_progress_md(st, toks),
             plots.search_progress(st["progress"].get("history"), thr),
-            job_result_md(st), gr.Timer(active=active))
+            job_result_md(st), gr.Timer(active=active), *job_buttons(st))
 
 
 def layout(p: SimpleNamespace) -> None:
@@ -88,15 +97,18 @@ def layout(p: SimpleNamespace) -> None:
         with gr.Row():
             p.s_jobs = gr.Dropdown([], label="Your searches", scale=3, elem_id="search-jobs")
             with gr.Column(scale=1, min_width=160):
-                p.s_stop = gr.Button("Stop", variant="stop", size="sm", elem_id="search-stop")
-                p.s_resume = gr.Button("Resume", size="sm", elem_id="search-resume")
+                p.s_stop = gr.Button("Stop", variant="stop", size="sm", elem_id="search-stop",
+                                     interactive=False)
+                p.s_resume = gr.Button("Resume", size="sm", elem_id="search-resume",
+                                       interactive=False)
                 p.s_open = gr.Button("Open in library", size="sm", elem_id="search-open")
         p.s_md = gr.Markdown("No search yet.", elem_id="search-progress")
         p.s_plot = gr.Plot(plots.search_progress(None), label="best log-prob over time",
                            elem_id="search-plot")
         p.s_result = gr.Markdown("", elem_id="search-result")
         p.timer = gr.Timer(1.0, active=False)
-    p.job_outputs = [p.browser, p.s_jobs, p.s_md, p.s_plot, p.s_result, p.timer]
+    p.job_outputs = [p.browser, p.s_jobs, p.s_md, p.s_plot, p.s_result, p.timer, p.s_stop,
+                     p.s_resume]
 
 
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:

@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from explorer.app.common import (
-    FREE,
     MODEL_SLOT,
     UI,
+    answer_verdict,
     fail,
     gpu,
     is_demo_model,
     user_errors,
-    verdict_text,
 )
-from explorer.app.format import edits_box
+from explorer.app.format import edits_box, verdict_badge, verdicts_html
 from explorer.demo.tour import Tour, TourError, baseline, changed_cells, load_tour, replayed
 from explorer.viz import figures as plots
 
@@ -32,38 +31,54 @@ def _step_md(step) -> str:
     return f"#### {step.number}. {step.title}\n{step.text}"
 
 
-def layout(p: SimpleNamespace) -> None:
+def load(p: SimpleNamespace) -> Tour | None:
+    """Read the shipped tour into ``p.tour`` (None and ``p.tour_error`` when it is broken:
+    a broken tour must not stop the app). The app opens on the tour when there is one."""
     try:
         p.tour = load_tour()
         p.tour_error = None
-    except (TourError, ValueError) as exc:  # a broken tour must not stop the app
+    except (TourError, ValueError) as exc:
         p.tour, p.tour_error = None, str(exc).splitlines()[0]
-    with gr.Tab("Tour", id="tour"):
+    return p.tour
+
+
+def _press(tour: Tour, action: str) -> str:
+    """The placeholder of a step's empty plot: which button fills it."""
+    step = next((s for s in tour.steps if s.action == action and s.button), None)
+    return f"Press “{step.button}” to fill this" if step else "This step fills this"
+
+
+def layout(p: SimpleNamespace) -> None:
+    if not hasattr(p, "tour"):
+        load(p)
+    with gr.Tab("Tour", id="tour", elem_id="tour-tab") as p.tour_tab:
         tour: Tour | None = p.tour
         if tour is None:
             gr.Markdown(f"The guided tour is unavailable: {html.escape(p.tour_error)}")
             return
         p.t_base, p.t_alt = gr.State(None), gr.State(None)
-        gr.Markdown(f"### {tour.title}\n{tour.intro}\n\n**The prompt:** *{tour.prompt}*",
+        gr.Markdown(f"### {tour.title}\n{tour.intro}\n\n**The prompt:** *{tour.prompt}* "
+                    "(the tour always uses this prompt; it is also in the prompt box above)",
                     elem_id="tour-intro")
         p.t_btn = {}
         for step in tour.steps:
             with gr.Group(elem_classes="sse-tour-step"):
                 gr.Markdown(_step_md(step), elem_id=f"tour-step-{step.number}")
                 if step.button:
-                    p.t_btn[step.action] = gr.Button(step.button, size="sm",
-                                                     variant="primary" if step.number == 1
-                                                     else "secondary",
+                    p.t_btn[step.action] = gr.Button(step.button, size="lg", variant="primary",
+                                                     elem_classes="sse-tour-btn",
                                                      elem_id=f"tour-{step.action}-btn")
                 if step.action == "generate":
                     with gr.Row():
                         p.t_answer = gr.Textbox(label="The demo model's answer", lines=3,
                                                 interactive=False, elem_id="tour-baseline",
                                                 elem_classes="sse-answer", scale=1)
-                        p.t_heat = gr.Plot(plots.heatmap(None), label="Routing heatmap",
+                        p.t_heat = gr.Plot(plots.heatmap(None, empty=_press(tour, "generate")),
+                                           label="Routing heatmap",
                                            elem_id="tour-heatmap", scale=2)
                 elif step.action == "rosais":
-                    p.t_rosais = gr.Plot(plots.rosais_bars(None), label="RoSais per layer",
+                    p.t_rosais = gr.Plot(plots.rosais_bars(None, empty=_press(tour, "rosais")),
+                                         label="RoSais per layer",
                                          elem_id="tour-rosais")
                 elif step.action == "replay":
                     with gr.Row():
@@ -71,11 +86,13 @@ def layout(p: SimpleNamespace) -> None:
                                                   lines=3, interactive=False,
                                                   elem_id="tour-rerouted",
                                                   elem_classes="sse-answer", scale=1)
-                        p.t_heat_alt = gr.Plot(plots.heatmap(None),
+                        p.t_heat_alt = gr.Plot(plots.heatmap(None,
+                                                             empty=_press(tour, "replay")),
                                                label="Re-routed (stars: forced cells)",
                                                elem_id="tour-heatmap-alt", scale=2)
                 elif step.action == "compare":
-                    p.t_diff = gr.Plot(plots.diff_heatmap(None, None),
+                    p.t_diff = gr.Plot(plots.diff_heatmap(None, None,
+                                                          empty=_press(tour, "compare")),
                                        label="changed cells", elem_id="tour-diff")
                 md_id = f"tour-info-{step.action}"
                 setattr(p, f"t_md_{step.action}", gr.Markdown("", elem_id=md_id))
@@ -97,8 +114,10 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
         n = tour.max_new_tokens
         return min(n, ctx.policy.max_new_tokens) if ctx.policy.enabled else n
 
-    def verdict_md(text: str) -> str:
-        return f"Keyword judge: **{verdict_text(tour.prompt, text)}**"
+    def verdict_md(tr) -> str:
+        """The step's badges (keyword verdict, log P(target)) for trace ``tr``."""
+        return verdict_badge(answer_verdict(ctx.moe, tour.prompt, tr.completion, tr.route),
+                             "Keyword judge:")
 
     @gpu(60)
     def step_generate(request: gr.Request = None):
@@ -106,7 +125,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             n = ready(request)
             tr = baseline(ctx.moe, tour, n)
             return (tr, tr.completion, plots.heatmap(tr, "expert", title="Baseline routing"),
-                    verdict_md(tr.completion) + f" · {tr.prompt_tokens} prompt tokens, "
+                    verdict_md(tr) + f" · {tr.prompt_tokens} prompt tokens, "
                     f"{len(tr.moe_layers)} MoE layers")
 
     if "generate" in p.t_btn:
@@ -138,7 +157,7 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             edits = tr.route.to_dict()["edits"] if tr.route is not None else []
             return (tr, tr.completion,
                     plots.heatmap(tr, "expert", edits=edits, title="Routing with the route"),
-                    verdict_md(tr.completion) + f" · {len(edits)} forced cells "
+                    verdict_md(tr) + f" · {len(edits)} forced cells "
                     f"({html.escape(tour.route_file)})")
 
     if "replay" in p.t_btn:
@@ -170,16 +189,30 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                                  [p.t_base, p.t_alt, p.t_diff, p.t_md_compare],
                                  **MODEL_SLOT, **UI)
 
-    def open_in_inspect():
+    @gpu(120)
+    def open_in_inspect(base, alt, request: gr.Request = None):
+        """Step 5: the tour's prompt, route, baseline and re-routed answers, in Inspect."""
         with user_errors("Tour"):
-            edits = tour.route().to_dict()["edits"]
-            toks = ctx.prompt_tokens(tour.prompt) if ctx.moe is not None else None
-            gr.Info("The tour's route is loaded as pending edits: press Generate, then "
-                    "Re-run with edits.")
-            return (tour.prompt, edits, edits_box(edits, toks), gr.Tabs(selected="inspect"),
-                    "Loaded into **Inspect & re-route**.")
+            n = ready(request)
+            if base is None or base.info.get("max_new_tokens") != n:
+                base = baseline(ctx.moe, tour, n)
+            if alt is None or alt.info.get("max_new_tokens") != n:
+                alt = replayed(ctx.moe, tour, n)
+            edits = alt.route.to_dict()["edits"]
+            heat = plots.heatmap(ctx.shown_trace(alt), "changed", baseline=base, edits=edits)
+            shown = ctx.shown(tour.prompt, base.completion), ctx.shown(tour.prompt, alt.completion)
+            panel = verdicts_html(answer_verdict(ctx.moe, tour.prompt, base.completion),
+                                  answer_verdict(ctx.moe, tour.prompt, alt.completion,
+                                                 alt.route), texts=shown)
+            return (tour.prompt, n, edits, edits_box(edits, base.tokens),
+                    gr.Tabs(selected="inspect"),
+                    (f"Loaded into **Inspect & re-route**: {len(edits)} pending edits, the "
+                     "baseline and the re-routed answer."),
+                    *shown, heat, plots.usage(alt), base, alt, "re-routed", "changed", panel)
 
     if "explain" in p.t_btn:
-        p.t_btn["explain"].click(open_in_inspect, [],
-                                 [p.prompt, p.st_edits, p.edit_list, p.tabs,
-                                  p.t_md_explain], **FREE, **UI)
+        p.t_btn["explain"].click(open_in_inspect, [p.t_base, p.t_alt],
+                                 [p.prompt, p.max_new, p.st_edits, p.edit_list, p.tabs,
+                                  p.t_md_explain, p.base_ans, p.alt_ans, p.heat, p.usage,
+                                  p.st_base, p.st_alt, p.view, p.mode, p.verdict],
+                                 **MODEL_SLOT, **UI)

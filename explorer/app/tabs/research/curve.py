@@ -54,8 +54,8 @@ def _quantile(xs: list[float], f: float) -> float:
 
 
 def curve_frame(curve: dict) -> pd.DataFrame:
-    rows = [[lay, round(m, 4), round(_quantile(d, 0.5), 4), round(_quantile(d, 0.25), 4),
-             round(_quantile(d, 0.75), 4), round(max(d), 4)]
+    rows = [[lay, round(m, 2), round(_quantile(d, 0.5), 2), round(_quantile(d, 0.25), 2),
+             round(_quantile(d, 0.75), 2), round(max(d), 2)]  # log-prob gains: 2 decimals
             for lay, d, m in zip(curve["moe_layers"], curve["distributions"],
                                  curve["mean_scores"])]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)

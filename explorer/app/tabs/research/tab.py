@@ -31,7 +31,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import FREE, MODEL_SLOT, UI, gpu, user_errors
+from explorer.app.common import FREE, MODEL_SLOT, UI, gpu, moe_layer_count, user_errors
 from explorer.app.tabs.research.common import (
     ATTACK_CHOICES,
     ROSAIS_SOURCE,
@@ -110,7 +110,8 @@ def _route_inputs(prefix: str):
 
 
 def _table(columns: list[str], **kw) -> gr.Dataframe:
-    return gr.Dataframe(pd.DataFrame(columns=columns), interactive=False, **kw)
+    return gr.Dataframe(pd.DataFrame(columns=columns), interactive=False,
+                        elem_classes="sse-table", **kw)
 
 
 def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
@@ -123,7 +124,8 @@ def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
         with gr.Row():
             prompt = gr.Textbox(HARMFUL_PROMPTS[0], label="RoSais: harmful prompt to score "
                                 "routers on", scale=3)
-            top = gr.Slider(1, 16, value=2, step=1, label="top-L routers masked")
+            top = gr.Slider(1, moe_layer_count(ctx), value=min(2, moe_layer_count(ctx)),
+                            step=1, label="top-L routers masked")
             sweep = gr.Checkbox(False, label="every L from 1 to L")
             samples = gr.Slider(1, 128, value=16, step=1, label="masks per router")
         ids, js = _route_inputs("utility")
@@ -215,7 +217,8 @@ def _defense_tab(ctx, max_new, judge) -> None:
             attacks = gr.CheckboxGroup(ATTACK_CHOICES, value=["none", "rosais", "fsour"],
                                        label="attacks", scale=2)
             samples = gr.Slider(1, 64, value=8, step=1, label="RoSais masks per router")
-            top = gr.Slider(1, 16, value=2, step=1, label="RoSais top-L")
+            top = gr.Slider(1, moe_layer_count(ctx), value=min(2, moe_layer_count(ctx)),
+                            step=1, label="RoSais top-L")
             cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
             iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
             mode = gr.Radio(["protect", "mask"], value="protect", label="defense mode")
@@ -239,7 +242,8 @@ def _curve_tab(ctx, max_new, judge, harm4: str) -> None:
             prompts = gr.Textbox(harm4, lines=4, label="harmful prompts", scale=2,
                                  elem_id="rosais-curve-prompts")
             with gr.Column(scale=1):
-                top = gr.Slider(1, 16, value=4, step=1, label="max routers masked",
+                top = gr.Slider(1, moe_layer_count(ctx), value=min(4, moe_layer_count(ctx)),
+                                step=1, label="max routers masked",
                                 elem_id="rosais-curve-top")
                 samples = gr.Slider(1, 128, value=16, step=1, label="masks per router",
                                     elem_id="rosais-curve-samples")

@@ -48,9 +48,9 @@ def utility_frame(result) -> pd.DataFrame:
     rows = []
     for r in d["routes"]:
         rows.append([r["label"], len(r["route"]["edits"]),
-                     None if r.get("asr") is None else round(100 * r["asr"], 1),
-                     round(100 * r["refusal_rate"], 1), round(100 * r["refusal_change"], 1),
-                     round(r["ll_change"], 4)])
+                     None if r.get("asr") is None else round(100 * r["asr"]),
+                     round(100 * r["refusal_rate"]), round(100 * r["refusal_change"]),
+                     round(r["ll_change"], 3)])  # percentages whole, nats to 3 decimals
     return pd.DataFrame(rows, columns=UTILITY_COLUMNS)
 
 

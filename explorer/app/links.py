@@ -1,0 +1,99 @@
+"""Shareable links to what the app shows: ``?route=ID`` (a saved route, replayed in the
+Route library), ``?job=ID`` (a search, in the Search tab; only for the browser that owns it,
+as every job view), ``?prompt=...&edits=...`` (a prompt and an unsaved route, re-run in
+Inspect). The edits travel as zlib-compressed, base64url-encoded route JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+#: The longest query value a link may carry (an encoded route of a few hundred edits).
+MAX_LINK_CHARS = 16_000
+
+
+class LinkError(ValueError):
+    """A link that cannot be opened (one line, for a toast)."""
+
+
+def page_base(request: Any) -> str:
+    """The page's own address without its query (from the browser's Referer header), or
+    "" (then links are relative: ``?route=3``)."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        ref = headers.get("referer") or ""
+    except AttributeError:
+        ref = ""
+    parts = urlsplit(ref)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", ""))
+
+
+def encode_edits(edits: list[dict]) -> str:
+    raw = json.dumps({"edits": list(edits)}, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii").rstrip("=")
+
+
+def decode_edits(text: str) -> list[dict]:
+    if len(text) > MAX_LINK_CHARS:
+        raise LinkError("the link's route is too long")
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
+                              bufsize=MAX_LINK_CHARS * 8)
+        edits = json.loads(raw.decode("utf-8"))["edits"]
+    except Exception:  # noqa: BLE001 - any malformed link gets the same answer
+        raise LinkError("the link's route is damaged (copy the link again)") from None
+    if not isinstance(edits, list):
+        raise LinkError("the link's route is damaged (copy the link again)")
+    return edits
+
+
+def _tokens(n: int | None) -> dict[str, int]:
+    return {} if n is None else {"n": int(n)}
+
+
+def route_link(base: str, route_id: int, n: int | None = None) -> str:
+    """A saved route (``n``: the answer length it was shown with)."""
+    return f"{base}?{urlencode({'route': int(route_id), **_tokens(n)})}"
+
+
+def job_link(base: str, job_id: str) -> str:
+    return f"{base}?{urlencode({'job': job_id})}"
+
+
+def edits_link(base: str, prompt: str, edits: list[dict], n: int | None = None) -> str:
+    """A prompt and an unsaved route."""
+    return f"{base}?{urlencode({'prompt': prompt, 'edits': encode_edits(edits), **_tokens(n)})}"
+
+
+def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
+    """What a page address asks to open: ``{"route": id}``, ``{"job": id}``,
+    ``{"prompt": ..., "edits": [...]}`` or ``{}``; :class:`LinkError` when it is malformed."""
+    q = dict(query or {})
+    extra: dict[str, Any] = {}
+    if "n" in q:
+        v = str(q["n"]).strip()
+        if not v.isdigit() or len(v) > 5:
+            raise LinkError(f"the link's answer length must be a whole number, got {v[:20]!r}")
+        extra["n"] = int(v)
+    if "route" in q:
+        v = str(q["route"]).strip()
+        if not v.isdigit() or len(v) > 18:
+            raise LinkError(f"the link's route id must be a whole number, got {v[:20]!r}")
+        return {"route": int(v), **extra}
+    if "job" in q:
+        v = str(q["job"]).strip()
+        if len(v) > 64:
+            raise LinkError("the link's search id is too long")
+        return {"job": v}
+    if "edits" in q:
+        prompt = str(q.get("prompt") or "")
+        if len(prompt) > MAX_LINK_CHARS:
+            raise LinkError("the link's prompt is too long")
+        return {"prompt": prompt, "edits": decode_edits(str(q["edits"])), **extra}
+    return {}
