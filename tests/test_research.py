@@ -352,6 +352,21 @@ def test_research_figures(tiny):
     assert isinstance(P.utility_figure({}), go.Figure)  # empty input: a placeholder
 
 
+def test_research_bars_draw_their_zeros_and_titles_keep_clear_of_the_plot():
+    import explorer.viz.research as P
+    fig = P.defense_figure({"table": {"none": {"before": 0.5, "after": 0.0},
+                                      "fsour": {"before": 1.0, "after": 0.0}},
+                            "utility": {"baseline_refusal_rate": 0.1, "ll_change": -0.02,
+                                        "routes": [{"refusal_rate": 0.2}]}})
+    after = next(t for t in fig.data if t.name == "after")
+    assert list(after.text) == ["0%", "0%"]  # a 0 bar still shows its value
+    lay = fig.layout
+    assert lay.legend.y < 0 and lay.margin.t >= 80  # legend below, subtitle on its own line
+    assert "<br><sup>benign refusals 10% → 20%" in lay.title.text
+    ut = P.utility_figure({"routes": [{"label": "r", "refusal_change": 0.0, "ll_change": 0.0}]})
+    assert [list(t.text) for t in ut.data] == [["+0"], ["+0.000"]]
+
+
 # -- CLI ----------------------------------------------------------------------------------
 def _cli(capsys, argv):
     code = cli_main(argv)

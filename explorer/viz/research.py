@@ -26,12 +26,22 @@ def _d(x) -> dict[str, Any]:
     return x.to_dict() if hasattr(x, "to_dict") else dict(vars(x))
 
 
-def _layout(fig: go.Figure, title: str | None, height: int | None = None) -> go.Figure:
+def _layout(fig: go.Figure, title: str | None, height: int | None = None,
+            sub: str = "") -> go.Figure:
+    """Common layout; ``sub`` goes on a second, smaller title line (never over the plot)."""
+    text = (title or "") + (f"<br><sup>{sub}</sup>" if sub else "")
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)) if title else None,
+        title=dict(text=text, x=0.01, xanchor="left", y=0.97, yanchor="top",
+                   font=dict(size=14)) if text else None,
         template="plotly_white", font=FONT, height=height,
-        margin=dict(l=60, r=20, t=50 if title else 20, b=60))
+        margin=dict(l=60, r=20, t=(80 if sub else 50) if text else 20, b=60))
     return fig
+
+
+def _labelled(values, fmt: str) -> dict:
+    """Bar text for every value, zeros included (a bar of height 0 is otherwise invisible)."""
+    return dict(text=[None if v is None else fmt.format(v) for v in values],
+                textposition="outside", cliponaxis=False)
 
 
 def _empty(message: str) -> go.Figure:
@@ -60,10 +70,12 @@ def utility_figure(result, title: str | None = "Utility cost on benign prompts")
              + ("n/a" if r.get("asr") is None else f"{100 * r['asr']:.0f}%") for r in routes]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Δ benign refusal rate (pp)",
                                                         "Δ log-likelihood (nats/token)"))
-    fig.add_trace(go.Bar(x=labels, y=[100 * r["refusal_change"] for r in routes],
-                         marker_color=_RED, hovertext=hover, name="Δ refusals"), 1, 1)
-    fig.add_trace(go.Bar(x=labels, y=[r["ll_change"] for r in routes], marker_color=_BLUE,
-                         hovertext=hover, name="Δ log-likelihood"), 1, 2)
+    refusals = [100 * r["refusal_change"] for r in routes]
+    lls = [r["ll_change"] for r in routes]
+    fig.add_trace(go.Bar(x=labels, y=refusals, marker_color=_RED, hovertext=hover,
+                         name="Δ refusals", **_labelled(refusals, "{:+.0f}")), 1, 1)
+    fig.add_trace(go.Bar(x=labels, y=lls, marker_color=_BLUE, hovertext=hover,
+                         name="Δ log-likelihood", **_labelled(lls, "{:+.3f}")), 1, 2)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, 360)
 
@@ -129,19 +141,22 @@ def defense_figure(result, title: str | None = "ASR before / after the defense")
         return _empty("No defense evaluated")
     attacks = list(table)
     fig = go.Figure()
-    fig.add_trace(go.Bar(name="before", x=attacks, marker_color=_RED,
-                         y=[None if table[a].get("before") is None else 100 * table[a]["before"]
-                            for a in attacks]))
-    fig.add_trace(go.Bar(name="after", x=attacks, marker_color=_BLUE,
-                         y=[100 * table[a]["after"] for a in attacks]))
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(title="ASR (%)", range=[0, 100])
+    before = [None if table[a].get("before") is None else 100 * table[a]["before"]
+              for a in attacks]
+    after = [100 * table[a]["after"] for a in attacks]
+    fig.add_trace(go.Bar(name="before", x=attacks, marker_color=_RED, y=before,
+                         **_labelled(before, "{:.0f}%")))
+    fig.add_trace(go.Bar(name="after", x=attacks, marker_color=_BLUE, y=after,
+                         **_labelled(after, "{:.0f}%")))
+    # the legend sits below the plot: above it, it ran into the title
+    fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.18, x=0))
+    fig.update_yaxes(title="ASR (%)", range=[0, 112])
     u = d.get("utility")
     sub = ""
     if u:
-        sub = (f" — benign refusals {100 * u['baseline_refusal_rate']:.0f}% → "
+        sub = (f"benign refusals {100 * u['baseline_refusal_rate']:.0f}% → "
                f"{100 * u['routes'][0]['refusal_rate']:.0f}%, ΔLL {u['ll_change']:+.3f}")
-    return _layout(fig, (title or "") + sub, 360)
+    return _layout(fig, title, 380, sub=sub)
 
 
 def rosais_distribution_figure(result, kind: str = "box",
