@@ -254,14 +254,7 @@ class Explorer:
             if len(route.edits) > cap:
                 raise PolicyError(f"the route has {len(route.edits)} edits; this server "
                                   f"allows {cap} for this prompt")
-        note = route.check_provenance(moe.info.provenance())
-        try:
-            route.validate(moe.info, num_tokens=n)
-        except RouteError as exc:  # worded as the CLI words it (explorer.cli.options)
-            if note:
-                raise RouteError(f"{note}; it does not fit the loaded model {moe.name}: "
-                                 f"{exc}") from None
-            raise
+        route.check_fits(moe.info, num_tokens=n)  # the CLI's checks and wording
 
     def check_import(self, route: Route) -> None:
         """An imported route must name its prompt and fit the loaded model and that prompt

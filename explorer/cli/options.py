@@ -156,16 +156,8 @@ def check_route(moe: MoEModel, route: Route, prompt: str | None = None) -> None:
     ``warning:`` line on stderr when the route still validates, and is named in the
     error when it does not.
     """
-    from explorer.core.route import RouteError
-    note = route.check_provenance(moe.info.provenance())
-    try:
-        n = len(moe.encode(prompt)) if prompt is not None else None
-        route.validate(moe.info, num_tokens=n)
-    except RouteError as exc:
-        if note:
-            raise RouteError(f"{note}; it does not fit the loaded model {moe.name}: "
-                             f"{exc}") from None
-        raise
+    n = len(moe.encode(prompt)) if prompt is not None else None
+    note = route.check_fits(moe.info, num_tokens=n)
     if note:
         print(f"warning: {one_line(note, limit=1000)}; it validates against the loaded model "
               f"{moe.name}, so it is applied", file=sys.stderr)

@@ -274,6 +274,21 @@ class Route:
                 allowed -= set(e.experts)
         return allowed
 
+    def check_fits(self, info: "ModelInfo", num_tokens: int | None = None) -> str | None:
+        """:meth:`validate` against a loaded model, worded for users (the CLI and the app
+        share it): returns the provenance note (made for another model or chat template)
+        when the route still validates, None when it matches; where it does not validate,
+        the :class:`RouteError` names the note too."""
+        note = self.check_provenance(info.provenance())
+        try:
+            self.validate(info, num_tokens=num_tokens)
+        except RouteError as exc:
+            if note:
+                raise RouteError(f"{note}; it does not fit the loaded model {info.name}: "
+                                 f"{exc}") from None
+            raise
+        return note
+
     def validate(self, info: "ModelInfo", num_tokens: int | None = None) -> None:
         """Raise :class:`RouteError` if this route cannot be applied to the model.
 
