@@ -79,16 +79,13 @@ def stack_caches(caches, rows: Sequence[int]):
     are never modified. None unless every cache is a DynamicCache of the same layer types,
     full-attention or sliding-window layers, with equal lengths (the kinds whose state is
     their keys and values alone)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-    kinds = (DynamicLayer, DynamicSlidingWindowLayer)
     first = caches[0]
     n = len(first.layers)
     for c in caches:
-        if type(c) is not DynamicCache or len(c.layers) != n:
+        if not _paddable(c) or len(c.layers) != n:
             return None
         for a, b in zip(c.layers, first.layers):
-            if (type(a) not in kinds or type(a) is not type(b)
+            if (type(a) is not type(b)
                     or getattr(a, "cumulative_length", None) != getattr(b, "cumulative_length", None)
                     or getattr(a, "is_initialized", False) != getattr(b, "is_initialized", False)):
                 return None
@@ -111,10 +108,7 @@ def split_cache(cache, rows: int) -> list:
     """The ``rows`` one-row caches of a ``rows``-row cache (the inverse of
     :func:`stack_caches`; views of its tensors), or Nones where it is not a DynamicCache of
     full-attention or sliding-window layers."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-    if type(cache) is not DynamicCache or not all(
-            type(lay) in (DynamicLayer, DynamicSlidingWindowLayer) for lay in cache.layers):
+    if not _paddable(cache):
         return [None] * rows
     out = []
     for r in range(rows):
@@ -249,7 +243,8 @@ def _plain_greedy(moe: MoEModel) -> bool:
 
 
 def _paddable(cache) -> bool:
-    """Is ``cache`` a DynamicCache of full-attention or sliding-window layers only?"""
+    """Is ``cache`` a DynamicCache of full-attention or sliding-window layers only (the
+    kinds whose state is their keys and values alone: they stack, split and pad)?"""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
     return type(cache) is DynamicCache and all(

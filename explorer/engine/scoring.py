@@ -402,10 +402,17 @@ class MultiScorer:
         self._stacked = (sig, stacked) if stacked is not None else None
         return stacked
 
+    def _run_into(self, batch: list[tuple[int, ConePart]], results: list) -> None:
+        """Score one batch of ``(request index, part)`` into ``results``."""
+        for (i, _), scores in zip(batch, self._run([p for _, p in batch])):
+            results[i] = scores
+
     def _run(self, parts: list[ConePart]) -> list[list[float]]:
+        """The parts' scores: one multi-prompt batch, or each engine alone where the
+        batch has one part or the prefix caches cannot be stacked."""
         p0 = parts[0]
-        cache = self._stack(parts)
-        if p0.prefix_len and cache is None:
+        cache = self._stack(parts) if len(parts) > 1 else None
+        if len(parts) == 1 or (p0.prefix_len and cache is None):
             return [p.engine.score(p.routes, p.position, p.layer, p.base) for p in parts]
         seen: dict = {}
         lps = multi_cone_target_logprob(
@@ -482,28 +489,22 @@ class MultiScorer:
             results[i] = eng.score(routes, position=position, layer=layer, base=base)
         for members in groups.values():
             # longest suffix first, so that each batch pads little; a batch closes at the
-            # row cap or the token budget
+            # row cap or the token budget (rows x the batch's longest suffix)
             members.sort(key=lambda m: -m[1].engine.suffix_len(m[1].prefix_len))
             cap = self.max_rows or min(p.engine.batch_size for _, p in members)
             batch: list[tuple[int, ConePart]] = []
-            for item in members + [None]:
-                if item is not None and batch:
-                    rows = sum(len(p.routes) for _, p in batch) + len(item[1].routes)
-                    width = batch[0][1].engine.suffix_len(batch[0][1].prefix_len)
-                    full = rows > cap or (self.max_tokens is not None
-                                          and rows * width > self.max_tokens)
-                else:
-                    full = item is None
-                if full and batch:
-                    if len(batch) == 1:
-                        i, p = batch[0]
-                        results[i] = p.engine.score(p.routes, p.position, p.layer, p.base)
-                    else:
-                        for (i, _), scores in zip(batch, self._run([p for _, p in batch])):
-                            results[i] = scores
-                    batch = []
-                if item is not None:
-                    batch.append(item)
+            rows = 0
+            for item in members:
+                n = len(item[1].routes)
+                width = (batch or [item])[0][1].engine.suffix_len(item[1].prefix_len)
+                if batch and (rows + n > cap or (self.max_tokens is not None
+                                                 and (rows + n) * width > self.max_tokens)):
+                    self._run_into(batch, results)
+                    batch, rows = [], 0
+                batch.append(item)
+                rows += n
+            if batch:
+                self._run_into(batch, results)
         return results
 
 

@@ -276,7 +276,7 @@ class _Search:
         self.tgt = _target_ids(moe, target)
         self.eng = make_engine(engine, moe, self.ids, self.tgt)
         self.eng.forward_passes = state.forward_passes
-        self.eng.rechecks = state.settings.get("rechecks", 0) if "layers" in state.settings else 0
+        self.eng.rechecks = state.settings.get("rechecks", 0)  # a resumed search's so far
         if "layers" not in state.settings:
             layers = list(moe.moe_layers)
             if order == "rosais":
