@@ -105,6 +105,17 @@ def _shot(page, path):
                   "e.style.visibility = '')")
 
 
+def _add_everywhere(page, layer, forced):
+    """Tick exactly ``forced`` in the selected cell, apply it at every position of the
+    layer and wait for the pending edit."""
+    choices = page.locator("#expert-choices input[type=checkbox]")
+    for i in range(choices.count()):
+        choices.nth(i).set_checked(i in forced)
+    page.locator("#every-pos input[type=checkbox]").check()
+    page.click("#add-edit-btn")
+    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+
+
 def _answer_changing_edit(moe, base, pos=3):
     """(layer, position, experts): forcing these experts at every position of the layer
     changes the greedy answer (found with the library, so the UI test can rely on it)."""
@@ -559,12 +570,7 @@ def test_verdicts_log_probs_and_the_answer_difference_sit_next_to_the_answers(se
     assert page.locator("#answer-verdicts .sse-badge").count() == 1  # the baseline only
     layer, pos, forced = _answer_changing_edit(moe, base)
     _select(page, layer, pos)
-    choices = page.locator("#expert-choices input[type=checkbox]")
-    for i in range(choices.count()):
-        choices.nth(i).set_checked(i in forced)
-    page.locator("#every-pos input[type=checkbox]").check()
-    page.click("#add-edit-btn")
-    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    _add_everywhere(page, layer, forced)
     t = time.perf_counter()
     page.click("#rerun-btn")
     page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
@@ -745,12 +751,7 @@ def test_a_copied_link_reopens_the_same_route(served, browser):
     base = trace(moe, PROMPT, max_new_tokens=12)
     layer, pos, forced = _answer_changing_edit(moe, base)
     _select(page, layer, pos)
-    choices = page.locator("#expert-choices input[type=checkbox]")
-    for i in range(choices.count()):
-        choices.nth(i).set_checked(i in forced)
-    page.locator("#every-pos input[type=checkbox]").check()
-    page.click("#add-edit-btn")
-    _wait_text(page, "#pending-edits", f"force L{layer} @ every position")
+    _add_everywhere(page, layer, forced)
     page.click("#rerun-btn")
     page.wait_for_function("() => document.querySelectorAll('#answer-verdicts .sse-badge')"
                            ".length === 2", timeout=90_000)
