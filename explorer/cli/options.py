@@ -48,6 +48,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_system_args(p: argparse.ArgumentParser, default: str = "none") -> None:
+    """``--system TEXT`` / ``--system-file FILE``: the system prompt every prompt of the
+    command is templated with (read by :func:`system_from_args`); ``default`` says in
+    ``--help`` what applies without them."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--system", default=None, metavar="TEXT",
+                   help=f"system prompt for the chat template (default: {default}); routes "
+                        "and results record it, positions count its tokens")
+    g.add_argument("--system-file", default=None, metavar="FILE",
+                   help="read the system prompt from this UTF-8 text file")
+
+
+def system_from_args(args) -> str | None:
+    """The system prompt ``--system`` / ``--system-file`` give (None: none; a blank one is
+    none), or :class:`UsageError` (unreadable file, not text, too long)."""
+    from explorer.core.model import check_system
+    text = getattr(args, "system", None)
+    path = getattr(args, "system_file", None)
+    if path is not None:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--system-file {path}: not a UTF-8 text file") from None
+        except OSError as exc:
+            raise UsageError(f"--system-file {path}: {exc.strerror or exc}") from None
+        text = text.strip("\n")
+    try:
+        return check_system(text)
+    except ValueError as exc:
+        raise UsageError(f"--system: {exc}") from None
+
+
 def _int_in(text: str, lo: int, hi: int | None, what: str, kind: str = "an integer") -> int:
     try:
         v = int(text)
@@ -149,15 +181,17 @@ def check_out_path(path: str | None, what: str = "--out", makes_folders: bool = 
         raise UsageError(f"{what} {path}: the folder {parent} does not exist")
 
 
-def check_route(moe: MoEModel, route: Route, prompt: str | None = None) -> None:
-    """Validate ``route`` against the loaded model (and ``prompt``'s length).
+def check_route(moe: MoEModel, route: Route, prompt: str | None = None,
+                system: str | None = None) -> None:
+    """Validate ``route`` against the loaded model (and ``prompt``'s length, templated with
+    ``system``).
 
-    A provenance mismatch (route made for another model or chat template) gives one
-    ``warning:`` line on stderr when the route still validates, and is named in the
-    error when it does not.
+    A provenance mismatch (route made for another model, chat template or system prompt)
+    gives one ``warning:`` line on stderr when the route still validates, and is named in
+    the error when it does not.
     """
-    n = len(moe.encode(prompt)) if prompt is not None else None
-    note = route.check_fits(moe.info, num_tokens=n)
+    n = len(moe.encode(prompt, system)) if prompt is not None else None
+    note = route.check_fits(moe.info, num_tokens=n, system=system)
     if note:
         print(f"warning: {one_line(note, limit=1000)}; it validates against the loaded model "
               f"{moe.name}, so it is applied", file=sys.stderr)

@@ -19,13 +19,15 @@ class ModelCache:
 
     #: (num_experts, edits of one route at one layer) -> (glob (E,), table (P, E), P)
     route_rows: dict = field(default_factory=dict)
-    #: prompt -> its template layout (:func:`explorer.research.common.prompt_layout`)
+    #: (system, prompt) -> its template layout (:func:`explorer.research.common.prompt_layout`)
     layouts: dict = field(default_factory=dict)
     #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
     logits_to_keep: bool | None = None
     #: whether the model's cache is of full-attention or sliding-window layers only, so
     #: that left-padded prompts can generate in one batch (None: not probed yet)
     paddable_cache: bool | None = None
+    #: where the chat template puts a system prompt: "role" or "merged" (None: not probed)
+    system_placement: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
@@ -52,3 +54,4 @@ class ModelCache:
             self.layouts.clear()
             self.logits_to_keep = None
             self.paddable_cache = None
+            self.system_placement = None

@@ -49,6 +49,8 @@ MAX_TARGET_TOKENS = 128
 MAX_GENERATION = 4096
 #: A prompt's characters before it is tokenised (the model's context caps its tokens).
 MAX_PROMPT_CHARS = 1_000_000
+#: A system prompt's characters.
+MAX_SYSTEM_CHARS = 100_000
 #: Edits of a route, and characters of a route's JSON, accepted from outside.
 MAX_ROUTE_EDITS = 10_000
 MAX_ROUTE_JSON_CHARS = 1_000_000

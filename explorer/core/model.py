@@ -12,6 +12,7 @@ import torch
 
 from explorer.core.cache import ModelCache
 from explorer.core.control import RouteControl, defended
+from explorer.core.defaults import MAX_SYSTEM_CHARS
 from explorer.core.errors import ModelLoadError, RouteError
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.paths import DEMO_MODEL_DIR
@@ -19,6 +20,46 @@ from explorer.core.route import Route
 
 #: How the operator's prompt cap is named in messages (the setting that sets it).
 PROMPT_CAP_NAME = "EXPLORER_MAX_PROMPT_TOKENS"
+#: What :meth:`MoEModel.system_placement` renders to find a template's system turn.
+_SYSTEM_MARKER = "Marker system prompt 7f3a."
+
+
+def check_system(system: Any) -> str | None:
+    """A system prompt as the library takes it: None for none (None, empty or blank
+    text), else the text; ``ValueError`` for anything but text, text longer than
+    :data:`~explorer.core.defaults.MAX_SYSTEM_CHARS` or lone surrogates."""
+    if system is None:
+        return None
+    if not isinstance(system, str):
+        raise ValueError(f"the system prompt must be text, got {type(system).__name__}")
+    if not system.strip():
+        return None
+    if len(system) > MAX_SYSTEM_CHARS:
+        raise ValueError(f"the system prompt has {len(system)} characters; at most "
+                         f"{MAX_SYSTEM_CHARS} are accepted")
+    try:
+        system.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the system prompt is not valid Unicode text (lone surrogates)") \
+            from None
+    return system
+
+
+def merge_system(system: str, prompt: str) -> str:
+    """The user turn of a template without a system role: the system prompt, a blank
+    line, then the prompt."""
+    return f"{system}\n\n{prompt}"
+
+
+def _probe_system_placement(tokenizer) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return "merged"
+    msgs = [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": "Hi."}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - templates raise their own errors for a system turn
+        return "merged"
+    return "role" if isinstance(text, str) and _SYSTEM_MARKER in text else "merged"
 
 
 class MoEModel:
@@ -95,15 +136,46 @@ class MoEModel:
         return self.tokenizer
 
     def template(self, prompt: str, system: str | None = None) -> str:
-        """The chat-templated text for one user message with the generation prompt."""
+        """The chat-templated text for one user message with the generation prompt.
+
+        ``system`` (a system prompt; None or blank: none) goes in the template's system
+        turn where the template has one (:attr:`system_placement` ``"role"``); a template
+        without a system role (e.g. Mixtral's, which refuses one) and a model without a
+        template (raw prompts) get it merged into the user turn instead, ``system``, a
+        blank line, then ``prompt`` (``"merged"``), as the field does for such models.
+        """
         tok = self._need_tokenizer()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty")
-        msgs = ([{"role": "system", "content": system}] if system else [])
+        system = check_system(system)
+        if system is not None and self.system_placement == "merged":
+            prompt, system = merge_system(system, prompt), None
+        if not getattr(tok, "chat_template", None):
+            return prompt  # base models: the raw prompt (with a merged system prompt)
+        msgs = ([{"role": "system", "content": system}] if system is not None else [])
         msgs.append({"role": "user", "content": prompt})
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        return prompt  # base models: the raw prompt
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    @property
+    def system_placement(self) -> str:
+        """Where :meth:`template` puts a system prompt: ``"role"`` (the chat template's
+        own system turn) or ``"merged"`` (before the user message, for templates that
+        refuse or drop a system turn and for models without a chat template). Probed once
+        per model by rendering a marker system prompt."""
+        cached = self.cache.system_placement
+        if cached is None:
+            cached = self.cache.system_placement = _probe_system_placement(self.tokenizer)
+        return cached
+
+    def provenance(self, system: str | None = None) -> dict[str, Any]:
+        """The model's provenance (:meth:`ModelInfo.provenance`) plus ``system`` (and how
+        the template placed it) when a system prompt was used: what routes, traces and
+        results record in their ``info``."""
+        out = dict(self.info.provenance())
+        system = check_system(system)
+        if system is not None:
+            out.update(system=system, system_placement=self.system_placement)
+        return out
 
     def encode(self, prompt: str, system: str | None = None) -> list[int]:
         """Token ids of the templated prompt (special tokens come from the template).

@@ -29,6 +29,7 @@ from explorer.core.defaults import MAX_ROUTE_EDITS, MAX_ROUTE_JSON_CHARS
 from explorer.core.errors import RouteError
 
 Mode = Literal["force", "mask"]
+_UNSET: Any = object()  # "no system prompt given to compare" (None means "none")
 MODES: tuple[Mode, ...] = ("force", "mask")
 
 
@@ -153,9 +154,33 @@ class Route:
         return sorted(set(v))
 
     @property
+    def defense_system(self) -> str | None:
+        """The system prompt a defense puts in force (``info["defense_system"]``, e.g. the
+        self-reminder defense; None: none). Like the pinned layers it lives in ``info``;
+        the code that templates prompts applies it (:meth:`system_under`), since a system
+        prompt changes the tokens, not the routing. Raises :class:`RouteError` when not
+        text."""
+        v = self.info.get("defense_system")
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise RouteError(f"info.defense_system must be text, got {type(v).__name__}")
+        return v if v.strip() else None
+
+    def system_under(self, system: str | None) -> str | None:
+        """The system prompt a prompt is templated with when this route is the defense in
+        force and ``system`` the user's: the defense's system prompt after the user's
+        (a blank line between), or ``system`` when the defense has none."""
+        mine = self.defense_system
+        if mine is None:
+            return system
+        return f"{system}\n\n{mine}" if isinstance(system, str) and system.strip() else mine
+
+    @property
     def defends(self) -> bool:
-        """As a model-wide defense: does it change anything (masks or pinned layers)?"""
-        return bool(self.edits or self.protected_layers)
+        """As a model-wide defense: does it change anything (masks, pinned layers or a
+        system prompt)?"""
+        return bool(self.edits or self.protected_layers or self.defense_system)
 
     def under_defense(self, defense: "Route | None") -> "Route":
         """This route with a model-wide ``defense`` applied on top. The defense wins:
@@ -238,13 +263,16 @@ class Route:
         return cls.from_json(text)
 
     # -- provenance -----------------------------------------------------------------
-    def check_provenance(self, provenance: dict[str, Any]) -> str | None:
+    def check_provenance(self, provenance: dict[str, Any], system: Any = _UNSET) -> str | None:
         """Compare this route's ``info`` with a loaded model's ``provenance()``.
 
         Returns None when nothing contradicts (keys missing on either side are not
-        compared), else one line naming what differs: the model, or the chat template
-        (hence the tokenisation and the positions). A mismatch is a warning: the route
-        may still validate against the other model.
+        compared), else one line naming what differs: the model, the chat template or
+        the system prompt (hence the tokenisation and the positions). ``system``: the
+        system prompt the route is about to be used with (None: none); a route records
+        its own in ``info["system"]``, and a route made by the explorer without one (its
+        ``info`` names a model but no system) counts as made without one. A mismatch is a
+        warning: the route may still validate against the other model.
         """
         diffs = []
         mine, theirs = self.info.get("model"), provenance.get("model")
@@ -254,10 +282,21 @@ class Route:
         mine, theirs = self.info.get("chat_template_hash"), provenance.get("chat_template_hash")
         if mine and theirs and mine != theirs:
             diffs.append(f"chat template {mine}, not {theirs}")
+        if system is not _UNSET and ("system" in self.info or "model" in self.info):
+            mine = self.system
+            theirs = system if isinstance(system, str) and system.strip() else None
+            if mine != theirs:
+                diffs.append(f"{_system_words(mine)}, not {_system_words(theirs)}")
         if not diffs:
             return None
         return "route was made for " + " and ".join(diffs) + \
             " (positions may point at other tokens)"
+
+    @property
+    def system(self) -> str | None:
+        """The system prompt the route was made with (``info["system"]``; None: none)."""
+        v = self.info.get("system")
+        return v if isinstance(v, str) and v.strip() else None
 
     # -- semantics ------------------------------------------------------------------
     def allowed(self, layer: int, position: int | None, num_experts: int) -> set[int]:
@@ -274,12 +313,14 @@ class Route:
                 allowed -= set(e.experts)
         return allowed
 
-    def check_fits(self, info: "ModelInfo", num_tokens: int | None = None) -> str | None:
+    def check_fits(self, info: "ModelInfo", num_tokens: int | None = None,
+                   system: Any = _UNSET) -> str | None:
         """:meth:`validate` against a loaded model, worded for users (the CLI and the app
-        share it): returns the provenance note (made for another model or chat template)
-        when the route still validates, None when it matches; where it does not validate,
-        the :class:`RouteError` names the note too."""
-        note = self.check_provenance(info.provenance())
+        share it): returns the provenance note (made for another model, chat template or
+        system prompt, see :meth:`check_provenance`) when the route still validates, None
+        when it matches; where it does not validate, the :class:`RouteError` names the
+        note too."""
+        note = self.check_provenance(info.provenance(), system)
         try:
             self.validate(info, num_tokens=num_tokens)
         except RouteError as exc:
@@ -336,6 +377,13 @@ class Route:
                         f"expert(s); the router needs at least top-k = {lay.top_k}")
                 if lay.n_group and lay.topk_group and len(allowed) == lay.top_k:
                     lay.check_groups(sorted(allowed))
+
+
+def _system_words(system: str | None) -> str:
+    if system is None:
+        return "no system prompt"
+    text = system if len(system) <= 40 else system[:37] + "..."
+    return f"system prompt {text!r}"
 
 
 def _model_key(name: str) -> str:

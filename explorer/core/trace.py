@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.forward import generate
+from explorer.core.model import check_system
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class RoutingTrace:
     completion: str = ""
     route: Route | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -84,7 +86,7 @@ class RoutingTrace:
             "logits": self.logits if include_logits else None,
             "completion": self.completion,
             "route": self.route.to_dict() if self.route is not None else None,
-            "info": self.info,
+            "info": self.info, "system": self.system,
         }
 
     def to_json(self, include_logits: bool = True) -> str:
@@ -108,7 +110,8 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
     per MoE layer and token the experts used, their weights and the raw router logits.
 
     ``route`` (validated against the model and the prompt length) is active on prompt
-    and generated tokens. ``on_token`` streams the generated text.
+    and generated tokens. ``system``: a system prompt (see :meth:`MoEModel.template`;
+    recorded in ``info``). ``on_token`` streams the generated text.
     """
     ids = moe.encode(prompt, system)
     if route is not None:
@@ -125,7 +128,7 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
         if record_logits and "logits" in rec:
             logits.append(rec["logits"][0, :n].tolist())
     infos = {h.info.index: h.info for h in moe.handles}
-    info = dict(moe.info.provenance())
+    info = moe.provenance(system)
     info.update({"max_new_tokens": max_new_tokens, "decoding": "greedy"})
     return RoutingTrace(
         prompt=prompt, tokens=moe.token_strings(gen.ids), token_ids=gen.ids,
@@ -134,7 +137,7 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
         top_k=[infos[i].top_k for i in moe.moe_layers],
         experts=experts, weights=weights,
         logits=logits if record_logits and len(logits) == len(experts) else None,
-        completion=gen.text, route=route, info=info)
+        completion=gen.text, route=route, info=info, system=check_system(system))
 
 
 def trace_json(moe: MoEModel, tr) -> dict:

@@ -35,6 +35,7 @@ from explorer.core.defaults import (
     TIE_BAND_REL,
 )
 from explorer.core.forward import generate, generate_many
+from explorer.core.model import check_system
 from explorer.core.route import Route
 from explorer.engine.scoring import MultiScorer, make_engine
 from explorer.judges import Verdict, get_judge
@@ -65,6 +66,7 @@ class FsourState:
     phase: str = "start"      # start | search | generate | done
     attempts: list[dict] = field(default_factory=list)
     initial: dict | None = None
+    system: str | None = None  # the system prompt the search templates the prompt with
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -259,20 +261,22 @@ class _Search:
     """One prompt's search, as a generator of :class:`ScoreRequest` (see :func:`fsour`)."""
 
     def __init__(self, moe, prompt, target, candidates, threshold, max_iters, seed, engine,
-                 judge, max_new_tokens, order, on_event, state):
+                 judge, max_new_tokens, order, on_event, state, system=None):
         _check_args(candidates, max_iters, max_new_tokens, order, target)
+        system = check_system(system)
         judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
         settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
                     "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
                     "judge": judge.name, "order": order}
         if state is None:
-            state = FsourState(prompt=prompt, target=target, settings=settings)
+            state = FsourState(prompt=prompt, target=target, settings=settings, system=system)
         else:
-            prompt, target = state.prompt, state.target
+            prompt, target, system = state.prompt, state.target, state.system
         self.moe, self.prompt, self.target, self.judge, self.state = moe, prompt, target, judge, state
         self.candidates, self.threshold, self.max_iters, self.seed = candidates, threshold, max_iters, seed
         self.max_new_tokens, self.on_event = max_new_tokens, on_event
-        self.ids = moe.encode(prompt)
+        self.system = system
+        self.ids = moe.encode(prompt, system)
         self.tgt = _target_ids(moe, target)
         self.eng = make_engine(engine, moe, self.ids, self.tgt)
         self.eng.forward_passes = state.forward_passes
@@ -281,7 +285,8 @@ class _Search:
             layers = list(moe.moe_layers)
             if order == "rosais":
                 from explorer.methods.rosais import ranking, rosais
-                r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0)
+                r = rosais(moe, prompt, samples=16, seed=seed, top=0, max_new_tokens=0,
+                           system=system)
                 layers = ranking(r)
                 self.eng.forward_passes += r.forward_passes
             defense = active_defense()  # a defense's protected layers ignore forced edits
@@ -290,7 +295,7 @@ class _Search:
         self.layers = list(state.settings["layers"])
         self.infos = [moe.handle(lay).info for lay in self.layers]
         self.t0 = time.perf_counter() - state.elapsed
-        self.base_info = dict(moe.info.provenance(), prompt=prompt, target=target,
+        self.base_info = dict(moe.provenance(system), prompt=prompt, target=target,
                               method="fsour", **settings)
 
     def emit(self, kind, position=0, li=None):
@@ -390,7 +395,7 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
           engine: str = "fast", judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
           on_event: Callable[[FsourEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          state: FsourState | None = None) -> FsourResult:
+          state: FsourState | None = None, system: str | None = None) -> FsourResult:
     """Search an unsafe route for ``prompt`` (see module docs). Returns :class:`FsourResult`.
 
     ``judge``: a judge object or name (default keyword). ``should_stop()`` is polled
@@ -399,9 +404,12 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     RoSais order (highest first; its scoring passes are counted) instead of the paper's
     bottom-up order. ``info["rechecks"]``: decisions re-taken on the reference computation
     because the engine's numbers left them within the near-tie band (see :func:`choose`).
+    ``system``: a system prompt to template the prompt with (positions then index that
+    templated text; recorded in the route's ``info`` and the state, so a resumed search
+    keeps it).
     """
     search = _Search(moe, prompt, target, candidates, threshold, max_iters, seed, engine,
-                     judge, max_new_tokens, order, on_event, state)
+                     judge, max_new_tokens, order, on_event, state, system)
     steps = search.run(should_stop)
     eng = search.eng
     try:
@@ -418,14 +426,15 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
 
 
 def prompt_batch_size(moe: MoEModel, prompts: Sequence[str], target: str = DEFAULT_TARGET,
-                      candidates: int = FSOUR_CANDIDATES, cap: int = 64) -> int:
+                      candidates: int = FSOUR_CANDIDATES, cap: int = 64,
+                      system: str | None = None) -> int:
     """Prompts one multi-prompt search runs together by default: as many as the rows of one
     cone batch (sized to the free memory, see :mod:`explorer.engine.batching`) hold at
     ``candidates`` rows each for the longest prompt, at most ``cap``."""
     from explorer.engine.batching import search_batch_size
     if not prompts:
         return 1
-    longest = max(len(moe.encode(p)) for p in prompts[:256])
+    longest = max(len(moe.encode(p, system)) for p in prompts[:256])
     tgt = len(moe.tokenizer(target, add_special_tokens=False)["input_ids"]) or 1
     return max(1, min(cap, len(prompts), search_batch_size(moe, longest, tgt) // max(1, candidates)))
 
@@ -436,7 +445,8 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
                     judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
                     on_event: Callable[[int, FsourEvent], None] | None = None,
                     should_stop: Callable[[], bool] | None = None,
-                    stats: dict | None = None) -> Iterator[tuple[int, FsourResult]]:
+                    stats: dict | None = None,
+                    system: str | None = None) -> Iterator[tuple[int, FsourResult]]:
     """F-SOUR over many prompts at once: yields ``(index, result)`` as each search finishes.
 
     Each result is what ``fsour(moe, prompts[index], targets[index], ...)`` returns with the
@@ -451,7 +461,8 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
     the slots are free. ``targets``: one for all or one per prompt. ``on_event(index,
     event)``: each search's progress. ``should_stop``: polled between steps; stopped
     searches are yielded with ``cancelled=True``. ``stats`` (a dict) receives the batches
-    run, their rows and the near-tie re-checks.
+    run, their rows and the near-tie re-checks. ``system``: one system prompt for every
+    prompt (see :func:`fsour`).
     """
     prompts = list(prompts)
     tlist = [targets] * len(prompts) if isinstance(targets, str) else list(targets)
@@ -459,7 +470,7 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
         raise ValueError(f"{len(tlist)} targets for {len(prompts)} prompts")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     k = prompt_batch or prompt_batch_size(moe, prompts, tlist[0] if tlist else DEFAULT_TARGET,
-                                          candidates)
+                                          candidates, system=system)
     if k < 1:
         raise ValueError("prompt_batch must be at least 1")
     scorer = MultiScorer(moe)
@@ -472,7 +483,7 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
     def start(idx: int) -> None:
         ev = None if on_event is None else (lambda e, i=idx: on_event(i, e))
         search = _Search(moe, prompts[idx], tlist[idx], candidates, threshold, max_iters, seed,
-                         "fast", judge, max_new_tokens, order, ev, None)
+                         "fast", judge, max_new_tokens, order, ev, None, system)
         steps = search.run(should_stop)
         try:
             active[idx] = [search, steps, next(steps)]

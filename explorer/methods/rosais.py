@@ -148,7 +148,8 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
            mask_ratio: float = 0.5, max_new_tokens: int = MAX_NEW_TOKENS,
            affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int | None = None,
            judge=None, curve: bool = False, engine: str = "fast",
-           on_progress: Callable[[int, int], None] | None = None) -> RosaisResult:
+           on_progress: Callable[[int, int], None] | None = None,
+           system: str | None = None) -> RosaisResult:
     """RoSais per MoE layer for ``prompt``; then mask the top-``top`` routers and generate.
 
     Seeded and deterministic: layer l's masks come from ``Random(seed * 1_000_003 + l)``.
@@ -157,6 +158,7 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
     no change); ``"reference"`` runs full forwards. Both give the same scores.
     ``on_progress(done, total)`` reports layers scored. ``batch_size``: masks per forward
     (default: sized to the free memory, see :mod:`explorer.engine.batching`).
+    ``system``: a system prompt to template the prompt with (recorded in ``info``).
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -165,7 +167,7 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError("mask_ratio must lie strictly between 0 and 1")
     start = time.perf_counter()
-    ids = moe.encode(prompt)
+    ids = moe.encode(prompt, system)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     if engine not in ("fast", "reference"):
@@ -198,7 +200,7 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
         best.append(masks[j])
         if on_progress is not None:
             on_progress(n + 1, len(layers))
-    info = dict(moe.info.provenance(), prompt=prompt, samples=samples, seed=seed,
+    info = dict(moe.provenance(system), prompt=prompt, samples=samples, seed=seed,
                 mask_ratio=mask_ratio, judge=judge.name, engine=engine)
     res = RosaisResult(prompt=prompt, moe_layers=layers, scores=scores, baseline_logprob=base,
                        distributions=dists, masks=all_masks, best_masks=best, top_layers=[],

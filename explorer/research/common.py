@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from explorer.core.control import active_defense
 from explorer.core.errors import RouteError
 from explorer.core.forward import prefill, reusable, target_logprob
+from explorer.core.model import check_system
 from explorer.core.route import Route, RouteEdit
 from explorer.engine.batching import memory_batch_size
 
@@ -197,19 +198,24 @@ class Layout:
         return position < self.prefix or position >= self.num_tokens - self.suffix
 
 
-def prompt_layout(moe: MoEModel, prompt: str) -> Layout:
-    """Where the chat template's own tokens are in ``moe.encode(prompt)`` (cached in the
-    model's own :attr:`~explorer.core.model.MoEModel.cache`)."""
+def prompt_layout(moe: MoEModel, prompt: str, system: str | None = None) -> Layout:
+    """Where the chat template's own tokens are in ``moe.encode(prompt, system)`` (cached
+    in the model's own :attr:`~explorer.core.model.MoEModel.cache`). A system prompt's
+    tokens count as template tokens (they come before the prompt)."""
     def build() -> Layout:
-        ids = moe.encode(prompt)
-        return _layout_from_offsets(moe, prompt, ids) or layout_from_probes(moe, ids)
-    return moe.cache.memo(moe.cache.layouts, prompt, build, limit=4096)
+        ids = moe.encode(prompt, system)
+        return _layout_from_offsets(moe, prompt, ids, system) or \
+            layout_from_probes(moe, ids, system)
+    return moe.cache.memo(moe.cache.layouts, (check_system(system), prompt), build, limit=4096)
 
 
-def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int]) -> Layout | None:
+def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int],
+                         system: str | None = None) -> Layout | None:
     try:
-        text = moe.template(prompt)
-        start = text.find(prompt)
+        text = moe.template(prompt, system)
+        system = check_system(system)
+        after = 0 if system is None else max(0, text.find(system)) + len(system)
+        start = text.find(prompt, after)
         if start < 0:
             return None
         end = start + len(prompt)
@@ -226,10 +232,12 @@ def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int]) -> Layout |
     return Layout(len(ids), first, len(ids) - 1 - last)
 
 
-def layout_from_probes(moe: MoEModel, ids: list[int]) -> Layout:
+def layout_from_probes(moe: MoEModel, ids: list[int], system: str | None = None) -> Layout:
+    """The layout of ``ids`` (a prompt templated with ``system``) from the tokens it shares
+    at its start and end with two probe prompts templated the same way."""
     pre, suf = len(ids), len(ids)
     for probe in ("Hello there.", "What is 7?"):
-        other = moe.encode(probe)
+        other = moe.encode(probe, system)
         n = 0
         while n < min(len(ids), len(other)) and ids[n] == other[n]:
             n += 1
@@ -242,10 +250,11 @@ def layout_from_probes(moe: MoEModel, ids: list[int]) -> Layout:
 
 
 def source_length(moe: MoEModel, route: Route) -> int:
-    """The templated length of the prompt ``route`` was found on."""
+    """The templated length of the prompt ``route`` was found on (with its own system
+    prompt, ``info["system"]``)."""
     p = route.info.get("prompt")
     if isinstance(p, str) and p.strip():
-        return len(moe.encode(p))
+        return len(moe.encode(p, route.system))
     n = route.info.get("prompt_tokens")
     if isinstance(n, int) and n > 0:
         return n
@@ -254,24 +263,32 @@ def source_length(moe: MoEModel, route: Route) -> int:
 
 
 def map_route(moe: MoEModel, route: Route, prompt: str, mapping: str = "end",
-              source_prompt: str | None = None) -> Route:
-    """``route`` moved onto ``prompt`` by ``mapping`` (see the module docs).
+              source_prompt: str | None = None, system: str | None = None) -> Route:
+    """``route`` moved onto ``prompt`` templated with ``system`` by ``mapping`` (see the
+    module docs); the source prompt is templated with the route's own system prompt
+    (``info["system"]``).
 
     The copy's ``info`` names the new ``prompt`` and its ``prompt_tokens``, the source
-    (``mapped_from``), the ``mapping`` and ``edits_dropped``.
+    (``mapped_from``), the ``mapping``, ``edits_dropped`` and the new ``system`` (the key
+    is removed when there is none).
     """
+    system = check_system(system)
     if mapping not in MAPPINGS:
         raise ValueError(f"unknown mapping {mapping!r}; choose one of {list(MAPPINGS)}")
     src = source_prompt if source_prompt is not None else route.info.get("prompt")
     positional = any(e.position is not None for e in route.edits)
-    tgt = prompt_layout(moe, prompt)
+    tgt = prompt_layout(moe, prompt, system)
     info = dict(route.info)
-    if src == prompt or not positional:
+    info.pop("system", None)
+    info.pop("system_placement", None)
+    if system is not None:
+        info.update(system=system, system_placement=moe.system_placement)
+    if (src == prompt and route.system == system) or not positional:
         info.update(prompt=prompt, prompt_tokens=tgt.num_tokens)
         info.setdefault("edits_dropped", 0)
         return Route(list(route.edits), info)
     if isinstance(src, str) and src.strip():
-        slay: Layout | None = prompt_layout(moe, src)
+        slay: Layout | None = prompt_layout(moe, src, route.system)
         P = slay.num_tokens
     else:
         slay, P = None, source_length(moe, route)

@@ -75,12 +75,13 @@ class MinimalResult(ResultMixin):
 
 def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TARGET,
              threshold: float = DEFAULT_THRESHOLD, judge=None, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
-             checks: int = 3, mapping: str = "end") -> MinimalResult:
+             checks: int = 3, mapping: str = "end", system: str | None = None) -> MinimalResult:
     """Greedily remove edits from ``route`` while it still succeeds on ``prompt``.
 
-    ``prompt`` defaults to the route's own (``info["prompt"]``); a route from another
-    prompt is mapped first (``mapping``). ``checks``: generations tried per round before
-    giving up on that round.
+    ``prompt`` defaults to the route's own (``info["prompt"]``), ``system`` to the route's
+    own system prompt (``info["system"]``); a route from another prompt or system prompt
+    is mapped first (``mapping``). ``checks``: generations tried per round before giving
+    up on that round.
     """
     route = as_route(route)
     prompt = prompt or route.info.get("prompt")
@@ -88,9 +89,10 @@ def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TAR
         raise ValueError("no prompt: pass one or use a route whose info names its prompt")
     if checks < 1:
         raise ValueError("checks must be at least 1")
-    route = map_route(moe, route, prompt, mapping)
+    system = system if system is not None else route.system
+    route = map_route(moe, route, prompt, mapping, system=system)
     judge = resolve_judge(judge)
-    ids = moe.encode(prompt)
+    ids = moe.encode(prompt, system)
     tgt = target_ids(moe, target)
     t0 = time.perf_counter()
     passes, gens = 0, 0
@@ -129,7 +131,7 @@ def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TAR
         if not done:
             break
     final = Route(cur, dict(route.info, method="minimal", minimized_from=len(route)))
-    lay = prompt_layout(moe, prompt)
+    lay = prompt_layout(moe, prompt, system)
     toks = moe.token_strings(ids)
     necessity = []
     if cur:
@@ -150,5 +152,5 @@ def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TAR
         layers=[{"layer": k, "edits": per_layer[k]} for k in sorted(per_layer)],
         forward_passes=passes, generations=gens,
         seconds=round(time.perf_counter() - t0, 3), judge=judge_name(judge),
-        info=dict(moe.info.provenance(), max_new_tokens=max_new_tokens, checks=checks,
+        info=dict(moe.provenance(system), max_new_tokens=max_new_tokens, checks=checks,
                   mapping=mapping, defense=defense_dict(moe)))

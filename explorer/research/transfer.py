@@ -79,19 +79,21 @@ class AsrResult(ResultMixin):
 
 
 def asr(moe: MoEModel, route: Route | None, prompts: Sequence[str], judge=None, mapping: str = "end",
-        max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, target: str | None = None) -> AsrResult:
+        max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, target: str | None = None,
+        system: str | None = None) -> AsrResult:
     """Attack success rate of ``route`` (mapped onto each prompt) on ``prompts``.
 
     ``route=None`` measures the unattacked model. With ``target`` each row also has the
-    target's joint log-prob under the mapped route.
+    target's joint log-prob under the mapped route. ``system``: the system prompt every
+    prompt is templated with.
     """
     prompts = prompt_list(prompts)
     judge = resolve_judge(judge)
     tgt = target_ids(moe, target) if target else None
     rows = []
     for p in prompts:
-        ids = moe.encode(p)
-        r = map_route(moe, route, p, mapping) if route is not None else None
+        ids = moe.encode(p, system)
+        r = map_route(moe, route, p, mapping, system=system) if route is not None else None
         gen = generate(moe, ids, r, max_new_tokens=max_new_tokens)
         v = judge.judge(p, gen.text)
         row = {"prompt": p, "jailbroken": bool(v.jailbroken), "refusal": bool(v.refusal),
@@ -104,7 +106,7 @@ def asr(moe: MoEModel, route: Route | None, prompts: Sequence[str], judge=None, 
     return AsrResult(asr=sum(r["jailbroken"] for r in rows) / n, n=n, rows=rows,
                      route=route.to_dict() if route is not None else None, mapping=mapping,
                      judge=judge_name(judge),
-                     info=dict(moe.info.provenance(), max_new_tokens=max_new_tokens,
+                     info=dict(moe.provenance(system), max_new_tokens=max_new_tokens,
                                target=target, defense=defense_dict(moe)))
 
 
@@ -144,8 +146,10 @@ class TransferResult(ResultMixin):
 
 def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[str],
                     target: str = DEFAULT_TARGET, judge=None, mapping: str = "end",
-                    max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS) -> TransferResult:
-    """Replay every route on every prompt (see the module docs for the mapping)."""
+                    max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
+                    system: str | None = None) -> TransferResult:
+    """Replay every route on every prompt (see the module docs for the mapping), each
+    prompt templated with ``system``."""
     routes = [as_route(r) for r in routes]
     if not routes:
         raise ValueError("no routes to transfer")
@@ -156,8 +160,8 @@ def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[st
     cells: list[list[dict]] = [[] for _ in routes]
     baseline = []
     for p in prompts:
-        ids = moe.encode(p)
-        mapped = [map_route(moe, r, p, mapping) for r in routes]
+        ids = moe.encode(p, system)
+        mapped = [map_route(moe, r, p, mapping, system=system) for r in routes]
         lps = batched_logprob(moe, ids, tgt, [Route()] + mapped)
         gen = generate(moe, ids, None, max_new_tokens=max_new_tokens)
         v = judge.judge(p, gen.text)
@@ -190,7 +194,7 @@ def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[st
         own_rate=sum(c["jailbroken"] for c in own) / len(own) if own else None,
         baseline_asr=sum(b["jailbroken"] for b in baseline) / len(baseline),
         mean_logprob_gain=sum(gains) / len(gains) if gains else None,
-        info=dict(moe.info.provenance(), max_new_tokens=max_new_tokens,
+        info=dict(moe.provenance(system), max_new_tokens=max_new_tokens,
                   seconds=round(time.perf_counter() - t0, 3), defense=defense_dict(moe)))
 
 
@@ -304,8 +308,9 @@ def rosais_distributions(result) -> dict[str, Any]:
 
 def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, samples: int = 16,
                  seed: int = 0, mask_ratio: float = 0.5, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
-                 judge=None) -> RosaisCurve:
-    """Run RoSais on each prompt and generate with its top 1..``max_top`` routers masked."""
+                 judge=None, system: str | None = None) -> RosaisCurve:
+    """Run RoSais on each prompt (templated with ``system``) and generate with its top
+    1..``max_top`` routers masked."""
     from explorer.methods.rosais import ranking, rosais
     if max_top < 1:
         raise ValueError("max_top must be at least 1")
@@ -315,12 +320,12 @@ def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, sample
     per, pooled = [], [[] for _ in moe.moe_layers]
     for p in prompts:
         res = rosais(moe, p, samples=samples, seed=seed, top=L, mask_ratio=mask_ratio,
-                     max_new_tokens=max_new_tokens, judge=judge, curve=True)
+                     max_new_tokens=max_new_tokens, judge=judge, curve=True, system=system)
         v0 = judge.judge(p, res.baseline_completion)
         jb = [bool(v0.jailbroken)] + [bool(b["jailbroken"]) for b in res.by_top]
         ctl = [bool(v0.jailbroken)]  # control: as many routers, random, random masks
         rng = random.Random(seed * 7919 + len(per))
-        ids = moe.encode(p)
+        ids = moe.encode(p, system)
         for t in range(1, L + 1):
             text = generate(moe, ids, res.random_route(t, rng),
                             max_new_tokens=max_new_tokens).text
@@ -338,5 +343,5 @@ def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, sample
         mean_scores=[sum(r["scores"][i] for r in per) / n for i in range(len(moe.moe_layers))],
         per_prompt=per, judge=judge_name(judge),
         random_asr_by_top=[sum(r["random_jailbroken"][t] for r in per) / n for t in range(L + 1)],
-        info=dict(moe.info.provenance(), samples=samples, seed=seed, mask_ratio=mask_ratio,
+        info=dict(moe.provenance(system), samples=samples, seed=seed, mask_ratio=mask_ratio,
                   max_new_tokens=max_new_tokens, defense=defense_dict(moe)))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate, target_logprob
+from explorer.core.model import check_system
 from explorer.core.paths import shared_data_dir
 from explorer.core.route import Route
 from explorer.research.common import (
@@ -119,9 +120,14 @@ def _label(r: Route, i: int) -> str:
 
 def utility_cost(moe: MoEModel, route_or_routes, benign_prompts: Sequence[str], max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
                  mapping: str = "end", judge=None, harmful_prompts: Sequence[str] | None = None,
-                 top: int | None = None, batch_size: int = 16) -> UtilityResult:
+                 top: int | None = None, batch_size: int = 16,
+                 system: str | None = None) -> UtilityResult:
     """The benign-prompt cost of a route, a RoSais result (its top-``top`` masks) or a list
-    of them (see the module docs). ``harmful_prompts`` adds each route's ASR.
+    of them (see the module docs). ``harmful_prompts`` adds each route's ASR. Prompts are
+    templated with ``system``; a defense with a system prompt of its own
+    (:attr:`~explorer.core.route.Route.defense_system`, e.g. the self-reminder) is measured
+    with the prompts templated under it (:meth:`~explorer.core.route.Route.system_under`),
+    its likelihoods are those of the model's own undefended answers after that prompt.
 
     Runs under whatever defense is in force (``with moe.defended(...)``, both with and
     without the route): to measure a defense's own cost, run it undefended and pass the
@@ -130,27 +136,39 @@ def utility_cost(moe: MoEModel, route_or_routes, benign_prompts: Sequence[str], 
     routes = _routes_of(route_or_routes, top)
     prompts = prompt_list(benign_prompts)
     judge = resolve_judge(judge)
+    system = check_system(system)
+    systems = [r.system_under(system) for r in routes]
     t0 = time.perf_counter()
     baseline, per = [], [[] for _ in routes]
     for p in prompts:
-        ids = moe.encode(p)
+        ids = moe.encode(p, system)
         gen = generate(moe, ids, None, max_new_tokens=max_new_tokens)
         ans = gen.ids[gen.prompt_len:]
         v = judge.judge(p, gen.text)
-        mapped = [map_route(moe, r, p, mapping) for r in routes]
+        mapped = [map_route(moe, r, p, mapping, system=s) for r, s in zip(routes, systems)]
+        own_ids = {system: ids}
+        own_ids.update((s, moe.encode(p, s)) for s in systems if s not in own_ids)
+        lls = [0.0] * (len(routes) + 1)  # an empty answer has no likelihood to compare
         if ans:
-            lls = []
-            batch = [Route()] + mapped
-            for i in range(0, len(batch), batch_size):
-                lls.extend(float(x) / len(ans) for x in
-                           target_logprob(moe, ids, ans, batch[i:i + batch_size]))
-        else:  # an empty answer has no likelihood to compare
-            lls = [0.0] * (len(routes) + 1)
+            # routes that template the prompt alike share batches (the unrouted one first)
+            for s, rids in own_ids.items():
+                idx = [i for i, x in enumerate(systems) if x == s]
+                batch = ([Route()] if s == system else []) + [mapped[i] for i in idx]
+                out = []
+                for i in range(0, len(batch), batch_size):
+                    out.extend(float(x) / len(ans) for x in
+                               target_logprob(moe, rids, ans, batch[i:i + batch_size]))
+                if s == system:
+                    lls[0], out = out[0], out[1:]
+                for i, x in zip(idx, out):
+                    lls[i + 1] = x
         baseline.append({"completion": gen.text, "refusal": bool(v.refusal),
                          "answer_tokens": len(ans), "mean_ll": lls[0]})
         for i, r in enumerate(mapped):
-            g = generate(moe, ids, r, max_new_tokens=max_new_tokens) if len(r) else gen
-            vr = judge.judge(p, g.text) if len(r) else v
+            changed = len(r) or systems[i] != system
+            g = generate(moe, own_ids[systems[i]], r, max_new_tokens=max_new_tokens) \
+                if changed else gen
+            vr = judge.judge(p, g.text) if changed else v
             per[i].append({"refusal": bool(vr.refusal), "completion": g.text,
                            "mean_ll": lls[i + 1], "delta_ll": lls[i + 1] - lls[0],
                            "edits_kept": len(r)})
@@ -164,8 +182,8 @@ def utility_cost(moe: MoEModel, route_or_routes, benign_prompts: Sequence[str], 
         rate = sum(x["refusal"] for x in rows) / n
         use = [x for x, b in zip(rows, baseline) if b["answer_tokens"]] or rows
         ll = sum(x["mean_ll"] for x in use) / len(use)
-        a = (asr(moe, r, harm, judge=judge, mapping=mapping, max_new_tokens=max_new_tokens).asr
-             if harm else None)
+        a = (asr(moe, r, harm, judge=judge, mapping=mapping, max_new_tokens=max_new_tokens,
+                 system=systems[i]).asr if harm else None)
         out_routes.append({"label": _label(r, i), "route": r.to_dict(), "refusal_rate": rate,
                            "refusal_change": rate - base_rate, "mean_ll": ll,
                            "ll_change": ll - base_ll, "asr": a, "rows": rows})
@@ -176,5 +194,5 @@ def utility_cost(moe: MoEModel, route_or_routes, benign_prompts: Sequence[str], 
         refusal_change=sum(r["refusal_change"] for r in out_routes) / k,
         ll_change=sum(r["ll_change"] for r in out_routes) / k,
         mapping=mapping, judge=judge_name(judge), harmful_prompts=harm,
-        info=dict(moe.info.provenance(), max_new_tokens=max_new_tokens, top=top,
+        info=dict(moe.provenance(system), max_new_tokens=max_new_tokens, top=top,
                   seconds=round(time.perf_counter() - t0, 3), defense=defense_dict(moe)))

@@ -37,6 +37,7 @@ from explorer.core.defaults import (
     MAX_TARGET_CHARS,
 )
 from explorer.core.errors import brief, one_line
+from explorer.core.model import check_system
 from explorer.core.route import Route
 from explorer.engine.scoring import ENGINE_NAMES
 from explorer.judges import JUDGES
@@ -48,9 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FSOUR_PARAMS = ("prompt", "target", "candidates", "threshold", "max_iters", "seed",
-                "engine", "max_new_tokens", "judge")
+                "engine", "max_new_tokens", "judge", "system")
 _FSOUR_KWARGS = ("target", "candidates", "threshold", "max_iters", "seed", "engine",
-                 "max_new_tokens")  # passed through to fsour() as keyword arguments
+                 "max_new_tokens", "system")  # passed through to fsour() as keyword arguments
 _INT_PARAMS = ("candidates", "max_iters", "seed", "max_new_tokens")
 MAX_HISTORY = 300
 _MILESTONES = ("start", "restart", "generated", "done", "cancelled")
@@ -134,6 +135,13 @@ def validate_params(kind: str, params: dict) -> dict:
         if len(out["target"]) > MAX_TARGET_CHARS:
             raise StoreError(f"the target has {len(out['target'])} characters; at most "
                              f"{MAX_TARGET_CHARS} are accepted")
+    if "system" in out:
+        try:
+            out["system"] = check_system(out["system"])
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        if out["system"] is None:
+            del out["system"]
     if "engine" in out and out["engine"] not in ENGINE_NAMES:
         raise StoreError(f"unknown engine {out['engine'][:40]!r}; choose "
                          f"{' or '.join(ENGINE_NAMES)}")

@@ -286,8 +286,8 @@ class RouteStore:
         return int(cur.lastrowid)
 
     def find_route(self, route: Route, prompt: str, model: str) -> int | None:
-        """The id of a stored route with the same edits (in any order) for the same prompt
-        and model, or None."""
+        """The id of a stored route with the same edits (in any order) and system prompt
+        (``info["system"]``) for the same prompt and model, or None."""
         with self._lock:
             return self._same_route(route, prompt, model)
 
@@ -297,7 +297,8 @@ class RouteStore:
             "SELECT id, route_json FROM routes WHERE prompt = ? AND model = ? AND n_edits = ?"
             " ORDER BY id", (prompt or "", model or "", len(route.edits))).fetchall()
         for row in rows:
-            if _edits_key(Route.from_json(row["route_json"])) == key:
+            other = Route.from_json(row["route_json"])
+            if _edits_key(other) == key and other.system == route.system:
                 return int(row["id"])
         return None
 

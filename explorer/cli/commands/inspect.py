@@ -5,11 +5,13 @@ from __future__ import annotations
 from explorer.cli.options import (
     Command,
     add_model_args,
+    add_system_args,
     check_route,
     emit,
     load_from_args,
     positive_int,
     require_prompt,
+    system_from_args,
 )
 from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
 
@@ -19,6 +21,7 @@ def _configure_trace(p):
     p.add_argument("--max-new-tokens", type=positive_int, default=RESEARCH_MAX_NEW_TOKENS,
                    help="greedy continuation length (default 32)")
     p.add_argument("--route", default=None, help="route JSON file to apply")
+    add_system_args(p)
     add_model_args(p)
 
 
@@ -26,12 +29,13 @@ def _run_trace(args):
     from explorer.core.route import Route
     from explorer.core.trace import trace, trace_json
     require_prompt(args.prompt)
+    system = system_from_args(args)
     route = Route.load(args.route) if args.route else None
     moe = load_from_args(args)
     if route is not None:
-        check_route(moe, route, args.prompt)
+        check_route(moe, route, args.prompt, system)
     tr = trace(moe, args.prompt, max_new_tokens=args.max_new_tokens, route=route,
-               record_logits=False)
+               record_logits=False, system=system)
     lines = [f"model {moe.name}: {len(tr.moe_layers)} MoE layers, "
              f"{tr.prompt_tokens} prompt tokens + {tr.num_tokens - tr.prompt_tokens} generated"]
     width = max(len(repr(t)) for t in tr.tokens)

@@ -8,6 +8,7 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_system_args,
     check_out_path,
     check_route,
     count,
@@ -18,6 +19,7 @@ from explorer.cli.options import (
     positive_int,
     require_prompt,
     seed_int,
+    system_from_args,
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, MAX_NEW_TOKENS, ROSAIS_SAMPLES
 
@@ -31,16 +33,18 @@ def _configure_rosais(p):
                    help="share of experts per mask, strictly between 0 and 1")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
     p.add_argument("--curve", action="store_true", help="also generate for L = 1..top")
+    add_system_args(p)
     add_model_args(p)
 
 
 def _run_rosais(args):
     from explorer.methods.rosais import rosais
     require_prompt(args.prompt)
+    system = system_from_args(args)
     moe = load_from_args(args)
     res = rosais(moe, args.prompt, samples=args.samples, seed=args.seed, top=args.top,
                  mask_ratio=args.mask_ratio, max_new_tokens=args.max_new_tokens,
-                 curve=args.curve,
+                 curve=args.curve, system=system,
                  on_progress=None if args.json else
                  lambda d, n: print(f"\rscoring routers {d}/{n}", end="", file=sys.stderr))
     if not args.json:
@@ -73,6 +77,7 @@ def _configure_fsour(p):
                    help="rubric: model name; classifier: local model folder")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
     p.add_argument("--out", default=None, help="write the route JSON here")
+    add_system_args(p)
     add_model_args(p)
 
 
@@ -85,6 +90,7 @@ def _run_fsour(args):
     if args.threshold > 0:
         raise UsageError("the threshold is a log-probability: it must be <= 0")
     check_out_path(args.out)
+    system = system_from_args(args)
     judge = make_judge(args.judge, args.judge_url, args.judge_model, device=args.device,
                        settings=args.settings)
     moe = load_from_args(args)
@@ -97,7 +103,7 @@ def _run_fsour(args):
     res = fsour(moe, args.prompt, target=args.target, candidates=args.candidates,
                 threshold=args.threshold, max_iters=args.max_iters, seed=args.seed,
                 engine=args.engine, judge=judge, max_new_tokens=args.max_new_tokens,
-                on_event=progress)
+                on_event=progress, system=system)
     if not args.json:
         print(file=sys.stderr)
     if args.out:
@@ -113,6 +119,7 @@ def _configure_replay(p):
     p.add_argument("--route", required=True, help="route JSON file")
     p.add_argument("--prompt", default=None, help="prompt (default: the route's own)")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    add_system_args(p, default="the route's own")
     add_model_args(p)
 
 
@@ -124,10 +131,12 @@ def _run_replay(args):
     if prompt is None:
         raise UsageError("the route has no prompt in its info: pass --prompt")
     require_prompt(prompt)
+    given = args.system is not None or args.system_file is not None
+    system = system_from_args(args) if given else route.system
     moe = load_from_args(args)
-    check_route(moe, route, prompt)
+    check_route(moe, route, prompt, system)
     tr = trace(moe, prompt, max_new_tokens=args.max_new_tokens, route=route,
-               record_logits=False)
+               record_logits=False, system=system)
     emit(args, trace_json(moe, tr), f"answer with route: {tr.completion}")
 
 
