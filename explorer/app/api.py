@@ -51,44 +51,53 @@ def register_api(ctx: Explorer) -> None:
 
     @gpu(60)
     def trace(prompt: str, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, route: str = "",
-              request: gr.Request = None) -> dict:
-        """Record the experts every token uses (optionally under a route JSON); the CLI
-        `trace --json` object: tokens, prompt_tokens, moe_layers, experts, weights..."""
+              system: str = "", request: gr.Request = None) -> dict:
+        """Record the experts every token uses (optionally under a route JSON, with a
+        system prompt); the CLI `trace --json` object: tokens, prompt_tokens, moe_layers,
+        experts, weights..."""
         with user_errors("trace"):
             from explorer.core.trace import trace as run
             moe = ctx.require()
-            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"))
+            sp = ctx.system(text_arg(system, "system"))
+            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"), sp)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
             r = _route_arg(route)
-            ctx.check_route(r, n_prompt)
+            ctx.check_route(r, n_prompt, sp)
             ctx.admit(request)
-            tr = run(moe, prompt, max_new_tokens=n, route=r, record_logits=False)
+            tr = run(moe, prompt, max_new_tokens=n, route=r, record_logits=False, system=sp)
             return ctx.shown_json(trace_json(moe, tr), prompt)
 
     @gpu(60)
     def generate(prompt: str, max_new_tokens: int = MAX_NEW_TOKENS, route: str = "",
-                 request: gr.Request = None) -> dict:
+                 system: str = "", request: gr.Request = None) -> dict:
         """Greedy generation, streamed: {"model", "prompt", "completion" (text so far),
-        "route", "done"}; the last message has done = true."""
+        "route", "done"} (and "system" when one was given); the last message has done =
+        true."""
         with user_errors("generate"):
             moe = ctx.require()
-            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"))
+            sp = ctx.system(text_arg(system, "system"))
+            n_prompt = ctx.check_prompt(text_arg(prompt, "prompt"), sp)
             r = _route_arg(route)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
-            ctx.check_route(r, n_prompt)
+            ctx.check_route(r, n_prompt, sp)
             ctx.admit(request)
-            for text, tr in ctx.stream(prompt, n, r):
+            extra = {"system": sp} if sp is not None else {}
+            for text, tr in ctx.stream(prompt, n, r, sp):
                 yield {"model": moe.name, "prompt": prompt, "completion": text,
-                       "route": r.to_dict() if r is not None else None, "done": tr is not None}
+                       "route": r.to_dict() if r is not None else None, "done": tr is not None,
+                       **extra}
 
     @gpu(180)
     def rosais(prompt: str, samples: int = ROSAIS_SAMPLES, top: int = 5, mask_ratio: float = 0.5,
-               seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS, request: gr.Request = None) -> dict:
-        """RoSais per MoE layer and the top-L masked answer; the CLI `rosais --json` object."""
+               seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS, system: str = "",
+               request: gr.Request = None) -> dict:
+        """RoSais per MoE layer and the top-L masked answer (optionally with a system
+        prompt); the CLI `rosais --json` object."""
         with user_errors("rosais"):
             from explorer.methods.rosais import rosais as run
             moe = ctx.require()
-            ctx.check_prompt(text_arg(prompt, "prompt"))
+            sp = ctx.system(text_arg(system, "system"))
+            ctx.check_prompt(text_arg(prompt, "prompt"), sp)
             samples = whole_number(samples, "samples", 1, MAX_SAMPLES)
             ctx.check_rosais(samples)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
@@ -96,7 +105,7 @@ def register_api(ctx: Explorer) -> None:
             d = run(moe, prompt, samples=samples, top=whole_number(top, "top", 0, 4096),
                     mask_ratio=fraction(mask_ratio, "mask_ratio"),
                     seed=whole_number(seed, "seed", 0, MAX_SEED),
-                    max_new_tokens=n).to_dict()
+                    max_new_tokens=n, system=sp).to_dict()
             for key in ("completion", "baseline_completion"):
                 if isinstance(d.get(key), str):
                     d[key] = ctx.shown(prompt, d[key])
@@ -105,9 +114,10 @@ def register_api(ctx: Explorer) -> None:
     def search_start(prompt: str, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
                      threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
                      engine: str = "fast", max_new_tokens: int = MAX_NEW_TOKENS,
-                     judge: str = "keyword", request: gr.Request = None) -> dict:
+                     judge: str = "keyword", system: str = "",
+                     request: gr.Request = None) -> dict:
         """Queue an F-SOUR search in the background; returns {"job_id": ...}. `threshold`
-        is a log-probability (default log 0.8)."""
+        is a log-probability (default log 0.8); `system`: a system prompt (default none)."""
         with user_errors("search_start"):
             ctx.require_jobs()
             need_prompt(text_arg(prompt, "prompt"))
@@ -120,7 +130,8 @@ def register_api(ctx: Explorer) -> None:
             params = {"prompt": prompt, "target": target,
                       "candidates": candidates, "threshold": threshold,
                       "max_iters": max_iters, "seed": seed, "engine": text_arg(engine, "engine"),
-                      "max_new_tokens": max_new_tokens, "judge": judge}
+                      "max_new_tokens": max_new_tokens, "judge": judge,
+                      "system": ctx.system(text_arg(system, "system"))}
             return {"job_id": ctx.submit_search(params, ctx.owner(request), request)}
 
     def search_status(job_id: str, request: gr.Request = None) -> dict:
@@ -159,9 +170,11 @@ def register_api(ctx: Explorer) -> None:
 
     @gpu(60)
     def replay(route_id: int = 0, prompt: str = "", route: str = "",
-               max_new_tokens: int = MAX_NEW_TOKENS, request: gr.Request = None) -> dict:
-        """Replay a stored route (route_id) or a route JSON on its prompt or `prompt`;
-        the CLI `trace --json` object of the replayed run."""
+               max_new_tokens: int = MAX_NEW_TOKENS, system: str = "",
+               request: gr.Request = None) -> dict:
+        """Replay a stored route (route_id) or a route JSON on its prompt or `prompt`, with
+        its own system prompt or `system`; the CLI `trace --json` object of the replayed
+        run."""
         with user_errors("replay"):
             from explorer.core.trace import trace as run
             moe = ctx.require()
@@ -172,11 +185,12 @@ def register_api(ctx: Explorer) -> None:
             else:
                 sr = ctx.store.get_route(whole_number(route_id, "route_id", 1, MAX_ROW_ID))
                 r, p = sr.route, (prompt if (prompt or "").strip() else sr.prompt)
-            n_prompt = ctx.check_prompt(p)
+            sp = ctx.system(text_arg(system, "system")) or r.system
+            n_prompt = ctx.check_prompt(p, sp)
             n = ctx.new_tokens(max_new_tokens, "max_new_tokens")
-            ctx.check_route(r, n_prompt)
+            ctx.check_route(r, n_prompt, sp)
             ctx.admit(request)
-            tr = run(moe, p, max_new_tokens=n, route=r, record_logits=False)
+            tr = run(moe, p, max_new_tokens=n, route=r, record_logits=False, system=sp)
             return ctx.shown_json(trace_json(moe, tr), p)
 
     for fn, slot in ((trace, MODEL_SLOT), (generate, MODEL_SLOT), (rosais, MODEL_SLOT),

@@ -189,6 +189,14 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
                 p.max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
                                       label="max new tokens (greedy)", elem_id="prompt-max-new")
                 p.gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+        with gr.Accordion("System prompt (optional)", open=False, elem_id="system-acc"):
+            p.system = gr.Textbox(
+                label="System prompt", lines=2, max_lines=8, elem_id="system-box",
+                placeholder="e.g. You are a helpful assistant.",
+                info="Goes in the chat template's system turn (merged before the user "
+                     "message where the template has none). Used by Inspect, RoSais and "
+                     "Search; the Tour keeps its own setup. Routes record it, and positions "
+                     "count its tokens.")
         gr.Examples([[x] for x in HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3]], inputs=[p.prompt],
                     label="Example prompts")
 
@@ -209,7 +217,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             filt = (model_f, text_f, success_f, source_f)
             b = ui_search.ensure_client(b)
             tab = skip = gr.skip()
-            view = (skip,) * 5  # route id, prompt, max new tokens, edits, the edits list
+            view = (skip,) * 6  # route id, prompt, max new tokens, edits, the edits list, system
             job = None
             try:
                 link = opened_link(request)
@@ -219,14 +227,16 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
                     b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
                 elif "route" in link:
                     sr = ctx.store.get_route(link["route"])
-                    view = (sr.id, skip, link.get("n", skip), skip, skip)
+                    view = (sr.id, skip, link.get("n", skip), skip, skip, skip)
                     tab = gr.Tabs(selected="library")
                 elif "edits" in link:
                     route = route_of_edits(link["edits"])
-                    ctx.check_route(route, ctx.check_prompt(link["prompt"]))
+                    sp = ctx.system(link.get("system"))
+                    ctx.check_route(route, ctx.check_prompt(link["prompt"], sp), sp)
                     edits = route.to_dict()["edits"]
                     view = (skip, link["prompt"], link.get("n", skip), edits,
-                            edits_box(edits, ctx.prompt_tokens(link["prompt"])))
+                            edits_box(edits, ctx.prompt_tokens(link["prompt"], sp)),
+                            sp or "")
                     tab = gr.Tabs(selected="inspect")
             except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
                 gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
@@ -237,7 +247,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         loaded = demo.load(on_load, [p.browser] + p.filters,
                            p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers,
                                             p.tabs, p.l_id, p.prompt, p.max_new, p.st_edits,
-                                            p.edit_list], **FREE, **UI)
+                                            p.edit_list, p.system], **FREE, **UI)
 
         def follow_route_link(max_new_v, request: gr.Request = None):
             link = opened_link(request, quiet=True)  # (the route id box may be empty: None)
@@ -246,15 +256,17 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             else:
                 yield (gr.skip(),) * 4
 
-        def follow_edits_link(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
+        def follow_edits_link(prompt_v, system_v, max_new_v, edits, base, sel,
+                              request: gr.Request = None):
             if "edits" in opened_link(request, quiet=True) and edits:
-                yield from p.rerun_fn(prompt_v, max_new_v, edits, base, sel, request)
+                yield from p.rerun_fn(prompt_v, system_v, max_new_v, edits, base, sel, request)
             else:
                 yield (gr.skip(),) * 9
 
         loaded.then(follow_route_link, [p.max_new],
                     [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
-        loaded.then(follow_edits_link, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
+        loaded.then(follow_edits_link, [p.prompt, p.system, p.max_new, p.st_edits, p.st_base,
+                                        p.st_sel],
                     [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
                      p.mode, p.verdict], **MODEL_SLOT, **UI)
         register_api(ctx)

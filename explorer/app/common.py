@@ -223,10 +223,11 @@ def is_demo_model(moe: MoEModel) -> bool:
 
 
 # -- library calls ---------------------------------------------------------------------------
-def stream_trace(moe: MoEModel, prompt: str, max_new_tokens: int, route: Route | None = None
-                 ) -> Iterator[tuple[str, Any]]:
-    """Run :func:`explorer.core.trace.trace` in a thread; yield ``(text so far, None)`` per
-    streamed piece, then ``(text, trace)``. Errors are re-raised here."""
+def stream_trace(moe: MoEModel, prompt: str, max_new_tokens: int, route: Route | None = None,
+                 system: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Run :func:`explorer.core.trace.trace` in a thread (the prompt templated with
+    ``system``); yield ``(text so far, None)`` per streamed piece, then ``(text, trace)``.
+    Errors are re-raised here."""
     from explorer.core.trace import trace
     q: queue.Queue = queue.Queue()
     box: dict[str, Any] = {}
@@ -234,7 +235,7 @@ def stream_trace(moe: MoEModel, prompt: str, max_new_tokens: int, route: Route |
     def work():
         try:
             box["trace"] = trace(moe, prompt, max_new_tokens=max_new_tokens, route=route,
-                                 on_token=q.put)
+                                 on_token=q.put, system=system)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["error"] = exc
         finally:
@@ -276,15 +277,16 @@ def verdict_text(prompt: str, text: str) -> str:
 
 
 def answer_verdict(moe: MoEModel, prompt: str, text: str, route: Route | None = None,
-                   target: str | None = None) -> dict:
+                   target: str | None = None, system: str | None = None) -> dict:
     """What the badges next to an answer show: the keyword judge's verdict on ``text`` and
-    log P(``target`` | prompt) under ``route`` (teacher-forced; default target: the search
-    default, "Sure, here is"). One forward pass of prompt + target."""
+    log P(``target`` | prompt templated with ``system``) under ``route`` (teacher-forced;
+    default target: the search default, "Sure, here is"). One forward pass of prompt +
+    target."""
     from explorer.core.defaults import DEFAULT_TARGET
     from explorer.core.forward import target_logprob
     from explorer.research.common import target_ids
     target = target or DEFAULT_TARGET
-    lp = float(target_logprob(moe, moe.encode(prompt), target_ids(moe, target),
+    lp = float(target_logprob(moe, moe.encode(prompt, system), target_ids(moe, target),
                               [route if route is not None else Route()])[0])
     return {"verdict": verdict_kind(prompt, text), "logprob": lp, "target": target}
 

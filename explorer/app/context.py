@@ -137,13 +137,15 @@ class Explorer:
             self.store.get_job(job_id).to_dict()
         return self.shown_job(st)
 
-    def prompt_tokens(self, prompt: str) -> list[str]:
+    def prompt_tokens(self, prompt: str, system: str | None = None) -> list[str]:
+        """The templated prompt's tokens as text (remembered per model, system prompt and
+        prompt)."""
         moe = self.require()
-        key = (moe.name, prompt)
+        key = (moe.name, system or "", prompt)
         if key not in self._tokens:
             if len(self._tokens) > 256:
                 self._tokens.clear()
-            self._tokens[key] = moe.token_strings(moe.encode(prompt))
+            self._tokens[key] = moe.token_strings(moe.encode(prompt, system))
         return self._tokens[key]
 
     def browser_secret(self) -> str:
@@ -178,10 +180,19 @@ class Explorer:
                               f"server's limit of {self.policy.max_search_budget}; ask for "
                               f"less")
 
-    def check_prompt(self, prompt: Any) -> int:
-        """The prompt's token count; refuses empty, too long (hosted caps) prompts."""
+    def check_prompt(self, prompt: Any, system: Any = None) -> int:
+        """The prompt's token count (templated with the ``system`` prompt, see
+        :meth:`system`); refuses empty, too long (hosted caps) prompts."""
         need_prompt(prompt)
-        return self.policy.check_prompt(self.require(), prompt)
+        return self.policy.check_prompt(self.require(), prompt, self.system(system))
+
+    @staticmethod
+    def system(value: Any) -> str | None:
+        """A system prompt from the UI or an endpoint: None for none (None, empty or blank
+        text); ``ValueError`` (a one-line refusal) for anything but text, too long text or
+        lone surrogates."""
+        from explorer.core.model import check_system
+        return check_system(value)
 
     def new_tokens(self, value: Any, name: str = "max new tokens") -> int:
         """A generation length, within 0..4096 and the hosted cap."""
@@ -206,7 +217,7 @@ class Explorer:
         from explorer.core.defaults import MAX_TARGET_TOKENS
         from explorer.storage.jobs import validate_params
         params = validate_params("fsour", params)
-        positions = self.check_prompt(params.get("prompt"))
+        positions = self.check_prompt(params.get("prompt"), params.get("system"))
         target = params.get("target") or DEFAULT_TARGET
         n_target = len(self.require().tokenizer(target, add_special_tokens=False)["input_ids"])
         if not 0 < n_target <= MAX_TARGET_TOKENS:
@@ -241,10 +252,13 @@ class Explorer:
                     else None)
         return self.job_status(job_id, owner)
 
-    def check_route(self, route: Route | None, num_tokens: int | None = None) -> None:
+    def check_route(self, route: Route | None, num_tokens: int | None = None,
+                    system: str | None = None) -> str | None:
         """Validate ``route`` against the model (and a prompt of ``num_tokens``, as
-        :meth:`check_prompt` counted them); in hosted mode also refuse routes with more
-        edits than two per (MoE layer, prompt token) cell."""
+        :meth:`check_prompt` counted them, templated with ``system``); in hosted mode also
+        refuse routes with more edits than two per (MoE layer, prompt token) cell. Returns
+        the provenance note (route made for another model, chat template or system prompt)
+        when the route still fits, else None."""
         if route is None:
             return
         moe = self.require()
@@ -254,7 +268,7 @@ class Explorer:
             if len(route.edits) > cap:
                 raise PolicyError(f"the route has {len(route.edits)} edits; this server "
                                   f"allows {cap} for this prompt")
-        route.check_fits(moe.info, num_tokens=n)  # the CLI's checks and wording
+        return route.check_fits(moe.info, num_tokens=n, system=self.system(system))  # as the CLI
 
     def check_import(self, route: Route) -> None:
         """An imported route must name its prompt and fit the loaded model and that prompt
@@ -266,7 +280,7 @@ class Explorer:
             raise RouteError('the route names no prompt (its "info" has no "prompt"): its '
                              "positions refer to one prompt's tokens, so it cannot be "
                              "replayed; add the prompt, or load the edits in Inspect")
-        self.check_route(route, self.check_prompt(prompt))
+        self.check_route(route, self.check_prompt(prompt, route.system), route.system)
         if not isinstance(route.info.get("model"), str) or not route.info["model"].strip():
             route.info["model"] = moe.name
 
@@ -300,10 +314,12 @@ class Explorer:
         return self.policy.redact(text, keyword_verdict(prompt or "", text),
                                   is_demo_model(self.moe))
 
-    def stream(self, prompt: str, max_new_tokens: int, route: Route | None = None
-               ) -> Iterator[tuple[str, Any]]:
-        """:func:`stream_trace` on the app's model, with the text as :meth:`shown`."""
-        for text, tr in stream_trace(self.require(), prompt, max_new_tokens, route):
+    def stream(self, prompt: str, max_new_tokens: int, route: Route | None = None,
+               system: str | None = None) -> Iterator[tuple[str, Any]]:
+        """:func:`stream_trace` on the app's model (the prompt templated with ``system``),
+        with the text as :meth:`shown`."""
+        for text, tr in stream_trace(self.require(), prompt, max_new_tokens, route,
+                                     self.system(system)):
             yield self.shown(prompt, text), tr
 
     def shown_trace(self, tr):

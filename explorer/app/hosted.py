@@ -253,16 +253,21 @@ class HostedPolicy:
                               f"(allowed: {choices})")
         return allowed[name.casefold()]
 
-    def check_prompt(self, moe, prompt: str) -> int:
-        """The templated prompt's token count, or PolicyError: empty, not text, longer
-        than the model's context, or (hosted) beyond the character or token cap."""
+    def check_prompt(self, moe, prompt: str, system: str | None = None) -> int:
+        """The templated prompt's token count (with the ``system`` prompt, whose tokens
+        count against the same cap), or PolicyError: empty, not text, longer than the
+        model's context, or (hosted) beyond the character or token cap."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise PolicyError("the prompt is empty")
-        if self.enabled and len(prompt) > self.max_prompt_chars:
-            raise PolicyError(f"the prompt is too long: {len(prompt)} characters, this "
-                              f"server allows {self.max_prompt_chars}")
+        if system is not None and not isinstance(system, str):
+            raise PolicyError(f"the system prompt must be text, got {type(system).__name__}")
+        chars = len(prompt) + len(system or "")
+        if self.enabled and chars > self.max_prompt_chars:
+            with_system = " (system prompt included)" if system else ""
+            raise PolicyError(f"the prompt is too long: {chars} characters{with_system}, "
+                              f"this server allows {self.max_prompt_chars}")
         try:
-            n = len(moe.encode(prompt))
+            n = len(moe.encode(prompt, system))
         except ValueError as exc:  # too long for the model, lone surrogates, ...
             raise PolicyError(str(exc).splitlines()[0] if str(exc) else
                               "the prompt cannot be tokenised") from None

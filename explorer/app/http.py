@@ -4,11 +4,14 @@ app's functions must bring their arguments, so no request reaches a callback hal
 Gradio answers a call with too few arguments with ``{"error": null}`` (or, with
 ``show_error``, a multi-line message naming its internals) and an unknown API name with
 HTTP 500. :class:`RequestCheck` answers both, and oversized bodies, with one line of JSON
-and a 4xx status before Gradio sees the request.
+and a 4xx status before Gradio sees the request. A named endpoint's trailing parameters with
+defaults (added in later versions, such as ``system``) may be left out: the edge fills in
+their defaults, so clients written for the earlier signature keep working.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable
 
@@ -20,10 +23,28 @@ _CALL_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/call/", "/run/")
 _JOIN_PATHS = ("/gradio_api/queue/join", "/queue/join")
 
 
-def _inputs(blocks: Any) -> tuple[dict[str, list[str]], dict[int, list[str]]]:
-    """``({api_name: input kinds}, {fn_index: input kinds})`` of a Gradio Blocks; a kind is
-    the input component's class name (``"Slider"``, ``"Textbox"``, ``"Api"``...)."""
-    by_name, by_index = {}, {}
+_REQUIRED = inspect.Parameter.empty
+
+
+def _defaults(fn: Any, n: int) -> list[Any]:
+    """The defaults of the first ``n`` parameters of a named endpoint's function
+    (:data:`_REQUIRED` where there is none, or where the function cannot be read)."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return [_REQUIRED] * n
+    out = [p.default for p in params[:n]]
+    return out + [_REQUIRED] * (n - len(out))
+
+
+def _inputs(blocks: Any) -> tuple[dict[str, list[str]], dict[int, list[str]],
+                                  dict[str, list[Any]]]:
+    """``({api_name: input kinds}, {fn_index: input kinds}, {api_name: defaults})`` of a
+    Gradio Blocks; a kind is the input component's class name (``"Slider"``, ``"Textbox"``,
+    ``"Api"``...); the defaults are those of the endpoint's parameters (see
+    :func:`_defaults`)."""
+    by_name, by_index, defaults = {}, {}, {}
     fns = getattr(blocks, "fns", {}) or {}
     items = fns.items() if isinstance(fns, dict) else enumerate(fns)
     for index, fn in items:
@@ -32,7 +53,8 @@ def _inputs(blocks: Any) -> tuple[dict[str, list[str]], dict[int, list[str]]]:
         name = getattr(fn, "api_name", None)
         if isinstance(name, str) and name:
             by_name[name.lstrip("/")] = kinds
-    return by_name, by_index
+            defaults[name.lstrip("/")] = _defaults(getattr(fn, "fn", None), len(kinds))
+    return by_name, by_index, defaults
 
 
 def _number(v: Any) -> bool:
@@ -64,9 +86,10 @@ class RequestCheck:
 
     def __init__(self, app, blocks: Callable[[], Any]):
         self.app, self.blocks = app, blocks
-        self._table: tuple[dict[str, list[str]], dict[int, list[str]]] | None = None
+        self._table: tuple[dict, dict, dict] | None = None
 
-    def _signatures(self) -> tuple[dict[str, list[str]], dict[int, list[str]]]:
+    def _signatures(self) -> tuple[dict[str, list[str]], dict[int, list[str]],
+                                   dict[str, list[Any]]]:
         """The app's functions and their input kinds, read once (the app is built before
         it serves its first request and does not change afterwards)."""
         if self._table is None:
@@ -93,7 +116,7 @@ class RequestCheck:
             return await _answer(send, 413, f"the request is larger than {MAX_BODY_BYTES} "
                                             "bytes")
         body = b"".join(chunks)
-        problem = self._problem(path, body, is_call)
+        problem, body = self._problem(path, body, is_call)
         if problem is not None:
             return await _answer(send, *problem)
         sent = False
@@ -106,29 +129,46 @@ class RequestCheck:
             return await receive()
         return await self.app(scope, replay, send)
 
-    def _problem(self, path: str, body: bytes, is_call: bool) -> tuple[int, str] | None:
+    def _problem(self, path: str, body: bytes,
+                 is_call: bool) -> tuple[tuple[int, str] | None, bytes]:
+        """``(problem, body)``: the 4xx answer for a malformed call (None: it may pass) and
+        the body to pass on (a named endpoint's left-out defaults filled in)."""
         try:
             payload = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError):
-            return 400, "the request body is not JSON"
+            return (400, "the request body is not JSON"), body
         if not isinstance(payload, dict):
-            return 400, "the request body must be a JSON object with a 'data' list"
-        by_name, by_index = self._signatures()
+            return (400, "the request body must be a JSON object with a 'data' list"), body
+        by_name, by_index, all_defaults = self._signatures()
+        defaults: list[Any] = []
         if is_call:
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if name not in by_name:
-                return 404, "no API endpoint with that name; see the app's API page"
-            kinds, what = by_name[name], name
+                return (404, "no API endpoint with that name; see the app's API page"), body
+            kinds, what, defaults = by_name[name], name, all_defaults.get(name) or []
         else:
             index = payload.get("fn_index")
             if isinstance(index, bool) or not isinstance(index, int) or index not in by_index:
-                return 404, "no app function with that fn_index"
+                return (404, "no app function with that fn_index"), body
             kinds, what = by_index[index], f"function {index}"
         data = payload.get("data")
         if not isinstance(data, list):
-            return 422, f"{what} takes a 'data' list of {len(kinds)} arguments"
-        if len(data) != len(kinds):
-            return 422, f"{what} takes {len(kinds)} arguments, got {len(data)}"
+            return (422, f"{what} takes a 'data' list of {len(kinds)} arguments"), body
+        required = len(kinds)
+        while required and len(defaults) == len(kinds) and \
+                defaults[required - 1] is not _REQUIRED:
+            required -= 1
+        if not required <= len(data) <= len(kinds):
+            span = f"{len(kinds)}" if required == len(kinds) else f"{required} to {len(kinds)}"
+            return (422, f"{what} takes {span} arguments, got {len(data)}"), body
+        if len(data) < len(kinds):  # a named endpoint's trailing defaults, filled in
+            data = data + list(defaults[len(data):])
+            payload["data"] = data
+            body = json.dumps(payload).encode("utf-8")
+        return self._check_values(what, kinds, data), body
+
+    @staticmethod
+    def _check_values(what: str, kinds: list[str], data: list) -> tuple[int, str] | None:
         for i, (kind, value) in enumerate(zip(kinds, data)):
             if not _valid_text(value):
                 return 422, (f"{what}: argument {i + 1} is not valid Unicode text (lone "

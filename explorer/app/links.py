@@ -1,7 +1,8 @@
 """Shareable links to what the app shows: ``?route=ID`` (a saved route, replayed in the
 Route library), ``?job=ID`` (a search, in the Search tab; only for the browser that owns it,
 as every job view), ``?prompt=...&edits=...`` (a prompt and an unsaved route, re-run in
-Inspect). The edits travel as zlib-compressed, base64url-encoded route JSON."""
+Inspect; ``&system=...`` adds the system prompt it was made with). The edits travel as
+zlib-compressed, base64url-encoded route JSON."""
 
 from __future__ import annotations
 
@@ -66,14 +67,18 @@ def job_link(base: str, job_id: str) -> str:
     return f"{base}?{urlencode({'job': job_id})}"
 
 
-def edits_link(base: str, prompt: str, edits: list[dict], n: int | None = None) -> str:
-    """A prompt and an unsaved route."""
-    return f"{base}?{urlencode({'prompt': prompt, 'edits': encode_edits(edits), **_tokens(n)})}"
+def edits_link(base: str, prompt: str, edits: list[dict], n: int | None = None,
+               system: str | None = None) -> str:
+    """A prompt (with its ``system`` prompt, if any) and an unsaved route."""
+    q = {"prompt": prompt, **({"system": system} if system else {}),
+         "edits": encode_edits(edits), **_tokens(n)}
+    return f"{base}?{urlencode(q)}"
 
 
 def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
     """What a page address asks to open: ``{"route": id}``, ``{"job": id}``,
-    ``{"prompt": ..., "edits": [...]}`` or ``{}``; :class:`LinkError` when it is malformed."""
+    ``{"prompt": ..., "edits": [...]}`` (with ``"system"`` when the link has one) or ``{}``;
+    :class:`LinkError` when it is malformed."""
     q = dict(query or {})
     extra: dict[str, Any] = {}
     if "n" in q:
@@ -95,5 +100,10 @@ def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
         prompt = str(q.get("prompt") or "")
         if len(prompt) > MAX_LINK_CHARS:
             raise LinkError("the link's prompt is too long")
+        system = q.get("system")
+        if system is not None:
+            if len(str(system)) > MAX_LINK_CHARS:
+                raise LinkError("the link's system prompt is too long")
+            extra["system"] = str(system)
         return {"prompt": prompt, "edits": decode_edits(str(q["edits"])), **extra}
     return {}

@@ -131,22 +131,25 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                               selected=sel), plots.usage(tr))
 
     @gpu(60)
-    def on_generate(prompt_v, max_new_v, mode_v, edits, sel, request: gr.Request = None):
+    def on_generate(prompt_v, system_v, max_new_v, mode_v, edits, sel,
+                    request: gr.Request = None):
         with user_errors("Generate"):
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            ctx.check_prompt(prompt_v, sp)
             n = ctx.new_tokens(max_new_v)
             ctx.admit(request)
-            for text, tr in ctx.stream(prompt_v, n):
+            for text, tr in ctx.stream(prompt_v, n, system=sp):
                 if tr is None:
                     yield (text, skip(), skip(), skip(), skip(), skip(), skip(), skip(), skip())
                 else:
                     m = "expert" if mode_v == "changed" else mode_v
-                    v = answer_verdict(ctx.moe, prompt_v, tr.completion)
+                    v = answer_verdict(ctx.moe, prompt_v, tr.completion, system=sp)
                     yield (text, "", plots.heatmap(ctx.shown_trace(tr), m, edits=edits,
                                                    selected=sel),
                            plots.usage(tr), tr, None, "baseline", m, verdicts_html(v))
 
-    gen_evt = dict(fn=on_generate, inputs=[p.prompt, p.max_new, p.mode, p.st_edits, p.st_sel],
+    gen_evt = dict(fn=on_generate, inputs=[p.prompt, p.system, p.max_new, p.mode, p.st_edits,
+                                           p.st_sel],
                    outputs=[p.base_ans, p.alt_ans, p.heat, p.usage, p.st_base, p.st_alt,
                             p.view, p.mode, p.verdict], **MODEL_SLOT, **UI)
     for trigger in (p.gen_btn.click, p.prompt.submit):  # Enter in the prompt box generates
@@ -240,54 +243,57 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                       [p.st_edits, p.edit_list, p.heat], **FREE, **UI)
 
     @gpu(120)
-    def rerun(prompt_v, max_new_v, edits, base, sel, request: gr.Request = None):
+    def rerun(prompt_v, system_v, max_new_v, edits, base, sel, request: gr.Request = None):
         with user_errors("Re-run"):
             moe = ctx.require()
-            n_prompt = ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            n_prompt = ctx.check_prompt(prompt_v, sp)
             n = ctx.new_tokens(max_new_v)
             if not edits:
                 fail("There are no pending edits: select a cell and add one.")
             ctx.admit(request)
-            route = route_of_edits(edits, moe.info.provenance())
-            stale = (base is None or base.prompt != prompt_v or
+            route = route_of_edits(edits, moe.provenance(sp))
+            stale = (base is None or base.prompt != prompt_v or base.system != sp or
                      base.info.get("model") != moe.name or
                      base.info.get("max_new_tokens") != n)
             route.validate(moe.info, num_tokens=n_prompt)  # before anything is cleared
             keep = (skip(),) * 6
             yield ("", skip(), *keep, skip())
             if stale:
-                for text, tr in ctx.stream(prompt_v, n):
+                for text, tr in ctx.stream(prompt_v, n, system=sp):
                     yield (skip(), text, *keep, skip())
                 base = tr
                 yield (skip(), "", skip(), skip(), base, skip(), skip(), skip(), skip())
-            for text, tr in ctx.stream(prompt_v, n, route):
+            for text, tr in ctx.stream(prompt_v, n, route, sp):
                 if tr is None:
                     yield (text, *keep, skip(), skip())
                 else:
                     shown_base = ctx.shown(prompt_v, base.completion)
                     panel = verdicts_html(
-                        answer_verdict(ctx.moe, prompt_v, base.completion),
-                        answer_verdict(ctx.moe, prompt_v, tr.completion, route),
+                        answer_verdict(ctx.moe, prompt_v, base.completion, system=sp),
+                        answer_verdict(ctx.moe, prompt_v, tr.completion, route, system=sp),
                         texts=(shown_base, text))
                     yield (text, shown_base,
                            plots.heatmap(ctx.shown_trace(tr), "changed", baseline=base,
                                          edits=edits, selected=sel), plots.usage(tr), base, tr,
                            "re-routed", "changed", panel)
 
-    p.rerun_btn.click(rerun, [p.prompt, p.max_new, p.st_edits, p.st_base, p.st_sel],
+    p.rerun_btn.click(rerun, [p.prompt, p.system, p.max_new, p.st_edits, p.st_base, p.st_sel],
                       [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
                        p.mode, p.verdict], **MODEL_SLOT, **UI)
 
-    def save_edits(prompt_v, edits, alt, request: gr.Request = None):
+    def save_edits(prompt_v, system_v, edits, alt, request: gr.Request = None):
         with user_errors("Save route"):
             moe = ctx.require()
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            ctx.check_prompt(prompt_v, sp)
             if not edits:
                 fail("There are no pending edits to save.")
             ctx.admit(request)
-            route = route_of_edits(edits, dict(moe.info.provenance(), source="manual",
-                                          prompt=prompt_v))
-            completion = alt.completion if (alt is not None and alt.prompt == prompt_v) else None
+            route = route_of_edits(edits, dict(moe.provenance(sp), source="manual",
+                                               prompt=prompt_v))
+            completion = alt.completion if (alt is not None and alt.prompt == prompt_v
+                                            and alt.system == sp) else None
             same = ctx.store.find_route(route, prompt_v, moe.name)
             if same is not None:
                 gr.Info(f"These edits are already in the library as route #{same} (same prompt "
@@ -298,25 +304,29 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             gr.Info(f"Saved as route #{rid} in the library.")
             return rid
 
-    p.save_btn.click(save_edits, [p.prompt, p.st_edits, p.st_alt], [p.l_id], **FREE, **UI)
+    p.save_btn.click(save_edits, [p.prompt, p.system, p.st_edits, p.st_alt], [p.l_id],
+                     **FREE, **UI)
 
-    def share(prompt_v, max_new_v, edits, request: gr.Request = None):
+    def share(prompt_v, system_v, max_new_v, edits, request: gr.Request = None):
         with user_errors("Copy link"):
             from explorer.app.links import edits_link, page_base, route_link
             moe = ctx.require()
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            ctx.check_prompt(prompt_v, sp)
             n = ctx.new_tokens(max_new_v)
             if not edits:
                 fail("There are no pending edits: a link shares a prompt with its route.")
             base = page_base(request)
-            same = ctx.store.find_route(route_of_edits(edits), prompt_v, moe.name)
+            same = ctx.store.find_route(route_of_edits(edits, moe.provenance(sp)), prompt_v,
+                                        moe.name)
             link = route_link(base, same, n) if same is not None else \
-                edits_link(base, prompt_v, edits, n)
+                edits_link(base, prompt_v, edits, n, sp)
             gr.Info("Link copied: it opens this prompt and route"
                     + (f" (saved route #{same})." if same is not None else "."))
             return link
 
-    p.link_btn.click(share, [p.prompt, p.max_new, p.st_edits], [p.link], **FREE, **UI).then(
+    p.link_btn.click(share, [p.prompt, p.system, p.max_new, p.st_edits], [p.link], **FREE,
+                     **UI).then(
         None, [p.link], None, js="(link) => { if (link && navigator.clipboard) "
         "navigator.clipboard.writeText(link).catch(() => {}); return []; }")
     p.rerun_fn = rerun  # links to an unsaved route re-run it (explorer.app.build)

@@ -3,6 +3,7 @@ load it into Inspect, compare two, export, import and delete."""
 
 from __future__ import annotations
 
+import html
 import json
 import tempfile
 from pathlib import Path
@@ -137,10 +138,11 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             moe = ctx.require()
             sr = stored(route_id)
             q = other_prompt if (other_prompt or "").strip() else sr.prompt
-            ctx.check_prompt(q)
+            sp = sr.route.system  # a route replays under the system prompt it was made with
+            ctx.check_prompt(q, sp)
             n = ctx.new_tokens(max_new_v)
             ctx.admit(request)
-            for text, tr in ctx.stream(q, n, sr.route):
+            for text, tr in ctx.stream(q, n, sr.route, sp):
                 if tr is None:
                     yield text, gr.skip(), gr.skip(), gr.skip()
                 else:
@@ -148,10 +150,13 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                     md = (f"Route **#{sr.id}** ({sr.n_edits} edits, {sr.source}, model "
                           f"`{sr.model}`) on "
                           f"{'its own prompt' if q == sr.prompt else 'another prompt'}")
+                    if sp:
+                        md += f" · system prompt: *{html.escape(sp[:80])}*"
                     md += f" · [link to this route](?route={sr.id}&n={n})"
                     if sr.model and sr.model != moe.name:
                         md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
-                    badge = verdict_badge(answer_verdict(moe, q, tr.completion, sr.route),
+                    badge = verdict_badge(answer_verdict(moe, q, tr.completion, sr.route,
+                                                         system=sp),
                                           "Keyword judge:")
                     yield text, md, plots.heatmap(ctx.shown_trace(tr), "expert", edits=edits,
                                                   title="Replayed routing"), badge
@@ -164,13 +169,14 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
         with user_errors("Load route"):
             sr = stored(route_id)
             edits = sr.route.to_dict()["edits"]
-            toks = ctx.prompt_tokens(sr.prompt) if sr.prompt and ctx.moe else None
+            sp = sr.route.system
+            toks = ctx.prompt_tokens(sr.prompt, sp) if sr.prompt and ctx.moe else None
             gr.Info(f"Route #{sr.id} loaded as pending edits: press Generate, then Re-run.")
             return (sr.prompt or gr.skip(), edits, edits_box(edits, toks),
-                    gr.Tabs(selected="inspect"))
+                    gr.Tabs(selected="inspect"), sp or "")
 
-    p.l_load.click(load_into_inspect, [p.l_id], [p.prompt, p.st_edits, p.edit_list, p.tabs],
-                   **FREE, **UI)
+    p.l_load.click(load_into_inspect, [p.l_id], [p.prompt, p.st_edits, p.edit_list, p.tabs,
+                                                  p.system], **FREE, **UI)
 
     @gpu(120)
     def compare(a_id, b_id, other_prompt, max_new_v, request: gr.Request = None):
@@ -181,20 +187,25 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             n = ctx.new_tokens(max_new_v)
             pa = other_prompt if (other_prompt or "").strip() else ra.prompt
             pb = other_prompt if (other_prompt or "").strip() else rb.prompt
-            ctx.check_prompt(pa)
-            ctx.check_prompt(pb)
+            sa, sb = ra.route.system, rb.route.system
+            ctx.check_prompt(pa, sa)
+            ctx.check_prompt(pb, sb)
             if pa != pb:
                 fail(f"Routes #{ra.id} and #{rb.id} were made for different prompts, so their "
                      "token positions point at different tokens and a cell-by-cell diff would "
                      "mislead: type one prompt under 'on prompt' to compare both on it.")
+            if sa != sb:
+                fail(f"Routes #{ra.id} and #{rb.id} were made with different system prompts, "
+                     "so their token positions point at different tokens: compare routes "
+                     "made with the same system prompt.")
             ctx.admit(request)
-            ta = trace(moe, pa, max_new_tokens=n, route=ra.route)
-            tb = trace(moe, pb, max_new_tokens=n, route=rb.route)
+            ta = trace(moe, pa, max_new_tokens=n, route=ra.route, system=sa)
+            tb = trace(moe, pb, max_new_tokens=n, route=rb.route, system=sb)
             names = (f"#{ra.id}", f"#{rb.id}")
             E = max(max(ta.num_experts), 1)
             texts = (ctx.shown(pa, ta.completion), ctx.shown(pb, tb.completion))
-            panel = verdicts_html(answer_verdict(moe, pa, ta.completion, ra.route),
-                                  answer_verdict(moe, pb, tb.completion, rb.route),
+            panel = verdicts_html(answer_verdict(moe, pa, ta.completion, ra.route, system=sa),
+                                  answer_verdict(moe, pb, tb.completion, rb.route, system=sb),
                                   labels=(f"A {names[0]}", f"B {names[1]}"), texts=texts)
             return (*texts, panel,
                     plots.diff_heatmap(ctx.shown_trace(ta), ctx.shown_trace(tb), names),

@@ -69,12 +69,13 @@ def layout(p: SimpleNamespace) -> None:
 def wire(ctx: Explorer, p: SimpleNamespace) -> None:
 
     @gpu(180)
-    def run_rosais(prompt_v, samples, top, ratio, seed, max_new_v, progress=gr.Progress(),
-                   request: gr.Request = None):
+    def run_rosais(prompt_v, system_v, samples, top, ratio, seed, max_new_v,
+                   progress=gr.Progress(), request: gr.Request = None):
         with user_errors("RoSais"):
             from explorer.methods.rosais import rosais
             moe = ctx.require()
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            ctx.check_prompt(prompt_v, sp)
             top = min(whole_number(top, "top-L", 0), len(moe.moe_layers))
             samples = whole_number(samples, "samples", 1)
             ctx.check_rosais(samples)
@@ -84,45 +85,48 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
             res = rosais(moe, prompt_v, samples=samples, top=top,
                          mask_ratio=float(ratio), seed=whole_number(seed, "seed"), max_new_tokens=n,
                          on_progress=lambda d, t: progress(d / max(t, 1),
-                                                           desc=f"layer {d}/{t}"))
+                                                           desc=f"layer {d}/{t}"), system=sp)
             d = res.to_dict()
             texts = (ctx.shown(prompt_v, res.baseline_completion),
                      ctx.shown(prompt_v, res.completion))
             return (d, plots.rosais_bars(d), rosais_summary(res), *texts,
                     masked_panel(prompt_v, res.baseline_completion, res.completion,
-                                 res.route_for(len(res.top_layers)), texts))
+                                 res.route_for(len(res.top_layers)), texts, sp))
 
-    def masked_panel(prompt_v, base_text, masked_text, route, texts):
-        return verdicts_html(answer_verdict(ctx.moe, prompt_v, base_text),
-                             answer_verdict(ctx.moe, prompt_v, masked_text, route),
+    def masked_panel(prompt_v, base_text, masked_text, route, texts, sp=None):
+        return verdicts_html(answer_verdict(ctx.moe, prompt_v, base_text, system=sp),
+                             answer_verdict(ctx.moe, prompt_v, masked_text, route, system=sp),
                              labels=("Baseline", "Masked"), texts=texts,
                              note=f"masked layers {route.layers}")
 
-    p.r_btn.click(run_rosais, [p.prompt, p.r_samples, p.r_top, p.r_ratio, p.r_seed, p.max_new],
+    p.r_btn.click(run_rosais, [p.prompt, p.system, p.r_samples, p.r_top, p.r_ratio, p.r_seed,
+                               p.max_new],
                   [p.st_rosais, p.r_plot, p.r_md, p.r_base, p.r_masked, p.r_verdict],
                   **MODEL_SLOT, **UI)
 
     @gpu(60)
-    def rosais_mask(prompt_v, top, max_new_v, res, request: gr.Request = None):
+    def rosais_mask(prompt_v, system_v, top, max_new_v, res, request: gr.Request = None):
         with user_errors("Masked generation"):
             from explorer.methods.rosais import RosaisResult
             ctx.require()
             if not res:
                 fail("Run RoSais first.")
-            if res.get("prompt") != prompt_v:
-                fail("The prompt changed since RoSais ran: run RoSais again.")
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            if res.get("prompt") != prompt_v or (res.get("info") or {}).get("system") != sp:
+                fail("The prompt or the system prompt changed since RoSais ran: run RoSais "
+                     "again.")
+            ctx.check_prompt(prompt_v, sp)
             result = RosaisResult.from_dict(res)
             route = result.route_for(min(whole_number(top, "top-L", 0), len(result.moe_layers)))
             n = ctx.new_tokens(max_new_v)
             ctx.admit(request)
             base_text = ""
-            for base_text, base in ctx.stream(prompt_v, n):
+            for base_text, base in ctx.stream(prompt_v, n, system=sp):
                 yield gr.skip(), base_text, gr.skip()
-            for text, tr in ctx.stream(prompt_v, n, route):
+            for text, tr in ctx.stream(prompt_v, n, route, sp):
                 yield text, gr.skip(), gr.skip()
             yield text, base_text, masked_panel(prompt_v, base.completion, tr.completion, route,
-                                                (base_text, text))
+                                                (base_text, text), sp)
 
-    p.r_mask_btn.click(rosais_mask, [p.prompt, p.r_top, p.max_new, p.st_rosais],
+    p.r_mask_btn.click(rosais_mask, [p.prompt, p.system, p.r_top, p.max_new, p.st_rosais],
                        [p.r_masked, p.r_base, p.r_verdict], **MODEL_SLOT, **UI)

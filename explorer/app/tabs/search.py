@@ -64,7 +64,8 @@ def job_view(ctx: Explorer, b, job_id):
         return (b, dd, "No search yet.", plots.search_progress(None), "",
                 gr.Timer(active=active), *job_buttons(None))
     try:
-        toks = ctx.prompt_tokens(st["params"]["prompt"]) if ctx.moe else None
+        params = st["params"]
+        toks = ctx.prompt_tokens(params["prompt"], params.get("system")) if ctx.moe else None
     except Exception:  # noqa: BLE001
         toks = None
     thr = (st.get("params") or {}).get("threshold", DEFAULT_THRESHOLD)
@@ -115,11 +116,12 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
     from explorer.app.tabs.library import list_table
     job_outputs = p.job_outputs
 
-    def start_search(prompt_v, target, n, thr, iters, seed, engine, judge, max_new_v, b,
-                     request: gr.Request = None):
+    def start_search(prompt_v, system_v, target, n, thr, iters, seed, engine, judge, max_new_v,
+                     b, request: gr.Request = None):
         with user_errors("Start search"):
             ctx.require_jobs()
-            ctx.check_prompt(prompt_v)
+            sp = ctx.system(system_v)
+            ctx.check_prompt(prompt_v, sp)
             if not (target or "").strip():
                 fail("The target is empty.")
             b = ensure_client(b)
@@ -127,14 +129,15 @@ def wire(ctx: Explorer, p: SimpleNamespace) -> None:
                       "threshold": math.log(float(thr)), "max_iters": whole_number(iters, "restarts", 1),
                       "seed": whole_number(seed, "seed"), "engine": engine,
                       "max_new_tokens": whole_number(max_new_v, "max new tokens", 1, 4096),
-                      "judge": judge or "keyword"}
+                      "judge": judge or "keyword", "system": sp}
             job_id = ctx.submit_search(params, owner_of(ctx, b), request)
             b["jobs"] = b["jobs"] + [job_id]
             gr.Info("Search queued: it runs in the background.")
             return job_view(ctx, b, job_id)
 
-    p.s_start.click(start_search, [p.prompt, p.s_target, p.s_n, p.s_thr, p.s_iters, p.s_seed,
-                                   p.s_engine, p.s_judge, p.max_new, p.browser], job_outputs,
+    p.s_start.click(start_search, [p.prompt, p.system, p.s_target, p.s_n, p.s_thr, p.s_iters,
+                                   p.s_seed, p.s_engine, p.s_judge, p.max_new, p.browser],
+                    job_outputs,
                     **FREE, **UI)
 
     def poll(b, job_id):

@@ -29,7 +29,10 @@ HOSTED_MAX_PROMPTS = 8  # hosted mode (explorer.app.hosted): keep each run short
 ROSAIS_SOURCE = "RoSais top-L masks"
 ROUTE_SOURCE = "routes (library ids / JSON)"
 ATTACK_CHOICES = [("no attack", "none"), ("RoSais top-L masking", "rosais"),
-                  ("fresh F-SOUR search", "fsour"), ("replay the library routes", "replay")]
+                  ("fresh F-SOUR search", "fsour"),
+                  ("SteerMoE-style expert deactivation", "steer"),
+                  ("random routes of F-SOUR's size", "random"),
+                  ("replay the library routes", "replay")]
 VERDICT_WORDS = {True: "jailbroken", False: "not jailbroken"}
 
 __all__ = ["ATTACK_CHOICES", "HOSTED_MAX_PROMPTS", "MAX_PROMPTS", "ROSAIS_SOURCE",

@@ -61,6 +61,7 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
     Returns (figure, table, markdown, defense route JSON)."""
     with user_errors("Defense"):
         from explorer.research.defense import (
+            MODES,
             derive_defense,
             describe_defense,
             evaluate_defense,
@@ -68,8 +69,8 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         )
         from explorer.research.utility import utility_cost
         moe = ctx.require()
-        if mode not in ("protect", "mask"):
-            fail(f"Unknown defense mode {mode!r}: choose protect or mask.")
+        if mode not in MODES:
+            fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES)}.")
         attacks = _attacks(attacks)
         derive = prompt_lines(ctx, derive_text, "evidence prompts", required=False)
         routes = library_routes(ctx, parse_ids(ids_text))
@@ -82,17 +83,22 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         n, jd = generation_settings(ctx, max_new, judge)
         if "replay" in attacks and not routes:
             fail("The replay attack needs library routes (type their ids).")
+        given = _given_defense(moe, defense_json)
+        reminder = given is None and mode == "self-reminder"  # needs no evidence
+        if given is None and not reminder and not (derive or routes):
+            fail("Give evidence (prompts to attack, or library route ids) or a defense "
+                  "route.")
+        if reminder:
+            derive = []
         P = prompt_tokens(ctx, derive + harmful)
         fsour_cost = N * It * (P + 8) + n
         rosais_cost = S * len(moe.moe_layers) + n
-        per_attack = {"none": n, "replay": n, "rosais": rosais_cost, "fsour": fsour_cost}
+        steer_cost = 24 + n  # 24 prompt-set traces (HARMFUL + BENIGN), then the answer
+        per_attack = {"none": n, "replay": n, "rosais": rosais_cost, "fsour": fsour_cost,
+                      "steer": steer_cost, "random": fsour_cost + n}
         check_cost(ctx, len(derive) * (rosais_cost + fsour_cost)
                    + sum(2 * len(harmful) * per_attack.get(a, n) for a in attacks)
                    + n * len(benign), "this defense evaluation")
-        given = _given_defense(moe, defense_json)
-        if given is None and not (derive or routes):
-            fail("Give evidence (prompts to attack, or library route ids) or a defense "
-                  "route.")
         steps = (0 if given is not None else len(derive)) + 1 + len(attacks) + bool(benign)
         done = 0
         rosais_results: list = []
@@ -116,7 +122,7 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         table, out_attacks = {}, []
         for a in attacks:
             per = (S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else \
-                (3.0 * N * It if a == "fsour" else 1.0)
+                (3.0 * N * It if a in ("fsour", "random") else 1.0)
             res = run_with_progress(progress, lambda a=a: evaluate_defense(
                 moe, defense, harmful, None, attacks=[a],
                 routes=routes if a == "replay" else (), rosais_top=L, samples=S,
