@@ -56,25 +56,38 @@ HUB_DATASETS = {
 }
 
 
-def load_dataset_rows(spec, limit: int | None = None, *, offline: bool = False) -> list[dict]:
+def load_dataset_rows(spec, limit: int | None = None, *, offline: bool = False,
+                      start: int | None = None, end: int | None = None) -> list[dict]:
     """Rows of a dataset to evaluate: ``[{"index", "goal", "target", "meta"}]``.
 
     ``spec`` is a CSV path or a hub name (``jbb``, ``jbb-benign``, ``advbench``, loaded
     with the ``datasets`` package when it is installed and the hub is reachable).
     CSVs need a ``goal``/``Goal`` column; ``target``/``Target`` is optional (``None``
     when absent); other columns go to ``meta`` under lower-cased names. ``index`` is the
-    0-based position in the dataset. ``limit`` keeps the first rows. Raises
-    ``ValueError`` for a missing goal column, a broken row (naming its row number), a
-    bad limit, or a hub dataset that cannot be fetched (``offline``: the hub is never
-    tried, as with ``HF_HUB_OFFLINE=1``).
+    0-based position in the dataset. ``start`` / ``end`` keep the rows whose index lies
+    in ``start <= index < end`` (either may be None), then ``limit`` keeps the first rows
+    of those. Raises ``ValueError`` for a missing goal column, a broken row (naming its
+    row number), a bad limit or slice (also one that keeps no row), or a hub dataset that
+    cannot be fetched (``offline``: the hub is never tried, as with ``HF_HUB_OFFLINE=1``).
     """
     if limit is not None and (isinstance(limit, bool) or int(limit) <= 0):
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    for what, v in (("start", start), ("end", end)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{what} must be a non-negative integer, got {v!r}")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"end ({end}) must be greater than start ({start})")
     name = str(spec).strip()
     if name.lower() in HUB_DATASETS and not Path(name).exists():
         rows = _hub_rows(name.lower(), offline)
     else:
         rows = _csv_rows(Path(name).expanduser())
+    total = len(rows)
+    rows = [r for r in rows if (start is None or r["index"] >= start)
+            and (end is None or r["index"] < end)]
+    if not rows:
+        raise ValueError(f"{name}: no rows in the slice {start or 0}..{end or total} (the "
+                         f"dataset has rows 0..{total - 1})")
     if limit is not None:
         rows = rows[:int(limit)]
     return rows

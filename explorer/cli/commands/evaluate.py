@@ -5,6 +5,10 @@ Examples::
     python -m explorer evaluate --dataset ../shared/data/advbench_harmful_behaviors.csv \\
         --method none --limit 20 --out runs/none.jsonl
     python -m explorer evaluate --dataset jbb --method fsour --out runs/fsour.jsonl --resume
+    python -m explorer evaluate --dataset advbench.csv --method random --reference \
+        runs/fsour.jsonl --out runs/random.jsonl  # random routes as large as F-SOUR's
+    python -m explorer evaluate --dataset jbb.csv --method fsour --protocol paper \
+        --judge-url http://localhost:8000/v1 --judge-model M --start 0 --end 50
     accelerate launch --multi_gpu --num_processes 2 -m explorer evaluate --dataset my.csv \\
         --out runs/x.jsonl        # rows split between processes, merged by rank 0
     torchrun --nproc_per_node 2 -m explorer evaluate ...   # the same without accelerate
@@ -22,12 +26,14 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_system_args,
     check_out_path,
     count,
     emit,
     load_from_args,
     positive_int,
     seed_int,
+    system_from_args,
 )
 from explorer.core.defaults import MAX_NEW_TOKENS
 from explorer.settings import Settings
@@ -44,15 +50,29 @@ def _limit(text: str) -> int:
 
 
 def _configure(p):
-    from explorer.evaluation.evaluate import METHODS
+    from explorer.evaluation.evaluate import METHODS, PROTOCOLS
     p.add_argument("--dataset", required=True,
                    help="a CSV with a goal column (optional target), or jbb | advbench "
                         "(hub, needs `datasets` and a connection)")
     p.add_argument("--method", default="none", choices=METHODS,
                    help="none: plain greedy answer; rosais: route from router safety "
-                        "scores; fsour: F-SOUR route search (default none)")
-    p.add_argument("--limit", type=_limit, default=None, help="evaluate the first K rows")
-    p.add_argument("--judge", default="keyword",
+                        "scores; fsour: F-SOUR route search; steer: SteerMoE-style expert "
+                        "deactivation from the project's prompt sets; random: a random "
+                        "route as large as the row's F-SOUR route (default none)")
+    p.add_argument("--limit", type=_limit, default=None,
+                   help="evaluate the first K rows (of the --start/--end slice)")
+    p.add_argument("--start", type=positive_int, default=None,
+                   help="first row index to evaluate (0-based, default 0)")
+    p.add_argument("--end", type=positive_int, default=None,
+                   help="evaluate rows with index < END (default: to the last row)")
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="paper: the paper's settings in one switch (F-SOUR N = 100, 5 "
+                        "restarts, 512 new tokens, the rubric judge with the 1.0 cut-off, "
+                        "the dataset's targets; needs a judge endpoint)")
+    p.add_argument("--reference", default=None, metavar="FILE.jsonl",
+                   help="random: an `evaluate --method fsour` JSONL whose route sizes the "
+                        "random routes copy (default: search F-SOUR routes first)")
+    p.add_argument("--judge", default=None,
                    help="keyword (offline default) | rubric (LLM endpoint) | classifier "
                         "(local safety classifier)")
     p.add_argument("--judge-url", default=None,
@@ -83,13 +103,15 @@ def _configure(p):
     p.add_argument("--prompt-batch", type=count, default=None,
                    help="fsour: rows searched together, same routes as one at a time "
                         "(default: sized from the free memory; 1: one at a time)")
+    add_system_args(p)
     add_model_args(p)
 
 
 def make_judge(name: str, url: str | None = None, model: str | None = None,
-               device: str = "cpu", settings: Settings | None = None):
+               device: str = "cpu", settings: Settings | None = None, **options):
     """Build and check the judge the CLI options describe (errors: ValueError/UsageError);
-    the rubric judge's endpoint, model and key default to the ``settings``'."""
+    the rubric judge's endpoint, model and key default to the ``settings``'. ``options``
+    go to the judge (e.g. the rubric's ``threshold``)."""
     from explorer.judges import JUDGES, get_judge
     if name not in JUDGES:
         raise UsageError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}")
@@ -97,6 +119,7 @@ def make_judge(name: str, url: str | None = None, model: str | None = None,
     if name == "rubric":
         opts = dict((settings or Settings()).judge_options(name))
         opts.update({k: v for k, v in (("base_url", url), ("model", model)) if v})
+        opts.update(options)
     elif name == "classifier":
         if not model:
             raise UsageError("--judge classifier needs --judge-model PATH (a local "
@@ -124,10 +147,37 @@ def _progress(rank: int, world: int):
     return show
 
 
+# argparse defaults of the options a protocol sets (a different value was given by hand)
+_PROTOCOL_OPTIONS = (("candidates", "--candidates", None), ("max_iters", "--max-iters", None),
+                     ("max_new_tokens", "--max-new-tokens", MAX_NEW_TOKENS),
+                     ("judge", "--judge", None), ("target", "--target", None))
+
+
+def apply_protocol(args) -> dict | None:
+    """Put ``args.protocol``'s settings into ``args``; returns the judge options it adds
+    (the rubric cut-off), or None without a protocol. A protocol option also given by hand
+    with another value is a :class:`UsageError` (the protocol is exactly its settings)."""
+    from explorer.evaluation.evaluate import PROTOCOLS
+    if args.protocol is None:
+        return None
+    proto = PROTOCOLS[args.protocol]
+    want = proto.settings()
+    for dest, flag, default in _PROTOCOL_OPTIONS:
+        given = getattr(args, dest)
+        if given != default and given != want[dest]:
+            raise UsageError(f"--protocol {proto.name} sets {flag} to "
+                             f"{want[dest] if want[dest] is not None else 'each row’s own'}; "
+                             f"drop {flag} {given}")
+        setattr(args, dest, want[dest])
+    return {"threshold": proto.judge_threshold}
+
+
 def _run(args):
     from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.evaluation.evaluate import check_layout, evaluate
+    from explorer.evaluation.evaluate import check_layout, evaluate, reference_sizes
     st = args.settings
+    judge_options = apply_protocol(args)
+    args.judge = args.judge or "keyword"
     rank, world, local = st.rank, st.world_size, st.local_rank
     check_layout(rank, world)
     if args.resume and not args.out:
@@ -137,7 +187,12 @@ def _run(args):
     check_out_path(args.out, makes_folders=True)
     if args.target is not None and not args.target.strip():
         raise UsageError("the target is empty")
-    rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline)
+    if args.reference is not None and args.method != "random":
+        raise UsageError("--reference is for --method random")
+    system = system_from_args(args)
+    rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline,
+                             start=args.start, end=args.end)
+    reference = reference_sizes(args.reference, rows) if args.reference else None
     if world > 1:
         import torch
 
@@ -147,14 +202,22 @@ def _run(args):
         if not st.threads and st.omp_threads is None:  # share the cores between processes
             per_node = st.local_world_size or world
             torch.set_num_threads(max(1, physical_cores() // per_node))
-    judge = make_judge(args.judge, args.judge_url, args.judge_model,
-                       device=args.device, settings=st)
+    try:
+        judge = make_judge(args.judge, args.judge_url, args.judge_model,
+                           device=args.device, settings=st, **(judge_options or {}))
+    except (UsageError, ValueError) as exc:
+        if args.protocol is None:
+            raise
+        raise UsageError(f"--protocol {args.protocol} judges with the rubric judge "
+                         f"(jailbroken iff its score is >= 1.0) on an OpenAI-compatible "
+                         f"endpoint of yours: {exc}") from None
     moe = load_from_args(args)
     settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, top=args.top,
                     samples=args.samples, candidates=args.candidates,
-                    max_iters=args.max_iters, target=args.target)
+                    max_iters=args.max_iters, target=args.target, system=system,
+                    protocol=args.protocol)
     ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
-                  prompt_batch=args.prompt_batch,
+                  prompt_batch=args.prompt_batch, reference=reference,
                   rank=rank, world=world, dataset=args.dataset,
                   process_group=bool(st.master_addr and st.master_port),
                   group_timeout=st.dist_timeout,

@@ -25,10 +25,12 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_system_args,
     count,
     emit,
     load_from_args,
     positive_int,
+    system_from_args,
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
 from explorer.viz.text import pct
@@ -126,10 +128,11 @@ def _judge(args):
     return make_judge(args.judge, settings=args.settings)
 
 
-def _common(p, max_new: int = 32):
+def _common(p, max_new: int = 32, system_default: str = "none"):
     p.add_argument("--judge", default="keyword", help="keyword (default) | rubric | classifier")
     p.add_argument("--max-new-tokens", type=positive_int, default=max_new,
                    help=f"greedy answer length (default {max_new})")
+    add_system_args(p, system_default)
     add_model_args(p)
 
 
@@ -163,10 +166,12 @@ def _run_utility(args):
         raise UsageError("give at least one --route or --rosais file")
     benign = load_prompts(args.prompts, "benign", args.limit, data_dir=args.settings.shared_data)
     harm = load_prompts(args.harmful, "harmful", args.harmful_limit, data_dir=args.settings.shared_data) if args.harmful else None
+    system = system_from_args(args)
     judge = _judge(args)
     moe = load_from_args(args)
     res = utility_cost(moe, routes, benign, max_new_tokens=args.max_new_tokens,
-                       mapping=args.mapping, judge=judge, harmful_prompts=harm, top=args.top)
+                       mapping=args.mapping, judge=judge, harmful_prompts=harm, top=args.top,
+                       system=system)
     text = [f"{len(res.prompts)} benign prompts: baseline refusal rate "
             f"{pct(res.baseline_refusal_rate)}, mean log-likelihood "
             f"{res.baseline_mean_ll:.3f} nats/token"] + res.summary_lines()
@@ -207,10 +212,12 @@ def _run_transfer(args):
     else:
         prompts = list(dict.fromkeys(own + load_prompts("harmful", data_dir=args.settings.shared_data)))[:args.limit or None]
     _check_out(args.out_universal)
+    system = system_from_args(args)
     judge = _judge(args)
     moe = load_from_args(args)
     res = transfer_matrix(moe, routes, prompts, target=args.target, judge=judge,
-                          mapping=args.mapping, max_new_tokens=args.max_new_tokens)
+                          mapping=args.mapping, max_new_tokens=args.max_new_tokens,
+                          system=system)
     obj = res.to_dict()
     text = [f"{len(routes)} routes x {len(prompts)} prompts ({args.mapping} mapping): "
             f"transfer rate {pct(res.transfer_rate)} (own prompts {pct(res.own_rate)}, "
@@ -229,7 +236,7 @@ def _run_transfer(args):
             u.save(args.out_universal)
         if len(u) and held:
             a = asr(moe, u, held, judge=judge, mapping=args.mapping,
-                    max_new_tokens=args.max_new_tokens)
+                    max_new_tokens=args.max_new_tokens, system=system)
             obj["universal"]["asr"] = a.to_dict()
             text.append(f"universal route ({len(u)} edits, cells in >= {args.universal} "
                         f"routes): ASR {pct(a.asr)} on {a.n} held-out prompts")
@@ -253,7 +260,7 @@ def _configure_minimize(p):
                         "must keep its own)")
     p.add_argument("--checks", type=count, default=3, help="generations tried per round")
     p.add_argument("--out", default=None, help="write the minimal route (single route)")
-    _common(p)
+    _common(p, system_default="each route's own")
 
 
 def _run_minimize(args):
@@ -270,6 +277,8 @@ def _run_minimize(args):
     for r in routes:
         if not (args.prompt or r.info.get("prompt")):
             raise UsageError("a route does not name its prompt: pass --prompt")
+    given = args.system is not None or args.system_file is not None
+    system = system_from_args(args) if given else None
     judge = _judge(args)
     moe = load_from_args(args)
     results = []
@@ -277,7 +286,7 @@ def _run_minimize(args):
         target = args.target or r.info.get("target") or DEFAULT_TARGET
         results.append(minimize(moe, args.prompt, r, target=target, threshold=args.threshold,
                                 judge=judge, max_new_tokens=args.max_new_tokens,
-                                checks=args.checks))
+                                checks=args.checks, system=system if given else r.system))
     if args.out:
         results[0].minimal_route.save(args.out)
     ok = [m for m in results if m.jailbroken_before]
@@ -321,17 +330,21 @@ def _configure_defend(p):
                    "or benign (default: built-in + JBB benign)")
     p.add_argument("--benign-limit", type=count, default=None)
     p.add_argument("--attacks", default="none,rosais,fsour",
-                   help="comma list of none, rosais, fsour (replay is added with --route)")
+                   help="comma list of none, rosais, fsour, steer (SteerMoE-style expert "
+                        "deactivation), random (random routes as large as the F-SOUR "
+                        "routes); replay is added with --route")
     p.add_argument("--no-before", action="store_true", help="skip the undefended run")
     p.add_argument("--min-count", type=count, default=2,
                    help="forbid experts forced in >= this many routes")
     p.add_argument("--rosais-layers", type=positive_int, default=2)
     p.add_argument("--rosais-experts", type=positive_int, default=1)
     p.add_argument("--max-per-layer", type=positive_int, default=2)
-    p.add_argument("--mode", choices=("protect", "mask"), default="protect",
+    p.add_argument("--mode", choices=("protect", "mask", "self-reminder"), default="protect",
                    help="protect (default): pin the most safety-critical routers, route "
                    "edits there are ignored; mask: forbid the experts attacks use "
-                   "(backfires on the demo model, see README)")
+                   "(backfires on the demo model, see docs/results.md); self-reminder: a "
+                   "system prompt reminding the model to answer responsibly (needs no "
+                   "evidence)")
     p.add_argument("--protect-layers", type=positive_int, default=2,
                    help="protect mode: routers pinned")
     p.add_argument("--top", type=count, default=2, help="RoSais attack: routers masked")
@@ -355,18 +368,21 @@ def _run_defend(args):
     )
     _check_out(args.out)
     _check_seed(args.seed)
+    from explorer.research.defense import ATTACKS
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    bad = [a for a in attacks if a not in ("none", "rosais", "fsour", "replay")]
+    bad = [a for a in attacks if a not in ATTACKS]
     if bad or not attacks:
         raise UsageError(f"unknown attack {bad[0] if bad else '(none given)'}; choose from "
-                         "none, rosais, fsour")
+                         f"{', '.join(a for a in ATTACKS if a != 'replay')}")
     _check_threshold(args.threshold)
     routes = load_routes(args.route)
     rosais_results = load_rosais(args.rosais)
     derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=args.settings.shared_data) \
         if args.derive_prompts else []
-    if args.defense is None and not (routes or rosais_results or derive):
-        raise UsageError("give --defense, or evidence: --route, --rosais or --derive-prompts")
+    if args.defense is None and args.mode != "self-reminder" and \
+            not (routes or rosais_results or derive):
+        raise UsageError("give --defense, or evidence: --route, --rosais or --derive-prompts "
+                         "(--mode self-reminder needs none)")
     if args.prompts:
         prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
     else:  # held out: not a prompt any evidence came from
@@ -377,13 +393,14 @@ def _run_defend(args):
             raise UsageError("no held-out prompts left: pass --prompts")
     benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=args.settings.shared_data)
     defense = Route.load(args.defense) if args.defense else None
+    system = system_from_args(args)
     judge = _judge(args)
     moe = load_from_args(args)
     if derive:
         r2, f2 = gather_evidence(moe, derive, samples=args.samples, candidates=args.candidates,
                                  max_iters=args.max_iters, seed=args.seed, target=args.target,
                                  threshold=args.threshold,
-                                 max_new_tokens=args.max_new_tokens, judge=judge)
+                                 max_new_tokens=args.max_new_tokens, judge=judge, system=system)
         rosais_results += r2
         routes += f2
     if defense is None:
@@ -399,7 +416,7 @@ def _run_defend(args):
                            samples=args.samples, candidates=args.candidates,
                            max_iters=args.max_iters, threshold=args.threshold,
                            target=args.target, max_new_tokens=args.max_new_tokens,
-                           judge=judge, seed=args.seed)
+                           judge=judge, seed=args.seed, system=system)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
                        "derive_prompts": derive}
@@ -427,11 +444,12 @@ def _run_curve(args):
         raise UsageError("--mask-ratio must lie strictly between 0 and 1")
     _check_seed(args.seed)
     prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
+    system = system_from_args(args)
     judge = _judge(args)
     moe = load_from_args(args)
     res = rosais_curve(moe, prompts, max_top=args.max_top, samples=args.samples,
                        seed=args.seed, mask_ratio=args.mask_ratio,
-                       max_new_tokens=args.max_new_tokens, judge=judge)
+                       max_new_tokens=args.max_new_tokens, judge=judge, system=system)
     text = [f"{len(prompts)} prompts, {args.samples} masks per router"]
     text += [f"top-{t} routers masked: ASR {pct(a)}; {t} random routers, random masks "
              f"(control): ASR {pct(c)}"
