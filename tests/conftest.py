@@ -13,7 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout (assets, notebooks, a
 # does); pytest puts this folder on sys.path for the helper modules (tiny_models, ...).
 
 # tiny models gain nothing from intra-op threads; one thread avoids oversubscription
-torch.set_num_threads(int(os.environ.get("EXPLORER_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("EXPLORER_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Every test starts with the tests' thread count: in-process CLI calls (``main``) set
+    torch's threads for the whole process, which would otherwise leak into later tests."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 def shared_data() -> Path | None:

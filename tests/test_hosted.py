@@ -352,9 +352,9 @@ def test_hosted_app_caps_prompts_and_generation(hosted_app):
     # the UI applies the same checks, as one-line messages
     import gradio as gr
     with pytest.raises(gr.Error, match="the prompt is too long"):
-        run_ui(ui_handler(demo, "generate-btn"), long, 8, "expert", [], None)
+        run_ui(ui_handler(demo, "generate-btn"), long, "", 8, "expert", [], None)
     with pytest.raises(gr.Error, match="above this server's limit of 16"):
-        run_ui(ui_handler(demo, "generate-btn"), PROMPT, 40, "expert", [], None)
+        run_ui(ui_handler(demo, "generate-btn"), PROMPT, "", 40, "expert", [], None)
     slider = next(b for b in demo.blocks.values()
                   if getattr(b, "elem_id", None) == "prompt-max-new")
     assert slider.maximum == 16 and slider.value == 16
@@ -374,12 +374,12 @@ def test_hosted_app_caps_searches_and_jobs(hosted_app):
         import gradio as gr
         start = ui_handler(demo, "search-start")
         b = {"client": "browser-1", "jobs": []}
-        out = start(SHORT, "Sure", 2, 0.99, 20, 0, "fast", "never", 4, b)
+        out = start(SHORT, "", "Sure", 2, 0.99, 20, 0, "fast", "never", 4, b)
         b = out[0]
         with pytest.raises(gr.Error, match="already has 1 queued or running job"):
-            start(SHORT, "Sure", 2, 0.99, 1, 1, "fast", "keyword", 4, b)
+            start(SHORT, "", "Sure", 2, 0.99, 1, 1, "fast", "keyword", 4, b)
         with pytest.raises(gr.Error, match="is above this server's limit of 2000"):
-            start(SHORT, "Sure", 64, 0.99, 20, 0, "fast", "keyword", 4,
+            start(SHORT, "", "Sure", 64, 0.99, 20, 0, "fast", "keyword", 4,
                   {"client": "browser-2", "jobs": []})
         for j in b["jobs"]:
             demo.explorer.jobs.cancel(j)

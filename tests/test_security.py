@@ -342,8 +342,8 @@ def test_job_caps_hold_across_sessions_and_resume(strict_server):
 def test_no_nulls_no_oracles(open_server):
     s = open_server
     status, text = s.post("/gradio_api/call/trace", b'{"data": []}')
-    assert status == 422 and "takes 3 arguments" in json.loads(text)["error"]
-    status, text = s.post("/gradio_api/call/trace", b'{"data": ["hi", 0, "", "again"]}')
+    assert status == 422 and "takes 1 to 4 arguments" in json.loads(text)["error"]
+    status, text = s.post("/gradio_api/call/trace", b'{"data": ["hi", 0, "", "", "again"]}')
     assert status == 422
     status, text = s.post("/gradio_api/call/no_such_endpoint", b'{"data": []}')
     assert status == 404 and one_line(json.loads(text)["error"])

@@ -39,6 +39,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(f"{self.prog}: {message}")
 
+    def _get_values(self, action, arg_strings):
+        # ``--prompt=--``: Python 3.11's argparse drops the "--" as if it ended the options
+        # and hands the option an empty list; a one-value option given "--" that way means
+        # the text "--" (with a space, "--prompt --" still lacks its value)
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explorer",
