@@ -351,6 +351,19 @@ def test_cli_flag_reaches_load_model_and_the_cache_key(tiny, tiny_ckpt, monkeypa
     assert calls == ["4bit", "8bit", None]
 
 
+def test_info_says_how_the_model_was_loaded(tiny_ckpt, gpu_and_bnb, monkeypatch, capsys):
+    import json
+    _unquantized_stand_in(monkeypatch)
+    clear_model_cache()
+    try:
+        assert main(["info", "--model", str(tiny_ckpt), "--quantize", "4bit"]) == 0
+        assert ", quantized 4bit" in capsys.readouterr().out.splitlines()[0]
+        assert main(["info", "--model", str(tiny_ckpt), "--quantize", "4bit", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["quantization"] == "4bit"
+    finally:
+        clear_model_cache()
+
+
 # -- the app's setting ------------------------------------------------------------------------
 def test_setting_from_environment_and_flag():
     assert Settings.from_env({}).quantize is None
@@ -382,5 +395,21 @@ def test_app_loads_with_its_quantize_setting(tiny, tiny_ckpt, tmp_path):
                        settings=Settings(quantize="4bit"))
         assert bad.moe is None and bad.error.startswith("--quantize 4bit (bitsandbytes) "
                                                         "needs a CUDA GPU")
+    finally:
+        ctx.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_app_shows_the_quantization(tmp_path):
+    pytest.importorskip("gradio")
+    from explorer.app.context import Explorer
+    from explorer.app.format import model_card, model_header
+    model, _ = tiny_model("olmoe")
+    ctx = Explorer(MoEModel(model, None, "plain"), data_dir=tmp_path, device="cpu")
+    try:
+        assert "quantized" not in model_card(ctx)[0] and "bit)" not in model_header(ctx)
+        model.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+        ctx.set_model(MoEModel(model, None, "q"))
+        assert "quantized: **4bit**" in model_card(ctx)[0]
+        assert model_header(ctx).endswith("cpu float32 (4bit)")
     finally:
         ctx.jobs.shutdown(wait=True, timeout=30)
