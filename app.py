@@ -1,9 +1,9 @@
 """Sparse Safety Explorer app entry point (local and Hugging Face Spaces).
 
 `python app.py` serves the explorer on the bundled demo model at http://127.0.0.1:7860.
-Options: --model (hub id or local folder), --host, --port, --data-dir, --device; or the
-environment variables EXPLORER_MODEL, EXPLORER_HOST, EXPLORER_PORT, EXPLORER_DATA_DIR,
-EXPLORER_DEVICE. On Spaces (SPACE_ID set) it listens on 0.0.0.0:7860.
+Options: --model (hub id or local folder), --host, --port, --data-dir, --device, --quantize;
+or the environment variables EXPLORER_MODEL, EXPLORER_HOST, EXPLORER_PORT, EXPLORER_DATA_DIR,
+EXPLORER_DEVICE, EXPLORER_QUANTIZE. On Spaces (SPACE_ID set) it listens on 0.0.0.0:7860.
 
 Hosted mode (a public server): --hosted or EXPLORER_HOSTED=1, --allow-model HUB_ID (or
 EXPLORER_MODEL_ALLOWLIST) and the EXPLORER_HOSTED_* limits of explorer/app/hosted.py.
@@ -21,6 +21,7 @@ import sys
 def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
     """The flags, and ``args.settings``: the environment (``env``, default ``os.environ``)
     overridden by the flags that were given; ``args.policy`` is its hosted-mode policy."""
+    from explorer.cli.options import quantize_arg
     from explorer.settings import Settings
     parser = argparse.ArgumentParser(description="Sparse Safety Explorer")
     parser.add_argument("--model", default=None,
@@ -36,6 +37,10 @@ def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
                              "on Spaces with persistent storage, else ./data)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: "
                         "$EXPLORER_DEVICE, else auto)")
+    parser.add_argument("--quantize", default=None, type=quantize_arg,
+                        help="8bit | 4bit: load the weights through bitsandbytes (a CUDA GPU "
+                             "and the quantize extra needed; default: $EXPLORER_QUANTIZE, "
+                             "else full precision)")
     parser.add_argument("--hosted", action=argparse.BooleanOptionalAction, default=None,
                         help="hosted mode: limits for a public server (default: "
                              "$EXPLORER_HOSTED; the EXPLORER_HOSTED_* variables set the limits)")
@@ -49,7 +54,7 @@ def parse_args(argv: list[str] | None = None, env=None) -> argparse.Namespace:
         policy = HostedPolicy.from_env(env, enabled=args.hosted, allowlist=args.allow_model)
         args.settings = Settings.from_env(
             env, policy=policy, model=args.model, host=args.host, port=args.port,
-            data_dir=args.data_dir, device=args.device)
+            data_dir=args.data_dir, device=args.device, quantize=args.quantize)
     except ValueError as exc:  # a malformed EXPLORER_* value
         parser.error(str(exc))
     args.policy = args.settings.policy

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.engine.tuning import Tuning
 
 
@@ -48,6 +49,14 @@ def _int(name: str, text: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {text!r}") from None
 
 
+def _quantize(name: str, text: str) -> str | None:
+    try:
+        return parse_quantize(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {' or '.join(QUANTIZE_MODES)} (or empty), "
+                         f"got {text!r}") from None
+
+
 def _fraction(name: str, text: str) -> float | None:
     t = text.strip()
     if not t:
@@ -74,6 +83,7 @@ ENVIRONMENT: tuple[tuple[str, str, str, str], ...] = (
     ("SPACE_ID", "on_spaces", "user", "app: set on Hugging Face Spaces (listen on 0.0.0.0)"),
     ("EXPLORER_DATA_DIR", "data_dir", "user", "route library folder"),
     ("EXPLORER_DEVICE", "device", "user", "app: auto | cpu | cuda[:N]"),
+    ("EXPLORER_QUANTIZE", "quantize", "user", "app: 8bit | 4bit weights (bitsandbytes, GPU)"),
     ("EXPLORER_MAX_PROMPT_TOKENS", "max_prompt_tokens", "user",
      "cap on templated prompt tokens"),
     ("EXPLORER_JUDGE_URL", "judge_url", "user", "rubric judge: OpenAI-compatible base URL"),
@@ -145,6 +155,7 @@ class Settings:
     port: int = 7860
     on_spaces: bool = False
     device: str = "auto"
+    quantize: str | None = None  # "8bit" | "4bit" (bitsandbytes), None: full precision
     policy: Any = None  # explorer.app.hosted.HostedPolicy (app.py builds it)
     # library-wide
     data_dir: str | None = None
@@ -196,6 +207,7 @@ class Settings:
         return cls(
             model=g("EXPLORER_MODEL") or None, host=host, port=port,
             on_spaces=bool(g("SPACE_ID")), device=g("EXPLORER_DEVICE") or "auto",
+            quantize=_quantize("EXPLORER_QUANTIZE", g("EXPLORER_QUANTIZE")),
             policy=None,
             data_dir=g("EXPLORER_DATA_DIR") or None,
             max_prompt_tokens=_positive_int("EXPLORER_MAX_PROMPT_TOKENS",

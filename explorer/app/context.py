@@ -65,8 +65,9 @@ class Explorer:
             log.warning("no model loaded: %s", self.error)
 
     def load_model(self, name: str | None) -> MoEModel:
-        """Load ``name`` on this app's device with its settings (prompt cap, kernel)."""
-        return load_model(name, device=self.device,
+        """Load ``name`` on this app's device with its settings (quantization, prompt cap,
+        kernel)."""
+        return load_model(name, device=self.device, quantize=self.settings.quantize,
                           max_prompt_tokens=self.settings.max_prompt_tokens,
                           experts_impl=self.settings.experts_impl)
 

@@ -28,7 +28,7 @@ def model_header(ctx: Explorer) -> str:
     k = sorted({lay.top_k for lay in moe_l})
     return (f"**Model:** `{moe.name}` · {i.num_layers} layers ({len(moe_l)} MoE) · "
             f"{'/'.join(map(str, e))} experts, top-{'/'.join(map(str, k))} · "
-            f"{i.device} {i.dtype}")
+            f"{i.device} {i.dtype}" + (f" ({i.quantization})" if i.quantization else ""))
 
 
 def model_card(ctx: Explorer) -> tuple[str, pd.DataFrame]:
@@ -39,7 +39,8 @@ def model_card(ctx: Explorer) -> tuple[str, pd.DataFrame]:
     i = moe.info
     md = (f"### `{moe.name}`\n"
           f"- family: `{i.model_type}` · {i.parameters / 1e6:.1f}M parameters\n"
-          f"- device: **{i.device}** · dtype: **{i.dtype}**\n"
+          f"- device: **{i.device}** · dtype: **{i.dtype}**"
+          + (f" · quantized: **{i.quantization}**" if i.quantization else "") + "\n"
           f"- layers: {i.num_layers} ({len(i.moe_layers)} MoE: {i.moe_layers}"
           + (f"; dense: {i.dense_layers}" if i.dense_layers else "") + ")\n"
           f"- transformers {i.transformers_version}"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from explorer.core.defaults import MAX_SEED
 from explorer.core.errors import one_line
+from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, type=dtype_arg, help="float32 | bfloat16 | float16")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint (off by default)")
+    p.add_argument("--quantize", default=None, type=quantize_arg,
+                   help="load the weights in 8bit or 4bit through bitsandbytes (a CUDA GPU "
+                        "and the quantize extra needed; routers stay unquantized)")
     p.add_argument("--threads", type=count, default=None,
                    help="torch threads (default $EXPLORER_THREADS, else $OMP_NUM_THREADS, "
                         "else the physical cores this process may use)")
@@ -147,6 +151,18 @@ def dtype_arg(text: str) -> str:
     return text.strip().lower()
 
 
+def quantize_arg(text: str) -> str:
+    """argparse type: one of :data:`~explorer.core.quantize.QUANTIZE_MODES`."""
+    try:
+        mode = parse_quantize(text)
+    except ValueError:
+        mode = None
+    if mode is None:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(QUANTIZE_MODES)}, "
+                                         f"got {text!r}")
+    return mode
+
+
 def require_prompt(text) -> str:
     """The prompt if it is usable text, else :class:`UsageError` (empty, not text)."""
     if text is None or (isinstance(text, str) and not text.strip()):
@@ -250,7 +266,7 @@ def _check_model_name(name: str | None) -> None:
 
 def load_from_args(args):
     """The model the options ask for (``--model``, ``--device``, ``--dtype``,
-    ``--trust-remote-code``), loaded once per process and kept for the next calls
+    ``--trust-remote-code``, ``--quantize``), loaded once per process and kept for the next calls
     (the last :data:`MODEL_CACHE_SIZE` models; ``EXPLORER_MODEL_CACHE=0`` turns it off).
     The settings in ``args.settings`` (:class:`~explorer.settings.Settings`) give the
     prompt cap and the CPU experts kernel.
@@ -269,7 +285,8 @@ def load_from_args(args):
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = getattr(args, "settings", None) or Settings()
-    key = (_model_key(name), device, args.dtype, bool(args.trust_remote_code),
+    quantize = getattr(args, "quantize", None)
+    key = (_model_key(name), device, args.dtype, bool(args.trust_remote_code), quantize,
            settings.max_prompt_tokens, settings.experts_impl)
     use_cache = settings.model_cache
     with _CACHE_LOCK:
@@ -278,7 +295,7 @@ def load_from_args(args):
             _MODEL_CACHE.move_to_end(key)
     if moe is None:
         moe = load_model(name, device=device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code,
+                         trust_remote_code=args.trust_remote_code, quantize=quantize,
                          max_prompt_tokens=settings.max_prompt_tokens,
                          experts_impl=settings.experts_impl)
         if use_cache:

@@ -142,6 +142,11 @@ def discover_layers(model: nn.Module) -> list[LayerHandles | LayerInfo]:
         path, router = found
         parent = layer.get_submodule(path.rsplit(".", 1)[0]) if "." in path else layer
         weight = _router_weight(router)
+        if not weight.is_floating_point():  # e.g. a router's nn.Linear converted by bnb
+            raise RouteError(
+                f"the router of layer {i} ({type(router).__name__}) holds quantized weights "
+                f"({str(weight.dtype).replace('torch.', '')}); route control needs them in a "
+                f"float dtype: load the checkpoint without quantizing its routers")
         num_experts = int(weight.shape[0])
         top_k = int(_cfg(router, "top_k", default=0) or _cfg(parent, "top_k", default=0)
                     or _cfg(config, "num_experts_per_tok", "moe_top_k", "top_k", default=0))
@@ -189,6 +194,7 @@ class ModelInfo:
     transformers_version: str = ""
     chat_template_hash: str | None = None
     parameters: int = 0
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes), a checkpoint's method
 
     @property
     def moe_layers(self) -> list[int]:
@@ -202,10 +208,14 @@ class ModelInfo:
         return self.layers[index]
 
     def provenance(self) -> dict[str, Any]:
-        """The provenance dict stored in routes, traces and results."""
-        return {"model": self.name, "revision": self.revision,
-                "transformers_version": self.transformers_version,
-                "chat_template_hash": self.chat_template_hash}
+        """The provenance dict stored in routes, traces and results; ``quantization`` is
+        there only for a quantized model (absent: full precision, as in older results)."""
+        out = {"model": self.name, "revision": self.revision,
+               "transformers_version": self.transformers_version,
+               "chat_template_hash": self.chat_template_hash}
+        if self.quantization:
+            out["quantization"] = self.quantization
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model_type": self.model_type,
@@ -214,5 +224,5 @@ class ModelInfo:
                 "dtype": self.dtype, "revision": self.revision,
                 "transformers_version": self.transformers_version,
                 "chat_template_hash": self.chat_template_hash,
-                "parameters": self.parameters,
+                "parameters": self.parameters, "quantization": self.quantization,
                 "layers": [lay.to_dict() for lay in self.layers]}

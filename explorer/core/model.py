@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from pathlib import Path
@@ -13,9 +14,16 @@ import torch
 from explorer.core.cache import ModelCache
 from explorer.core.control import RouteControl, defended
 from explorer.core.defaults import MAX_SYSTEM_CHARS
-from explorer.core.errors import ModelLoadError, RouteError
+from explorer.core.errors import ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.paths import DEMO_MODEL_DIR
+from explorer.core.quantize import (
+    bitsandbytes_config,
+    check_quantize,
+    prequantized_method,
+    quantization_of,
+    skip_modules,
+)
 from explorer.core.route import Route
 
 #: How the operator's prompt cap is named in messages (the setting that sets it).
@@ -100,7 +108,7 @@ class MoEModel:
             transformers_version=transformers.__version__,
             chat_template_hash=(hashlib.sha256(template.encode()).hexdigest()[:16]
                                 if isinstance(template, str) else None),
-            parameters=sum(x.numel() for x in model.parameters()))
+            parameters=parameter_count(model), quantization=quantization_of(model))
 
     # -- basics -----------------------------------------------------------------------
     @property
@@ -252,6 +260,16 @@ class MoEModel:
         return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
+def parameter_count(model) -> int:
+    """The model's parameter count. A bitsandbytes 4-bit weight packs two values a byte
+    (its ``numel`` is half); its ``quant_state.shape`` is the unpacked shape."""
+    n = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        n += math.prod(int(d) for d in shape) if shape is not None else p.numel()
+    return n
+
+
 def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     if name_or_path is None or str(name_or_path) in ("", "demo"):
         if not (DEMO_MODEL_DIR / "config.json").exists():
@@ -289,7 +307,7 @@ def cpu_experts_implementation(override: str | None = None) -> str:
 
 def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None,
                trust_remote_code: bool = False, device_map: str | None = None, *,
-               max_prompt_tokens: int | None = None,
+               max_prompt_tokens: int | None = None, quantize: str | None = None,
                experts_impl: str | None = None) -> MoEModel:
     """Load an MoE causal LM: the bundled demo model (default), a local folder or a hub id.
 
@@ -297,12 +315,18 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     on GPU and float32 on CPU. On GPU a model too large for one device is spread with
     ``device_map="auto"`` (accelerate). ``trust_remote_code`` is off unless asked for.
     ``max_prompt_tokens``: an operator's cap on templated prompt tokens (see
-    :attr:`MoEModel.max_prompt_tokens`). ``experts_impl`` (keyword-only, for contributors):
-    the CPU experts kernel instead of :func:`cpu_experts_implementation`'s choice.
+    :attr:`MoEModel.max_prompt_tokens`). ``quantize``: ``"8bit"`` or ``"4bit"`` loads the
+    weights through bitsandbytes (a CUDA GPU and the ``quantize`` extra needed; see
+    :mod:`explorer.core.quantize`: routers and the output layer stay in ``dtype``, and in
+    transformers 5.24 so do the fused routed experts); what cannot run is refused with a
+    :class:`ModelLoadError` before any weight is read. ``experts_impl`` (keyword-only, for
+    contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
+    choice.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path, name = _resolve(name_or_path)
+    quantize = check_quantize(quantize, device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -319,18 +343,39 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if device == "cpu":
         kwargs["experts_implementation"] = "eager"  # every model accepts it; switched below
-    if device.startswith("cuda") and device_map is None and _too_big(config, dtype):
+    meta = None
+    if quantize is not None:
+        method = prequantized_method(config)
+        if method is not None:
+            raise ModelLoadError(f"{name} is already quantized ({method}); --quantize "
+                                 f"applies to full-precision checkpoints: load it without")
+        meta = _meta_model(config, trust_remote_code)
+        if meta is None:
+            raise ModelLoadError(f"{name} is not a causal language model this version of "
+                                 f"transformers can build, so it cannot be quantized")
+        try:
+            skip = skip_modules(meta)
+        except RouteError as exc:
+            raise ModelLoadError(f"{name}: {exc}") from None
+        kwargs["quantization_config"] = bitsandbytes_config(quantize, skip=skip,
+                                                            compute_dtype=dtype)
+    if device.startswith("cuda") and device_map is None and _too_big(config, dtype, meta):
         device_map = "auto"
+    if quantize is not None and device_map is None:
+        device_map = device  # bitsandbytes places weights while loading; no .to() after
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except ValueError as exc:
-        raise ModelLoadError(f"{name} is not a causal language model this version of "
-                             f"transformers can load: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {name}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
+        first = one_line(exc)
+        if quantize is not None:  # bitsandbytes' backend, offload or version checks
+            raise ModelLoadError(f"cannot load {name} with --quantize {quantize}: "
+                                 f"{first}") from None
+        if isinstance(exc, ValueError):
+            raise ModelLoadError(f"{name} is not a causal language model this version of "
+                                 f"transformers can load: {first}") from None
+        raise ModelLoadError(f"cannot load {name}: {first}") from None
     if device_map is None:
         model = model.to(device)
     impl = cpu_experts_implementation(experts_impl) if device == "cpu" else "eager"
@@ -349,12 +394,21 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         raise ModelLoadError(f"{name}: {exc}") from None
 
 
-def _too_big(config, dtype) -> bool:
+def _meta_model(config, trust_remote_code: bool = False):
+    """An empty copy of the model ``config`` describes, on the meta device (no memory),
+    or None when transformers cannot build one."""
     try:
         from accelerate import init_empty_weights
         from transformers import AutoModelForCausalLM
         with init_empty_weights():
-            meta = AutoModelForCausalLM.from_config(config)
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - the caller decides what an unbuildable model means
+        return None
+
+
+def _too_big(config, dtype, meta=None) -> bool:
+    try:
+        meta = meta if meta is not None else _meta_model(config)
         size = sum(p.numel() for p in meta.parameters()) * torch.finfo(dtype).bits // 8
         free, _ = torch.cuda.mem_get_info()
         return size > 0.85 * free

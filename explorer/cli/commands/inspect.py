@@ -62,7 +62,8 @@ def _run_info(args):
                + (f", groups {lay.n_group} pick {lay.topk_group}" if lay.n_group else "")
                if lay.is_moe else "") for lay in moe.info.layers]
     head = (f"{moe.name} ({info['model_type']}), {info['parameters'] / 1e6:.1f}M parameters, "
-            f"{info['device']} {info['dtype']}")
+            f"{info['device']} {info['dtype']}"
+            + (f", quantized {info['quantization']}" if info["quantization"] else ""))
     emit(args, info, "\n".join([head] + rows))
 
 
