@@ -177,6 +177,36 @@ def test_search_runs_in_the_background_and_lands_in_the_library(app):
     assert cancelled["status"] == "done"  # finished jobs stay finished
 
 
+def test_system_prompts_through_the_endpoints_searches_and_library(app):
+    """The endpoints take a system prompt (last, optional); a search keeps it in its route,
+    the library replays the route with it, and old calls without it still work."""
+    import urllib.request
+    demo, client, moe = app
+    system = "You are a careful assistant."
+    tr = client.predict(SHORT, 2, "", system, api_name="/trace")
+    assert tr["info"]["system"] == system
+    assert tr["prompt_tokens"] == len(moe.encode(SHORT, system))
+    plain = client.predict(SHORT, 2, "", api_name="/trace")  # the earlier signature
+    assert plain["prompt_tokens"] == len(moe.encode(SHORT)) and "system" not in plain["info"]
+    # a raw HTTP call with the earlier number of arguments still reaches the function
+    body = json.dumps({"data": [SHORT, 2, ""]}).encode()
+    req = urllib.request.Request(demo.local_url.rstrip("/") + "/gradio_api/call/trace",
+                                 data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200 and "event_id" in json.loads(r.read())
+    started = client.predict(SHORT, "Sure, here is", 2, -0.01, 1, 0, "fast", 4, "never",
+                             system, api_name="/search_start")  # never done: a route is kept
+    st = _wait_job(client, started["job_id"])
+    assert st["status"] == "done" and st["params"]["system"] == system
+    route = st["result"]["route"]
+    assert route["info"]["system"] == system and route["edits"]
+    replay = client.predict(st["route_id"], "", "", 4, api_name="/replay")
+    assert replay["prompt_tokens"] == len(moe.encode(SHORT, system))
+    assert replay["info"]["system"] == system
+    with pytest.raises(Exception, match="system prompt must be text|at most"):
+        client.predict(SHORT, 2, "", "x" * 100_001, api_name="/trace")
+
+
 def test_search_cancel_stops_a_queued_search(app):
     demo, client, _ = app
     # the first walks its whole grid (never judged jailbroken, unreachable threshold), so
