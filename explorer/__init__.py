@@ -10,7 +10,8 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
 - :func:`generate`, :func:`target_logprob`, :func:`logits_for_routes`, :func:`prefill`:
   forwards with routes (:mod:`explorer.core.forward`)
 - :func:`rosais` -> :class:`RosaisResult` and :func:`fsour` -> :class:`FsourResult`: the
-  paper's two methods (:mod:`explorer.methods`)
+  paper's two methods (:mod:`explorer.methods`); :func:`steer` and :func:`random_route`:
+  the baselines they are compared with
 - :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
 - :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
 
@@ -50,6 +51,8 @@ _EXPORTS = {
     "RosaisResult": "explorer.methods.rosais",
     "fsour": "explorer.methods.fsour",
     "FsourResult": "explorer.methods.fsour",
+    "steer": "explorer.methods.baselines",
+    "random_route": "explorer.methods.baselines",
     "RouteStore": "explorer.storage.library",
 }
 
@@ -79,6 +82,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from explorer.core.route import Route, RouteEdit
     from explorer.core.trace import RoutingTrace, trace
     from explorer.judges import Verdict, get_judge
+    from explorer.methods.baselines import random_route, steer
     from explorer.methods.fsour import FsourResult, fsour
     from explorer.methods.rosais import RosaisResult, rosais
     from explorer.storage.library import RouteStore
