@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from explorer.core.defaults import GPU_CHUNK_SECONDS
 from explorer.engine.tuning import Tuning
 
 
@@ -74,6 +75,8 @@ ENVIRONMENT: tuple[tuple[str, str, str, str], ...] = (
     ("SPACE_ID", "on_spaces", "user", "app: set on Hugging Face Spaces (listen on 0.0.0.0)"),
     ("EXPLORER_DATA_DIR", "data_dir", "user", "route library folder"),
     ("EXPLORER_DEVICE", "device", "user", "app: auto | cpu | cuda[:N]"),
+    ("EXPLORER_GPU_CHUNK_SECONDS", "gpu_chunk_seconds", "user",
+     "app on ZeroGPU: seconds of each GPU window a background search runs in"),
     ("EXPLORER_MAX_PROMPT_TOKENS", "max_prompt_tokens", "user",
      "cap on templated prompt tokens"),
     ("EXPLORER_JUDGE_URL", "judge_url", "user", "rubric judge: OpenAI-compatible base URL"),
@@ -145,6 +148,7 @@ class Settings:
     port: int = 7860
     on_spaces: bool = False
     device: str = "auto"
+    gpu_chunk_seconds: int = GPU_CHUNK_SECONDS
     policy: Any = None  # explorer.app.hosted.HostedPolicy (app.py builds it)
     # library-wide
     data_dir: str | None = None
@@ -196,6 +200,9 @@ class Settings:
         return cls(
             model=g("EXPLORER_MODEL") or None, host=host, port=port,
             on_spaces=bool(g("SPACE_ID")), device=g("EXPLORER_DEVICE") or "auto",
+            gpu_chunk_seconds=_positive_int("EXPLORER_GPU_CHUNK_SECONDS",
+                                            g("EXPLORER_GPU_CHUNK_SECONDS"))
+            or GPU_CHUNK_SECONDS,
             policy=None,
             data_dir=g("EXPLORER_DATA_DIR") or None,
             max_prompt_tokens=_positive_int("EXPLORER_MAX_PROMPT_TOKENS",
