@@ -147,6 +147,33 @@ def test_fake_spaces_forks_pickles_and_enforces_its_duration(spaces):
     assert slow(0.01) is None  # a new worker after the kill
 
 
+def test_stop_requests_in_the_store(tmp_path):
+    import sqlite3
+
+    from explorer.storage.library import StoreError
+    path = tmp_path / "old.sqlite3"
+    with RouteStore(path) as store:
+        jid = store.create_job("fsour", {"prompt": "p"})
+        assert store.stop_requested(jid) is None
+        store.request_stop(jid, "cancel")
+        store.request_stop(jid, "shutdown")  # the latest reason wins
+        with RouteStore(path) as other:  # another connection (another process) sees it
+            assert other.stop_requested(jid) == "shutdown"
+        store.clear_stop(jid)
+        assert store.stop_requested(jid) is None and store.get_job(jid).status == "queued"
+        with pytest.raises(StoreError, match="stop reason"):
+            store.request_stop(jid, "later")
+        with pytest.raises(StoreError, match="no job"):
+            store.request_stop("f" * 32, "cancel")
+    con = sqlite3.connect(path)  # a library written before the table existed gets it
+    con.execute("DROP TABLE job_stops")
+    con.commit()
+    con.close()
+    with RouteStore(path) as store:
+        store.request_stop(jid, "cancel")
+        assert store.stop_requested(jid) == "cancel"
+
+
 # -- real searches on the demo model ----------------------------------------------------------
 def test_a_search_in_gpu_windows_equals_the_search_in_one_piece(demo, reference, spaces,
                                                                 managers):
