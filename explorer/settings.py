@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from explorer.core.defaults import GPU_CHUNK_SECONDS
 from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.engine.tuning import Tuning
 
@@ -84,6 +85,8 @@ ENVIRONMENT: tuple[tuple[str, str, str, str], ...] = (
     ("EXPLORER_DATA_DIR", "data_dir", "user", "route library folder"),
     ("EXPLORER_DEVICE", "device", "user", "app: auto | cpu | cuda[:N]"),
     ("EXPLORER_QUANTIZE", "quantize", "user", "app: 8bit | 4bit weights (bitsandbytes, GPU)"),
+    ("EXPLORER_GPU_CHUNK_SECONDS", "gpu_chunk_seconds", "user",
+     "app on ZeroGPU: seconds of each GPU window a background search runs in"),
     ("EXPLORER_MAX_PROMPT_TOKENS", "max_prompt_tokens", "user",
      "cap on templated prompt tokens"),
     ("EXPLORER_JUDGE_URL", "judge_url", "user", "rubric judge: OpenAI-compatible base URL"),
@@ -156,6 +159,7 @@ class Settings:
     on_spaces: bool = False
     device: str = "auto"
     quantize: str | None = None  # "8bit" | "4bit" (bitsandbytes), None: full precision
+    gpu_chunk_seconds: int = GPU_CHUNK_SECONDS
     policy: Any = None  # explorer.app.hosted.HostedPolicy (app.py builds it)
     # library-wide
     data_dir: str | None = None
@@ -208,6 +212,9 @@ class Settings:
             model=g("EXPLORER_MODEL") or None, host=host, port=port,
             on_spaces=bool(g("SPACE_ID")), device=g("EXPLORER_DEVICE") or "auto",
             quantize=_quantize("EXPLORER_QUANTIZE", g("EXPLORER_QUANTIZE")),
+            gpu_chunk_seconds=_positive_int("EXPLORER_GPU_CHUNK_SECONDS",
+                                            g("EXPLORER_GPU_CHUNK_SECONDS"))
+            or GPU_CHUNK_SECONDS,
             policy=None,
             data_dir=g("EXPLORER_DATA_DIR") or None,
             max_prompt_tokens=_positive_int("EXPLORER_MAX_PROMPT_TOKENS",

@@ -42,6 +42,13 @@ def gpu(duration: int = 60):
     return deco
 
 
+def gpu_window(seconds: float):
+    """The GPU window of background searches: a function that wraps a function into
+    ``spaces.GPU(duration=seconds)`` when the ``spaces`` package is importable, else None
+    (a search then runs in one piece; see :class:`explorer.storage.jobs.JobManager`)."""
+    return gpu(seconds) if spaces is not None else None
+
+
 # -- errors --------------------------------------------------------------------------------
 def fail(message: str):
     """Raise ``message`` as a one-line ``gr.Error`` (HTML-escaped, no traceback in the

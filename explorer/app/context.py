@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from explorer.app.common import (
+    gpu_window,
     is_demo_model,
     keyword_verdict,
     log,
@@ -86,10 +87,12 @@ class Explorer:
                 old.shutdown(wait=True, timeout=30)
             self.moe, self.error = moe, None
             hosted = self.policy.enabled
+            seconds = self.settings.gpu_chunk_seconds  # ZeroGPU: searches in GPU windows
             self.jobs = JobManager(
                 moe, self.store, judge_options=self.settings.judge_options,
                 max_queued_per_session=self.policy.max_jobs_per_session if hosted else 4,
-                max_queued_per_group=self.policy.max_jobs_per_address if hosted else 8)
+                max_queued_per_group=self.policy.max_jobs_per_address if hosted else 8,
+                window=gpu_window(seconds), chunk_seconds=seconds)
             self._tokens.clear()
 
     def require(self) -> MoEModel:

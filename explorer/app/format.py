@@ -133,6 +133,9 @@ def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
         bits.append(f"forward passes {p['forward_passes']:,}")
     if p.get("elapsed") is not None:
         bits.append(f"elapsed {p['elapsed']:.1f} s")
+    if p.get("chunks"):  # ZeroGPU: the search runs in GPU windows, each from a checkpoint
+        bits.append(f"GPU window {p['chunks']}" if status == "running"
+                    else f"{p['chunks']} GPU windows")
     if status == "running" and p.get("eta_seconds") is not None:
         eta = f"remaining ≈ {p['eta_seconds']:.0f} s for this restart"
         if p.get("eta_max_seconds"):

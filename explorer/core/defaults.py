@@ -54,3 +54,8 @@ MAX_SYSTEM_CHARS = 100_000
 #: Edits of a route, and characters of a route's JSON, accepted from outside.
 MAX_ROUTE_EDITS = 10_000
 MAX_ROUTE_JSON_CHARS = 1_000_000
+
+# -- background searches on Hugging Face ZeroGPU -----------------------------------------------
+#: Seconds of one GPU window (``spaces.GPU(duration=...)``) a background search runs in
+#: before it checkpoints and asks for the next (ZeroGPU's own default duration is 60 s).
+GPU_CHUNK_SECONDS = 60

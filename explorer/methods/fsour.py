@@ -281,6 +281,7 @@ class _Search:
         self.eng = make_engine(engine, moe, self.ids, self.tgt)
         self.eng.forward_passes = state.forward_passes
         self.eng.rechecks = state.settings.get("rechecks", 0)  # a resumed search's so far
+        self.eng.recheck_passes = state.settings.get("recheck_passes", 0)
         if "layers" not in state.settings:
             layers = list(moe.moe_layers)
             if order == "rosais":
@@ -295,13 +296,14 @@ class _Search:
         self.layers = list(state.settings["layers"])
         self.infos = [moe.handle(lay).info for lay in self.layers]
         self.t0 = time.perf_counter() - state.elapsed
+        # the layer order is part of the settings, in a fresh search and a resumed one alike
         self.base_info = dict(moe.provenance(system), prompt=prompt, target=target,
-                              method="fsour", **settings)
+                              method="fsour", **{**settings, "layers": list(self.layers)})
 
     def emit(self, kind, position=0, li=None):
         st, eng, layers = self.state, self.eng, self.layers
         st.forward_passes, st.elapsed = eng.forward_passes, time.perf_counter() - self.t0
-        st.settings["rechecks"] = eng.rechecks
+        st.settings["rechecks"], st.settings["recheck_passes"] = eng.rechecks, eng.recheck_passes
         if self.on_event is not None:
             self.on_event(FsourEvent(kind, st.iteration, position,
                                      layers[li] if li is not None and li < len(layers) else None,

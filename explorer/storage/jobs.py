@@ -15,6 +15,23 @@ is the stored checkpoint as JSON text (None for a fresh start); ``on_event`` tak
 F-SOUR-style events (``kind``, ``iteration``, ``position``, ``layer``, ``num_positions``,
 ``num_layers``, ``best_logprob``, ``forward_passes``, ``elapsed``, ``state``).
 The default runner is :func:`fsour_runner`.
+
+**GPU windows (Hugging Face ZeroGPU).** With ``window`` (a function that wraps a function
+into a GPU window: the app passes ``spaces.GPU(duration=chunk_seconds)``), a job runs as a
+sequence of chunks, each one call of the wrapped :meth:`JobManager.run_chunk`. A chunk
+runs the runner until its time budget is spent (``chunk_seconds`` less the
+:data:`CHUNK_RESERVE` share, and less the longest gap between two ``should_stop`` polls
+seen so far: the next step or answer generation must fit), then returns the checkpoint;
+the worker thread starts the next chunk from it until the search is done, cancelled or
+interrupted. Between chunks the job stays 'running' and its progress (history, ETA) keeps
+flowing. A window may run the chunk in a forked process that shares nothing with the app
+but files (as ZeroGPU does): the chunk opens its own connection to the store, writes
+progress and checkpoints there, learns of a cancel or a shutdown from the store's stop
+requests (:meth:`~explorer.storage.library.RouteStore.request_stop`, polled every
+:data:`STOP_POLL_SECONDS`), and returns plain data. A window that fails (aborted past its
+duration, no GPU free) is retried from the last stored checkpoint; after
+:data:`MAX_STALLED_CHUNKS` failures in a row without a new checkpoint the job fails with a
+message that says why.
 """
 
 from __future__ import annotations
@@ -24,11 +41,13 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.defaults import (
+    GPU_CHUNK_SECONDS,
     MAX_CANDIDATES,
     MAX_GENERATION,
     MAX_ITERS,
@@ -57,7 +76,15 @@ MAX_HISTORY = 300
 _MILESTONES = ("start", "restart", "generated", "done", "cancelled")
 PROGRESS_KEYS = ("kind", "iteration", "position", "layer", "num_positions", "num_layers",
                  "best_logprob", "forward_passes", "elapsed", "fraction", "eta_seconds",
-                 "eta_max_seconds")
+                 "eta_max_seconds", "chunks")
+#: Share of a GPU window kept free of search steps: for the window's start (a forked
+#: worker, the model's move to the GPU), a step longer than any seen before, the last
+#: checkpoint write and the return.
+CHUNK_RESERVE = 0.2
+#: Seconds between a chunk's reads of the store's stop requests (cancel, shutdown).
+STOP_POLL_SECONDS = 0.1
+#: GPU windows in a row that may fail without a new checkpoint before the job fails.
+MAX_STALLED_CHUNKS = 2
 
 Runner = Callable[[Any, dict, Callable[[Any], None], Callable[[], bool], "str | None"], Any]
 
@@ -237,6 +264,88 @@ class _Progress:
                     restart_started=self.restart_started)
 
 
+def _outcome(result: Any, params: dict) -> dict:
+    """What a job keeps of a runner's result, as plain JSON-able data (it may come back
+    from a GPU window's process): the result dict, the checkpoint text, whether it was
+    cancelled, and the fields the saved route needs."""
+    to_dict = getattr(result, "to_dict", None)
+    result_dict = to_dict() if callable(to_dict) else dict(result)
+    route = _get(result, "route")
+    route = route.to_dict() if isinstance(route, Route) else (route or {"edits": []})
+    verdict = _get(result, "verdict")
+    return {"result": result_dict, "state": _state_text(_get(result, "state")),
+            "cancelled": bool(_get(result, "cancelled", False)), "route": route,
+            "target": _get(result, "target") or params.get("target"),
+            "logprob": _finite(_get(result, "logprob")), "success": _get(result, "success"),
+            "judge": _get(verdict, "judge") if verdict is not None else params.get("judge"),
+            "completion": _get(result, "completion"),
+            "forward_passes": _get(result, "forward_passes"), "seconds": _get(result, "seconds")}
+
+
+class _Reporter:
+    """A job's ``on_event``: the progress tracker (and ``live``, this process's view), the
+    checkpoint to the store at every event, progress every ``interval`` s and at milestones.
+    ``lost()`` is called when the store refuses a write: the job is no longer 'running'
+    (someone else took it over, e.g. marked it interrupted)."""
+
+    def __init__(self, store: RouteStore, job_id: str, tracker: _Progress, interval: float,
+                 live: dict, lost: Callable[[], None]):
+        self.store, self.job_id, self.tracker, self.interval = store, job_id, tracker, interval
+        self.live, self.lost, self.last_write = live, lost, 0.0
+
+    def __call__(self, ev: Any, quiet: bool = False) -> None:
+        """Record ``ev``; ``quiet``: store its checkpoint only (the progress stays as it
+        was: a GPU window's budget, not a user, stopped the search)."""
+        progress = self.tracker.snapshot() if quiet else self.tracker.update(ev)
+        self.live[self.job_id] = progress
+        fields: dict[str, Any] = {}
+        state = _get(ev, "state")
+        if state is not None:
+            fields["state"] = _state_text(state)
+        now = time.monotonic()
+        if not quiet and (now - self.last_write >= self.interval
+                          or _get(ev, "kind") in _MILESTONES):
+            fields["progress"], self.last_write = progress, now
+        if fields and not self.store.update_job(self.job_id, where_status="running", **fields):
+            self.lost()
+
+
+class _ChunkClock:
+    """``should_stop`` of one GPU window: a stop request (``stopped()``, polled every
+    ``poll`` s), a lost job, or the window's ``budget`` (seconds): after at least one step,
+    the chunk stops when the next step would end past the budget, were it as long as the
+    longest gap between two polls seen so far (``longest``, carried from chunk to chunk;
+    a gap holds a step, and at a restart's end the answer generation). ``reason`` says why
+    it stopped: 'stop', 'lost' or 'budget'."""
+
+    def __init__(self, budget: float, longest: float, stopped: Callable[[], bool],
+                 poll: float = STOP_POLL_SECONDS):
+        self.start = self.last = time.monotonic()
+        self.budget, self.longest, self.stopped, self.poll = budget, longest, stopped, poll
+        self.checked = -math.inf
+        self.polls = 0
+        self.reason: str | None = None
+
+    def lose(self) -> None:
+        self.reason = self.reason or "lost"
+
+    def should_stop(self) -> bool:
+        if self.reason is not None:
+            return True
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+        self.polls += 1
+        if now - self.checked >= self.poll:
+            self.checked = now
+            if self.stopped():
+                self.reason = "stop"
+                return True
+        if self.polls > 1 and now - self.start + self.longest > self.budget:
+            self.reason = "budget"
+        return self.reason is not None
+
+
 class JobManager:
     """Queue, run, cancel and resume background jobs for one model (see module docs).
 
@@ -244,14 +353,24 @@ class JobManager:
     ``max_queued_total``: the same for everyone together; ``max_queued_per_group``: the
     same for the jobs submitted with one ``group`` key; ``runner``: the job function
     (default :func:`fsour_runner`, with ``judge_options`` for its judges);
-    ``progress_interval``: seconds between progress writes to the store.
+    ``progress_interval``: seconds between progress writes to the store. ``window``: a
+    function that wraps a function into a GPU window of ``chunk_seconds`` seconds (e.g.
+    ``spaces.GPU(duration=chunk_seconds)``): each job then runs as a sequence of such
+    windows, each resuming from the last checkpoint (see module docs); None (default), or
+    a window that returns the function itself: a job runs in one call in the worker
+    thread.
     """
 
     def __init__(self, moe: MoEModel, store: RouteStore, *, max_queued_per_session: int = 4,
                  max_queued_total: int = 64, max_queued_per_group: int = 8,
                  runner: Runner | None = None,
                  progress_interval: float = 0.5,
-                 judge_options: Callable[[str], dict] | None = None):
+                 judge_options: Callable[[str], dict] | None = None,
+                 window: Callable[[Callable], Callable] | None = None,
+                 chunk_seconds: float = GPU_CHUNK_SECONDS):
+        if window is not None and not (isinstance(chunk_seconds, (int, float))
+                                       and math.isfinite(chunk_seconds) and chunk_seconds > 0):
+            raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
         self.moe, self.store = moe, store
         self.runner = runner or functools.partial(fsour_runner, judge_options=judge_options)
         self.max_queued_per_session = max_queued_per_session
@@ -259,6 +378,12 @@ class JobManager:
         self.max_queued_per_group = max_queued_per_group
         self._groups: dict[str, str] = {}  # job id -> group (client address), in memory
         self.progress_interval = progress_interval
+        self.window, self.chunk_seconds = window, float(chunk_seconds)
+        chunk = self.run_chunk
+        wrapped = window(chunk) if window is not None else chunk
+        # a window that wraps nothing (``spaces`` outside ZeroGPU): jobs run in one piece
+        self._windowed = wrapped if wrapped is not chunk else None
+        self._pid = os.getpid()
         self._lock = threading.Condition(threading.RLock())
         self._queue: collections.deque[str] = collections.deque()
         self._cancel: dict[str, threading.Event] = {}
@@ -291,8 +416,8 @@ class JobManager:
     def status(self, job_id: str) -> dict:
         """The job as a JSON-able dict: id, kind, session, status, params, progress
         (iteration, position, layer, num_positions, num_layers, best_logprob,
-        forward_passes, elapsed, eta_seconds, history...), result, error, route_id,
-        created, updated."""
+        forward_passes, elapsed, eta_seconds, history, chunks: the GPU windows it has
+        used, None without windows...), result, error, route_id, created, updated."""
         return self._as_dict(self.store.get_job(job_id))
 
     def list(self, session: str | None = None, limit: int = 100) -> list[dict]:
@@ -311,6 +436,7 @@ class JobManager:
             elif rec.status == "running":
                 self._user_cancelled.add(job_id)
                 self._cancel.setdefault(job_id, threading.Event()).set()
+                self.store.request_stop(job_id, "cancel")  # for a chunk in another process
         return self.status(job_id)
 
     def resume(self, job_id: str, group: str | None = None) -> dict:
@@ -336,6 +462,10 @@ class JobManager:
             self._stopping = True
             if self._current is not None:
                 self._cancel.setdefault(self._current, threading.Event()).set()
+                try:
+                    self.store.request_stop(self._current, "shutdown")
+                except Exception:  # noqa: BLE001 - the in-process flag is set anyway
+                    log.exception("job %s: could not store the stop request", self._current)
             self._lock.notify_all()
         if wait:
             self._thread.join(timeout)
@@ -344,6 +474,33 @@ class JobManager:
     def alive(self) -> bool:
         """Whether the worker thread is running."""
         return self._thread.is_alive()
+
+    @property
+    def chunked(self) -> bool:
+        """Whether jobs run as a sequence of GPU windows (a ``window`` that wraps)."""
+        return self._windowed is not None
+
+    def run_chunk(self, job_id: str, longest: float = 0.0) -> dict:
+        """Run the 'running' job ``job_id`` for one GPU window of :attr:`chunk_seconds`
+        (what ``window`` wraps; see the module docs) and return its outcome as plain data:
+        ``result``, ``state`` (the checkpoint text), ``cancelled``, the route's fields,
+        ``stop`` (why it stopped early: 'budget', 'stop', 'lost' or None), ``longest``
+        (the longest gap between two polls, for the next chunk), ``progress``; or
+        ``{"error": one line}`` when the search failed, ``{"lost": True}`` when the job is
+        not running. It may run in a forked process: it reaches the job only through the
+        store's file, with a connection of its own there (an SQLite connection must not
+        cross a fork), and learns of a cancel or a shutdown from the store's stop
+        requests. ``longest``: the longest gap of the chunks before (seconds)."""
+        here = os.getpid() == self._pid
+        store = self.store if here else None
+        try:
+            store = store or RouteStore(self.store.path)
+            return self._chunk(store, job_id, float(longest), here)
+        except BaseException as exc:  # noqa: BLE001 - any failure ends this job only
+            return {"error": one_line(exc, limit=500, with_type=True)}
+        finally:
+            if not here and store is not None:
+                store.close()
 
     # -- internals ------------------------------------------------------------------------
     def _check_room(self, session: str | None, group: str | None = None) -> None:
@@ -397,6 +554,7 @@ class JobManager:
                     return
                 job_id = self._queue.popleft()
                 try:
+                    self.store.clear_stop(job_id)  # a request a crash left behind
                     started = self.store.update_job(job_id, status="running",
                                                     where_status="queued")
                 except Exception:  # noqa: BLE001 - the worker must keep serving
@@ -406,7 +564,10 @@ class JobManager:
                     continue
                 self._current = job_id
             try:
-                self._run(job_id)
+                if self._windowed is None:
+                    self._run(job_id)
+                else:
+                    self._run_chunked(job_id)
             except BaseException as exc:  # noqa: BLE001 - store trouble while failing a job
                 log.exception("job %s: bookkeeping failed", job_id)
                 try:
@@ -420,60 +581,131 @@ class JobManager:
                     self._live.pop(job_id, None)
                     self._cancel.pop(job_id, None)
                     self._user_cancelled.discard(job_id)
+                    try:
+                        self.store.clear_stop(job_id)
+                    except Exception:  # noqa: BLE001 - a stale request is cleared at the next run
+                        log.exception("job %s: could not clear its stop request", job_id)
 
     def _run(self, job_id: str) -> None:
+        """The job in one call of the runner, in this thread."""
         rec = self.store.get_job(job_id)
         stop = self._cancel.setdefault(job_id, threading.Event())
         params = rec.params
         tracker = _Progress(rec.progress, params.get("max_iters"))
-        last_write = [0.0]
-
-        def on_event(ev: Any) -> None:
-            progress = tracker.update(ev)
-            self._live[job_id] = progress
-            fields: dict[str, Any] = {}
-            state = _get(ev, "state")
-            if state is not None:
-                fields["state"] = _state_text(state)
-            now = time.monotonic()
-            if (now - last_write[0] >= self.progress_interval
-                    or _get(ev, "kind") in _MILESTONES):
-                fields["progress"], last_write[0] = progress, now
-            if fields and not self.store.update_job(job_id, where_status="running", **fields):
-                stop.set()  # someone else took the job over (e.g. marked it interrupted)
-
+        report = _Reporter(self.store, job_id, tracker, self.progress_interval, self._live,
+                           stop.set)  # lost: someone else took the job over
         try:
-            result = self.runner(self.moe, params, on_event, stop.is_set, rec.state)
+            result = self.runner(self.moe, params, report, stop.is_set, rec.state)
         except BaseException as exc:  # noqa: BLE001 - any failure ends this job only
             # (SystemExit, KeyboardInterrupt raised by a runner included: here they would
             # kill the worker thread, leave the job 'running' and stall the queue)
             log.warning("job %s failed: %s", job_id, one_line(exc, limit=500, with_type=True))
-            self.store.update_job(job_id, status="failed", error=one_line(exc, limit=500, with_type=True),
-                                  progress=tracker.snapshot(), where_status="running")
+            self._fail(job_id, one_line(exc, limit=500, with_type=True), tracker.snapshot())
             return
-        to_dict = getattr(result, "to_dict", None)
-        result_dict = to_dict() if callable(to_dict) else dict(result)
-        state = _state_text(_get(result, "state"))
-        extra = {"state": state} if state is not None else {}
-        if _get(result, "cancelled", False):
-            status = "cancelled" if job_id in self._user_cancelled or not self._stopping \
-                else "interrupted"
-            self.store.update_job(job_id, status=status, result=result_dict,
-                                  progress=tracker.snapshot(), where_status="running", **extra)
+        self._finish(job_id, params, _outcome(result, params), tracker.snapshot())
+
+    def _run_chunked(self, job_id: str) -> None:
+        """The job as a sequence of GPU windows (see the module docs)."""
+        rec = self.store.get_job(job_id)
+        stop = self._cancel.setdefault(job_id, threading.Event())
+        longest, stalled, out = 0.0, 0, None
+        while not stop.is_set():
+            before = rec.state
+            try:
+                out = self._windowed(job_id, longest)
+            except Exception as exc:  # noqa: BLE001 - the window failed (past its duration,
+                # no GPU free, quota): the chunk wrote its checkpoints, the next one resumes
+                rec, out = self.store.get_job(job_id), None
+                if rec.status != "running":
+                    return
+                stalled = 0 if rec.state != before else stalled + 1
+                why = one_line(exc, limit=300, with_type=True)
+                log.warning("job %s: a GPU window failed (%s)", job_id, why)
+                if stalled >= MAX_STALLED_CHUNKS:
+                    self._fail(job_id, (
+                        f"{stalled} GPU windows in a row ended without a new checkpoint "
+                        f"(last: {why}); one search step or answer generation may take "
+                        f"longer than the {self.chunk_seconds:g} s window: give it more "
+                        "seconds (EXPLORER_GPU_CHUNK_SECONDS), fewer candidates or fewer "
+                        "new tokens"))
+                    return
+                continue
+            if out.get("error") is not None:
+                log.warning("job %s failed: %s", job_id, out["error"])
+                self._fail(job_id, out["error"], out.get("progress"))
+                return
+            if out.get("lost"):
+                return  # someone else took the job over: nothing of ours to store
+            stalled, longest = 0, max(longest, out["longest"])
+            if not (out["cancelled"] and out["stop"] == "budget"):
+                break  # done, or stopped by a cancel or a shutdown
+            rec = self.store.get_job(job_id)
+        if out is None:  # stopped after a failed window: the stored checkpoint stays
+            self.store.update_job(job_id, status=self._stop_status(job_id),
+                                  where_status="running")
+        elif out["cancelled"] and out["stop"] == "budget":  # stopped between two windows
+            self._finish(job_id, rec.params, out, dict(out["progress"], kind="cancelled",
+                                                       eta_seconds=None, eta_max_seconds=None))
+        else:
+            self._finish(job_id, rec.params, out, out["progress"])
+
+    def _chunk(self, store: RouteStore, job_id: str, longest: float, here: bool) -> dict:
+        rec = store.get_job(job_id)
+        if rec.status != "running":
+            return {"lost": True}
+        params = rec.params
+        tracker = _Progress(rec.progress, params.get("max_iters"))
+        tracker.data["chunks"] = (tracker.data.get("chunks") or 0) + 1
+        event = self._cancel.get(job_id) if here else None  # another process's is a copy
+        clock = _ChunkClock(self.chunk_seconds * (1 - CHUNK_RESERVE), longest,
+                            lambda: (event is not None and event.is_set())
+                            or store.stop_requested(job_id) is not None)
+        live = self._live if here else {}  # another process's copy would only grow
+        report = _Reporter(store, job_id, tracker, self.progress_interval, live, clock.lose)
+        if not store.update_job(job_id, where_status="running", progress=tracker.snapshot()):
+            return {"lost": True}
+
+        def on_event(ev: Any) -> None:
+            report(ev, quiet=clock.reason == "budget" and _get(ev, "kind") == "cancelled")
+
+        result = self.runner(self.moe, params, on_event, clock.should_stop, rec.state)
+        out = _outcome(result, params)
+        if out["cancelled"] and clock.reason == "budget":
+            fields = {"state": out["state"]} if out["state"] is not None else {}
+            if not store.update_job(job_id, where_status="running",
+                                    progress=tracker.snapshot(), **fields):
+                clock.lose()
+        out.update(stop=clock.reason, longest=clock.longest, progress=tracker.snapshot(),
+                   lost=clock.reason == "lost")
+        return out
+
+    def _fail(self, job_id: str, error: str, progress: dict | None = None) -> None:
+        fields = {"progress": progress} if progress is not None else {}
+        self.store.update_job(job_id, status="failed", error=error, where_status="running",
+                              **fields)
+
+    def _stop_status(self, job_id: str) -> str:
+        return "cancelled" if job_id in self._user_cancelled or not self._stopping \
+            else "interrupted"
+
+    def _finish(self, job_id: str, params: dict, out: dict, progress: dict) -> None:
+        """Store a runner's outcome: 'cancelled' or 'interrupted' with its checkpoint, or
+        'done' with its route saved to the library."""
+        extra = {"state": out["state"]} if out["state"] is not None else {}
+        if out["cancelled"]:
+            self.store.update_job(job_id, status=self._stop_status(job_id),
+                                  result=out["result"], progress=progress,
+                                  where_status="running", **extra)
             return
-        route = _get(result, "route")
-        route = route if isinstance(route, Route) else Route.from_dict(route or {"edits": []})
-        verdict = _get(result, "verdict")
+        route = Route.from_dict(out["route"])
         self.store.finish_job(
             job_id, route, params["prompt"], getattr(self.moe, "name", "") or "",
             route_fields={
-                "target": _get(result, "target") or params.get("target"),
-                "target_logprob": _finite(_get(result, "logprob")),
-                "success": _get(result, "success"),
-                "judge": _get(verdict, "judge") if verdict is not None else params.get("judge"),
-                "completion": _get(result, "completion"), "source": "fsour",
+                "target": out["target"], "target_logprob": out["logprob"],
+                "success": out["success"], "judge": out["judge"],
+                "completion": out["completion"], "source": "fsour",
                 "meta": {"job_id": job_id, "params": params,
-                         "forward_passes": _get(result, "forward_passes"),
-                         "seconds": _get(result, "seconds")}},
-            where_status="running", status="done", result=result_dict, error=None,
-            progress=tracker.snapshot(), **extra)
+                         "forward_passes": out["forward_passes"],
+                         "seconds": out["seconds"]}},
+            where_status="running", status="done", result=out["result"], error=None,
+            progress=progress, **extra)

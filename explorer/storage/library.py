@@ -1,11 +1,14 @@
 """SQLite route library and job table (plain ``sqlite3``, WAL mode, no ORM).
 
-One file, ``<data dir>/explorer.sqlite3``, holds two tables:
+One file, ``<data dir>/explorer.sqlite3``, holds three tables:
 
 - ``routes``: saved routes with the prompt, model, target log-prob, judge verdict and
   completion they were found with (:class:`StoredRoute`);
 - ``jobs``: background searches with their parameters, progress, resumable checkpoint
-  and result (:class:`JobRecord`, driven by :mod:`explorer.storage.jobs`).
+  and result (:class:`JobRecord`, driven by :mod:`explorer.storage.jobs`);
+- ``job_stops``: requests to stop a running job (a user's cancel, the app's shutdown),
+  read by a search that runs in another process (a ZeroGPU window) and cannot see the
+  app's memory (:meth:`RouteStore.request_stop`).
 
 Every write runs in one transaction, so a crash never leaves a half-written row. One
 connection is shared between threads behind a lock; other processes may open the same
@@ -73,6 +76,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_session ON jobs(session, status);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
+# Added after schema version 1 without a version bump: older explorers ignore the table.
+_STOPS = """
+CREATE TABLE IF NOT EXISTS job_stops (
+    job_id    TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    reason    TEXT NOT NULL,
+    requested TEXT NOT NULL
+);
+"""
+STOP_REASONS = ("cancel", "shutdown")
 
 
 class StoreError(ValueError):
@@ -209,6 +221,7 @@ class RouteStore:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
+                self._add_stops()
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise StoreError(f"cannot open the route library in {self.data_dir}: {reason}; "
@@ -229,6 +242,11 @@ class RouteStore:
                 if self._conn.in_transaction:
                     self._conn.rollback()
                 raise
+
+    def _add_stops(self) -> None:
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                  "name = 'job_stops'").fetchone():
+            self._conn.executescript(_STOPS)
 
     def _write(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._lock, self._conn:  # one transaction: committed or rolled back
@@ -567,6 +585,29 @@ class RouteStore:
         sql = ("SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
                + f" ORDER BY created {order}, rowid {order} LIMIT ?")
         return [JobRecord._from_row(r) for r in self._read(sql, (*args, max(0, int(limit))))]
+
+    def request_stop(self, job_id: str, reason: str) -> None:
+        """Ask whoever runs job ``job_id`` to stop (``reason``: 'cancel' or 'shutdown').
+        The job's status does not change here: the runner stores it when it stops. A
+        search running in another process polls :meth:`stop_requested`."""
+        if reason not in STOP_REASONS:
+            raise StoreError(f"stop reason must be one of {STOP_REASONS}, got {reason!r}")
+        try:
+            self._write("INSERT OR REPLACE INTO job_stops (job_id, reason, requested) "
+                        "VALUES (?,?,?)", (str(job_id), reason, utcnow()))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"no job with id {job_id}") from None
+
+    def stop_requested(self, job_id: str) -> str | None:
+        """The reason of a pending stop request for job ``job_id`` ('cancel',
+        'shutdown'), or None."""
+        rows = self._read("SELECT reason FROM job_stops WHERE job_id = ?", (str(job_id),))
+        return rows[0][0] if rows else None
+
+    def clear_stop(self, job_id: str) -> None:
+        """Forget a stop request for job ``job_id`` (once the job has stopped, or before it
+        runs again)."""
+        self._write("DELETE FROM job_stops WHERE job_id = ?", (str(job_id),))
 
     def mark_interrupted(self) -> list[str]:
         """Mark every 'running' job 'interrupted' (call at startup, before any worker
