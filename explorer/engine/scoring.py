@@ -75,7 +75,8 @@ class ReferenceEngine:
         self.moe, self.prompt_ids, self.target_ids = moe, list(prompt_ids), list(target_ids)
         self.forward_passes = 0
         self.rechecks = 0  # near-tie decisions re-taken on reference scores (by the search)
-        self.recheck_passes = 0  # the unbatched forwards those re-checks ran
+        # the unbatched forwards those re-checks and each attempt's reported log-prob ran
+        self.recheck_passes = 0
         self._exact: dict[tuple, float] = {}  # route edits -> reference score
 
     def reference_score(self, route: Route) -> float:

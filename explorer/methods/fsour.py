@@ -257,6 +257,22 @@ def reached(eng, route: Route, best: float, threshold: float, band: float) -> bo
     return eng.reference_score(route) >= threshold
 
 
+def reported(eng, route: Route) -> float:
+    """The log-prob a finished restart reports for ``route`` (its attempt's, the result's
+    and the route's ``info["logprob"]``): the reference computation's score (memoised; an
+    unbatched forward counted in ``eng.recheck_passes`` where the search has not run it).
+
+    The search's own best is the score of the kept candidate in the batch that scored it,
+    and a batched score moves with the batch's rows and the torch threads that split its
+    products (one float32 ulp, 3.8e-6 at log-prob -32, between a lone and a multi-prompt
+    batch of the same route). Decisions are immune (see :func:`choose`), but a reported
+    number is not, and :func:`_best_attempt` decides on the reported numbers: taken from
+    the reference computation they are the same for every engine and batch (one unbatched
+    forward of the route, whatever ran before it), at any torch thread count.
+    """
+    return eng.reference_score(route)
+
+
 class _Search:
     """One prompt's search, as a generator of :class:`ScoreRequest` (see :func:`fsour`)."""
 
@@ -376,6 +392,7 @@ class _Search:
                 if done:
                     break
                 st.t_index, st.l_index = t + 1, 0
+            st.best_logprob = reported(eng, route)
             st.phase = "generate"
             gen = yield GenerateRequest(self.ids, route, self.max_new_tokens)
             verdict = self.judge.judge(self.prompt, gen.text)
@@ -405,7 +422,9 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     ``state`` to resume from. ``order="rosais"`` walks the MoE layers of each position in
     RoSais order (highest first; its scoring passes are counted) instead of the paper's
     bottom-up order. ``info["rechecks"]``: decisions re-taken on the reference computation
-    because the engine's numbers left them within the near-tie band (see :func:`choose`).
+    because the engine's numbers left them within the near-tie band (see :func:`choose`);
+    ``info["recheck_passes"]``: the unbatched reference forwards they ran, with those of each
+    attempt's log-prob, which is the reference computation's (see :func:`reported`).
     ``system``: a system prompt to template the prompt with (positions then index that
     templated text; recorded in the route's ``info`` and the state, so a resumed search
     keeps it).
@@ -452,8 +471,9 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
     """F-SOUR over many prompts at once: yields ``(index, result)`` as each search finishes.
 
     Each result is what ``fsour(moe, prompts[index], targets[index], ...)`` returns with the
-    same settings (same route, passes, attempts, completion and verdict; log-probs equal up
-    to float rounding), but up to ``prompt_batch`` searches run together (default:
+    same settings (same route, passes, attempts, log-probs, completion and verdict: decisions
+    and reported log-probs are taken on the same numbers, see :func:`choose` and
+    :func:`reported`), but up to ``prompt_batch`` searches run together (default:
     :func:`prompt_batch_size`): the steps of all searches at the same position and layer
     share one batched forward (their prefixes have the same length; suffixes are
     right-padded; every row has its own route), and the searches furthest behind advance
