@@ -28,6 +28,10 @@ class ModelCache:
     paddable_cache: bool | None = None
     #: where the chat template puts a system prompt: "role" or "merged" (None: not probed)
     system_placement: str | None = None
+    #: what the chat template was probed for, by name (absent: not probed yet):
+    #: "end_of_turn" (the token id that ends an assistant turn, None: none found); see
+    #: MoEModel
+    template_probes: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
@@ -55,3 +59,4 @@ class ModelCache:
             self.logits_to_keep = None
             self.paddable_cache = None
             self.system_placement = None
+            self.template_probes.clear()

@@ -30,6 +30,8 @@ from explorer.core.route import Route
 PROMPT_CAP_NAME = "EXPLORER_MAX_PROMPT_TOKENS"
 #: What :meth:`MoEModel.system_placement` renders to find a template's system turn.
 _SYSTEM_MARKER = "Marker system prompt 7f3a."
+#: What :attr:`MoEModel.end_of_turn_id` renders as an assistant reply to find its end.
+_REPLY_MARKER = "Marker reply 7f3a."
 
 
 def check_system(system: Any) -> str | None:
@@ -59,15 +61,54 @@ def merge_system(system: str, prompt: str) -> str:
     return f"{system}\n\n{prompt}"
 
 
+def _render(tokenizer, msgs: list[dict], **kw) -> str | None:
+    """``msgs`` through the chat template as text, or None when the template refuses."""
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
+    except Exception:  # noqa: BLE001 - templates raise their own errors
+        return None
+    return text if isinstance(text, str) else None
+
+
 def _probe_system_placement(tokenizer) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return "merged"
     msgs = [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": "Hi."}]
+    text = _render(tokenizer, msgs, add_generation_prompt=True)  # None: refuses a system turn
+    return "role" if text is not None and _SYSTEM_MARKER in text else "merged"
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """The ids of ``tokenizer``'s special tokens: the named ones (BOS, EOS, pad, ...) and
+    every added token marked special (role markers and the like)."""
+    out = {int(i) for i in getattr(tokenizer, "all_special_ids", None) or []}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    out.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    return out
+
+
+def _probe_end_of_turn(tokenizer) -> int | None:
+    # The assistant's reply as the conversation's last message (as in training data: e.g.
+    # gpt-oss's template ends it with <|return|> there, and with <|end|> inside a history).
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    msgs = [{"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": _REPLY_MARKER}]
+    text = _render(tokenizer, msgs, add_generation_prompt=False)
+    if text is None or _REPLY_MARKER not in text:
+        return None
+    tail = text[text.rindex(_REPLY_MARKER) + len(_REPLY_MARKER):]
     try:
-        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    except Exception:  # noqa: BLE001 - templates raise their own errors for a system turn
-        return "merged"
-    return "role" if isinstance(text, str) and _SYSTEM_MARKER in text else "merged"
+        ids = list(tokenizer(tail, add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode the tail: none found
+        return None
+    special = _special_ids(tokenizer)
+    for i in ids:
+        if i in special:
+            return int(i)
+        if tokenizer.decode([i]).strip():  # text after the reply comes first: no marker
+            return None
+    return None
 
 
 class MoEModel:
@@ -251,13 +292,31 @@ class MoEModel:
         return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
 
     @property
+    def end_of_turn_id(self) -> int | None:
+        """The token the chat template ends an assistant turn with (Qwen3's
+        ``<|im_end|>``, DeepSeek-V3's ``<｜end▁of▁sentence｜>``, gpt-oss's ``<|return|>``):
+        the first special token after a rendered assistant reply that is the conversation's
+        last message; None without a template or where text comes first. Probed once."""
+        probes = self.cache.template_probes
+        if "end_of_turn" not in probes:
+            probes["end_of_turn"] = _probe_end_of_turn(self.tokenizer)
+        return probes["end_of_turn"]
+
+    @property
     def eos_ids(self) -> list[int]:
+        """The token ids that end a generation: the generation config's ``eos_token_id``
+        (else the tokenizer's), then :attr:`end_of_turn_id` where they lack it (a
+        generation config may name only ``<|endoftext|>``, as Qwen3's base checkpoints'
+        do, while their chat template ends the turn with ``<|im_end|>``)."""
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None and self.tokenizer is not None:
             eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+        out = [] if eos is None else \
+            [int(x) for x in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+        eot = self.end_of_turn_id
+        if eot is not None and eot not in out:
+            out.append(eot)
+        return out
 
 
 def parameter_count(model) -> int:
