@@ -32,6 +32,9 @@ PROMPT_CAP_NAME = "EXPLORER_MAX_PROMPT_TOKENS"
 _SYSTEM_MARKER = "Marker system prompt 7f3a."
 #: What :attr:`MoEModel.end_of_turn_id` renders as an assistant reply to find its end.
 _REPLY_MARKER = "Marker reply 7f3a."
+#: The chat-template variable that switches a thinking block on or off (Qwen3's and others'
+#: templates read it); :meth:`MoEModel.template`'s ``thinking`` sets it.
+THINKING_VARIABLE = "enable_thinking"
 
 
 def check_system(system: Any) -> str | None:
@@ -76,6 +79,17 @@ def _probe_system_placement(tokenizer) -> str:
     msgs = [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": "Hi."}]
     text = _render(tokenizer, msgs, add_generation_prompt=True)  # None: refuses a system turn
     return "role" if text is not None and _SYSTEM_MARKER in text else "merged"
+
+
+def _probe_thinking(tokenizer) -> bool | None:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    msgs = [{"role": "user", "content": "Hi."}]
+    on, off, default = (_render(tokenizer, msgs, add_generation_prompt=True, **kw) for kw in
+                        ({THINKING_VARIABLE: True}, {THINKING_VARIABLE: False}, {}))
+    if on is None or off is None or on == off or default not in (on, off):
+        return None
+    return default == on
 
 
 def _special_ids(tokenizer) -> set[int]:
@@ -184,7 +198,8 @@ class MoEModel:
             raise ModelLoadError("this model has no tokenizer; pass token ids instead")
         return self.tokenizer
 
-    def template(self, prompt: str, system: str | None = None) -> str:
+    def template(self, prompt: str, system: str | None = None, *,
+                 thinking: bool | None = None) -> str:
         """The chat-templated text for one user message with the generation prompt.
 
         ``system`` (a system prompt; None or blank: none) goes in the template's system
@@ -192,18 +207,26 @@ class MoEModel:
         without a system role (e.g. Mixtral's, which refuses one) and a model without a
         template (raw prompts) get it merged into the user turn instead, ``system``, a
         blank line, then ``prompt`` (``"merged"``), as the field does for such models.
+
+        ``thinking``: for a template with a thinking switch (:attr:`thinking_default` not
+        None, e.g. Qwen3's ``enable_thinking``), True or False renders the generation
+        prompt with thinking on or off (Qwen3's "off" adds an empty thinking block); None
+        keeps the template's default. ``ValueError`` for True or False on a model whose
+        template has no switch. The mode changes positions: :meth:`provenance` records it.
         """
         tok = self._need_tokenizer()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty")
         system = check_system(system)
+        self.resolve_thinking(thinking)
         if system is not None and self.system_placement == "merged":
             prompt, system = merge_system(system, prompt), None
         if not getattr(tok, "chat_template", None):
             return prompt  # base models: the raw prompt (with a merged system prompt)
         msgs = ([{"role": "system", "content": system}] if system is not None else [])
         msgs.append({"role": "user", "content": prompt})
-        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        kw = {THINKING_VARIABLE: thinking} if thinking is not None else {}
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **kw)
 
     @property
     def system_placement(self) -> str:
@@ -216,24 +239,56 @@ class MoEModel:
             cached = self.cache.system_placement = _probe_system_placement(self.tokenizer)
         return cached
 
-    def provenance(self, system: str | None = None) -> dict[str, Any]:
+    @property
+    def thinking_default(self) -> bool | None:
+        """The default of the chat template's thinking switch (the ``enable_thinking``
+        variable: Qwen3's template, for one, generates a thinking block first unless it is
+        False): True or False, or None when the template has no such switch (rendering
+        with it on and off gives the same text) or the model has no template. Probed once
+        per model."""
+        probes = self.cache.template_probes
+        if "thinking" not in probes:
+            probes["thinking"] = _probe_thinking(self.tokenizer)
+        return probes["thinking"]
+
+    def resolve_thinking(self, thinking: bool | None = None) -> bool | None:
+        """The thinking mode a prompt is templated with for ``thinking`` (see
+        :meth:`template`): ``thinking`` itself, or :attr:`thinking_default` for None (None
+        for a template without a switch). ``ValueError`` for anything but None, True or
+        False, and for True or False where the template has no switch."""
+        if thinking is not None and not isinstance(thinking, bool):
+            raise ValueError(f"thinking must be True, False or None, got {thinking!r}")
+        default = self.thinking_default
+        if thinking is not None and default is None:
+            raise ValueError(f"{self.name}'s chat template has no thinking switch "
+                             f"({THINKING_VARIABLE}); leave thinking unset")
+        return default if thinking is None else thinking
+
+    def provenance(self, system: str | None = None, *,
+                   thinking: bool | None = None) -> dict[str, Any]:
         """The model's provenance (:meth:`ModelInfo.provenance`) plus ``system`` (and how
-        the template placed it) when a system prompt was used: what routes, traces and
-        results record in their ``info``."""
+        the template placed it) when a system prompt was used, and ``thinking`` (the mode
+        used, the template's default included) where the template has a thinking switch:
+        what routes, traces and results record in their ``info``."""
         out = dict(self.info.provenance())
         system = check_system(system)
         if system is not None:
             out.update(system=system, system_placement=self.system_placement)
+        thinking = self.resolve_thinking(thinking)
+        if thinking is not None:
+            out["thinking"] = thinking
         return out
 
-    def encode(self, prompt: str, system: str | None = None) -> list[int]:
-        """Token ids of the templated prompt (special tokens come from the template).
+    def encode(self, prompt: str, system: str | None = None, *,
+               thinking: bool | None = None) -> list[int]:
+        """Token ids of the templated prompt (special tokens come from the template;
+        ``system`` and ``thinking`` as in :meth:`template`).
 
         Raises ``ValueError`` when the templated prompt is longer than
         :attr:`max_prompt_tokens` (the model's context or the operator's cap).
         """
         cap, why = self._prompt_cap()
-        text = self.template(prompt, system)
+        text = self.template(prompt, system, thinking=thinking)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
