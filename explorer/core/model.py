@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,27 @@ def _probe_end_of_turn(tokenizer) -> int | None:
         if tokenizer.decode([i]).strip():  # text after the reply comes first: no marker
             return None
     return None
+
+
+def _token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The bytes token ``token_id`` stands for, where its vocabulary entry shows them: a
+    byte-fallback token (``<0xF0>``) or a byte-level BPE token (GPT-2's byte-to-character
+    table, as Qwen's, DeepSeek's and gpt-oss's tokenizers use); None otherwise."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(piece, str) or not piece:
+        return None
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+        return bytes([int(piece[3:5], 16)])
+    table = _byte_decoder()
+    if all(c in table for c in piece):
+        return bytes(table[c] for c in piece)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 class MoEModel:
@@ -340,8 +363,21 @@ class MoEModel:
         return cap, why
 
     def token_strings(self, ids) -> list[str]:
+        """One string per token id (the heatmap's labels): the tokenizer's decoding of
+        the token alone. A token that holds only part of a character's UTF-8 bytes (a
+        byte-level BPE piece, a byte-fallback token) decodes alone to U+FFFD; it shows its
+        bytes instead, the undecodable ones as ``\\xNN`` escapes, so that different
+        pieces look different and the pieces together are the text, byte for byte."""
         tok = self._need_tokenizer()
-        return [tok.decode([i]) for i in ids]
+        out = []
+        for i in ids:
+            text = tok.decode([i])
+            if "\ufffd" in text:
+                raw = _token_bytes(tok, i)
+                if raw is not None:
+                    text = raw.decode("utf-8", errors="backslashreplace")
+            out.append(text)
+        return out
 
     def decode(self, ids) -> str:
         return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
