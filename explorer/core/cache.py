@@ -19,7 +19,8 @@ class ModelCache:
 
     #: (num_experts, edits of one route at one layer) -> (glob (E,), table (P, E), P)
     route_rows: dict = field(default_factory=dict)
-    #: (system, prompt) -> its template layout (:func:`explorer.research.common.prompt_layout`)
+    #: (system, prompt, thinking mode) -> its template layout
+    #: (:func:`explorer.research.common.prompt_layout`)
     layouts: dict = field(default_factory=dict)
     #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
     logits_to_keep: bool | None = None
@@ -28,6 +29,10 @@ class ModelCache:
     paddable_cache: bool | None = None
     #: where the chat template puts a system prompt: "role" or "merged" (None: not probed)
     system_placement: str | None = None
+    #: what the chat template was probed for, by name (absent: not probed yet):
+    #: "thinking" (the default of its thinking switch, None: no switch) and "end_of_turn"
+    #: (the token id that ends an assistant turn, None: none found); see MoEModel
+    template_probes: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
@@ -55,3 +60,4 @@ class ModelCache:
             self.logits_to_keep = None
             self.paddable_cache = None
             self.system_placement = None
+            self.template_probes.clear()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ from explorer.core.route import Route
 PROMPT_CAP_NAME = "EXPLORER_MAX_PROMPT_TOKENS"
 #: What :meth:`MoEModel.system_placement` renders to find a template's system turn.
 _SYSTEM_MARKER = "Marker system prompt 7f3a."
+#: What :attr:`MoEModel.end_of_turn_id` renders as an assistant reply to find its end.
+_REPLY_MARKER = "Marker reply 7f3a."
+#: The chat-template variable that switches a thinking block on or off (Qwen3's and others'
+#: templates read it); :meth:`MoEModel.template`'s ``thinking`` sets it.
+THINKING_VARIABLE = "enable_thinking"
 
 
 def check_system(system: Any) -> str | None:
@@ -59,15 +66,86 @@ def merge_system(system: str, prompt: str) -> str:
     return f"{system}\n\n{prompt}"
 
 
+def _render(tokenizer, msgs: list[dict], **kw) -> str | None:
+    """``msgs`` through the chat template as text, or None when the template refuses."""
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
+    except Exception:  # noqa: BLE001 - templates raise their own errors
+        return None
+    return text if isinstance(text, str) else None
+
+
 def _probe_system_placement(tokenizer) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return "merged"
     msgs = [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": "Hi."}]
+    text = _render(tokenizer, msgs, add_generation_prompt=True)  # None: refuses a system turn
+    return "role" if text is not None and _SYSTEM_MARKER in text else "merged"
+
+
+def _probe_thinking(tokenizer) -> bool | None:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    msgs = [{"role": "user", "content": "Hi."}]
+    on, off, default = (_render(tokenizer, msgs, add_generation_prompt=True, **kw) for kw in
+                        ({THINKING_VARIABLE: True}, {THINKING_VARIABLE: False}, {}))
+    if on is None or off is None or on == off or default not in (on, off):
+        return None
+    return default == on
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """The ids of ``tokenizer``'s special tokens: the named ones (BOS, EOS, pad, ...) and
+    every added token marked special (role markers and the like)."""
+    out = {int(i) for i in getattr(tokenizer, "all_special_ids", None) or []}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    out.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    return out
+
+
+def _probe_end_of_turn(tokenizer) -> int | None:
+    # The assistant's reply as the conversation's last message (as in training data: e.g.
+    # gpt-oss's template ends it with <|return|> there, and with <|end|> inside a history).
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    msgs = [{"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": _REPLY_MARKER}]
+    text = _render(tokenizer, msgs, add_generation_prompt=False)
+    if text is None or _REPLY_MARKER not in text:
+        return None
+    tail = text[text.rindex(_REPLY_MARKER) + len(_REPLY_MARKER):]
     try:
-        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    except Exception:  # noqa: BLE001 - templates raise their own errors for a system turn
-        return "merged"
-    return "role" if isinstance(text, str) and _SYSTEM_MARKER in text else "merged"
+        ids = list(tokenizer(tail, add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode the tail: none found
+        return None
+    special = _special_ids(tokenizer)
+    for i in ids:
+        if i in special:
+            return int(i)
+        if tokenizer.decode([i]).strip():  # text after the reply comes first: no marker
+            return None
+    return None
+
+
+def _token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The bytes token ``token_id`` stands for, where its vocabulary entry shows them: a
+    byte-fallback token (``<0xF0>``) or a byte-level BPE token (GPT-2's byte-to-character
+    table, as Qwen's, DeepSeek's and gpt-oss's tokenizers use); None otherwise."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(piece, str) or not piece:
+        return None
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+        return bytes([int(piece[3:5], 16)])
+    table = _byte_decoder()
+    if all(c in table for c in piece):
+        return bytes(table[c] for c in piece)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 class MoEModel:
@@ -143,7 +221,8 @@ class MoEModel:
             raise ModelLoadError("this model has no tokenizer; pass token ids instead")
         return self.tokenizer
 
-    def template(self, prompt: str, system: str | None = None) -> str:
+    def template(self, prompt: str, system: str | None = None, *,
+                 thinking: bool | None = None) -> str:
         """The chat-templated text for one user message with the generation prompt.
 
         ``system`` (a system prompt; None or blank: none) goes in the template's system
@@ -151,18 +230,26 @@ class MoEModel:
         without a system role (e.g. Mixtral's, which refuses one) and a model without a
         template (raw prompts) get it merged into the user turn instead, ``system``, a
         blank line, then ``prompt`` (``"merged"``), as the field does for such models.
+
+        ``thinking``: for a template with a thinking switch (:attr:`thinking_default` not
+        None, e.g. Qwen3's ``enable_thinking``), True or False renders the generation
+        prompt with thinking on or off (Qwen3's "off" adds an empty thinking block); None
+        keeps the template's default. ``ValueError`` for True or False on a model whose
+        template has no switch. The mode changes positions: :meth:`provenance` records it.
         """
         tok = self._need_tokenizer()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty")
         system = check_system(system)
+        self.resolve_thinking(thinking)
         if system is not None and self.system_placement == "merged":
             prompt, system = merge_system(system, prompt), None
         if not getattr(tok, "chat_template", None):
             return prompt  # base models: the raw prompt (with a merged system prompt)
         msgs = ([{"role": "system", "content": system}] if system is not None else [])
         msgs.append({"role": "user", "content": prompt})
-        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        kw = {THINKING_VARIABLE: thinking} if thinking is not None else {}
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **kw)
 
     @property
     def system_placement(self) -> str:
@@ -175,24 +262,56 @@ class MoEModel:
             cached = self.cache.system_placement = _probe_system_placement(self.tokenizer)
         return cached
 
-    def provenance(self, system: str | None = None) -> dict[str, Any]:
+    @property
+    def thinking_default(self) -> bool | None:
+        """The default of the chat template's thinking switch (the ``enable_thinking``
+        variable: Qwen3's template, for one, generates a thinking block first unless it is
+        False): True or False, or None when the template has no such switch (rendering
+        with it on and off gives the same text) or the model has no template. Probed once
+        per model."""
+        probes = self.cache.template_probes
+        if "thinking" not in probes:
+            probes["thinking"] = _probe_thinking(self.tokenizer)
+        return probes["thinking"]
+
+    def resolve_thinking(self, thinking: bool | None = None) -> bool | None:
+        """The thinking mode a prompt is templated with for ``thinking`` (see
+        :meth:`template`): ``thinking`` itself, or :attr:`thinking_default` for None (None
+        for a template without a switch). ``ValueError`` for anything but None, True or
+        False, and for True or False where the template has no switch."""
+        if thinking is not None and not isinstance(thinking, bool):
+            raise ValueError(f"thinking must be True, False or None, got {thinking!r}")
+        default = self.thinking_default
+        if thinking is not None and default is None:
+            raise ValueError(f"{self.name}'s chat template has no thinking switch "
+                             f"({THINKING_VARIABLE}); leave thinking unset")
+        return default if thinking is None else thinking
+
+    def provenance(self, system: str | None = None, *,
+                   thinking: bool | None = None) -> dict[str, Any]:
         """The model's provenance (:meth:`ModelInfo.provenance`) plus ``system`` (and how
-        the template placed it) when a system prompt was used: what routes, traces and
-        results record in their ``info``."""
+        the template placed it) when a system prompt was used, and ``thinking`` (the mode
+        used, the template's default included) where the template has a thinking switch:
+        what routes, traces and results record in their ``info``."""
         out = dict(self.info.provenance())
         system = check_system(system)
         if system is not None:
             out.update(system=system, system_placement=self.system_placement)
+        thinking = self.resolve_thinking(thinking)
+        if thinking is not None:
+            out["thinking"] = thinking
         return out
 
-    def encode(self, prompt: str, system: str | None = None) -> list[int]:
-        """Token ids of the templated prompt (special tokens come from the template).
+    def encode(self, prompt: str, system: str | None = None, *,
+               thinking: bool | None = None) -> list[int]:
+        """Token ids of the templated prompt (special tokens come from the template;
+        ``system`` and ``thinking`` as in :meth:`template`).
 
         Raises ``ValueError`` when the templated prompt is longer than
         :attr:`max_prompt_tokens` (the model's context or the operator's cap).
         """
         cap, why = self._prompt_cap()
-        text = self.template(prompt, system)
+        text = self.template(prompt, system, thinking=thinking)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
@@ -244,20 +363,51 @@ class MoEModel:
         return cap, why
 
     def token_strings(self, ids) -> list[str]:
+        """One string per token id (the heatmap's labels): the tokenizer's decoding of
+        the token alone. A token that holds only part of a character's UTF-8 bytes (a
+        byte-level BPE piece, a byte-fallback token) decodes alone to U+FFFD; it shows its
+        bytes instead, the undecodable ones as ``\\xNN`` escapes, so that different
+        pieces look different and the pieces together are the text, byte for byte."""
         tok = self._need_tokenizer()
-        return [tok.decode([i]) for i in ids]
+        out = []
+        for i in ids:
+            text = tok.decode([i])
+            if "\ufffd" in text:
+                raw = _token_bytes(tok, i)
+                if raw is not None:
+                    text = raw.decode("utf-8", errors="backslashreplace")
+            out.append(text)
+        return out
 
     def decode(self, ids) -> str:
         return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
 
     @property
+    def end_of_turn_id(self) -> int | None:
+        """The token the chat template ends an assistant turn with (Qwen3's
+        ``<|im_end|>``, DeepSeek-V3's ``<｜end▁of▁sentence｜>``, gpt-oss's ``<|return|>``):
+        the first special token after a rendered assistant reply that is the conversation's
+        last message; None without a template or where text comes first. Probed once."""
+        probes = self.cache.template_probes
+        if "end_of_turn" not in probes:
+            probes["end_of_turn"] = _probe_end_of_turn(self.tokenizer)
+        return probes["end_of_turn"]
+
+    @property
     def eos_ids(self) -> list[int]:
+        """The token ids that end a generation: the generation config's ``eos_token_id``
+        (else the tokenizer's), then :attr:`end_of_turn_id` where they lack it (a
+        generation config may name only ``<|endoftext|>``, as Qwen3's base checkpoints'
+        do, while their chat template ends the turn with ``<|im_end|>``)."""
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None and self.tokenizer is not None:
             eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+        out = [] if eos is None else \
+            [int(x) for x in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+        eot = self.end_of_turn_id
+        if eot is not None and eot not in out:
+            out.append(eot)
+        return out
 
 
 def parameter_count(model) -> int:

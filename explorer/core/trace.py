@@ -105,15 +105,17 @@ class RoutingTrace:
 
 def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
           record_logits: bool = True, system: str | None = None,
-          on_token: Callable[[str], None] | None = None) -> RoutingTrace:
+          on_token: Callable[[str], None] | None = None, *,
+          thinking: bool | None = None) -> RoutingTrace:
     """Run the templated ``prompt`` (greedy continuation of ``max_new_tokens``), recording
     per MoE layer and token the experts used, their weights and the raw router logits.
 
     ``route`` (validated against the model and the prompt length) is active on prompt
-    and generated tokens. ``system``: a system prompt (see :meth:`MoEModel.template`;
-    recorded in ``info``). ``on_token`` streams the generated text.
+    and generated tokens. ``system``: a system prompt, ``thinking``: the template's
+    thinking mode (see :meth:`MoEModel.template`; both recorded in ``info``). ``on_token``
+    streams the generated text.
     """
-    ids = moe.encode(prompt, system)
+    ids = moe.encode(prompt, system, thinking=thinking)
     if route is not None:
         route.validate(moe.info, num_tokens=len(ids))
     gen, ctl = generate(moe, ids, route, max_new_tokens=max_new_tokens, record=True,
@@ -128,7 +130,7 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
         if record_logits and "logits" in rec:
             logits.append(rec["logits"][0, :n].tolist())
     infos = {h.info.index: h.info for h in moe.handles}
-    info = moe.provenance(system)
+    info = moe.provenance(system, thinking=thinking)
     info.update({"max_new_tokens": max_new_tokens, "decoding": "greedy"})
     return RoutingTrace(
         prompt=prompt, tokens=moe.token_strings(gen.ids), token_ids=gen.ids,

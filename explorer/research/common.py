@@ -198,21 +198,27 @@ class Layout:
         return position < self.prefix or position >= self.num_tokens - self.suffix
 
 
-def prompt_layout(moe: MoEModel, prompt: str, system: str | None = None) -> Layout:
-    """Where the chat template's own tokens are in ``moe.encode(prompt, system)`` (cached
-    in the model's own :attr:`~explorer.core.model.MoEModel.cache`). A system prompt's
-    tokens count as template tokens (they come before the prompt)."""
+def prompt_layout(moe: MoEModel, prompt: str, system: str | None = None, *,
+                  thinking: bool | None = None) -> Layout:
+    """Where the chat template's own tokens are in ``moe.encode(prompt, system,
+    thinking=thinking)`` (cached in the model's own
+    :attr:`~explorer.core.model.MoEModel.cache`). A system prompt's tokens count as
+    template tokens (they come before the prompt), and so does a thinking block."""
+    mode = moe.resolve_thinking(thinking)
+
     def build() -> Layout:
-        ids = moe.encode(prompt, system)
-        return _layout_from_offsets(moe, prompt, ids, system) or \
-            layout_from_probes(moe, ids, system)
-    return moe.cache.memo(moe.cache.layouts, (check_system(system), prompt), build, limit=4096)
+        ids = moe.encode(prompt, system, thinking=thinking)
+        return _layout_from_offsets(moe, prompt, ids, system, thinking) or \
+            layout_from_probes(moe, ids, system, thinking=thinking)
+    return moe.cache.memo(moe.cache.layouts, (check_system(system), prompt, mode), build,
+                          limit=4096)
 
 
 def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int],
-                         system: str | None = None) -> Layout | None:
+                         system: str | None = None,
+                         thinking: bool | None = None) -> Layout | None:
     try:
-        text = moe.template(prompt, system)
+        text = moe.template(prompt, system, thinking=thinking)
         system = check_system(system)
         after = 0 if system is None else max(0, text.find(system)) + len(system)
         start = text.find(prompt, after)
@@ -232,12 +238,13 @@ def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int],
     return Layout(len(ids), first, len(ids) - 1 - last)
 
 
-def layout_from_probes(moe: MoEModel, ids: list[int], system: str | None = None) -> Layout:
-    """The layout of ``ids`` (a prompt templated with ``system``) from the tokens it shares
-    at its start and end with two probe prompts templated the same way."""
+def layout_from_probes(moe: MoEModel, ids: list[int], system: str | None = None, *,
+                       thinking: bool | None = None) -> Layout:
+    """The layout of ``ids`` (a prompt templated with ``system`` and ``thinking``) from the
+    tokens it shares at its start and end with two probe prompts templated the same way."""
     pre, suf = len(ids), len(ids)
     for probe in ("Hello there.", "What is 7?"):
-        other = moe.encode(probe, system)
+        other = moe.encode(probe, system, thinking=thinking)
         n = 0
         while n < min(len(ids), len(other)) and ids[n] == other[n]:
             n += 1
