@@ -828,3 +828,38 @@ def test_a_search_link_opens_only_in_the_browser_that_owns_it(served, browser):
     assert demo.explorer.store.get_job(job).status == "done"  # and untouched
     stranger.context.close()
     owner_ctx.close()
+
+
+# -- issue 22 -------------------------------------------------------------------------------
+Z_COLUMNS = ("() => { const g = document.querySelector('#route-heatmap div[data-testid="
+             "\"plotly\"]'); return g.data[0].z[0].length }")
+
+
+def test_the_system_prompt_field_templates_inspect_and_saved_routes_keep_it(served, browser):
+    from explorer.core.trace import trace
+    demo, moe = served
+    system = "You are a careful assistant."
+    page, errors = _open(browser, demo)
+    page.get_by_text("System prompt (optional)").click()
+    page.fill("#system-box textarea", system)
+    _generate(page, SHORT, 4)
+    want = trace(moe, SHORT, max_new_tokens=4, system=system)
+    plain = trace(moe, SHORT, max_new_tokens=4)
+    assert want.num_tokens > plain.num_tokens  # the system turn's tokens are in the trace
+    page.wait_for_function(f"() => ({Z_COLUMNS})() === {want.num_tokens}", timeout=30_000)
+    assert page.input_value("#baseline-answer textarea") == want.completion
+    layer = moe.moe_layers[0]
+    _select(page, layer, 1)
+    _add_everywhere(page, layer, [0, 1])
+    page.click("#save-route-btn")
+    toast = page.wait_for_selector("text=/Saved as route #\\d+/", timeout=30_000)
+    rid = int(toast.inner_text().split("#")[1].split()[0])
+    stored = demo.explorer.store.get_route(rid)
+    assert stored.route.system == system and stored.prompt == SHORT
+    # the same edits without the system prompt are another route
+    page.fill("#system-box textarea", "")
+    page.click("#save-route-btn")
+    toast = page.wait_for_selector(f"text=/Saved as route #(?!{rid}\\b)\\d+/", timeout=30_000)
+    other = int(toast.inner_text().split("#")[1].split()[0])
+    assert other != rid and demo.explorer.store.get_route(other).route.system is None
+    assert not errors, errors
