@@ -236,6 +236,20 @@ def test_protect_defense_pins_routers_and_blocks_their_masks(ctx):
     assert before["none"] == after["none"]  # no attack: the protected model is the model
 
 
+def test_self_reminder_defense_with_the_baseline_attacks(ctx):
+    """The view's self-reminder mode needs no evidence; steer and random are attacks."""
+    from explorer.research.defense import SELF_REMINDER
+    fig, table, md, dj = ur.defense_view(ctx, "", "", "", SHORT[0], "",
+                                         ["none", "steer", "random"], 2, 1, 2, 1, 6,
+                                         "keyword", "self-reminder")
+    d = Route.from_json(dj)
+    assert not d.edits and d.defense_system == SELF_REMINDER
+    assert table["attack"].tolist() == ["none", "steer", "random"]
+    assert "system prompt" in md and "evidence: 0 routes" in md
+    assert "Unknown defense mode" in _err(ur.defense_view, ctx, "", "", "", SHORT[0], "",
+                                          ["none"], 2, 1, 1, 1, 6, "keyword", "magic")
+
+
 # -- RoSais uncertainty ----------------------------------------------------------------------
 def test_rosais_uncertainty_views(ctx):
     moe = ctx.moe
