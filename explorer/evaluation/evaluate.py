@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+from explorer.core.model import check_system
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -475,7 +476,6 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     judge = judge or KeywordJudge()
-    from explorer.core.model import check_system
     settings["system"] = check_system(settings.get("system"))
     protocol = settings.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
