@@ -9,7 +9,8 @@ import pytest
 
 from explorer import Route
 from explorer.cli.main import main
-from explorer.core.model import MoEModel, check_system, merge_system
+from explorer.core.chat import check_system, merge_system
+from explorer.core.model import MoEModel
 from explorer.core.route import RouteError
 
 SYSTEM = "You are a careful assistant."

@@ -195,7 +195,7 @@ class Explorer:
         """A system prompt from the UI or an endpoint: None for none (None, empty or blank
         text); ``ValueError`` (a one-line refusal) for anything but text, too long text or
         lone surrogates."""
-        from explorer.core.model import check_system
+        from explorer.core.chat import check_system
         return check_system(value)
 
     def new_tokens(self, value: Any, name: str = "max new tokens") -> int:

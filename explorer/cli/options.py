@@ -67,7 +67,7 @@ def add_system_args(p: argparse.ArgumentParser, default: str = "none") -> None:
 def system_from_args(args) -> str | None:
     """The system prompt ``--system`` / ``--system-file`` give (None: none; a blank one is
     none), or :class:`UsageError` (unreadable file, not text, too long)."""
-    from explorer.core.model import check_system
+    from explorer.core.chat import check_system
     text = getattr(args, "system", None)
     path = getattr(args, "system_file", None)
     if path is not None:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from explorer.core.cache import ModelCache
+from explorer.core.chat import check_system, merge_system
 from explorer.core.control import RouteControl, defended
-from explorer.core.defaults import MAX_SYSTEM_CHARS
 from explorer.core.errors import ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.paths import DEMO_MODEL_DIR
@@ -37,33 +37,6 @@ _REPLY_MARKER = "Marker reply 7f3a."
 #: The chat-template variable that switches a thinking block on or off (Qwen3's and others'
 #: templates read it); :meth:`MoEModel.template`'s ``thinking`` sets it.
 THINKING_VARIABLE = "enable_thinking"
-
-
-def check_system(system: Any) -> str | None:
-    """A system prompt as the library takes it: None for none (None, empty or blank
-    text), else the text; ``ValueError`` for anything but text, text longer than
-    :data:`~explorer.core.defaults.MAX_SYSTEM_CHARS` or lone surrogates."""
-    if system is None:
-        return None
-    if not isinstance(system, str):
-        raise ValueError(f"the system prompt must be text, got {type(system).__name__}")
-    if not system.strip():
-        return None
-    if len(system) > MAX_SYSTEM_CHARS:
-        raise ValueError(f"the system prompt has {len(system)} characters; at most "
-                         f"{MAX_SYSTEM_CHARS} are accepted")
-    try:
-        system.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the system prompt is not valid Unicode text (lone surrogates)") \
-            from None
-    return system
-
-
-def merge_system(system: str, prompt: str) -> str:
-    """The user turn of a template without a system role: the system prompt, a blank
-    line, then the prompt."""
-    return f"{system}\n\n{prompt}"
 
 
 def _render(tokenizer, msgs: list[dict], **kw) -> str | None:

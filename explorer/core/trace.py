@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.core.chat import check_system
 from explorer.core.forward import generate
-from explorer.core.model import check_system
 from explorer.core.route import Route
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.core.chat import check_system
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
-from explorer.core.model import check_system
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel

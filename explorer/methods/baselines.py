@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from explorer.core.model import check_system
+from explorer.core.chat import check_system
 from explorer.core.route import Route
 from explorer.core.trace import trace
 from explorer.methods.fsour import sample_set

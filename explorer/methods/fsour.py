@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from explorer.core.chat import check_system
 from explorer.core.control import active_defense
 from explorer.core.defaults import (
     DEFAULT_TARGET,
@@ -35,7 +36,6 @@ from explorer.core.defaults import (
     TIE_BAND_REL,
 )
 from explorer.core.forward import generate, generate_many
-from explorer.core.model import check_system
 from explorer.core.route import Route
 from explorer.engine.scoring import MultiScorer, make_engine
 from explorer.judges import Verdict, get_judge

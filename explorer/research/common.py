@@ -10,10 +10,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from explorer.core.chat import check_system
 from explorer.core.control import active_defense
 from explorer.core.errors import RouteError
 from explorer.core.forward import prefill, reusable, target_logprob
-from explorer.core.model import check_system
 from explorer.core.route import Route, RouteEdit
 from explorer.engine.batching import memory_batch_size
 

@@ -56,8 +56,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from explorer.core.chat import check_system
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
-from explorer.core.model import check_system
 from explorer.core.route import Route, RouteError
 from explorer.research.common import ResultMixin, as_route, judge_name, prompt_list, resolve_judge
 from explorer.research.transfer import asr

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from explorer.core.chat import check_system
 from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate, target_logprob
-from explorer.core.model import check_system
 from explorer.core.paths import shared_data_dir
 from explorer.core.route import Route
 from explorer.research.common import (

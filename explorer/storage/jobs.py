@@ -46,6 +46,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.core.chat import check_system
 from explorer.core.defaults import (
     GPU_CHUNK_SECONDS,
     MAX_CANDIDATES,
@@ -56,7 +57,6 @@ from explorer.core.defaults import (
     MAX_TARGET_CHARS,
 )
 from explorer.core.errors import brief, one_line
-from explorer.core.model import check_system
 from explorer.core.route import Route
 from explorer.engine.scoring import ENGINE_NAMES
 from explorer.judges import JUDGES
