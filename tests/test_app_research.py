@@ -248,6 +248,11 @@ def test_self_reminder_defense_with_the_baseline_attacks(ctx):
     assert "system prompt" in md and "evidence: 0 routes" in md
     assert "Unknown defense mode" in _err(ur.defense_view, ctx, "", "", "", SHORT[0], "",
                                           ["none"], 2, 1, 1, 1, 6, "keyword", "magic")
+    # random with fsour: one search gives both (random copies its route sizes), rows in
+    # the order asked
+    fig, table, md, dj = ur.defense_view(ctx, "", "", "", SHORT[0], "", ["random", "fsour"],
+                                         2, 1, 2, 1, 6, "keyword", "self-reminder")
+    assert table["attack"].tolist() == ["random", "fsour"]
 
 
 # -- RoSais uncertainty ----------------------------------------------------------------------

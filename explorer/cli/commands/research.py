@@ -277,8 +277,7 @@ def _run_minimize(args):
     for r in routes:
         if not (args.prompt or r.info.get("prompt")):
             raise UsageError("a route does not name its prompt: pass --prompt")
-    given = args.system is not None or args.system_file is not None
-    system = system_from_args(args) if given else None
+    system = system_from_args(args)  # None: each route's own (minimize's default)
     judge = _judge(args)
     moe = load_from_args(args)
     results = []
@@ -286,7 +285,7 @@ def _run_minimize(args):
         target = args.target or r.info.get("target") or DEFAULT_TARGET
         results.append(minimize(moe, args.prompt, r, target=target, threshold=args.threshold,
                                 judge=judge, max_new_tokens=args.max_new_tokens,
-                                checks=args.checks, system=system if given else r.system))
+                                checks=args.checks, system=system))
     if args.out:
         results[0].minimal_route.save(args.out)
     ok = [m for m in results if m.jailbroken_before]

@@ -99,7 +99,11 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
         check_cost(ctx, len(derive) * (rosais_cost + fsour_cost)
                    + sum(2 * len(harmful) * per_attack.get(a, n) for a in attacks)
                    + n * len(benign), "this defense evaluation")
-        steps = (0 if given is not None else len(derive)) + 1 + len(attacks) + bool(benign)
+        # the random control copies the sizes of the same run's F-SOUR routes: one call for
+        # both when both are asked for (a call for random alone searches them again)
+        groups = [[a] + (["random"] if a == "fsour" and "random" in attacks else [])
+                  for a in attacks if not (a == "random" and "fsour" in attacks)]
+        steps = (0 if given is not None else len(derive)) + 1 + len(groups) + bool(benign)
         done = 0
         rosais_results: list = []
         for p in derive if given is None else []:
@@ -120,18 +124,19 @@ def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack
                   "results).")
         insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
         table, out_attacks = {}, []
-        for a in attacks:
-            per = (S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else \
-                (3.0 * N * It if a in ("fsour", "random") else 1.0)
-            res = run_with_progress(progress, lambda a=a: evaluate_defense(
-                moe, defense, harmful, None, attacks=[a],
-                routes=routes if a == "replay" else (), rosais_top=L, samples=S,
+        for group in groups:
+            per = sum((S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else
+                      (3.0 * N * It if a in ("fsour", "random") else 1.0) for a in group)
+            res = run_with_progress(progress, lambda group=group: evaluate_defense(
+                moe, defense, harmful, None, attacks=group,
+                routes=routes if group == ["replay"] else (), rosais_top=L, samples=S,
                 candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
-                f"attack {a!r} without and with the defense", done / steps,
-                (done + 1) / steps, 2 * per * len(harmful))
+                f"attack {' and '.join(map(repr, group))} without and with the defense",
+                done / steps, (done + 1) / steps, 2 * per * len(harmful))
             table.update(res.table)
             out_attacks += res.attacks
             done += 1
+        table = {a: table[a] for a in attacks if a in table}  # in the order asked
         util = None
         if benign:
             util = run_with_progress(progress, lambda: utility_cost(
