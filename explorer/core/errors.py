@@ -1,13 +1,35 @@
-"""The library's errors and the one formatter that turns any error into one line."""
+"""The library's errors and the one formatter that turns any error into one line.
+
+Every error the explorer raises on purpose is an :class:`ExplorerError`: bad input
+(:class:`InputError` and its subclasses, which are also ``ValueError`` so that callers'
+``except ValueError`` keeps working) or an unusable environment (a model that cannot be
+loaded, a route library that cannot be opened). The CLI answers them with one line and exit
+status 2, the app with a one-line message. Any other exception, a bare ``ValueError``
+included, is a bug: exit status 1, and a logged traceback in the app.
+"""
 
 from __future__ import annotations
 
 
-class RouteError(ValueError):
+class ExplorerError(Exception):
+    """The base of every error the explorer raises on purpose (see the module docs)."""
+
+
+class InputError(ExplorerError, ValueError):
+    """Bad input: a value a user or a calling program gave that cannot be used (an empty
+    prompt, a number out of range, a malformed file). The message is one line that says
+    what to change."""
+
+
+class RouteError(InputError):
     """A route that cannot be applied to a model or prompt (bad layer, expert, size...)."""
 
 
-class ModelLoadError(RuntimeError):
+class ParamError(InputError):
+    """A method's parameter that is missing, of the wrong type or out of its bounds."""
+
+
+class ModelLoadError(ExplorerError, RuntimeError):
     """The model could not be loaded (missing path, offline hub id, not an MoE LM...)."""
 
 
