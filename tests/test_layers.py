@@ -24,12 +24,13 @@ LAYERS: dict[str, int] = {
     "core": 0, "judges": 0,
     "engine": 1,
     "methods": 2,
-    "evaluation": 3,
-    "research": 4,
-    "storage": 5, "viz": 5,
-    "bench": 6, "demo": 6,
-    "settings": 7,
-    "cli": 8, "app": 8, "__main__": 9,
+    "attacks": 3,
+    "evaluation": 4,
+    "research": 5,
+    "storage": 6, "viz": 6,
+    "bench": 7, "demo": 7,
+    "settings": 8,
+    "cli": 9, "app": 9, "__main__": 10,
 }
 #: Modules that may import anything below them: the facade re-exports the public API.
 FACADES = {"explorer", "explorer.__main__"}
@@ -37,6 +38,10 @@ FACADES = {"explorer", "explorer.__main__"}
 UI_PART, UI_MODULES = "app", {"gradio", "gradio_client", "spaces"}
 #: The only module allowed to read the environment.
 ENV_READERS = {"explorer.settings"}
+#: The only modules allowed to import a module whose name is not written in the source
+#: (``importlib.import_module(name)``): the facade's lazy exports, and the plugin loader,
+#: which imports the modules a user names in EXPLORER_PLUGINS (never one of ours).
+DYNAMIC_IMPORTERS = {"explorer", "explorer.attacks.base"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,16 @@ def _typing_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
+#: Calls that import a module by name at run time: ``importlib.import_module(...)``,
+#: ``import_module(...)`` (imported from importlib) and ``__import__(...)``.
+_DYNAMIC_CALLS = ("importlib.import_module", "import_module", "__import__")
+
+
 def scan(root: Path) -> tuple[dict[str, Path], list[Import]]:
-    """Every module under ``root`` (a package folder) and every import they make."""
+    """Every module under ``root`` (a package folder) and every import they make, those made
+    at run time by ``importlib.import_module("explorer....")`` with a name written in the
+    source included (they count as imports for every rule). A dynamic import whose name is
+    not written out is recorded with the target ``"?"`` (see :func:`dynamic_violations`)."""
     modules = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
     found: list[Import] = []
     for name, path in modules.items():
@@ -73,6 +86,14 @@ def scan(root: Path) -> tuple[dict[str, Path], list[Import]]:
         typing_only = _typing_lines(tree)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in _DYNAMIC_CALLS:
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.append(Import(name, arg.value, (), node.lineno,
+                                        node.lineno in typing_only))
+                else:
+                    found.append(Import(name, "?", (), node.lineno, False))
+                continue
             if isinstance(node, ast.Import):
                 for a in node.names:
                     found.append(Import(name, a.name, (), node.lineno,
@@ -99,6 +120,13 @@ def scan(root: Path) -> tuple[dict[str, Path], list[Import]]:
 def part(module: str) -> str | None:
     bits = module.split(".")
     return bits[1] if len(bits) > 1 and bits[0] == "explorer" else None
+
+
+def dynamic_violations(imports: list[Import], allowed=DYNAMIC_IMPORTERS) -> list[str]:
+    """Imports of a name the source does not write out, outside :data:`DYNAMIC_IMPORTERS`:
+    no rule can check them."""
+    return [f"{i.module}:{i.line}: imports a module by a computed name"
+            for i in imports if i.target == "?" and i.module not in allowed]
 
 
 def layer_violations(imports: list[Import], layers=LAYERS, facades=FACADES) -> list[str]:
@@ -209,6 +237,12 @@ def test_no_import_cycles():
     assert cycles(MODULES, IMPORTS) == []
 
 
+def test_no_hidden_imports():
+    """Every ``importlib.import_module`` names its module in the source (so the rules above
+    see it), except in the facade and the plugin loader."""
+    assert dynamic_violations(IMPORTS) == []
+
+
 def test_only_the_app_imports_gradio():
     assert ui_violations(IMPORTS) == []
 
@@ -256,6 +290,11 @@ def test_checker_catches_each_violation(tmp_path):
         "methods/fsour.py": "import math\n",
         "app/build.py": "import gradio\nfrom explorer.cli import main\n",   # sibling
         "cli/main.py": "from explorer.app import build\n",                  # cycle + sibling
+        "evaluation/evaluate.py": ("import importlib\n"                      # hidden upward
+                                   "def f():\n"
+                                   "    return importlib.import_module('explorer.research.x')\n"
+                                   "def g(name):\n"
+                                   "    return importlib.import_module(name)\n"),
     })
     modules, imports = scan(root)
     layers = layer_violations(imports)
@@ -263,6 +302,9 @@ def test_checker_catches_each_violation(tmp_path):
     assert any("storage.library" in v and "sibling" in v for v in layers)
     assert any("app.build" in v and "sibling" in v for v in layers)
     assert not any("core.model" in v for v in layers)
+    assert any("evaluation.evaluate:3" in v and "research.x" in v for v in layers)
+    assert dynamic_violations(imports) == [
+        "explorer.evaluation.evaluate:5: imports a module by a computed name"]
     assert any("viz.figures" in v for v in ui_violations(imports))
     assert not any("app.build" in v for v in ui_violations(imports))
     assert private_violations(imports, modules) == [

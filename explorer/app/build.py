@@ -157,7 +157,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     from explorer.app.tabs import search as ui_search
     from explorer.app.tabs import tour as ui_tour
     from explorer.app.tabs.research.tab import research_tab
-    from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
+    from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
     ctx = Explorer(model, data_dir=data_dir, device=device, policy=policy, settings=settings)
     policy = ctx.policy
     max_tokens = policy.max_new_tokens if policy.enabled else 256

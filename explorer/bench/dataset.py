@@ -36,7 +36,7 @@ def refused_rows(moe: MoEModel, rows: list[dict], limit: int, judge) -> list[dic
 
 
 def _cone_flops(moe: MoEModel, prompt: str, target: str, steps, candidates: int) -> float:
-    n = len(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
+    n = len(moe.target_ids(target))
     cost = ConeCost(moe, len(moe.encode(prompt)) + n, n)
     total = 0.0
     for pos, lay in steps:

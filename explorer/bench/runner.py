@@ -56,7 +56,7 @@ def _search_row(moe: MoEModel, prompt: str, engine: str, seed: int, candidates: 
     res = fsour(moe, prompt, candidates=candidates, max_iters=max_iters, seed=seed,
                 engine=engine, max_new_tokens=16, on_event=on_event, judge=judge)
     cpu, wall = time.process_time() - c, time.perf_counter() - t
-    n_tgt = len(moe.tokenizer(DEFAULT_TARGET, add_special_tokens=False)["input_ids"])
+    n_tgt = len(moe.target_ids(DEFAULT_TARGET))
     cost = ConeCost(moe, len(moe.encode(prompt)) + n_tgt, n_tgt)
     full = cone = 0.0
     for pos, lay in steps:
@@ -174,7 +174,7 @@ def run_bench(moe: MoEModel, prompts=BENCH_PROMPTS, seed: int = 0, candidates: i
         out["fsour_identical_routes"] = all(r["identical_route"] for r in rows)
         out["cone"]["reference_seconds"] = tr
     if orders:
-        from explorer.evaluation.prompts import HARMFUL_PROMPTS
+        from explorer.core.prompt_sets import HARMFUL_PROMPTS
         out["orders"] = compare_orders(moe, list(HARMFUL_PROMPTS)[:orders], candidates, 3, seed)
     return out
 

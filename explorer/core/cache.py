@@ -22,6 +22,9 @@ class ModelCache:
     #: (system, prompt, thinking mode) -> its template layout
     #: (:func:`explorer.research.common.prompt_layout`)
     layouts: dict = field(default_factory=dict)
+    #: (prompt text, system prompt, thinking mode) -> its prepared
+    #: :class:`~explorer.core.prompt.Prompt` (:meth:`~explorer.core.model.MoEModel.prepare`)
+    prompts: dict = field(default_factory=dict)
     #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
     logits_to_keep: bool | None = None
     #: whether the model's cache is of full-attention or sliding-window layers only, so
@@ -57,6 +60,7 @@ class ModelCache:
         with self._lock:
             self.route_rows.clear()
             self.layouts.clear()
+            self.prompts.clear()
             self.logits_to_keep = None
             self.paddable_cache = None
             self.system_placement = None

@@ -26,8 +26,22 @@ TIE_BAND_REL = {"float32": 5e-7, "float64": 1e-12, "bfloat16": 1e-2, "float16": 
 
 #: F-SOUR's random k-expert sets per (token, layer) cell (the paper's N).
 FSOUR_CANDIDATES = 10
+#: F-SOUR's restarts (seed + i each) before it reports its best attempt.
+FSOUR_MAX_ITERS = 5
+#: The orders F-SOUR walks a position's MoE layers in: the paper's (bottom-up) or RoSais's
+#: (the most safety-critical router first).
+FSOUR_ORDERS = ("paper", "rosais")
+#: The scoring engines of F-SOUR and RoSais: ``fast`` (causal-cone recompute, batched) and
+#: ``reference`` (one full forward per candidate: the authors' cost model). Same decisions.
+ENGINE_NAMES = ("fast", "reference")
+#: Experts the SteerMoE-style baseline deactivates per MoE layer at most.
+STEER_PER_LAYER = 2
 #: RoSais's random masks per router (the paper's S1).
 ROSAIS_SAMPLES = 32
+#: Routers RoSais masks together after scoring them (the paper's L).
+ROSAIS_TOP = 5
+#: The share of a router's experts one RoSais mask forbids.
+ROSAIS_MASK_RATIO = 0.5
 #: New tokens generated and judged after an attack (fsour, rosais, generate, evaluate).
 MAX_NEW_TOKENS = 48
 #: New tokens of the research commands (utility, transfer, minimize, defend, curves) and of

@@ -16,9 +16,11 @@ import torch
 from explorer.core.cache import ModelCache
 from explorer.core.chat import check_system, merge_system
 from explorer.core.control import RouteControl, defended
-from explorer.core.errors import ModelLoadError, RouteError, one_line
+from explorer.core.defaults import MAX_TARGET_CHARS, MAX_TARGET_TOKENS
+from explorer.core.errors import InputError, ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.paths import DEMO_MODEL_DIR
+from explorer.core.prompt import Prompt
 from explorer.core.quantize import (
     bitsandbytes_config,
     check_quantize,
@@ -275,24 +277,76 @@ class MoEModel:
             out["thinking"] = thinking
         return out
 
-    def encode(self, prompt: str, system: str | None = None, *,
+    def prepare(self, prompt: "str | Prompt", system: str | None = None, *,
+                thinking: bool | None = None) -> Prompt:
+        """``prompt`` templated (with ``system`` and ``thinking``, as in :meth:`template`)
+        and tokenised once: a :class:`~explorer.core.prompt.Prompt`. Prepared prompts are
+        remembered per model (text, system prompt and thinking mode), so preparing the same
+        text again costs a lookup. A :class:`Prompt` is returned as it is when it was
+        prepared for this model (``system`` and ``thinking``, when given, must be the ones
+        it was prepared with); one prepared for another model is prepared again from its
+        text. Raises ``ValueError`` as :meth:`encode` does."""
+        if isinstance(prompt, Prompt):
+            if system is not None and check_system(system) != prompt.system:
+                raise InputError("the prompt was prepared with another system prompt")
+            if thinking is not None and thinking != prompt.thinking:
+                raise InputError("the prompt was prepared with another thinking mode")
+            if prompt.model == self.name:
+                return prompt
+            prompt, system, thinking = prompt.text, prompt.system, prompt.thinking
+        system = check_system(system)
+        mode = self.resolve_thinking(thinking)
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt must be text, got {type(prompt).__name__}")
+
+        def build() -> Prompt:
+            ids = self._encode_text(prompt, system, thinking)
+            return Prompt(text=prompt, ids=tuple(ids), system=system, thinking=mode,
+                          model=self.name, info=self.provenance(system, thinking=thinking))
+        return self.cache.memo(self.cache.prompts, (prompt, system, mode), build, limit=1024)
+
+    def encode(self, prompt: "str | Prompt", system: str | None = None, *,
                thinking: bool | None = None) -> list[int]:
         """Token ids of the templated prompt (special tokens come from the template;
-        ``system`` and ``thinking`` as in :meth:`template`).
+        ``system`` and ``thinking`` as in :meth:`template`): :meth:`prepare`'s ids.
 
         Raises ``ValueError`` when the templated prompt is longer than
         :attr:`max_prompt_tokens` (the model's context or the operator's cap).
         """
+        return list(self.prepare(prompt, system, thinking=thinking).ids)
+
+    def _encode_text(self, prompt: str, system: str | None, thinking: bool | None) -> list[int]:
         cap, why = self._prompt_cap()
         text = self.template(prompt, system, thinking=thinking)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("the prompt is not valid Unicode text (lone surrogates)") from None
+            raise InputError("the prompt is not valid Unicode text (lone surrogates)") from None
         ids = list(self._need_tokenizer()(text, add_special_tokens=False)["input_ids"])
         if cap is not None and len(ids) > cap:
-            raise ValueError(f"the prompt is too long: {len(ids)} tokens with the chat "
+            raise InputError(f"the prompt is too long: {len(ids)} tokens with the chat "
                              f"template, the limit is {cap} ({why})")
+        return ids
+
+    def target_ids(self, target: str) -> list[int]:
+        """Token ids of a target answer opening, as every method that scores one takes
+        them (no special tokens): the one home of the target's checks. ``InputError`` when
+        it is not text, empty, longer than :data:`~explorer.core.defaults.MAX_TARGET_CHARS`
+        characters, without tokens or longer than
+        :data:`~explorer.core.defaults.MAX_TARGET_TOKENS` tokens."""
+        if not isinstance(target, str):
+            raise InputError(f"the target must be text, got {type(target).__name__}")
+        if not target.strip():
+            raise InputError("the target answer is empty")
+        if len(target) > MAX_TARGET_CHARS:
+            raise InputError(f"the target has {len(target)} characters; at most "
+                             f"{MAX_TARGET_CHARS} are accepted")
+        ids = list(self._need_tokenizer()(target, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise InputError("the target answer has no tokens")
+        if len(ids) > MAX_TARGET_TOKENS:
+            raise InputError(f"the target has {len(ids)} tokens; at most "
+                             f"{MAX_TARGET_TOKENS} are accepted")
         return ids
 
     # -- length limits ----------------------------------------------------------------

@@ -8,12 +8,12 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from explorer.core.chat import check_system
 from explorer.core.forward import generate
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
+    from explorer.core.prompt import Prompt
 
 
 @dataclass
@@ -103,20 +103,23 @@ class RoutingTrace:
         return cls.from_dict(json.loads(text))
 
 
-def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | None = None,
-          record_logits: bool = True, system: str | None = None,
+def trace(moe: MoEModel, prompt: str | Prompt, max_new_tokens: int = 0,
+          route: Route | None = None, record_logits: bool = True, system: str | None = None,
           on_token: Callable[[str], None] | None = None, *,
-          thinking: bool | None = None) -> RoutingTrace:
+          thinking: bool | None = None, validate: bool = True) -> RoutingTrace:
     """Run the templated ``prompt`` (greedy continuation of ``max_new_tokens``), recording
     per MoE layer and token the experts used, their weights and the raw router logits.
 
     ``route`` (validated against the model and the prompt length) is active on prompt
     and generated tokens. ``system``: a system prompt, ``thinking``: the template's
-    thinking mode (see :meth:`MoEModel.template`; both recorded in ``info``). ``on_token``
-    streams the generated text.
+    thinking mode (see :meth:`MoEModel.template`; both recorded in ``info``); ``prompt``
+    may be a :class:`~explorer.core.prompt.Prompt` prepared with them. ``on_token`` streams
+    the generated text. ``validate=False``: the caller has validated ``route`` against this
+    prompt already (the app validates once per click).
     """
-    ids = moe.encode(prompt, system, thinking=thinking)
-    if route is not None:
+    p = moe.prepare(prompt, system, thinking=thinking)
+    ids = list(p.ids)
+    if route is not None and validate:
         route.validate(moe.info, num_tokens=len(ids))
     gen, ctl = generate(moe, ids, route, max_new_tokens=max_new_tokens, record=True,
                         on_token=on_token)
@@ -130,16 +133,16 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
         if record_logits and "logits" in rec:
             logits.append(rec["logits"][0, :n].tolist())
     infos = {h.info.index: h.info for h in moe.handles}
-    info = moe.provenance(system, thinking=thinking)
+    info = dict(p.info)
     info.update({"max_new_tokens": max_new_tokens, "decoding": "greedy"})
     return RoutingTrace(
-        prompt=prompt, tokens=moe.token_strings(gen.ids), token_ids=gen.ids,
+        prompt=p.text, tokens=moe.token_strings(gen.ids), token_ids=gen.ids,
         prompt_tokens=gen.prompt_len, moe_layers=list(moe.moe_layers),
         num_experts=[infos[i].num_experts for i in moe.moe_layers],
         top_k=[infos[i].top_k for i in moe.moe_layers],
         experts=experts, weights=weights,
         logits=logits if record_logits and len(logits) == len(experts) else None,
-        completion=gen.text, route=route, info=info, system=check_system(system))
+        completion=gen.text, route=route, info=info, system=p.system)
 
 
 def trace_json(moe: MoEModel, tr) -> dict:

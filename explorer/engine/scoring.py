@@ -23,6 +23,7 @@ from explorer.core.forward import (
     stack_caches,
     target_logprob,
 )
+from explorer.core.defaults import ENGINE_NAMES  # noqa: F401  (its home; a public name here too)
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
@@ -516,8 +517,6 @@ class MultiScorer:
 CPU_MULTI_TOKENS = 4096
 
 ENGINES = {"reference": ReferenceEngine, "fast": FastEngine}
-#: The engine names a search accepts.
-ENGINE_NAMES = ("fast", "reference")
 
 
 def make_engine(name: str, moe, prompt_ids, target_ids):

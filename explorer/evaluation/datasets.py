@@ -2,7 +2,7 @@
 
 The project does not vendor benchmark data; users pass a CSV path, or a hub name
 (``jbb``, ``advbench``) when the ``datasets`` package and the hub are available.
-The project's own small prompt sets live in :mod:`explorer.evaluation.prompts`. Both the
+The project's own small prompt sets live in :mod:`explorer.core.prompt_sets`. Both the
 lower-case (``goal,target``) and capitalised (``Goal,Target``) headers are accepted.
 """
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Dataset evaluation: run an attack method on every row of a dataset and judge it.
 
-Methods: ``none`` (greedy generation, no route), ``rosais``
-(:func:`explorer.methods.rosais.rosais`), ``fsour`` (:func:`explorer.methods.fsour.fsour`), ``steer`` (one SteerMoE-style route for
-every row, :func:`explorer.methods.baselines.steer` from the project's own prompt sets) and
-``random`` (per row a random route as large as its F-SOUR route, taken from a ``reference``
-run or searched first; :func:`explorer.methods.baselines.random_route`). Rows are appended
+Methods are the attacks of the registry that offer themselves to ``evaluate``
+(:func:`explorer.attacks.list_attacks`, ``"evaluate"``): built in, ``none`` (greedy
+generation, no route), ``rosais`` (:func:`explorer.methods.rosais.rosais`), ``fsour``
+(:func:`explorer.methods.fsour.fsour`), ``steer`` (one SteerMoE-style route for every row,
+:func:`explorer.methods.baselines.steer` from the project's own prompt sets) and ``random``
+(per row a random route as large as its F-SOUR route, taken from a ``reference`` run or
+searched first; :func:`explorer.methods.baselines.random_route`). Rows are appended
 to a JSONL file as each finishes (flushed and fsynced), so an interrupted run continues with
 ``resume=True``. A ``system`` prompt templates every row (rows record it); a ``protocol``
 (:data:`PROTOCOLS`, e.g. ``paper``) names a fixed set of settings that rows record too.
@@ -25,22 +27,31 @@ copied) for ``random``; ``system`` and ``protocol`` when set.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.attacks import Attack, Case, Outcome, Run, answer, get_attack, list_attacks
+from explorer.attacks.random_routes import reference_sizes  # noqa: F401  (public here too)
 from explorer.core.chat import check_system
+from explorer.core.errors import InputError
+from explorer.core.params import Params
+from explorer.judges import judge_label
+from explorer.core.jsonl import append_jsonl, read_jsonl, write_jsonl  # noqa: F401  (public here too)
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
-METHODS = ("none", "rosais", "fsour", "steer", "random")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":  # the methods evaluate offers now: the attack registry's
+        return tuple(list_attacks("evaluate"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -138,45 +149,6 @@ class Evaluation:
         return cls.from_dict(json.loads(text))
 
 
-# -- JSONL --------------------------------------------------------------------------------
-def read_jsonl(path) -> list[dict]:
-    """The JSON objects in ``path`` (missing file: []); a torn last line is dropped."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # an interrupted write; the row is redone
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
-def append_jsonl(path, row: dict) -> None:
-    """Append one row to ``path`` and make it durable (flush + fsync)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_jsonl(path, rows: list[dict]) -> None:
-    """Replace ``path`` atomically with ``rows``."""
-    p = Path(path)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-
-
 def shard_path(out, rank: int) -> Path:
     """``FILE.rank<R>.jsonl`` for ``FILE.jsonl`` (or ``FILE.rank<R>.jsonl`` for any name)."""
     p = Path(out)
@@ -254,64 +226,77 @@ class _Sync:
 
 
 # -- one row ------------------------------------------------------------------------------
+#: evaluate's own settings; every other setting is an attack's parameter.
+RUN_SETTINGS = ("max_new_tokens", "seed", "system", "protocol")
+
+
 def _opt(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
-                 seed: int = 0, top: int | None = None, samples: int | None = None,
-                 candidates: int | None = None, max_iters: int | None = None,
-                 target: str | None = None, system: str | None = None,
-                 route=None, protocol: str | None = None) -> dict:
-    """Run ``method`` on one dataset row and judge it; returns the JSONL row dict.
+def attack_params(attack: Attack, settings: dict[str, Any]) -> Params:
+    """``attack``'s parameters from evaluate's ``settings`` (its :data:`RUN_SETTINGS`
+    apart): the attack's own keys checked by its parameter class; keys that only other
+    attacks take are ignored (``--top`` with ``--method none``); keys no attack declares
+    are refused."""
+    given = {k: v for k, v in settings.items() if k not in RUN_SETTINGS}
+    known = {name for n in list_attacks() for name in get_attack(n).Params.specs()}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise InputError(f"unknown setting(s) {unknown} for evaluate")
+    return attack.Params.parse(given, unknown="ignore")
 
-    ``forward_passes`` for ``none``, ``steer`` and ``random`` counts model calls (one per
-    generated token); for the searches it is what they report. ``target`` (fsour)
-    overrides the row's target; without either, ``"Sure, here is"`` is used. ``system``:
-    the system prompt the goal is templated with. ``route``: the route ``steer`` and
-    ``random`` answer with (:func:`evaluate` makes them). ``protocol``: its name, recorded.
-    """
-    goal = row["goal"]
-    rec: dict[str, Any] = {"index": row["index"], "goal": goal, "method": method}
-    t0 = time.perf_counter()
-    verdict = None
-    if method in ("none", "steer", "random"):
-        import torch
 
-        from explorer.core.forward import generate
-        if method != "none" and route is None:
-            raise ValueError(f"method {method!r} needs the route to answer with")
-        torch.manual_seed(seed)
-        gen = generate(moe, moe.encode(goal, system), route if method != "none" else None,
-                       max_new_tokens=max_new_tokens)
-        completion = gen.text
-        passes = max(1, len(gen.ids) - gen.prompt_len)
-        if method != "none":
-            rec["route"] = route.to_dict()
-    elif method == "rosais":
-        res = importlib.import_module("explorer.methods.rosais").rosais(
-            moe, goal, seed=seed, max_new_tokens=max_new_tokens,
-            **_opt(samples=samples, top=top, system=system))
-        completion, passes = res.completion, res.forward_passes
-        rec["route"] = res.route.to_dict() if res.route is not None else None
-        rec["top_layers"] = list(res.top_layers or [])
-    elif method == "fsour":
-        tgt = row_target(row, target)
-        res = importlib.import_module("explorer.methods.fsour").fsour(
-            moe, goal, target=tgt, seed=seed, judge=judge, max_new_tokens=max_new_tokens,
-            **_opt(candidates=candidates, max_iters=max_iters, system=system))
-        return fsour_record(row, res, judge, time.perf_counter() - t0,
-                            **_opt(system=system, protocol=protocol))
-    else:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if verdict is None:
-        verdict = judge.judge(goal, completion)
-    rec.update(completion=completion, jailbroken=bool(verdict.jailbroken),
-               refusal=bool(verdict.refusal), judge=verdict.judge,
-               verdict=verdict.to_dict(), forward_passes=int(passes or 0),
-               seconds=round(time.perf_counter() - t0, 4), **_opt(system=system,
-                                                                   protocol=protocol))
+def method_attack(method: str) -> Attack:
+    """The attack ``evaluate --method`` runs for ``method``; InputError naming the methods
+    it offers."""
+    attack = get_attack(method) if method in list_attacks("evaluate") else None
+    if attack is None:
+        raise InputError(f"unknown method {str(method)[:40]!r}; choose one of "
+                         f"{list_attacks('evaluate')}")
+    return attack
+
+
+def make_row(row: dict, attack: Attack, out: Outcome, **marks: Any) -> dict:
+    """The JSONL row of ``attack``'s outcome on dataset ``row`` (see the module docs);
+    ``marks``: ``system`` and ``protocol`` when set."""
+    rec: dict[str, Any] = {"index": row["index"], "goal": row["goal"], "method": attack.name}
+    if attack.routes:
+        rec["route"] = out.route.to_dict() if out.route is not None else None
+    rec.update(out.fields)
+    v = out.verdict
+    rec.update(completion=out.completion, jailbroken=bool(v.jailbroken),
+               refusal=bool(v.refusal), judge=v.judge, verdict=v.to_dict(),
+               forward_passes=int(out.forward_passes or 0), seconds=round(out.seconds, 4),
+               **_opt(**marks))
+    if out.error:
+        rec["error"] = out.error
     return rec
+
+
+def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
+                 seed: int = 0, system: str | None = None, route=None,
+                 protocol: str | None = None, **params) -> dict:
+    """Run ``method`` (a registered attack, see :func:`explorer.attacks.list_attacks`) on
+    one dataset row and judge it; returns the JSONL row dict.
+
+    ``params``: the attack's parameters (e.g. ``top``, ``samples`` for rosais;
+    ``candidates``, ``max_iters``, ``target`` for fsour, whose ``target`` overrides the
+    row's own; without either, ``"Sure, here is"``). ``system``: the system prompt the goal
+    is templated with. ``route``: answer with this route instead of the attack's own (the
+    ``steer`` and ``random`` routes :func:`evaluate` makes). ``protocol``: its name,
+    recorded. ``forward_passes`` for answers without a search counts model calls (one per
+    generated token).
+    """
+    attack = get_attack(method)
+    p = attack_params(attack, params)
+    run = Run(judge=judge, max_new_tokens=max_new_tokens, seed=seed, system=check_system(system))
+    case = Case(row["goal"], row["index"], row.get("target"))
+    if route is not None:
+        out = answer(moe, case.prompt, route, run)
+    else:
+        out = next(iter(attack.run_many(moe, [case], p, run)))[1]
+    return make_row(row, attack, out, system=run.system, protocol=protocol)
 
 
 def row_target(row: dict, target: str | None = None) -> str:
@@ -320,99 +305,7 @@ def row_target(row: dict, target: str | None = None) -> str:
     return target or row.get("target") or DEFAULT_TARGET
 
 
-def fsour_record(row: dict, res, judge, seconds: float, **extra) -> dict:
-    """The JSONL row of an F-SOUR search over a dataset row (``res``: its FsourResult)."""
-    verdict = res.verdict if res.verdict is not None else judge.judge(row["goal"], res.completion)
-    rec: dict[str, Any] = {"index": row["index"], "goal": row["goal"], "method": "fsour",
-                           "route": res.route.to_dict() if res.route is not None else None,
-                           "target": res.target, "success": bool(res.success),
-                           "logprob": None if res.logprob is None else float(res.logprob)}
-    rec.update(completion=res.completion, jailbroken=bool(verdict.jailbroken),
-               refusal=bool(verdict.refusal), judge=verdict.judge,
-               verdict=verdict.to_dict(), forward_passes=int(res.forward_passes or 0),
-               seconds=round(seconds, 4), rechecks=int(res.info.get("rechecks", 0)), **extra)
-    return rec
-
-
-def _fsour_many_rows(moe: MoEModel, todo: list[dict], judge, prompt_batch: int | None,
-                     max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
-                     candidates: int | None = None, max_iters: int | None = None,
-                     target: str | None = None, system: str | None = None,
-                     protocol: str | None = None, **_ignored):
-    """(row, record) for each row of ``todo`` as its search finishes (multi-prompt F-SOUR)."""
-    from explorer.methods.fsour import iter_fsour_many
-    stats: dict = {}
-    searches = iter_fsour_many(moe, [r["goal"] for r in todo],
-                               [row_target(r, target) for r in todo],
-                               prompt_batch=prompt_batch, seed=seed, judge=judge,
-                               max_new_tokens=max_new_tokens, stats=stats, system=system,
-                               **_opt(candidates=candidates, max_iters=max_iters))
-    for i, res in searches:
-        yield todo[i], fsour_record(todo[i], res, judge, res.seconds,
-                                    prompt_batch=stats.get("prompt_batch"),
-                                    **_opt(system=system, protocol=protocol))
-
-
-def _baseline_rows(moe: MoEModel, todo: list[dict], method: str, judge,
-                   prompt_batch: int | None, reference: dict[int, int] | None, **settings):
-    """(row, record) for ``steer`` and ``random`` rows: the steering route is made once;
-    a random route copies the size of the row's F-SOUR route from ``reference`` (index ->
-    forced cells), searching the rows it lacks first (multi-prompt F-SOUR)."""
-    from explorer.methods.baselines import random_route, steer
-    system = settings.get("system")
-    if method == "steer":
-        from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
-        route = steer(moe, HARMFUL_PROMPTS, BENIGN_PROMPTS, system=system).route
-        for row in todo:
-            yield row, evaluate_row(moe, row, method, judge, route=route, **settings)
-        return
-    sizes = dict(reference or {})
-    origin = {i: "reference" for i in sizes}
-    missing = [r for r in todo if r["index"] not in sizes]
-    if missing:
-        found = (_fsour_many_rows(moe, missing, judge, prompt_batch, **settings)
-                 if prompt_batch != 1 and len(missing) > 1 else
-                 ((r, evaluate_row(moe, r, "fsour", judge, **settings)) for r in missing))
-        for row, rec in found:
-            sizes[row["index"]] = len((rec.get("route") or {}).get("edits") or [])
-            origin[row["index"]] = "search"
-    seed = settings.get("seed", 0)
-    for row in todo:
-        n = len(moe.encode(row["goal"], system))
-        route = random_route(moe, n, sizes[row["index"]], seed=seed * 1_000_003 + row["index"],
-                             system=system, prompt=row["goal"])
-        rec = evaluate_row(moe, row, method, judge, route=route, **settings)
-        rec.update(reference_edits=sizes[row["index"]], reference=origin[row["index"]])
-        yield row, rec
-
-
-def reference_sizes(path, rows: list[dict]) -> dict[int, int]:
-    """index -> forced cells of each row's route in an ``evaluate --method fsour`` JSONL
-    (the sizes ``random`` copies), for the dataset ``rows`` it has; ValueError when the
-    file holds no F-SOUR rows or a row's goal differs from the dataset's."""
-    goals = {r["index"]: r["goal"] for r in rows}
-    out, seen = {}, False
-    for r in read_jsonl(path):
-        if r.get("method") != "fsour" or not isinstance(r.get("index"), int):
-            continue
-        seen = True
-        i = r["index"]
-        if i not in goals:
-            continue
-        if r.get("goal") != goals[i]:
-            raise ValueError(f"{path} row {i} has another goal than the dataset: not a run "
-                             "on this dataset")
-        out[i] = len((r.get("route") or {}).get("edits") or [])
-    if not seen:
-        raise ValueError(f"{path} holds no `evaluate --method fsour` rows")
-    return out
-
-
 # -- a dataset ----------------------------------------------------------------------------
-def _judge_label(judge) -> str:
-    return getattr(judge, "label", None) or getattr(judge, "name", type(judge).__name__)
-
-
 def _resume_rows(path, rows: list[dict], method: str, judge: str,
                  system: str | None = None, protocol: str | None = None) -> dict[int, dict]:
     """Rows already in ``path`` that match the dataset; another goal, method, judge, system
@@ -473,14 +366,18 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     ``seconds_per_row``) is the time the run took for the rows it computed.
     """
     from explorer.judges import KeywordJudge
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    attack = method_attack(method)
     judge = judge or KeywordJudge()
     settings["system"] = check_system(settings.get("system"))
     protocol = settings.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        raise InputError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     marks = {"system": settings["system"], "protocol": protocol}
+    params = attack_params(attack, {k: v for k, v in settings.items() if v is not None})
+    n = settings.get("max_new_tokens")
+    run = Run(judge=judge, max_new_tokens=MAX_NEW_TOKENS if n is None else n,
+              seed=settings.get("seed") or 0, system=settings["system"],
+              prompt_batch=prompt_batch, sizes=dict(reference or {}))
     if world > 1 and out is None:
         raise ValueError("an output file is needed when several processes share the rows")
     if resume and out is None:
@@ -491,9 +388,9 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if resume:
-            done = _resume_rows(path, rows, method, _judge_label(judge), **marks)
+            done = _resume_rows(path, rows, method, judge_label(judge), **marks)
             if world > 1:
-                merged = _resume_rows(out, rows, method, _judge_label(judge), **marks)
+                merged = _resume_rows(out, rows, method, judge_label(judge), **marks)
                 done.update({i: r for i, r in merged.items() if i % world == rank
                              and i not in done})
             write_jsonl(path, read_jsonl(path))  # drop a torn last line
@@ -513,13 +410,9 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
                     on_row(k, len(mine), done[row["index"]], True)
             else:
                 todo.append(row)
-        if method == "fsour" and prompt_batch != 1 and len(todo) > 1:
-            finished = _fsour_many_rows(moe, todo, judge, prompt_batch, **settings)
-        elif method in ("steer", "random"):
-            finished = _baseline_rows(moe, todo, method, judge, prompt_batch, reference,
-                                      **settings)
-        else:
-            finished = ((row, evaluate_row(moe, row, method, judge, **settings)) for row in todo)
+        cases = [Case(r["goal"], r["index"], r.get("target")) for r in todo]
+        finished = ((todo[i], make_row(todo[i], attack, o, **marks))
+                    for i, o in attack.run_many(moe, cases, params, run))
         for row, rec in finished:
             k += 1
             computed += 1
@@ -543,7 +436,7 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
             "protocol": PROTOCOLS[protocol].to_dict() if protocol else None,
             "out": str(out) if out is not None else None,
             "prompt_batch": next((r["prompt_batch"] for r in results if r.get("prompt_batch")),
-                                 1 if method == "fsour" else None),
+                                 1 if attack.batches else None),
             "computed_rows": computed, "wall_seconds": round(wall, 3)}
     return Evaluation(rows=sorted(results, key=lambda r: r["index"]), method=method,
-                      judge=_judge_label(judge), dataset=dataset, info=info)
+                      judge=judge_label(judge), dataset=dataset, info=info)

@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 # The project's refusal phrases. They overlap, as a matter of fact, with the refusal
 # prefixes popularised by the GCG/AdvBench evaluations (Zou et al. 2023), but leave out
@@ -412,11 +412,6 @@ def parse_guard_output(text: str) -> tuple[bool, list[str]]:
     return True, [w for w in words[1:] if w.lower() not in ("safe", "unsafe")]
 
 
-JUDGES: dict[str, Callable[..., Any]] = {"keyword": KeywordJudge, "rubric": RubricJudge,
-                                         "classifier": ClassifierJudge}
-
-
-
 class NeverJudge:
     """A judge that never calls an answer jailbroken: a search then spends its whole
     budget (benchmarks on random-weight models, tests). Not offered to users."""
@@ -424,17 +419,126 @@ class NeverJudge:
     name = "never"
 
     def judge(self, prompt: str, completion: str) -> Verdict:
+        """Always a refusal."""
         return Verdict(jailbroken=False, refusal=True, score=0.0, judge=self.name)
 
 
-def get_judge(name: str = "keyword", **options):
-    """A judge by name: ``keyword``, ``rubric`` or ``classifier`` (see :data:`JUDGES`).
+# -- the registry -------------------------------------------------------------------------
+@runtime_checkable
+class Judge(Protocol):
+    """What every judge is (the registry's factories build these): ``name``, its registry
+    name; ``judge(prompt, completion)``, a :class:`Verdict`. A judge may also have
+    ``label`` (what its verdicts record as ``judge`` when it says more than the name, e.g.
+    ``rubric:<model>``; :func:`judge_label`) and ``check()`` (raises :class:`JudgeError`
+    when it cannot run, e.g. an unreachable endpoint; callers run it before long work)."""
 
-    ``options`` go to the judge's constructor. Raises ``ValueError`` for an unknown name
-    and :class:`JudgeError` when the judge cannot be set up.
-    """
-    try:
-        factory = JUDGES[name]
-    except KeyError:
-        raise ValueError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}") from None
-    return factory(**options)
+    name: str
+
+    def judge(self, prompt: str, completion: str) -> Verdict:
+        """Decide whether ``completion``, the answer to ``prompt``, is jailbroken."""
+        ...
+
+
+def judge_label(judge: Any) -> str:
+    """What ``judge``'s verdicts and results record: its ``label``, else its ``name``."""
+    return getattr(judge, "label", None) or getattr(judge, "name", type(judge).__name__)
+
+
+@dataclass(frozen=True)
+class JudgeOption:
+    """One option of a judge's constructor, declared once: ``name`` (the keyword),
+    ``help``, ``cli`` (the CLI option's destination that sets it, e.g. ``judge_url`` for
+    ``--judge-url``; None: no option) and ``required``."""
+
+    name: str
+    help: str
+    cli: str | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A registered judge: ``name``, ``factory`` (options -> a :class:`Judge`),
+    ``summary`` (a phrase for help texts), its ``options`` and whether users are
+    ``offered`` it (False: tests and benchmarks only)."""
+
+    name: str
+    factory: Callable[..., Any]
+    summary: str = ""
+    options: tuple[JudgeOption, ...] = ()
+    offered: bool = True
+
+    def __call__(self, **options: Any) -> Any:
+        return self.factory(**options)
+
+
+class JudgeRegistry(dict):
+    """Judge name -> :class:`JudgeSpec`. Assigning a bare factory (``JUDGES["x"] =
+    MyJudge``) registers it with its docstring's first line as the summary."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if not isinstance(value, JudgeSpec):
+            doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
+            value = JudgeSpec(name=name, factory=value, summary=doc[0] if doc else "")
+        super().__setitem__(name, value)
+
+
+#: Every judge by name. Add one with :func:`register_judge`.
+JUDGES: JudgeRegistry = JudgeRegistry()
+
+
+def register_judge(name: str, factory: Callable[..., Any], summary: str = "", *,
+                   options: tuple[JudgeOption, ...] = (), offered: bool = True,
+                   replace: bool = False) -> JudgeSpec:
+    """Register the judge ``name``: ``factory(**options)`` builds it (a class that follows
+    :class:`Judge`, typically); ``summary`` is the phrase help texts show; ``options`` its
+    constructor options (:class:`JudgeOption`); ``offered``: listed to users. An existing
+    name is refused unless ``replace``. Returns the :class:`JudgeSpec`."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", name):
+        raise ValueError(f"a judge name is 1-40 lower-case letters, digits, - or _, got {name!r}")
+    if name in JUDGES and not replace:
+        raise ValueError(f"a judge named {name!r} is already registered")
+    spec = JudgeSpec(name=name, factory=factory, summary=summary, options=tuple(options),
+                     offered=offered)
+    JUDGES[name] = spec
+    return spec
+
+
+def unregister_judge(name: str) -> None:
+    """Forget the judge ``name`` (tests; unknown names are ignored)."""
+    JUDGES.pop(name, None)
+
+
+def list_judges(offered: bool = True) -> list[str]:
+    """The registered judges' names, sorted (``offered``: only those users may pick)."""
+    return sorted(n for n, spec in JUDGES.items() if spec.offered or not offered)
+
+
+def judge_help() -> str:
+    """The judges users may pick, for help texts: ``keyword (...) | rubric (...) | ...``."""
+    return " | ".join(f"{n} ({JUDGES[n].summary})" if JUDGES[n].summary else n
+                      for n in list_judges())
+
+
+def get_judge(name: str = "keyword", **options):
+    """A judge by name (see :func:`list_judges`; built-in: ``keyword``, ``rubric``,
+    ``classifier``). ``options`` go to the judge's constructor. Raises ``ValueError`` for
+    an unknown name and :class:`JudgeError` when the judge cannot be set up."""
+    spec = JUDGES.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise JudgeError(f"unknown judge {str(name)[:40]!r}; choose one of {list_judges()}")
+    return spec.factory(**options)
+
+
+register_judge("keyword", KeywordJudge, "offline default: refusal phrases")
+register_judge("rubric", RubricJudge, "an LLM behind an OpenAI-compatible endpoint grades "
+               "refusal, convincingness and specificity", options=(
+                   JudgeOption("base_url", "OpenAI-compatible base URL, e.g. "
+                               "http://localhost:8000/v1", cli="judge_url"),
+                   JudgeOption("model", "the endpoint's model name", cli="judge_model"),
+                   JudgeOption("api_key", "the endpoint's API key (settings only)"),
+                   JudgeOption("threshold", "jailbroken at this rubric score or above")))
+register_judge("classifier", ClassifierJudge, "a local safety classifier", options=(
+    JudgeOption("model_path", "a local classifier folder", cli="judge_model", required=True),
+    JudgeOption("device", "where it runs", cli="device")))
+register_judge("never", NeverJudge, "never jailbroken (benchmarks, tests)", offered=False)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from explorer.core.chat import check_system
+from explorer.core.defaults import STEER_PER_LAYER  # noqa: F401  (its home; public here too)
 from explorer.core.route import Route
 from explorer.core.trace import trace
 from explorer.methods.fsour import sample_set
@@ -33,9 +34,6 @@ from explorer.methods.fsour import sample_set
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
-#: Experts the steering route deactivates per MoE layer at most (model-wide, default: this
-#: many per MoE layer in all, one in eight of a 16-expert layer).
-STEER_PER_LAYER = 2
 
 
 def expert_frequencies(moe: MoEModel, prompts: Sequence[str],

@@ -22,16 +22,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from explorer.core.chat import check_system
 from explorer.core.control import active_defense
+from explorer.core.errors import InputError
 from explorer.core.defaults import (
     DEFAULT_TARGET,
     DEFAULT_THRESHOLD,
     FSOUR_CANDIDATES,
+    FSOUR_MAX_ITERS,
+    FSOUR_ORDERS,
     IMPROVE_EPS,
     MAX_NEW_TOKENS,
-    MAX_TARGET_CHARS,
-    MAX_TARGET_TOKENS,
     TIE_BAND,
     TIE_BAND_REL,
 )
@@ -42,6 +42,7 @@ from explorer.judges import Verdict, get_judge
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
+    from explorer.core.prompt import Prompt
 
 # A candidate must beat the best by more than float noise (IMPROVE_EPS), and a decision
 # whose numbers lie within the near-tie band of that margin is re-taken on the reference
@@ -182,26 +183,14 @@ class GenerateRequest:
     max_new_tokens: int
 
 
-def _check_args(candidates, max_iters, max_new_tokens, order, target) -> None:
+def _check_args(candidates, max_iters, max_new_tokens, order) -> None:
+    # the library's own check of direct calls (the CLI, the app and jobs check
+    # FsourParams first); the target is checked by MoEModel.target_ids
     if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
-        raise ValueError("candidates and max_iters must be at least 1")
-    if order not in ("paper", "rosais"):
-        raise ValueError(f"unknown order {order!r}; choose paper or rosais")
-    if not target or not target.strip():
-        raise ValueError("the target answer is empty")
-    if len(target) > MAX_TARGET_CHARS:
-        raise ValueError(f"the target has {len(target)} characters; at most "
-                         f"{MAX_TARGET_CHARS} are accepted")
+        raise InputError("candidates and max_iters must be at least 1")
+    if order not in FSOUR_ORDERS:
+        raise InputError(f"unknown order {order!r}; choose {' or '.join(FSOUR_ORDERS)}")
 
-
-def _target_ids(moe: MoEModel, target: str) -> list[int]:
-    tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
-    if not tgt:
-        raise ValueError("the target answer has no tokens")
-    if len(tgt) > MAX_TARGET_TOKENS:
-        raise ValueError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
-                         f"are accepted")
-    return tgt
 
 
 def tie_band(moe: MoEModel, value: float) -> float:
@@ -278,22 +267,24 @@ class _Search:
 
     def __init__(self, moe, prompt, target, candidates, threshold, max_iters, seed, engine,
                  judge, max_new_tokens, order, on_event, state, system=None):
-        _check_args(candidates, max_iters, max_new_tokens, order, target)
-        system = check_system(system)
+        _check_args(candidates, max_iters, max_new_tokens, order)
         judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
         settings = {"candidates": candidates, "threshold": threshold, "max_iters": max_iters,
                     "seed": seed, "engine": engine, "max_new_tokens": max_new_tokens,
                     "judge": judge.name, "order": order}
         if state is None:
-            state = FsourState(prompt=prompt, target=target, settings=settings, system=system)
-        else:
-            prompt, target, system = state.prompt, state.target, state.system
+            p = moe.prepare(prompt, system)
+            state = FsourState(prompt=p.text, target=target, settings=settings, system=p.system)
+        else:  # a resumed search keeps its own prompt, target and system prompt
+            p = moe.prepare(state.prompt, state.system)
+            target = state.target
+        prompt, system = p.text, p.system
         self.moe, self.prompt, self.target, self.judge, self.state = moe, prompt, target, judge, state
         self.candidates, self.threshold, self.max_iters, self.seed = candidates, threshold, max_iters, seed
         self.max_new_tokens, self.on_event = max_new_tokens, on_event
         self.system = system
-        self.ids = moe.encode(prompt, system)
-        self.tgt = _target_ids(moe, target)
+        self.ids = list(p.ids)
+        self.tgt = moe.target_ids(target)
         self.eng = make_engine(engine, moe, self.ids, self.tgt)
         self.eng.forward_passes = state.forward_passes
         self.eng.rechecks = state.settings.get("rechecks", 0)  # a resumed search's so far
@@ -409,8 +400,8 @@ class _Search:
         return self.finish(False, *best)
 
 
-def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
-          threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
+def fsour(moe: MoEModel, prompt: str | Prompt, target: str = DEFAULT_TARGET, candidates: int = FSOUR_CANDIDATES,
+          threshold: float = DEFAULT_THRESHOLD, max_iters: int = FSOUR_MAX_ITERS, seed: int = 0,
           engine: str = "fast", judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
           on_event: Callable[[FsourEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
@@ -427,7 +418,8 @@ def fsour(moe: MoEModel, prompt: str, target: str = DEFAULT_TARGET, candidates: 
     attempt's log-prob, which is the reference computation's (see :func:`reported`).
     ``system``: a system prompt to template the prompt with (positions then index that
     templated text; recorded in the route's ``info`` and the state, so a resumed search
-    keeps it).
+    keeps it). ``prompt`` may be a :class:`~explorer.core.prompt.Prompt` prepared by
+    :meth:`~explorer.core.model.MoEModel.prepare` (with its own system prompt).
     """
     search = _Search(moe, prompt, target, candidates, threshold, max_iters, seed, engine,
                      judge, max_new_tokens, order, on_event, state, system)
@@ -456,14 +448,14 @@ def prompt_batch_size(moe: MoEModel, prompts: Sequence[str], target: str = DEFAU
     if not prompts:
         return 1
     longest = max(len(moe.encode(p, system)) for p in prompts[:256])
-    tgt = len(moe.tokenizer(target, add_special_tokens=False)["input_ids"]) or 1
+    tgt = len(moe.target_ids(target))
     return max(1, min(cap, len(prompts), search_batch_size(moe, longest, tgt) // max(1, candidates)))
 
 
-def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequence[str] = DEFAULT_TARGET,
+def iter_fsour_many(moe: MoEModel, prompts: Sequence[str | Prompt], targets: str | Sequence[str] = DEFAULT_TARGET,
                     *, prompt_batch: int | None = None, candidates: int = FSOUR_CANDIDATES,
-                    threshold: float = DEFAULT_THRESHOLD, max_iters: int = 5, seed: int = 0,
-                    judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
+                    threshold: float = DEFAULT_THRESHOLD, max_iters: int = FSOUR_MAX_ITERS,
+                    seed: int = 0, judge=None, max_new_tokens: int = MAX_NEW_TOKENS, order: str = "paper",
                     on_event: Callable[[int, FsourEvent], None] | None = None,
                     should_stop: Callable[[], bool] | None = None,
                     stats: dict | None = None,
@@ -558,7 +550,7 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
             yield done.pop(0)
 
 
-def fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequence[str] = DEFAULT_TARGET,
+def fsour_many(moe: MoEModel, prompts: Sequence[str | Prompt], targets: str | Sequence[str] = DEFAULT_TARGET,
                **kwargs) -> list[FsourResult]:
     """:func:`iter_fsour_many`'s results in prompt order (same arguments)."""
     out: dict[int, FsourResult] = {}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from explorer.core.defaults import MAX_NEW_TOKENS, ROSAIS_SAMPLES
+from explorer.core.defaults import MAX_NEW_TOKENS, ROSAIS_MASK_RATIO, ROSAIS_SAMPLES, ROSAIS_TOP
 from explorer.core.forward import generate, next_token_logprobs
 from explorer.core.route import Route
 from explorer.engine.batching import memory_batch_size
@@ -31,6 +31,7 @@ from explorer.judges import get_judge
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
+    from explorer.core.prompt import Prompt
 
 DEFAULT_AFFIRMATIVE = ("Sure", "Certainly", "Here", "Of course", "Absolutely")
 
@@ -144,8 +145,9 @@ def _cone_last_logits(moe: MoEModel, ids, routes, layer: int, layer_input, direc
     return cone_logits(moe, ids, routes, layer, layer_input, keep=1, validate=False)[:, -1].float()
 
 
-def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int = 0, top: int = 5,
-           mask_ratio: float = 0.5, max_new_tokens: int = MAX_NEW_TOKENS,
+def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, seed: int = 0,
+           top: int = ROSAIS_TOP, mask_ratio: float = ROSAIS_MASK_RATIO,
+           max_new_tokens: int = MAX_NEW_TOKENS,
            affirmative: Sequence[str] = DEFAULT_AFFIRMATIVE, batch_size: int | None = None,
            judge=None, curve: bool = False, engine: str = "fast",
            on_progress: Callable[[int, int], None] | None = None,
@@ -158,7 +160,8 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
     no change); ``"reference"`` runs full forwards. Both give the same scores.
     ``on_progress(done, total)`` reports layers scored. ``batch_size``: masks per forward
     (default: sized to the free memory, see :mod:`explorer.engine.batching`).
-    ``system``: a system prompt to template the prompt with (recorded in ``info``).
+    ``system``: a system prompt to template the prompt with (recorded in ``info``);
+    ``prompt`` may be a prepared :class:`~explorer.core.prompt.Prompt`.
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -167,7 +170,8 @@ def rosais(moe: MoEModel, prompt: str, samples: int = ROSAIS_SAMPLES, seed: int 
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError("mask_ratio must lie strictly between 0 and 1")
     start = time.perf_counter()
-    ids = moe.encode(prompt, system)
+    p = moe.prepare(prompt, system)
+    prompt, system, ids = p.text, p.system, list(p.ids)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     if engine not in ("fast", "reference"):

@@ -7,21 +7,25 @@ layout and position mapping that replay a route on another prompt (see
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from explorer.core.chat import check_system
 from explorer.core.control import active_defense
 from explorer.core.errors import RouteError
 from explorer.core.forward import prefill, reusable, target_logprob
-from explorer.core.route import Route, RouteEdit
+from explorer.core.layout import (  # noqa: F401  (their home; public names here too)
+    MAPPINGS,
+    Layout,
+    layout_from_probes,
+    map_route,
+    prompt_layout,
+    source_length,
+)
+from explorer.core.route import Route
 from explorer.engine.batching import memory_batch_size
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
-
-MAPPINGS = ("end", "template", "absolute")
-
 
 # -- shared helpers -----------------------------------------------------------------------
 class ResultMixin:
@@ -60,12 +64,9 @@ def judge_name(judge) -> str:
 
 
 def target_ids(moe: MoEModel, target: str) -> list[int]:
-    if not target or not target.strip():
-        raise ValueError("the target answer is empty")
-    ids = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise ValueError("the target answer has no tokens")
-    return ids
+    """``moe.target_ids(target)`` (:meth:`~explorer.core.model.MoEModel.target_ids`, the one
+    home of a target's checks)."""
+    return moe.target_ids(target)
 
 
 def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
@@ -96,8 +97,8 @@ def batched_logprob(moe: MoEModel, ids, tgt, routes: Sequence[Route], batch_size
 
 
 def harmful_prompts() -> list[str]:
-    """The project's own harmful requests (:data:`explorer.evaluation.prompts.HARMFUL_PROMPTS`)."""
-    from explorer.evaluation.prompts import HARMFUL_PROMPTS
+    """The project's own harmful requests (:data:`explorer.core.prompt_sets.HARMFUL_PROMPTS`)."""
+    from explorer.core.prompt_sets import HARMFUL_PROMPTS
     return list(HARMFUL_PROMPTS)
 
 
@@ -179,151 +180,6 @@ def routes_from_objects(objs: Iterable[Any], top: int | None = None,
                              f"(expected an object with 'edits', or an F-SOUR / RoSais / "
                              f"minimize result)")
     return out
-
-
-# -- prompt layout and position mapping ---------------------------------------------------
-@dataclass
-class Layout:
-    """A templated prompt's length and its leading / trailing chat-template token counts."""
-
-    num_tokens: int
-    prefix: int
-    suffix: int
-
-    @property
-    def content(self) -> range:
-        return range(self.prefix, self.num_tokens - self.suffix)
-
-    def is_template(self, position: int) -> bool:
-        return position < self.prefix or position >= self.num_tokens - self.suffix
-
-
-def prompt_layout(moe: MoEModel, prompt: str, system: str | None = None, *,
-                  thinking: bool | None = None) -> Layout:
-    """Where the chat template's own tokens are in ``moe.encode(prompt, system,
-    thinking=thinking)`` (cached in the model's own
-    :attr:`~explorer.core.model.MoEModel.cache`). A system prompt's tokens count as
-    template tokens (they come before the prompt), and so does a thinking block."""
-    mode = moe.resolve_thinking(thinking)
-
-    def build() -> Layout:
-        ids = moe.encode(prompt, system, thinking=thinking)
-        return _layout_from_offsets(moe, prompt, ids, system, thinking) or \
-            layout_from_probes(moe, ids, system, thinking=thinking)
-    return moe.cache.memo(moe.cache.layouts, (check_system(system), prompt, mode), build,
-                          limit=4096)
-
-
-def _layout_from_offsets(moe: MoEModel, prompt: str, ids: list[int],
-                         system: str | None = None,
-                         thinking: bool | None = None) -> Layout | None:
-    try:
-        text = moe.template(prompt, system, thinking=thinking)
-        system = check_system(system)
-        after = 0 if system is None else max(0, text.find(system)) + len(system)
-        start = text.find(prompt, after)
-        if start < 0:
-            return None
-        end = start + len(prompt)
-        enc = moe.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) != list(ids):
-            return None
-        content = [a < end and b > start and b > a for a, b in enc["offset_mapping"]]
-    except Exception:  # noqa: BLE001 - slow tokenizers have no offsets: use the fallback
-        return None
-    if not any(content):
-        return None
-    first = content.index(True)
-    last = len(content) - 1 - content[::-1].index(True)
-    return Layout(len(ids), first, len(ids) - 1 - last)
-
-
-def layout_from_probes(moe: MoEModel, ids: list[int], system: str | None = None, *,
-                       thinking: bool | None = None) -> Layout:
-    """The layout of ``ids`` (a prompt templated with ``system`` and ``thinking``) from the
-    tokens it shares at its start and end with two probe prompts templated the same way."""
-    pre, suf = len(ids), len(ids)
-    for probe in ("Hello there.", "What is 7?"):
-        other = moe.encode(probe, system, thinking=thinking)
-        n = 0
-        while n < min(len(ids), len(other)) and ids[n] == other[n]:
-            n += 1
-        m = 0
-        while m < min(len(ids), len(other)) - n and ids[-1 - m] == other[-1 - m]:
-            m += 1
-        pre, suf = min(pre, n), min(suf, m)
-    suf = min(suf, len(ids) - pre)
-    return Layout(len(ids), pre, suf)
-
-
-def source_length(moe: MoEModel, route: Route) -> int:
-    """The templated length of the prompt ``route`` was found on (with its own system
-    prompt, ``info["system"]``)."""
-    p = route.info.get("prompt")
-    if isinstance(p, str) and p.strip():
-        return len(moe.encode(p, route.system))
-    n = route.info.get("prompt_tokens")
-    if isinstance(n, int) and n > 0:
-        return n
-    raise RouteError("the route does not name its source prompt (info.prompt or "
-                     "info.prompt_tokens): pass source_prompt")
-
-
-def map_route(moe: MoEModel, route: Route, prompt: str, mapping: str = "end",
-              source_prompt: str | None = None, system: str | None = None) -> Route:
-    """``route`` moved onto ``prompt`` templated with ``system`` by ``mapping`` (see the
-    module docs); the source prompt is templated with the route's own system prompt
-    (``info["system"]``).
-
-    The copy's ``info`` names the new ``prompt`` and its ``prompt_tokens``, the source
-    (``mapped_from``), the ``mapping``, ``edits_dropped`` and the new ``system`` (the key
-    is removed when there is none).
-    """
-    system = check_system(system)
-    if mapping not in MAPPINGS:
-        raise ValueError(f"unknown mapping {mapping!r}; choose one of {list(MAPPINGS)}")
-    src = source_prompt if source_prompt is not None else route.info.get("prompt")
-    positional = any(e.position is not None for e in route.edits)
-    tgt = prompt_layout(moe, prompt, system)
-    info = dict(route.info)
-    info.pop("system", None)
-    info.pop("system_placement", None)
-    if system is not None:
-        info.update(system=system, system_placement=moe.system_placement)
-    if (src == prompt and route.system == system) or not positional:
-        info.update(prompt=prompt, prompt_tokens=tgt.num_tokens)
-        info.setdefault("edits_dropped", 0)
-        return Route(list(route.edits), info)
-    if isinstance(src, str) and src.strip():
-        slay: Layout | None = prompt_layout(moe, src, route.system)
-        P = slay.num_tokens
-    else:
-        slay, P = None, source_length(moe, route)
-    kept: list[RouteEdit] = []
-    for e in route.edits:
-        if e.position is None:
-            kept.append(e)
-            continue
-        if not 0 <= e.position < P:
-            continue
-        back = P - e.position  # 1 = the last token
-        if mapping == "end":
-            new = tgt.num_tokens - back
-        elif mapping == "absolute":
-            new = e.position
-        elif slay is not None and e.position < slay.prefix:
-            new = e.position if e.position < tgt.prefix else -1
-        elif slay is not None and e.position >= P - slay.suffix:
-            new = tgt.num_tokens - back if back <= tgt.suffix else -1
-        elif slay is None and back <= tgt.suffix:
-            new = tgt.num_tokens - back
-        else:
-            new = -1
-        if 0 <= new < tgt.num_tokens:
-            kept.append(RouteEdit(e.layer, new, e.experts, e.mode))
-    info.update(prompt=prompt, prompt_tokens=tgt.num_tokens, mapped_from=src,
-                mapping=mapping, edits_dropped=len(route.edits) - len(kept))
-    return Route(kept, info)
 
 
 # -- ASR on a prompt set ------------------------------------------------------------------

@@ -320,7 +320,7 @@ def _attack_rows(moe: MoEModel, attack: str, prompts, routes, judge, rosais_top,
         return _fsour_rows(moe, prompts, judge, candidates, max_iters, threshold, target,
                            max_new_tokens, seed, system)
     if attack == "steer":
-        from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
+        from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
         route = steer(moe, HARMFUL_PROMPTS, BENIGN_PROMPTS, system=system).route
         rows = asr(moe, route, prompts, judge=judge, max_new_tokens=max_new_tokens,
                    system=system).rows

@@ -47,7 +47,7 @@ def benign_prompts(include_jbb: bool = True, limit: int | None = None,
     """The project's BENIGN_PROMPTS, plus JailbreakBench's benign split when its CSV
     (``jbb_benign_behaviors.csv`` in ``data_dir``, default
     :func:`~explorer.core.paths.shared_data_dir`) is present."""
-    from explorer.evaluation.prompts import BENIGN_PROMPTS
+    from explorer.core.prompt_sets import BENIGN_PROMPTS
     out = list(BENIGN_PROMPTS)
     d = shared_data_dir(data_dir)
     if include_jbb and d is not None and (d / "jbb_benign_behaviors.csv").exists():

@@ -58,7 +58,7 @@ from explorer.core.defaults import (
 )
 from explorer.core.errors import brief, one_line
 from explorer.core.route import Route
-from explorer.engine.scoring import ENGINE_NAMES
+from explorer.core.defaults import ENGINE_NAMES
 from explorer.judges import JUDGES
 from explorer.storage.library import ACTIVE_STATUSES, JOB_KINDS, RouteStore, StoreError
 

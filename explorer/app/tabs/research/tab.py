@@ -59,7 +59,7 @@ from explorer.app.tabs.research.views import (
     utility_view,
 )
 from explorer.core.defaults import DEFAULT_TARGET
-from explorer.evaluation.prompts import BENIGN_PROMPTS, HARMFUL_PROMPTS
+from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.viz import research as pr
 
 __all__ = ["collect_routes", "defense_view", "merge_curves", "minimal_view", "parse_prompts",
