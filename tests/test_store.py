@@ -99,8 +99,9 @@ def test_route_round_trip(store):
 
 
 def test_save_route_validates(store):
-    with pytest.raises(StoreError, match="source"):
-        store.save_route(make_route(), "p", "m", source="bogus")
+    for bad in ("Bogus source!", "", "x" * 41, None):
+        with pytest.raises(StoreError, match="source"):
+            store.save_route(make_route(), "p", "m", source=bad)
     with pytest.raises(StoreError, match="Route"):
         store.save_route({"edits": []}, "p", "m")
     with pytest.raises(StoreError):
@@ -303,7 +304,7 @@ def test_jobs_table(store):
     with pytest.raises(StoreError, match="no job"):
         store.update_job("missing", status="done")
     with pytest.raises(StoreError, match="kind"):
-        store.create_job("bake", {})
+        store.create_job("Bake a cake!", {})  # the store takes any attack name
 
 
 def test_finish_job_is_one_transaction(store):
@@ -346,3 +347,44 @@ def test_a_deleted_route_comes_back_under_its_id(store):
     back = store.get_route(rid)
     assert (back.route, back.prompt, back.success, back.completion, back.created) == \
         (old.route, old.prompt, old.success, old.completion, old.created)
+
+
+def test_schema_1_library_migrates_to_2(tmp_path):
+    """A library made by an explorer with schema version 1 (four fixed route sources, a
+    CHECK that SQLite cannot alter) opens with its routes and jobs intact, a job's route
+    reference included, and then takes routes from an attack's background job."""
+    import sqlite3
+
+    from explorer.storage.library import SCHEMA_VERSION, SOURCES
+    path = tmp_path / "v1.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(f"""
+        CREATE TABLE routes (id INTEGER PRIMARY KEY AUTOINCREMENT, route_json TEXT NOT NULL,
+            prompt TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
+            n_edits INTEGER NOT NULL, target TEXT, target_logprob REAL,
+            success INTEGER CHECK (success IN (0, 1)), judge TEXT, completion TEXT,
+            source TEXT NOT NULL CHECK (source IN {SOURCES}), created TEXT NOT NULL,
+            meta_json TEXT NOT NULL DEFAULT '{{}}');
+        CREATE INDEX routes_model ON routes(model);
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, session TEXT,
+            status TEXT NOT NULL, params_json TEXT NOT NULL,
+            progress_json TEXT NOT NULL DEFAULT '{{}}', state_json TEXT, result_json TEXT,
+            error TEXT, route_id INTEGER REFERENCES routes(id) ON DELETE SET NULL,
+            created TEXT NOT NULL, updated TEXT NOT NULL);
+        INSERT INTO routes (route_json, prompt, model, n_edits, source, created)
+            VALUES ('{{"edits": [], "info": {{}}}}', 'old prompt', 'demo', 0, 'fsour', 't');
+        INSERT INTO jobs (id, kind, status, params_json, route_id, created, updated)
+            VALUES ('{"a" * 32}', 'fsour', 'done', '{{"prompt": "old prompt"}}', 1, 't', 't');
+        PRAGMA user_version=1;""")
+    con.close()
+    with RouteStore(path) as s:
+        assert s._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+        (old,) = s.list_routes()
+        assert (old.id, old.prompt, old.source) == (1, "old prompt", "fsour")
+        assert s.get_job("a" * 32).route_id == 1
+        rid = s.save_route(make_route(), "p", "m", source="my_attack")
+        assert s.get_route(rid).source == "my_attack"
+        s.delete_route(1)  # the job's reference follows the foreign key still
+        assert s.get_job("a" * 32).route_id is None
+    with RouteStore(path) as s:  # opening a version-2 library again changes nothing
+        assert [r.source for r in s.list_routes()] == ["my_attack"]

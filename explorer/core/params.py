@@ -158,9 +158,9 @@ def _whole(name: str, spec: Spec, value: Any) -> int:
         try:
             f = _number(name, value)
         except ParamError:
-            raise ParamError(f"{name} must be a whole number, got {brief(value)}") from None
+            raise ParamError(f"{name} must be an integer, got {brief(value)}") from None
         if not math.isfinite(f) or f != int(f):
-            raise ParamError(f"{name} must be a whole number, got {brief(value)}")
+            raise ParamError(f"{name} must be an integer, got {brief(value)}")
         v = int(f)
     _in_bounds(name, spec, v)
     return v

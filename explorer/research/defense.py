@@ -54,18 +54,25 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from explorer.attacks import Attack, Case, Outcome, Run, get_attack, list_attacks
 from explorer.core.chat import check_system
+from explorer.core.errors import InputError
+from explorer.core.params import Params
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.route import Route, RouteError
 from explorer.research.common import ResultMixin, as_route, judge_name, prompt_list, resolve_judge
-from explorer.research.transfer import asr
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
-ATTACKS = ("none", "rosais", "fsour", "steer", "random", "replay")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ATTACKS":  # the attacks defenses are measured against: the registry's
+        return tuple(list_attacks("defend"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def expert_effects(result, moe=None) -> list[list[float]]:
@@ -269,86 +276,54 @@ class DefenseResult(ResultMixin):
         return out
 
 
-def _fsour_rows(moe: MoEModel, prompts, judge, candidates, max_iters, threshold, target,
-                max_new_tokens, seed, system) -> list[dict]:
-    from explorer.methods.fsour import fsour, fsour_many
+def defense_row(out: Outcome) -> dict:
+    """One prompt's row of a defense result (``attacks[i]["rows"]``): ``prompt``,
+    ``jailbroken``, ``refusal``, ``completion``, ``edits`` (and ``edits_kept``: the edits of
+    the route the answer was made under), ``forward_passes`` and the attack's own fields
+    (F-SOUR's ``logprob``, RoSais's ``top_layers``, ...); ``{"prompt", "jailbroken":
+    False, "error"}`` where the attack could not run (its route cannot compose with the
+    defense)."""
+    if out.error:
+        return {"prompt": out.prompt, "jailbroken": False, "error": out.error}
+    n = len(out.route) if out.route is not None else 0
+    return {"prompt": out.prompt, "jailbroken": out.jailbroken, "refusal": out.refusal,
+            "completion": out.completion, "edits": n, "edits_kept": n,
+            "forward_passes": out.forward_passes, **out.fields}
 
-    def row(p, res):
-        return {"prompt": p, "jailbroken": bool(res.success), "completion": res.completion,
-                "edits": len(res.route), "logprob": res.logprob,
-                "forward_passes": res.forward_passes}
-    try:  # all prompts searched together (the same routes as one at a time)
-        found = fsour_many(moe, list(prompts), target, candidates=candidates,
-                           threshold=threshold, max_iters=max_iters, seed=seed, judge=judge,
-                           max_new_tokens=max_new_tokens, system=system)
-        return [row(p, res) for p, res in zip(prompts, found)]
+
+def run_attack(moe: MoEModel, attack: Attack, cases: list[Case], params: Params,
+               run: Run) -> list[Outcome]:
+    """``attack``'s outcomes on ``cases`` in their order: all together where the attack
+    can; where a route cannot compose with the defense in force (:class:`RouteError`), the
+    prompts not yet answered one at a time, each failure an outcome with its ``error``."""
+    got: dict[int, Outcome] = {}
+    try:
+        for i, o in attack.run_many(moe, cases, params, run):
+            got[i] = o
     except RouteError:
-        pass  # one prompt's route cannot compose with the defense: say which, below
-    rows = []
-    for p in prompts:
-        try:
-            rows.append(row(p, fsour(moe, p, target=target, candidates=candidates,
-                                     threshold=threshold, max_iters=max_iters, seed=seed,
-                                     judge=judge, max_new_tokens=max_new_tokens,
-                                     system=system)))
-        except RouteError as exc:  # a mask that cannot compose with the defense
-            rows.append({"prompt": p, "jailbroken": False, "error": str(exc)})
-    return rows
-
-
-def _attack_rows(moe: MoEModel, attack: str, prompts, routes, judge, rosais_top, samples, candidates,
-                 max_iters, threshold, target, max_new_tokens, seed, system=None,
-                 found: list[dict] | None = None) -> list[dict]:
-    """One attack's rows on ``prompts`` (templated with ``system``). ``found``: this
-    phase's F-SOUR rows, whose route sizes the ``random`` control copies (searched here
-    when None)."""
-    from explorer.methods.baselines import random_route, steer
-    from explorer.methods.rosais import rosais
-    if attack == "none":
-        return asr(moe, None, prompts, judge=judge, max_new_tokens=max_new_tokens,
-                   system=system).rows
-    if attack == "replay":
-        rows = []
-        for r in routes:
-            p = r.info.get("prompt")
-            if not isinstance(p, str):
+        if attack.needs_routes:
+            raise
+        for i, c in enumerate(cases):
+            if i in got:
                 continue
-            rows.append(asr(moe, r, [p], judge=judge, max_new_tokens=max_new_tokens,
-                            system=system).rows[0])
-        return rows
-    if attack == "fsour":
-        return _fsour_rows(moe, prompts, judge, candidates, max_iters, threshold, target,
-                           max_new_tokens, seed, system)
-    if attack == "steer":
-        from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
-        route = steer(moe, HARMFUL_PROMPTS, BENIGN_PROMPTS, system=system).route
-        rows = asr(moe, route, prompts, judge=judge, max_new_tokens=max_new_tokens,
-                   system=system).rows
-        return [dict(r, edits=len(route)) for r in rows]
-    if attack == "random":
-        if found is None:
-            found = _fsour_rows(moe, prompts, judge, candidates, max_iters, threshold, target,
-                                max_new_tokens, seed, system)
-        rows = []
-        for i, (p, f) in enumerate(zip(prompts, found)):
-            size = int(f.get("edits") or 0)
-            route = random_route(moe, len(moe.encode(p, system)), size,
-                                 seed=seed * 1_000_003 + i, system=system, prompt=p)
-            row = asr(moe, route, [p], judge=judge, max_new_tokens=max_new_tokens,
-                      system=system).rows[0]
-            rows.append(dict(row, edits=size))
-        return rows
-    rows = []
-    for p in prompts:  # rosais
-        try:
-            res = rosais(moe, p, samples=samples, seed=seed, top=rosais_top,
-                         max_new_tokens=max_new_tokens, judge=judge, system=system)
-            rows.append({"prompt": p, "jailbroken": bool(res.jailbroken),
-                         "completion": res.completion, "top_layers": res.top_layers,
-                         "forward_passes": res.forward_passes})
-        except RouteError as exc:  # a mask that cannot compose with the defense
-            rows.append({"prompt": p, "jailbroken": False, "error": str(exc)})
-    return rows
+            try:
+                got[i] = next(iter(attack.run_many(moe, [c], params, run)))[1]
+            except RouteError as exc:  # a route that cannot compose with the defense
+                got[i] = Outcome(prompt=c.text, error=str(exc))
+    return [got[i] for i in sorted(got)]
+
+
+def defense_params(attack: Attack, given: Any = None, **legacy: Any) -> Params:
+    """``attack``'s parameters in a defense evaluation: ``given`` (a Params object, or a
+    dict of its parameters) over :func:`evaluate_defense`'s shared settings ``legacy``
+    (``top`` for RoSais's ``rosais_top``, ``samples``, ``candidates``, ``max_iters``,
+    ``threshold``, ``target``), each taken where the attack has a parameter of that
+    name."""
+    if isinstance(given, attack.Params):
+        return given
+    specs = attack.Params.specs()
+    base = {k: v for k, v in legacy.items() if k in specs and v is not None}
+    return attack.Params.parse({**base, **dict(given or {})})
 
 
 def evaluate_defense(moe: MoEModel, defense: Route, harmful_prompts: Sequence[str],
@@ -358,7 +333,8 @@ def evaluate_defense(moe: MoEModel, defense: Route, harmful_prompts: Sequence[st
                      samples: int = 8, candidates: int = 4, max_iters: int = 1,
                      threshold: float = DEFAULT_THRESHOLD, target: str = DEFAULT_TARGET,
                      max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, judge=None, seed: int = 0,
-                     system: str | None = None) -> DefenseResult:
+                     system: str | None = None,
+                     params: Mapping[str, Any] | None = None) -> DefenseResult:
     """ASR of ``attacks`` against the model without (``before``) and with ``defense``, on
     ``harmful_prompts``; with ``routes`` also ``replay`` (each route on its own prompt);
     with ``benign_prompts`` the defense's utility cost. Attacks (:data:`ATTACKS`): ``none``,
@@ -366,31 +342,44 @@ def evaluate_defense(moe: MoEModel, defense: Route, harmful_prompts: Sequence[st
     SteerMoE-style route of :func:`explorer.methods.baselines.steer` from the project's
     prompt sets, derived in each phase), ``random`` (per prompt, a random route as large as
     that phase's F-SOUR route, :func:`explorer.methods.baselines.random_route`) and
-    ``replay``. Prompts are templated with ``system``; with the defense in force, with
-    :meth:`~explorer.core.route.Route.system_under` (the self-reminder defense adds its
-    system prompt)."""
+    ``replay``; any other attack of the registry that offers itself to defenses
+    (:func:`explorer.attacks.list_attacks`, ``"defend"``) by name. ``params``: per attack
+    name, its parameters (a dict or its Params object) over the shared settings above
+    (:func:`defense_params`). Prompts are templated with ``system``; with the defense in
+    force, with :meth:`~explorer.core.route.Route.system_under` (the self-reminder defense
+    adds its system prompt)."""
     from explorer.research.utility import utility_cost
-    bad = [a for a in attacks if a not in ATTACKS]
+    offered = list_attacks("defend")
+    bad = [a for a in attacks if a not in offered]
     if bad:
-        raise ValueError(f"unknown attack {bad[0]!r}; choose from {list(ATTACKS)}")
+        raise InputError(f"unknown attack {bad[0]!r}; choose from {offered}")
     prompts = prompt_list(harmful_prompts)
     routes = [as_route(r) for r in routes]
     attacks = list(attacks) + (["replay"] if routes and "replay" not in attacks else [])
     judge = resolve_judge(judge)
     system = check_system(system)
     defense.validate(moe.info)
+    params = params or {}
+    chosen = {a: defense_params(get_attack(a), params.get(a), top=rosais_top, samples=samples,
+                                candidates=candidates, max_iters=max_iters,
+                                threshold=threshold, target=target) for a in attacks}
+    # attacks that need route sizes run after those that give them (random after F-SOUR)
+    order = sorted(attacks, key=lambda a: get_attack(a).needs_sizes)
+    cases = [Case(p, i) for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
     out, table = [], {}
     for phase in (["before"] if before else []) + ["after"]:
-        s = defense.system_under(system) if phase == "after" else system
-        found = None  # this phase's F-SOUR rows (the random control copies their sizes)
+        run = Run(judge=judge, max_new_tokens=max_new_tokens, seed=seed,
+                  system=defense.system_under(system) if phase == "after" else system,
+                  routes=routes)
         with moe.defended(defense if phase == "after" else None):
-            for a in sorted(attacks, key=lambda a: a == "random"):
-                rows = _attack_rows(moe, a, prompts, routes, judge, rosais_top, samples,
-                                    candidates, max_iters, threshold, target,
-                                    max_new_tokens, seed, s, found)
-                if a == "fsour":
-                    found = rows
+            for a in order:
+                attack = get_attack(a)
+                outcomes = run_attack(moe, attack, cases, chosen[a], run)
+                if attack.gives_sizes:  # this phase's routes, whose sizes the random control copies
+                    run.sizes = {c.index: len(o.route) if o.route is not None and not o.error
+                                 else 0 for c, o in zip(cases, outcomes)}
+                rows = [defense_row(o) for o in outcomes]
                 rate = sum(r["jailbroken"] for r in rows) / len(rows) if rows else 0.0
                 out.append({"attack": a, "phase": phase, "asr": rate, "n": len(rows),
                             "rows": rows})
@@ -406,7 +395,8 @@ def evaluate_defense(moe: MoEModel, defense: Route, harmful_prompts: Sequence[st
                   settings={"rosais_top": rosais_top, "samples": samples,
                             "candidates": candidates, "max_iters": max_iters,
                             "threshold": threshold, "target": target,
-                            "max_new_tokens": max_new_tokens, "before": before}))
+                            "max_new_tokens": max_new_tokens, "before": before},
+                  params={a: p.to_dict() for a, p in chosen.items()}))
 
 
 def gather_evidence(moe: MoEModel, prompts: Sequence[str], samples: int = 8, candidates: int = 4,

@@ -14,7 +14,9 @@ returning a result object (or dict) with ``success``, ``logprob``, ``completion`
 is the stored checkpoint as JSON text (None for a fresh start); ``on_event`` takes
 F-SOUR-style events (``kind``, ``iteration``, ``position``, ``layer``, ``num_positions``,
 ``num_layers``, ``best_logprob``, ``forward_passes``, ``elapsed``, ``state``).
-The default runner is :func:`fsour_runner`.
+A job's kind is the name of an attack that runs as a job (:mod:`explorer.attacks`, ``job =
+True``; built in: ``fsour``); the default runner, :func:`run_job`, runs that attack, and
+the route it finds is saved to the library with the kind as its source.
 
 **GPU windows (Hugging Face ZeroGPU).** With ``window`` (a function that wraps a function
 into a GPU window: the app passes ``spaces.GPU(duration=chunk_seconds)``), a job runs as a
@@ -49,29 +51,25 @@ from typing import TYPE_CHECKING, Any, Callable
 from explorer.core.chat import check_system
 from explorer.core.defaults import (
     GPU_CHUNK_SECONDS,
-    MAX_CANDIDATES,
     MAX_GENERATION,
-    MAX_ITERS,
+    MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
-    MAX_TARGET_CHARS,
 )
-from explorer.core.errors import brief, one_line
+from explorer.core.errors import one_line
+from explorer.core.params import Spec, check_value
 from explorer.core.route import Route
-from explorer.core.defaults import ENGINE_NAMES
-from explorer.judges import JUDGES
-from explorer.storage.library import ACTIVE_STATUSES, JOB_KINDS, RouteStore, StoreError
+from explorer.engine.tuning import Tuning, tuned
+from explorer.storage.library import ACTIVE_STATUSES, RouteStore, StoreError
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
 log = logging.getLogger(__name__)
 
-FSOUR_PARAMS = ("prompt", "target", "candidates", "threshold", "max_iters", "seed",
-                "engine", "max_new_tokens", "judge", "system")
-_FSOUR_KWARGS = ("target", "candidates", "threshold", "max_iters", "seed", "engine",
-                 "max_new_tokens", "system")  # passed through to fsour() as keyword arguments
-_INT_PARAMS = ("candidates", "max_iters", "seed", "max_new_tokens")
+#: What every job has, whatever its kind; the rest of its parameters are its attack's
+#: (the attack's Params: :func:`validate_params`).
+JOB_SETTINGS = ("prompt", "system", "judge", "max_new_tokens", "seed")
 MAX_HISTORY = 300
 _MILESTONES = ("start", "restart", "generated", "done", "cancelled")
 PROGRESS_KEYS = ("kind", "iteration", "position", "layer", "num_positions", "num_layers",
@@ -110,58 +108,56 @@ def _state_text(state: Any) -> str | None:
     return json.dumps(state)
 
 
-_INT_BOUNDS = {"candidates": (1, MAX_CANDIDATES), "max_iters": (1, MAX_ITERS),
-               "seed": (0, MAX_SEED), "max_new_tokens": (0, MAX_GENERATION)}
+def job_attack(kind: str):
+    """The attack a job of ``kind`` runs (a registered attack that runs as a job), or
+    :class:`StoreError` naming the kinds there are."""
+    from explorer.attacks import get_attack, list_attacks
+    if not isinstance(kind, str) or kind not in list_attacks("job"):
+        raise StoreError(f"unknown job kind {str(kind)[:40]!r}; known: "
+                         f"{', '.join(list_attacks('job'))}")
+    return get_attack(kind)
+
+
+def _label(attack) -> str:
+    return attack.Params.what.removesuffix(" parameters")
 
 
 def validate_params(kind: str, params: dict) -> dict:
-    """Check and normalise a job's parameters (None values dropped, integers as int);
-    raises :class:`StoreError` with a clear message."""
-    if kind not in JOB_KINDS:
-        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+    """Check and normalise a job's parameters before anything is queued: the job's own
+    (:data:`JOB_SETTINGS`: a non-empty prompt, a system prompt, a registered judge, the
+    answer length and the seed) and its attack's, each by its declared bounds
+    (:meth:`~explorer.core.params.Params.parse`). None values are dropped and numbers come
+    back as int or float; the keys given are the keys kept (a job records what was asked).
+    Raises :class:`StoreError` with one line."""
+    from explorer.judges import JUDGES
+    attack = job_attack(kind)
     if not isinstance(params, dict):
         raise StoreError("job params must be a dict")
-    unknown = sorted(set(params) - set(FSOUR_PARAMS))
+    specs = attack.Params.specs()
+    known = list(JOB_SETTINGS) + [k for k in specs if k not in JOB_SETTINGS]
+    unknown = sorted(str(k) for k in set(params) - set(known))
     if unknown:
-        raise StoreError(f"unknown F-SOUR parameter(s) {unknown}; known: {list(FSOUR_PARAMS)}")
+        raise StoreError(f"unknown {_label(attack)} parameter(s) {unknown}; known: {known}")
     out = {k: v for k, v in params.items() if v is not None}
     prompt = out.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise StoreError("an F-SOUR job needs a non-empty prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise StoreError(f"the prompt has {len(prompt)} characters; at most "
-                         f"{MAX_PROMPT_CHARS} are accepted")
-    for key in _INT_PARAMS:
-        if key in out:
-            v = out[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
-                    (isinstance(v, float) and not math.isfinite(v)) or v != int(v):
-                raise StoreError(f"{key} must be an integer, got {brief(v)}")
-            v = int(v)
-            lo, hi = _INT_BOUNDS[key]
-            if not lo <= v <= hi:
-                raise StoreError(f"{key} must lie in {lo}..{hi}, got {brief(v)}")
-            out[key] = v
-    if "threshold" in out:
-        t = out["threshold"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise StoreError(f"threshold must be a finite number, got {t!r}")
-        out["threshold"] = float(t)
-    for key in ("prompt", "target", "engine", "judge"):
-        if key in out and not isinstance(out[key], str):
-            raise StoreError(f"{key} must be text, got {type(out[key]).__name__}")
-        if key in out:
-            try:
-                out[key].encode("utf-8")
-            except UnicodeEncodeError:
-                raise StoreError(f"the {key} is not valid Unicode text (lone surrogates)") \
-                    from None
-    if "target" in out:
-        if not out["target"].strip():
-            raise StoreError("the target is empty")
-        if len(out["target"]) > MAX_TARGET_CHARS:
-            raise StoreError(f"the target has {len(out['target'])} characters; at most "
-                             f"{MAX_TARGET_CHARS} are accepted")
+        raise StoreError(f"the {_label(attack)} job needs a non-empty prompt")
+    try:
+        out["prompt"] = check_value("prompt", _PROMPT, prompt)
+        for key in ("max_new_tokens", "seed"):
+            if key in out:
+                out[key] = check_value(key, _RUN_SPECS[key], out[key])
+        for key, spec in specs.items():
+            if key in out:
+                out[key] = check_value(key, spec, out[key])
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if "judge" in out:
+        if not isinstance(out["judge"], str):
+            raise StoreError(f"judge must be text, got {type(out['judge']).__name__}")
+        if out["judge"] not in JUDGES:
+            raise StoreError(f"unknown judge {out['judge'][:40]!r}; choose one of "
+                             f"{sorted(JUDGES)}")
     if "system" in out:
         try:
             out["system"] = check_system(out["system"])
@@ -169,12 +165,6 @@ def validate_params(kind: str, params: dict) -> dict:
             raise StoreError(str(exc)) from None
         if out["system"] is None:
             del out["system"]
-    if "engine" in out and out["engine"] not in ENGINE_NAMES:
-        raise StoreError(f"unknown engine {out['engine'][:40]!r}; choose "
-                         f"{' or '.join(ENGINE_NAMES)}")
-    if "judge" in out and out["judge"] not in JUDGES:
-        raise StoreError(f"unknown judge {out['judge'][:40]!r}; choose one of "
-                         f"{sorted(JUDGES)}")
     try:
         json.dumps(out)
     except (TypeError, ValueError) as exc:
@@ -182,20 +172,34 @@ def validate_params(kind: str, params: dict) -> dict:
     return out
 
 
+_RUN_SPECS = {"max_new_tokens": Spec("int", "answer length", lo=0, hi=MAX_GENERATION),
+              "seed": Spec("int", "seed", lo=0, hi=MAX_SEED)}
+_PROMPT = Spec("text", "prompt", max_chars=MAX_PROMPT_CHARS)
+
+
+def run_job(kind: str, moe: MoEModel, params: dict, on_event, should_stop,
+            state: str | None, judge_options: Callable[[str], dict] | None = None):
+    """The default runner: the job's attack (:func:`job_attack`) on its prompt with its
+    parameters, as :meth:`~explorer.attacks.Attack.run_job` runs it (F-SOUR: resumable
+    from ``state``); ``judge_options(name)`` gives the judge's constructor options (e.g.
+    the rubric judge's endpoint from the app's settings)."""
+    from explorer.attacks import Run
+    from explorer.judges import get_judge
+    attack = job_attack(kind)
+    name = params.get("judge") or "keyword"
+    judge = get_judge(name, **(judge_options(name) if judge_options else {}))
+    run = Run(judge=judge, max_new_tokens=params.get("max_new_tokens", MAX_NEW_TOKENS),
+              seed=params.get("seed", 0), system=params.get("system"))
+    own = attack.Params.parse({k: v for k, v in params.items() if k in attack.Params.specs()})
+    return attack.run_job(moe, params["prompt"], own, run, on_event, should_stop, state)
+
+
 def fsour_runner(moe: MoEModel, params: dict, on_event, should_stop, state: str | None,
                  judge_options: Callable[[str], dict] | None = None):
-    """The default runner: :func:`explorer.methods.fsour.fsour` with the job's parameters;
-    ``judge_options(name)`` gives the judge's constructor options (e.g. the rubric judge's
-    endpoint from the app's settings)."""
-    from explorer.judges import get_judge
-    from explorer.methods import fsour as F
-
-    name = params.get("judge") or "keyword"
-    kwargs = {k: params[k] for k in _FSOUR_KWARGS if k in params}
-    judge = get_judge(name, **(judge_options(name) if judge_options else {}))
-    return F.fsour(moe, params["prompt"], judge=judge,
-                   on_event=on_event, should_stop=should_stop,
-                   state=F.FsourState.from_json(state) if state else None, **kwargs)
+    """The F-SOUR job (:func:`run_job` of kind ``fsour``):
+    :func:`explorer.methods.fsour.fsour` with the job's parameters, resumable from
+    ``state``."""
+    return run_job("fsour", moe, params, on_event, should_stop, state, judge_options)
 
 
 def _checkpoint_position(state_text: str) -> dict:
@@ -351,8 +355,11 @@ class JobManager:
 
     ``max_queued_per_session``: queued + running jobs one session may have;
     ``max_queued_total``: the same for everyone together; ``max_queued_per_group``: the
-    same for the jobs submitted with one ``group`` key; ``runner``: the job function
-    (default :func:`fsour_runner`, with ``judge_options`` for its judges);
+    same for the jobs submitted with one ``group`` key; ``runner``: the job function for
+    every kind (default: :func:`run_job` of the job's kind, with ``judge_options`` for its
+    judges); ``tuning``: the engine's internal switches
+    (:class:`~explorer.engine.tuning.Tuning`, the settings' ``tuning``) in force while a
+    job runs, in the worker thread and in a GPU window's process alike;
     ``progress_interval``: seconds between progress writes to the store. ``window``: a
     function that wraps a function into a GPU window of ``chunk_seconds`` seconds (e.g.
     ``spaces.GPU(duration=chunk_seconds)``): each job then runs as a sequence of such
@@ -367,12 +374,14 @@ class JobManager:
                  progress_interval: float = 0.5,
                  judge_options: Callable[[str], dict] | None = None,
                  window: Callable[[Callable], Callable] | None = None,
-                 chunk_seconds: float = GPU_CHUNK_SECONDS):
+                 chunk_seconds: float = GPU_CHUNK_SECONDS, tuning: Tuning | None = None):
         if window is not None and not (isinstance(chunk_seconds, (int, float))
                                        and math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
         self.moe, self.store = moe, store
-        self.runner = runner or functools.partial(fsour_runner, judge_options=judge_options)
+        self.runner = runner
+        self.judge_options = judge_options
+        self.tuning = tuning if tuning is not None else Tuning()
         self.max_queued_per_session = max_queued_per_session
         self.max_queued_total = max_queued_total
         self.max_queued_per_group = max_queued_per_group
@@ -503,6 +512,11 @@ class JobManager:
                 store.close()
 
     # -- internals ------------------------------------------------------------------------
+    def _runner(self, kind: str) -> Runner:
+        if self.runner is not None:
+            return self.runner
+        return functools.partial(run_job, kind, judge_options=self.judge_options)
+
     def _check_room(self, session: str | None, group: str | None = None) -> None:
         if self._stopping:
             raise StoreError("the job manager is shutting down; try again later")
@@ -595,7 +609,9 @@ class JobManager:
         report = _Reporter(self.store, job_id, tracker, self.progress_interval, self._live,
                            stop.set)  # lost: someone else took the job over
         try:
-            result = self.runner(self.moe, params, report, stop.is_set, rec.state)
+            with tuned(self.tuning):
+                result = self._runner(rec.kind)(self.moe, params, report, stop.is_set,
+                                                rec.state)
         except BaseException as exc:  # noqa: BLE001 - any failure ends this job only
             # (SystemExit, KeyboardInterrupt raised by a runner included: here they would
             # kill the worker thread, leave the job 'running' and stall the queue)
@@ -668,7 +684,9 @@ class JobManager:
         def on_event(ev: Any) -> None:
             report(ev, quiet=clock.reason == "budget" and _get(ev, "kind") == "cancelled")
 
-        result = self.runner(self.moe, params, on_event, clock.should_stop, rec.state)
+        with tuned(self.tuning):
+            result = self._runner(rec.kind)(self.moe, params, on_event, clock.should_stop,
+                                            rec.state)
         out = _outcome(result, params)
         if out["cancelled"] and clock.reason == "budget":
             fields = {"state": out["state"]} if out["state"] is not None else {}
@@ -698,12 +716,13 @@ class JobManager:
                                   where_status="running", **extra)
             return
         route = Route.from_dict(out["route"])
+        kind = self.store.get_job(job_id).kind
         self.store.finish_job(
             job_id, route, params["prompt"], getattr(self.moe, "name", "") or "",
             route_fields={
                 "target": out["target"], "target_logprob": out["logprob"],
                 "success": out["success"], "judge": out["judge"],
-                "completion": out["completion"], "source": "fsour",
+                "completion": out["completion"], "source": kind,
                 "meta": {"job_id": job_id, "params": params,
                          "forward_passes": out["forward_passes"],
                          "seconds": out["seconds"]}},

@@ -21,6 +21,7 @@ Exports are written only under ``<data dir>/exports/``; imports are read only fr
 from __future__ import annotations
 
 import json
+import re
 import os
 import sqlite3
 import tempfile
@@ -34,10 +35,13 @@ from typing import Any, Iterable
 
 from explorer.core.route import Route, RouteError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "explorer.sqlite3"
+#: The sources of the routes the explorer saves itself; a background job of another
+#: attack saves its routes under the attack's name (:data:`SOURCE_NAME`).
 SOURCES = ("fsour", "manual", "rosais", "import")
-JOB_KINDS = ("fsour",)
+#: What a route's source may be: a built-in source or an attack's name.
+SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
@@ -54,7 +58,7 @@ CREATE TABLE IF NOT EXISTS routes (
     success        INTEGER CHECK (success IN (0, 1)),
     judge          TEXT,
     completion     TEXT,
-    source         TEXT NOT NULL CHECK (source IN {SOURCES}),
+    source         TEXT NOT NULL CHECK (length(source) BETWEEN 1 AND 40),
     created        TEXT NOT NULL,
     meta_json      TEXT NOT NULL DEFAULT '{{}}'
 );
@@ -234,7 +238,9 @@ class RouteStore:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this explorer "
                              f"knows up to {SCHEMA_VERSION} (upgrade the explorer)")
-        if version < SCHEMA_VERSION:  # idempotent: CREATE ... IF NOT EXISTS
+        if version == 1:
+            self._migrate_1_to_2()
+        elif version < SCHEMA_VERSION:  # idempotent: CREATE ... IF NOT EXISTS
             try:
                 self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA +
                                          f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
@@ -242,6 +248,28 @@ class RouteStore:
                 if self._conn.in_transaction:
                     self._conn.rollback()
                 raise
+
+    def _migrate_1_to_2(self) -> None:
+        """Version 2 lets a route's source be an attack's name (version 1 allowed four
+        fixed sources): the routes table is rebuilt (SQLite cannot change a CHECK), its
+        rows copied as they are, in one transaction with foreign keys off, so the jobs'
+        references to routes stay."""
+        routes = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS routes"):
+                         _SCHEMA.index("CREATE INDEX IF NOT EXISTS routes_model")]
+        new = routes.replace("CREATE TABLE IF NOT EXISTS routes", "CREATE TABLE routes_v2")
+        self._conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            self._conn.executescript(
+                "BEGIN IMMEDIATE;" + new + "INSERT INTO routes_v2 SELECT * FROM routes;"
+                "DROP TABLE routes; ALTER TABLE routes_v2 RENAME TO routes;"
+                "CREATE INDEX IF NOT EXISTS routes_model ON routes(model);"
+                f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise
+        finally:
+            self._conn.execute("PRAGMA foreign_keys=ON")
 
     def _add_stops(self) -> None:
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
@@ -288,8 +316,9 @@ class RouteStore:
                       completion, source, meta) -> int:
         if not isinstance(route, Route):
             raise StoreError(f"save_route needs a Route, got {type(route).__name__}")
-        if source not in SOURCES:
-            raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
+        if not isinstance(source, str) or not SOURCE_NAME.match(source):
+            raise StoreError(f"a route's source is one of {SOURCES} or an attack's name, "
+                             f"got {source!r}")
         same = self._same_route(route, prompt, model)
         if same is not None:
             return same
@@ -491,8 +520,8 @@ class RouteStore:
     # -- jobs ---------------------------------------------------------------------------
     def create_job(self, kind: str, params: dict, session: str | None = None) -> str:
         """Insert a 'queued' job; returns its id (a uuid4 hex string)."""
-        if kind not in JOB_KINDS:
-            raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+        if not isinstance(kind, str) or not SOURCE_NAME.match(kind):
+            raise StoreError(f"a job kind is an attack's name, got {str(kind)[:40]!r}")
         if not isinstance(params, dict):
             raise StoreError("job params must be a dict")
         job_id, now = uuid.uuid4().hex, utcnow()
