@@ -23,7 +23,8 @@ class RandomParams(FsourParams):
     what = "random-route parameters"
     reference: str | None = param(None, "an `evaluate --method fsour` JSONL whose route sizes "
                                   "the random routes copy (default: search F-SOUR routes "
-                                  "first)", kind="path", flag="--reference")
+                                  "first)", kind="path", flag="--reference",
+                                  where=("evaluate",))
 
     def fsour(self) -> FsourParams:
         """The F-SOUR parameters of the sizing searches."""

@@ -39,7 +39,9 @@ class Spec:
     """How one parameter is checked and shown: ``kind`` (one of :data:`KINDS`), inclusive
     bounds ``lo`` / ``hi`` for numbers, ``choices`` for a choice, ``max_chars`` for text,
     ``help`` (one line, for ``--help`` and the app), ``flag`` (the CLI option, default
-    ``--name-with-dashes``) and ``label`` (the app's short label, default the help)."""
+    ``--name-with-dashes``), ``label`` (the app's short label, default the help) and
+    ``where``: the places that offer it (``"evaluate"``, ``"defend"``, ``"job"``; empty:
+    all)."""
 
     kind: str
     help: str
@@ -49,6 +51,11 @@ class Spec:
     max_chars: int | None = None
     flag: str | None = None
     label: str | None = None
+    where: tuple = ()
+
+    def offered(self, where: str) -> bool:
+        """Whether the place ``where`` offers this parameter."""
+        return not self.where or where in self.where
 
     def option(self, name: str) -> str:
         """The CLI option of parameter ``name``."""
@@ -71,7 +78,7 @@ class Spec:
 
 def param(default: Any, help: str, *, kind: str | None = None, lo: float | None = None,
           hi: float | None = None, choices=(), max_chars: int | None = None,
-          flag: str | None = None, label: str | None = None) -> Any:
+          flag: str | None = None, label: str | None = None, where: tuple = ()) -> Any:
     """A dataclass field with its :class:`Spec`. ``kind`` defaults from ``choices`` and the
     default's type (bool: flag, int: int, float: float, str or None: text). A default of
     None means "the caller's own" (e.g. a dataset row's target) and is always accepted."""
@@ -82,7 +89,7 @@ def param(default: Any, help: str, *, kind: str | None = None, lo: float | None 
     if kind not in KINDS:
         raise ValueError(f"unknown parameter kind {kind!r}")  # a bug in a declaration
     spec = Spec(kind=kind, help=help, lo=lo, hi=hi, choices=tuple(choices),
-                max_chars=max_chars, flag=flag, label=label)
+                max_chars=max_chars, flag=flag, label=label, where=tuple(where))
     return field(default=default, metadata={_SPEC: spec})
 
 
