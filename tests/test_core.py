@@ -16,7 +16,7 @@ from explorer.cli.main import main as cli_main
 
 
 def test_route_json_round_trip_and_public_format():
-    r = Route().force(5, 12, [9, 3]).mask(7, [1, 2])
+    r = Route().force(5, 12, [9, 3]).mask(7, None, [1, 2])
     r.info["model"] = "demo"
     d = json.loads(r.to_json())
     assert d == {"edits": [{"layer": 5, "position": 12, "experts": [3, 9], "mode": "force"},
@@ -27,10 +27,76 @@ def test_route_json_round_trip_and_public_format():
 
 
 def test_force_at_same_cell_replaces_and_edits_compose():
-    r = Route().force(1, 3, [0, 1]).force(1, 3, [2, 3]).mask(1, [4])
+    r = Route().force(1, 3, [0, 1]).force(1, 3, [2, 3]).mask(1, None, [4])
     assert len(r) == 2
     assert r.allowed(1, 3, 8) == {2, 3}
     assert r.allowed(1, 5, 8) == {0, 1, 2, 3, 5, 6, 7}
+
+
+def _mask_edit(layer, position, experts):
+    return [RouteEdit(layer, position, tuple(experts), "mask")]
+
+
+@pytest.mark.parametrize("build,position", [
+    # the form to use: the order of force, (layer, position, experts)
+    (lambda: Route().mask(2, None, [1, 5]), None),
+    (lambda: Route().mask(2, 4, [1, 5]), 4),
+    (lambda: Route().mask(2, 4, experts=[1, 5]), 4),
+    (lambda: Route().mask(2, position=4, experts=[1, 5]), 4),
+    (lambda: Route().mask(layer=2, position=None, experts=(1, 5)), None),
+    (lambda: Route().mask(2, experts=[1, 5]), None),  # position defaults to every one
+    (lambda: Route().mask(2, None, range(1, 6, 4)), None),  # any iterable of ints
+    (lambda: Route().mask(2, 4, (e for e in (1, 5))), 4),
+    # the older order, kept for compatibility: (layer, experts[, position])
+    (lambda: Route().mask(2, [1, 5]), None),
+    (lambda: Route().mask(2, [1, 5], None), None),
+    (lambda: Route().mask(2, [1, 5], 4), 4),
+    (lambda: Route().mask(2, [1, 5], position=4), 4),
+    (lambda: Route().mask(2, experts=[1, 5], position=4), 4),
+])
+def test_mask_accepts_the_force_order_and_the_old_one(build, position):
+    r = build()
+    assert r.edits == _mask_edit(2, position, [1, 5])
+    assert Route.from_json(r.to_json()) == r
+
+
+def test_mask_orders_give_equal_routes():
+    new = Route().force(1, 3, [0, 1]).mask(1, None, [4]).mask(0, 2, [6, 7])
+    old = Route().force(1, 3, [0, 1]).mask(1, [4]).mask(0, [6, 7], 2)
+    assert new == old and new.to_json() == old.to_json()
+    assert new.allowed(0, 2, 8) == old.allowed(0, 2, 8) == {0, 1, 2, 3, 4, 5}
+    assert Route().mask(0, 2, [6, 7]) != Route().mask(0, None, [6, 7])
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((3, 4), {}, "cannot tell the position from the experts"),  # two ints
+    (([0], [1]), {}, "cannot tell the position from the experts"),  # two lists
+    ((None, None), {}, "cannot tell the position from the experts"),
+    (("ab", 3), {}, "cannot tell the position from the experts"),  # text is not experts
+    ((True, [1, 2]), {}, "cannot tell the position from the experts"),  # nor a bool a position
+    ((3,), {}, "needs experts"),  # a position alone
+    ((None,), {}, "needs experts"),
+    ((), {}, "needs experts"),
+    ((), {"position": 3}, "needs experts"),
+    (([0],), {"experts": [1]}, "should be the position"),
+    ((), {"position": [1], "experts": [2]}, "int or None"),
+    ((), {"position": 1, "experts": 2}, "iterable of ints"),
+])
+def test_mask_refuses_calls_that_fit_neither_order(args, kwargs, match):
+    with pytest.raises(RouteError, match=match) as info:
+        Route().mask(1, *args, **kwargs)
+    assert "mask(layer, position, experts)" in str(info.value)
+
+
+def test_mask_refuses_too_many_or_repeated_arguments():
+    with pytest.raises(TypeError, match="positional arguments"):
+        Route().mask(1, 2, [3], 4)
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, [3], 4, position=4)
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, 2, [3], experts=[3])
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, 2, position=2, experts=[3])
 
 
 @pytest.mark.parametrize("text", [
