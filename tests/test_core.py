@@ -153,6 +153,59 @@ def test_trace_records_prompt_and_generated_tokens(tiny):
     assert RoutingTrace.from_json(tr.to_json()) == tr
 
 
+def _two_layer_trace(logits: bool = True) -> RoutingTrace:
+    """A hand-made trace of a model whose MoE layers are decoder layers 1 and 3 (0 and 2
+    dense), so that rows and absolute layer indices differ."""
+    return RoutingTrace(
+        prompt="p", tokens=["a", "b"], token_ids=[5, 6], prompt_tokens=2, moe_layers=[1, 3],
+        num_experts=[4, 4], top_k=[2, 2],
+        experts=[[[0, 1], [2, 3]], [[1, 2], [3, 0]]],
+        weights=[[[0.6, 0.4], [0.7, 0.3]], [[0.5, 0.5], [0.9, 0.1]]],
+        logits=[[[1.0, 0.5, 0.0, -1.0], [0.0, 0.1, 2.0, 1.0]],
+                [[0.2, 1.5, 1.4, 0.0], [0.8, -1.0, 0.0, 3.0]]] if logits else None)
+
+
+def test_trace_accessors_take_absolute_layers():
+    tr = _two_layer_trace()
+    assert tr.layer_row(1) == 0 and tr.layer_row(3) == 1
+    assert tr.experts_at(1, 1) == [2, 3] and tr.experts_at(3, 1) == [3, 0]
+    assert tr.weights_at(1, 0) == [0.6, 0.4] and tr.weights_at(3, 1) == [0.9, 0.1]
+    assert tr.logits_at(3, 0) == [0.2, 1.5, 1.4, 0.0]
+    for layer in (0, 2, 4):  # dense or out of range: never a row index in disguise
+        for get in (tr.experts_at, tr.weights_at, tr.logits_at):
+            with pytest.raises(KeyError, match=f"layer {layer} is not an MoE layer"):
+                get(layer, 0)
+    assert tr.by_layer() == {1: tr.experts[0], 3: tr.experts[1]}
+    assert tr.by_layer("weights") == {1: tr.weights[0], 3: tr.weights[1]}
+    assert tr.by_layer("logits") == {1: tr.logits[0], 3: tr.logits[1]}
+    for layer in tr.moe_layers:
+        for t in range(tr.num_tokens):
+            assert tr.by_layer()[layer][t] == tr.experts_at(layer, t)
+            assert tr.by_layer("weights")[layer][t] == tr.weights_at(layer, t)
+            assert tr.by_layer("logits")[layer][t] == tr.logits_at(layer, t)
+    with pytest.raises(ValueError, match="experts, weights or logits"):
+        tr.by_layer("tokens")
+    bare = _two_layer_trace(logits=False)
+    with pytest.raises(ValueError, match="without router logits"):
+        bare.logits_at(1, 0)
+    with pytest.raises(ValueError, match="without router logits"):
+        bare.by_layer("logits")
+    # the JSON form keeps its per-row lists and keys
+    d = tr.to_dict()
+    assert d["experts"] == tr.experts and d["moe_layers"] == [1, 3]
+    assert RoutingTrace.from_dict(d) == tr
+
+
+def test_trace_accessors_match_the_rows_of_a_real_trace(tiny):
+    tr = trace(tiny, "Tell me a joke", max_new_tokens=2)
+    for row, layer in enumerate(tr.moe_layers):
+        for t in range(tr.num_tokens):
+            assert tr.experts_at(layer, t) == tr.experts[row][t]
+            assert tr.weights_at(layer, t) == tr.weights[row][t]
+            assert tr.logits_at(layer, t) == tr.logits[row][t]
+    assert list(tr.by_layer()) == tr.moe_layers
+
+
 def test_trace_with_route_forces_and_changes(tiny):
     base = trace(tiny, "Tell me a joke", max_new_tokens=3)
     pos = base.prompt_tokens - 1
