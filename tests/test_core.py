@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 import torch
@@ -204,6 +205,43 @@ def test_trace_accessors_match_the_rows_of_a_real_trace(tiny):
             assert tr.weights_at(layer, t) == tr.weights[row][t]
             assert tr.logits_at(layer, t) == tr.logits[row][t]
     assert list(tr.by_layer()) == tr.moe_layers
+
+
+def test_generate_returns_a_generation_and_generate_recorded_the_records(tiny):
+    from explorer import RouteControl, generate, generate_recorded
+    from explorer.core.forward import Generation
+    ids = tiny.encode("Tell me a joke")
+    route = Route().force(1, len(ids) - 1, [6, 7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the plain call does not warn
+        gen = generate(tiny, ids, route, max_new_tokens=3)
+    assert isinstance(gen, Generation) and gen.ids[:len(ids)] == ids
+    assert len(gen.ids) == len(ids) + 3 and gen.prompt_len == len(ids)
+    pieces: list[str] = []
+    rec, ctl = generate_recorded(tiny, ids, route, max_new_tokens=3, on_token=pieces.append)
+    assert isinstance(ctl, RouteControl) and rec == gen and "".join(pieces) == gen.text
+    for layer in tiny.moe_layers:  # records cover every prompt and generated token
+        assert ctl.collected(layer)["experts"].shape[1] == len(gen.ids)
+    assert sorted(ctl.collected(1)["experts"][0, len(ids) - 1].tolist()) == [6, 7]
+    # nothing generated: the prompt alone is recorded
+    none, ctl0 = generate_recorded(tiny, ids, None, max_new_tokens=0)
+    assert none.ids == ids and none.text == ""
+    assert ctl0.collected(0)["experts"].shape[1] == len(ids)
+
+
+def test_generate_record_true_still_returns_the_pair_and_warns(tiny):
+    from explorer import generate, generate_recorded
+    ids = tiny.encode("Tell me a joke")
+    with pytest.warns(DeprecationWarning, match="generate_recorded"):
+        out = generate(tiny, ids, None, max_new_tokens=2, record=True)
+    assert isinstance(out, tuple) and len(out) == 2
+    gen, ctl = out
+    want, want_ctl = generate_recorded(tiny, ids, None, max_new_tokens=2)
+    assert gen == want
+    for layer in tiny.moe_layers:
+        assert torch.equal(ctl.collected(layer)["experts"], want_ctl.collected(layer)["experts"])
+    with pytest.warns(DeprecationWarning):  # positional record, as old callers may pass it
+        assert isinstance(generate(tiny, ids, None, 2, True), tuple)
 
 
 def test_trace_with_route_forces_and_changes(tiny):

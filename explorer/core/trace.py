@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.chat import check_system
 from explorer.core.errors import InputError
-from explorer.core.forward import generate
+from explorer.core.forward import generate_recorded
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
@@ -160,8 +160,8 @@ def trace(moe: MoEModel, prompt: str, max_new_tokens: int = 0, route: Route | No
     ids = moe.encode(prompt, system, thinking=thinking)
     if route is not None:
         route.validate(moe.info, num_tokens=len(ids))
-    gen, ctl = generate(moe, ids, route, max_new_tokens=max_new_tokens, record=True,
-                        on_token=on_token)
+    gen, ctl = generate_recorded(moe, ids, route, max_new_tokens=max_new_tokens,
+                                 on_token=on_token)
     experts, weights, logits = [], [], []
     n = len(gen.ids)
     for layer in moe.moe_layers:
