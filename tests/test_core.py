@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -149,9 +150,35 @@ def test_trace_records_prompt_and_generated_tokens(tiny):
         for t in range(n):  # softmax-top-k: chosen experts are the top-2 logits
             top = sorted(range(8), key=lambda e: -tr.logits[i][t][e])[:2]
             assert sorted(tr.experts[i][t]) == sorted(top)
-            assert abs(sum(tr.weights[i][t]) - 1.0) < 1e-5 or not tiny.model.config.norm_topk_prob
     assert tr.info["model"] == tiny.name and tr.info["chat_template_hash"]
     assert RoutingTrace.from_json(tr.to_json()) == tr
+
+
+def _softmax_topk_weights(logits: list[float], experts: list[int], norm: bool) -> list[float]:
+    """OLMoE's gate weights for the chosen ``experts``, from the raw router ``logits``: the
+    softmax over all experts at those experts, divided by their sum when ``norm``."""
+    m = max(logits)
+    ex = [math.exp(x - m) for x in logits]
+    z = sum(ex)
+    w = [ex[e] / z for e in experts]
+    return [x / sum(w) for x in w] if norm else w
+
+
+@pytest.mark.parametrize("model,norm", [("tiny", False), ("tiny_norm", True)])
+def test_trace_weights_are_the_softmax_top_k_of_the_logits(model, norm, request):
+    moe = request.getfixturevalue(model)
+    assert moe.model.config.norm_topk_prob is norm  # the case this parameter is about
+    tr = trace(moe, "How do I bake bread?", max_new_tokens=3)
+    sums = []
+    for i in range(len(tr.moe_layers)):
+        for t in range(tr.num_tokens):
+            want = _softmax_topk_weights(tr.logits[i][t], tr.experts[i][t], norm)
+            assert tr.weights[i][t] == pytest.approx(want, abs=1e-5), (i, t)
+            sums.append(sum(tr.weights[i][t]))
+    if norm:
+        assert sums == pytest.approx([1.0] * len(sums), abs=1e-5)
+    else:  # 2 of 8 experts' probabilities: short of 1 for every token
+        assert max(sums) < 1.0 - 1e-3
 
 
 def _two_layer_trace(logits: bool = True) -> RoutingTrace:
