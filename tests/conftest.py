@@ -119,6 +119,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class FakeClock:
+    """A stand-in for ``time.monotonic`` (seconds) that stands still until a test moves it
+    with :meth:`advance`: pass it as ``clock=`` (e.g. to ``HostedPolicy``) so that rate
+    buckets refill exactly when the test says, without sleeping."""
+
+    def __init__(self, start: float = 1000.0):
+        self.t = float(start)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` on (never back: it is monotonic); returns the time."""
+        assert seconds >= 0, f"a monotonic clock does not go back ({seconds} s)"
+        self.t += seconds
+        return self.t
+
+
 def closed_port() -> int:
     """A localhost TCP port nothing listens on (for unreachable-endpoint tests)."""
     import socket
