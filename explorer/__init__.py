@@ -7,8 +7,9 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   hub id)
 - :class:`Route` / :class:`RouteEdit`: what to force or mask, where (JSON round-trip)
 - :func:`trace` -> :class:`RoutingTrace`: per layer and token, experts, weights, logits
-- :func:`generate`, :func:`target_logprob`, :func:`logits_for_routes`, :func:`prefill`:
-  forwards with routes (:mod:`explorer.core.forward`)
+- :func:`generate` (and :func:`generate_recorded`, which also returns the routing records),
+  :func:`target_logprob`, :func:`logits_for_routes`, :func:`prefill`: forwards with routes
+  (:mod:`explorer.core.forward`)
 - :func:`rosais` -> :class:`RosaisResult` and :func:`fsour` -> :class:`FsourResult`: the
   paper's two methods (:mod:`explorer.methods`); :func:`steer` and :func:`random_route`:
   the baselines they are compared with
@@ -42,6 +43,7 @@ _EXPORTS = {
     "RoutingTrace": "explorer.core.trace",
     "trace": "explorer.core.trace",
     "generate": "explorer.core.forward",
+    "generate_recorded": "explorer.core.forward",
     "logits_for_routes": "explorer.core.forward",
     "prefill": "explorer.core.forward",
     "target_logprob": "explorer.core.forward",
@@ -75,7 +77,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from explorer.core.control import RouteControl, defended
     from explorer.core.errors import ModelLoadError, RouteError
-    from explorer.core.forward import generate, logits_for_routes, prefill, target_logprob
+    from explorer.core.forward import (generate, generate_recorded, logits_for_routes, prefill,
+                                       target_logprob)
     from explorer.core.layers import LayerInfo
     from explorer.core.model import ModelInfo, MoEModel, load_model
     from explorer.core.paths import DEMO_MODEL_DIR

@@ -58,30 +58,47 @@ def real_tokenizer_dir(name: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A tiny random OLMoE saved as a local checkpoint folder, with the demo tokenizer."""
+def save_tiny_olmoe(folder: Path, **overrides) -> Path:
+    """Save a tiny random OLMoE with the demo tokenizer into ``folder`` (its config fields
+    ``overrides``, e.g. ``norm_topk_prob=True``); returns ``folder``."""
     from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM
     tok = AutoTokenizer.from_pretrained(ROOT / "assets" / "demo-model")
-    cfg = OlmoeConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=32,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      num_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=tok.bos_token_id)
+    kw = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=32,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+              num_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=tok.bos_token_id)
+    kw.update(overrides)
+    cfg = OlmoeConfig(**kw)
     torch.manual_seed(0)
     model = OlmoeForCausalLM(cfg)
     for layer in model.model.layers:  # zero-init routers would route every token alike
         torch.nn.init.normal_(layer.mlp.gate.weight, std=0.5)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-olmoe"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny random OLMoE saved as a local checkpoint folder, with the demo tokenizer
+    (``norm_topk_prob`` False, OLMoE's default: gate weights are not renormalised)."""
+    return save_tiny_olmoe(tmp_path_factory.mktemp("tiny") / "tiny-olmoe")
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_ckpt):
     from explorer import load_model
     return load_model(str(tiny_ckpt), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_norm(tmp_path_factory):
+    """The tiny OLMoE with ``norm_topk_prob=True``: its top-k gate weights sum to 1."""
+    from explorer import load_model
+    folder = save_tiny_olmoe(tmp_path_factory.mktemp("tiny-norm") / "tiny-olmoe-norm",
+                             norm_topk_prob=True)
+    return load_model(str(folder), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +117,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+class FakeClock:
+    """A stand-in for ``time.monotonic`` (seconds) that stands still until a test moves it
+    with :meth:`advance`: pass it as ``clock=`` (e.g. to ``HostedPolicy``) so that rate
+    buckets refill exactly when the test says, without sleeping."""
+
+    def __init__(self, start: float = 1000.0):
+        self.t = float(start)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` on (never back: it is monotonic); returns the time."""
+        assert seconds >= 0, f"a monotonic clock does not go back ({seconds} s)"
+        self.t += seconds
+        return self.t
 
 
 def closed_port() -> int:

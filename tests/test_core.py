@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from explorer.cli.main import main as cli_main
 
 
 def test_route_json_round_trip_and_public_format():
-    r = Route().force(5, 12, [9, 3]).mask(7, [1, 2])
+    r = Route().force(5, 12, [9, 3]).mask(7, None, [1, 2])
     r.info["model"] = "demo"
     d = json.loads(r.to_json())
     assert d == {"edits": [{"layer": 5, "position": 12, "experts": [3, 9], "mode": "force"},
@@ -27,10 +29,76 @@ def test_route_json_round_trip_and_public_format():
 
 
 def test_force_at_same_cell_replaces_and_edits_compose():
-    r = Route().force(1, 3, [0, 1]).force(1, 3, [2, 3]).mask(1, [4])
+    r = Route().force(1, 3, [0, 1]).force(1, 3, [2, 3]).mask(1, None, [4])
     assert len(r) == 2
     assert r.allowed(1, 3, 8) == {2, 3}
     assert r.allowed(1, 5, 8) == {0, 1, 2, 3, 5, 6, 7}
+
+
+def _mask_edit(layer, position, experts):
+    return [RouteEdit(layer, position, tuple(experts), "mask")]
+
+
+@pytest.mark.parametrize("build,position", [
+    # the form to use: the order of force, (layer, position, experts)
+    (lambda: Route().mask(2, None, [1, 5]), None),
+    (lambda: Route().mask(2, 4, [1, 5]), 4),
+    (lambda: Route().mask(2, 4, experts=[1, 5]), 4),
+    (lambda: Route().mask(2, position=4, experts=[1, 5]), 4),
+    (lambda: Route().mask(layer=2, position=None, experts=(1, 5)), None),
+    (lambda: Route().mask(2, experts=[1, 5]), None),  # position defaults to every one
+    (lambda: Route().mask(2, None, range(1, 6, 4)), None),  # any iterable of ints
+    (lambda: Route().mask(2, 4, (e for e in (1, 5))), 4),
+    # the older order, kept for compatibility: (layer, experts[, position])
+    (lambda: Route().mask(2, [1, 5]), None),
+    (lambda: Route().mask(2, [1, 5], None), None),
+    (lambda: Route().mask(2, [1, 5], 4), 4),
+    (lambda: Route().mask(2, [1, 5], position=4), 4),
+    (lambda: Route().mask(2, experts=[1, 5], position=4), 4),
+])
+def test_mask_accepts_the_force_order_and_the_old_one(build, position):
+    r = build()
+    assert r.edits == _mask_edit(2, position, [1, 5])
+    assert Route.from_json(r.to_json()) == r
+
+
+def test_mask_orders_give_equal_routes():
+    new = Route().force(1, 3, [0, 1]).mask(1, None, [4]).mask(0, 2, [6, 7])
+    old = Route().force(1, 3, [0, 1]).mask(1, [4]).mask(0, [6, 7], 2)
+    assert new == old and new.to_json() == old.to_json()
+    assert new.allowed(0, 2, 8) == old.allowed(0, 2, 8) == {0, 1, 2, 3, 4, 5}
+    assert Route().mask(0, 2, [6, 7]) != Route().mask(0, None, [6, 7])
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((3, 4), {}, "cannot tell the position from the experts"),  # two ints
+    (([0], [1]), {}, "cannot tell the position from the experts"),  # two lists
+    ((None, None), {}, "cannot tell the position from the experts"),
+    (("ab", 3), {}, "cannot tell the position from the experts"),  # text is not experts
+    ((True, [1, 2]), {}, "cannot tell the position from the experts"),  # nor a bool a position
+    ((3,), {}, "needs experts"),  # a position alone
+    ((None,), {}, "needs experts"),
+    ((), {}, "needs experts"),
+    ((), {"position": 3}, "needs experts"),
+    (([0],), {"experts": [1]}, "should be the position"),
+    ((), {"position": [1], "experts": [2]}, "int or None"),
+    ((), {"position": 1, "experts": 2}, "iterable of ints"),
+])
+def test_mask_refuses_calls_that_fit_neither_order(args, kwargs, match):
+    with pytest.raises(RouteError, match=match) as info:
+        Route().mask(1, *args, **kwargs)
+    assert "mask(layer, position, experts)" in str(info.value)
+
+
+def test_mask_refuses_too_many_or_repeated_arguments():
+    with pytest.raises(TypeError, match="positional arguments"):
+        Route().mask(1, 2, [3], 4)
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, [3], 4, position=4)
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, 2, [3], experts=[3])
+    with pytest.raises(TypeError, match="twice"):
+        Route().mask(1, 2, position=2, experts=[3])
 
 
 @pytest.mark.parametrize("text", [
@@ -82,9 +150,125 @@ def test_trace_records_prompt_and_generated_tokens(tiny):
         for t in range(n):  # softmax-top-k: chosen experts are the top-2 logits
             top = sorted(range(8), key=lambda e: -tr.logits[i][t][e])[:2]
             assert sorted(tr.experts[i][t]) == sorted(top)
-            assert abs(sum(tr.weights[i][t]) - 1.0) < 1e-5 or not tiny.model.config.norm_topk_prob
     assert tr.info["model"] == tiny.name and tr.info["chat_template_hash"]
     assert RoutingTrace.from_json(tr.to_json()) == tr
+
+
+def _softmax_topk_weights(logits: list[float], experts: list[int], norm: bool) -> list[float]:
+    """OLMoE's gate weights for the chosen ``experts``, from the raw router ``logits``: the
+    softmax over all experts at those experts, divided by their sum when ``norm``."""
+    m = max(logits)
+    ex = [math.exp(x - m) for x in logits]
+    z = sum(ex)
+    w = [ex[e] / z for e in experts]
+    return [x / sum(w) for x in w] if norm else w
+
+
+@pytest.mark.parametrize("model,norm", [("tiny", False), ("tiny_norm", True)])
+def test_trace_weights_are_the_softmax_top_k_of_the_logits(model, norm, request):
+    moe = request.getfixturevalue(model)
+    assert moe.model.config.norm_topk_prob is norm  # the case this parameter is about
+    tr = trace(moe, "How do I bake bread?", max_new_tokens=3)
+    sums = []
+    for i in range(len(tr.moe_layers)):
+        for t in range(tr.num_tokens):
+            want = _softmax_topk_weights(tr.logits[i][t], tr.experts[i][t], norm)
+            assert tr.weights[i][t] == pytest.approx(want, abs=1e-5), (i, t)
+            sums.append(sum(tr.weights[i][t]))
+    if norm:
+        assert sums == pytest.approx([1.0] * len(sums), abs=1e-5)
+    else:  # 2 of 8 experts' probabilities: short of 1 for every token
+        assert max(sums) < 1.0 - 1e-3
+
+
+def _two_layer_trace(logits: bool = True) -> RoutingTrace:
+    """A hand-made trace of a model whose MoE layers are decoder layers 1 and 3 (0 and 2
+    dense), so that rows and absolute layer indices differ."""
+    return RoutingTrace(
+        prompt="p", tokens=["a", "b"], token_ids=[5, 6], prompt_tokens=2, moe_layers=[1, 3],
+        num_experts=[4, 4], top_k=[2, 2],
+        experts=[[[0, 1], [2, 3]], [[1, 2], [3, 0]]],
+        weights=[[[0.6, 0.4], [0.7, 0.3]], [[0.5, 0.5], [0.9, 0.1]]],
+        logits=[[[1.0, 0.5, 0.0, -1.0], [0.0, 0.1, 2.0, 1.0]],
+                [[0.2, 1.5, 1.4, 0.0], [0.8, -1.0, 0.0, 3.0]]] if logits else None)
+
+
+def test_trace_accessors_take_absolute_layers():
+    tr = _two_layer_trace()
+    assert tr.layer_row(1) == 0 and tr.layer_row(3) == 1
+    assert tr.experts_at(1, 1) == [2, 3] and tr.experts_at(3, 1) == [3, 0]
+    assert tr.weights_at(1, 0) == [0.6, 0.4] and tr.weights_at(3, 1) == [0.9, 0.1]
+    assert tr.logits_at(3, 0) == [0.2, 1.5, 1.4, 0.0]
+    for layer in (0, 2, 4):  # dense or out of range: never a row index in disguise
+        for get in (tr.experts_at, tr.weights_at, tr.logits_at):
+            with pytest.raises(KeyError, match=f"layer {layer} is not an MoE layer"):
+                get(layer, 0)
+    assert tr.by_layer() == {1: tr.experts[0], 3: tr.experts[1]}
+    assert tr.by_layer("weights") == {1: tr.weights[0], 3: tr.weights[1]}
+    assert tr.by_layer("logits") == {1: tr.logits[0], 3: tr.logits[1]}
+    for layer in tr.moe_layers:
+        for t in range(tr.num_tokens):
+            assert tr.by_layer()[layer][t] == tr.experts_at(layer, t)
+            assert tr.by_layer("weights")[layer][t] == tr.weights_at(layer, t)
+            assert tr.by_layer("logits")[layer][t] == tr.logits_at(layer, t)
+    with pytest.raises(ValueError, match="experts, weights or logits"):
+        tr.by_layer("tokens")
+    bare = _two_layer_trace(logits=False)
+    with pytest.raises(ValueError, match="without router logits"):
+        bare.logits_at(1, 0)
+    with pytest.raises(ValueError, match="without router logits"):
+        bare.by_layer("logits")
+    # the JSON form keeps its per-row lists and keys
+    d = tr.to_dict()
+    assert d["experts"] == tr.experts and d["moe_layers"] == [1, 3]
+    assert RoutingTrace.from_dict(d) == tr
+
+
+def test_trace_accessors_match_the_rows_of_a_real_trace(tiny):
+    tr = trace(tiny, "Tell me a joke", max_new_tokens=2)
+    for row, layer in enumerate(tr.moe_layers):
+        for t in range(tr.num_tokens):
+            assert tr.experts_at(layer, t) == tr.experts[row][t]
+            assert tr.weights_at(layer, t) == tr.weights[row][t]
+            assert tr.logits_at(layer, t) == tr.logits[row][t]
+    assert list(tr.by_layer()) == tr.moe_layers
+
+
+def test_generate_returns_a_generation_and_generate_recorded_the_records(tiny):
+    from explorer import RouteControl, generate, generate_recorded
+    from explorer.core.forward import Generation
+    ids = tiny.encode("Tell me a joke")
+    route = Route().force(1, len(ids) - 1, [6, 7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the plain call does not warn
+        gen = generate(tiny, ids, route, max_new_tokens=3)
+    assert isinstance(gen, Generation) and gen.ids[:len(ids)] == ids
+    assert len(gen.ids) == len(ids) + 3 and gen.prompt_len == len(ids)
+    pieces: list[str] = []
+    rec, ctl = generate_recorded(tiny, ids, route, max_new_tokens=3, on_token=pieces.append)
+    assert isinstance(ctl, RouteControl) and rec == gen and "".join(pieces) == gen.text
+    for layer in tiny.moe_layers:  # records cover every prompt and generated token
+        assert ctl.collected(layer)["experts"].shape[1] == len(gen.ids)
+    assert sorted(ctl.collected(1)["experts"][0, len(ids) - 1].tolist()) == [6, 7]
+    # nothing generated: the prompt alone is recorded
+    none, ctl0 = generate_recorded(tiny, ids, None, max_new_tokens=0)
+    assert none.ids == ids and none.text == ""
+    assert ctl0.collected(0)["experts"].shape[1] == len(ids)
+
+
+def test_generate_record_true_still_returns_the_pair_and_warns(tiny):
+    from explorer import generate, generate_recorded
+    ids = tiny.encode("Tell me a joke")
+    with pytest.warns(DeprecationWarning, match="generate_recorded"):
+        out = generate(tiny, ids, None, max_new_tokens=2, record=True)
+    assert isinstance(out, tuple) and len(out) == 2
+    gen, ctl = out
+    want, want_ctl = generate_recorded(tiny, ids, None, max_new_tokens=2)
+    assert gen == want
+    for layer in tiny.moe_layers:
+        assert torch.equal(ctl.collected(layer)["experts"], want_ctl.collected(layer)["experts"])
+    with pytest.warns(DeprecationWarning):  # positional record, as old callers may pass it
+        assert isinstance(generate(tiny, ids, None, 2, True), tuple)
 
 
 def test_trace_with_route_forces_and_changes(tiny):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
-from explorer.core.forward import expand_cache, generate, logits_for_routes, prefill
+from explorer.core.forward import (expand_cache, generate, generate_recorded, logits_for_routes,
+                                   prefill)
 from explorer.core.model import MoEModel
 from explorer.core.route import Route, RouteError
 
@@ -115,7 +116,7 @@ def test_masked_experts_never_used_incl_decoding(moe):
     for lay in moe.moe_layers:
         route.mask(lay, [0, 1, 2])
     with DispatchOracle(moe) as oracle:
-        gen, ctl = generate(moe, IDS, route, max_new_tokens=4, record=True)
+        gen, ctl = generate_recorded(moe, IDS, route, max_new_tokens=4)
     assert len(gen.ids) == len(IDS) + 4
     for lay in moe.moe_layers:
         used = ctl.collected(lay)["experts"]

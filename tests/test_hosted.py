@@ -7,21 +7,13 @@ import threading
 import time
 
 import pytest
-from conftest import ui_handler
+from conftest import FakeClock, ui_handler
 
 from explorer.app.hosted import REDACTION_NOTE, HostedPolicy, PolicyError, first_sentence
 from explorer.judges import Verdict
 
 ON = {"EXPLORER_HOSTED": "1", "EXPLORER_MODEL_ALLOWLIST": "allenai/OLMoE-1B-7B-0924, "
       "Qwen/Qwen1.5-MoE-A2.7B"}
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 def hosted(**kw) -> HostedPolicy:
@@ -196,27 +188,50 @@ def test_check_jobs():
 
 # -- rate limit ---------------------------------------------------------------------------
 def test_token_bucket_per_session():
-    clock = Clock()
+    clock = FakeClock()
     p = hosted(clock=clock)  # 30 per minute = one every 2 s, bursts of 10
     assert [p.allow("alice") for _ in range(11)] == [True] * 10 + [False]
     assert p.allow("bob")  # sessions are independent
-    clock.t += 1.0
+    clock.advance(1.0)
     assert not p.allow("alice")  # half a token is not enough
-    clock.t += 1.0
+    clock.advance(1.0)
     assert p.allow("alice") and not p.allow("alice")
-    clock.t += 3600
+    clock.advance(3600)
     assert sum(p.allow("alice") for _ in range(20)) == 10  # refills to the burst, no more
     with pytest.raises(PolicyError, match=r"try again in 2 s"):
         p.check_rate("alice")
-    clock.t += 2
+    clock.advance(2)
     p.check_rate("alice")
     off = HostedPolicy.from_env({}, clock=clock)
     assert all(off.allow("alice") for _ in range(1000))
     off.check_rate("alice")
 
 
+def test_address_and_global_buckets():
+    # what test_security's rotating-sessions attack checks over HTTP (where the subprocess
+    # server keeps the real clock), here on a clock the test moves
+    clock = FakeClock()
+    p = hosted(clock=clock, rate=0.5, burst=4, address_rate=0.5)  # an address: burst 8
+    ok = [p.allow(f"rotating-{i}", address="10.0.0.1") for i in range(30)]
+    assert ok == [True] * 8 + [False] * 22  # new sessions gain nothing past the address
+    with pytest.raises(PolicyError, match=r"from your address: try again in 2 s"):
+        p.check_rate("one-more", address="10.0.0.1")
+    assert p.allow("elsewhere", address="10.0.0.2")  # other addresses are served
+    assert p.allow("rotating-0")  # and a request without an address counts per session
+    clock.advance(2.0)  # one request refills in 2 s
+    assert p.allow("fresh", address="10.0.0.1") and not p.allow("fresh2", address="10.0.0.1")
+    # the whole server: 60 a minute, a burst of 20 (the floor), whatever the sessions
+    g = hosted(clock=clock, global_rate=1.0)
+    served = [g.allow(f"s{i}", address=f"10.1.0.{i}") for i in range(25)]
+    assert served == [True] * 20 + [False] * 5
+    with pytest.raises(PolicyError, match="from all visitors of this server: try again in 1 s"):
+        g.check_rate("s99", address="10.1.1.1")
+    clock.advance(1.0)
+    assert g.allow("s100", address="10.1.1.2") and not g.allow("s101", address="10.1.1.3")
+
+
 def test_token_bucket_is_thread_safe():
-    p = hosted(clock=Clock(), burst=25)
+    p = hosted(clock=FakeClock(), burst=25)
     results: list[bool] = []
     lock = threading.Lock()
 
@@ -235,13 +250,13 @@ def test_token_bucket_is_thread_safe():
 def test_idle_buckets_are_dropped(monkeypatch):
     import explorer.app.hosted as H
     monkeypatch.setattr(H, "MAX_SESSIONS", 50)
-    clock = Clock()
+    clock = FakeClock()
     p = hosted(clock=clock)
     for i in range(200):
         assert p.allow(f"s{i}")
-        clock.t += 100  # every earlier session has refilled by now
+        clock.advance(100)  # every earlier session has refilled by now
     assert len([k for k in p._buckets if k[0] == "session"]) <= 51
-    busy = hosted(clock=Clock())
+    busy = hosted(clock=FakeClock())
     for i in range(60):  # nobody refills: nothing may be forgotten (no free burst)
         busy.allow(f"s{i}")
     assert len([k for k in busy._buckets if k[0] == "session"]) == 60
@@ -311,7 +326,7 @@ def hosted_app(tiny_ckpt, tmp_path_factory):
     JUDGES["never"] = NeverJudge
     path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
     moe = load_model(str(path), device="cpu")
-    clock = Clock()  # frozen: buckets never refill unless a test moves it
+    clock = FakeClock()  # frozen: buckets never refill unless a test moves it
     policy = hosted(max_prompt_tokens=48, max_new_tokens=16, max_search_budget=2000,
                     max_jobs_per_session=1, burst=10, clock=clock)
     policy.allowed_judges = ("keyword", "never")
@@ -401,7 +416,7 @@ def test_hosted_app_rate_limits_each_session(hosted_app):
              "try again in 2 s")
     assert other.predict(PROMPT, 0, "", api_name="/trace")["tokens"]  # others are served
     assert fresh.predict("", "", "", "", 5, api_name="/routes") == []  # listing is free
-    clock.t += 2.0  # one request refills in 2 s (30 a minute)
+    clock.advance(2.0)  # one request refills in 2 s (30 a minute)
     assert fresh.predict(PROMPT, 0, "", api_name="/trace")["tokens"]
     _refused(fresh, (PROMPT, 0, ""), "/trace", "too many requests")
 

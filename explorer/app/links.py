@@ -63,10 +63,6 @@ def route_link(base: str, route_id: int, n: int | None = None) -> str:
     return f"{base}?{urlencode({'route': int(route_id), **_tokens(n)})}"
 
 
-def job_link(base: str, job_id: str) -> str:
-    return f"{base}?{urlencode({'job': job_id})}"
-
-
 def edits_link(base: str, prompt: str, edits: list[dict], n: int | None = None,
                system: str | None = None) -> str:
     """A prompt (with its ``system`` prompt, if any) and an unsaved route."""

@@ -8,6 +8,7 @@ route for every row.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -17,6 +18,7 @@ from explorer.core.defaults import GENERATION_TIE_BAND, MAX_NEW_TOKENS
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
+    from explorer.core.control import RouteControl
     from explorer.core.model import MoEModel
 
 
@@ -188,12 +190,37 @@ class Generation:
 
 def generate(moe: MoEModel, ids, route: Route | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
              record: bool = False, on_token: Callable[[str], None] | None = None):
-    """Greedy generation with ``route`` active on prompt and generated tokens.
+    """Greedy generation of up to ``max_new_tokens`` tokens after ``ids`` (a prompt's
+    token ids, e.g. ``moe.encode(prompt)``) with ``route`` active on prompt and generated
+    tokens; returns a :class:`Generation`. ``on_token`` receives each decoded text piece
+    as it is produced (streaming).
 
-    Returns a :class:`Generation`, plus the :class:`RouteControl` with its records
-    (covering every prompt and generated token) when ``record``.
-    ``on_token`` receives each decoded text piece as it is produced (streaming).
+    To get the routing records too, call :func:`generate_recorded`. ``record=True`` is
+    deprecated (it warns): it returns what :func:`generate_recorded` returns, the
+    ``(Generation, RouteControl)`` pair, as it did before that function existed.
     """
+    if record:
+        warnings.warn("generate(..., record=True) is deprecated: call generate_recorded(...), "
+                      "which returns the same (Generation, RouteControl) pair",
+                      DeprecationWarning, stacklevel=2)
+        return _generate(moe, ids, route, max_new_tokens, True, on_token)
+    return _generate(moe, ids, route, max_new_tokens, False, on_token)[0]
+
+
+def generate_recorded(moe: MoEModel, ids, route: Route | None = None,
+                      max_new_tokens: int = MAX_NEW_TOKENS,
+                      on_token: Callable[[str], None] | None = None
+                      ) -> tuple[Generation, RouteControl]:
+    """:func:`generate`, recording the routing: returns the :class:`Generation` and the
+    :class:`~explorer.core.control.RouteControl` whose records (``ctl.collected(layer)``,
+    ``layer`` an absolute decoder-layer index) cover every prompt and generated token."""
+    return _generate(moe, ids, route, max_new_tokens, True, on_token)
+
+
+def _generate(moe: MoEModel, ids, route: Route | None, max_new_tokens: int, record: bool,
+              on_token: Callable[[str], None] | None) -> tuple[Generation, RouteControl]:
+    """The generation both public functions run: ``(Generation, RouteControl)``, the
+    control holding records only when ``record``."""
     ids = as_ids(moe, ids)
     streamer = _CallbackStreamer(moe, on_token) if on_token is not None else None
     pad = moe.tokenizer.pad_token_id if moe.tokenizer is not None else None
@@ -223,7 +250,7 @@ def generate(moe: MoEModel, ids, route: Route | None = None, max_new_tokens: int
     new = all_ids[ids.shape[1]:]
     text = moe.decode(new) if moe.tokenizer is not None else ""
     gen = Generation(all_ids, ids.shape[1], text)
-    return (gen, ctl) if record else gen
+    return gen, ctl
 
 
 def _plain_greedy(moe: MoEModel) -> bool:

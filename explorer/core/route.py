@@ -13,7 +13,10 @@ tokens included. ``force`` makes exactly those experts the ones the router may p
 (a forced set has the layer's top-k size); ``mask`` forbids those experts.
 Edits compose: at each (layer, position) the allowed experts are the intersection of
 what every applicable edit allows. A later ``force`` at the same cell replaces an
-earlier one (see :meth:`Route.force`).
+earlier one (see :meth:`Route.force`). Both builders take their arguments in the order
+of an edit, ``(layer, position, experts)``::
+
+    Route().force(5, 12, [3, 9]).mask(7, None, [1, 2])
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from explorer.core.layers import ModelInfo
 
 from explorer.core.defaults import MAX_ROUTE_EDITS, MAX_ROUTE_JSON_CHARS
-from explorer.core.errors import RouteError
+from explorer.core.errors import RouteError, brief
 
 Mode = Literal["force", "mask"]
 _UNSET: Any = object()  # "no system prompt given to compare" (None means "none")
+_GIVEN_NOT: Any = object()  # an argument of Route.mask left out (None means "every position")
 MODES: tuple[Mode, ...] = ("force", "mask")
 
 
@@ -118,8 +122,22 @@ class Route:
         self.edits.append(edit)
         return self
 
-    def mask(self, layer: int, experts: Iterable[int], position: int | None = None) -> "Route":
-        """Forbid ``experts`` at ``layer`` (at ``position``, or everywhere when None)."""
+    def mask(self, layer: int, *args: Any, position: Any = _GIVEN_NOT,
+             experts: Any = _GIVEN_NOT) -> "Route":
+        """Forbid ``experts`` at (layer, position); ``position`` None means every position,
+        generated tokens included. Returns ``self`` for chaining.
+
+        Use the order of :meth:`force`: ``mask(layer, position, experts)``, e.g.
+        ``mask(3, None, [0, 1])`` (every position) or ``mask(3, 5, [0, 1])``, or keywords:
+        ``mask(3, position=5, experts=[0, 1])`` (``position`` defaults to None there).
+
+        For compatibility the older order is accepted too: ``mask(layer, experts)`` and
+        ``mask(layer, experts, position)`` (``position`` also by keyword). The two orders
+        are told apart by type: a position is an int or None, experts an iterable of ints.
+        Raises :class:`RouteError` when the arguments fit neither order (two ints, two
+        lists, no experts) and ``TypeError`` for too many or repeated arguments.
+        """
+        position, experts = _mask_arguments(args, position, experts)
         self.edits.append(RouteEdit(layer, position, tuple(experts), "mask"))
         return self
 
@@ -377,6 +395,59 @@ class Route:
                         f"expert(s); the router needs at least top-k = {lay.top_k}")
                 if lay.n_group and lay.topk_group and len(allowed) == lay.top_k:
                     lay.check_groups(sorted(allowed))
+
+
+def _is_position(x: Any) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool))
+
+
+def _is_experts(x: Any) -> bool:
+    return isinstance(x, Iterable) and not isinstance(x, (str, bytes, bytearray))
+
+
+_MASK_FORMS = "call mask(layer, position, experts), e.g. mask(3, None, [0, 1])"
+
+
+def _mask_arguments(args: tuple, position: Any, experts: Any) -> tuple[Any, Any]:
+    """``(position, experts)`` of a :meth:`Route.mask` call, in either order (see there)."""
+    if len(args) > 2:
+        raise TypeError(f"Route.mask takes a layer, a position and experts; got "
+                        f"{1 + len(args)} positional arguments")
+    if len(args) == 2:
+        if position is not _GIVEN_NOT or experts is not _GIVEN_NOT:
+            raise TypeError("Route.mask got position or experts twice (positional and "
+                            "keyword)")
+        a, b = args
+        if _is_position(a) and _is_experts(b):
+            return a, b  # mask(layer, position, experts)
+        if _is_experts(a) and _is_position(b):
+            return b, a  # the older mask(layer, experts, position)
+        raise RouteError(f"Route.mask cannot tell the position from the experts in "
+                         f"({brief(a)}, {brief(b)}): {_MASK_FORMS}")
+    if len(args) == 1:
+        (a,) = args
+        if position is not _GIVEN_NOT and experts is not _GIVEN_NOT:
+            raise TypeError("Route.mask got position or experts twice (positional and "
+                            "keyword)")
+        if experts is not _GIVEN_NOT:  # mask(layer, position, experts=...)
+            if not _is_position(a):
+                raise RouteError(f"Route.mask got experts by keyword, so {brief(a)} should "
+                                 f"be the position (an int or None): {_MASK_FORMS}")
+            position = a
+        else:  # the older mask(layer, experts) or mask(layer, experts, position=...)
+            if not _is_experts(a):
+                raise RouteError(f"Route.mask needs experts (an iterable of ints), got only "
+                                 f"{brief(a)}: {_MASK_FORMS}")
+            experts = a
+    if experts is _GIVEN_NOT:
+        raise RouteError(f"Route.mask needs experts: {_MASK_FORMS}")
+    if position is _GIVEN_NOT:
+        position = None
+    if not _is_position(position) or not _is_experts(experts):
+        raise RouteError(f"Route.mask wants a position that is an int or None and experts "
+                         f"that are an iterable of ints, got position={brief(position)}, "
+                         f"experts={brief(experts)}: {_MASK_FORMS}")
+    return position, experts
 
 
 def _system_words(system: str | None) -> str:

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from explorer.core.forward import generate
+from explorer.core.errors import InputError
+from explorer.core.forward import generate_recorded
 from explorer.core.route import Route
 
 if TYPE_CHECKING:
@@ -21,9 +22,21 @@ class RoutingTrace:
     """Per MoE layer and per token: the k experts used, their gate weights, raw logits.
 
     Token axis: the templated prompt's tokens, then generated tokens.
+
+    **Two ways to name a layer.** Every method that takes a ``layer`` argument
+    (:meth:`experts_at`, :meth:`weights_at`, :meth:`logits_at`, :meth:`layer_row`) and
+    the keys of :meth:`by_layer` use the *absolute decoder-layer index*, as routes do
+    (:class:`~explorer.core.route.RouteEdit`'s ``layer``). The lists ``experts``,
+    ``weights`` and ``logits`` (the fields, which are also the JSON keys) have instead
+    one *row per MoE layer*, in order: row ``i`` is decoder layer ``moe_layers[i]``, and
+    :meth:`layer_row` gives the row of a layer. The two agree only when every decoder
+    layer is an MoE layer; prefer the accessors.
+
     ``experts[i][t]`` are the experts that MoE layer ``moe_layers[i]`` dispatched for
     token ``t``; ``weights[i][t]`` the effective gate weights the model used for them;
     ``logits[i][t]`` the router's raw logits over all experts (before any mask).
+    ``num_experts[i]`` and ``top_k[i]`` are per row too; :meth:`entropy` and
+    :meth:`changed_vs` return one row per MoE layer.
     """
 
     prompt: str
@@ -46,14 +59,43 @@ class RoutingTrace:
         return len(self.tokens)
 
     def layer_row(self, layer: int) -> int:
-        """Row index of absolute decoder layer ``layer`` in the per-layer lists."""
+        """Row index of absolute decoder layer ``layer`` in the per-MoE-layer lists
+        (``experts``, ``weights``, ``logits``); KeyError when it is not an MoE layer of
+        this trace. ``moe_layers[row]`` goes the other way."""
         try:
             return self.moe_layers.index(layer)
         except ValueError:
             raise KeyError(f"layer {layer} is not an MoE layer of this trace") from None
 
     def experts_at(self, layer: int, position: int) -> list[int]:
+        """The k experts that absolute decoder layer ``layer`` dispatched for token
+        ``position`` (prompt tokens first, then generated ones)."""
         return self.experts[self.layer_row(layer)][position]
+
+    def weights_at(self, layer: int, position: int) -> list[float]:
+        """The effective gate weights of :meth:`experts_at` ``(layer, position)``, in the
+        same order (``layer``: the absolute decoder-layer index)."""
+        return self.weights[self.layer_row(layer)][position]
+
+    def logits_at(self, layer: int, position: int) -> list[float]:
+        """The raw router logits over all experts (before any mask) at absolute decoder
+        layer ``layer`` for token ``position``; InputError when the trace was recorded
+        without logits."""
+        if self.logits is None:
+            raise InputError("this trace was recorded without router logits")
+        return self.logits[self.layer_row(layer)][position]
+
+    def by_layer(self, what: str = "experts") -> dict[int, list]:
+        """``{absolute decoder layer: per-token list}`` of ``what``: ``"experts"`` (the
+        default), ``"weights"`` or ``"logits"``; e.g. ``tr.by_layer()[layer][t]`` equals
+        ``tr.experts_at(layer, t)``. InputError for another ``what``, or for logits when
+        the trace was recorded without them."""
+        if what not in ("experts", "weights", "logits"):
+            raise InputError(f"by_layer gives experts, weights or logits, not {what!r}")
+        rows = getattr(self, what)
+        if rows is None:
+            raise InputError("this trace was recorded without router logits")
+        return dict(zip(self.moe_layers, rows))
 
     def entropy(self) -> list[list[float]]:
         """Router entropy (nats) per MoE layer and token, from the raw logits."""
@@ -121,8 +163,8 @@ def trace(moe: MoEModel, prompt: str | Prompt, max_new_tokens: int = 0,
     ids = list(p.ids)
     if route is not None and validate:
         route.validate(moe.info, num_tokens=len(ids))
-    gen, ctl = generate(moe, ids, route, max_new_tokens=max_new_tokens, record=True,
-                        on_token=on_token)
+    gen, ctl = generate_recorded(moe, ids, route, max_new_tokens=max_new_tokens,
+                                 on_token=on_token)
     experts, weights, logits = [], [], []
     n = len(gen.ids)
     for layer in moe.moe_layers:

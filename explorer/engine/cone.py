@@ -88,12 +88,6 @@ def skip_layers_below(moe: MoEModel, layer: int, hidden: torch.Tensor):
     return _replaced_forwards(decoder_layers(moe.model)[:layer], lambda *a, **k: hidden)
 
 
-def skip_layers_above(moe: MoEModel, layer: int):
-    """Decoder layers > ``layer`` pass their input through unchanged (restored after)."""
-    return _replaced_forwards(decoder_layers(moe.model)[layer + 1:],
-                              lambda *a, **k: a[0] if a else k["hidden_states"])
-
-
 def _layer_kwargs(moe: MoEModel, ids, B: int, prefix_cache, prefix_len: int, hidden: torch.Tensor,
                   stacked: bool = False):
     """What the model passes each decoder layer for B rows of the tokens of ``ids`` from ``prefix_len``.

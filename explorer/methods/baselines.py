@@ -116,7 +116,7 @@ def steer(moe: MoEModel, unsafe_prompts: Sequence[str], safe_prompts: Sequence[s
                                       "unsafe_prompts": len(unsafe),
                                       "safe_prompts": len(safe)}))
     for i in sorted(picked):
-        route.mask(moe.moe_layers[i], sorted(picked[i]))
+        route.mask(moe.moe_layers[i], None, sorted(picked[i]))
     route.validate(moe.info)
     return SteerResult(route=route, moe_layers=list(moe.moe_layers), unsafe_frequency=fu,
                        safe_frequency=fs, cells=cells)

@@ -94,7 +94,7 @@ class RosaisResult:
         r = Route(info=dict(self.info, method="rosais", top=top))
         ranked = ranking(self)
         for lay in ranked[:top]:
-            r.mask(lay, self.best_masks[self.moe_layers.index(lay)])
+            r.mask(lay, None, self.best_masks[self.moe_layers.index(lay)])
         return r
 
     def random_route(self, top: int, rng: random.Random) -> Route:
@@ -102,7 +102,7 @@ class RosaisResult:
         random, each masked by one of its sampled masks picked at random (not the best)."""
         r = Route(info=dict(self.info, method="random-masks", top=top))
         for i in sorted(rng.sample(range(len(self.moe_layers)), min(top, len(self.moe_layers)))):
-            r.mask(self.moe_layers[i], rng.choice(self.masks[i]))
+            r.mask(self.moe_layers[i], None, rng.choice(self.masks[i]))
         return r
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, s
         masks = [random_mask(rng, info, mask_ratio) for _ in range(samples)]
         deltas: list[float] = []
         for i in range(0, samples, batch_size):
-            chunk = [Route().mask(lay, m) for m in masks[i:i + batch_size]]
+            chunk = [Route().mask(lay, None, m) for m in masks[i:i + batch_size]]
             if inputs is not None:
                 logits = _cone_last_logits(moe, ids, chunk, lay, inputs[lay], direct)
                 lp = torch.log_softmax(logits, dim=-1)[:, aff].cpu().max(dim=-1).values

@@ -43,7 +43,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.forward import generate
@@ -297,13 +297,6 @@ class RosaisCurve(ResultMixin):
     judge: str
     info: dict = field(default_factory=dict)
     random_asr_by_top: list[float] = field(default_factory=list)
-
-
-def rosais_distributions(result) -> dict[str, Any]:
-    """Box/violin data of one RoSais result: per MoE layer, every mask's score."""
-    return {"moe_layers": list(result.moe_layers),
-            "distributions": [list(d) for d in result.distributions],
-            "scores": list(result.scores), "top_layers": list(result.top_layers)}
 
 
 def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, samples: int = 16,
