@@ -97,6 +97,8 @@ ENVIRONMENT: tuple[tuple[str, str, str, str], ...] = (
      "cache off"),
     ("EXPLORER_DEBUG", "debug", "user", "CLI: let internal errors raise with a traceback"),
     ("EXPLORER_THREADS", "threads", "user", "torch threads (CLI, app, notebook)"),
+    ("EXPLORER_PLUGINS", "plugins", "user", "comma-separated modules that register attacks or "
+     "judges, imported by the CLI and the app at start"),
     ("EXPLORER_SHARED_DATA", "shared_data", "user", "benchmark CSV folder"),
     ("HF_HUB_OFFLINE", "hub_offline", "user", "never try the hub for datasets"),
     ("HF_DATASETS_OFFLINE", "hub_offline", "user", "never try the hub for datasets"),
@@ -167,6 +169,7 @@ class Settings:
     shared_data: str | None = None
     hub_offline: bool = False
     threads: int | None = None
+    plugins: tuple[str, ...] = ()  # modules that register attacks or judges when imported
     judge_url: str | None = None
     judge_model: str | None = None
     judge_api_key: str | None = field(default=None, repr=False)
@@ -222,6 +225,7 @@ class Settings:
             shared_data=g("EXPLORER_SHARED_DATA") or None,
             hub_offline=g("HF_HUB_OFFLINE") == "1" or g("HF_DATASETS_OFFLINE") == "1",
             threads=_positive_int("EXPLORER_THREADS", g("EXPLORER_THREADS")),
+            plugins=tuple(m.strip() for m in g("EXPLORER_PLUGINS").split(",") if m.strip()),
             judge_url=g("EXPLORER_JUDGE_URL") or None,
             judge_model=g("EXPLORER_JUDGE_MODEL") or None,
             judge_api_key=g("EXPLORER_JUDGE_API_KEY") or None,

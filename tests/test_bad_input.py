@@ -218,7 +218,7 @@ CASES = [
      "argument --candidates: expected a positive integer, got -4"),
     ("zero iterations", ["fsour", "--prompt", "hi", "--max-iters", "0"], "--max-iters"),
     ("zero samples", ["rosais", "--prompt", "hi", "--samples", "0"], "--samples"),
-    ("zero top", ["rosais", "--prompt", "hi", "--top", "0"], "--top"),
+    ("negative top", ["rosais", "--prompt", "hi", "--top", "-1"], "--top"),
     ("evaluate zero candidates", ["evaluate", "--dataset", "F:ok.csv", "--candidates", "0"],
      "--candidates"),
     ("evaluate zero iterations", ["evaluate", "--dataset", "F:ok.csv", "--max-iters", "0"],

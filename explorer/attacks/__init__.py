@@ -41,6 +41,7 @@ from explorer.attacks.base import (
     attack_help,
     get_attack,
     list_attacks,
+    load_plugins,
     register_attack,
     registry_version,
     unregister_attack,
@@ -51,5 +52,5 @@ for _cls in (_plain.NoAttack, _rosais.RosaisAttack, _fsour.FsourAttack, _steer.S
     register_attack(_cls, replace=True)
 
 __all__ = ["Attack", "Case", "Outcome", "Remembered", "Run", "Shape", "answer", "attack_help",
-           "get_attack", "list_attacks", "register_attack", "registry_version",
+           "get_attack", "list_attacks", "load_plugins", "register_attack", "registry_version",
            "unregister_attack"]

@@ -290,6 +290,28 @@ def registry_version() -> int:
     return _VERSION[0]
 
 
+def load_plugins(modules: Sequence[str]) -> list[str]:
+    """Import ``modules`` (names of modules that register attacks or judges when imported:
+    the ``EXPLORER_PLUGINS`` setting, read by the CLI and the app before they list
+    anything); returns the names imported. :class:`~explorer.core.errors.InputError` names
+    a module that cannot be imported."""
+    import importlib
+
+    from explorer.core.errors import InputError, one_line
+    done = []
+    for name in modules:
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's module: one line
+            raise InputError(f"cannot import plugin module {name!r} (EXPLORER_PLUGINS): "
+                             f"{one_line(exc, with_type=True)}") from None
+        done.append(name)
+    return done
+
+
 def attack_help(where: str | None = None) -> str:
     """``name: summary`` of every attack ``where`` offers, for help texts."""
     return "; ".join(f"{n}: {_ATTACKS[n].summary}" for n in list_attacks(where))

@@ -61,9 +61,13 @@ _PARSER: tuple[tuple, argparse.ArgumentParser] | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The parser, built once per set of registered commands (parsing keeps no state)."""
+    """The parser, built once per set of registered commands, attacks and judges (its
+    choices and options come from their registries; parsing keeps no state)."""
     global _PARSER
-    key = tuple((n, id(c), id(r)) for n, (c, r, _) in COMMANDS.items())
+    from explorer.attacks import registry_version
+    from explorer.judges import JUDGES
+    key = (tuple((n, id(c), id(r)) for n, (c, r, _) in COMMANDS.items()), registry_version(),
+           tuple(JUDGES.items()))
     if _PARSER is None or _PARSER[0] != key:
         _PARSER = (key, build_parser())
     return _PARSER[1]
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     try:
         settings = settings if settings is not None else Settings.from_env()
         debug = settings.debug
+        if settings.plugins:
+            from explorer.attacks import load_plugins
+            load_plugins(settings.plugins)
         parser = _parser()
         args = parser.parse_args(argv)
         if getattr(args, "threads", None):

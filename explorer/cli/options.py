@@ -163,6 +163,85 @@ def quantize_arg(text: str) -> str:
     return mode
 
 
+# -- options generated from parameter declarations (explorer.core.params) ----------------
+def spec_type(name: str, spec) -> Callable[[str], object] | None:
+    """The argparse type of a parameter (:class:`~explorer.core.params.Spec`): its bounds
+    checked while parsing, with argparse's one-line message (None: plain text, checked by
+    the parameters' own :meth:`~explorer.core.params.Params.parse`)."""
+    from explorer.core.params import check_value
+    if spec.kind == "int":
+        def whole(text: str) -> int:
+            try:
+                v = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            if spec.lo is not None and v < spec.lo:
+                what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                    int(spec.lo), f"an integer >= {spec.lo:g}")
+                raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+            if spec.hi is not None and v > spec.hi:
+                raise argparse.ArgumentTypeError(f"expected at most {spec.hi:g}, got {v}")
+            return v
+        return whole
+    if spec.kind == "logprob":
+        return log_prob
+    if spec.kind == "ratio":
+        return open_ratio
+    if spec.kind == "float":
+        def number(text: str) -> float:
+            try:
+                return check_value(name, spec, float(text))
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"expected a number: {exc}") from None
+        return number
+    return None
+
+
+def add_param_options(p: argparse.ArgumentParser, owners: dict[str, type],
+                      where: str | None = None, skip: tuple[str, ...] = (),
+                      title: str | None = None) -> list[str]:
+    """One option per parameter of the parameter classes ``owners`` (method name ->
+    :class:`~explorer.core.params.Params` subclass) offered ``where`` (see
+    :meth:`~explorer.core.params.Spec.offered`), except ``skip``; a parameter that several
+    methods take gets one option, whose help names them. Every option defaults to None
+    (the method's own default, which the help names), so that only what a user typed
+    reaches :func:`params_from_args`. Returns the parameter names added."""
+    seen: dict[str, tuple] = {}
+    for method, cls in owners.items():
+        defaults = cls.defaults()
+        for name, spec in cls.specs().items():
+            if name in skip or (where is not None and not spec.offered(where)):
+                continue
+            if name in seen:
+                seen[name][2].append(method)
+                continue
+            seen[name] = (spec, defaults[name], [method])
+    g = p.add_argument_group(title) if title else p
+    for name, (spec, default, methods) in seen.items():
+        who = f"{', '.join(methods)}: " if len(owners) > 1 else ""
+        dflt = (f" (default {default})" if default is not None and spec.kind != "flag"
+                and "default" not in spec.help else "")
+        kw: dict = {"dest": name, "default": None, "help": f"{who}{spec.help}{dflt}"}
+        if spec.kind == "flag":
+            kw["action"] = "store_true"
+        elif spec.kind == "choice":
+            kw["choices"] = list(spec.choices)
+        else:
+            t = spec_type(name, spec)
+            if t is not None:
+                kw["type"] = t
+            if spec.kind == "path":
+                kw["metavar"] = "FILE"
+        g.add_argument(spec.option(name), **kw)
+    return list(seen)
+
+
+def params_from_args(args, cls) -> dict:
+    """The parameters of ``cls`` the user gave on the command line (None: not given)."""
+    return {name: getattr(args, name) for name in cls.specs()
+            if getattr(args, name, None) is not None}
+
+
 def require_prompt(text) -> str:
     """The prompt if it is usable text, else :class:`UsageError` (empty, not text)."""
     if text is None or (isinstance(text, str) and not text.strip()):

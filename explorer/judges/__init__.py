@@ -510,8 +510,9 @@ def unregister_judge(name: str) -> None:
 
 
 def list_judges(offered: bool = True) -> list[str]:
-    """The registered judges' names, sorted (``offered``: only those users may pick)."""
-    return sorted(n for n, spec in JUDGES.items() if spec.offered or not offered)
+    """The registered judges' names in registration order (``offered``: only those users
+    may pick)."""
+    return [n for n, spec in JUDGES.items() if spec.offered or not offered]
 
 
 def judge_help() -> str:

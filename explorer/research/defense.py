@@ -181,7 +181,7 @@ def derive_defense(moe: MoEModel, rosais_results: Sequence = (), routes: Sequenc
             -c["route_count"], -c["uses"],
             c["effect"] if c["effect"] is not None else 0.0, c["expert"]))[:cap]
         if ranked:
-            defense.mask(layer, sorted(c["expert"] for c in ranked))
+            defense.mask(layer, None, sorted(c["expert"] for c in ranked))
             cells.extend(sorted(ranked, key=lambda c: c["expert"]))
     defense.info = dict(moe.info.provenance(), method="defense", cells=cells,
                         settings={"min_count": min_count, "rosais_layers": rosais_layers,

@@ -26,11 +26,13 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_param_options,
     add_system_args,
     check_out_path,
     count,
     emit,
     load_from_args,
+    params_from_args,
     positive_int,
     seed_int,
     system_from_args,
@@ -50,15 +52,15 @@ def _limit(text: str) -> int:
 
 
 def _configure(p):
-    from explorer.evaluation.evaluate import METHODS, PROTOCOLS
+    from explorer.attacks import attack_help, get_attack, list_attacks
+    from explorer.evaluation.evaluate import PROTOCOLS
+    from explorer.judges import judge_help
+    methods = list_attacks("evaluate")
     p.add_argument("--dataset", required=True,
                    help="a CSV with a goal column (optional target), or jbb | advbench "
                         "(hub, needs `datasets` and a connection)")
-    p.add_argument("--method", default="none", choices=METHODS,
-                   help="none: plain greedy answer; rosais: route from router safety "
-                        "scores; fsour: F-SOUR route search; steer: SteerMoE-style expert "
-                        "deactivation from the project's prompt sets; random: a random "
-                        "route as large as the row's F-SOUR route (default none)")
+    p.add_argument("--method", default="none", choices=methods,
+                   help=f"{attack_help('evaluate')} (default none)")
     p.add_argument("--limit", type=_limit, default=None,
                    help="evaluate the first K rows (of the --start/--end slice)")
     p.add_argument("--start", type=positive_int, default=None,
@@ -69,62 +71,60 @@ def _configure(p):
                    help="paper: the paper's settings in one switch (F-SOUR N = 100, 5 "
                         "restarts, 512 new tokens, the rubric judge with the 1.0 cut-off, "
                         "the dataset's targets; needs a judge endpoint)")
-    p.add_argument("--reference", default=None, metavar="FILE.jsonl",
-                   help="random: an `evaluate --method fsour` JSONL whose route sizes the "
-                        "random routes copy (default: search F-SOUR routes first)")
-    p.add_argument("--judge", default=None,
-                   help="keyword (offline default) | rubric (LLM endpoint) | classifier "
-                        "(local safety classifier)")
-    p.add_argument("--judge-url", default=None,
-                   help="rubric: OpenAI-compatible base URL, e.g. http://localhost:8000/v1 "
-                        "(default $EXPLORER_JUDGE_URL); key from $EXPLORER_JUDGE_API_KEY "
-                        "or $OPENAI_API_KEY")
-    p.add_argument("--judge-model", default=None,
-                   help="rubric: model name (default $EXPLORER_JUDGE_MODEL); "
-                        "classifier: local model folder")
+    p.add_argument("--judge", default=None, help=judge_help())
+    add_judge_options(p)
     p.add_argument("--out", default=None,
                    help="append one JSON row per finished dataset row to this JSONL file")
     p.add_argument("--resume", action="store_true",
                    help="skip rows already in --out (same index and goal) and continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS,
-                   help="greedy answer length (default 48)")
+                   help=f"greedy answer length (default {MAX_NEW_TOKENS})")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
-    p.add_argument("--top", type=count, default=None,
-                   help="rosais: number of top-scored routers to mask (default: rosais's own)")
-    p.add_argument("--samples", type=count, default=None,
-                   help="rosais: random masks sampled per router, S1 (default: rosais's own)")
-    p.add_argument("--candidates", type=count, default=None,
-                   help="fsour: candidate expert sets per step (default: fsour's own)")
-    p.add_argument("--max-iters", type=count, default=None,
-                   help="fsour: search iterations (default: fsour's own)")
-    p.add_argument("--target", default=None,
-                   help="fsour: target prefix for every row (default: the dataset's target "
-                        "column, else 'Sure, here is')")
     p.add_argument("--prompt-batch", type=count, default=None,
-                   help="fsour: rows searched together, same routes as one at a time "
-                        "(default: sized from the free memory; 1: one at a time)")
+                   help="methods that search several rows together (fsour): rows at once, "
+                        "same routes as one at a time (default: sized from the free memory; "
+                        "1: one at a time)")
+    add_param_options(p, {m: get_attack(m).Params for m in methods}, where="evaluate",
+                      title="the methods' parameters (each method takes its own; "
+                            "default: the method's own)")
     add_system_args(p)
     add_model_args(p)
+
+
+def add_judge_options(p) -> None:
+    """The judges' constructor options the command line sets (``--judge-url``,
+    ``--judge-model``; declared by each judge, :class:`~explorer.judges.JudgeOption`)."""
+    from explorer.judges import JUDGES, list_judges
+    seen: dict[str, list[str]] = {}
+    for name in list_judges():
+        for o in JUDGES[name].options:
+            if o.cli and o.cli != "device":
+                seen.setdefault(o.cli, []).append(f"{name}: {o.help}")
+    for dest, helps in seen.items():
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None,
+                       help="; ".join(helps))
 
 
 def make_judge(name: str, url: str | None = None, model: str | None = None,
                device: str = "cpu", settings: Settings | None = None, **options):
     """Build and check the judge the CLI options describe (errors: ValueError/UsageError);
-    the rubric judge's endpoint, model and key default to the ``settings``'. ``options``
-    go to the judge (e.g. the rubric's ``threshold``)."""
-    from explorer.judges import JUDGES, get_judge
-    if name not in JUDGES:
-        raise UsageError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}")
-    opts: dict = {}
-    if name == "rubric":
-        opts = dict((settings or Settings()).judge_options(name))
-        opts.update({k: v for k, v in (("base_url", url), ("model", model)) if v})
-        opts.update(options)
-    elif name == "classifier":
-        if not model:
-            raise UsageError("--judge classifier needs --judge-model PATH (a local "
-                             "classifier folder)")
-        opts = {"model_path": model, "device": device}
+    the options each judge declares (:class:`~explorer.judges.JudgeOption`) come from the
+    command line (``url``: ``--judge-url``, ``model``: ``--judge-model``, ``device``),
+    over the ``settings``' (the rubric judge's endpoint, model and key). ``options`` go to
+    the judge too (e.g. the rubric's ``threshold``)."""
+    from explorer.judges import JUDGES, get_judge, list_judges
+    spec = JUDGES.get(name)
+    if spec is None:
+        raise UsageError(f"unknown judge {name!r}; choose one of {list_judges()}")
+    given = {"judge_url": url, "judge_model": model, "device": device}
+    opts: dict = dict((settings or Settings()).judge_options(name))
+    for o in spec.options:
+        if o.cli and given.get(o.cli) is not None:
+            opts[o.name] = given[o.cli]
+        if o.required and opts.get(o.name) is None:
+            raise UsageError(f"--judge {name} needs --{o.cli.replace('_', '-')} ({o.help})"
+                             if o.cli else f"--judge {name} needs its {o.name} setting")
+    opts.update(options)
     judge = get_judge(name, **opts)
     check = getattr(judge, "check", None)
     if callable(check):
@@ -145,6 +145,15 @@ def _progress(rank: int, world: int):
               f"{rec.get('forward_passes', 0)} passes, {float(rec.get('seconds') or 0):.2f}s"
               f"{extra}  {goal!r}", file=sys.stderr, flush=True)
     return show
+
+
+def _flag(name: str) -> str:
+    from explorer.attacks import get_attack, list_attacks
+    for m in list_attacks("evaluate"):
+        spec = get_attack(m).Params.specs().get(name)
+        if spec is not None:
+            return spec.option(name)
+    return "--" + name.replace("_", "-")
 
 
 # argparse defaults of the options a protocol sets (a different value was given by hand)
@@ -174,7 +183,7 @@ def apply_protocol(args) -> dict | None:
 
 def _run(args):
     from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.evaluation.evaluate import check_layout, evaluate, reference_sizes
+    from explorer.evaluation.evaluate import check_layout, evaluate
     st = args.settings
     judge_options = apply_protocol(args)
     args.judge = args.judge or "keyword"
@@ -185,14 +194,24 @@ def _run(args):
     if world > 1 and not args.out:
         raise UsageError(f"--out is required when {world} processes share the rows")
     check_out_path(args.out, makes_folders=True)
-    if args.target is not None and not args.target.strip():
-        raise UsageError("the target is empty")
-    if args.reference is not None and args.method != "random":
-        raise UsageError("--reference is for --method random")
+    from explorer.attacks import get_attack, list_attacks
+    attack = get_attack(args.method)
+    given = {}
+    for m in list_attacks("evaluate"):
+        given.update(params_from_args(args, get_attack(m).Params))
+    if args.reference is not None and "reference" not in attack.Params.specs():
+        owners = [m for m in list_attacks("evaluate")
+                  if "reference" in get_attack(m).Params.specs()]
+        raise UsageError(f"--reference is for --method {' or '.join(owners)}")
+    foreign = sorted(k for k in given if k not in attack.Params.specs())
+    if foreign:  # e.g. one set of flags for a loop over methods: ignored, said once
+        print(f"warning: {', '.join(_flag(k) for k in foreign)} "
+              f"{'is' if len(foreign) == 1 else 'are'} not a parameter of --method "
+              f"{args.method}; ignored", file=sys.stderr)
+    attack.Params.parse(params_from_args(args, attack.Params))  # one line, before loading
     system = system_from_args(args)
     rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline,
                              start=args.start, end=args.end)
-    reference = reference_sizes(args.reference, rows) if args.reference else None
     if world > 1:
         import torch
 
@@ -212,12 +231,10 @@ def _run(args):
                          f"(jailbroken iff its score is >= 1.0) on an OpenAI-compatible "
                          f"endpoint of yours: {exc}") from None
     moe = load_from_args(args)
-    settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, top=args.top,
-                    samples=args.samples, candidates=args.candidates,
-                    max_iters=args.max_iters, target=args.target, system=system,
-                    protocol=args.protocol)
+    settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, system=system,
+                    protocol=args.protocol, **params_from_args(args, attack.Params))
     ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
-                  prompt_batch=args.prompt_batch, reference=reference,
+                  prompt_batch=args.prompt_batch,
                   rank=rank, world=world, dataset=args.dataset,
                   process_group=bool(st.master_addr and st.master_port),
                   group_timeout=st.dist_timeout,

@@ -27,12 +27,18 @@ from explorer.cli.options import (
     add_model_args,
     add_system_args,
     count,
+    add_param_options,
     emit,
     load_from_args,
+    log_prob,
+    open_ratio,
+    params_from_args,
     positive_int,
+    seed_int,
     system_from_args,
 )
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ROSAIS_MASK_RATIO
+from explorer.judges import judge_help
 from explorer.viz.text import pct
 
 
@@ -102,11 +108,6 @@ def load_rosais(paths) -> list:
     return out
 
 
-def _check_threshold(v: float) -> None:
-    if not v <= 0:  # NaN too
-        raise UsageError("the threshold is a log-probability: it must be <= 0")
-
-
 def _check_out(*paths) -> None:
     for path in paths:
         if path is None:
@@ -118,18 +119,13 @@ def _check_out(*paths) -> None:
             raise UsageError(f"output path {path}: the folder {p.parent} does not exist")
 
 
-def _check_seed(v: int) -> None:
-    if not 0 <= v <= 2**32 - 1:
-        raise UsageError(f"a seed must lie in 0..{2**32 - 1}, got {v}")
-
-
 def _judge(args):
     from explorer.cli.commands.evaluate import make_judge
     return make_judge(args.judge, settings=args.settings)
 
 
 def _common(p, max_new: int = 32, system_default: str = "none"):
-    p.add_argument("--judge", default="keyword", help="keyword (default) | rubric | classifier")
+    p.add_argument("--judge", default="keyword", help=judge_help() + " (default keyword)")
     p.add_argument("--max-new-tokens", type=positive_int, default=max_new,
                    help=f"greedy answer length (default {max_new})")
     add_system_args(p, system_default)
@@ -255,7 +251,7 @@ def _configure_minimize(p):
                    "with a single route)")
     p.add_argument("--target", default=None, help="target answer (default: the route's own, "
                    "else 'Sure, here is')")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=log_prob, default=DEFAULT_THRESHOLD,
                    help="log P(target) a route must keep (default log 0.8; a route below it "
                         "must keep its own)")
     p.add_argument("--checks", type=count, default=3, help="generations tried per round")
@@ -265,7 +261,6 @@ def _configure_minimize(p):
 
 def _run_minimize(args):
     from explorer.research.minimal import minimize
-    _check_threshold(args.threshold)
     routes = load_routes(args.route)
     if not routes:
         raise UsageError("the route files hold no routes")
@@ -328,10 +323,10 @@ def _configure_defend(p):
     p.add_argument("--benign", default=None, help="benign prompts for the utility cost: FILE "
                    "or benign (default: built-in + JBB benign)")
     p.add_argument("--benign-limit", type=count, default=None)
+    from explorer.attacks import attack_help, get_attack, list_attacks
     p.add_argument("--attacks", default="none,rosais,fsour",
-                   help="comma list of none, rosais, fsour, steer (SteerMoE-style expert "
-                        "deactivation), random (random routes as large as the F-SOUR "
-                        "routes); replay is added with --route")
+                   help="comma list of " + attack_help("defend").replace("; replay: ", "; "
+                        "replay (added with --route): ") + " (default none,rosais,fsour)")
     p.add_argument("--no-before", action="store_true", help="skip the undefended run")
     p.add_argument("--min-count", type=count, default=2,
                    help="forbid experts forced in >= this many routes")
@@ -350,11 +345,19 @@ def _configure_defend(p):
     p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
     p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
     p.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    p.add_argument("--threshold", type=log_prob, default=DEFAULT_THRESHOLD)
     p.add_argument("--out", default=None, help="write the defense route here")
+    add_param_options(p, {a: get_attack(a).Params for a in list_attacks("defend")},
+                      where="defend", skip=_DEFEND_SHARED,
+                      title="the attacks' other parameters (default: each attack's own)")
     _common(p)
+
+
+#: defend's options that every attack with a parameter of that name shares (their defaults
+#: are small, so that a defense evaluation stays short)
+_DEFEND_SHARED = ("top", "samples", "candidates", "max_iters", "target", "threshold")
 
 
 def _run_defend(args):
@@ -366,14 +369,15 @@ def _run_defend(args):
         gather_evidence,
     )
     _check_out(args.out)
-    _check_seed(args.seed)
-    from explorer.research.defense import ATTACKS
+    from explorer.attacks import get_attack, list_attacks
+    offered = list_attacks("defend")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    bad = [a for a in attacks if a not in ATTACKS]
+    bad = [a for a in attacks if a not in offered]
     if bad or not attacks:
         raise UsageError(f"unknown attack {bad[0] if bad else '(none given)'}; choose from "
-                         f"{', '.join(a for a in ATTACKS if a != 'replay')}")
-    _check_threshold(args.threshold)
+                         f"{', '.join(a for a in offered if not get_attack(a).needs_routes)}")
+    params = {a: get_attack(a).Params.parse(params_from_args(args, get_attack(a).Params))
+              for a in attacks}
     routes = load_routes(args.route)
     rosais_results = load_rosais(args.rosais)
     derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=args.settings.shared_data) \
@@ -415,7 +419,7 @@ def _run_defend(args):
                            samples=args.samples, candidates=args.candidates,
                            max_iters=args.max_iters, threshold=args.threshold,
                            target=args.target, max_new_tokens=args.max_new_tokens,
-                           judge=judge, seed=args.seed, system=system)
+                           judge=judge, seed=args.seed, system=system, params=params)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
                        "derive_prompts": derive}
@@ -432,8 +436,8 @@ def _configure_curve(p):
     p.add_argument("--limit", type=count, default=None)
     p.add_argument("--max-top", type=count, default=5, help="mask the top 1..N routers")
     p.add_argument("--samples", type=count, default=16, help="random masks per router")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mask-ratio", type=float, default=0.5)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--mask-ratio", type=open_ratio, default=ROSAIS_MASK_RATIO)
     _common(p)
 
 
@@ -441,7 +445,6 @@ def _run_curve(args):
     from explorer.research.transfer import rosais_curve
     if not 0.0 < args.mask_ratio < 1.0:
         raise UsageError("--mask-ratio must lie strictly between 0 and 1")
-    _check_seed(args.seed)
     prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
     system = system_from_args(args)
     judge = _judge(args)

@@ -8,29 +8,26 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_param_options,
     add_system_args,
     check_out_path,
     check_route,
-    count,
     emit,
     load_from_args,
-    log_prob,
-    open_ratio,
+    params_from_args,
     positive_int,
     require_prompt,
     seed_int,
     system_from_args,
 )
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, MAX_NEW_TOKENS, ROSAIS_SAMPLES
+from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
 
 
 def _configure_rosais(p):
+    from explorer.attacks.rosais import RosaisParams
     p.add_argument("--prompt", required=True)
-    p.add_argument("--samples", type=count, default=ROSAIS_SAMPLES, help="random masks per router (S1)")
+    add_param_options(p, {"rosais": RosaisParams})
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--top", type=count, default=5, help="routers to mask together (L)")
-    p.add_argument("--mask-ratio", type=open_ratio, default=0.5,
-                   help="share of experts per mask, strictly between 0 and 1")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
     p.add_argument("--curve", action="store_true", help="also generate for L = 1..top")
     add_system_args(p)
@@ -38,12 +35,14 @@ def _configure_rosais(p):
 
 
 def _run_rosais(args):
+    from explorer.attacks.rosais import RosaisParams
     from explorer.methods.rosais import rosais
     require_prompt(args.prompt)
+    params = RosaisParams.parse(params_from_args(args, RosaisParams))
     system = system_from_args(args)
     moe = load_from_args(args)
-    res = rosais(moe, args.prompt, samples=args.samples, seed=args.seed, top=args.top,
-                 mask_ratio=args.mask_ratio, max_new_tokens=args.max_new_tokens,
+    res = rosais(moe, args.prompt, samples=params.samples, seed=args.seed, top=params.top,
+                 mask_ratio=params.mask_ratio, max_new_tokens=args.max_new_tokens,
                  curve=args.curve, system=system,
                  on_progress=None if args.json else
                  lambda d, n: print(f"\rscoring routers {d}/{n}", end="", file=sys.stderr))
@@ -62,19 +61,14 @@ def _run_rosais(args):
 
 
 def _configure_fsour(p):
+    from explorer.attacks.fsour import FsourParams
+    from explorer.cli.commands.evaluate import add_judge_options
+    from explorer.judges import judge_help
     p.add_argument("--prompt", required=True)
-    p.add_argument("--target", default=DEFAULT_TARGET, help="target answer opening")
-    p.add_argument("--candidates", type=count, default=10, help="random sets per (token, layer)")
-    p.add_argument("--threshold", type=log_prob, default=DEFAULT_THRESHOLD,
-                   help="stop once log P(target) reaches this (default log 0.8)")
-    p.add_argument("--max-iters", type=count, default=5, help="restarts with seed + i")
+    add_param_options(p, {"fsour": FsourParams})
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--engine", choices=["fast", "reference"], default="fast")
-    p.add_argument("--judge", default="keyword",
-                   help="keyword (offline default) | rubric | classifier (see evaluate)")
-    p.add_argument("--judge-url", default=None, help="rubric: OpenAI-compatible base URL")
-    p.add_argument("--judge-model", default=None,
-                   help="rubric: model name; classifier: local model folder")
+    p.add_argument("--judge", default="keyword", help=judge_help() + " (default keyword)")
+    add_judge_options(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS)
     p.add_argument("--out", default=None, help="write the route JSON here")
     add_system_args(p)
@@ -82,13 +76,11 @@ def _configure_fsour(p):
 
 
 def _run_fsour(args):
+    from explorer.attacks.fsour import FsourParams
     from explorer.cli.commands.evaluate import make_judge
     from explorer.methods.fsour import fsour
     require_prompt(args.prompt)
-    if not args.target.strip():
-        raise UsageError("the target is empty")
-    if args.threshold > 0:
-        raise UsageError("the threshold is a log-probability: it must be <= 0")
+    params = FsourParams.parse(params_from_args(args, FsourParams))
     check_out_path(args.out)
     system = system_from_args(args)
     judge = make_judge(args.judge, args.judge_url, args.judge_model, device=args.device,
@@ -100,10 +92,9 @@ def _run_fsour(args):
             print(f"\rrestart {ev.iteration + 1} token {ev.position + 1}/{ev.num_positions} "
                   f"layer {ev.layer}  best log P = {ev.best_logprob:.3f}  "
                   f"passes {ev.forward_passes}", end="", file=sys.stderr)
-    res = fsour(moe, args.prompt, target=args.target, candidates=args.candidates,
-                threshold=args.threshold, max_iters=args.max_iters, seed=args.seed,
-                engine=args.engine, judge=judge, max_new_tokens=args.max_new_tokens,
-                on_event=progress, system=system)
+    res = fsour(moe, args.prompt, target=params.target or DEFAULT_TARGET, seed=args.seed,
+                judge=judge, max_new_tokens=args.max_new_tokens, on_event=progress,
+                system=system, **params.search_kwargs())
     if not args.json:
         print(file=sys.stderr)
     if args.out:
