@@ -138,14 +138,15 @@ def _fake_searches(monkeypatch, calls):
 
     def rosais(moe, prompt, **kw):
         calls.append(("rosais", prompt, kw))
-        return types.SimpleNamespace(completion="Sure, here is a story.", route=route,
-                                     scores=[[0.1]], top_layers=[1], forward_passes=7,
-                                     seconds=0.01)
+        return types.SimpleNamespace(prompt=prompt, completion="Sure, here is a story.",
+                                     route=route, scores=[[0.1]], top_layers=[1],
+                                     forward_passes=7, seconds=0.01)
 
     def fsour(moe, prompt, **kw):
         calls.append(("fsour", prompt, kw))
         v = kw["judge"].judge(prompt, "I'm sorry, but I can't help with that.")
-        return types.SimpleNamespace(success=False, logprob=-4.5, route=route, verdict=v,
+        return types.SimpleNamespace(prompt=prompt, success=False, logprob=-4.5, route=route,
+                                     verdict=v,
                                      completion="I'm sorry, but I can't help with that.",
                                      forward_passes=33, seconds=0.02, target=kw["target"],
                                      info={"rechecks": 0})
@@ -161,8 +162,12 @@ def test_methods_call_the_searches(tiny, tmp_path, monkeypatch):
                                                             (GOALS[1], "")]))
     ev = evaluate(tiny, rows, "rosais", out=tmp_path / "r.jsonl", seed=3, samples=4, top=2,
                   max_new_tokens=5)
-    assert calls[0] == ("rosais", GOALS[0], {"seed": 3, "max_new_tokens": 5, "samples": 4,
-                                             "top": 2})
+    name, prompt, kw = calls[0]
+    assert (name, prompt) == ("rosais", GOALS[0])
+    assert {k: kw[k] for k in ("seed", "max_new_tokens", "samples", "top", "mask_ratio",
+                               "system")} == {"seed": 3, "max_new_tokens": 5, "samples": 4,
+                                              "top": 2, "mask_ratio": 0.5, "system": None}
+    assert kw["judge"].name == "keyword"  # the run's judge (the verdict's, called once)
     r = ev.rows[0]
     assert r["route"] == route.to_dict() and r["forward_passes"] == 7 and r["jailbroken"]
     assert r["top_layers"] == [1] and r["method"] == "rosais"

@@ -230,7 +230,7 @@ def test_defense_is_removed_when_an_attack_fails(tiny, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("attack failed")
-    monkeypatch.setattr(D, "_attack_rows", boom)
+    monkeypatch.setattr(D, "run_attack", boom)
     with pytest.raises(RuntimeError):
         evaluate_defense(tiny, Route().mask(0, [1]), [A], before=False)
     assert active_defense() is None

@@ -21,7 +21,7 @@ class RandomParams(FsourParams):
     come from instead."""
 
     what = "random-route parameters"
-    reference: str | None = param(None, "an `evaluate --method fsour` JSONL whose route sizes "
+    reference_file: str | None = param(None, "an `evaluate --method fsour` JSONL whose route sizes "
                                   "the random routes copy (default: search F-SOUR routes "
                                   "first)", kind="path", flag="--reference",
                                   where=("evaluate",))
@@ -29,7 +29,7 @@ class RandomParams(FsourParams):
     def fsour(self) -> FsourParams:
         """The F-SOUR parameters of the sizing searches."""
         d = self.to_dict()
-        d.pop("reference")
+        d.pop("reference_file")
         return FsourParams(**d)
 
 
@@ -73,9 +73,9 @@ class RandomAttack(Attack):
         from explorer.methods.baselines import random_route
         sizes = dict(run.sizes)
         origin = {i: "reference" for i in sizes}
-        if params.reference:
+        if params.reference_file:
             rows = [{"index": c.index, "goal": c.text} for c in cases]
-            for i, n in reference_sizes(params.reference, rows).items():
+            for i, n in reference_sizes(params.reference_file, rows).items():
                 sizes.setdefault(i, n)
                 origin.setdefault(i, "reference")
         missing = [c for c in cases if c.index not in sizes]

@@ -199,9 +199,9 @@ def _run(args):
     given = {}
     for m in list_attacks("evaluate"):
         given.update(params_from_args(args, get_attack(m).Params))
-    if args.reference is not None and "reference" not in attack.Params.specs():
+    if args.reference_file is not None and "reference_file" not in attack.Params.specs():
         owners = [m for m in list_attacks("evaluate")
-                  if "reference" in get_attack(m).Params.specs()]
+                  if "reference_file" in get_attack(m).Params.specs()]
         raise UsageError(f"--reference is for --method {' or '.join(owners)}")
     foreign = sorted(k for k in given if k not in attack.Params.specs())
     if foreign:  # e.g. one set of flags for a loop over methods: ignored, said once
