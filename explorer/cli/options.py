@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from explorer.core.defaults import MAX_SEED
-from explorer.core.errors import one_line
+from explorer.core.errors import ExplorerError, one_line
 from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.settings import Settings
 
@@ -32,7 +32,7 @@ class Command(NamedTuple):
     help: str
 
 
-class UsageError(Exception):
+class UsageError(ExplorerError):
     """Bad input: reported as one line on stderr with exit status 2."""
 
 

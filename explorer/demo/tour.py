@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.core.errors import InputError
 from explorer.core.paths import TOUR_DIR
 from explorer.core.route import Route
 
@@ -23,7 +24,7 @@ ACTIONS = ("generate", "rosais", "replay", "compare", "explain")
 MIN_STEPS, MAX_STEPS = 4, 6
 
 
-class TourError(ValueError):
+class TourError(InputError):
     """The tour file is missing or malformed (the message names what is wrong)."""
 
 
