@@ -159,7 +159,7 @@ def need_prompt(prompt: str | None) -> str:
 def whole_number(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as an int in ``lo..hi`` (either may be None), else a one-line
     ``gr.Error`` naming ``name`` (floats must be whole, booleans are refused)."""
-    try:
+    try:  # the bare ValueErrors below are caught right here, as float()'s own are
         if value is None or isinstance(value, bool):
             raise ValueError
         if isinstance(value, int):

@@ -270,7 +270,7 @@ class HostedPolicy:
                               f"this server allows {self.max_prompt_chars}")
         try:
             n = len(moe.encode(prompt, system))
-        except ValueError as exc:  # too long for the model, lone surrogates, ...
+        except InputError as exc:  # too long for the model, lone surrogates, ...
             raise PolicyError(str(exc).splitlines()[0] if str(exc) else
                               "the prompt cannot be tokenised") from None
         if self.enabled and n > self.max_prompt_tokens:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.chat import check_system
+from explorer.core.errors import InputError
 from explorer.core.forward import generate
 from explorer.core.route import Route
 
@@ -58,7 +59,7 @@ class RoutingTrace:
     def entropy(self) -> list[list[float]]:
         """Router entropy (nats) per MoE layer and token, from the raw logits."""
         if self.logits is None:
-            raise ValueError("this trace was recorded without router logits")
+            raise InputError("this trace was recorded without router logits")
         out = []
         for layer in self.logits:
             row = []

@@ -123,7 +123,7 @@ def load_tour(path: str | Path | None = None) -> Tour:
     except ValueError as exc:
         raise TourError(f"the tour {path} is not valid JSON: {exc}") from None
     tour = Tour.from_dict(data, folder=path.parent)
-    tour.route()  # fails with a RouteError (a ValueError) when missing or malformed
+    tour.route()  # fails with a RouteError (an InputError) when missing or malformed
     return tour
 
 

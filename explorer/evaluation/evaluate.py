@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.core.chat import check_system
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+from explorer.core.errors import InputError
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -206,7 +207,7 @@ def check_layout(rank: int, world: int) -> None:
     """Refuse a process layout (``RANK``/``WORLD_SIZE`` from torchrun or accelerate, read
     into :class:`explorer.settings.Settings`) that cannot split rows."""
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"bad process layout: RANK={rank}, WORLD_SIZE={world}")
+        raise InputError(f"bad process layout: RANK={rank}, WORLD_SIZE={world}")
 
 
 class _Sync:
@@ -280,7 +281,7 @@ def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: i
 
         from explorer.core.forward import generate
         if method != "none" and route is None:
-            raise ValueError(f"method {method!r} needs the route to answer with")
+            raise InputError(f"method {method!r} needs the route to answer with")
         torch.manual_seed(seed)
         gen = generate(moe, moe.encode(goal, system), route if method != "none" else None,
                        max_new_tokens=max_new_tokens)
@@ -303,7 +304,7 @@ def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: i
         return fsour_record(row, res, judge, time.perf_counter() - t0,
                             **_opt(system=system, protocol=protocol))
     else:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     if verdict is None:
         verdict = judge.judge(goal, completion)
     rec.update(completion=completion, jailbroken=bool(verdict.jailbroken),
@@ -388,7 +389,7 @@ def _baseline_rows(moe: MoEModel, todo: list[dict], method: str, judge,
 
 def reference_sizes(path, rows: list[dict]) -> dict[int, int]:
     """index -> forced cells of each row's route in an ``evaluate --method fsour`` JSONL
-    (the sizes ``random`` copies), for the dataset ``rows`` it has; ValueError when the
+    (the sizes ``random`` copies), for the dataset ``rows`` it has; InputError when the
     file holds no F-SOUR rows or a row's goal differs from the dataset's."""
     goals = {r["index"]: r["goal"] for r in rows}
     out, seen = {}, False
@@ -400,11 +401,11 @@ def reference_sizes(path, rows: list[dict]) -> dict[int, int]:
         if i not in goals:
             continue
         if r.get("goal") != goals[i]:
-            raise ValueError(f"{path} row {i} has another goal than the dataset: not a run "
+            raise InputError(f"{path} row {i} has another goal than the dataset: not a run "
                              "on this dataset")
         out[i] = len((r.get("route") or {}).get("edits") or [])
     if not seen:
-        raise ValueError(f"{path} holds no `evaluate --method fsour` rows")
+        raise InputError(f"{path} holds no `evaluate --method fsour` rows")
     return out
 
 
@@ -424,19 +425,19 @@ def _resume_rows(path, rows: list[dict], method: str, judge: str,
         if not isinstance(i, int) or i not in goals:
             continue
         if old.get("goal") != goals[i]:
-            raise ValueError(f"--resume: {path} row {i} has another goal than the dataset; "
+            raise InputError(f"--resume: {path} row {i} has another goal than the dataset; "
                              "use another --out")
         if old.get("method", method) != method:
-            raise ValueError(f"--resume: {path} holds method {old.get('method')!r} rows, "
+            raise InputError(f"--resume: {path} holds method {old.get('method')!r} rows, "
                              f"not {method!r}; use another --out")
         if old.get("judge", judge) != judge:
-            raise ValueError(f"--resume: {path} rows were judged by {old.get('judge')!r}, "
+            raise InputError(f"--resume: {path} rows were judged by {old.get('judge')!r}, "
                              f"not {judge!r}; use another --out")
         if old.get("system") != system:
-            raise ValueError(f"--resume: {path} rows were made with another system prompt "
+            raise InputError(f"--resume: {path} rows were made with another system prompt "
                              "(or none); use another --out")
         if old.get("protocol") != protocol:
-            raise ValueError(f"--resume: {path} rows ran protocol {old.get('protocol')!r}, "
+            raise InputError(f"--resume: {path} rows ran protocol {old.get('protocol')!r}, "
                              f"not {protocol!r}; use another --out")
         done[i] = old
     return done
@@ -474,17 +475,17 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     """
     from explorer.judges import KeywordJudge
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        raise InputError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     judge = judge or KeywordJudge()
     settings["system"] = check_system(settings.get("system"))
     protocol = settings.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        raise InputError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     marks = {"system": settings["system"], "protocol": protocol}
     if world > 1 and out is None:
-        raise ValueError("an output file is needed when several processes share the rows")
+        raise InputError("an output file is needed when several processes share the rows")
     if resume and out is None:
-        raise ValueError("--resume needs --out FILE.jsonl")
+        raise InputError("--resume needs --out FILE.jsonl")
     mine = [r for r in rows if r["index"] % world == rank]
     path = shard_path(out, rank) if (out is not None and world > 1) else out
     done: dict[int, dict] = {}

@@ -432,11 +432,11 @@ class NeverJudge:
 def get_judge(name: str = "keyword", **options):
     """A judge by name: ``keyword``, ``rubric`` or ``classifier`` (see :data:`JUDGES`).
 
-    ``options`` go to the judge's constructor. Raises ``ValueError`` for an unknown name
+    ``options`` go to the judge's constructor. Raises ``InputError`` for an unknown name
     and :class:`JudgeError` when the judge cannot be set up.
     """
     try:
         factory = JUDGES[name]
     except KeyError:
-        raise ValueError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}") from None
+        raise InputError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}") from None
     return factory(**options)

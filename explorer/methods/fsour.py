@@ -35,6 +35,7 @@ from explorer.core.defaults import (
     TIE_BAND,
     TIE_BAND_REL,
 )
+from explorer.core.errors import InputError
 from explorer.core.forward import generate, generate_many
 from explorer.core.route import Route
 from explorer.engine.scoring import MultiScorer, make_engine
@@ -184,22 +185,22 @@ class GenerateRequest:
 
 def _check_args(candidates, max_iters, max_new_tokens, order, target) -> None:
     if candidates < 1 or max_iters < 1 or max_new_tokens < 0:
-        raise ValueError("candidates and max_iters must be at least 1")
+        raise InputError("candidates and max_iters must be at least 1")
     if order not in ("paper", "rosais"):
-        raise ValueError(f"unknown order {order!r}; choose paper or rosais")
+        raise InputError(f"unknown order {order!r}; choose paper or rosais")
     if not target or not target.strip():
-        raise ValueError("the target answer is empty")
+        raise InputError("the target answer is empty")
     if len(target) > MAX_TARGET_CHARS:
-        raise ValueError(f"the target has {len(target)} characters; at most "
+        raise InputError(f"the target has {len(target)} characters; at most "
                          f"{MAX_TARGET_CHARS} are accepted")
 
 
 def _target_ids(moe: MoEModel, target: str) -> list[int]:
     tgt = list(moe.tokenizer(target, add_special_tokens=False)["input_ids"])
     if not tgt:
-        raise ValueError("the target answer has no tokens")
+        raise InputError("the target answer has no tokens")
     if len(tgt) > MAX_TARGET_TOKENS:
-        raise ValueError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
+        raise InputError(f"the target has {len(tgt)} tokens; at most {MAX_TARGET_TOKENS} "
                          f"are accepted")
     return tgt
 
@@ -489,12 +490,12 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str], targets: str | Sequen
     prompts = list(prompts)
     tlist = [targets] * len(prompts) if isinstance(targets, str) else list(targets)
     if len(tlist) != len(prompts):
-        raise ValueError(f"{len(tlist)} targets for {len(prompts)} prompts")
+        raise InputError(f"{len(tlist)} targets for {len(prompts)} prompts")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     k = prompt_batch or prompt_batch_size(moe, prompts, tlist[0] if tlist else DEFAULT_TARGET,
                                           candidates, system=system)
     if k < 1:
-        raise ValueError("prompt_batch must be at least 1")
+        raise InputError("prompt_batch must be at least 1")
     scorer = MultiScorer(moe)
     queue = list(range(len(prompts)))[::-1]
     active: dict[int, list] = {}  # index -> [search, steps, request]

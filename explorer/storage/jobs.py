@@ -56,7 +56,7 @@ from explorer.core.defaults import (
     MAX_SEED,
     MAX_TARGET_CHARS,
 )
-from explorer.core.errors import brief, one_line
+from explorer.core.errors import InputError, brief, one_line
 from explorer.core.route import Route
 from explorer.engine.scoring import ENGINE_NAMES
 from explorer.judges import JUDGES
@@ -165,7 +165,7 @@ def validate_params(kind: str, params: dict) -> dict:
     if "system" in out:
         try:
             out["system"] = check_system(out["system"])
-        except ValueError as exc:
+        except InputError as exc:
             raise StoreError(str(exc)) from None
         if out["system"] is None:
             del out["system"]
@@ -370,7 +370,7 @@ class JobManager:
                  chunk_seconds: float = GPU_CHUNK_SECONDS):
         if window is not None and not (isinstance(chunk_seconds, (int, float))
                                        and math.isfinite(chunk_seconds) and chunk_seconds > 0):
-            raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
+            raise InputError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
         self.moe, self.store = moe, store
         self.runner = runner or functools.partial(fsour_runner, judge_options=judge_options)
         self.max_queued_per_session = max_queued_per_session

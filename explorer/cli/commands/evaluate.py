@@ -36,6 +36,7 @@ from explorer.cli.options import (
     system_from_args,
 )
 from explorer.core.defaults import MAX_NEW_TOKENS
+from explorer.core.errors import ExplorerError
 from explorer.settings import Settings
 
 
@@ -109,7 +110,7 @@ def _configure(p):
 
 def make_judge(name: str, url: str | None = None, model: str | None = None,
                device: str = "cpu", settings: Settings | None = None, **options):
-    """Build and check the judge the CLI options describe (errors: ValueError/UsageError);
+    """Build and check the judge the CLI options describe (errors: UsageError, JudgeError);
     the rubric judge's endpoint, model and key default to the ``settings``'. ``options``
     go to the judge (e.g. the rubric's ``threshold``)."""
     from explorer.judges import JUDGES, get_judge
@@ -205,7 +206,7 @@ def _run(args):
     try:
         judge = make_judge(args.judge, args.judge_url, args.judge_model,
                            device=args.device, settings=st, **(judge_options or {}))
-    except (UsageError, ValueError) as exc:
+    except ExplorerError as exc:  # UsageError, JudgeError: a judge that cannot be used
         if args.protocol is None:
             raise
         raise UsageError(f"--protocol {args.protocol} judges with the rubric judge "

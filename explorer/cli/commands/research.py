@@ -33,6 +33,7 @@ from explorer.cli.options import (
     system_from_args,
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.core.errors import InputError
 from explorer.viz.text import pct
 
 
@@ -78,7 +79,7 @@ def _json_objects(path, what: str) -> list:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return json_objects(text)
-    except ValueError as exc:
+    except InputError as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 
