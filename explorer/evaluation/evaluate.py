@@ -145,8 +145,12 @@ def read_jsonl(path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         return []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # a ValueError, but bad input: someone else's file
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

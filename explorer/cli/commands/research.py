@@ -75,6 +75,8 @@ def _json_objects(path, what: str) -> list:
     from explorer.research.common import json_objects
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # a ValueError, but bad input (exit 2, not a bug)
+        raise UsageError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
