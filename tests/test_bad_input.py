@@ -435,6 +435,18 @@ def test_bare_value_error_is_a_bug_and_input_error_is_bad_input(capsys, monkeypa
     capsys.readouterr()
 
 
+def test_malformed_objects_for_routes_are_input_errors():
+    """What the route parser and as_route refuse is bad input (an InputError), never a
+    TypeError a caller would have to read as a bug."""
+    from explorer.core.errors import InputError
+    from explorer.research.common import as_route, routes_from_objects
+    for obj in ({"best_masks": 1}, {"best_masks": [], "prompt": "p", "scores": "x"}):
+        with pytest.raises(RouteError, match="x.json: not a usable RoSais result"):
+            routes_from_objects([obj], where="x.json")
+    with pytest.raises(InputError, match="cannot make a route from int"):
+        as_route(3)
+
+
 def test_one_line_escapes_control_characters():
     assert one_line("\n\n  first\rline\x1b[2J\u2028x\nsecond") == \
         "first\\rline\\x1b[2J\\u2028x"
