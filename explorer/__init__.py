@@ -15,8 +15,11 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   the baselines they are compared with
 - :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
 - :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
+- :class:`ExplorerError`: the base of every error the explorer raises on purpose;
+  :class:`InputError` (bad input, also a ``ValueError``) with :class:`RouteError` and
+  :class:`ParamError` under it, and :class:`ModelLoadError`
 
-The package is layered (lowest first): ``core``, ``judges``, ``engine``, ``methods``,
+The package is layered (lowest first): ``core``, ``engine`` / ``judges``, ``methods``,
 ``evaluation``, ``research``, ``storage`` / ``viz``, ``bench`` / ``demo``, ``cli`` /
 ``app``; see ``docs/design.md``.
 """
@@ -30,6 +33,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DEMO_MODEL_DIR": "explorer.core.paths",
+    "ExplorerError": "explorer.core.errors",
+    "InputError": "explorer.core.errors",
+    "ParamError": "explorer.core.errors",
     "LayerInfo": "explorer.core.layers",
     "ModelInfo": "explorer.core.model",
     "ModelLoadError": "explorer.core.errors",
@@ -76,7 +82,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from explorer.core.control import RouteControl, defended
-    from explorer.core.errors import ModelLoadError, RouteError
+    from explorer.core.errors import (
+        ExplorerError,
+        InputError,
+        ModelLoadError,
+        ParamError,
+        RouteError,
+    )
     from explorer.core.forward import (generate, generate_recorded, logits_for_routes, prefill,
                                        target_logprob)
     from explorer.core.layers import LayerInfo

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from explorer.core.defaults import GPU_CHUNK_SECONDS
+from explorer.core.errors import InputError
 from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.engine.tuning import Tuning
 
@@ -23,7 +24,7 @@ def _optional_flag(name: str, text: str) -> bool | None:
     if not t:
         return None
     if t not in ("0", "1"):
-        raise ValueError(f"{name} must be 0 or 1, got {text!r}")
+        raise InputError(f"{name} must be 0 or 1, got {text!r}")
     return t == "1"
 
 
@@ -36,7 +37,7 @@ def _positive_int(name: str, text: str) -> int | None:
     except ValueError:
         v = 0
     if v <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+        raise InputError(f"{name} must be a positive integer, got {text!r}")
     return v
 
 
@@ -47,14 +48,14 @@ def _int(name: str, text: str, default: int) -> int:
     try:
         return int(t)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+        raise InputError(f"{name} must be an integer, got {text!r}") from None
 
 
 def _quantize(name: str, text: str) -> str | None:
     try:
         return parse_quantize(text)
-    except ValueError:
-        raise ValueError(f"{name} must be {' or '.join(QUANTIZE_MODES)} (or empty), "
+    except InputError:
+        raise InputError(f"{name} must be {' or '.join(QUANTIZE_MODES)} (or empty), "
                          f"got {text!r}") from None
 
 
@@ -67,7 +68,7 @@ def _fraction(name: str, text: str) -> float | None:
     except ValueError:
         v = -1.0
     if not 0.0 < v <= 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1], got {text!r}")
+        raise InputError(f"{name} must be a number in (0, 1], got {text!r}")
     return v
 
 
@@ -209,7 +210,7 @@ class Settings:
         try:
             dist_timeout = float(timeout) if timeout else 7 * 24 * 3600.0
         except ValueError:
-            raise ValueError(f"EXPLORER_DIST_TIMEOUT must be a number of seconds, "
+            raise InputError(f"EXPLORER_DIST_TIMEOUT must be a number of seconds, "
                              f"got {timeout!r}") from None
         return cls(
             model=g("EXPLORER_MODEL") or None, host=host, port=port,

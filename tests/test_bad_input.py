@@ -379,6 +379,74 @@ def test_internal_error_is_status_1_without_traceback(capsys, monkeypatch):
         main(["boom"])
 
 
+def test_every_project_error_is_an_explorer_error():
+    from explorer.app.hosted import PolicyError  # neither module imports gradio
+    from explorer.app.links import LinkError
+    from explorer.cli.options import UsageError
+    from explorer.core.errors import ExplorerError, InputError, ModelLoadError, ParamError
+    from explorer.demo.tour import TourError
+    from explorer.judges import JudgeError
+    from explorer.storage.library import StoreError
+    errors = (RouteError, ParamError, ModelLoadError, JudgeError, PolicyError, LinkError,
+              StoreError, TourError, UsageError, InputError)
+    for cls in errors:
+        assert issubclass(cls, ExplorerError), cls
+    for cls in (RouteError, ParamError, JudgeError, PolicyError, LinkError, StoreError,
+                TourError):  # bad input: InputErrors, hence ValueErrors for old callers
+        assert issubclass(cls, InputError) and issubclass(cls, ValueError), cls
+    assert not issubclass(ValueError, ExplorerError)
+    import explorer
+    assert {"ExplorerError", "InputError", "ParamError"} <= set(explorer.__all__)
+    assert explorer.ExplorerError is ExplorerError and explorer.InputError is InputError
+    assert explorer.ParamError is ParamError
+
+
+def test_bare_value_error_is_a_bug_and_input_error_is_bad_input(capsys, monkeypatch):
+    """Only an ExplorerError (or an OSError) counts as bad input: a bare ValueError raised
+    by a bug is an internal error, status 1, one line naming its type."""
+    from explorer.core.errors import InputError
+
+    def bug(args):
+        raise ValueError("internal invariant broken\nsecond line")
+
+    def refusal(args):
+        raise InputError("the value is out of range")
+
+    def disk(args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setitem(cli.COMMANDS, "bug", (lambda p: None, bug, "fails"))
+    monkeypatch.setitem(cli.COMMANDS, "refusal", (lambda p: None, refusal, "refuses"))
+    monkeypatch.setitem(cli.COMMANDS, "disk", (lambda p: None, disk, "full disk"))
+    monkeypatch.delenv("EXPLORER_DEBUG", raising=False)
+    rc, out, err = run_cli(["bug"], capsys)
+    assert (rc, out) == (1, "") and err == "error: ValueError: internal invariant broken\n"
+    rc, out, err = run_cli(["refusal"], capsys)
+    assert (rc, out) == (2, "") and err == "error: the value is out of range\n"
+    rc, _, err = run_cli(["disk"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "No space left" in err
+    rc, _, err = run_cli(["refusal", "--no-such-option"], capsys)  # argparse: still 2
+    assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+    rc, _, err = run_cli(["no-such-command"], capsys)
+    assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+    monkeypatch.setenv("EXPLORER_DEBUG", "1")
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["bug"])
+    assert main(["refusal"]) == 2  # bad input stays one line, debug or not
+    capsys.readouterr()
+
+
+def test_malformed_objects_for_routes_are_input_errors():
+    """What the route parser and as_route refuse is bad input (an InputError), never a
+    TypeError a caller would have to read as a bug."""
+    from explorer.core.errors import InputError
+    from explorer.research.common import as_route, routes_from_objects
+    for obj in ({"best_masks": 1}, {"best_masks": [], "prompt": "p", "scores": "x"}):
+        with pytest.raises(RouteError, match="x.json: not a usable RoSais result"):
+            routes_from_objects([obj], where="x.json")
+    with pytest.raises(InputError, match="cannot make a route from int"):
+        as_route(3)
+
+
 def test_one_line_escapes_control_characters():
     assert one_line("\n\n  first\rline\x1b[2J\u2028x\nsecond") == \
         "first\\rline\\x1b[2J\\u2028x"

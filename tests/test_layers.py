@@ -21,8 +21,8 @@ PACKAGE = Path(explorer.__file__).resolve().parent
 #: own part and parts of a LOWER layer only: never a higher one, never a sibling part of
 #: the same layer.
 LAYERS: dict[str, int] = {
-    "core": 0, "judges": 0,
-    "engine": 1,
+    "core": 0,
+    "engine": 1, "judges": 1,
     "methods": 2,
     "attacks": 3,
     "evaluation": 4,

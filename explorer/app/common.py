@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from explorer.core.errors import RouteError, brief, one_line
-from explorer.core.model import DEMO_MODEL_DIR, ModelLoadError, MoEModel
+from explorer.core.errors import ExplorerError, brief, one_line
+from explorer.core.model import DEMO_MODEL_DIR, MoEModel
 from explorer.core.route import Route
 from explorer.viz import figures as plots
 
@@ -58,13 +58,17 @@ def fail(message: str):
 
 @contextlib.contextmanager
 def user_errors(action: str):
-    """Turn any exception into a ``gr.Error`` with a one-line message (no traceback).
-    Hosted-mode refusals (:class:`explorer.app.hosted.PolicyError`) are ValueErrors."""
+    """Turn any exception into a ``gr.Error`` with a one-line message. The explorer's own
+    refusals (:class:`~explorer.core.errors.ExplorerError`: bad input, hosted-mode
+    refusals, a model that cannot be loaded) and ``OSError`` (a file or disk the system
+    refused) show their message alone; anything else, a bare ``ValueError`` included, is a
+    bug: "<action> failed: <Type>: ..." and its traceback in the log. A ``gr.Error``
+    passes through unchanged."""
     try:
         yield
     except gr.Error:
         raise
-    except (RouteError, ModelLoadError, ValueError, LookupError, OSError) as exc:
+    except (ExplorerError, OSError) as exc:
         raise gr.Error(html.escape(one_line(exc), quote=False), print_exception=False) from None
     except Exception as exc:  # noqa: BLE001 - the app must keep running
         log.exception("%s failed", action)
@@ -159,7 +163,7 @@ def need_prompt(prompt: str | None) -> str:
 def whole_number(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as an int in ``lo..hi`` (either may be None), else a one-line
     ``gr.Error`` naming ``name`` (floats must be whole, booleans are refused)."""
-    try:
+    try:  # the bare ValueErrors below are caught right here, as float()'s own are
         if value is None or isinstance(value, bool):
             raise ValueError
         if isinstance(value, int):

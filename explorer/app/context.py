@@ -170,7 +170,7 @@ class Explorer:
             pass
         return s
 
-    # -- hosted mode: checks (PolicyError is a ValueError: user_errors shows one line) -------
+    # -- hosted mode: checks (PolicyError is an InputError: user_errors shows one line) ----
     def admit(self, request: Any = None, cost: float = 1.0) -> None:
         """The one admission of every door that runs the model or queues work: count
         ``cost`` requests against the caller's session, its client address and the whole
@@ -193,7 +193,7 @@ class Explorer:
     @staticmethod
     def system(value: Any) -> str | None:
         """A system prompt from the UI or an endpoint: None for none (None, empty or blank
-        text); ``ValueError`` (a one-line refusal) for anything but text, too long text or
+        text); ``InputError`` (a one-line refusal) for anything but text, too long text or
         lone surrogates."""
         from explorer.core.chat import check_system
         return check_system(value)

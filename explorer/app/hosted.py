@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from explorer.core.errors import InputError
+
 DEMO_NAMES = ("demo",)  # how the bundled demo model is named (None/"" also mean demo)
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("0", "false", "no", "off", "")
@@ -55,7 +57,7 @@ _HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9.
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|\Z)|[\u3002\uff01\uff1f]|\n")
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A request the hosted policy refuses; the message is one line for the user."""
 
 
@@ -268,7 +270,7 @@ class HostedPolicy:
                               f"this server allows {self.max_prompt_chars}")
         try:
             n = len(moe.encode(prompt, system))
-        except ValueError as exc:  # too long for the model, lone surrogates, ...
+        except InputError as exc:  # too long for the model, lone surrogates, ...
             raise PolicyError(str(exc).splitlines()[0] if str(exc) else
                               "the prompt cannot be tokenised") from None
         if self.enabled and n > self.max_prompt_tokens:

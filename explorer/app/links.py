@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from explorer.core.errors import InputError
+
 #: The longest query value a link may carry (an encoded route of a few hundred edits).
 MAX_LINK_CHARS = 16_000
 
 
-class LinkError(ValueError):
+class LinkError(InputError):
     """A link that cannot be opened (one line, for a toast)."""
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from explorer.core.errors import InputError
+
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
@@ -236,7 +238,7 @@ def synthetic_model(name: str, device: str = "auto", dtype=None, seed: int = 0):
 
     from explorer.core.model import DEMO_MODEL_DIR, MoEModel
     if name not in SYNTHETIC:
-        raise ValueError(f"unknown synthetic model {name!r}; choose from {sorted(SYNTHETIC)}")
+        raise InputError(f"unknown synthetic model {name!r}; choose from {sorted(SYNTHETIC)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:

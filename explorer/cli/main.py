@@ -8,9 +8,16 @@ Exit status of :func:`main` (and ``python -m explorer``):
 
 - 0: success (``--help`` included);
 - 2: bad input of any kind (options, prompts, route or dataset files, model paths,
-  judge endpoints, limits): one line ``error: ...`` on stderr, no traceback;
-- 1: an internal error, i.e. a bug: one line ``error: <ExceptionType>: ...`` on stderr
-  (``EXPLORER_DEBUG=1`` lets the exception and its traceback through instead);
+  judge endpoints, limits), i.e. an :class:`~explorer.core.errors.ExplorerError`
+  (:class:`~explorer.cli.options.UsageError`, :class:`~explorer.core.errors.InputError`
+  and its subclasses, :class:`~explorer.core.errors.ModelLoadError`): one line
+  ``error: ...`` on stderr, no traceback;
+- 2 as well: an ``OSError``, a file, folder or disk the system refused (missing, not
+  readable or writable, full): not bad input as such, but nothing a traceback would help
+  with either, so the same one line;
+- 1: an internal error, i.e. a bug: any other exception, a bare ``ValueError`` included,
+  gives one line ``error: <ExceptionType>: ...`` on stderr (``EXPLORER_DEBUG=1`` lets the
+  exception and its traceback through instead);
 - 130: interrupted (Ctrl-C).
 
 A route whose provenance (model, chat template) differs from the loaded model's gives
@@ -25,7 +32,7 @@ import sys
 
 from explorer.cli.commands import bench, evaluate, inspect, research, search
 from explorer.cli.options import UsageError, check_common, one_line
-from explorer.core.errors import ModelLoadError, RouteError
+from explorer.core.errors import ExplorerError
 from explorer.engine.tuning import tuned
 from explorer.settings import Settings
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         settings.apply_threads()  # after parsing: --help needs no torch
         with tuned(settings.tuning):
             return COMMANDS[args.command][1](args) or 0
-    except (UsageError, RouteError, ModelLoadError, ValueError, OSError) as exc:
+    except (ExplorerError, OSError) as exc:  # bad input, or a file the system refused
         msg = one_line(exc, limit=1000) or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from explorer.core.defaults import MAX_SEED
-from explorer.core.errors import one_line
+from explorer.core.errors import ExplorerError, InputError, one_line
 from explorer.core.quantize import QUANTIZE_MODES, parse_quantize
 from explorer.settings import Settings
 
@@ -32,7 +32,7 @@ class Command(NamedTuple):
     help: str
 
 
-class UsageError(Exception):
+class UsageError(ExplorerError):
     """Bad input: reported as one line on stderr with exit status 2."""
 
 
@@ -80,7 +80,7 @@ def system_from_args(args) -> str | None:
         text = text.strip("\n")
     try:
         return check_system(text)
-    except ValueError as exc:
+    except InputError as exc:
         raise UsageError(f"--system: {exc}") from None
 
 
@@ -155,7 +155,7 @@ def quantize_arg(text: str) -> str:
     """argparse type: one of :data:`~explorer.core.quantize.QUANTIZE_MODES`."""
     try:
         mode = parse_quantize(text)
-    except ValueError:
+    except InputError:
         mode = None
     if mode is None:
         raise argparse.ArgumentTypeError(f"expected {' or '.join(QUANTIZE_MODES)}, "

@@ -8,25 +8,26 @@ from __future__ import annotations
 from typing import Any
 
 from explorer.core.defaults import MAX_SYSTEM_CHARS
+from explorer.core.errors import InputError
 
 
 def check_system(system: Any) -> str | None:
     """A system prompt as the library takes it: None for none (None, empty or blank
-    text), else the text; ``ValueError`` for anything but text, text longer than
+    text), else the text; ``InputError`` for anything but text, text longer than
     :data:`~explorer.core.defaults.MAX_SYSTEM_CHARS` or lone surrogates."""
     if system is None:
         return None
     if not isinstance(system, str):
-        raise ValueError(f"the system prompt must be text, got {type(system).__name__}")
+        raise InputError(f"the system prompt must be text, got {type(system).__name__}")
     if not system.strip():
         return None
     if len(system) > MAX_SYSTEM_CHARS:
-        raise ValueError(f"the system prompt has {len(system)} characters; at most "
+        raise InputError(f"the system prompt has {len(system)} characters; at most "
                          f"{MAX_SYSTEM_CHARS} are accepted")
     try:
         system.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("the system prompt is not valid Unicode text (lone surrogates)") \
+        raise InputError("the system prompt is not valid Unicode text (lone surrogates)") \
             from None
     return system
 

@@ -7,14 +7,20 @@ import json
 import os
 from pathlib import Path
 
+from explorer.core.errors import InputError
+
 
 def read_jsonl(path) -> list[dict]:
     """The JSON objects in ``path`` (missing file: []); a torn last line is dropped."""
     p = Path(path)
     if not p.exists():
         return []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # a ValueError, but bad input: someone else's file
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

@@ -134,7 +134,7 @@ class MoEModel:
                  max_prompt_tokens: int | None = None):
         if max_prompt_tokens is not None and (not isinstance(max_prompt_tokens, int)
                                               or max_prompt_tokens <= 0):
-            raise ValueError(f"{PROMPT_CAP_NAME} must be a positive integer, "
+            raise InputError(f"{PROMPT_CAP_NAME} must be a positive integer, "
                              f"got {max_prompt_tokens!r}")
         self.model = model.eval()
         self.prompt_cap = max_prompt_tokens  # the operator's cap on prompt tokens (or None)
@@ -209,12 +209,12 @@ class MoEModel:
         ``thinking``: for a template with a thinking switch (:attr:`thinking_default` not
         None, e.g. Qwen3's ``enable_thinking``), True or False renders the generation
         prompt with thinking on or off (Qwen3's "off" adds an empty thinking block); None
-        keeps the template's default. ``ValueError`` for True or False on a model whose
+        keeps the template's default. ``InputError`` for True or False on a model whose
         template has no switch. The mode changes positions: :meth:`provenance` records it.
         """
         tok = self._need_tokenizer()
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty")
+            raise InputError("the prompt is empty")
         system = check_system(system)
         self.resolve_thinking(thinking)
         if system is not None and self.system_placement == "merged":
@@ -252,13 +252,13 @@ class MoEModel:
     def resolve_thinking(self, thinking: bool | None = None) -> bool | None:
         """The thinking mode a prompt is templated with for ``thinking`` (see
         :meth:`template`): ``thinking`` itself, or :attr:`thinking_default` for None (None
-        for a template without a switch). ``ValueError`` for anything but None, True or
+        for a template without a switch). ``InputError`` for anything but None, True or
         False, and for True or False where the template has no switch."""
         if thinking is not None and not isinstance(thinking, bool):
-            raise ValueError(f"thinking must be True, False or None, got {thinking!r}")
+            raise InputError(f"thinking must be True, False or None, got {thinking!r}")
         default = self.thinking_default
         if thinking is not None and default is None:
-            raise ValueError(f"{self.name}'s chat template has no thinking switch "
+            raise InputError(f"{self.name}'s chat template has no thinking switch "
                              f"({THINKING_VARIABLE}); leave thinking unset")
         return default if thinking is None else thinking
 
@@ -310,7 +310,7 @@ class MoEModel:
         """Token ids of the templated prompt (special tokens come from the template;
         ``system`` and ``thinking`` as in :meth:`template`): :meth:`prepare`'s ids.
 
-        Raises ``ValueError`` when the templated prompt is longer than
+        Raises ``InputError`` when the templated prompt is longer than
         :attr:`max_prompt_tokens` (the model's context or the operator's cap).
         """
         return list(self.prepare(prompt, system, thinking=thinking).ids)

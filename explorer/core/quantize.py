@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from explorer.core.errors import ModelLoadError
+from explorer.core.errors import InputError, ModelLoadError
 
 #: The values of ``quantize`` (``--quantize``, ``EXPLORER_QUANTIZE``): bitsandbytes
 #: LLM.int8 weights, or 4-bit NF4 weights with double quantization.
@@ -36,17 +36,17 @@ INSTALL_HINT = 'pip install "sparse-safety-explorer[quantize]" (or pip install b
 
 def parse_quantize(text: str | None) -> str | None:
     """``text`` as a :data:`QUANTIZE_MODES` value (case and spaces ignored); None or a
-    blank text give None (no quantization). Raises ``ValueError`` for anything else."""
+    blank text give None (no quantization). Raises ``InputError`` for anything else."""
     if text is None:
         return None
     if not isinstance(text, str):
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, "
+        raise InputError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, "
                          f"got {text!r}")
     t = text.strip().lower()
     if not t:
         return None
     if t not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {text!r}")
+        raise InputError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {text!r}")
     return t
 
 
@@ -58,7 +58,7 @@ def check_quantize(quantize: str | None, device: str) -> str | None:
     what to change. Imports bitsandbytes only when ``quantize`` is set."""
     try:
         mode = parse_quantize(quantize)
-    except ValueError as exc:
+    except InputError as exc:
         raise ModelLoadError(str(exc)) from None
     if mode is None:
         return None
@@ -151,4 +151,6 @@ def bitsandbytes_config(quantize: str, *, skip: list[str], compute_dtype) -> Any
                                   bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype,
                                   llm_int8_skip_modules=list(skip))
+    # a bare ValueError: load_model asks for a config only when a mode is set (a bad mode
+    # is refused above by parse_quantize), so reaching this is a bug
     raise ValueError("bitsandbytes_config needs quantize='8bit' or '4bit'")

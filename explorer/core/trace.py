@@ -100,7 +100,7 @@ class RoutingTrace:
     def entropy(self) -> list[list[float]]:
         """Router entropy (nats) per MoE layer and token, from the raw logits."""
         if self.logits is None:
-            raise ValueError("this trace was recorded without router logits")
+            raise InputError("this trace was recorded without router logits")
         out = []
         for layer in self.logits:
             row = []

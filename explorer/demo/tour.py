@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.core.errors import InputError
 from explorer.core.paths import TOUR_DIR
 from explorer.core.route import Route
 
@@ -23,7 +24,7 @@ ACTIONS = ("generate", "rosais", "replay", "compare", "explain")
 MIN_STEPS, MAX_STEPS = 4, 6
 
 
-class TourError(ValueError):
+class TourError(InputError):
     """The tour file is missing or malformed (the message names what is wrong)."""
 
 
@@ -122,7 +123,7 @@ def load_tour(path: str | Path | None = None) -> Tour:
     except ValueError as exc:
         raise TourError(f"the tour {path} is not valid JSON: {exc}") from None
     tour = Tour.from_dict(data, folder=path.parent)
-    tour.route()  # fails with a RouteError (a ValueError) when missing or malformed
+    tour.route()  # fails with a RouteError (an InputError) when missing or malformed
     return tour
 
 

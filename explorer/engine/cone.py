@@ -331,6 +331,8 @@ def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, la
     (only with ``direct_kwargs`` on a model with a plain head: see :func:`output_head`).
     """
     if control is not None and (direct_kwargs is None or output_head(moe) is None):
+        # a bare ValueError: the engine passes a control only with the direct path, so
+        # reaching this is a bug in the caller, not bad input
         raise ValueError("a shared route control needs the direct path (direct_kwargs)")
     ids = scored_ids(prompt_ids, target_ids)
     n = len(target_ids)

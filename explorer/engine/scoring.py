@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from explorer.core.errors import InputError
 from explorer.core.forward import (
     cache_of,
     keep_kwargs,
@@ -524,4 +525,4 @@ def make_engine(name: str, moe, prompt_ids, target_ids):
     try:
         return ENGINES[name](moe, prompt_ids, target_ids)
     except KeyError:
-        raise ValueError(f"unknown engine {name!r}; choose fast or reference") from None
+        raise InputError(f"unknown engine {name!r}; choose fast or reference") from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from explorer.core.errors import InputError
+
 
 def _find(fields, name):
     for f in fields:
@@ -23,7 +25,7 @@ def load_goals(csv_path) -> list[dict]:
 
     The goal column is ``goal`` or ``Goal`` (any case); ``target``/``Target`` is
     optional (None when absent). Other columns are kept under their lower-cased
-    names. Rows with an empty goal are skipped. Raises ``ValueError`` when the
+    names. Rows with an empty goal are skipped. Raises ``InputError`` when the
     file has no goal column.
     """
     path = Path(csv_path)
@@ -32,7 +34,7 @@ def load_goals(csv_path) -> list[dict]:
         fields = reader.fieldnames or []
         goal_col = _find(fields, "goal")
         if goal_col is None:
-            raise ValueError(f"{path}: no 'goal' column (columns: {fields})")
+            raise InputError(f"{path}: no 'goal' column (columns: {fields})")
         target_col = _find(fields, "target")
         rows = []
         for row in reader:
@@ -66,17 +68,17 @@ def load_dataset_rows(spec, limit: int | None = None, *, offline: bool = False,
     when absent); other columns go to ``meta`` under lower-cased names. ``index`` is the
     0-based position in the dataset. ``start`` / ``end`` keep the rows whose index lies
     in ``start <= index < end`` (either may be None), then ``limit`` keeps the first rows
-    of those. Raises ``ValueError`` for a missing goal column, a broken row (naming its
+    of those. Raises ``InputError`` for a missing goal column, a broken row (naming its
     row number), a bad limit or slice (also one that keeps no row), or a hub dataset that
     cannot be fetched (``offline``: the hub is never tried, as with ``HF_HUB_OFFLINE=1``).
     """
     if limit is not None and (isinstance(limit, bool) or int(limit) <= 0):
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
     for what, v in (("start", start), ("end", end)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{what} must be a non-negative integer, got {v!r}")
+            raise InputError(f"{what} must be a non-negative integer, got {v!r}")
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"end ({end}) must be greater than start ({start})")
+        raise InputError(f"end ({end}) must be greater than start ({start})")
     name = str(spec).strip()
     if name.lower() in HUB_DATASETS and not Path(name).exists():
         rows = _hub_rows(name.lower(), offline)
@@ -86,7 +88,7 @@ def load_dataset_rows(spec, limit: int | None = None, *, offline: bool = False,
     rows = [r for r in rows if (start is None or r["index"] >= start)
             and (end is None or r["index"] < end)]
     if not rows:
-        raise ValueError(f"{name}: no rows in the slice {start or 0}..{end or total} (the "
+        raise InputError(f"{name}: no rows in the slice {start or 0}..{end or total} (the "
                          f"dataset has rows 0..{total - 1})")
     if limit is not None:
         rows = rows[:int(limit)]
@@ -95,7 +97,7 @@ def load_dataset_rows(spec, limit: int | None = None, *, offline: bool = False,
 
 def _csv_rows(path: Path) -> list[dict]:
     if not path.is_file():
-        raise ValueError(f"dataset {path} is not a file (pass a CSV path, or one of "
+        raise InputError(f"dataset {path} is not a file (pass a CSV path, or one of "
                          f"{sorted(HUB_DATASETS)})")
     rows: list[dict] = []
     try:
@@ -103,10 +105,10 @@ def _csv_rows(path: Path) -> list[dict]:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
-                raise ValueError(f"{path}: the file is empty")
+                raise InputError(f"{path}: the file is empty")
             cols = [h.strip().lower() for h in header]
             if "goal" not in cols:
-                raise ValueError(f"{path}: no 'goal' column (columns: {header})")
+                raise InputError(f"{path}: no 'goal' column (columns: {header})")
             gi = cols.index("goal")
             ti = cols.index("target") if "target" in cols else None
             for n, rec in enumerate(reader, start=1):
@@ -114,22 +116,22 @@ def _csv_rows(path: Path) -> list[dict]:
                     continue  # blank line
                 where = f"{path}: row {n} (line {reader.line_num})"
                 if len(rec) != len(header):
-                    raise ValueError(f"{where} has {len(rec)} fields, the header has "
+                    raise InputError(f"{where} has {len(rec)} fields, the header has "
                                      f"{len(header)}")
                 goal = rec[gi].strip()
                 if not goal:
-                    raise ValueError(f"{where} has an empty goal")
+                    raise InputError(f"{where} has an empty goal")
                 meta = {c: v for i, (c, v) in enumerate(zip(cols, rec))
                         if i not in (gi, ti) and c}
                 rows.append({"index": len(rows), "goal": goal,
                              "target": rec[ti].strip() if ti is not None else None,
                              "meta": meta})
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     except csv.Error as exc:
-        raise ValueError(f"{path}: broken CSV near line {reader.line_num}: {exc}") from None
+        raise InputError(f"{path}: broken CSV near line {reader.line_num}: {exc}") from None
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return rows
 
 
@@ -140,14 +142,14 @@ def _hub_rows(name: str, offline: bool = False) -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise ValueError(unavailable) from None
+        raise InputError(unavailable) from None
     if offline:
-        raise ValueError(unavailable)
+        raise InputError(unavailable)
     try:
         ds = datasets.load_dataset(repo, config, split=split) if config else \
             datasets.load_dataset(repo, split=split)
     except Exception:  # noqa: BLE001 - network, auth, missing split: all mean "use a CSV"
-        raise ValueError(unavailable) from None
+        raise InputError(unavailable) from None
     rows = []
     for rec in ds:
         low = {str(k).strip().lower(): v for k, v in rec.items()}

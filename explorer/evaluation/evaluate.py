@@ -178,7 +178,7 @@ def check_layout(rank: int, world: int) -> None:
     """Refuse a process layout (``RANK``/``WORLD_SIZE`` from torchrun or accelerate, read
     into :class:`explorer.settings.Settings`) that cannot split rows."""
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"bad process layout: RANK={rank}, WORLD_SIZE={world}")
+        raise InputError(f"bad process layout: RANK={rank}, WORLD_SIZE={world}")
 
 
 class _Sync:
@@ -317,19 +317,19 @@ def _resume_rows(path, rows: list[dict], method: str, judge: str,
         if not isinstance(i, int) or i not in goals:
             continue
         if old.get("goal") != goals[i]:
-            raise ValueError(f"--resume: {path} row {i} has another goal than the dataset; "
+            raise InputError(f"--resume: {path} row {i} has another goal than the dataset; "
                              "use another --out")
         if old.get("method", method) != method:
-            raise ValueError(f"--resume: {path} holds method {old.get('method')!r} rows, "
+            raise InputError(f"--resume: {path} holds method {old.get('method')!r} rows, "
                              f"not {method!r}; use another --out")
         if old.get("judge", judge) != judge:
-            raise ValueError(f"--resume: {path} rows were judged by {old.get('judge')!r}, "
+            raise InputError(f"--resume: {path} rows were judged by {old.get('judge')!r}, "
                              f"not {judge!r}; use another --out")
         if old.get("system") != system:
-            raise ValueError(f"--resume: {path} rows were made with another system prompt "
+            raise InputError(f"--resume: {path} rows were made with another system prompt "
                              "(or none); use another --out")
         if old.get("protocol") != protocol:
-            raise ValueError(f"--resume: {path} rows ran protocol {old.get('protocol')!r}, "
+            raise InputError(f"--resume: {path} rows ran protocol {old.get('protocol')!r}, "
                              f"not {protocol!r}; use another --out")
         done[i] = old
     return done
@@ -379,9 +379,9 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
               seed=settings.get("seed") or 0, system=settings["system"],
               prompt_batch=prompt_batch, sizes=dict(reference or {}))
     if world > 1 and out is None:
-        raise ValueError("an output file is needed when several processes share the rows")
+        raise InputError("an output file is needed when several processes share the rows")
     if resume and out is None:
-        raise ValueError("--resume needs --out FILE.jsonl")
+        raise InputError("--resume needs --out FILE.jsonl")
     mine = [r for r in rows if r["index"] % world == rank]
     path = shard_path(out, rank) if (out is not None and world > 1) else out
     done: dict[int, dict] = {}

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from explorer.core.errors import InputError
+
 # The project's refusal phrases. They overlap, as a matter of fact, with the refusal
 # prefixes popularised by the GCG/AdvBench evaluations (Zou et al. 2023), but leave out
 # entries that fire on ordinary helpful text ("I do not", "unethical", a bare "Sorry").
@@ -71,7 +73,7 @@ def is_refusal(text: str) -> bool:
     return _MARKER_RE.search(t) is not None
 
 
-class JudgeError(ValueError):
+class JudgeError(InputError):
     """A judge could not decide: unreachable endpoint, bad reply, missing classifier..."""
 
 

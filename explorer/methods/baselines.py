@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from explorer.core.chat import check_system
 from explorer.core.defaults import STEER_PER_LAYER  # noqa: F401  (its home; public here too)
+from explorer.core.errors import InputError
 from explorer.core.route import Route
 from explorer.core.trace import trace
 from explorer.methods.fsour import sample_set
@@ -51,7 +52,7 @@ def expert_frequencies(moe: MoEModel, prompts: Sequence[str],
                 for e in chosen:
                     counts[i][e] += 1
     if not tokens:
-        raise ValueError("no prompts")
+        raise InputError("no prompts")
     return [[c / tokens for c in row] for row in counts]
 
 
@@ -89,11 +90,11 @@ def steer(moe: MoEModel, unsafe_prompts: Sequence[str], safe_prompts: Sequence[s
     if experts is None:
         experts = per_layer * len(moe.moe_layers)
     if experts < 1 or per_layer < 1:
-        raise ValueError("experts and per_layer must be at least 1")
+        raise InputError("experts and per_layer must be at least 1")
     unsafe = [p for p in unsafe_prompts if isinstance(p, str) and p.strip()]
     safe = [p for p in safe_prompts if isinstance(p, str) and p.strip()]
     if not unsafe or not safe:
-        raise ValueError("steering needs unsafe and safe prompts")
+        raise InputError("steering needs unsafe and safe prompts")
     system = check_system(system)
     fu = expert_frequencies(moe, unsafe, system)
     fs = expert_frequencies(moe, safe, system)
@@ -131,9 +132,9 @@ def random_route(moe: MoEModel, num_tokens: int, size: int, seed: int = 0,
     and prompt of those tokens (provenance only, recorded in ``info``). Seeded: the same
     arguments give the same route."""
     if num_tokens < 1:
-        raise ValueError("the prompt has no tokens")
+        raise InputError("the prompt has no tokens")
     if size < 0:
-        raise ValueError("size must be non-negative")
+        raise InputError("size must be non-negative")
     layers = list(moe.moe_layers if layers is None else layers)
     rng = random.Random(seed)
     cells = [(t, lay) for t in range(num_tokens) for lay in layers]

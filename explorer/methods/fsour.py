@@ -481,12 +481,12 @@ def iter_fsour_many(moe: MoEModel, prompts: Sequence[str | Prompt], targets: str
     prompts = list(prompts)
     tlist = [targets] * len(prompts) if isinstance(targets, str) else list(targets)
     if len(tlist) != len(prompts):
-        raise ValueError(f"{len(tlist)} targets for {len(prompts)} prompts")
+        raise InputError(f"{len(tlist)} targets for {len(prompts)} prompts")
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     k = prompt_batch or prompt_batch_size(moe, prompts, tlist[0] if tlist else DEFAULT_TARGET,
                                           candidates, system=system)
     if k < 1:
-        raise ValueError("prompt_batch must be at least 1")
+        raise InputError("prompt_batch must be at least 1")
     scorer = MultiScorer(moe)
     queue = list(range(len(prompts)))[::-1]
     active: dict[int, list] = {}  # index -> [search, steps, request]

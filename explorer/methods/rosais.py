@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from explorer.core.defaults import MAX_NEW_TOKENS, ROSAIS_MASK_RATIO, ROSAIS_SAMPLES, ROSAIS_TOP
+from explorer.core.errors import InputError
 from explorer.core.forward import generate, next_token_logprobs
 from explorer.core.route import Route
 from explorer.engine.batching import memory_batch_size
@@ -44,7 +45,7 @@ def affirmative_ids(moe: MoEModel, words: Sequence[str] = DEFAULT_AFFIRMATIVE) -
         if ids and ids[0] not in out:
             out.append(int(ids[0]))
     if not out:
-        raise ValueError("no affirmative tokens")
+        raise InputError("no affirmative tokens")
     return out
 
 
@@ -164,18 +165,18 @@ def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, s
     ``prompt`` may be a prepared :class:`~explorer.core.prompt.Prompt`.
     """
     if samples < 1:
-        raise ValueError("samples must be at least 1")
+        raise InputError("samples must be at least 1")
     if top < 0:
-        raise ValueError("top must be non-negative")
+        raise InputError("top must be non-negative")
     if not 0.0 < mask_ratio < 1.0:
-        raise ValueError("mask_ratio must lie strictly between 0 and 1")
+        raise InputError("mask_ratio must lie strictly between 0 and 1")
     start = time.perf_counter()
     p = moe.prepare(prompt, system)
     prompt, system, ids = p.text, p.system, list(p.ids)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     if engine not in ("fast", "reference"):
-        raise ValueError(f"unknown engine {engine!r}; choose fast or reference")
+        raise InputError(f"unknown engine {engine!r}; choose fast or reference")
     batch_size = batch_size or memory_batch_size(moe, len(ids), len(ids), 1)
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1

@@ -11,7 +11,7 @@ from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from explorer.core.control import active_defense
-from explorer.core.errors import RouteError
+from explorer.core.errors import InputError, RouteError, one_line
 from explorer.core.forward import prefill, reusable, target_logprob
 from explorer.core.layout import (  # noqa: F401  (their home; public names here too)
     MAPPINGS,
@@ -115,12 +115,12 @@ def as_route(x) -> Route:
         if hasattr(x, "success"):
             out.info.setdefault("success", bool(x.success))
         return out
-    raise TypeError(f"cannot make a route from {type(x).__name__}")
+    raise InputError(f"cannot make a route from {type(x).__name__}")
 
 
 def json_objects(text: str) -> list:
     """The JSON values in ``text``: one JSON document (a list gives its items) or JSON
-    lines. Raises ``ValueError`` naming where the text stops parsing."""
+    lines. Raises ``InputError`` naming where the text stops parsing."""
     try:
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
@@ -128,7 +128,7 @@ def json_objects(text: str) -> list:
         try:
             return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
         except json.JSONDecodeError:
-            raise ValueError(f"neither JSON nor JSON lines: {exc.msg} (line {exc.lineno}, "
+            raise InputError(f"neither JSON nor JSON lines: {exc.msg} (line {exc.lineno}, "
                              f"column {exc.colno})") from None
 
 
@@ -156,8 +156,15 @@ def routes_from_objects(objs: Iterable[Any], top: int | None = None,
         if "edits" in obj:
             out.append(Route.from_dict(obj))
         elif "best_masks" in obj:
-            res = RosaisResult.from_dict(obj)
-            r = res.route_for(top if top is not None else len(res.top_layers))
+            try:
+                res = RosaisResult.from_dict(obj)
+                r = res.route_for(top if top is not None else len(res.top_layers))
+            except RouteError:
+                raise
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                # a malformed object (missing or unknown fields, wrong types), not a bug
+                raise RouteError(f"{where}: not a usable RoSais result: "
+                                 f"{one_line(exc, limit=200)}") from None
             r.info.setdefault("prompt", res.prompt)
             out.append(r)
         elif isinstance(obj.get("route"), dict):
@@ -193,8 +200,8 @@ def defense_dict(moe=None):
 
 
 def prompt_list(prompts: Iterable[str]) -> list[str]:
-    """The usable prompts of ``prompts`` (non-empty text); ValueError when none is left."""
+    """The usable prompts of ``prompts`` (non-empty text); InputError when none is left."""
     out = [p for p in prompts if isinstance(p, str) and p.strip()]
     if not out:
-        raise ValueError("no prompts")
+        raise InputError("no prompts")
     return out

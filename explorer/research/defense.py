@@ -104,7 +104,7 @@ def self_reminder_defense(moe: MoEModel, text: str = SELF_REMINDER) -> Route:
     ``info["defense_system"]`` is ``text``."""
     text = check_system(text)
     if text is None:
-        raise ValueError("the self-reminder text is empty")
+        raise InputError("the self-reminder text is empty")
     return Route(info=dict(moe.info.provenance(), method="defense", defense_system=text,
                            settings={"mode": "self-reminder"}))
 
@@ -123,12 +123,12 @@ def derive_defense(moe: MoEModel, rosais_results: Sequence = (), routes: Sequenc
     default (``defend --mode``); ``mode`` defaults to "mask" here only because existing
     callers (the app's Defense tab) expect mask edits."""
     if mode not in MODES:
-        raise ValueError(f"unknown defense mode {mode!r}; choose from {list(MODES)}")
+        raise InputError(f"unknown defense mode {mode!r}; choose from {list(MODES)}")
     if mode == "self-reminder":
         return self_reminder_defense(moe)
     if min_count < 1 or max_per_layer < 0 or rosais_layers < 0 or rosais_experts < 0 \
             or protect_layers < 0:
-        raise ValueError("min_count must be >= 1; the other counts >= 0")
+        raise InputError("min_count must be >= 1; the other counts >= 0")
     routes = [as_route(r) for r in routes]
     used = [r for r in routes if r.info.get("success") is not False]
     if mode == "protect":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
+from explorer.core.errors import InputError
 from explorer.core.forward import generate
 from explorer.core.route import Route, RouteEdit
 from explorer.research.common import (
@@ -86,9 +87,9 @@ def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TAR
     route = as_route(route)
     prompt = prompt or route.info.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("no prompt: pass one or use a route whose info names its prompt")
+        raise InputError("no prompt: pass one or use a route whose info names its prompt")
     if checks < 1:
-        raise ValueError("checks must be at least 1")
+        raise InputError("checks must be at least 1")
     system = system if system is not None else route.system
     route = map_route(moe, route, prompt, mapping, system=system)
     judge = resolve_judge(judge)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.defaults import DEFAULT_TARGET, RESEARCH_MAX_NEW_TOKENS
+from explorer.core.errors import InputError
 from explorer.core.forward import generate
 from explorer.core.route import Route, RouteEdit, RouteError
 from explorer.research.common import (
@@ -152,7 +153,7 @@ def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[st
     prompt templated with ``system``."""
     routes = [as_route(r) for r in routes]
     if not routes:
-        raise ValueError("no routes to transfer")
+        raise InputError("no routes to transfer")
     prompts = prompt_list(prompts)
     judge = resolve_judge(judge)
     tgt = target_ids(moe, target)
@@ -218,9 +219,9 @@ def universal_route(routes: Sequence[Route], min_count: int = 2, moe=None,
     from encoding ``info["prompt"]``.
     """
     if min_count < 1:
-        raise ValueError("min_count must be at least 1")
+        raise InputError("min_count must be at least 1")
     if key not in ("set", "cell"):
-        raise ValueError("key must be 'set' or 'cell'")
+        raise InputError("key must be 'set' or 'cell'")
     routes = [as_route(r) for r in routes]
     used = [r for r in routes if not (successful_only and r.info.get("success") is False)]
     counts: Counter = Counter()
@@ -306,7 +307,7 @@ def rosais_curve(moe: MoEModel, prompts: Sequence[str], max_top: int = 5, sample
     1..``max_top`` routers masked."""
     from explorer.methods.rosais import ranking, rosais
     if max_top < 1:
-        raise ValueError("max_top must be at least 1")
+        raise InputError("max_top must be at least 1")
     prompts = prompt_list(prompts)
     judge = resolve_judge(judge)
     L = min(max_top, len(moe.moe_layers))

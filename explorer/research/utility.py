@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from explorer.core.chat import check_system
 from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
+from explorer.core.errors import InputError
 from explorer.core.forward import generate, target_logprob
 from explorer.core.paths import shared_data_dir
 from explorer.core.route import Route
@@ -106,7 +107,7 @@ def _routes_of(route_or_routes, top: int | None) -> list[Route]:
         else:
             out.append(as_route(x))
     if not out:
-        raise ValueError("no routes")
+        raise InputError("no routes")
     return out
 
 

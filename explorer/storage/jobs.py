@@ -56,7 +56,7 @@ from explorer.core.defaults import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
 )
-from explorer.core.errors import one_line
+from explorer.core.errors import InputError, one_line
 from explorer.core.params import Spec, check_value
 from explorer.core.route import Route
 from explorer.engine.tuning import Tuning, tuned
@@ -161,7 +161,7 @@ def validate_params(kind: str, params: dict) -> dict:
     if "system" in out:
         try:
             out["system"] = check_system(out["system"])
-        except ValueError as exc:
+        except InputError as exc:
             raise StoreError(str(exc)) from None
         if out["system"] is None:
             del out["system"]
@@ -377,7 +377,7 @@ class JobManager:
                  chunk_seconds: float = GPU_CHUNK_SECONDS, tuning: Tuning | None = None):
         if window is not None and not (isinstance(chunk_seconds, (int, float))
                                        and math.isfinite(chunk_seconds) and chunk_seconds > 0):
-            raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
+            raise InputError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
         self.moe, self.store = moe, store
         self.runner = runner
         self.judge_options = judge_options

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from explorer.core.errors import InputError
 from explorer.core.route import Route, RouteError
 
 SCHEMA_VERSION = 2
@@ -91,7 +92,7 @@ CREATE TABLE IF NOT EXISTS job_stops (
 STOP_REASONS = ("cancel", "shutdown")
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store request that cannot be served (unknown id, bad JSON, path outside the
     data folder...); the message is one line, fit to show to a user."""
 

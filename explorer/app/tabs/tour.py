@@ -18,7 +18,8 @@ from explorer.app.common import (
     user_errors,
 )
 from explorer.app.format import edits_box, verdict_badge, verdicts_html
-from explorer.demo.tour import Tour, TourError, baseline, changed_cells, load_tour, replayed
+from explorer.core.errors import ExplorerError
+from explorer.demo.tour import Tour, baseline, changed_cells, load_tour, replayed
 from explorer.viz import figures as plots
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def load(p: SimpleNamespace) -> Tour | None:
     try:
         p.tour = load_tour()
         p.tour_error = None
-    except (TourError, ValueError) as exc:
+    except ExplorerError as exc:  # TourError, or a RouteError from the tour's route
         p.tour, p.tour_error = None, str(exc).splitlines()[0]
     return p.tour
 

@@ -38,6 +38,7 @@ from explorer.cli.options import (
     system_from_args,
 )
 from explorer.core.defaults import MAX_NEW_TOKENS
+from explorer.core.errors import ExplorerError
 from explorer.settings import Settings
 
 
@@ -224,7 +225,7 @@ def _run(args):
     try:
         judge = make_judge(args.judge, args.judge_url, args.judge_model,
                            device=args.device, settings=st, **(judge_options or {}))
-    except (UsageError, ValueError) as exc:
+    except ExplorerError as exc:  # UsageError, JudgeError: a judge that cannot be used
         if args.protocol is None:
             raise
         raise UsageError(f"--protocol {args.protocol} judges with the rubric judge "

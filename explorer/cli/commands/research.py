@@ -39,6 +39,7 @@ from explorer.cli.options import (
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ROSAIS_MASK_RATIO
 from explorer.judges import judge_help
+from explorer.core.errors import InputError
 from explorer.viz.text import pct
 
 
@@ -80,11 +81,13 @@ def _json_objects(path, what: str) -> list:
     from explorer.research.common import json_objects
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # a ValueError, but bad input (exit 2, not a bug)
+        raise UsageError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return json_objects(text)
-    except ValueError as exc:
+    except InputError as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 

@@ -21,7 +21,7 @@ from explorer.app.common import (
     usable_judges,
     whole_number,
 )
-from explorer.core.errors import RouteError
+from explorer.core.errors import InputError
 from explorer.core.route import Route
 
 MAX_PROMPTS = 50
@@ -141,11 +141,11 @@ def parse_route_json(text: str | None) -> list[Route]:
         return []
     try:
         objs = json_objects(text)
-    except ValueError as exc:
+    except InputError as exc:
         fail(f"The route JSON does not parse: {exc}")
     try:
         return routes_from_objects(objs)
-    except (RouteError, ValueError, TypeError, KeyError) as exc:
+    except InputError as exc:  # RouteError and the like: anything else is a bug
         fail(one_line(exc))
 
 

@@ -18,6 +18,7 @@ from explorer.app.tabs.research.common import (
     prompt_lines,
     run_with_progress,
 )
+from explorer.core.errors import InputError
 from explorer.viz import research as pr
 from explorer.viz.text import pct
 
@@ -33,7 +34,7 @@ def merge_curves(curves: list[dict]) -> dict:
     and settings): prompts and per-prompt rows concatenated, score distributions pooled,
     ASR and mean scores recomputed."""
     if not curves:
-        raise ValueError("no curves")
+        raise InputError("no curves")
     out = dict(curves[0])
     per = [row for c in curves for row in c["per_prompt"]]
     out["prompts"] = [p for c in curves for p in c["prompts"]]
