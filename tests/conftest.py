@@ -151,12 +151,12 @@ from explorer.judges import NeverJudge  # noqa: E402,F401  (tests import it from
 
 
 def ui_handler(demo, elem_id: str, event: str = "click"):
-    """The Python function wired to ``event`` of the app component with ``elem_id``, as
-    the tab wrote it: without :func:`explorer.app.common.errors_as_toasts`' wrapper (so
-    refusals raise ``gr.Error`` here; the browser tests check the toasts)."""
+    """The view wired to ``event`` of the app component with ``elem_id``, run through the
+    app's gate as an endpoint would be (admitted; refusals raise one-line ``gr.Error``
+    here; the browser tests check the toasts). It takes the view's values, not the Visit."""
     block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
     fns = [f for f in demo.fns.values() if (block._id, event) in
            [(t[0], t[1]) for t in f.targets]]
     assert len(fns) == 1, f"{elem_id}.{event}: {len(fns)} handlers"
-    fn = fns[0].fn
-    return fn.__wrapped__ if getattr(fn, "__sse_toasts__", False) else fn
+    view = fns[0].fn.__view__
+    return lambda *args: demo.explorer.gate.call(view, *args)

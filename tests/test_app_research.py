@@ -55,8 +55,14 @@ def ctx(demo, tmp_path_factory):
 def blocks(ctx):
     with gr.Blocks() as demo:
         with gr.Tabs():
-            ur.research_tab(ctx)
+            for event in ur.research_tab(ctx, len(ctx.moe.moe_layers)):
+                ctx.gate.on(event)
     return demo
+
+
+def call(ctx, view, *args, **kw):
+    """``view`` run through the app's gate (admitted; refusals as one-line gr.Error)."""
+    return ctx.gate.call(view, *args, **kw)
 
 
 def _route(moe, prompt, cells, success=True):
@@ -68,9 +74,9 @@ def _route(moe, prompt, cells, success=True):
     return r
 
 
-def _err(fn, *args, **kw) -> str:
+def _err(fn, ctx, *args, **kw) -> str:
     with pytest.raises(gr.Error) as exc:
-        fn(*args, **kw)
+        call(ctx, fn, *args, **kw)
     msg = exc.value.message
     assert msg and "\n" not in msg and "Traceback" not in msg
     return msg
@@ -100,7 +106,7 @@ def test_tab_builds_with_five_views(blocks):
 # -- utility cost ----------------------------------------------------------------------------
 def test_utility_of_rosais_masks_next_to_asr(ctx):
     prog = Progress()
-    fig, table, md = ur.utility_view(ctx, ur.ROSAIS_SOURCE, H[0], 2, True, 4, "", "",
+    fig, table, md = call(ctx, ur.utility_view, ur.ROSAIS_SOURCE, H[0], 2, True, 4, "", "",
                                      "\n".join(B[:2]), H[1], 8, "keyword", progress=prog)
     assert {"xaxis", "xaxis2", "xaxis3"} <= set(fig.layout.to_plotly_json())
     assert len(fig.data) == 3 and all(len(t.y) == 2 for t in fig.data)  # L = 1 and 2
@@ -118,7 +124,7 @@ def test_utility_of_library_and_json_routes(ctx):
     r1 = _route(moe, H[0], [(1, 1, [0, 1]), (2, 2, [2, 3])])
     rid = ctx.store.save_route(r1, H[0], moe.name, source="manual")
     r2 = _route(moe, H[1], [(3, 1, [4, 5])])
-    fig, table, md = ur.utility_view(ctx, ur.ROUTE_SOURCE, "", 1, False, 4, f"#{rid}",
+    fig, table, md = call(ctx, ur.utility_view, ur.ROUTE_SOURCE, "", 1, False, 4, f"#{rid}",
                                      r2.to_json(), B[0], "", 8, "keyword")
     assert len(table) == 2 and table["edits"].tolist() == [2, 1]
     assert table["ASR on harmful"].isna().all()  # no harmful prompts: not measured
@@ -163,7 +169,7 @@ def test_transfer_matrix_and_universal_route(ctx):
     ra = _route(moe, H[0], [(1, 1, [0, 1]), (2, 3, [2, 3])])
     rb = _route(moe, H[1], [(1, 1, [0, 1]), (4, 2, [5, 6])])
     js = "\n".join([ra.to_json(), rb.to_json()])  # JSON lines
-    fig, table, md, univ = ur.transfer_view(ctx, "", js, H[2], True, "end", 2, "", 8,
+    fig, table, md, univ = call(ctx, ur.transfer_view, "", js, H[2], True, "end", 2, "", 8,
                                             "keyword")
     z = fig.data[0].z
     assert len(z) == 3 and all(len(row) == 3 for row in z)  # no route + 2 routes x 3 prompts
@@ -179,7 +185,7 @@ def test_transfer_matrix_and_universal_route(ctx):
 def test_minimal_route_before_after(ctx):
     moe = ctx.moe
     r = _route(moe, H[0], [(0, 1, [0, 1]), (2, 2, [2, 3]), (4, 3, [4, 5])])
-    cells, nec, md, out = ur.minimal_view(ctx, "", r.to_json(), "", 0.01, 2, 8, "always")
+    cells, nec, md, out = call(ctx, ur.minimal_view, "", r.to_json(), "", 0.01, 2, 8, "always")
     n = len(moe.encode(H[0]))
     z = cells.data[0].z
     assert len(z) == len(moe.moe_layers) and all(len(row) == n for row in z)
@@ -189,7 +195,7 @@ def test_minimal_route_before_after(ctx):
     assert sum(v == 2.0 for v in flat) == len(kept) <= 3
     assert "3 → " in md and "still jailbroken" in md
     # the keyword judge: this hand-made route does not jailbreak the demo model
-    _, _, md2, out2 = ur.minimal_view(ctx, "", r.to_json(), "", 0.8, 1, 8, "keyword")
+    _, _, md2, out2 = call(ctx, ur.minimal_view, "", r.to_json(), "", 0.8, 1, 8, "keyword")
     assert "nothing to minimise" in md2 and len(Route.from_json(out2)) == 3
 
 
@@ -199,7 +205,7 @@ def test_defense_from_library_routes(ctx):
     ids = [ctx.store.save_route(_route(moe, p, [(1, b, [3, 4])]), p, moe.name,
                                 success=True, source="manual")
            for p, b in ((H[0], 1), (H[1], 2))]
-    fig, table, md, dj = ur.defense_view(ctx, "", ", ".join(map(str, ids)), "", H[2], B[0],
+    fig, table, md, dj = call(ctx, ur.defense_view, "", ", ".join(map(str, ids)), "", H[2], B[0],
                                          ["none", "replay"], 2, 1, 1, 1, 8, "keyword", "mask")
     d = Route.from_json(dj)
     assert [(e.layer, e.position, e.experts, e.mode) for e in d.edits] == \
@@ -215,7 +221,7 @@ def test_defense_from_library_routes(ctx):
 
 def test_defense_derived_from_evidence_prompts(ctx):
     # short prompts keep the evidence search (RoSais + F-SOUR, 1 candidate) quick
-    fig, table, md, dj = ur.defense_view(ctx, SHORT[0], "", "", SHORT[1], "",
+    fig, table, md, dj = call(ctx, ur.defense_view, SHORT[0], "", "", SHORT[1], "",
                                          ["none", "rosais"], 4, 1, 1, 1, 6, "keyword", "mask")
     d = Route.from_json(dj)
     assert len(d) >= 1 and all(e.mode == "mask" and e.position is None for e in d.edits)
@@ -225,7 +231,7 @@ def test_defense_derived_from_evidence_prompts(ctx):
 
 
 def test_protect_defense_pins_routers_and_blocks_their_masks(ctx):
-    fig, table, md, dj = ur.defense_view(ctx, SHORT[0], "", "", SHORT[1], "",
+    fig, table, md, dj = call(ctx, ur.defense_view, SHORT[0], "", "", SHORT[1], "",
                                          ["none", "rosais"], 4, 1, 1, 1, 6, "keyword")
     d = Route.from_json(dj)  # the UI default is protect: no edits, pinned routers
     assert not d.edits and d.protected_layers
@@ -239,7 +245,7 @@ def test_protect_defense_pins_routers_and_blocks_their_masks(ctx):
 def test_self_reminder_defense_with_the_baseline_attacks(ctx):
     """The view's self-reminder mode needs no evidence; steer and random are attacks."""
     from explorer.research.defense import SELF_REMINDER
-    fig, table, md, dj = ur.defense_view(ctx, "", "", "", SHORT[0], "",
+    fig, table, md, dj = call(ctx, ur.defense_view, "", "", "", SHORT[0], "",
                                          ["none", "steer", "random"], 2, 1, 2, 1, 6,
                                          "keyword", "self-reminder")
     d = Route.from_json(dj)
@@ -250,7 +256,7 @@ def test_self_reminder_defense_with_the_baseline_attacks(ctx):
                                           ["none"], 2, 1, 1, 1, 6, "keyword", "magic")
     # random with fsour: one search gives both (random copies its route sizes), rows in
     # the order asked
-    fig, table, md, dj = ur.defense_view(ctx, "", "", "", SHORT[0], "", ["random", "fsour"],
+    fig, table, md, dj = call(ctx, ur.defense_view, "", "", "", SHORT[0], "", ["random", "fsour"],
                                          2, 1, 2, 1, 6, "keyword", "self-reminder")
     assert table["attack"].tolist() == ["random", "fsour"]
 
@@ -259,8 +265,8 @@ def test_self_reminder_defense_with_the_baseline_attacks(ctx):
 def test_rosais_uncertainty_views(ctx):
     moe = ctx.moe
     prog = Progress()
-    dist, curve_fig, table, md, curve = ur.rosais_uncertainty_view(
-        ctx, "\n".join(H[:2]), 2, 4, 0, 0.5, "box", 8, "keyword", progress=prog)
+    dist, curve_fig, table, md, curve = call(
+        ctx, ur.rosais_uncertainty_view, "\n".join(H[:2]), 2, 4, 0, 0.5, "box", 8, "keyword", progress=prog)
     L = len(moe.moe_layers)
     assert len(dist.data) == L and all(t.type == "box" and len(t.y) == 8 for t in dist.data)
     assert list(curve_fig.data[0].x) == [0, 1, 2]

@@ -340,6 +340,14 @@ def hosted_app(tiny_ckpt, tmp_path_factory):
     JUDGES.pop("never", None)
 
 
+@pytest.fixture
+def fresh_buckets(hosted_app):
+    """Every call is admitted (charged) before its checks, refusals included: each test
+    starts with full rate buckets (the frozen clock moved on a few minutes)."""
+    hosted_app[2].advance(600.0)
+    return hosted_app
+
+
 def _refused(client, args, endpoint, message):
     with pytest.raises(Exception) as info:
         client.predict(*args, api_name=endpoint)
@@ -348,8 +356,8 @@ def _refused(client, args, endpoint, message):
     assert "Traceback" not in text and "\n" not in text.strip()
 
 
-def test_hosted_app_caps_prompts_and_generation(hosted_app):
-    demo, client, _, _ = hosted_app
+def test_hosted_app_caps_prompts_and_generation(fresh_buckets):
+    demo, client, _, _ = fresh_buckets
     assert demo.explorer.policy.enabled
     long = "Please explain, in great detail and step by step, " * 12
     for endpoint, args in (("/trace", (long, 4, "")), ("/generate", (long, 4, "")),
@@ -367,16 +375,16 @@ def test_hosted_app_caps_prompts_and_generation(hosted_app):
     # the UI applies the same checks, as one-line messages
     import gradio as gr
     with pytest.raises(gr.Error, match="the prompt is too long"):
-        run_ui(ui_handler(demo, "generate-btn"), long, "", 8, "expert", [], None)
+        run_ui(ui_handler(demo, "generate-btn"), long, "", 8, "expert", None)
     with pytest.raises(gr.Error, match="above this server's limit of 16"):
-        run_ui(ui_handler(demo, "generate-btn"), PROMPT, "", 40, "expert", [], None)
+        run_ui(ui_handler(demo, "generate-btn"), PROMPT, "", 40, "expert", None)
     slider = next(b for b in demo.blocks.values()
                   if getattr(b, "elem_id", None) == "prompt-max-new")
     assert slider.maximum == 16 and slider.value == 16
 
 
-def test_hosted_app_caps_searches_and_jobs(hosted_app):
-    demo, client, _, _ = hosted_app
+def test_hosted_app_caps_searches_and_jobs(fresh_buckets):
+    demo, client, _, _ = fresh_buckets
     _refused(client, (SHORT, "Sure", 64, -0.2, 20, 0, "fast", 4, "keyword"), "/search_start",
              "is above this server's limit of 2000")
     # one job per session: a long search (a judge that never accepts), then a second
@@ -389,12 +397,12 @@ def test_hosted_app_caps_searches_and_jobs(hosted_app):
         import gradio as gr
         start = ui_handler(demo, "search-start")
         b = {"client": "browser-1", "jobs": []}
-        out = start(SHORT, "", "Sure", 2, 0.99, 20, 0, "fast", "never", 4, b)
+        out = start("fsour", SHORT, "", "Sure", 2, 0.99, 20, 0, "fast", "never", 4, "", b)
         b = out[0]
         with pytest.raises(gr.Error, match="already has 1 queued or running job"):
-            start(SHORT, "", "Sure", 2, 0.99, 1, 1, "fast", "keyword", 4, b)
+            start("fsour", SHORT, "", "Sure", 2, 0.99, 1, 1, "fast", "keyword", 4, "", b)
         with pytest.raises(gr.Error, match="is above this server's limit of 2000"):
-            start(SHORT, "", "Sure", 64, 0.99, 20, 0, "fast", "keyword", 4,
+            start("fsour", SHORT, "", "Sure", 64, 0.99, 20, 0, "fast", "keyword", 4, "",
                   {"client": "browser-2", "jobs": []})
         for j in b["jobs"]:
             demo.explorer.jobs.cancel(j)
@@ -406,8 +414,8 @@ def test_hosted_app_caps_searches_and_jobs(hosted_app):
         time.sleep(0.2)
 
 
-def test_hosted_app_rate_limits_each_session(hosted_app):
-    demo, _, clock, gradio_client = hosted_app
+def test_hosted_app_rate_limits_each_session(fresh_buckets):
+    demo, _, clock, gradio_client = fresh_buckets
     fresh = gradio_client.Client(demo.local_url, verbose=False)  # its own session
     other = gradio_client.Client(demo.local_url, verbose=False)
     for _ in range(10):  # the burst
@@ -415,15 +423,18 @@ def test_hosted_app_rate_limits_each_session(hosted_app):
     _refused(fresh, (PROMPT, 0, ""), "/trace", "too many requests from this session: "
              "try again in 2 s")
     assert other.predict(PROMPT, 0, "", api_name="/trace")["tokens"]  # others are served
-    assert fresh.predict("", "", "", "", 5, api_name="/routes") == []  # listing is free
+    # every door is admitted: a listing is cheap (a tenth of a model call), not free
+    _refused(fresh, ("", "", "", "", 5), "/routes", "too many requests from this session")
+    clock.advance(0.5)  # a quarter of a request refills in 0.5 s
+    assert fresh.predict("", "", "", "", 5, api_name="/routes") == []
     clock.advance(2.0)  # one request refills in 2 s (30 a minute)
     assert fresh.predict(PROMPT, 0, "", api_name="/trace")["tokens"]
     _refused(fresh, (PROMPT, 0, ""), "/trace", "too many requests")
 
 
-def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
+def test_hosted_app_loads_only_allowed_models(fresh_buckets, tmp_path):
     import gradio as gr
-    demo, _, _, _ = hosted_app
+    demo, _, _, _ = fresh_buckets
     load = ui_handler(demo, "load-model-btn")
     moe = demo.explorer.moe
     for name, message in ((str(tmp_path), "local model paths are not allowed"),
@@ -444,11 +455,11 @@ def test_hosted_app_loads_only_allowed_models(hosted_app, tmp_path):
     assert demo.explorer.moe is moe
 
 
-def test_hosted_app_does_not_let_visitors_delete_shared_routes(hosted_app):
+def test_hosted_app_does_not_let_visitors_delete_shared_routes(fresh_buckets):
     import gradio as gr
 
     from explorer.core.route import Route
-    demo, _, _, _ = hosted_app
+    demo, _, _, _ = fresh_buckets
     ctx = demo.explorer
     rid = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 0, [0, 1]), SHORT,
                                ctx.moe.name, source="manual")
@@ -464,35 +475,35 @@ def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):
     text = "Sure, here is how. First do this. Then do that."
     real = Explorer(tiny, data_dir=tmp_path / "a", policy=hosted())
     try:
-        assert real.shown(PROMPT, text) == f"Sure, here is how. {REDACTION_NOTE}"
-        assert real.shown(PROMPT, "I'm sorry, but I can't help with that.") == \
+        assert real.gate.shown(PROMPT, text) == f"Sure, here is how. {REDACTION_NOTE}"
+        assert real.gate.shown(PROMPT, "I'm sorry, but I can't help with that.") == \
             "I'm sorry, but I can't help with that."
         tr = trace(tiny, PROMPT, max_new_tokens=4)
         tr.completion = text
-        shown = real.shown_trace(tr)
+        shown = real.gate.shown_trace(tr)
         n = tr.prompt_tokens
         assert shown.tokens[:n] == tr.tokens[:n]
         assert shown.tokens[n:] == [HIDDEN_TOKEN] * (tr.num_tokens - n)
         assert shown.experts == tr.experts and shown.completion.endswith(REDACTION_NOTE)
-        d = real.shown_json({"completion": text, "prompt_tokens": 2, "tokens": list("abcd"),
+        d = real.gate.shown_json({"completion": text, "prompt_tokens": 2, "tokens": list("abcd"),
                              "token_ids": [1, 2, 3, 4]}, PROMPT)
         assert d["tokens"] == ["a", "b", HIDDEN_TOKEN, HIDDEN_TOKEN]
         assert d["token_ids"] == [1, 2, -1, -1]
-        st = real.shown_job({"params": {"prompt": PROMPT}, "result": {
+        st = real.gate.shown_job({"params": {"prompt": PROMPT}, "result": {
             "completion": text, "attempts": [{"completion": text}]}})
         assert st["result"]["completion"].endswith(REDACTION_NOTE)
         assert st["result"]["attempts"][0]["completion"].endswith(REDACTION_NOTE)
         off = Explorer(tiny, data_dir=tmp_path / "b", policy=HostedPolicy())
-        assert off.shown(PROMPT, text) == text
+        assert off.gate.shown(PROMPT, text) == text
         full = Explorer(tiny, data_dir=tmp_path / "c", policy=hosted(full_text=True))
-        assert full.shown(PROMPT, text) == text
+        assert full.gate.shown(PROMPT, text) == text
         for e in (off, full):
             e.jobs.shutdown(wait=True, timeout=30)
     finally:
         real.jobs.shutdown(wait=True, timeout=30)
     on_demo = Explorer(demo, data_dir=tmp_path / "d", policy=hosted())
     try:
-        assert on_demo.shown(PROMPT, text) == text  # the demo model's filler is shown
+        assert on_demo.gate.shown(PROMPT, text) == text  # the demo model's filler is shown
     finally:
         on_demo.jobs.shutdown(wait=True, timeout=30)
 

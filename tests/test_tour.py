@@ -110,30 +110,36 @@ def tour_app(demo, tmp_path_factory):
 
 def test_the_tour_buttons_show_the_refusal_flipping(tour_app, demo):
     tour = load_tour()
-    base, answer, heat, md = last(ui_handler(tour_app, "tour-generate-btn")())
+    st, answer, heat, md = last(ui_handler(tour_app, "tour-generate-btn")(None))
+    base = st.base
     assert answer == base.completion and "refusal" in md
     assert heat.data[0].type == "heatmap" and len(heat.data[0].z) == len(demo.moe_layers)
 
     bars, md = last(ui_handler(tour_app, "tour-rosais-btn")())
     assert any(t.type == "bar" for t in bars.data) and "top layers" in md
 
-    alt, answer, heat, md = last(ui_handler(tour_app, "tour-replay-btn")())
+    st, answer, heat, md = last(ui_handler(tour_app, "tour-replay-btn")(st))
+    alt = st.alt
+    assert st.base is base  # the visitor's state keeps step 1's trace
     assert answer.startswith("Sure, here is") and "jailbroken" in md
     assert f"{len(tour.route().edits)} forced cells" in md
 
-    b2, a2, diff, md = last(ui_handler(tour_app, "tour-compare-btn")(base, alt))
-    assert b2 is base and a2 is alt  # step 4 reuses the traces of steps 1 and 3
+    st2, diff, md = last(ui_handler(tour_app, "tour-compare-btn")(st))
+    assert st2.base is base and st2.alt is alt  # step 4 reuses the traces of steps 1 and 3
     assert "cells route differently" in md and diff.data
     # step 4 alone (a fresh session) computes both traces itself
-    b3, a3, _, md3 = last(ui_handler(tour_app, "tour-compare-btn")(None, None))
-    assert b3.completion == base.completion and a3.completion == alt.completion and md3 == md
+    st3, _, md3 = last(ui_handler(tour_app, "tour-compare-btn")(None))
+    assert st3.base.completion == base.completion and st3.alt.completion == alt.completion
+    assert md3 == md
 
-    out = last(ui_handler(tour_app, "tour-explain-btn")(base, alt))
-    prompt, n, edits, box, tabs, md, base_text, alt_text, heat, _, b4, a4, view, _, panel = out
+    out = last(ui_handler(tour_app, "tour-explain-btn")(st))
+    prompt, n, inspect, box, tabs, md, base_text, alt_text, heat, _, view, _, panel = out
+    edits = inspect.edit_dicts()
     assert prompt == tour.prompt and edits == tour.route().to_dict()["edits"]
     assert len(box.choices) == len(edits) and tabs.selected == "inspect"
     # step 5 fills Inspect: both answers and the changed-cells heatmap, no further clicks
-    assert b4 is base and a4 is alt and n == base.info["max_new_tokens"]
+    assert inspect.base is base and inspect.alt is alt and n == base.info["max_new_tokens"]
+    assert inspect.base_badge["verdict"] == "refusal"  # kept for Re-run: no second forward
     assert base_text == base.completion and alt_text.startswith("Sure, here is")
     assert view == "re-routed" and heat.data
     assert "refusal" in panel and "jailbroken" in panel and "sse-diff" in panel
@@ -146,6 +152,6 @@ def test_the_tour_says_when_another_model_is_loaded(tiny, tmp_path):
     app = build_app(tiny, data_dir=tmp_path)
     try:
         with pytest.raises(gr.Error, match="The tour runs on the demo model"):
-            last(ui_handler(app, "tour-generate-btn")())
+            last(ui_handler(app, "tour-generate-btn")(None))
     finally:
         app.explorer.jobs.shutdown(wait=True, timeout=30)

@@ -1,78 +1,43 @@
-"""The Gradio app: layout and short callbacks (UI values -> library calls -> figures).
+"""The Gradio app: the layout of every tab and the table of its events, each registered
+through the gate.
 
 :func:`build_app` returns a ``gr.Blocks``; launch it with ``demo.queue().launch(
-**launch_options(), ...)`` (Gradio 6 takes theme, css and head in ``launch``).
+**launch_options(demo), ...)`` (Gradio 6 takes theme, css and the middleware in
+``launch``).
 
-One model per process (:class:`Explorer`), shared by every browser session; everything
-that belongs to one user (traces, pending edits, the selected cell, RoSais results) lives
-in ``gr.State``, and the ids of their background searches in ``gr.BrowserState`` so a
-refreshed tab (or a restarted app) finds them again. Every event that runs the model
-shares one concurrency slot (``concurrency_id="model"``). Errors reach the user as
-``gr.Error`` messages, never as tracebacks. A :class:`~explorer.app.hosted.HostedPolicy`
-(hosted mode) is applied by every callback and endpoint; with it off, its checks pass.
-
-The process-wide context is :class:`explorer.app.context.Explorer`. The tabs live in
-their own modules under :mod:`explorer.app.tabs` (``tour``, ``inspect``, ``rosais``,
-``search``, ``library``, ``model``, ``research``); the named API endpoints in
-:mod:`explorer.app.api`; shared helpers in :mod:`explorer.app.common` and
-:mod:`explorer.app.format`.
-
-Named API endpoints (see the app's "Use via API" page): ``trace``, ``generate``,
-``rosais``, ``search_start``, ``search_status``, ``search_cancel``, ``routes``,
-``replay``; each returns the same JSON object as the matching CLI ``--json`` command.
+One model per process (:class:`~explorer.app.context.Explorer`: the model host, the
+owners of searches and the gate), shared by every browser session. What belongs to one
+user lives in typed ``gr.State`` values (:mod:`explorer.app.state`) and, for their
+searches' ids, in ``gr.BrowserState`` so a refreshed tab (or a restarted app) finds them
+again. Each tab module builds its components (``layout``) and lists its events
+(``events``): module-level views, each behind a :class:`~explorer.app.gate.Door`; cross-tab
+events name the other tabs' components they write. The gate (:mod:`explorer.app.gate`)
+admits, caps, redacts and turns failures into one line for every one of them, the page
+load, the timer and the named API endpoints (:mod:`explorer.app.api`) included.
 """
 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
-from explorer.app.api import register_api
-from explorer.app.common import (
-    FREE,
-    MODE_CHOICES,
-    MODEL_SLOT,
-    UI,
-    VIEWS,
-    errors_as_toasts,
-    gpu,
-    route_of_edits,
-    spaces,
-    stream_trace,
-    usable_judges,
-    user_errors,
-    verdict_text,
-)
-from explorer.app.context import HIDDEN_TOKEN, Explorer
-from explorer.app.format import (
-    cell_info,
-    edit_choices,
-    edit_label,
-    edits_box,
-    job_label,
-    job_progress_md,
-    job_result_md,
-    model_card,
-    model_header,
-    routes_frame,
-)
+from explorer.app.context import Explorer
+from explorer.app.format import edits_box, model_card, model_header
+from explorer.app.gate import COSTS, Door, Event, Visit
 from explorer.app.hosted import HostedPolicy
-from explorer.app.tabs.inspect import BRIDGE_JS
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.app.state import InspectState, Shared
 from explorer.core.errors import one_line
 from explorer.core.model import MoEModel
+from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
+from explorer.core.route import Route
 from explorer.settings import Settings
 
-__all__ = [  # re-exported: scripts and tests import these from explorer.app.build
-    "BRIDGE_JS", "CSS", "DEFAULT_TARGET", "DEFAULT_THRESHOLD", "Explorer", "FREE",
-    "HIDDEN_TOKEN", "MODEL_SLOT", "MODE_CHOICES", "UI", "VIEWS", "build_app", "cell_info",
-    "edit_label", "edits_box", "gpu", "job_label", "job_progress_md", "job_result_md",
-    "launch_options", "model_card", "model_header", "routes_frame", "spaces",
-    "stream_trace", "usable_judges", "user_errors", "register_api", "edit_choices", "route_of_edits",
-    "verdict_text"]
+__all__ = ["CSS", "EXAMPLES", "build_app", "launch_options"]
+
+#: The example prompts under the prompt box (the project's own sets).
+EXAMPLES = tuple(HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3])
 
 CSS = """
 #route-heatmap, #usage-plot { min-height: 320px; }
@@ -102,9 +67,8 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     the app ``demo``, its HTTP edge too (:class:`explorer.app.http.RequestCheck`: bounded
     bodies, unknown API names and missing arguments answered with one line) and
     ``show_error``: a value Gradio itself cannot take (text in a slider, say) is answered
-    with Gradio's one-line reason instead of ``{"error": null}``. Every callback turns its
-    own failures into one-line messages (:func:`~explorer.app.common.user_errors`), so no
-    internal detail travels this way."""
+    with Gradio's one-line reason instead of ``{"error": null}``. Every view's failures
+    become one-line messages at the gate, so no internal detail travels this way."""
     out: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"),
                            "css": CSS}
     if demo is not None:
@@ -116,6 +80,14 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     return out
 
 
+def _hosted_note(policy: HostedPolicy) -> str:
+    return (f"*Hosted server: prompts up to {policy.max_prompt_tokens} tokens, answers up to "
+            f"{policy.max_new_tokens} new tokens, searches up to {policy.max_search_budget:,} "
+            f"candidate evaluations, {policy.max_jobs_per_session} searches at a time, "
+            f"{policy.rate * 60:g} requests a minute.*")
+
+
+# -- page-level views ---------------------------------------------------------------------------
 def opened_link(request: Any, quiet: bool = False) -> dict:
     """What the page's address asks to open (:func:`explorer.app.links.parse_link`); {}
     for none. Raises :class:`~explorer.app.links.LinkError` for a malformed one (``quiet``:
@@ -129,16 +101,73 @@ def opened_link(request: Any, quiet: bool = False) -> dict:
         raise
 
 
-def _hosted_note(policy: HostedPolicy) -> str:
-    if not policy.enabled:
-        return ""
-    return (f"*Hosted server: prompts up to {policy.max_prompt_tokens} tokens, answers up to "
-            f"{policy.max_new_tokens} new tokens, searches up to {policy.max_search_budget:,} "
-            f"candidate evaluations, {policy.max_jobs_per_session} searches at a time, "
-            f"{policy.rate * 60:g} requests a minute.*")
+def pick_example(visit: Visit, index):
+    """The example prompt picked (by its index: the text comes from the server)."""
+    from explorer.app.inputs import whole_number
+    return EXAMPLES[whole_number(index, "example", 0, len(EXAMPLES) - 1)]
 
 
-# -- the app ---------------------------------------------------------------------------------
+def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectState):
+    """A page load: the browser's searches, the library, the model card, and what the
+    address asks to open (a search, a saved route or a prompt with its route). Outputs:
+    the search panel, the library table and model filter, the header, the model card, the
+    tabs, the library's route id, the prompt, the answer length, Inspect's state and edits
+    list, the system prompt."""
+    from explorer.app.tabs import library, search
+    app = visit.app
+    b = search.ensure_client(b)
+    skip = gr.skip()
+    tab = skip
+    view = (skip,) * 6  # route id, prompt, max new tokens, Inspect's state, edits, system
+    job = None
+    try:
+        link = opened_link(visit.request)
+        if "job" in link:  # a search of this browser only (every job view checks)
+            app.owners.owned_job(app.store, link["job"], search.owner_of(app, b))
+            job, tab = link["job"], gr.Tabs(selected="search")
+            b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
+        elif "route" in link:
+            sr = app.store.get_route(link["route"])
+            view = (sr.id, skip, link.get("n", skip), skip, skip, skip)
+            tab = gr.Tabs(selected="library")
+        elif "edits" in link:
+            route = Route.from_dict({"edits": list(link["edits"]), "info": {}})
+            prompt = visit.prompt(link["prompt"], link.get("system"))
+            visit.route(route, prompt)
+            st = (st or InspectState()).with_(route=route)
+            view = (skip, prompt.text, link.get("n", skip), st,
+                    edits_box(st.edit_dicts(), app.host.token_strings(prompt)),
+                    prompt.system or "")
+            tab = gr.Tabs(selected="inspect")
+    except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
+        gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
+    out = search.job_view(app, b, job)
+    df, dd = library.refresh(app, model_f, text_f, success_f, source_f)
+    return (*out, df, dd, model_header(app), *model_card(app), tab, *view)
+
+
+def follow_route_link(visit: Visit, max_new_v):
+    """After a page load: a saved route's link replays it in the library."""
+    from explorer.app.tabs.library import replay_route
+    link = opened_link(visit.request, quiet=True)
+    if "route" not in link:
+        yield (gr.skip(),) * 4
+        return
+    visit.charge(COSTS["model"])  # the model work a followed link asks for
+    yield from replay_route(visit, link["route"], "", max_new_v)
+
+
+def follow_edits_link(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
+    """After a page load: a link to a prompt and an unsaved route re-runs it in Inspect."""
+    from explorer.app.tabs.inspect import on_rerun
+    if "edits" not in opened_link(visit.request, quiet=True) or not (st and st.route.edits):
+        yield (gr.skip(),) * 8
+        return
+    visit.charge(COSTS["model"])  # the model work a followed link asks for
+    yield from on_rerun(visit, prompt_v, system_v, max_new_v, st)
+
+
+# -- the app ----------------------------------------------------------------------------------
 def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLike | None = None,
               device: str = "auto", policy: HostedPolicy | None = None,
               settings: Settings | None = None) -> gr.Blocks:
@@ -148,127 +177,88 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     ``policy`` the hosted-mode limits (default: the settings' policy, else hosted mode off);
     ``settings`` (:class:`explorer.settings.Settings`, default: all defaults; ``app.py``
     reads them from the environment) the rest. If the model can't be loaded the app still
-    starts and says why.
+    starts and says why. ``demo.explorer`` is the app's :class:`Explorer`.
     """
-    from explorer.app.tabs import inspect as ui_inspect
-    from explorer.app.tabs import library as ui_library
-    from explorer.app.tabs import model as ui_model
-    from explorer.app.tabs import rosais as ui_rosais
-    from explorer.app.tabs import search as ui_search
-    from explorer.app.tabs import tour as ui_tour
+    from explorer.app.api import register_api
+    from explorer.app.tabs import inspect, library
+    from explorer.app.tabs import model as model_tab
+    from explorer.app.tabs import rosais, search, tour
     from explorer.app.tabs.research.tab import research_tab
-    from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
-    ctx = Explorer(model, data_dir=data_dir, device=device, policy=policy, settings=settings)
-    policy = ctx.policy
+    from explorer.app.tabs.research.common import judge_choices
+    app = Explorer(model, data_dir=data_dir, device=device, policy=policy, settings=settings)
+    gate, policy = app.gate, app.policy
     max_tokens = policy.max_new_tokens if policy.enabled else 256
+    n_moe = max(1, len(app.moe.moe_layers)) if app.moe is not None else 16
+    shipped, _ = tour.shipped_tour()
 
     with gr.Blocks(title="Sparse Safety Explorer") as demo:
-        demo.explorer = ctx  # for tests and scripts
-        p = SimpleNamespace(ctx=ctx)  # the components the tabs share
-        p.st_base = gr.State(None)    # RoutingTrace without edits
-        p.st_alt = gr.State(None)     # RoutingTrace with the pending edits
-        p.st_edits = gr.State([])     # pending edits: list of edit dicts
-        p.st_sel = gr.State(None)     # {"layer", "position"}
-        p.st_rosais = gr.State(None)  # RosaisResult.to_dict()
-        p.browser = gr.BrowserState({"client": None, "jobs": []},
-                                    storage_key="sse-explorer-jobs",
-                                    secret=ctx.browser_secret())
-
+        demo.explorer = app  # for tests and scripts
+        browser = gr.BrowserState({"client": None, "jobs": []}, storage_key="sse-explorer-jobs",
+                                  secret=app.owners.browser_secret())
         gr.Markdown("## Sparse Safety Explorer · unsafe routes in Mixture-of-Experts LLMs")
-        p.header = gr.Markdown(model_header(ctx), elem_id="sse-header")
+        header = gr.Markdown(model_header(app), elem_id="sse-header")
         if policy.enabled:
             gr.Markdown(_hosted_note(policy), elem_id="hosted-note")
-        tour = ui_tour.load(p)  # the landing tab, when the shipped tour is readable
         with gr.Row():
-            p.prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
-                                  value=tour.prompt if tour else HARMFUL_PROMPTS[0],
-                                  lines=1, max_lines=6, scale=4,
-                                  info="Enter generates; Shift+Enter starts a new line.",
-                                  elem_id="prompt-box")
+            prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
+                                value=shipped.prompt if shipped else HARMFUL_PROMPTS[0],
+                                lines=1, max_lines=6, scale=4,
+                                info="Enter generates; Shift+Enter starts a new line.",
+                                elem_id="prompt-box")
             with gr.Column(scale=1, min_width=220):
-                p.max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
-                                      label="max new tokens (greedy)", elem_id="prompt-max-new")
-                p.gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
+                                    label="max new tokens (greedy)", elem_id="prompt-max-new")
+                gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
         with gr.Accordion("System prompt (optional)", open=False, elem_id="system-acc"):
-            p.system = gr.Textbox(
+            system = gr.Textbox(
                 label="System prompt", lines=2, max_lines=8, elem_id="system-box",
                 placeholder="e.g. You are a helpful assistant.",
                 info="Goes in the chat template's system turn (merged before the user "
                      "message where the template has none). Used by Inspect, RoSais and "
                      "Search; the Tour keeps its own setup. Routes record it, and positions "
                      "count its tokens.")
-        gr.Examples([[x] for x in HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3]], inputs=[p.prompt],
-                    label="Example prompts")
+        examples = gr.Dataset(components=[prompt], samples=[[x] for x in EXAMPLES],
+                              type="index", label="Example prompts", elem_id="examples")
 
-        with gr.Tabs(elem_id="main-tabs", selected="tour" if tour else "inspect") as p.tabs:
-            ui_tour.layout(p)
-            ui_inspect.layout(p)
-            ui_rosais.layout(p)
-            ui_search.layout(p)
-            ui_library.layout(p)
-            ui_model.layout(p)
-            research_tab(ctx)
+        with gr.Tabs(elem_id="main-tabs", selected="tour" if shipped else "inspect") as tabs:
+            shared = Shared(prompt, system, max_new, gen_btn, tabs, header, browser)
+            tour_ui = tour.layout()
+            inspect_ui = inspect.layout()
+            rosais_ui = rosais.layout(n_moe)
+            search_ui = search.layout(judge_choices(app))
+            library_ui = library.layout()
+            model_ui = model_tab.layout(app)
+            research_events = research_tab(app, n_moe)
 
-        for tab in (ui_inspect, ui_tour, ui_rosais, ui_search, ui_library, ui_model):
-            tab.wire(ctx, p)
+        # the event table: every door of the page, each through the gate
+        table: list[Event] = [Event(examples.click, pick_example, [examples], [prompt],
+                                    Door("Example"))]
+        table += tour.events(tour_ui, shared, inspect_ui)
+        table += inspect.events(inspect_ui, shared, library_ui.route_id)
+        table += rosais.events(rosais_ui, shared)
+        table += search.events(search_ui, shared, library_ui)
+        table += library.events(library_ui, shared, inspect_ui)
+        table += model_tab.events(model_ui, shared, inspect_ui, rosais_ui)
+        table += research_events
+        for event in table:
+            gate.on(event)
+        gate.on(inspect.share_event(inspect_ui, shared)).then(
+            None, [inspect_ui.link], None, js=inspect.COPY_LINK_JS)
 
-        def on_load(b, model_f, text_f, success_f, source_f, request: gr.Request = None):
-            # (named, not *filt: Gradio passes no request to a function with *args)
-            filt = (model_f, text_f, success_f, source_f)
-            b = ui_search.ensure_client(b)
-            tab = skip = gr.skip()
-            view = (skip,) * 6  # route id, prompt, max new tokens, edits, the edits list, system
-            job = None
-            try:
-                link = opened_link(request)
-                if "job" in link:  # a search of this browser only (every job view checks)
-                    ctx.owned_job(link["job"], ui_search.owner_of(ctx, b))
-                    job, tab = link["job"], gr.Tabs(selected="search")
-                    b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
-                elif "route" in link:
-                    sr = ctx.store.get_route(link["route"])
-                    view = (sr.id, skip, link.get("n", skip), skip, skip, skip)
-                    tab = gr.Tabs(selected="library")
-                elif "edits" in link:
-                    route = route_of_edits(link["edits"])
-                    sp = ctx.system(link.get("system"))
-                    ctx.check_route(route, ctx.check_prompt(link["prompt"], sp), sp)
-                    edits = route.to_dict()["edits"]
-                    view = (skip, link["prompt"], link.get("n", skip), edits,
-                            edits_box(edits, ctx.prompt_tokens(link["prompt"], sp)),
-                            sp or "")
-                    tab = gr.Tabs(selected="inspect")
-            except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
-                gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
-            out = ui_search.job_view(ctx, b, job)
-            df, dd = ui_library.refresh(ctx, *filt)
-            return (*out, df, dd, model_header(ctx), *model_card(ctx), tab, *view)
-
-        loaded = demo.load(on_load, [p.browser] + p.filters,
-                           p.job_outputs + [p.table, p.f_model, p.header, p.m_card, p.m_layers,
-                                            p.tabs, p.l_id, p.prompt, p.max_new, p.st_edits,
-                                            p.edit_list, p.system], **FREE, **UI)
-
-        def follow_route_link(max_new_v, request: gr.Request = None):
-            link = opened_link(request, quiet=True)  # (the route id box may be empty: None)
-            if "route" in link:
-                yield from p.replay_fn(link["route"], "", max_new_v, request)
-            else:
-                yield (gr.skip(),) * 4
-
-        def follow_edits_link(prompt_v, system_v, max_new_v, edits, base, sel,
-                              request: gr.Request = None):
-            if "edits" in opened_link(request, quiet=True) and edits:
-                yield from p.rerun_fn(prompt_v, system_v, max_new_v, edits, base, sel, request)
-            else:
-                yield (gr.skip(),) * 9
-
-        loaded.then(follow_route_link, [p.max_new],
-                    [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
-        loaded.then(follow_edits_link, [p.prompt, p.system, p.max_new, p.st_edits, p.st_base,
-                                        p.st_sel],
-                    [p.alt_ans, p.base_ans, p.heat, p.usage, p.st_base, p.st_alt, p.view,
-                     p.mode, p.verdict], **MODEL_SLOT, **UI)
-        register_api(ctx)
-    errors_as_toasts(demo)  # after every event is wired
+        loaded = gate.register(
+            demo.load, on_load, [browser] + library_ui.filters + [inspect_ui.state],
+            search_ui.job_outputs(shared) + [library_ui.table, library_ui.f_model, header,
+                                             model_ui.card, model_ui.layers, tabs,
+                                             library_ui.route_id, prompt, max_new,
+                                             inspect_ui.state, inspect_ui.edit_list, system],
+            Door("Page load", "page"))
+        # after every page load, in the model's slot; they charge model work only when
+        # the address holds a link to follow
+        follow = dict(work="model", cost=COSTS["poll"])
+        gate.register(loaded.then, follow_route_link, [max_new], library_ui.replay_outputs(),
+                      Door("Open a route link", gpu=60, **follow))
+        gate.register(loaded.then, follow_edits_link, [prompt, system, max_new,
+                                                        inspect_ui.state],
+                      inspect_ui.run_outputs(), Door("Open a route link", gpu=120, **follow))
+        register_api(gate)
     return demo

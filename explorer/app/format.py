@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from explorer.app.context import Explorer
 
 
-def model_header(ctx: Explorer) -> str:
-    moe = ctx.moe
+def model_header(app: Explorer) -> str:
+    moe = app.moe
     if moe is None:
-        return (f"**No model loaded.** {html.escape(ctx.error or '')} "
+        return (f"**No model loaded.** {html.escape(app.error or '')} "
                 "Load one in the **Model** tab.")
     i = moe.info
     moe_l = [lay for lay in i.layers if lay.is_moe]
@@ -31,11 +31,11 @@ def model_header(ctx: Explorer) -> str:
             f"{i.device} {i.dtype}" + (f" ({i.quantization})" if i.quantization else ""))
 
 
-def model_card(ctx: Explorer) -> tuple[str, pd.DataFrame]:
+def model_card(app: Explorer) -> tuple[str, pd.DataFrame]:
     cols = ["layer", "type", "experts", "top-k", "shared experts", "router", "groups"]
-    moe = ctx.moe
+    moe = app.moe
     if moe is None:
-        return (f"No model loaded. {html.escape(ctx.error or '')}", pd.DataFrame(columns=cols))
+        return (f"No model loaded. {html.escape(app.error or '')}", pd.DataFrame(columns=cols))
     i = moe.info
     md = (f"### `{moe.name}`\n"
           f"- family: `{i.model_type}` · {i.parameters / 1e6:.1f}M parameters\n"
@@ -198,7 +198,7 @@ VERDICT_LABELS = {"jailbroken": "jailbroken (no refusal)", "refusal": "refusal",
 
 def verdict_badge(v: dict | None, label: str = "") -> str:
     """One answer's badges (HTML): the keyword verdict and log P(target), from
-    :func:`explorer.app.common.answer_verdict`."""
+    :func:`explorer.app.verdicts.answer_verdict`."""
     if not v:
         return ""
     kind = v.get("verdict", "empty")

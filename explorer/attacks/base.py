@@ -171,8 +171,10 @@ class Attack:
             yield i, self.run(moe, case, params, run)
 
     def cost(self, params: Params, shape: Shape) -> int:
-        """Forward passes one prompt costs, about (default: its judged answer)."""
-        return shape.max_new_tokens
+        """Forward passes one prompt costs besides its judged answer (callers add
+        ``shape.max_new_tokens`` for that), about: hosted mode's budget and progress bars
+        read it. F-SOUR's is its search budget, the unit hosted mode caps. Default 0."""
+        return 0
 
     def run_job(self, moe: MoEModel, prompt: str, params: Params, run: Run,
                 on_event: Callable[[Any], None], should_stop: Callable[[], bool],

@@ -118,7 +118,7 @@ class FsourAttack(Attack):
 
     def cost(self, params: FsourParams, shape: Shape) -> int:
         return search_budget(params.candidates, params.max_iters, shape.prompt_tokens,
-                             shape.target_tokens) + shape.max_new_tokens
+                             shape.target_tokens)
 
     def run_job(self, moe, prompt: str, params: FsourParams, run: Run,
                 on_event: Callable[[Any], None], should_stop: Callable[[], bool],

@@ -93,6 +93,6 @@ class RandomAttack(Attack):
                             fields={"reference_edits": size, "reference": origin[case.index]})
 
     def cost(self, params: RandomParams, shape: Shape) -> int:
-        # at worst the sizing search, then the judged answer
+        # at worst the sizing search and its answer
         return search_budget(params.candidates, params.max_iters, shape.prompt_tokens,
-                             shape.target_tokens) + 2 * shape.max_new_tokens
+                             shape.target_tokens) + shape.max_new_tokens

@@ -45,5 +45,5 @@ class RosaisAttack(Attack):
                        fields={"top_layers": list(res.top_layers or [])}, result=res)
 
     def cost(self, params: RosaisParams, shape: Shape) -> int:
-        # one forward per mask and router, the unmasked baseline, two judged answers
-        return params.samples * shape.moe_layers + 1 + 2 * shape.max_new_tokens
+        # one forward per mask and router, the unmasked baseline and its answer
+        return params.samples * shape.moe_layers + 1 + shape.max_new_tokens

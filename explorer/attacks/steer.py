@@ -51,5 +51,5 @@ class SteerAttack(Attack):
             yield i, answer(moe, case.prompt, route, run)
 
     def cost(self, params: SteerParams, shape: Shape) -> int:
-        # a routing trace of every prompt of the two sets, then the judged answer
-        return len(HARMFUL_PROMPTS) + len(BENIGN_PROMPTS) + shape.max_new_tokens
+        # a routing trace of every prompt of the two sets
+        return len(HARMFUL_PROMPTS) + len(BENIGN_PROMPTS)

@@ -25,6 +25,9 @@ class ModelCache:
     #: (prompt text, system prompt, thinking mode) -> its prepared
     #: :class:`~explorer.core.prompt.Prompt` (:meth:`~explorer.core.model.MoEModel.prepare`)
     prompts: dict = field(default_factory=dict)
+    #: (a route's edits, its pinned layers) -> True once the route validated against this
+    #: model (:class:`~explorer.core.control.RouteControl` validates each route once)
+    valid_routes: dict = field(default_factory=dict)
     #: whether ``model.forward`` accepts ``logits_to_keep`` (None: not probed yet)
     logits_to_keep: bool | None = None
     #: whether the model's cache is of full-attention or sliding-window layers only, so
@@ -61,6 +64,7 @@ class ModelCache:
             self.route_rows.clear()
             self.layouts.clear()
             self.prompts.clear()
+            self.valid_routes.clear()
             self.logits_to_keep = None
             self.paddable_cache = None
             self.system_placement = None

@@ -182,6 +182,19 @@ class RouterRecord:
     offset: int = 0
 
 
+def validity_key(route: Route) -> tuple:
+    """What a route's validity against a model depends on: its edits and pinned layers."""
+    return tuple(route.edits), repr(route.info.get("protect_layers"))
+
+
+def remember_valid(moe, route: Route) -> None:
+    """Record that ``route`` validated against ``moe`` (by a caller that validated it, with
+    the prompt's length too): :class:`RouteControl` then does not validate it again."""
+    cache = getattr(moe, "cache", None)
+    if cache is not None:
+        cache.memo(cache.valid_routes, validity_key(route), lambda: True, limit=4096)
+
+
 class RouteControl:
     """Record routing and/or apply routes while active (a context manager).
 
@@ -223,8 +236,14 @@ class RouteControl:
             return
         info = self.moe.info
         if self.validate:
+            cache = getattr(self.moe, "cache", None)
             for r in self.routes:
-                r.validate(info)
+                if cache is None:
+                    r.validate(info)
+                    continue
+                # a route valid for this model stays valid: validated once per model
+                cache.memo(cache.valid_routes, validity_key(r),
+                           lambda r=r: r.validate(info) or True, limit=4096)
         B = len(self.routes)
         by_layer: dict[int, list[list]] = {}
         for b, r in enumerate(self.routes):

@@ -408,12 +408,17 @@ class JobManager:
 
     # -- public API -----------------------------------------------------------------------
     def submit(self, kind: str, params: dict, session: str | None = None,
-               group: str | None = None) -> str:
-        """Queue a job (kind 'fsour'); returns its id. ``session``: its owner (stored with
-        it); ``group``: a wider key that shares a cap (the app passes the client address).
-        Raises :class:`StoreError` for bad parameters or when the session, the group or
-        the server already has its limit of queued/running jobs."""
-        params = validate_params(kind, params)
+               group: str | None = None, *, checked: bool = False) -> str:
+        """Queue a job of ``kind`` (an attack that runs as a job, e.g. 'fsour'); returns its
+        id. ``session``: its owner (stored with it); ``group``: a wider key that shares a
+        cap (the app passes the client address). Raises :class:`StoreError` for bad
+        parameters or when the session, the group or the server already has its limit of
+        queued/running jobs. ``checked``: ``params`` come from :func:`validate_params`
+        already (the app checks them once, with its caps)."""
+        if checked:
+            job_attack(kind)
+        else:
+            params = validate_params(kind, params)
         with self._lock:
             self._check_room(session, group)
             job_id = self.store.create_job(kind, params, session)

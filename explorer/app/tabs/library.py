@@ -6,36 +6,29 @@ from __future__ import annotations
 import html
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import gradio as gr
 
-from explorer.app.common import (
-    FREE,
-    MAX_ROW_ID,
-    MODEL_SLOT,
-    UI,
-    answer_verdict,
-    fail,
-    gpu,
-    user_errors,
-    whole_number,
-)
+from explorer.app.errors import fail, user_errors
 from explorer.app.format import edits_box, routes_frame, verdict_badge, verdicts_html
+from explorer.app.gate import Door, Event, Visit
+from explorer.app.inputs import MAX_ROW_ID, whole_number
+from explorer.app.state import InspectState, Shared
+from explorer.app.streaming import stream_shown
+from explorer.app.verdicts import answer_verdict
+from explorer.attacks import list_attacks
 from explorer.core.route import Route
+from explorer.storage.library import SOURCES
 from explorer.viz import figures as plots
 
-if TYPE_CHECKING:
-    from types import SimpleNamespace
 
-    from explorer.app.context import Explorer
-
-
-def list_table(ctx: Explorer, model_f, text, success, source):
+def list_table(app, model_f, text, success, source):
     """The routes table under the given filters ("any" or blank: no filter)."""
     with user_errors("Route library"):
-        items = ctx.store.list_routes(
+        items = app.store.list_routes(
             model=None if model_f in (None, "", "any") else model_f,
             text=text or None,
             success={"yes": True, "no": False}.get(success),
@@ -43,244 +36,309 @@ def list_table(ctx: Explorer, model_f, text, success, source):
         return routes_frame(items)
 
 
-def refresh(ctx: Explorer, model_f, text, success, source):
+def refresh(app, model_f, text, success, source):
     """(routes table, model filter dropdown with the models in the library)."""
-    df = list_table(ctx, model_f, text, success, source)
-    models = sorted({r.model for r in ctx.store.list_routes(limit=2000) if r.model})
+    df = list_table(app, model_f, text, success, source)
+    models = sorted({r.model for r in app.store.list_routes(limit=2000) if r.model})
     return df, gr.Dropdown(choices=["any"] + models, value=model_f or "any")
 
 
-def layout(p: SimpleNamespace) -> None:
-    with gr.Tab("Route library", id="library") as p.lib_tab:
+@dataclass
+class LibraryUI:
+    """The tab's components."""
+
+    tab: Any
+    f_text: Any
+    f_model: Any
+    f_success: Any
+    f_source: Any
+    f_btn: Any
+    table: Any
+    route_id: Any
+    other_prompt: Any
+    replay_btn: Any
+    load_btn: Any
+    answer: Any
+    verdict: Any
+    info: Any
+    heat: Any
+    c_a: Any
+    c_b: Any
+    c_prompt: Any
+    c_btn: Any
+    c_ans_a: Any
+    c_ans_b: Any
+    c_verdict: Any
+    c_diff: Any
+    c_overlap: Any
+    x_btn: Any
+    x_file: Any
+    d_btn: Any
+    u_btn: Any
+    deleted: Any
+    i_file: Any
+    i_text: Any
+    i_btn: Any
+
+    @property
+    def filters(self) -> list:
+        return [self.f_model, self.f_text, self.f_success, self.f_source]
+
+    def replay_outputs(self) -> list:
+        return [self.answer, self.info, self.heat, self.verdict]
+
+
+def layout() -> LibraryUI:
+    """The tab (inside an open ``gr.Tabs``)."""
+    sources = list(dict.fromkeys(list(SOURCES) + list_attacks("job")))
+    with gr.Tab("Route library", id="library") as tab:
         with gr.Row():
-            p.f_text = gr.Textbox(label="search prompt / target / completion", scale=2)
-            p.f_model = gr.Dropdown(["any"], value="any", label="model", allow_custom_value=True)
-            p.f_success = gr.Radio(["any", "yes", "no"], value="any", label="jailbroken")
-            p.f_source = gr.Dropdown(["any", "fsour", "manual", "rosais", "import"],
-                                     value="any", label="source")
-            p.f_btn = gr.Button("Refresh", scale=0)
-        p.table = gr.Dataframe(routes_frame([]), interactive=False, wrap=True, max_height=320,
-                               elem_id="routes-table",
-                               column_widths=["6%", "34%", "18%", "7%", "10%", "8%", "7%",
-                                              "10%"])
+            f_text = gr.Textbox(label="search prompt / target / completion", scale=2)
+            f_model = gr.Dropdown(["any"], value="any", label="model", allow_custom_value=True)
+            f_success = gr.Radio(["any", "yes", "no"], value="any", label="jailbroken")
+            f_source = gr.Dropdown(["any"] + sources, value="any", label="source")
+            f_btn = gr.Button("Refresh", scale=0)
+        table = gr.Dataframe(routes_frame([]), interactive=False, wrap=True, max_height=320,
+                             elem_id="routes-table",
+                             column_widths=["6%", "34%", "18%", "7%", "10%", "8%", "7%",
+                                            "10%"])
         with gr.Row(equal_height=True):
-            p.l_id = gr.Number(label="route id (click a row)", precision=0,
-                               elem_id="lib-route-id")
-            p.l_prompt = gr.Textbox(label="replay on prompt (blank: the route's own)", scale=3)
-            p.l_replay = gr.Button("Replay", variant="primary", elem_id="lib-replay")
-            p.l_load = gr.Button("Edit in Inspect")
+            route_id = gr.Number(label="route id (click a row)", precision=0,
+                                 elem_id="lib-route-id")
+            other = gr.Textbox(label="replay on prompt (blank: the route's own)", scale=3)
+            replay_btn = gr.Button("Replay", variant="primary", elem_id="lib-replay")
+            load_btn = gr.Button("Edit in Inspect")
         with gr.Row():
-            p.l_answer = gr.Textbox(label="Replayed answer", lines=4, interactive=False,
-                                    elem_id="lib-answer", elem_classes="sse-answer")
+            answer = gr.Textbox(label="Replayed answer", lines=4, interactive=False,
+                                elem_id="lib-answer", elem_classes="sse-answer")
             with gr.Column():
-                p.l_verdict = gr.HTML("", elem_id="lib-verdict")
-                p.l_info = gr.Markdown("", elem_id="lib-info")
-        p.l_heat = gr.Plot(plots.heatmap(None), label="Replayed routing (stars: forced cells)")
+                verdict = gr.HTML("", elem_id="lib-verdict")
+                info = gr.Markdown("", elem_id="lib-info")
+        heat = gr.Plot(plots.heatmap(None), label="Replayed routing (stars: forced cells)")
         with gr.Accordion("Compare two routes", open=False):
             with gr.Row(equal_height=True):
-                p.c_a = gr.Number(label="route A", precision=0, elem_id="cmp-a")
-                p.c_b = gr.Number(label="route B", precision=0, elem_id="cmp-b")
-                p.c_prompt = gr.Textbox(label="on prompt (blank: the routes' own, when they "
-                                        "share one)", scale=3, elem_id="cmp-prompt")
-                p.c_btn = gr.Button("Compare", elem_id="cmp-btn")
+                c_a = gr.Number(label="route A", precision=0, elem_id="cmp-a")
+                c_b = gr.Number(label="route B", precision=0, elem_id="cmp-b")
+                c_prompt = gr.Textbox(label="on prompt (blank: the routes' own, when they "
+                                      "share one)", scale=3, elem_id="cmp-prompt")
+                c_btn = gr.Button("Compare", elem_id="cmp-btn")
             with gr.Row():
-                p.c_ans_a = gr.Textbox(label="A's answer", lines=4, interactive=False,
-                                       elem_id="cmp-ans-a")
-                p.c_ans_b = gr.Textbox(label="B's answer", lines=4, interactive=False,
-                                       elem_id="cmp-ans-b")
-            p.c_verdict = gr.HTML("", elem_id="cmp-verdicts")
-            p.c_diff = gr.Plot(plots.diff_heatmap(None, None), label="routing differences",
-                               elem_id="cmp-diff")
-            p.c_overlap = gr.Plot(plots.empty_figure("Forced-cell overlap appears here"),
-                                  label="forced (layer, expert) overlap")
+                c_ans_a = gr.Textbox(label="A's answer", lines=4, interactive=False,
+                                     elem_id="cmp-ans-a")
+                c_ans_b = gr.Textbox(label="B's answer", lines=4, interactive=False,
+                                     elem_id="cmp-ans-b")
+            c_verdict = gr.HTML("", elem_id="cmp-verdicts")
+            c_diff = gr.Plot(plots.diff_heatmap(None, None), label="routing differences",
+                             elem_id="cmp-diff")
+            c_overlap = gr.Plot(plots.empty_figure("Forced-cell overlap appears here"),
+                                label="forced (layer, expert) overlap")
         with gr.Accordion("Export, import, delete", open=False):
             with gr.Row():
-                p.x_btn = gr.Button("Export route JSON", elem_id="export-btn")
-                p.x_file = gr.File(label="exported route", interactive=False,
-                                   elem_id="export-file")
-                p.d_btn = gr.Button("Delete route", variant="stop", elem_id="delete-btn")
-                p.u_btn = gr.Button("Undo delete", visible=False, elem_id="undo-delete-btn")
-            p.st_deleted = gr.State(None)  # the last deleted route (StoredRoute.to_dict())
+                x_btn = gr.Button("Export route JSON", elem_id="export-btn")
+                x_file = gr.File(label="exported route", interactive=False,
+                                 elem_id="export-file")
+                d_btn = gr.Button("Delete route", variant="stop", elem_id="delete-btn")
+                u_btn = gr.Button("Undo delete", visible=False, elem_id="undo-delete-btn")
+            deleted = gr.State(None)  # the last deleted route (a StoredRoute)
             with gr.Row():
-                p.i_file = gr.File(label="route JSON file", file_types=[".json"],
-                                   type="filepath")
-                p.i_text = gr.Code(label="…or paste route JSON", language="json", lines=6,
-                                   elem_id="import-json")
-                p.i_btn = gr.Button("Import", elem_id="import-btn")
-    p.filters = [p.f_model, p.f_text, p.f_success, p.f_source]
+                i_file = gr.File(label="route JSON file", file_types=[".json"], type="filepath")
+                i_text = gr.Code(label="…or paste route JSON", language="json", lines=6,
+                                 elem_id="import-json")
+                i_btn = gr.Button("Import", elem_id="import-btn")
+    return LibraryUI(tab, f_text, f_model, f_success, f_source, f_btn, table, route_id,
+                     other, replay_btn, load_btn, answer, verdict, info, heat, c_a, c_b,
+                     c_prompt, c_btn, c_ans_a, c_ans_b, c_verdict, c_diff, c_overlap, x_btn,
+                     x_file, d_btn, u_btn, deleted, i_file, i_text, i_btn)
 
 
-def wire(ctx: Explorer, p: SimpleNamespace) -> None:
-    filters = p.filters
+# -- views ------------------------------------------------------------------------------------
+def _stored(visit: Visit, route_id):
+    return visit.app.store.get_route(whole_number(route_id, "route id", 1, MAX_ROW_ID))
 
-    def on_refresh(*filt):
-        return refresh(ctx, *filt)
 
-    for ev in (p.f_btn.click, p.f_text.submit, p.f_success.input, p.f_source.input,
-               p.f_model.input, p.lib_tab.select):
-        ev(on_refresh, filters, [p.table, p.f_model], **FREE, **UI)
+def on_refresh(visit: Visit, model_f, text, success, source):
+    """(routes table, model filter)."""
+    return refresh(visit.app, model_f, text, success, source)
 
-    def pick_row(df, evt: gr.SelectData):
-        try:
-            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            return int(df.iloc[row]["id"])
-        except Exception:  # noqa: BLE001 - clicking a header etc.
-            return gr.skip()
 
-    p.table.select(pick_row, [p.table], [p.l_id], **FREE, **UI)
+def pick_row(visit: Visit, df, evt: gr.SelectData):
+    """A clicked table row's route id (a header click: nothing)."""
+    try:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return int(df.iloc[row]["id"])
+    except Exception:  # noqa: BLE001 - clicking a header etc.
+        return gr.skip()
 
-    def stored(route_id):
-        return ctx.store.get_route(whole_number(route_id, "route id", 1, MAX_ROW_ID))
 
-    @gpu(60)
-    def replay_ui(route_id, other_prompt, max_new_v, request: gr.Request = None):
-        with user_errors("Replay"):
-            moe = ctx.require()
-            sr = stored(route_id)
-            q = other_prompt if (other_prompt or "").strip() else sr.prompt
-            sp = sr.route.system  # a route replays under the system prompt it was made with
-            ctx.check_prompt(q, sp)
-            n = ctx.new_tokens(max_new_v)
-            ctx.admit(request)
-            for text, tr in ctx.stream(q, n, sr.route, sp):
-                if tr is None:
-                    yield text, gr.skip(), gr.skip(), gr.skip()
-                else:
-                    edits = sr.route.to_dict()["edits"]
-                    md = (f"Route **#{sr.id}** ({sr.n_edits} edits, {sr.source}, model "
-                          f"`{sr.model}`) on "
-                          f"{'its own prompt' if q == sr.prompt else 'another prompt'}")
-                    if sp:
-                        md += f" · system prompt: *{html.escape(sp[:80])}*"
-                    md += f" · [link to this route](?route={sr.id}&n={n})"
-                    if sr.model and sr.model != moe.name:
-                        md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
-                    badge = verdict_badge(answer_verdict(moe, q, tr.completion, sr.route,
-                                                         system=sp),
-                                          "Keyword judge:")
-                    yield text, md, plots.heatmap(ctx.shown_trace(tr), "expert", edits=edits,
-                                                  title="Replayed routing"), badge
+def replay_route(visit: Visit, route_id, other_prompt, max_new_v):
+    """Replay a stored route on its own prompt (or another), under the system prompt it
+    was made with: (answer streamed, info, heatmap, badge)."""
+    moe = visit.moe
+    sr = _stored(visit, route_id)
+    q = other_prompt if (other_prompt or "").strip() else sr.prompt
+    prompt = visit.prompt(q, sr.route.system)
+    n = visit.tokens(max_new_v)
+    visit.route(sr.route, prompt)
+    for text, tr in stream_shown(visit, prompt, n, sr.route):
+        if tr is None:
+            yield text, gr.skip(), gr.skip(), gr.skip()
+            continue
+        edits = sr.route.to_dict()["edits"]
+        md = (f"Route **#{sr.id}** ({sr.n_edits} edits, {sr.source}, model `{sr.model}`) on "
+              f"{'its own prompt' if prompt.text == sr.prompt else 'another prompt'}")
+        if prompt.system:
+            md += f" · system prompt: *{html.escape(prompt.system[:80])}*"
+        md += f" · [link to this route](?route={sr.id}&n={n})"
+        if sr.model and sr.model != moe.name:
+            md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
+        badge = verdict_badge(answer_verdict(moe, prompt, tr.completion, sr.route),
+                              "Keyword judge:")
+        yield text, md, plots.heatmap(visit.app.gate.shown_trace(tr), "expert", edits=edits,
+                                      title="Replayed routing"), badge
 
-    p.replay_fn = replay_ui  # links to a saved route replay it (explorer.app.build)
-    p.l_replay.click(replay_ui, [p.l_id, p.l_prompt, p.max_new],
-                     [p.l_answer, p.l_info, p.l_heat, p.l_verdict], **MODEL_SLOT, **UI)
 
-    def load_into_inspect(route_id):
-        with user_errors("Load route"):
-            sr = stored(route_id)
-            edits = sr.route.to_dict()["edits"]
-            sp = sr.route.system
-            toks = ctx.prompt_tokens(sr.prompt, sp) if sr.prompt and ctx.moe else None
-            gr.Info(f"Route #{sr.id} loaded as pending edits: press Generate, then Re-run.")
-            return (sr.prompt or gr.skip(), edits, edits_box(edits, toks),
-                    gr.Tabs(selected="inspect"), sp or "")
+def load_into_inspect(visit: Visit, route_id, st: InspectState):
+    """A stored route as Inspect's pending edits, with its prompt and system prompt:
+    (prompt, Inspect's state, its edits list, tabs, system prompt)."""
+    sr = _stored(visit, route_id)
+    sp = sr.route.system
+    toks = None
+    if sr.prompt and visit.app.moe is not None:
+        toks = visit.app.host.token_strings(visit.prompt(sr.prompt, sp))
+    st = (st or InspectState()).with_(route=Route(list(sr.route.edits), dict(sr.route.info)))
+    gr.Info(f"Route #{sr.id} loaded as pending edits: press Generate, then Re-run.")
+    return (sr.prompt or gr.skip(), st, edits_box(st.edit_dicts(), toks),
+            gr.Tabs(selected="inspect"), sp or "")
 
-    p.l_load.click(load_into_inspect, [p.l_id], [p.prompt, p.st_edits, p.edit_list, p.tabs,
-                                                  p.system], **FREE, **UI)
 
-    @gpu(120)
-    def compare(a_id, b_id, other_prompt, max_new_v, request: gr.Request = None):
-        with user_errors("Compare"):
-            from explorer.core.trace import trace
-            moe = ctx.require()
-            ra, rb = stored(a_id), stored(b_id)
-            n = ctx.new_tokens(max_new_v)
-            pa = other_prompt if (other_prompt or "").strip() else ra.prompt
-            pb = other_prompt if (other_prompt or "").strip() else rb.prompt
-            sa, sb = ra.route.system, rb.route.system
-            ctx.check_prompt(pa, sa)
-            ctx.check_prompt(pb, sb)
-            if pa != pb:
-                fail(f"Routes #{ra.id} and #{rb.id} were made for different prompts, so their "
-                     "token positions point at different tokens and a cell-by-cell diff would "
-                     "mislead: type one prompt under 'on prompt' to compare both on it.")
-            if sa != sb:
-                fail(f"Routes #{ra.id} and #{rb.id} were made with different system prompts, "
-                     "so their token positions point at different tokens: compare routes "
-                     "made with the same system prompt.")
-            ctx.admit(request)
-            ta = trace(moe, pa, max_new_tokens=n, route=ra.route, system=sa)
-            tb = trace(moe, pb, max_new_tokens=n, route=rb.route, system=sb)
-            names = (f"#{ra.id}", f"#{rb.id}")
-            E = max(max(ta.num_experts), 1)
-            texts = (ctx.shown(pa, ta.completion), ctx.shown(pb, tb.completion))
-            panel = verdicts_html(answer_verdict(moe, pa, ta.completion, ra.route, system=sa),
-                                  answer_verdict(moe, pb, tb.completion, rb.route, system=sb),
-                                  labels=(f"A {names[0]}", f"B {names[1]}"), texts=texts)
-            return (*texts, panel,
-                    plots.diff_heatmap(ctx.shown_trace(ta), ctx.shown_trace(tb), names),
-                    plots.overlap_figure(ra.route, rb.route, ta.moe_layers, E, names))
+def compare(visit: Visit, a_id, b_id, other_prompt, max_new_v):
+    """Two stored routes on one prompt: (A's answer, B's answer, badges, differences
+    heatmap, forced-cell overlap)."""
+    from explorer.core.trace import trace
+    moe = visit.moe
+    ra, rb = _stored(visit, a_id), _stored(visit, b_id)
+    n = visit.tokens(max_new_v)
+    pa = other_prompt if (other_prompt or "").strip() else ra.prompt
+    pb = other_prompt if (other_prompt or "").strip() else rb.prompt
+    sa, sb = ra.route.system, rb.route.system
+    qa, qb = visit.prompt(pa, sa), visit.prompt(pb, sb)
+    if pa != pb:
+        fail(f"Routes #{ra.id} and #{rb.id} were made for different prompts, so their token "
+             "positions point at different tokens and a cell-by-cell diff would mislead: "
+             "type one prompt under 'on prompt' to compare both on it.")
+    if sa != sb:
+        fail(f"Routes #{ra.id} and #{rb.id} were made with different system prompts, so "
+             "their token positions point at different tokens: compare routes made with the "
+             "same system prompt.")
+    visit.route(ra.route, qa)
+    visit.route(rb.route, qb)
+    ta = trace(moe, qa, max_new_tokens=n, route=ra.route, validate=False)
+    tb = trace(moe, qb, max_new_tokens=n, route=rb.route, validate=False)
+    names = (f"#{ra.id}", f"#{rb.id}")
+    E = max(max(ta.num_experts), 1)
+    gate = visit.app.gate
+    texts = (visit.shown(pa, ta.completion), visit.shown(pb, tb.completion))
+    panel = verdicts_html(answer_verdict(moe, qa, ta.completion, ra.route),
+                          answer_verdict(moe, qb, tb.completion, rb.route),
+                          labels=(f"A {names[0]}", f"B {names[1]}"), texts=texts)
+    return (*texts, panel, plots.diff_heatmap(gate.shown_trace(ta), gate.shown_trace(tb), names),
+            plots.overlap_figure(ra.route, rb.route, ta.moe_layers, E, names))
 
-    p.c_btn.click(compare, [p.c_a, p.c_b, p.c_prompt, p.max_new],
-                  [p.c_ans_a, p.c_ans_b, p.c_verdict, p.c_diff, p.c_overlap],
-                  **MODEL_SLOT, **UI)
 
-    def export(route_id, request: gr.Request = None):
-        with user_errors("Export"):
-            sr = stored(route_id)
-            ctx.admit(request)
-            path = ctx.store.export_route(sr.id)
-            out = Path(tempfile.mkdtemp(prefix="sse-export-")) / path.name
-            data = json.loads(path.read_text(encoding="utf-8"))
-            info = data.get("info") or {}
-            if isinstance(info.get("completion"), str):  # what this server shows, no more
-                info["completion"] = ctx.shown(sr.prompt, info["completion"])
-            out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-            return str(out)
+def export(visit: Visit, route_id):
+    """A stored route as a JSON file to download (its answer as the server shows it)."""
+    sr = _stored(visit, route_id)
+    path = visit.app.store.export_route(sr.id)
+    out = Path(tempfile.mkdtemp(prefix="sse-export-")) / path.name
+    data = json.loads(path.read_text(encoding="utf-8"))
+    info = data.get("info") or {}
+    if isinstance(info.get("completion"), str):  # what this server shows, no more
+        info["completion"] = visit.shown(sr.prompt, info["completion"])
+    out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return str(out)
 
-    p.x_btn.click(export, [p.l_id], [p.x_file], **FREE, **UI)
 
-    def do_import(file_path, text, model_f, text_f, success, source,
-                  request: gr.Request = None):
-        filt = (model_f, text_f, success, source)
-        with user_errors("Import"):
-            ctx.admit(request)
-            from explorer.storage.library import MAX_IMPORT_BYTES
-            if file_path:
-                f = Path(file_path)
-                if f.stat().st_size > MAX_IMPORT_BYTES:
-                    fail("That file is too large to be a route.")
-                payload = f.read_bytes()
-            elif (text or "").strip():
-                payload = text
-            else:
-                fail("Choose a route JSON file or paste route JSON.")
-            newest = max((r.id for r in ctx.store.list_routes(limit=1)), default=0)
-            rid = ctx.store.import_route(payload, check=ctx.check_import)
-            gr.Info(f"That route is already in the library as route #{rid}." if rid <= newest
-                    else f"Imported as route #{rid}.")
-            return rid, None, list_table(ctx, *filt)
+def check_import(visit: Visit, route: Route) -> None:
+    """An imported route must name its prompt and fit the loaded model and that prompt (the
+    CLI's checks and messages); a route without a model is taken as made for the loaded
+    one."""
+    from explorer.core.errors import RouteError
+    moe = visit.moe
+    prompt = route.info.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RouteError('the route names no prompt (its "info" has no "prompt"): its '
+                         "positions refer to one prompt's tokens, so it cannot be "
+                         "replayed; add the prompt, or load the edits in Inspect")
+    visit.route(route, visit.prompt(prompt, route.system))
+    if not isinstance(route.info.get("model"), str) or not route.info["model"].strip():
+        route.info["model"] = moe.name
 
-    p.i_btn.click(do_import, [p.i_file, p.i_text] + filters, [p.l_id, p.i_file, p.table],
-                  **FREE, **UI)
 
-    def delete(route_id, model_f, text_f, success, source, request: gr.Request = None):
-        filt = (model_f, text_f, success, source)
-        with user_errors("Delete"):
-            if ctx.policy.enabled:  # the library is shared and routes have no owner
-                fail("Deleting routes is turned off on this public server (the route "
-                     "library is shared by every visitor).")
-            sr = stored(route_id)
-            ctx.admit(request)
-            ctx.store.delete_route(sr.id)
-            gr.Info(f"Deleted route #{sr.id}: press Undo delete to bring it back.")
-            return (None, list_table(ctx, *filt), sr.to_dict(),
-                    gr.Button(f"Undo delete of #{sr.id}", visible=True))
+def do_import(visit: Visit, file_path, text, model_f, text_f, success, source):
+    """Import a route JSON file or pasted JSON: (route id, the file box, routes table)."""
+    from explorer.storage.library import MAX_IMPORT_BYTES
+    store = visit.app.store
+    if file_path:
+        f = Path(file_path)
+        if f.stat().st_size > MAX_IMPORT_BYTES:
+            fail("That file is too large to be a route.")
+        payload = f.read_bytes()
+    elif (text or "").strip():
+        payload = text
+    else:
+        fail("Choose a route JSON file or paste route JSON.")
+    newest = max((r.id for r in store.list_routes(limit=1)), default=0)
+    rid = store.import_route(payload, check=lambda r: check_import(visit, r))
+    gr.Info(f"That route is already in the library as route #{rid}." if rid <= newest
+            else f"Imported as route #{rid}.")
+    return rid, None, list_table(visit.app, model_f, text_f, success, source)
 
-    p.d_btn.click(delete, [p.l_id] + filters, [p.l_id, p.table, p.st_deleted, p.u_btn],
-                  **FREE, **UI)
 
-    def undo_delete(gone, model_f, text_f, success, source, request: gr.Request = None):
-        with user_errors("Undo delete"):
-            from explorer.storage.library import StoredRoute
-            if not gone:
-                fail("Nothing to undo.")
-            ctx.admit(request)
-            d = dict(gone, route=Route.from_dict(gone["route"]))
-            rid = ctx.store.restore_route(StoredRoute(**d))
-            gr.Info(f"Route #{rid} is back in the library.")
-            return (rid, list_table(ctx, model_f, text_f, success, source), None,
-                    gr.Button(visible=False))
+def delete(visit: Visit, route_id, model_f, text_f, success, source):
+    """Delete a stored route (undoable): (route id, table, the deleted route, Undo)."""
+    if visit.policy.enabled:  # the library is shared and routes have no owner
+        fail("Deleting routes is turned off on this public server (the route library is "
+             "shared by every visitor).")
+    sr = _stored(visit, route_id)
+    visit.app.store.delete_route(sr.id)
+    gr.Info(f"Deleted route #{sr.id}: press Undo delete to bring it back.")
+    return (None, list_table(visit.app, model_f, text_f, success, source), sr,
+            gr.Button(f"Undo delete of #{sr.id}", visible=True))
 
-    p.u_btn.click(undo_delete, [p.st_deleted] + filters,
-                  [p.l_id, p.table, p.st_deleted, p.u_btn], **FREE, **UI)
+
+def undo_delete(visit: Visit, gone, model_f, text_f, success, source):
+    """Bring the last deleted route back: (route id, table, nothing to undo, Undo)."""
+    if gone is None:
+        fail("Nothing to undo.")
+    rid = visit.app.store.restore_route(gone)
+    gr.Info(f"Route #{rid} is back in the library.")
+    return (rid, list_table(visit.app, model_f, text_f, success, source), None,
+            gr.Button(visible=False))
+
+
+def events(ui: LibraryUI, shared: Shared, inspect) -> list[Event]:
+    """The tab's events; ``inspect``: the Inspect tab's components (Edit in Inspect fills
+    them)."""
+    filters = ui.filters
+    out = [Event(ev, on_refresh, filters, [ui.table, ui.f_model], Door("Route library"))
+           for ev in (ui.f_btn.click, ui.f_text.submit, ui.f_success.input, ui.f_source.input,
+                      ui.f_model.input, ui.tab.select)]
+    out += [
+        Event(ui.table.select, pick_row, [ui.table], [ui.route_id], Door("Pick a route")),
+        Event(ui.replay_btn.click, replay_route, [ui.route_id, ui.other_prompt, shared.max_new],
+              ui.replay_outputs(), Door("Replay", "model", gpu=60)),
+        Event(ui.load_btn.click, load_into_inspect, [ui.route_id, inspect.state],
+              [shared.prompt, inspect.state, inspect.edit_list, shared.tabs, shared.system],
+              Door("Load route")),
+        Event(ui.c_btn.click, compare, [ui.c_a, ui.c_b, ui.c_prompt, shared.max_new],
+              [ui.c_ans_a, ui.c_ans_b, ui.c_verdict, ui.c_diff, ui.c_overlap],
+              Door("Compare", "model", gpu=120)),
+        Event(ui.x_btn.click, export, [ui.route_id], [ui.x_file], Door("Export", "write")),
+        Event(ui.i_btn.click, do_import, [ui.i_file, ui.i_text] + filters,
+              [ui.route_id, ui.i_file, ui.table], Door("Import", "write")),
+        Event(ui.d_btn.click, delete, [ui.route_id] + filters,
+              [ui.route_id, ui.table, ui.deleted, ui.u_btn], Door("Delete", "write")),
+        Event(ui.u_btn.click, undo_delete, [ui.deleted] + filters,
+              [ui.route_id, ui.table, ui.deleted, ui.u_btn], Door("Undo delete", "write")),
+    ]
+    return out

@@ -1,60 +1,94 @@
-"""The "Model" tab: load another checkpoint (hub id or local folder; hosted mode allows
-only the demo model and the allowlist) and show its model card."""
+"""The "Model" tab: load another checkpoint (hub id or local folder; hosted mode allows only
+the demo model and the allowlist, and only while no search runs) and show its model
+card."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from explorer.app.common import MODEL_SLOT, UI, moe_layer_count, text_arg, user_errors
 from explorer.app.format import model_card, model_header
+from explorer.app.gate import Door, Event, Visit, is_demo_model
+from explorer.app.hosted import PolicyError
+from explorer.app.inputs import text_arg
+from explorer.app.state import InspectState, Shared
 
-if TYPE_CHECKING:
-    from types import SimpleNamespace
 
-    from explorer.app.context import Explorer
+@dataclass
+class ModelUI:
+    """The tab's components."""
+
+    name: Any
+    btn: Any
+    status: Any
+    card: Any
+    layers: Any
 
 
-def layout(p: SimpleNamespace) -> None:
-    ctx = p.ctx
-    policy = ctx.policy
+def layout(app) -> ModelUI:
+    """The tab (inside an open ``gr.Tabs``)."""
+    policy = app.policy
     label = ("hub id or local folder (blank: the demo model)" if not policy.enabled else
              "model (blank: the demo model; allowed here: "
              + ", ".join(("demo",) + policy.model_allowlist) + ")")
     with gr.Tab("Model", id="model"):
         with gr.Row():
-            p.m_name = gr.Textbox(label=label, scale=4, elem_id="model-name")
+            name = gr.Textbox(label=label, scale=4, elem_id="model-name")
             with gr.Column(scale=1, min_width=160):
-                p.m_btn = gr.Button("Load model", variant="primary", elem_id="load-model-btn")
-        p.m_status = gr.Markdown("", elem_id="model-status")
-        card_md, card_df = model_card(ctx)
-        p.m_card = gr.Markdown(card_md)
-        p.m_layers = gr.Dataframe(card_df, interactive=False, label="layers",
-                                  elem_id="model-layers")
+                btn = gr.Button("Load model", variant="primary", elem_id="load-model-btn")
+        status = gr.Markdown("", elem_id="model-status")
+        card_md, card_df = model_card(app)
+        card = gr.Markdown(card_md)
+        layers = gr.Dataframe(card_df, interactive=False, label="layers",
+                              elem_id="model-layers")
+    return ModelUI(name, btn, status, card, layers)
 
 
-def wire(ctx: Explorer, p: SimpleNamespace) -> None:
+def check_swap(visit: Visit, wanted: str) -> None:
+    """Hosted mode: a visitor may switch the one model only when the operator allowed other
+    models (``--allow-model``), to another model than the loaded one, and while nobody's
+    search is queued or running (a swap would interrupt them)."""
+    from explorer.storage.library import ACTIVE_STATUSES
+    policy = visit.policy
+    if not policy.model_allowlist:
+        raise PolicyError("loading models is turned off on this public server: the "
+                          "operator chooses the model")
+    current = visit.app.moe
+    if current is not None and (wanted == current.name or
+                                (wanted == "demo" and is_demo_model(current))):
+        raise PolicyError(f"{wanted} is already loaded")
+    if visit.app.store.list_jobs(status=ACTIVE_STATUSES, limit=1):
+        raise PolicyError("searches are running on the loaded model; try again when "
+                          "they are done")
 
-    def load_new(name, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
-        with user_errors("Load model"):
-            wanted = ctx.check_model(text_arg(name, "model name"))
-            if ctx.policy.enabled:  # one model serves every visitor
-                ctx.check_swap(wanted)
-            ctx.admit(request)
-            label = (name or "").strip() or "the demo model"
-            progress(0, desc=f"Loading {label}…")
-            moe = ctx.load_model(wanted)
-            progress(0.95, desc="Starting the job manager…")
-            ctx.set_model(moe)
-            md, df = model_card(ctx)
-            gr.Info(f"Loaded {moe.name}.")
-            return (f"Loaded `{moe.name}`.", md, df, model_header(ctx),
-                    None, None, [], gr.CheckboxGroup(choices=[], value=[]), None, "", "", "",
-                    gr.Slider(maximum=moe_layer_count(ctx), value=min(2, moe_layer_count(ctx))))
 
-    p.m_btn.click(load_new, [p.m_name],
-                  [p.m_status, p.m_card, p.m_layers, p.header, p.st_base, p.st_alt,
-                   p.st_edits, p.edit_list, p.st_sel, p.base_ans, p.alt_ans, p.verdict,
-                   p.r_top],
-                  **MODEL_SLOT, **UI)
+def load_new(visit: Visit, name, progress=gr.Progress(track_tqdm=True)):
+    """Load another model and make it the app's: (status, card, layers, header, Inspect's
+    state, its edits list and answers and badges, RoSais's top-L slider)."""
+    app = visit.app
+    wanted = visit.policy.check_model((text_arg(name, "model name") or "").strip() or None)
+    if visit.policy.enabled:  # one model serves every visitor
+        check_swap(visit, wanted)
+    label = (name or "").strip() or "the demo model"
+    progress(0, desc=f"Loading {label}…")
+    moe = app.load_model(wanted)
+    progress(0.95, desc="Starting the job manager…")
+    app.set_model(moe)
+    md, df = model_card(app)
+    gr.Info(f"Loaded {moe.name}.")
+    n = max(1, len(moe.moe_layers))
+    return (f"Loaded `{moe.name}`.", md, df, model_header(app), InspectState(),
+            gr.CheckboxGroup(choices=[], value=[]), "", "", "",
+            gr.Slider(maximum=n, value=min(2, n)))
+
+
+def events(ui: ModelUI, shared: Shared, inspect, rosais) -> list[Event]:
+    """The tab's events; a new model resets Inspect (``inspect``) and RoSais's top-L
+    slider (``rosais``)."""
+    return [Event(ui.btn.click, load_new, [ui.name],
+                  [ui.status, ui.card, ui.layers, shared.header, inspect.state,
+                   inspect.edit_list, inspect.base_ans, inspect.alt_ans, inspect.verdict,
+                   rosais.top],
+                  Door("Load model", "model"))]

@@ -1,29 +1,23 @@
 """The "RoSais" tab: router safety importance per MoE layer, then "mask the top-L routers
-and regenerate" beside the baseline answer."""
+and regenerate" beside the baseline answer. A visitor's result stays a
+:class:`~explorer.methods.rosais.RosaisResult` in its state."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from explorer.app.common import (
-    MODEL_SLOT,
-    UI,
-    answer_verdict,
-    fail,
-    gpu,
-    moe_layer_count,
-    user_errors,
-    whole_number,
-)
+from explorer.app.errors import fail
 from explorer.app.format import verdicts_html
+from explorer.app.gate import Door, Event, Visit
+from explorer.app.inputs import whole_number
+from explorer.app.state import Shared
+from explorer.app.streaming import stream_shown
+from explorer.app.verdicts import answer_verdict
+from explorer.attacks import Shape, get_attack
 from explorer.viz import figures as plots
-
-if TYPE_CHECKING:
-    from types import SimpleNamespace
-
-    from explorer.app.context import Explorer
 
 
 def rosais_summary(res) -> str:
@@ -37,96 +31,123 @@ def rosais_summary(res) -> str:
             + f" · {res.forward_passes} forward passes in {res.seconds:.1f} s")
 
 
-def layout(p: SimpleNamespace) -> None:
+@dataclass
+class RosaisUI:
+    """The tab's components."""
+
+    samples: Any
+    top: Any
+    ratio: Any
+    seed: Any
+    btn: Any
+    plot: Any
+    md: Any
+    mask_btn: Any
+    base: Any
+    masked: Any
+    verdict: Any
+    state: Any
+
+
+def layout(n_moe: int) -> RosaisUI:
+    """The tab (inside an open ``gr.Tabs``); ``n_moe``: the model's MoE layers (the top-L
+    slider's range)."""
+    from explorer.attacks.rosais import RosaisParams
+    spec = RosaisParams.specs()
     with gr.Tab("RoSais", id="rosais"):
-        gr.Markdown("Router Safety importance score: for each MoE layer, random masks "
-                    "over its router; the score is the largest increase of the "
-                    "affirmative first-token log-prob. High = masking this router "
-                    "pushes the model towards complying.")
+        gr.Markdown("Router Safety importance score: for each MoE layer, random masks over "
+                    "its router; the score is the largest increase of the affirmative "
+                    "first-token log-prob. High = masking this router pushes the model "
+                    "towards complying.")
         with gr.Row():
-            p.r_samples = gr.Slider(1, 256, value=32, step=1, label="random masks per layer",
-                                    elem_id="rosais-samples")
-            n_moe = moe_layer_count(p.ctx)
-            p.r_top = gr.Slider(0, n_moe, value=min(2, n_moe), step=1,
-                                label="top-L layers to mask", elem_id="rosais-top")
-            p.r_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="mask ratio")
-            p.r_seed = gr.Number(0, precision=0, label="seed")
-            p.r_btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
-        p.r_plot = gr.Plot(plots.rosais_bars(None), label="RoSais per layer",
-                           elem_id="rosais-plot")
-        p.r_md = gr.Markdown("")
-        p.r_mask_btn = gr.Button("Mask the top-L routers and regenerate",
-                                 elem_id="rosais-mask-btn")
+            samples = gr.Slider(1, 256, value=RosaisParams.samples, step=1,
+                                label="random masks per layer", info=spec["samples"].help,
+                                elem_id="rosais-samples")
+            top = gr.Slider(0, n_moe, value=min(2, n_moe), step=1,
+                            label="top-L layers to mask", elem_id="rosais-top")
+            ratio = gr.Slider(0.05, 0.95, value=RosaisParams.mask_ratio, step=0.05,
+                              label="mask ratio")
+            seed = gr.Number(0, precision=0, label="seed")
+            btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
+        plot = gr.Plot(plots.rosais_bars(None), label="RoSais per layer", elem_id="rosais-plot")
+        md = gr.Markdown("")
+        mask_btn = gr.Button("Mask the top-L routers and regenerate", elem_id="rosais-mask-btn")
         with gr.Row():
-            p.r_base = gr.Textbox(label="Baseline answer", lines=4, interactive=False,
-                                  elem_classes="sse-answer")
-            p.r_masked = gr.Textbox(label="Answer with the top-L routers masked", lines=4,
-                                    interactive=False, elem_id="rosais-masked",
-                                    elem_classes="sse-answer")
-        p.r_verdict = gr.HTML("", elem_id="rosais-verdicts")
+            base = gr.Textbox(label="Baseline answer", lines=4, interactive=False,
+                              elem_classes="sse-answer")
+            masked = gr.Textbox(label="Answer with the top-L routers masked", lines=4,
+                                interactive=False, elem_id="rosais-masked",
+                                elem_classes="sse-answer")
+        verdict = gr.HTML("", elem_id="rosais-verdicts")
+    return RosaisUI(samples, top, ratio, seed, btn, plot, md, mask_btn, base, masked, verdict,
+                    gr.State(None))
 
 
-def wire(ctx: Explorer, p: SimpleNamespace) -> None:
+# -- views ------------------------------------------------------------------------------------
+def _panel(visit: Visit, prompt, base_text, masked_text, route, texts):
+    moe = visit.moe
+    return verdicts_html(answer_verdict(moe, prompt, base_text),
+                         answer_verdict(moe, prompt, masked_text, route),
+                         labels=("Baseline", "Masked"), texts=texts,
+                         note=f"masked layers {route.layers}")
 
-    @gpu(180)
-    def run_rosais(prompt_v, system_v, samples, top, ratio, seed, max_new_v,
-                   progress=gr.Progress(), request: gr.Request = None):
-        with user_errors("RoSais"):
-            from explorer.methods.rosais import rosais
-            moe = ctx.require()
-            sp = ctx.system(system_v)
-            ctx.check_prompt(prompt_v, sp)
-            top = min(whole_number(top, "top-L", 0), len(moe.moe_layers))
-            samples = whole_number(samples, "samples", 1)
-            ctx.check_rosais(samples)
-            n = ctx.new_tokens(max_new_v)
-            ctx.admit(request)
-            progress(0, desc="scoring routers")
-            res = rosais(moe, prompt_v, samples=samples, top=top,
-                         mask_ratio=float(ratio), seed=whole_number(seed, "seed"), max_new_tokens=n,
-                         on_progress=lambda d, t: progress(d / max(t, 1),
-                                                           desc=f"layer {d}/{t}"), system=sp)
-            d = res.to_dict()
-            texts = (ctx.shown(prompt_v, res.baseline_completion),
-                     ctx.shown(prompt_v, res.completion))
-            return (d, plots.rosais_bars(d), rosais_summary(res), *texts,
-                    masked_panel(prompt_v, res.baseline_completion, res.completion,
-                                 res.route_for(len(res.top_layers)), texts, sp))
 
-    def masked_panel(prompt_v, base_text, masked_text, route, texts, sp=None):
-        return verdicts_html(answer_verdict(ctx.moe, prompt_v, base_text, system=sp),
-                             answer_verdict(ctx.moe, prompt_v, masked_text, route, system=sp),
-                             labels=("Baseline", "Masked"), texts=texts,
-                             note=f"masked layers {route.layers}")
+def run_rosais(visit: Visit, prompt_v, system_v, samples, top, ratio, seed, max_new_v,
+               progress=gr.Progress()):
+    """RoSais on the prompt: (result, bars, summary, baseline answer, masked answer,
+    badges). Its parameters are RoSais's (one check), its cost checked against the hosted
+    budget."""
+    from explorer.methods.rosais import rosais
+    moe = visit.moe
+    attack = get_attack("rosais")
+    prompt = visit.prompt(prompt_v, system_v)
+    n = visit.tokens(max_new_v)
+    params = visit.params(attack.Params, {
+        "samples": whole_number(samples, "samples", 1),
+        "top": min(whole_number(top, "top-L", 0), len(moe.moe_layers)), "mask_ratio": ratio})
+    seed = whole_number(seed, "seed", 0)
+    visit.budget(attack.cost(params, Shape(prompt.num_tokens, len(moe.moe_layers), n)),
+                 f"RoSais with {params.samples} masks x {len(moe.moe_layers)} layers")
+    progress(0, desc="scoring routers")
+    res = rosais(moe, prompt, samples=params.samples, top=params.top,
+                 mask_ratio=params.mask_ratio, seed=seed, max_new_tokens=n,
+                 on_progress=lambda d, t: progress(d / max(t, 1), desc=f"layer {d}/{t}"))
+    texts = (visit.shown(prompt.text, res.baseline_completion),
+             visit.shown(prompt.text, res.completion))
+    return (res, plots.rosais_bars(res.to_dict()), rosais_summary(res), *texts,
+            _panel(visit, prompt, res.baseline_completion, res.completion,
+                   res.route_for(len(res.top_layers)), texts))
 
-    p.r_btn.click(run_rosais, [p.prompt, p.system, p.r_samples, p.r_top, p.r_ratio, p.r_seed,
-                               p.max_new],
-                  [p.st_rosais, p.r_plot, p.r_md, p.r_base, p.r_masked, p.r_verdict],
-                  **MODEL_SLOT, **UI)
 
-    @gpu(60)
-    def rosais_mask(prompt_v, system_v, top, max_new_v, res, request: gr.Request = None):
-        with user_errors("Masked generation"):
-            from explorer.methods.rosais import RosaisResult
-            ctx.require()
-            if not res:
-                fail("Run RoSais first.")
-            sp = ctx.system(system_v)
-            if res.get("prompt") != prompt_v or (res.get("info") or {}).get("system") != sp:
-                fail("The prompt or the system prompt changed since RoSais ran: run RoSais "
-                     "again.")
-            ctx.check_prompt(prompt_v, sp)
-            result = RosaisResult.from_dict(res)
-            route = result.route_for(min(whole_number(top, "top-L", 0), len(result.moe_layers)))
-            n = ctx.new_tokens(max_new_v)
-            ctx.admit(request)
-            base_text = ""
-            for base_text, base in ctx.stream(prompt_v, n, system=sp):
-                yield gr.skip(), base_text, gr.skip()
-            for text, tr in ctx.stream(prompt_v, n, route, sp):
-                yield text, gr.skip(), gr.skip()
-            yield text, base_text, masked_panel(prompt_v, base.completion, tr.completion, route,
-                                                (base_text, text), sp)
+def mask_and_regenerate(visit: Visit, prompt_v, system_v, top, max_new_v, res):
+    """The answer with the top-L routers of the last RoSais result masked, streamed beside
+    the baseline: (masked answer, baseline answer, badges)."""
+    if res is None:
+        fail("Run RoSais first.")
+    prompt = visit.prompt(prompt_v, system_v)
+    if res.prompt != prompt.text or (res.info or {}).get("system") != prompt.system:
+        fail("The prompt or the system prompt changed since RoSais ran: run RoSais again.")
+    route = res.route_for(min(whole_number(top, "top-L", 0), len(res.moe_layers)))
+    n = visit.tokens(max_new_v)
+    visit.route(route, prompt)
+    base_text = ""
+    for base_text, base in stream_shown(visit, prompt, n):
+        yield gr.skip(), base_text, gr.skip()
+    for text, tr in stream_shown(visit, prompt, n, route):
+        yield text, gr.skip(), gr.skip()
+    yield text, base_text, _panel(visit, prompt, base.completion, tr.completion, route,
+                                  (base_text, text))
 
-    p.r_mask_btn.click(rosais_mask, [p.prompt, p.system, p.r_top, p.max_new, p.st_rosais],
-                       [p.r_masked, p.r_base, p.r_verdict], **MODEL_SLOT, **UI)
+
+def events(ui: RosaisUI, shared: Shared) -> list[Event]:
+    """The tab's events."""
+    return [
+        Event(ui.btn.click, run_rosais,
+              [shared.prompt, shared.system, ui.samples, ui.top, ui.ratio, ui.seed,
+               shared.max_new],
+              [ui.state, ui.plot, ui.md, ui.base, ui.masked, ui.verdict],
+              Door("RoSais", "model", gpu=180)),
+        Event(ui.mask_btn.click, mask_and_regenerate,
+              [shared.prompt, shared.system, ui.top, shared.max_new, ui.state],
+              [ui.masked, ui.base, ui.verdict], Door("Masked generation", "model", gpu=60)),
+    ]

@@ -1,26 +1,34 @@
-"""The "Search" tab: F-SOUR jobs in the background (queue, poll with a timer, stop,
-resume, open the found route in the library). The browser's job ids live in BrowserState."""
+"""The "Search" tab: background searches (queue, poll with a timer, stop, resume, open the
+found route in the library). Its methods are the attacks of the registry that run as jobs
+(:func:`explorer.attacks.list_attacks`, ``"job"``): F-SOUR with its own controls, any other
+with its parameters as JSON (prefilled with its defaults). The browser's job ids live in
+its BrowserState."""
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from explorer.app.common import FREE, UI, fail, user_errors, whole_number
+from explorer.app import searches
+from explorer.app.errors import fail
 from explorer.app.format import job_label, job_progress_md, job_result_md
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD
+from explorer.app.gate import Door, Event, Visit
+from explorer.app.inputs import text_arg, whole_number
+from explorer.app.state import Shared
+from explorer.attacks import get_attack, list_attacks
+from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ENGINE_NAMES, MAX_SEED
 from explorer.viz import figures as plots
 
-if TYPE_CHECKING:
-    from types import SimpleNamespace
-
-    from explorer.app.context import Explorer
+#: The longest parameters JSON a search accepts.
+MAX_PARAMS_CHARS = 10_000
 
 
-def ensure_client(b):
+def ensure_client(b) -> dict:
     """The BrowserState value with a client id and at most 50 job ids."""
     b = dict(b or {})
     if not b.get("client"):
@@ -29,9 +37,9 @@ def ensure_client(b):
     return b
 
 
-def owner_of(ctx: Explorer, b) -> str:
+def owner_of(app, b) -> str:
     """The owner key of this browser's jobs (from its signed BrowserState client id)."""
-    return ctx.owner(client=ensure_client(b)["client"])
+    return app.owners.owner(client=ensure_client(b)["client"])
 
 
 def job_buttons(st: dict | None):
@@ -42,15 +50,15 @@ def job_buttons(st: dict | None):
             gr.Button(interactive=status in ("interrupted", "cancelled")))
 
 
-def job_view(ctx: Explorer, b, job_id):
+def job_view(app, b, job_id):
     """Everything the search panel shows for the browser's jobs and the chosen one:
     (browser state, job dropdown, progress markdown, plot, result markdown, timer, Stop,
     Resume)."""
     statuses = []
-    owner = owner_of(ctx, b)
+    owner = owner_of(app, b)
     for j in reversed(b.get("jobs") or []):
         try:
-            statuses.append(ctx.job_status(j, owner))
+            statuses.append(searches.status(app, j, owner))
         except Exception:  # noqa: BLE001 - a job the store no longer knows
             continue
     known = {s["id"] for s in statuses}
@@ -63,116 +71,197 @@ def job_view(ctx: Explorer, b, job_id):
     if st is None:
         return (b, dd, "No search yet.", plots.search_progress(None), "",
                 gr.Timer(active=active), *job_buttons(None))
-    try:
-        params = st["params"]
-        toks = ctx.prompt_tokens(params["prompt"], params.get("system")) if ctx.moe else None
-    except Exception:  # noqa: BLE001
-        toks = None
+    toks = None
+    if app.moe is not None:
+        params = st.get("params") or {}
+        try:
+            toks = app.host.token_strings(app.moe.prepare(params["prompt"],
+                                                          params.get("system")))
+        except Exception:  # noqa: BLE001 - a prompt this model cannot take any more
+            toks = None
     thr = (st.get("params") or {}).get("threshold", DEFAULT_THRESHOLD)
     return (b, dd, job_progress_md(st, toks),
             plots.search_progress(st["progress"].get("history"), thr),
             job_result_md(st), gr.Timer(active=active), *job_buttons(st))
 
 
-def layout(p: SimpleNamespace) -> None:
-    from explorer.app.common import usable_judges
-    judges = usable_judges(p.ctx)
+@dataclass
+class SearchUI:
+    """The tab's components."""
+
+    method: Any
+    fsour_box: Any
+    target: Any
+    n: Any
+    thr: Any
+    iters: Any
+    engine: Any
+    params: Any
+    seed: Any
+    judge: Any
+    start: Any
+    jobs: Any
+    stop: Any
+    resume: Any
+    open: Any
+    md: Any
+    plot: Any
+    result: Any
+    timer: Any
+
+    def job_outputs(self, shared: Shared) -> list:
+        """What :func:`job_view` fills."""
+        return [shared.browser, self.jobs, self.md, self.plot, self.result, self.timer,
+                self.stop, self.resume]
+
+
+def layout(judges: list[str]) -> SearchUI:
+    """The tab (inside an open ``gr.Tabs``); ``judges``: those the server offers."""
+    from explorer.attacks.fsour import FsourParams
+    spec = FsourParams.specs()
+    methods = list_attacks("job")
     with gr.Tab("Search", id="search"):
-        gr.Markdown("F-SOUR: token-by-token, layer-by-layer random search for forced "
-                    "experts that make the model start its answer with the target. "
-                    "Searches run in the background: close the tab and come back.")
+        gr.Markdown("F-SOUR: token-by-token, layer-by-layer random search for forced experts "
+                    "that make the model start its answer with the target. Searches run in "
+                    "the background: close the tab and come back.")
+        method = gr.Dropdown([(get_attack(m).label or m, m) for m in methods], value="fsour",
+                             label="method", visible=len(methods) > 1, elem_id="search-method")
+        with gr.Row(visible=True) as fsour_box:
+            target = gr.Textbox(DEFAULT_TARGET, label="target answer prefix", scale=2)
+            n = gr.Slider(1, 64, value=FsourParams.candidates, step=1,
+                          label="candidates per cell (N)", info=spec["candidates"].help,
+                          elem_id="search-n")
+            thr = gr.Slider(0.01, 0.99, value=round(math.exp(DEFAULT_THRESHOLD), 2), step=0.01,
+                            label="threshold: P(target)", elem_id="search-thr")
+            iters = gr.Slider(1, 20, value=FsourParams.max_iters, step=1,
+                              label="max restarts", elem_id="search-iters")
+        params = gr.Code("{}", language="json", label="the method's parameters (JSON; "
+                         "missing ones take their defaults)", visible=False,
+                         elem_id="search-params")
         with gr.Row():
-            p.s_target = gr.Textbox(DEFAULT_TARGET, label="target answer prefix", scale=2)
-            p.s_n = gr.Slider(1, 64, value=10, step=1, label="candidates per cell (N)",
-                              elem_id="search-n")
-            p.s_thr = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="threshold: P(target)",
-                                elem_id="search-thr")
-            p.s_iters = gr.Slider(1, 20, value=5, step=1, label="max restarts",
-                                  elem_id="search-iters")
+            seed = gr.Number(0, precision=0, label="seed")
+            engine = gr.Radio(list(ENGINE_NAMES), value="fast", label="engine")
+            judge = gr.Dropdown(judges, value="keyword", label="judge", elem_id="search-judge")
+            start = gr.Button("Start search", variant="primary", elem_id="search-start")
         with gr.Row():
-            p.s_seed = gr.Number(0, precision=0, label="seed")
-            p.s_engine = gr.Radio(["fast", "reference"], value="fast", label="engine")
-            p.s_judge = gr.Dropdown(judges, value="keyword", label="judge",
-                                    elem_id="search-judge")
-            p.s_start = gr.Button("Start search", variant="primary", elem_id="search-start")
-        with gr.Row():
-            p.s_jobs = gr.Dropdown([], label="Your searches", scale=3, elem_id="search-jobs")
+            jobs = gr.Dropdown([], label="Your searches", scale=3, elem_id="search-jobs")
             with gr.Column(scale=1, min_width=160):
-                p.s_stop = gr.Button("Stop", variant="stop", size="sm", elem_id="search-stop",
-                                     interactive=False)
-                p.s_resume = gr.Button("Resume", size="sm", elem_id="search-resume",
-                                       interactive=False)
-                p.s_open = gr.Button("Open in library", size="sm", elem_id="search-open")
-        p.s_md = gr.Markdown("No search yet.", elem_id="search-progress")
-        p.s_plot = gr.Plot(plots.search_progress(None), label="best log-prob over time",
-                           elem_id="search-plot")
-        p.s_result = gr.Markdown("", elem_id="search-result")
-        p.timer = gr.Timer(1.0, active=False)
-    p.job_outputs = [p.browser, p.s_jobs, p.s_md, p.s_plot, p.s_result, p.timer, p.s_stop,
-                     p.s_resume]
+                stop = gr.Button("Stop", variant="stop", size="sm", elem_id="search-stop",
+                                 interactive=False)
+                resume = gr.Button("Resume", size="sm", elem_id="search-resume",
+                                   interactive=False)
+                open_ = gr.Button("Open in library", size="sm", elem_id="search-open")
+        md = gr.Markdown("No search yet.", elem_id="search-progress")
+        plot = gr.Plot(plots.search_progress(None), label="best log-prob over time",
+                       elem_id="search-plot")
+        result = gr.Markdown("", elem_id="search-result")
+        timer = gr.Timer(1.0, active=False)
+    return SearchUI(method, fsour_box, target, n, thr, iters, engine, params, seed, judge,
+                    start, jobs, stop, resume, open_, md, plot, result, timer)
 
 
-def wire(ctx: Explorer, p: SimpleNamespace) -> None:
+# -- views ------------------------------------------------------------------------------------
+def on_method(visit: Visit, method):
+    """Another method: F-SOUR's controls or the JSON box prefilled with the method's
+    defaults: (F-SOUR's row, the JSON box, the engine radio)."""
+    attack = get_attack(text_arg(method, "method") or "fsour")
+    if attack.name == "fsour":
+        return gr.Row(visible=True), gr.Code(visible=False), gr.Radio(visible=True)
+    defaults = json.dumps(attack.Params.defaults(), indent=2)
+    return gr.Row(visible=False), gr.Code(value=defaults, visible=True), gr.Radio(visible=False)
+
+
+def _other_params(method: str, params_json) -> dict:
+    text = text_arg(params_json, "parameters").strip() or "{}"
+    if len(text) > MAX_PARAMS_CHARS:
+        fail(f"The parameters are too long ({len(text)} characters).")
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        fail("The parameters are not valid JSON.")
+    if not isinstance(values, dict):
+        fail('The parameters are a JSON object: {"name": value, ...}.')
+    return values
+
+
+def start_search(visit: Visit, method, prompt_v, system_v, target, n, thr, iters, seed, engine,
+                 judge, max_new_v, params_json, b):
+    """Queue a search of ``method`` (F-SOUR: the tab's controls; another: its JSON
+    parameters), owned by this browser; the panel (:func:`job_view`)."""
+    method = text_arg(method, "method") or "fsour"
+    if method not in list_attacks("job"):
+        fail(f"Unknown method {method[:40]!r}.")
+    if method == "fsour":
+        p = text_arg(target, "target")
+        values = {"target": p, "candidates": n, "max_iters": iters, "engine": engine,
+                  "threshold": math.log(_probability(thr))}
+    else:
+        values = _other_params(method, params_json)
+    b = ensure_client(b)
+    params = {**values, "prompt": prompt_v, "system": visit.system(system_v),
+              "seed": whole_number(seed, "seed", 0, MAX_SEED), "judge": judge or "keyword",
+              "max_new_tokens": visit.tokens(max_new_v)}
+    job_id = searches.submit(visit, method, params, owner_of(visit.app, b))
+    b["jobs"] = b["jobs"] + [job_id]
+    gr.Info("Search queued: it runs in the background.")
+    return job_view(visit.app, b, job_id)
+
+
+def _probability(value) -> float:
+    from explorer.app.inputs import fraction
+    return fraction(value, "the threshold P(target)")
+
+
+def poll(visit: Visit, b, job_id):
+    """The timer's (and the job list's) refresh of the panel."""
+    return job_view(visit.app, ensure_client(b), job_id)
+
+
+def stop(visit: Visit, b, job_id):
+    """Stop the chosen search (resumable)."""
+    if not job_id:
+        fail("No search selected.")
+    searches.cancel(visit.app, job_id, owner_of(visit.app, b))
+    return job_view(visit.app, ensure_client(b), job_id)
+
+
+def resume(visit: Visit, b, job_id):
+    """Resume the chosen search from its checkpoint (checked like a new one)."""
+    if not job_id:
+        fail("No search selected.")
+    b = ensure_client(b)
+    searches.resume(visit, job_id, owner_of(visit.app, b))
+    return job_view(visit.app, b, job_id)
+
+
+def open_in_library(visit: Visit, b, job_id):
+    """The chosen search's saved route in the library: (route id, tabs, routes table)."""
     from explorer.app.tabs.library import list_table
-    job_outputs = p.job_outputs
+    if not job_id:
+        fail("No search selected.")
+    st = searches.status(visit.app, job_id, owner_of(visit.app, b))
+    if st.get("route_id") is None:
+        fail("This search has not saved a route (yet).")
+    return (st["route_id"], gr.Tabs(selected="library"),
+            list_table(visit.app, "any", "", "any", "any"))
 
-    def start_search(prompt_v, system_v, target, n, thr, iters, seed, engine, judge, max_new_v,
-                     b, request: gr.Request = None):
-        with user_errors("Start search"):
-            ctx.require_jobs()
-            sp = ctx.system(system_v)
-            ctx.check_prompt(prompt_v, sp)
-            if not (target or "").strip():
-                fail("The target is empty.")
-            b = ensure_client(b)
-            params = {"prompt": prompt_v, "target": target, "candidates": whole_number(n, "N", 1),
-                      "threshold": math.log(float(thr)), "max_iters": whole_number(iters, "restarts", 1),
-                      "seed": whole_number(seed, "seed"), "engine": engine,
-                      "max_new_tokens": whole_number(max_new_v, "max new tokens", 1, 4096),
-                      "judge": judge or "keyword", "system": sp}
-            job_id = ctx.submit_search(params, owner_of(ctx, b), request)
-            b["jobs"] = b["jobs"] + [job_id]
-            gr.Info("Search queued: it runs in the background.")
-            return job_view(ctx, b, job_id)
 
-    p.s_start.click(start_search, [p.prompt, p.system, p.s_target, p.s_n, p.s_thr, p.s_iters,
-                                   p.s_seed, p.s_engine, p.s_judge, p.max_new, p.browser],
-                    job_outputs,
-                    **FREE, **UI)
-
-    def poll(b, job_id):
-        with user_errors("Search status"):
-            return job_view(ctx, ensure_client(b), job_id)
-
-    p.timer.tick(poll, [p.browser, p.s_jobs], job_outputs, show_progress="hidden", **FREE, **UI)
-    p.s_jobs.input(poll, [p.browser, p.s_jobs], job_outputs, **FREE, **UI)
-
-    def stop(b, job_id):
-        with user_errors("Stop"):
-            if not job_id:
-                fail("No search selected.")
-            ctx.cancel_job(job_id, owner_of(ctx, b))
-            return job_view(ctx, ensure_client(b), job_id)
-
-    def resume(b, job_id, request: gr.Request = None):
-        with user_errors("Resume"):
-            if not job_id:
-                fail("No search selected.")
-            b = ensure_client(b)
-            ctx.resume_job(job_id, owner_of(ctx, b), request)
-            return job_view(ctx, b, job_id)
-
-    p.s_stop.click(stop, [p.browser, p.s_jobs], job_outputs, **FREE, **UI)
-    p.s_resume.click(resume, [p.browser, p.s_jobs], job_outputs, **FREE, **UI)
-
-    def open_in_library(b, job_id):
-        with user_errors("Open"):
-            if not job_id:
-                fail("No search selected.")
-            st = ctx.job_status(job_id, owner_of(ctx, b))
-            if st.get("route_id") is None:
-                fail("This search has not saved a route (yet).")
-            return (st["route_id"], gr.Tabs(selected="library"),
-                    list_table(ctx, "any", "", "any", "any"))
-
-    p.s_open.click(open_in_library, [p.browser, p.s_jobs], [p.l_id, p.tabs, p.table], **FREE, **UI)
+def events(ui: SearchUI, shared: Shared, library) -> list[Event]:
+    """The tab's events; ``library``: the library tab's components (Open fills them)."""
+    out = ui.job_outputs(shared)
+    picked = [shared.browser, ui.jobs]
+    return [
+        Event(ui.method.input, on_method, [ui.method], [ui.fsour_box, ui.params, ui.engine],
+              Door("Method")),
+        Event(ui.start.click, start_search,
+              [ui.method, shared.prompt, shared.system, ui.target, ui.n, ui.thr, ui.iters,
+               ui.seed, ui.engine, ui.judge, shared.max_new, ui.params, shared.browser], out,
+              Door("Start search", "job")),
+        Event(ui.timer.tick, poll, picked, out, Door("Search status", "poll"),
+              {"show_progress": "hidden"}),
+        Event(ui.jobs.input, poll, picked, out, Door("Search status")),
+        Event(ui.stop.click, stop, picked, out, Door("Stop")),
+        Event(ui.resume.click, resume, picked, out, Door("Resume", "job")),
+        Event(ui.open.click, open_in_library, picked, [library.route_id, shared.tabs,
+                                                        library.table], Door("Open")),
+    ]

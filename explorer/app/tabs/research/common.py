@@ -1,8 +1,9 @@
 """What the Research tab's views share: settings, input checks (numbers, prompts, routes
-from library ids or JSON, the judge) and a progress bar for long library calls.
+from library ids or JSON, the judge), the attacks they offer (from the registry) and a
+progress bar for long library calls.
 
-Bad input raises ``gr.Error`` with one line (:func:`fail`); the views wrap their body in
-the app's :func:`~explorer.app.common.user_errors`.
+Bad input raises ``gr.Error`` with one line (:func:`~explorer.app.errors.fail`); the gate
+turns anything else into one line too.
 """
 
 from __future__ import annotations
@@ -11,64 +12,47 @@ import math
 import re
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from explorer.app.common import (
-    MAX_ROW_ID,
-    fail,
-    one_line,
-    text_arg,
-    usable_judges,
-    whole_number,
-)
-from explorer.core.errors import InputError
+from explorer.app.errors import fail
+from explorer.app.inputs import MAX_ROW_ID, text_arg, whole_number
+from explorer.attacks import get_attack, list_attacks
+from explorer.core.errors import InputError, one_line
 from explorer.core.route import Route
+
+if TYPE_CHECKING:
+    from explorer.app.gate import Visit
 
 MAX_PROMPTS = 50
 HOSTED_MAX_PROMPTS = 8  # hosted mode (explorer.app.hosted): keep each run short
 ROSAIS_SOURCE = "RoSais top-L masks"
 ROUTE_SOURCE = "routes (library ids / JSON)"
-ATTACK_CHOICES = [("no attack", "none"), ("RoSais top-L masking", "rosais"),
-                  ("fresh F-SOUR search", "fsour"),
-                  ("SteerMoE-style expert deactivation", "steer"),
-                  ("random routes of F-SOUR's size", "random"),
-                  ("replay the library routes", "replay")]
 VERDICT_WORDS = {True: "jailbroken", False: "not jailbroken"}
 
-__all__ = ["ATTACK_CHOICES", "HOSTED_MAX_PROMPTS", "MAX_PROMPTS", "ROSAIS_SOURCE",
-           "ROUTE_SOURCE", "collect_routes", "library_routes", "parse_ids", "parse_prompts",
-           "parse_route_json", "run_with_progress"]
+__all__ = ["HOSTED_MAX_PROMPTS", "MAX_PROMPTS", "ROSAIS_SOURCE", "ROUTE_SOURCE",
+           "attack_choices", "collect_routes", "library_routes", "parse_ids",
+           "parse_prompts", "parse_route_json", "run_with_progress"]
 
 
-def judge_choices(ctx) -> list[str]:
-    try:
-        return list(usable_judges(ctx))
-    except Exception:  # noqa: BLE001 - the keyword judge always works offline
-        return ["keyword"]
+def attack_choices() -> list[tuple[str, str]]:
+    """The attacks a defense is measured against, as (label, name) choices: the registry's
+    (:func:`explorer.attacks.list_attacks`, ``"defend"``)."""
+    return [(get_attack(a).label or a, a) for a in list_attacks("defend")]
 
 
-# -- numbers -------------------------------------------------------------------------------
-def is_hosted(ctx) -> bool:
-    pol = getattr(ctx, "policy", None)
-    return bool(pol is not None and getattr(pol, "enabled", False))
+def judge_choices(app) -> list[str]:
+    """The judges the views offer: those this server can set up and, hosted, allows."""
+    judges = app.host.usable_judges()
+    if app.policy.enabled:
+        judges = [j for j in judges if j in app.policy.allowed_judges] or ["keyword"]
+    return judges
 
 
-def allowed_judges(ctx) -> tuple[str, ...]:
-    return tuple(getattr(ctx.policy, "allowed_judges", ("keyword",)))
-
-
-def judge_for(ctx, name: str | None):
-    name = name or "keyword"
-    if is_hosted(ctx) and name not in allowed_judges(ctx):
-        fail(f"The judge {name!r} is not allowed on this server.")
-    return ctx.judge(name)
-
-
-def generation_settings(ctx, max_new, judge: str | None):
+def generation_settings(visit: Visit, max_new, judge: str | None):
     """(max new tokens, judge) for a view's generations: the tokens capped by the
     hosted-mode policy when it is on, the judge one the server allows."""
-    hi = int(ctx.policy.max_new_tokens) if is_hosted(ctx) else 512
-    return whole_number(max_new, "max new tokens", 1, hi), judge_for(ctx, judge)
+    hi = int(visit.policy.max_new_tokens) if visit.policy.enabled else 512
+    return whole_number(max_new, "max new tokens", 1, hi), visit.judge(judge)
 
 
 # -- prompts and routes -----------------------------------------------------------------------
@@ -88,27 +72,20 @@ def parse_prompts(text: str | None, what: str = "prompts", required: bool = True
     return at_most(out, what, limit)
 
 
-def prompt_lines(ctx, text, what, required=True) -> list[str]:
+def prompt_lines(visit: Visit, text, what, required=True) -> list[str]:
     """The prompts of ``text`` (one a line), each checked like any other prompt (the
-    hosted caps on characters and tokens included)."""
+    hosted caps on characters and tokens included) and prepared once."""
     out = parse_prompts(text_arg(text, what), what, required,
-                        HOSTED_MAX_PROMPTS if is_hosted(ctx) else MAX_PROMPTS)
+                        HOSTED_MAX_PROMPTS if visit.policy.enabled else MAX_PROMPTS)
     for p in out:
-        ctx.check_prompt(p)
+        visit.prompt(p)
     return out
 
 
-def prompt_tokens(ctx, prompts: list[str]) -> int:
+def prompt_tokens(visit: Visit, prompts: list[str]) -> int:
     """The largest templated length of ``prompts`` (for cost estimates)."""
-    moe = ctx.require()
-    return max((len(moe.encode(p)) for p in prompts), default=0)
-
-
-def check_cost(ctx, passes: float, what: str) -> None:
-    """The Research views' share of the one admission: hosted mode refuses a view whose
-    estimated forward passes exceed the search budget (a generation of n tokens counts
-    n passes)."""
-    ctx.check_budget(int(passes), what)
+    moe = visit.moe
+    return max((moe.prepare(p).num_tokens for p in prompts), default=0)
 
 
 def parse_ids(text: str | None) -> list[int]:
@@ -145,15 +122,15 @@ def parse_route_json(text: str | None) -> list[Route]:
         fail(f"The route JSON does not parse: {exc}")
     try:
         return routes_from_objects(objs)
-    except InputError as exc:  # RouteError and the like: anything else is a bug
+    except InputError as exc:
         fail(one_line(exc))
 
 
-def library_routes(ctx, ids: list[int]) -> list[Route]:
+def library_routes(app, ids: list[int]) -> list[Route]:
     """Stored routes by id, each with its prompt and success in ``info``."""
     out = []
     for i in ids:
-        sr = ctx.store.get_route(i)
+        sr = app.store.get_route(i)
         r = sr.route.copy()
         if sr.prompt and not isinstance(r.info.get("prompt"), str):
             r.info["prompt"] = sr.prompt
@@ -166,17 +143,21 @@ def library_routes(ctx, ids: list[int]) -> list[Route]:
     return out
 
 
-def collect_routes(ctx, ids_text: str | None, json_text: str | None, moe=None,
+def collect_routes(visit: Visit, ids_text: str | None, json_text: str | None,
                    required: bool = True) -> list[Route]:
-    """Routes from library ids and route JSON, validated against the loaded model."""
-    routes = library_routes(ctx, parse_ids(ids_text)) + parse_route_json(json_text)
+    """Routes from library ids and route JSON, validated against the loaded model (and,
+    hosted, the route size cap of their own prompts)."""
+    routes = library_routes(visit.app, parse_ids(ids_text)) + parse_route_json(json_text)
     if required and not routes:
-        fail("No route given: type route library ids or paste route JSON "
-              "(find routes in the Search tab; they are saved to the library).")
+        fail("No route given: type route library ids or paste route JSON (find routes in "
+             "the Search tab; they are saved to the library).")
     at_most(routes, "routes")
-    if moe is not None:
-        for r in routes:
-            r.validate(moe.info)
+    moe = visit.moe
+    for r in routes:
+        p = r.info.get("prompt")
+        visit.route(r, visit.prompt(p, r.system) if isinstance(p, str) and p.strip()
+                    else None)
+        r.validate(moe.info)
     return routes
 
 
@@ -195,11 +176,14 @@ def run_with_progress(progress, fn: Callable[[], Any], desc: str, lo: float = 0.
     """Run ``fn()`` in a worker thread; meanwhile move the bar from ``lo`` towards ``hi``
     (an exponential approach with time constant ``expected_s``) and show the elapsed time.
     Re-raises ``fn``'s exception here."""
+    from explorer.engine.tuning import active_tuning, tuned
     box: dict[str, Any] = {}
+    tuning = active_tuning()  # a thread starts without the caller's context
 
     def work():
         try:
-            box["out"] = fn()
+            with tuned(tuning):
+                box["out"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["err"] = exc
 

@@ -1,7 +1,7 @@
 """The Research tab's Defense view: derive a route-disabling defense from attack evidence
 (or take one), attack held-out prompts without and with it, and measure its utility cost.
 
-``defense_view(ctx, ...)`` turns UI values into :mod:`explorer.research.defense` calls and its
+``defense_view(visit, ...)`` turns UI values into :mod:`explorer.research.defense` calls and its
 result into a figure, a table and a summary; bad input raises a one-line ``gr.Error``.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import fail, user_errors, whole_number
+from explorer.app.errors import fail
+from explorer.app.gate import Visit
+from explorer.app.inputs import whole_number
 from explorer.app.tabs.research.common import (
-    ATTACK_CHOICES,
-    check_cost,
+    attack_choices,
     generation_settings,
     library_routes,
     parse_ids,
@@ -22,17 +23,20 @@ from explorer.app.tabs.research.common import (
     prompt_tokens,
     run_with_progress,
 )
+from explorer.core.defaults import DEFAULT_TARGET
 from explorer.viz import research as pr
 from explorer.viz.text import pct
 
 __all__ = ["DEFENSE_COLUMNS", "defense_view"]
 
 DEFENSE_COLUMNS = ["attack", "prompts", "ASR without defense", "ASR with defense"]
+#: About how many forward passes the demo model runs a second on a CPU (progress only).
+PASSES_PER_SECOND = 60.0
 
 
 def _attacks(attacks) -> list[str]:
     attacks = [a for a in (attacks or []) if a]
-    valid = {v for _, v in ATTACK_CHOICES}
+    valid = {v for _, v in attack_choices()}
     bad = [a for a in attacks if a not in valid]
     if bad or not attacks:
         fail(f"Unknown attack {bad[0]!r}" if bad else "Tick at least one attack.")
@@ -52,114 +56,121 @@ def _given_defense(moe, defense_json):
     return given[0]
 
 
-def defense_view(ctx, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
+def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
                  benign_text: str, attacks, samples, top, candidates, max_iters, max_new,
                  judge: str = "keyword", mode: str = "protect", progress=gr.Progress()):
     """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
     routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
     and with it, and its utility cost on ``benign_text``.
     Returns (figure, table, markdown, defense route JSON)."""
-    with user_errors("Defense"):
-        from explorer.research.defense import (
-            MODES,
-            derive_defense,
-            describe_defense,
-            evaluate_defense,
-            gather_evidence,
-        )
-        from explorer.research.utility import utility_cost
-        moe = ctx.require()
-        if mode not in MODES:
-            fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES)}.")
-        attacks = _attacks(attacks)
-        derive = prompt_lines(ctx, derive_text, "evidence prompts", required=False)
-        routes = library_routes(ctx, parse_ids(ids_text))
-        harmful = prompt_lines(ctx, attack_text, "harmful prompts to attack")
-        benign = prompt_lines(ctx, benign_text, "benign prompts", required=False)
-        S = whole_number(samples, "RoSais masks per router", 1, 1024)
-        L = whole_number(top, "RoSais top-L", 1, len(moe.moe_layers))
-        N = whole_number(candidates, "F-SOUR candidates", 1, 256)
-        It = whole_number(max_iters, "F-SOUR restarts", 1, 20)
-        n, jd = generation_settings(ctx, max_new, judge)
-        if "replay" in attacks and not routes:
-            fail("The replay attack needs library routes (type their ids).")
-        given = _given_defense(moe, defense_json)
-        reminder = given is None and mode == "self-reminder"  # needs no evidence
-        if given is None and not reminder and not (derive or routes):
-            fail("Give evidence (prompts to attack, or library route ids) or a defense "
-                  "route.")
-        if reminder:
-            derive = []
-        P = prompt_tokens(ctx, derive + harmful)
-        fsour_cost = N * It * (P + 8) + n
-        rosais_cost = S * len(moe.moe_layers) + n
-        steer_cost = 24 + n  # 24 prompt-set traces (HARMFUL + BENIGN), then the answer
-        per_attack = {"none": n, "replay": n, "rosais": rosais_cost, "fsour": fsour_cost,
-                      "steer": steer_cost, "random": fsour_cost + n}
-        check_cost(ctx, len(derive) * (rosais_cost + fsour_cost)
-                   + sum(2 * len(harmful) * per_attack.get(a, n) for a in attacks)
-                   + n * len(benign), "this defense evaluation")
-        # the random control copies the sizes of the same run's F-SOUR routes: one call for
-        # both when both are asked for (a call for random alone searches them again)
-        groups = [[a] + (["random"] if a == "fsour" and "random" in attacks else [])
-                  for a in attacks if not (a == "random" and "fsour" in attacks)]
-        steps = (0 if given is not None else len(derive)) + 1 + len(groups) + bool(benign)
-        done = 0
-        rosais_results: list = []
-        for p in derive if given is None else []:
-            r2, f2 = run_with_progress(progress, lambda p=p: gather_evidence(
-                moe, [p], samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
-                f"evidence: RoSais + F-SOUR on {p[:30]!r}", done / steps, (done + 1) / steps,
-                3.0 + 3.0 * N * It)
-            rosais_results += r2
-            routes += f2
-            done += 1
-        defense = given if given is not None else derive_defense(moe, rosais_results, routes,
-                                                                 mode=mode)
+    from explorer.research.defense import (
+        MODES,
+        derive_defense,
+        describe_defense,
+        evaluate_defense,
+        gather_evidence,
+    )
+    from explorer.research.utility import utility_cost
+    moe = visit.moe
+    if mode not in MODES:
+        fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES)}.")
+    attacks = _attacks(attacks)
+    derive = prompt_lines(visit, derive_text, "evidence prompts", required=False)
+    routes = library_routes(visit.app, parse_ids(ids_text))
+    harmful = prompt_lines(visit, attack_text, "harmful prompts to attack")
+    benign = prompt_lines(visit, benign_text, "benign prompts", required=False)
+    S = whole_number(samples, "RoSais masks per router", 1, 1024)
+    L = whole_number(top, "RoSais top-L", 1, len(moe.moe_layers))
+    N = whole_number(candidates, "F-SOUR candidates", 1, 256)
+    It = whole_number(max_iters, "F-SOUR restarts", 1, 20)
+    n, jd = generation_settings(visit, max_new, judge)
+    from explorer.attacks import Shape, get_attack
+    from explorer.research.defense import defense_params
+    if not routes:
+        needy = [a for a in attacks if get_attack(a).needs_routes]
+        if needy:
+            fail(f"The {needy[0]} attack needs library routes (type their ids).")
+    given = _given_defense(moe, defense_json)
+    reminder = given is None and mode == "self-reminder"  # needs no evidence
+    if given is None and not reminder and not (derive or routes):
+        fail("Give evidence (prompts to attack, or library route ids) or a defense "
+             "route.")
+    if reminder:
+        derive = []
+    shape = Shape(prompt_tokens=prompt_tokens(visit, derive + harmful),
+                  moe_layers=len(moe.moe_layers), max_new_tokens=n,
+                  target_tokens=len(moe.target_ids(DEFAULT_TARGET)))
+    shared = dict(top=L, samples=S, candidates=N, max_iters=It)
+
+    def cost(name: str) -> int:  # one prompt: the attack's passes and its judged answer
+        attack = get_attack(name)
+        return attack.cost(defense_params(attack, **shared), shape) + n
+    visit.budget(len(derive) * (cost("rosais") + cost("fsour"))
+                 + sum(2 * len(harmful) * cost(a) for a in attacks)
+                 + n * len(benign), "this defense evaluation")
+    # attacks that copy route sizes run with the attacks that give them, in one call (a
+    # call of their own would search the routes again)
+    givers = [a for a in attacks if get_attack(a).gives_sizes]
+    groups = [[a] + ([x for x in attacks if get_attack(x).needs_sizes]
+                     if a == (givers[0] if givers else None) else [])
+              for a in attacks if not (get_attack(a).needs_sizes and givers)]
+    steps = (0 if given is not None else len(derive)) + 1 + len(groups) + bool(benign)
+    done = 0
+    rosais_results: list = []
+    for p in derive if given is None else []:
+        r2, f2 = run_with_progress(progress, lambda p=p: gather_evidence(
+            moe, [p], samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+            f"evidence: RoSais + F-SOUR on {p[:30]!r}", done / steps, (done + 1) / steps,
+            3.0 + 3.0 * N * It)
+        rosais_results += r2
+        routes += f2
         done += 1
-        if not defense.defends:
-            fail("The evidence names no cell to forbid or router to protect: add evidence "
-                  "prompts or routes "
-                  f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
-                  "results).")
-        insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
-        table, out_attacks = {}, []
-        for group in groups:
-            per = sum((S * len(moe.moe_layers) / 30 + 2) if a == "rosais" else
-                      (3.0 * N * It if a in ("fsour", "random") else 1.0) for a in group)
-            res = run_with_progress(progress, lambda group=group: evaluate_defense(
-                moe, defense, harmful, None, attacks=group,
-                routes=routes if group == ["replay"] else (), rosais_top=L, samples=S,
-                candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
-                f"attack {' and '.join(map(repr, group))} without and with the defense",
-                done / steps, (done + 1) / steps, 2 * per * len(harmful))
-            table.update(res.table)
-            out_attacks += res.attacks
-            done += 1
-        table = {a: table[a] for a in attacks if a in table}  # in the order asked
-        util = None
-        if benign:
-            util = run_with_progress(progress, lambda: utility_cost(
-                moe, defense, benign, max_new_tokens=n, judge=jd),
-                f"utility cost on {len(benign)} benign prompts", done / steps, 1.0,
-                2.0 * len(benign)).to_dict()
-        result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,
-                  "table": table, "utility": util}
-        rows = []
-        for a, t in table.items():
-            n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
-            rows.append([a, n_rows, pct(t.get("before")), pct(t.get("after"))])
-        md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, {len(rosais_results)} "
-              f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
-              f"harmful prompts attacked · judge "
-              f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
-        if util:
-            md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
-                   f"{pct(util['baseline_refusal_rate'])} → "
-                   f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
-                   f"{util['ll_change']:+.3f} nats/token")
-        if insample:
-            md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
-                   "figures are in-sample.")
-        return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
-                md, defense.to_json(indent=2))
+    defense = given if given is not None else derive_defense(moe, rosais_results, routes,
+                                                             mode=mode)
+    done += 1
+    if not defense.defends:
+        fail("The evidence names no cell to forbid or router to protect: add evidence "
+              "prompts or routes "
+              f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
+              "results).")
+    insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
+    table, out_attacks = {}, []
+    for group in groups:
+        per = sum(cost(a) for a in group) / PASSES_PER_SECOND
+        res = run_with_progress(progress, lambda group=group: evaluate_defense(
+            moe, defense, harmful, None, attacks=group,
+            routes=routes if any(get_attack(a).needs_routes for a in group) else (),
+            rosais_top=L, samples=S, candidates=N, max_iters=It, max_new_tokens=n,
+            judge=jd),
+            f"attack {' and '.join(map(repr, group))} without and with the defense",
+            done / steps, (done + 1) / steps, 2 * per * len(harmful))
+        table.update(res.table)
+        out_attacks += res.attacks
+        done += 1
+    table = {a: table[a] for a in attacks if a in table}  # in the order asked
+    util = None
+    if benign:
+        util = run_with_progress(progress, lambda: utility_cost(
+            moe, defense, benign, max_new_tokens=n, judge=jd),
+            f"utility cost on {len(benign)} benign prompts", done / steps, 1.0,
+            2.0 * len(benign)).to_dict()
+    result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,
+              "table": table, "utility": util}
+    rows = []
+    for a, t in table.items():
+        n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
+        rows.append([a, n_rows, pct(t.get("before")), pct(t.get("after"))])
+    md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, {len(rosais_results)} "
+          f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
+          f"harmful prompts attacked · judge "
+          f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
+    if util:
+        md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
+               f"{pct(util['baseline_refusal_rate'])} → "
+               f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
+               f"{util['ll_change']:+.3f} nats/token")
+    if insample:
+        md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
+               "figures are in-sample.")
+    return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
+            md, defense.to_json(indent=2))

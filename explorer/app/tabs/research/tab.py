@@ -13,8 +13,8 @@
 - **RoSais uncertainty**: per-layer spread of the random-mask scores and ASR against the
   number of masked routers (:func:`explorer.research.transfer.rosais_curve`).
 
-This module holds the layout and the wiring. Each view is a module-level function
-``*_view(ctx, ...)`` (``ctx``: the app's ``Explorer``) in :mod:`explorer.app.tabs.research.views`
+This module holds the layout and the event table. Each view is a module-level function
+``*_view(visit, ...)`` (a :class:`~explorer.app.gate.Visit`) in :mod:`explorer.app.tabs.research.views`
 (utility, transfer, minimal), :mod:`explorer.app.tabs.research.defense` and
 :mod:`explorer.app.tabs.research.curve`, re-exported here; their shared input checks are in
 :mod:`explorer.app.tabs.research.common`. Defaults are small (a few prompts, few masks) so each
@@ -25,20 +25,16 @@ progress while they run.
 from __future__ import annotations
 
 import html
-import inspect
-from typing import Callable
 
 import gradio as gr
 import pandas as pd
 
-from explorer.app.common import FREE, MODEL_SLOT, UI, gpu, moe_layer_count, user_errors
+from explorer.app.gate import Door, Event, Visit
 from explorer.app.tabs.research.common import (
-    ATTACK_CHOICES,
     ROSAIS_SOURCE,
     ROUTE_SOURCE,
-    allowed_judges,
+    attack_choices,
     collect_routes,
-    is_hosted,
     judge_choices,
     parse_prompts,
     parse_route_json,
@@ -68,10 +64,10 @@ __all__ = ["collect_routes", "defense_view", "merge_curves", "minimal_view", "pa
            "library_md", "redraw_distribution"]
 
 
-def library_md(ctx, limit: int = 12) -> str:
+def library_md(app, limit: int = 12) -> str:
     """A short list of the newest library routes (ids to type into the views)."""
     try:
-        items = ctx.store.list_routes(limit=limit)
+        items = app.store.list_routes(limit=limit)
     except Exception as exc:  # noqa: BLE001 - a broken store must not break the tab
         return f"Route library unavailable: {html.escape(str(exc).splitlines()[0][:200])}"
     if not items:
@@ -82,21 +78,11 @@ def library_md(ctx, limit: int = 12) -> str:
     return "**Newest library routes:**  \n" + "  \n".join(rows)
 
 
-def _wire(ctx, btn: gr.Button, view: Callable, duration: int, inputs: list, outputs: list):
-    """``btn`` runs ``view(ctx, *inputs)`` in the model slot (inside ``spaces.GPU`` when
-    available). The callback shows Gradio the view's parameters less ``ctx``, so Gradio
-    still passes its ``progress=gr.Progress()`` tracker."""
-    def call(*args, request: gr.Request = None, **kwargs):
-        with user_errors("Research"):  # the one admission: the rate limits first
-            ctx.admit(request)
-        return view(ctx, *args, **kwargs)
-
-    sig = inspect.signature(view)
-    request = inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                annotation=gr.Request)
-    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:] + [request])
-    call.__name__ = call.__qualname__ = "on_" + view.__name__.removesuffix("_view")
-    btn.click(gpu(duration)(call), inputs, outputs, **MODEL_SLOT, **UI)
+def _event(btn: gr.Button, view, duration: int, inputs: list, outputs: list) -> Event:
+    """``btn`` runs ``view`` as model work (in the model slot, a ZeroGPU window of
+    ``duration`` seconds where there is one)."""
+    name = view.__name__.removesuffix("_view").replace("_", " ").capitalize()
+    return Event(btn.click, view, inputs, outputs, Door(name, "model", gpu=duration))
 
 
 def _route_inputs(prefix: str):
@@ -114,7 +100,7 @@ def _table(columns: list[str], **kw) -> gr.Dataframe:
                         elem_classes="sse-table", **kw)
 
 
-def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
+def _utility_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
     with gr.Tab("Utility cost", id="research-utility"):
         gr.Markdown("How much a route hurts normal use: the benign refusal rate and the "
                     "log-likelihood per token of the model's own benign answers, with and "
@@ -124,7 +110,7 @@ def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
         with gr.Row():
             prompt = gr.Textbox(HARMFUL_PROMPTS[0], label="RoSais: harmful prompt to score "
                                 "routers on", scale=3)
-            top = gr.Slider(1, moe_layer_count(ctx), value=min(2, moe_layer_count(ctx)),
+            top = gr.Slider(1, n_moe, value=min(2, n_moe),
                             step=1, label="top-L routers masked")
             sweep = gr.Checkbox(False, label="every L from 1 to L")
             samples = gr.Slider(1, 128, value=16, step=1, label="masks per router")
@@ -136,11 +122,11 @@ def _utility_tab(ctx, max_new, judge, harm4: str) -> None:
         plot = gr.Plot(pr.utility_asr_figure(None), label="ASR vs utility cost")
         md = gr.Markdown("")
         table = _table(UTILITY_COLUMNS, wrap=True)
-    _wire(ctx, btn, utility_view, 120, [source, prompt, top, sweep, samples, ids, js, benign,
-                                        harm, max_new, judge], [plot, table, md])
+    return [_event(btn, utility_view, 120, [source, prompt, top, sweep, samples, ids, js, benign,
+                                        harm, max_new, judge], [plot, table, md])]
 
 
-def _transfer_tab(ctx, max_new, judge, harm4: str) -> None:
+def _transfer_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
     with gr.Tab("Transfer", id="research-transfer"):
         gr.Markdown("Replay routes found on one prompt on other prompts (positions moved by "
                     "the mapping); a route's own prompt is outlined. A candidate universal "
@@ -165,11 +151,11 @@ def _transfer_tab(ctx, max_new, judge, harm4: str) -> None:
         table = _table(TRANSFER_COLUMNS, wrap=True)
         with gr.Accordion("Universal route JSON", open=False):
             univ = gr.Code("", language="json")
-    _wire(ctx, btn, transfer_view, 120, [ids, js, prompts, own, mapping, umin, held, max_new,
-                                         judge, target], [plot, table, md, univ])
+    return [_event(btn, transfer_view, 120, [ids, js, prompts, own, mapping, umin, held, max_new,
+                                         judge, target], [plot, table, md, univ])]
 
 
-def _minimal_tab(ctx, max_new, judge) -> None:
+def _minimal_tab(n_moe: int, max_new, judge) -> list[Event]:
     with gr.Tab("Minimal route", id="research-minimal"):
         gr.Markdown("Greedy backward elimination: drop edits while the route still reaches "
                     "the target and the judge still calls the answer jailbroken. Cost grows "
@@ -190,11 +176,11 @@ def _minimal_tab(ctx, max_new, judge) -> None:
                           scale=2)
         with gr.Accordion("Minimal route JSON", open=False):
             route = gr.Code("", language="json")
-    _wire(ctx, btn, minimal_view, 240, [ids, js, prompt, thr, checks, max_new, judge, target],
-          [cells, nec, md, route])
+    return [_event(btn, minimal_view, 240, [ids, js, prompt, thr, checks, max_new, judge, target],
+          [cells, nec, md, route])]
 
 
-def _defense_tab(ctx, max_new, judge) -> None:
+def _defense_tab(n_moe: int, max_new, judge) -> list[Event]:
     with gr.Tab("Defense", id="research-defense"):
         gr.Markdown("Safety-aware route disabling, derived from RoSais and F-SOUR on the "
                     "evidence prompts and from library routes. **protect**: the most "
@@ -216,10 +202,10 @@ def _defense_tab(ctx, max_new, judge) -> None:
             js = gr.Textbox("", lines=2, label="or a defense route JSON to evaluate (mask "
                             "edits and/or info.protect_layers)", scale=2)
         with gr.Row():
-            attacks = gr.CheckboxGroup(ATTACK_CHOICES, value=["none", "rosais", "fsour"],
+            attacks = gr.CheckboxGroup(attack_choices(), value=["none", "rosais", "fsour"],
                                        label="attacks", scale=2)
             samples = gr.Slider(1, 64, value=8, step=1, label="RoSais masks per router")
-            top = gr.Slider(1, moe_layer_count(ctx), value=min(2, moe_layer_count(ctx)),
+            top = gr.Slider(1, n_moe, value=min(2, n_moe),
                             step=1, label="RoSais top-L")
             cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
             iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
@@ -231,12 +217,12 @@ def _defense_tab(ctx, max_new, judge) -> None:
         table = _table(DEFENSE_COLUMNS)
         with gr.Accordion("Defense route JSON", open=False):
             route = gr.Code("", language="json")
-    _wire(ctx, btn, defense_view, 240, [derive, ids, js, prompts, benign, attacks, samples,
+    return [_event(btn, defense_view, 240, [derive, ids, js, prompts, benign, attacks, samples,
                                         top, cand, iters, max_new, judge, mode],
-          [plot, table, md, route])
+          [plot, table, md, route])]
 
 
-def _curve_tab(ctx, max_new, judge, harm4: str) -> None:
+def _curve_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
     with gr.Tab("RoSais uncertainty", id="research-rosais"):
         gr.Markdown("RoSais keeps only the best of S random masks per router: the spread "
                     "shows how much that best depends on luck. The curve masks the top 1..L "
@@ -245,7 +231,7 @@ def _curve_tab(ctx, max_new, judge, harm4: str) -> None:
             prompts = gr.Textbox(harm4, lines=4, label="harmful prompts", scale=2,
                                  elem_id="rosais-curve-prompts")
             with gr.Column(scale=1):
-                top = gr.Slider(1, moe_layer_count(ctx), value=min(4, moe_layer_count(ctx)),
+                top = gr.Slider(1, n_moe, value=min(4, n_moe),
                                 step=1, label="max routers masked",
                                 elem_id="rosais-curve-top")
                 samples = gr.Slider(1, 128, value=16, step=1, label="masks per router",
@@ -263,18 +249,21 @@ def _curve_tab(ctx, max_new, judge, harm4: str) -> None:
                             elem_id="rosais-curve-asr")
         table = _table(CURVE_COLUMNS)
         state = gr.State(None)
-    _wire(ctx, btn, rosais_uncertainty_view, 120, [prompts, top, samples, seed, ratio, kind,
+    return [_event(btn, rosais_uncertainty_view, 120, [prompts, top, samples, seed, ratio, kind,
                                                    max_new, judge],
-          [dist, curve, table, md, state])
-    kind.change(redraw_distribution, [state, kind], [dist], **FREE, **UI)
+          [dist, curve, table, md, state]),
+            Event(kind.change, on_redraw_distribution, [state, kind], [dist], Door("Redraw"))]
 
 
-def research_tab(ctx) -> None:
-    """Add the ``Research`` tab (inside an open ``gr.Blocks`` / ``gr.Tabs``)."""
-    judges = judge_choices(ctx)
-    if is_hosted(ctx):
-        allowed = allowed_judges(ctx)
-        judges = [j for j in judges if j in allowed] or ["keyword"]
+def on_redraw_distribution(visit: Visit, curve, kind):
+    """The distribution figure for another plot kind, without recomputing."""
+    return redraw_distribution(curve, kind)
+
+
+def research_tab(app, n_moe: int) -> list[Event]:
+    """Add the ``Research`` tab (inside an open ``gr.Blocks`` / ``gr.Tabs``); its events.
+    ``n_moe``: the model's MoE layers (the sliders' range)."""
+    judges = judge_choices(app)
     harm4 = "\n".join(HARMFUL_PROMPTS[:4])
     with gr.Tab("Research", id="research") as tab:
         gr.Markdown("Beyond the paper: what routes cost on benign requests, whether they "
@@ -285,22 +274,23 @@ def research_tab(ctx) -> None:
         with gr.Row():
             judge = gr.Dropdown(judges, value="keyword", label="judge", scale=1,
                                 elem_id="research-judge")
-            hi = min(128, int(ctx.policy.max_new_tokens)) if is_hosted(ctx) else 128
+            hi = min(128, int(app.policy.max_new_tokens)) if app.policy.enabled else 128
             max_new = gr.Slider(min(4, hi), hi, value=min(24, hi), step=1,
                                 label="max new tokens (greedy answers judged)", scale=2,
                                 elem_id="research-max-new")
         with gr.Accordion("Route library", open=False):
-            lib = gr.Markdown(library_md(ctx))
+            lib = gr.Markdown(library_md(app))
             lib_btn = gr.Button("Refresh", size="sm")
         with gr.Tabs():
-            _utility_tab(ctx, max_new, judge, harm4)
-            _transfer_tab(ctx, max_new, judge, harm4)
-            _minimal_tab(ctx, max_new, judge)
-            _defense_tab(ctx, max_new, judge)
-            _curve_tab(ctx, max_new, judge, harm4)
+            events = (_utility_tab(n_moe, max_new, judge, harm4)
+                      + _transfer_tab(n_moe, max_new, judge, harm4)
+                      + _minimal_tab(n_moe, max_new, judge)
+                      + _defense_tab(n_moe, max_new, judge)
+                      + _curve_tab(n_moe, max_new, judge, harm4))
+    return events + [Event(trigger, refresh_library, [], [lib], Door("Research library"))
+                     for trigger in (lib_btn.click, tab.select)]
 
-        def refresh_lib():
-            return library_md(ctx)
 
-        lib_btn.click(refresh_lib, None, [lib], **FREE, **UI)
-        tab.select(refresh_lib, None, [lib], **FREE, **UI)
+def refresh_library(visit: Visit):
+    """The newest library routes, again."""
+    return library_md(visit.app)

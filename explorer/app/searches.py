@@ -1,0 +1,76 @@
+"""A visitor's background searches: queued (checked once, against the server's caps and the
+attack's cost), read, stopped and resumed only by their owner, with answers shown as the
+server shows them. Every job kind is an attack of the registry that runs as a job
+(:func:`explorer.attacks.list_attacks`, ``"job"``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from explorer.attacks import Shape
+from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+
+if TYPE_CHECKING:
+    from explorer.app.context import Explorer
+    from explorer.app.gate import Visit
+
+
+def check_search(visit: Visit, kind: str, params: dict) -> dict:
+    """The job ``params`` of attack ``kind`` checked once before anything is queued: their
+    bounds (:func:`explorer.storage.jobs.validate_params`), then this server's caps: the
+    prompt's characters and tokens, the answer's length, the judge, and the attack's cost
+    (:meth:`~explorer.attacks.Attack.cost`) against the search budget. Returns the checked
+    parameters (the ones given, normalised)."""
+    from explorer.app.inputs import need_prompt
+    from explorer.storage.jobs import job_attack, validate_params
+    attack = job_attack(kind)
+    need_prompt(params.get("prompt") if isinstance(params, dict) else None)
+    params = validate_params(kind, params)
+    prompt = visit.prompt(params.get("prompt"), params.get("system"))
+    n = visit.tokens(params.get("max_new_tokens", MAX_NEW_TOKENS), "max_new_tokens")
+    visit.judge(params.get("judge"))
+    specs = attack.Params.specs()
+    own = attack.Params(**{k: v for k, v in params.items() if k in specs})  # checked above
+    target = getattr(own, "target", None) or DEFAULT_TARGET
+    shape = Shape(prompt_tokens=prompt.num_tokens, moe_layers=len(visit.moe.moe_layers),
+                  max_new_tokens=n,
+                  target_tokens=len(visit.moe.target_ids(target)) if "target" in specs else 0)
+    visit.budget(attack.cost(own, shape), f"this {own.what.removesuffix(' parameters')} "
+                                          "search")
+    return params
+
+
+def submit(visit: Visit, kind: str, params: dict, owner: str) -> str:
+    """Check (:func:`check_search`) and queue a job of ``kind`` owned by ``owner``; returns
+    its id. The job caps (per owner, per client address, in all) are the job manager's."""
+    jobs = visit.app.host.require_jobs()
+    params = check_search(visit, kind, params)
+    return jobs.submit(kind, params, session=owner, checked=True,
+                       group=visit.address if visit.policy.enabled else None)
+
+
+def status(app: Explorer, job_id: Any, owner: str) -> dict:
+    """``owner``'s job ``job_id`` as its status dict (answers as the server shows them;
+    no owner key in it); another's or an unknown id: "no job with that id"."""
+    app.owners.owned_job(app.store, job_id, owner)
+    st = app.jobs.status(job_id) if app.jobs is not None else \
+        app.store.get_job(job_id).to_dict()
+    return app.gate.shown_job(st)
+
+
+def cancel(app: Explorer, job_id: Any, owner: str) -> dict:
+    """Cancel ``owner``'s job ``job_id``; its status."""
+    app.owners.owned_job(app.store, job_id, owner)
+    app.host.require_jobs().cancel(job_id)
+    return status(app, job_id, owner)
+
+
+def resume(visit: Visit, job_id: Any, owner: str) -> dict:
+    """Queue ``owner``'s interrupted or cancelled job again, checked like a new one (it
+    counts against the same caps); its status."""
+    app = visit.app
+    rec = app.owners.owned_job(app.store, job_id, owner)
+    jobs = app.host.require_jobs()
+    check_search(visit, rec.kind, dict(rec.params))
+    jobs.resume(job_id, group=visit.address if visit.policy.enabled else None)
+    return status(app, job_id, owner)
