@@ -30,7 +30,7 @@ import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import gradio as gr
 
@@ -43,7 +43,6 @@ from explorer.app.verdicts import keyword_verdict
 from explorer.core.defaults import MAX_GENERATION
 
 if TYPE_CHECKING:
-    from explorer.app.context import Explorer
     from explorer.core.model import MoEModel
     from explorer.core.prompt import Prompt
     from explorer.core.route import Route
@@ -55,6 +54,23 @@ MODEL_SLOT = dict(concurrency_limit=1, concurrency_id="model")
 FREE = dict(concurrency_limit=None)
 #: What a redacted generated token shows in heatmaps and trace JSON.
 HIDDEN_TOKEN = "…"
+
+
+class App(Protocol):
+    """What the gate and its visits use of the app (:class:`explorer.app.context.Explorer`,
+    which builds the gate: it is not imported here)."""
+
+    policy: Any
+    settings: Any
+    host: Any
+    owners: Any
+    gate: Any
+
+    @property
+    def moe(self) -> Any: ...
+
+    @property
+    def store(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,7 @@ class Visit:
     client address) and the door. Views ask it for the checks hosted mode and good sense
     require; each is applied once, here. Tests make one with ``Visit(app)``."""
 
-    def __init__(self, app: Explorer, request: Any = None, door: Door | None = None):
+    def __init__(self, app: App, request: Any = None, door: Door | None = None):
         self.app, self.request = app, request
         self.door = door or Door("local")
 
@@ -204,7 +220,7 @@ class Gate:
     """Admission, redaction and the registration of every door (see the module docs);
     ``app``: the app context whose policy, settings and model the doors use."""
 
-    def __init__(self, app: Explorer):
+    def __init__(self, app: App):
         self.app = app
         self.doors: list[Door] = []
 
