@@ -405,3 +405,21 @@ def test_real_fsour_job_on_tiny_model(tiny, store):
     assert resumed.route.edits == full.route.edits  # same search, same route
     assert resumed.target_logprob == pytest.approx(full.target_logprob)
     assert st["progress"]["forward_passes"] == whole["progress"]["forward_passes"]
+
+
+def test_jobs_run_with_the_managers_tuning(store):
+    """Settings.tuning reaches the job thread (contextvars do not cross threads): the
+    manager puts it in force around every run."""
+    from explorer.engine.tuning import Tuning, active_tuning
+    seen = []
+
+    def runner(moe, params, on_event, should_stop, state):
+        seen.append(active_tuning())
+        return FakeRunner()(moe, params, on_event, should_stop, state)
+    tuning = Tuning(narrow=False, memory_share=0.05)
+    mgr = JobManager(FAKE_MOE, store, runner=runner, tuning=tuning)
+    try:
+        assert final(mgr, mgr.submit("fsour", {"prompt": "p"}))["status"] == "done"
+        assert seen == [tuning] and active_tuning() == Tuning()
+    finally:
+        mgr.shutdown(wait=True, timeout=5)
