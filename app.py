@@ -66,10 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     s = args.settings
     s.apply_threads()
     from explorer.app.build import build_app, launch_options
-    from explorer.storage.library import StoreError
+    from explorer.attacks import load_plugins
+    from explorer.core.errors import ExplorerError
     try:
+        load_plugins(s.plugins)  # EXPLORER_PLUGINS: attacks and judges of the user's own
         demo = build_app(s.model, data_dir=s.data_dir, device=s.device, settings=s)
-    except StoreError as exc:  # an unwritable or full data folder: one line, status 2
+    except ExplorerError as exc:  # a plugin that cannot be imported; an unwritable or full
+        # data folder: one line, status 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     demo.queue(default_concurrency_limit=1,

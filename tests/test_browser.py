@@ -367,7 +367,7 @@ def test_bad_inputs_show_messages_and_another_model_loads(served, browser, tmp_p
 
 
 def test_tour_tab_flips_the_refusal(served, browser, shots):
-    from explorer.app.common import is_demo_model
+    from explorer.app.gate import is_demo_model
     from explorer.demo.tour import load_tour
     demo, moe = served
     if not is_demo_model(moe):
@@ -507,7 +507,7 @@ def test_a_failed_model_load_leaves_the_header_and_layers(served, browser, tmp_p
 
 
 def test_the_tour_is_the_landing_tab_and_step_5_shows_the_rerouted_answer(served, browser):
-    from explorer.app.common import is_demo_model
+    from explorer.app.gate import is_demo_model
     from explorer.demo.tour import load_tour
     demo, _ = served
     if not is_demo_model(demo.explorer.moe):
@@ -558,7 +558,7 @@ def test_the_tour_is_the_landing_tab_and_step_5_shows_the_rerouted_answer(served
 
 def test_verdicts_log_probs_and_the_answer_difference_sit_next_to_the_answers(served, browser):
     from explorer import Route
-    from explorer.app.common import answer_verdict
+    from explorer.app.verdicts import answer_verdict
     from explorer.core.trace import trace
     demo, _ = served
     moe = demo.explorer.moe

@@ -184,3 +184,13 @@ def test_views_run_with_the_settings_tuning(demo, tmp_path):
         assert app.jobs.tuning == tuning
     finally:
         app.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_tabs_hold_only_tabs(hosted):
+    """A component right under gr.Tabs (a gr.State made after its tab's block, say) is
+    drawn as a tab of its own and takes another tab's place in the bar."""
+    demo, _ = hosted
+    for block in demo.blocks.values():
+        if isinstance(block, gr.Tabs):
+            kinds = {type(c).__name__ for c in block.children}
+            assert kinds == {"Tab"}, (block.elem_id, kinds)

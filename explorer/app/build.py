@@ -259,6 +259,6 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
                       Door("Open a route link", gpu=60, **follow))
         gate.register(loaded.then, follow_edits_link, [prompt, system, max_new,
                                                         inspect_ui.state],
-                      inspect_ui.run_outputs(), Door("Open a route link", gpu=120, **follow))
+                      inspect_ui.rerun_outputs(), Door("Open a route link", gpu=120, **follow))
         register_api(gate)
     return demo

@@ -404,18 +404,29 @@ class Gate:
 
 
 def _hints(view: Callable) -> dict[str, Any]:
-    """``view``'s annotations resolved (those that name what only type checkers import stay
-    as they are: Gradio looks only for its own special types)."""
+    """``view``'s annotations resolved where they can be: Gradio finds its special
+    arguments (``gr.Request``, ``gr.EventData``...) by their types. Names only a type
+    checker sees stay as written (no evaluation of source text: dotted names are looked
+    up)."""
     try:
         return typing.get_type_hints(view)
     except (NameError, TypeError):
         out = {}
         for name, ann in getattr(view, "__annotations__", {}).items():
-            try:
-                out[name] = eval(ann, view.__globals__) if isinstance(ann, str) else ann
-            except Exception:  # noqa: BLE001 - a name only a type checker sees
-                out[name] = ann
+            out[name] = _lookup(ann, view.__globals__) if isinstance(ann, str) else ann
         return out
+
+
+def _lookup(text: str, names: dict) -> Any:
+    parts = text.strip().split(".")
+    if not all(p.isidentifier() for p in parts) or parts[0] not in names:
+        return text
+    obj = names[parts[0]]
+    for p in parts[1:]:
+        obj = getattr(obj, p, None)
+        if obj is None:
+            return text
+    return obj
 
 
 def is_demo_model(moe) -> bool:

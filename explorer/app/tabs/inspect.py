@@ -87,8 +87,13 @@ class InspectUI:
     state: Any
 
     def run_outputs(self) -> list:
-        """What Generate and Re-run write (see :func:`on_generate`)."""
+        """What Generate writes (see :func:`on_generate`)."""
         return [self.base_ans, self.alt_ans, self.heat, self.usage, self.state, self.view,
+                self.mode, self.verdict]
+
+    def rerun_outputs(self) -> list:
+        """What Re-run writes (see :func:`on_rerun`): the re-routed answer first."""
+        return [self.alt_ans, self.base_ans, self.heat, self.usage, self.state, self.view,
                 self.mode, self.verdict]
 
 
@@ -145,10 +150,10 @@ def layout() -> InspectUI:
             link_btn = gr.Button("Copy link", elem_id="copy-link-btn")
         link = gr.Textbox(label="Link to this view (prompt and route; saved routes by id)",
                           interactive=False, buttons=["copy"], elem_id="share-link")
+        state = gr.State(InspectState())  # inside the tab: right under gr.Tabs it is a tab
     return InspectUI(base_ans, alt_ans, verdict, mode, view, heat, usage, bridge, sel_layer,
                      sel_pos, sel_btn, sel_md, experts, edit_mode, every, add_btn, edit_list,
-                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link,
-                     gr.State(InspectState()))
+                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state)
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -275,7 +280,7 @@ def on_rerun(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
     """Re-run with the pending edits beside the baseline (regenerated when the prompt,
     system prompt, model or length changed). The prompt is prepared once and the route
     validated once; the baseline's badge is kept from Generate. Outputs:
-    :meth:`InspectUI.run_outputs`."""
+    :meth:`InspectUI.rerun_outputs`."""
     moe = visit.moe
     st = st or InspectState()
     prompt = visit.prompt(prompt_v, system_v)
@@ -381,7 +386,7 @@ def events(ui: InspectUI, shared: Shared, library_id) -> list[Event]:
               Door("Remove edits")),
         Event(ui.clear_btn.click, on_clear_edits, [ui.edit_list] + redraw_in, edit_out,
               Door("Clear edits")),
-        Event(ui.rerun_btn.click, on_rerun, run_in + [ui.state], ui.run_outputs(),
+        Event(ui.rerun_btn.click, on_rerun, run_in + [ui.state], ui.rerun_outputs(),
               Door("Re-run", "model", gpu=120)),
         Event(ui.save_btn.click, on_save, [shared.prompt, shared.system, ui.state],
               [library_id], Door("Save route", "write")),

@@ -79,8 +79,9 @@ def layout(n_moe: int) -> RosaisUI:
                                 interactive=False, elem_id="rosais-masked",
                                 elem_classes="sse-answer")
         verdict = gr.HTML("", elem_id="rosais-verdicts")
+        state = gr.State(None)  # inside the tab: a component right under gr.Tabs is a tab
     return RosaisUI(samples, top, ratio, seed, btn, plot, md, mask_btn, base, masked, verdict,
-                    gr.State(None))
+                    state)
 
 
 # -- views ------------------------------------------------------------------------------------
