@@ -56,17 +56,48 @@ def _given_defense(moe, defense_json):
     return given[0]
 
 
-def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: str, attack_text: str,
-                 benign_text: str, attacks, samples, top, candidates, max_iters, max_new,
-                 judge: str = "keyword", mode: str = "protect", progress=gr.Progress()):
+def attack_groups(attacks: list[str]) -> list[list[str]]:
+    """The calls the view makes, in the order asked: an attack that copies route sizes
+    (random) runs with the first attack that gives them (F-SOUR), in one call (a call of its
+    own would search the routes again)."""
+    from explorer.attacks import get_attack
+    givers = [a for a in attacks if get_attack(a).gives_sizes]
+    return [[a] + ([x for x in attacks if get_attack(x).needs_sizes]
+                   if a == (givers[0] if givers else None) else [])
+            for a in attacks if not (get_attack(a).needs_sizes and givers)]
+
+
+def _summary(defense, routes, rosais_results, given, harmful, benign, jd, util,
+             insample) -> str:
+    from explorer.research.defense import describe_defense
+    md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, "
+          f"{len(rosais_results)} RoSais results{'' if given is None else '; given route'})"
+          f" · {len(harmful)} harmful prompts attacked · judge "
+          f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
+    if util:
+        md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
+               f"{pct(util['baseline_refusal_rate'])} → "
+               f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
+               f"{util['ll_change']:+.3f} nats/token")
+    if insample:
+        md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
+               "figures are in-sample.")
+    return md
+
+
+def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: str,
+                 attack_text: str, benign_text: str, attacks, samples, top, candidates,
+                 max_iters, max_new, judge: str = "keyword", mode: str = "protect",
+                 progress=gr.Progress()):
     """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
     routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
     and with it, and its utility cost on ``benign_text``.
     Returns (figure, table, markdown, defense route JSON)."""
+    from explorer.attacks import Shape, get_attack
     from explorer.research.defense import (
         MODES,
+        defense_params,
         derive_defense,
-        describe_defense,
         evaluate_defense,
         gather_evidence,
     )
@@ -84,40 +115,30 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     N = whole_number(candidates, "F-SOUR candidates", 1, 256)
     It = whole_number(max_iters, "F-SOUR restarts", 1, 20)
     n, jd = generation_settings(visit, max_new, judge)
-    from explorer.attacks import Shape, get_attack
-    from explorer.research.defense import defense_params
-    if not routes:
-        needy = [a for a in attacks if get_attack(a).needs_routes]
-        if needy:
-            fail(f"The {needy[0]} attack needs library routes (type their ids).")
+    needy = [a for a in attacks if get_attack(a).needs_routes]
+    if needy and not routes:
+        fail(f"The {needy[0]} attack needs library routes (type their ids).")
     given = _given_defense(moe, defense_json)
-    reminder = given is None and mode == "self-reminder"  # needs no evidence
-    if given is None and not reminder and not (derive or routes):
-        fail("Give evidence (prompts to attack, or library route ids) or a defense "
-             "route.")
-    if reminder:
+    if given is None and mode != "self-reminder" and not (derive or routes):
+        fail("Give evidence (prompts to attack, or library route ids) or a defense route.")
+    if given is not None or mode == "self-reminder":  # the self-reminder needs no evidence
         derive = []
     shape = Shape(prompt_tokens=prompt_tokens(visit, derive + harmful),
                   moe_layers=len(moe.moe_layers), max_new_tokens=n,
                   target_tokens=len(moe.target_ids(DEFAULT_TARGET)))
-    shared = dict(top=L, samples=S, candidates=N, max_iters=It)
 
     def cost(name: str) -> int:  # one prompt: the attack's passes and its judged answer
         attack = get_attack(name)
-        return attack.cost(defense_params(attack, **shared), shape) + n
+        return attack.cost(defense_params(attack, top=L, samples=S, candidates=N,
+                                          max_iters=It), shape) + n
     visit.budget(len(derive) * (cost("rosais") + cost("fsour"))
                  + sum(2 * len(harmful) * cost(a) for a in attacks)
                  + n * len(benign), "this defense evaluation")
-    # attacks that copy route sizes run with the attacks that give them, in one call (a
-    # call of their own would search the routes again)
-    givers = [a for a in attacks if get_attack(a).gives_sizes]
-    groups = [[a] + ([x for x in attacks if get_attack(x).needs_sizes]
-                     if a == (givers[0] if givers else None) else [])
-              for a in attacks if not (get_attack(a).needs_sizes and givers)]
-    steps = (0 if given is not None else len(derive)) + 1 + len(groups) + bool(benign)
+    groups = attack_groups(attacks)
+    steps = len(derive) + 1 + len(groups) + bool(benign)
     done = 0
     rosais_results: list = []
-    for p in derive if given is None else []:
+    for p in derive:
         r2, f2 = run_with_progress(progress, lambda p=p: gather_evidence(
             moe, [p], samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
             f"evidence: RoSais + F-SOUR on {p[:30]!r}", done / steps, (done + 1) / steps,
@@ -130,20 +151,18 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     done += 1
     if not defense.defends:
         fail("The evidence names no cell to forbid or router to protect: add evidence "
-              "prompts or routes "
-              f"(found {len(routes)} successful routes, {len(rosais_results)} RoSais "
-              "results).")
-    insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
+             f"prompts or routes (found {len(routes)} successful routes, "
+             f"{len(rosais_results)} RoSais results).")
     table, out_attacks = {}, []
     for group in groups:
-        per = sum(cost(a) for a in group) / PASSES_PER_SECOND
         res = run_with_progress(progress, lambda group=group: evaluate_defense(
             moe, defense, harmful, None, attacks=group,
             routes=routes if any(get_attack(a).needs_routes for a in group) else (),
             rosais_top=L, samples=S, candidates=N, max_iters=It, max_new_tokens=n,
             judge=jd),
             f"attack {' and '.join(map(repr, group))} without and with the defense",
-            done / steps, (done + 1) / steps, 2 * per * len(harmful))
+            done / steps, (done + 1) / steps,
+            2 * len(harmful) * sum(cost(a) for a in group) / PASSES_PER_SECOND)
         table.update(res.table)
         out_attacks += res.attacks
         done += 1
@@ -156,21 +175,9 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
             2.0 * len(benign)).to_dict()
     result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,
               "table": table, "utility": util}
-    rows = []
-    for a, t in table.items():
-        n_rows = next((x["n"] for x in out_attacks if x["attack"] == a), 0)
-        rows.append([a, n_rows, pct(t.get("before")), pct(t.get("after"))])
-    md = (f"**Defense:** {describe_defense(defense)} (evidence: {len(routes)} routes, {len(rosais_results)} "
-          f"RoSais results{'' if given is None else '; given route'}) · {len(harmful)} "
-          f"harmful prompts attacked · judge "
-          f"`{jd.name if hasattr(jd, 'name') else 'keyword'}`")
-    if util:
-        md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
-               f"{pct(util['baseline_refusal_rate'])} → "
-               f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
-               f"{util['ll_change']:+.3f} nats/token")
-    if insample:
-        md += (f"\n\n⚠ {len(insample)} attacked prompt(s) also gave evidence: those "
-               "figures are in-sample.")
+    rows = [[a, next((x["n"] for x in out_attacks if x["attack"] == a), 0),
+             pct(t.get("before")), pct(t.get("after"))] for a, t in table.items()]
+    insample = sorted(set(harmful) & (set(derive) | {r.info.get("prompt") for r in routes}))
+    md = _summary(defense, routes, rosais_results, given, harmful, benign, jd, util, insample)
     return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
             md, defense.to_json(indent=2))
