@@ -232,8 +232,13 @@ def _run(args):
                          f"(jailbroken iff its score is >= 1.0) on an OpenAI-compatible "
                          f"endpoint of yours: {exc}") from None
     moe = load_from_args(args)
+    # every method's parameters, None where not given (the row's method takes its own; the
+    # run's info records them all, as it always has)
     settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, system=system,
-                    protocol=args.protocol, **params_from_args(args, attack.Params))
+                    protocol=args.protocol,
+                    **{name: getattr(args, name, None) for m in list_attacks("evaluate")
+                       for name in get_attack(m).Params.specs()
+                       if get_attack(m).Params.specs()[name].offered("evaluate")})
     ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
                   prompt_batch=args.prompt_batch,
                   rank=rank, world=world, dataset=args.dataset,
