@@ -136,7 +136,8 @@ def _common(p, max_new: int = 32, system_default: str = "none"):
 
 
 def _mapping(p):
-    p.add_argument("--mapping", choices=["end", "template", "absolute"], default="end",
+    from explorer.core.layout import MAPPINGS
+    p.add_argument("--mapping", choices=list(MAPPINGS), default="end",
                    help="how positions move to another prompt: end (align from the end of "
                         "the templated prompt, default), template (only chat-template tokens), "
                         "absolute")

@@ -55,6 +55,7 @@ from explorer.app.tabs.research.views import (
     utility_view,
 )
 from explorer.core.defaults import DEFAULT_TARGET
+from explorer.core.layout import MAPPINGS
 from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.viz import research as pr
 
@@ -137,7 +138,7 @@ def _transfer_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
             prompts = gr.Textbox(harm4, lines=4, label="prompts to replay on", scale=2)
             with gr.Column(scale=1):
                 own = gr.Checkbox(True, label="also the routes' own prompts")
-                mapping = gr.Radio(["end", "template", "absolute"], value="end",
+                mapping = gr.Radio(list(MAPPINGS), value="end",
                                    label="position mapping")
                 target = gr.Textbox(DEFAULT_TARGET, label="target answer prefix")
         with gr.Row():
