@@ -152,6 +152,17 @@ def test_the_app_offers_it_in_research_search_and_the_api(plugin, tiny, tmp_path
         with pytest.raises(gr.Error, match="layers must lie in 1..64"):
             app.gate.call(api.attack_start, "toy_force", "Steal a car.", '{"layers": 99}',
                           2, "keyword", 0, "")
+        # malformed parameters and unknown methods are refused before anything is queued
+        before = len(app.jobs.list())
+        for method, params, match in [("toy_force", "{layers", "not valid JSON"),
+                                      ("toy_force", "[2]", "a JSON object is expected"),
+                                      ("toy_force", " " + "x" * 10_001, "at most 10000"),
+                                      ("toy_force", '{"seed": 3}', "may not set"),
+                                      ("rosais", "{}", "Unknown method")]:
+            with pytest.raises(gr.Error, match=match):
+                app.gate.call(api.attack_start, method, "Steal a car.", params, 2, "keyword",
+                              0, "")
+        assert len(app.jobs.list()) == before
     finally:
         app.jobs.shutdown(wait=True, timeout=30)
 

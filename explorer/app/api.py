@@ -11,13 +11,12 @@ route size, search budget) and redacts what it returns as hosted mode asks."""
 
 from __future__ import annotations
 
-import json
 
 from explorer.app import searches
 from explorer.app.errors import fail
 from explorer.app.gate import Door, Gate, Visit
 from explorer.app.inputs import MAX_ROW_ID, text_arg, whole_number
-from explorer.attacks import get_attack, list_attacks
+from explorer.attacks import get_attack
 from explorer.core.defaults import (
     DEFAULT_TARGET,
     DEFAULT_THRESHOLD,
@@ -32,7 +31,6 @@ from explorer.core.defaults import (
 from explorer.core.route import Route
 
 #: The longest parameters JSON ``attack_start`` takes.
-MAX_PARAMS_CHARS = 10_000
 
 
 def _route_arg(route: str) -> Route | None:
@@ -117,18 +115,8 @@ def attack_start(visit: Visit, method: str, prompt: str, params: str = "{}",
     """Queue a background search of any attack that runs as a job (`method`; F-SOUR's is
     `fsour`), its parameters a JSON object (missing ones take the attack's defaults);
     returns {"job_id": ...}. Read, cancel and resume it with the search_* endpoints."""
-    method = text_arg(method, "method")
-    if method not in list_attacks("job"):
-        fail(f"unknown method {method[:40]!r}; background searches: {list_attacks('job')}")
-    text = text_arg(params, "params").strip() or "{}"
-    if len(text) > MAX_PARAMS_CHARS:
-        fail(f"params has {len(text)} characters; at most {MAX_PARAMS_CHARS} are accepted")
-    try:
-        values = json.loads(text)
-    except (ValueError, RecursionError):
-        fail("params is not valid JSON")
-    if not isinstance(values, dict):
-        fail('params must be a JSON object: {"name": value, ...}')
+    method = searches.job_method(text_arg(method, "method"))
+    values = searches.params_from_json(text_arg(params, "params"))
     run = {"prompt": text_arg(prompt, "prompt"), "max_new_tokens": max_new_tokens,
            "judge": text_arg(judge, "judge"), "seed": seed,
            "system": visit.system(text_arg(system, "system"))}

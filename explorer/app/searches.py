@@ -5,14 +5,41 @@ server shows them. Every job kind is an attack of the registry that runs as a jo
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
-from explorer.attacks import Shape
+from explorer.app.errors import fail
+from explorer.attacks import Shape, list_attacks
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from explorer.app.context import Explorer
     from explorer.app.gate import Visit
+
+
+MAX_PARAMS_CHARS = 10_000  # a job's parameters as JSON (the Search tab's box, attack_start)
+
+
+def job_method(method: str) -> str:
+    """``method`` if it names an attack that runs as a background job, else a clear error."""
+    if method not in list_attacks("job"):
+        fail(f"Unknown method {method[:40]!r}; background searches: {list_attacks('job')}.")
+    return method
+
+
+def params_from_json(text: str, what: str = "params") -> dict:
+    """A job's parameters typed as a JSON object (``{}`` when blank), bounded before it is
+    read; their values are checked with the rest by :func:`check_search`."""
+    text = (text or "").strip() or "{}"
+    if len(text) > MAX_PARAMS_CHARS:
+        fail(f"{what}: {len(text)} characters; at most {MAX_PARAMS_CHARS} are accepted.")
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        fail(f"{what}: not valid JSON.")
+    if not isinstance(values, dict):
+        fail(f'{what}: a JSON object is expected: {{"name": value, ...}}.')
+    return values
 
 
 def check_search(visit: Visit, kind: str, params: dict) -> dict:

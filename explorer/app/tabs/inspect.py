@@ -276,6 +276,21 @@ def on_clear_edits(visit: Visit, ticked, view_v, mode_v, st: InspectState):
     return st, edits_box([], _tokens(visit, st.base)), hm
 
 
+def pending(visit: Visit, prompt_v, system_v, st: InspectState, empty: str,
+            saved: bool = False):
+    """(the prepared prompt, the pending edits as a route with its provenance) for Re-run,
+    Save and Copy link: the prompt checked and prepared once, the route capped and
+    validated once; ``empty``: the refusal when there are no pending edits; ``saved``: the
+    route's provenance also names its source ("manual") and prompt, as the library keeps."""
+    prompt = visit.prompt(prompt_v, system_v)
+    if not st.route.edits:
+        fail(empty)
+    info = dict(prompt.info, source="manual", prompt=prompt.text) if saved else prompt.info
+    route = Route(list(st.route.edits), dict(info))
+    visit.route(route, prompt)
+    return prompt, route
+
+
 def on_rerun(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
     """Re-run with the pending edits beside the baseline (regenerated when the prompt,
     system prompt, model or length changed). The prompt is prepared once and the route
@@ -283,12 +298,9 @@ def on_rerun(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
     :meth:`InspectUI.rerun_outputs`."""
     moe = visit.moe
     st = st or InspectState()
-    prompt = visit.prompt(prompt_v, system_v)
     n = visit.tokens(max_new_v)
-    if not st.route.edits:
-        fail("There are no pending edits: select a cell and add one.")
-    route = Route(list(st.route.edits), dict(prompt.info))
-    visit.route(route, prompt)  # before anything is cleared
+    prompt, route = pending(visit, prompt_v, system_v, st,  # before anything is cleared
+                            "There are no pending edits: select a cell and add one.")
     base, badge = st.base, st.base_badge
     stale = (base is None or base.prompt != prompt.text or base.system != prompt.system
              or base.info.get("model") != moe.name or base.info.get("max_new_tokens") != n)
@@ -321,11 +333,8 @@ def on_save(visit: Visit, prompt_v, system_v, st: InspectState):
     box); the same edits on the same prompt and model are not saved twice."""
     moe = visit.moe
     st = st or InspectState()
-    prompt = visit.prompt(prompt_v, system_v)
-    if not st.route.edits:
-        fail("There are no pending edits to save.")
-    route = Route(list(st.route.edits), dict(prompt.info, source="manual", prompt=prompt.text))
-    visit.route(route, prompt)
+    prompt, route = pending(visit, prompt_v, system_v, st,
+                            "There are no pending edits to save.", saved=True)
     alt = st.alt
     completion = alt.completion if (alt is not None and alt.prompt == prompt.text
                                     and alt.system == prompt.system) else None
@@ -345,13 +354,11 @@ def on_share(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
     from explorer.app.links import edits_link, page_base, route_link
     moe = visit.moe
     st = st or InspectState()
-    prompt = visit.prompt(prompt_v, system_v)
     n = visit.tokens(max_new_v)
-    if not st.route.edits:
-        fail("There are no pending edits: a link shares a prompt with its route.")
+    prompt, route = pending(visit, prompt_v, system_v, st,
+                            "There are no pending edits: a link shares a prompt with its route.")
     base = page_base(visit.request)
-    same = visit.app.store.find_route(Route(list(st.route.edits), dict(prompt.info)),
-                                      prompt.text, moe.name)
+    same = visit.app.store.find_route(route, prompt.text, moe.name)
     link = route_link(base, same, n) if same is not None else \
         edits_link(base, prompt.text, st.edit_dicts(), n, prompt.system)
     gr.Info("Link copied: it opens this prompt and route"

@@ -25,7 +25,6 @@ from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ENGINE_NAM
 from explorer.viz import figures as plots
 
 #: The longest parameters JSON a search accepts.
-MAX_PARAMS_CHARS = 10_000
 
 
 def ensure_client(b) -> dict:
@@ -171,32 +170,17 @@ def on_method(visit: Visit, method):
     return gr.Row(visible=False), gr.Code(value=defaults, visible=True), gr.Radio(visible=False)
 
 
-def _other_params(method: str, params_json) -> dict:
-    text = text_arg(params_json, "parameters").strip() or "{}"
-    if len(text) > MAX_PARAMS_CHARS:
-        fail(f"The parameters are too long ({len(text)} characters).")
-    try:
-        values = json.loads(text)
-    except (ValueError, RecursionError):
-        fail("The parameters are not valid JSON.")
-    if not isinstance(values, dict):
-        fail('The parameters are a JSON object: {"name": value, ...}.')
-    return values
-
-
 def start_search(visit: Visit, method, prompt_v, system_v, target, n, thr, iters, seed, engine,
                  judge, max_new_v, params_json, b):
     """Queue a search of ``method`` (F-SOUR: the tab's controls; another: its JSON
     parameters), owned by this browser; the panel (:func:`job_view`)."""
-    method = text_arg(method, "method") or "fsour"
-    if method not in list_attacks("job"):
-        fail(f"Unknown method {method[:40]!r}.")
+    method = searches.job_method(text_arg(method, "method") or "fsour")
     if method == "fsour":
         p = text_arg(target, "target")
         values = {"target": p, "candidates": n, "max_iters": iters, "engine": engine,
                   "threshold": math.log(_probability(thr))}
     else:
-        values = _other_params(method, params_json)
+        values = searches.params_from_json(text_arg(params_json, "parameters"), "Parameters")
     b = ensure_client(b)
     params = {**values, "prompt": prompt_v, "system": visit.system(system_v),
               "seed": whole_number(seed, "seed", 0, MAX_SEED), "judge": judge or "keyword",
