@@ -11,7 +11,6 @@ route size, search budget) and redacts what it returns as hosted mode asks."""
 
 from __future__ import annotations
 
-
 from explorer.app import searches
 from explorer.app.errors import fail
 from explorer.app.gate import Door, Gate, Visit
@@ -27,11 +26,9 @@ from explorer.core.defaults import (
     RESEARCH_MAX_NEW_TOKENS,
     ROSAIS_MASK_RATIO,
     ROSAIS_SAMPLES,
+    ROSAIS_TOP,
 )
 from explorer.core.route import Route
-
-#: The longest parameters JSON ``attack_start`` takes.
-
 
 def _route_arg(route: str) -> Route | None:
     route = text_arg(route, "route")
@@ -71,20 +68,18 @@ def generate(visit: Visit, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS, ro
                **extra}
 
 
-def rosais(visit: Visit, prompt: str, samples: int = ROSAIS_SAMPLES, top: int = 5,
+def rosais(visit: Visit, prompt: str, samples: int = ROSAIS_SAMPLES, top: int = ROSAIS_TOP,
            mask_ratio: float = ROSAIS_MASK_RATIO, seed: int = 0,
            max_new_tokens: int = MAX_NEW_TOKENS, system: str = "") -> dict:
     """RoSais per MoE layer and the top-L masked answer (optionally with a system prompt);
     the CLI `rosais --json` object."""
-    from explorer.attacks import Shape
     from explorer.methods.rosais import rosais as run
     moe = visit.moe
     attack = get_attack("rosais")
     p = visit.prompt(text_arg(prompt, "prompt"), text_arg(system, "system"))
-    params = visit.params(attack.Params, {"samples": samples, "top": top,
-                                          "mask_ratio": mask_ratio})
+    params = attack.Params.parse({"samples": samples, "top": top, "mask_ratio": mask_ratio})
     n = visit.tokens(max_new_tokens, "max_new_tokens")
-    visit.budget(attack.cost(params, Shape(p.num_tokens, len(moe.moe_layers), n)),
+    visit.afford(attack, params, p, n,
                  f"RoSais with {params.samples} masks x {len(moe.moe_layers)} layers")
     d = run(moe, p, samples=params.samples, top=params.top, mask_ratio=params.mask_ratio,
             seed=whole_number(seed, "seed", 0, MAX_SEED), max_new_tokens=n).to_dict()

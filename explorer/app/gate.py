@@ -199,16 +199,25 @@ class Visit:
             raise PolicyError(f"{what} would run about {int(passes)} forward passes, which is "
                               f"above this server's limit of {budget}; ask for less")
 
+    def afford(self, attack, params, prompt: Prompt, max_new_tokens: int, what: str,
+               target: str | None = None) -> None:
+        """:meth:`budget` for ``attack`` with its ``params`` on a prepared ``prompt`` and an
+        answer of ``max_new_tokens``: its cost (:meth:`~explorer.attacks.Attack.cost`);
+        ``target``: the target answer an attack that scores one aims for (its tokens
+        count, and it is checked here)."""
+        from explorer.attacks import Shape
+        moe = self.moe
+        shape = Shape(prompt_tokens=prompt.num_tokens, moe_layers=len(moe.moe_layers),
+                      max_new_tokens=max_new_tokens,
+                      target_tokens=0 if target is None else len(moe.target_ids(target)))
+        self.budget(attack.cost(params, shape), what)
+
     def judge(self, name: str | None):
         """The judge ``name`` (default keyword), if this server offers it."""
         name = name or "keyword"
         if self.policy.enabled and name not in self.policy.allowed_judges:
             raise PolicyError(f"the judge {name!r} is not allowed on this server")
         return self.app.host.judge(name)
-
-    def params(self, cls, values: dict):
-        """A method's parameters from the UI or the wire: its Params class's one check."""
-        return cls.parse(values)
 
     # -- what leaves the server -------------------------------------------------------------
     def shown(self, prompt: str, text: str) -> str:

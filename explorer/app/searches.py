@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from explorer.app.errors import fail
-from explorer.attacks import Shape, list_attacks
+from explorer.attacks import list_attacks
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
@@ -58,12 +58,9 @@ def check_search(visit: Visit, kind: str, params: dict) -> dict:
     visit.judge(params.get("judge"))
     specs = attack.Params.specs()
     own = attack.Params(**{k: v for k, v in params.items() if k in specs})  # checked above
-    target = getattr(own, "target", None) or DEFAULT_TARGET
-    shape = Shape(prompt_tokens=prompt.num_tokens, moe_layers=len(visit.moe.moe_layers),
-                  max_new_tokens=n,
-                  target_tokens=len(visit.moe.target_ids(target)) if "target" in specs else 0)
-    visit.budget(attack.cost(own, shape), f"this {own.what.removesuffix(' parameters')} "
-                                          "search")
+    target = (getattr(own, "target", None) or DEFAULT_TARGET) if "target" in specs else None
+    visit.afford(attack, own, prompt, n, f"this {own.what.removesuffix(' parameters')} search",
+                 target=target)
     return params
 
 

@@ -84,12 +84,13 @@ def system_from_args(args) -> str | None:
         raise UsageError(f"--system: {exc}") from None
 
 
-def _int_in(text: str, lo: int, hi: int | None, what: str, kind: str = "an integer") -> int:
+def _int_in(text: str, lo: float | None, hi: float | None, what: str,
+            kind: str = "an integer") -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-    if v < lo or (hi is not None and v > hi):
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise argparse.ArgumentTypeError(f"{what}, got {v}")
     return v
 
@@ -170,15 +171,12 @@ def spec_type(name: str, spec) -> Callable[[str], object] | None:
     the parameters' own :meth:`~explorer.core.params.Params.parse`)."""
     from explorer.core.params import check_value
     if spec.kind == "int":
+        low = "an integer" if spec.lo is None else {
+            0: "a non-negative integer", 1: "a positive integer"}.get(
+                int(spec.lo), f"an integer >= {spec.lo:g}")
+
         def whole(text: str) -> int:
-            try:
-                v = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-            if spec.lo is not None and v < spec.lo:
-                what = {0: "a non-negative integer", 1: "a positive integer"}.get(
-                    int(spec.lo), f"an integer >= {spec.lo:g}")
-                raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+            v = _int_in(text, spec.lo, None, f"expected {low}")
             if spec.hi is not None and v > spec.hi:
                 raise argparse.ArgumentTypeError(f"expected at most {spec.hi:g}, got {v}")
             return v

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from explorer.core.defaults import ENGINE_NAMES  # noqa: F401  (its home; a public name here too)
 from explorer.core.errors import InputError
 from explorer.core.forward import (
     cache_of,
@@ -24,7 +25,6 @@ from explorer.core.forward import (
     stack_caches,
     target_logprob,
 )
-from explorer.core.defaults import ENGINE_NAMES  # noqa: F401  (its home; a public name here too)
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
@@ -525,4 +525,5 @@ def make_engine(name: str, moe, prompt_ids, target_ids):
     try:
         return ENGINES[name](moe, prompt_ids, target_ids)
     except KeyError:
-        raise InputError(f"unknown engine {name!r}; choose fast or reference") from None
+        raise InputError(f"unknown engine {name!r}; choose {' or '.join(ENGINE_NAMES)}") \
+            from None

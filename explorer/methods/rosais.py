@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from explorer.core.defaults import MAX_NEW_TOKENS, ROSAIS_MASK_RATIO, ROSAIS_SAMPLES, ROSAIS_TOP
+from explorer.core.defaults import (
+    ENGINE_NAMES,
+    MAX_NEW_TOKENS,
+    ROSAIS_MASK_RATIO,
+    ROSAIS_SAMPLES,
+    ROSAIS_TOP,
+)
 from explorer.core.errors import InputError
 from explorer.core.forward import generate, next_token_logprobs
 from explorer.core.route import Route
@@ -175,8 +181,8 @@ def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, s
     prompt, system, ids = p.text, p.system, list(p.ids)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
-    if engine not in ("fast", "reference"):
-        raise InputError(f"unknown engine {engine!r}; choose fast or reference")
+    if engine not in ENGINE_NAMES:
+        raise InputError(f"unknown engine {engine!r}; choose {' or '.join(ENGINE_NAMES)}")
     batch_size = batch_size or memory_batch_size(moe, len(ids), len(ids), 1)
     base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
     passes = 1

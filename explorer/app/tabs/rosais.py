@@ -16,7 +16,7 @@ from explorer.app.inputs import whole_number
 from explorer.app.state import Shared
 from explorer.app.streaming import stream_shown
 from explorer.app.verdicts import answer_verdict
-from explorer.attacks import Shape, get_attack
+from explorer.attacks import get_attack
 from explorer.viz import figures as plots
 
 
@@ -103,11 +103,11 @@ def run_rosais(visit: Visit, prompt_v, system_v, samples, top, ratio, seed, max_
     attack = get_attack("rosais")
     prompt = visit.prompt(prompt_v, system_v)
     n = visit.tokens(max_new_v)
-    params = visit.params(attack.Params, {
+    params = attack.Params.parse({
         "samples": whole_number(samples, "samples", 1),
         "top": min(whole_number(top, "top-L", 0), len(moe.moe_layers)), "mask_ratio": ratio})
     seed = whole_number(seed, "seed", 0)
-    visit.budget(attack.cost(params, Shape(prompt.num_tokens, len(moe.moe_layers), n)),
+    visit.afford(attack, params, prompt, n,
                  f"RoSais with {params.samples} masks x {len(moe.moe_layers)} layers")
     progress(0, desc="scoring routers")
     res = rosais(moe, prompt, samples=params.samples, top=params.top,

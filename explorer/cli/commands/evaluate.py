@@ -53,7 +53,7 @@ def _limit(text: str) -> int:
 
 
 def _configure(p):
-    from explorer.attacks import attack_help, get_attack, list_attacks
+    from explorer.attacks import attack_help, list_attacks
     from explorer.evaluation.evaluate import PROTOCOLS
     from explorer.judges import judge_help
     methods = list_attacks("evaluate")
@@ -85,7 +85,7 @@ def _configure(p):
                    help="methods that search several rows together (fsour): rows at once, "
                         "same routes as one at a time (default: sized from the free memory; "
                         "1: one at a time)")
-    add_param_options(p, {m: get_attack(m).Params for m in methods}, where="evaluate",
+    add_param_options(p, _param_classes(), where="evaluate",
                       title="the methods' parameters (each method takes its own; "
                             "default: the method's own)")
     add_system_args(p)
@@ -148,13 +148,10 @@ def _progress(rank: int, world: int):
     return show
 
 
-def _flag(name: str) -> str:
+def _param_classes() -> dict[str, type]:
+    """method -> its parameter class, for every method ``evaluate`` offers."""
     from explorer.attacks import get_attack, list_attacks
-    for m in list_attacks("evaluate"):
-        spec = get_attack(m).Params.specs().get(name)
-        if spec is not None:
-            return spec.option(name)
-    return "--" + name.replace("_", "-")
+    return {m: get_attack(m).Params for m in list_attacks("evaluate")}
 
 
 # argparse defaults of the options a protocol sets (a different value was given by hand)
@@ -195,21 +192,19 @@ def _run(args):
     if world > 1 and not args.out:
         raise UsageError(f"--out is required when {world} processes share the rows")
     check_out_path(args.out, makes_folders=True)
-    from explorer.attacks import get_attack, list_attacks
-    attack = get_attack(args.method)
-    given = {}
-    for m in list_attacks("evaluate"):
-        given.update(params_from_args(args, get_attack(m).Params))
-    if args.reference_file is not None and "reference_file" not in attack.Params.specs():
-        owners = [m for m in list_attacks("evaluate")
-                  if "reference_file" in get_attack(m).Params.specs()]
+    classes = _param_classes()
+    own = classes[args.method].specs()
+    specs = {name: spec for cls in classes.values() for name, spec in cls.specs().items()
+             if spec.offered("evaluate")}  # every method's options
+    if args.reference_file is not None and "reference_file" not in own:
+        owners = [m for m, cls in classes.items() if "reference_file" in cls.specs()]
         raise UsageError(f"--reference is for --method {' or '.join(owners)}")
-    foreign = sorted(k for k in given if k not in attack.Params.specs())
+    foreign = sorted(k for k in specs if k not in own and getattr(args, k, None) is not None)
     if foreign:  # e.g. one set of flags for a loop over methods: ignored, said once
-        print(f"warning: {', '.join(_flag(k) for k in foreign)} "
+        print(f"warning: {', '.join(specs[k].option(k) for k in foreign)} "
               f"{'is' if len(foreign) == 1 else 'are'} not a parameter of --method "
               f"{args.method}; ignored", file=sys.stderr)
-    attack.Params.parse(params_from_args(args, attack.Params))  # one line, before loading
+    classes[args.method].parse(params_from_args(args, classes[args.method]))  # before loading
     system = system_from_args(args)
     rows = load_dataset_rows(args.dataset, args.limit, offline=st.hub_offline,
                              start=args.start, end=args.end)
@@ -235,10 +230,7 @@ def _run(args):
     # every method's parameters, None where not given (the row's method takes its own; the
     # run's info records them all, as it always has)
     settings = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, system=system,
-                    protocol=args.protocol,
-                    **{name: getattr(args, name, None) for m in list_attacks("evaluate")
-                       for name in get_attack(m).Params.specs()
-                       if get_attack(m).Params.specs()[name].offered("evaluate")})
+                    protocol=args.protocol, **{name: getattr(args, name, None) for name in specs})
     ev = evaluate(moe, rows, args.method, judge, out=args.out, resume=args.resume,
                   prompt_batch=args.prompt_batch,
                   rank=rank, world=world, dataset=args.dataset,
