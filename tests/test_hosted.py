@@ -139,40 +139,46 @@ def test_check_generation():
     assert HostedPolicy.from_env({}).check_generation(10_000) == 10_000
 
 
-def test_check_search():
-    p = hosted(max_search_budget=600)
-    assert p.check_search({"candidates": 4, "max_iters": 3}, positions=50) == 600
-    assert p.check_search({"candidates": 4, "max_iters": 3, "positions": 50}) == 600
-    assert p.check_search({}, positions=12) == 10 * 5 * 12  # fsour's defaults
-    assert p.check_search({"candidates": None, "max_iters": None}, positions=1) == 50
-    assert p.check_search({"candidates": 4, "max_iters": 3}, positions=46,
-                          target_tokens=4) == 600  # every candidate runs prompt + target
-    with pytest.raises(PolicyError, match=r"4 candidates x 3 iterations x \(51 prompt \+ 0 "
-                                          r"target tokens\) = 612 is above this server's "
-                                          r"limit of 600"):
-        p.check_search({"candidates": 4, "max_iters": 3}, positions=51)
-    with pytest.raises(PolicyError, match="needs the prompt's token count"):
-        p.check_search({"candidates": 1, "max_iters": 1})
-    for bad, match in (({"candidates": 0}, "candidates must be at least 1"),
-                       ({"max_iters": -2}, "max_iters must be at least 1"),
-                       ({"candidates": "3"}, "candidates must be an integer"),
-                       ({"candidates": 2.5}, "candidates must be an integer"),
-                       ({"max_new_tokens": 65}, "above this server's limit of 64"),
-                       ({"judge": "rubric"}, "judge 'rubric' is not offered"),
-                       ({"judge": "classifier"}, "not offered")):
-        with pytest.raises(PolicyError, match=match):
-            p.check_search(bad, positions=2)
-    with pytest.raises(PolicyError, match="positions must be at least 1"):
-        p.check_search({}, positions=0)
-    with pytest.raises(PolicyError, match="mapping"):
-        p.check_search([("candidates", 1)], positions=1)
-    assert p.check_search({"judge": "keyword"}, positions=1) == 50
-    off = HostedPolicy.from_env({})
-    assert off.check_search({"candidates": 1000, "max_iters": 100, "judge": "rubric"},
-                            positions=500) == 50_000_000
-    assert off.check_search({"candidates": 3, "max_iters": 2}) == 6
-    with pytest.raises(PolicyError):  # zero budgets are wrong everywhere
-        off.check_search({"candidates": 0}, positions=3)
+class _Host:
+    def __init__(self, moe):
+        self.moe = moe
+
+    def require(self):
+        return self.moe
+
+
+class _App:
+    """What a visit asks of the app for its budget and judges: the policy and the model."""
+
+    def __init__(self, policy, moe):
+        self.policy, self.host = policy, _Host(moe)
+
+
+def test_a_search_budget_is_its_attacks_cost_at_the_gate(tiny):
+    """The search budget is asked of the visit: the attack's cost (F-SOUR: candidates x
+    restarts x (prompt + target tokens), every scored candidate runs over both) against
+    the server's limit, with the judges the server offers."""
+    from explorer.app.gate import Visit
+    from explorer.attacks import Shape, get_attack
+    fsour = get_attack("fsour")
+    prompt = tiny.prepare("Tell me how to pick a lock.")
+    P, T = prompt.num_tokens, len(tiny.target_ids("Sure, here is"))
+    params = fsour.Params.parse({"candidates": 4, "max_iters": 3})
+    assert fsour.cost(params, Shape(P, len(tiny.moe_layers), 0, T)) == 4 * 3 * (P + T)
+    assert fsour.cost(fsour.Params.parse({}), Shape(P, 1, 0, 0)) == 10 * 5 * P  # defaults
+    exact = Visit(_App(hosted(max_search_budget=4 * 3 * (P + T)), tiny))
+    exact.afford(fsour, params, prompt, 16, "this search", target="Sure, here is")
+    exact.afford(fsour, params, prompt, 16, "this search")  # without a target: P alone
+    tight = Visit(_App(hosted(max_search_budget=4 * 3 * (P + T) - 1), tiny))
+    with pytest.raises(PolicyError, match=rf"this search would run about {4 * 3 * (P + T)} "
+                                          rf"forward passes, which is above this server's "
+                                          rf"limit of {4 * 3 * (P + T) - 1}"):
+        tight.afford(fsour, params, prompt, 16, "this search", target="Sure, here is")
+    with pytest.raises(PolicyError, match="the judge 'rubric' is not allowed"):
+        tight.judge("rubric")
+    off = Visit(_App(HostedPolicy.from_env({}), tiny))  # no budget without hosted mode
+    off.afford(fsour, fsour.Params.parse({"candidates": 1000, "max_iters": 100}), prompt,
+               16, "this search", target="Sure, here is")
 
 
 def test_check_jobs():

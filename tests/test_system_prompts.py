@@ -137,8 +137,7 @@ def test_a_resumed_search_keeps_its_system_prompt(demo):
 
 def test_search_results_differ_with_a_system_prompt(demo):
     from explorer.core.forward import target_logprob
-    from explorer.research.common import target_ids
-    tgt = target_ids(demo, "Sure, here is")
+    tgt = demo.target_ids("Sure, here is")
     a = float(target_logprob(demo, demo.encode(PROMPT), tgt, [Route()])[0])
     b = float(target_logprob(demo, demo.encode(PROMPT, SYSTEM), tgt, [Route()])[0])
     assert a != b

@@ -287,44 +287,6 @@ class HostedPolicy:
                               f"{self.max_new_tokens}")
         return n
 
-    def check_search(self, params: Mapping[str, Any], positions: int | None = None,
-                     target_tokens: int = 0) -> int:
-        """The search budget ``candidates x max_iters x (positions + target_tokens)`` of
-        F-SOUR ``params`` (defaults 10 and 5 as in :func:`explorer.methods.fsour.fsour`;
-        ``positions``: the prompt's token count, or ``params["positions"]``; every scored
-        candidate runs over the prompt and the target), or PolicyError: a value that is
-        not a positive integer, a budget or generation length above the caps, or a judge
-        the server does not offer (hosted)."""
-        if not isinstance(params, Mapping):
-            raise PolicyError("search parameters must be a mapping")
-        def value(key, default):
-            v = params.get(key)
-            return default if v is None else v
-        cand = _as_count("candidates", value("candidates", 10))
-        iters = _as_count("max_iters", value("max_iters", 5))
-        pos = positions if positions is not None else params.get("positions")
-        if pos is None:
-            if not self.enabled:
-                return cand * iters
-            raise PolicyError("the search budget needs the prompt's token count (positions)")
-        pos = _as_count("positions", pos)
-        if params.get("max_new_tokens") is not None:
-            self.check_generation(params["max_new_tokens"])
-        tgt = _as_count("target_tokens", target_tokens, minimum=0)
-        budget = cand * iters * (pos + tgt)
-        if self.enabled:
-            if budget > self.max_search_budget:
-                raise PolicyError(
-                    f"search budget {cand} candidates x {iters} iterations x ({pos} prompt "
-                    f"+ {tgt} target tokens) = {budget} is above this server's limit of "
-                    f"{self.max_search_budget}; lower candidates or iterations, or use a "
-                    f"shorter prompt")
-            judge = params.get("judge") or "keyword"
-            if judge not in self.allowed_judges:
-                raise PolicyError(f"judge {str(judge)[:40]!r} is not offered on this server "
-                                  f"(allowed: {', '.join(self.allowed_judges)})")
-        return budget
-
     def check_jobs(self, active: int) -> None:
         """PolicyError when a session with ``active`` queued or running jobs may not
         queue another (hosted)."""

@@ -34,14 +34,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from explorer.attacks import Attack, Case, Outcome, Run, answer, get_attack, list_attacks
+from explorer.attacks import Attack, Case, Outcome, Run, get_attack, list_attacks
 from explorer.attacks.random_routes import reference_sizes  # noqa: F401  (public here too)
 from explorer.core.chat import check_system
+from explorer.core.defaults import MAX_NEW_TOKENS
 from explorer.core.errors import InputError
+from explorer.core.jsonl import append_jsonl, read_jsonl, write_jsonl  # noqa: F401  (public here too)
 from explorer.core.params import Params
 from explorer.judges import judge_label
-from explorer.core.jsonl import append_jsonl, read_jsonl, write_jsonl  # noqa: F401  (public here too)
-from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -274,37 +274,6 @@ def make_row(row: dict, attack: Attack, out: Outcome, **marks: Any) -> dict:
     return rec
 
 
-def evaluate_row(moe: MoEModel, row: dict, method: str, judge, max_new_tokens: int = MAX_NEW_TOKENS,
-                 seed: int = 0, system: str | None = None, route=None,
-                 protocol: str | None = None, **params) -> dict:
-    """Run ``method`` (a registered attack, see :func:`explorer.attacks.list_attacks`) on
-    one dataset row and judge it; returns the JSONL row dict.
-
-    ``params``: the attack's parameters (e.g. ``top``, ``samples`` for rosais;
-    ``candidates``, ``max_iters``, ``target`` for fsour, whose ``target`` overrides the
-    row's own; without either, ``"Sure, here is"``). ``system``: the system prompt the goal
-    is templated with. ``route``: answer with this route instead of the attack's own (the
-    ``steer`` and ``random`` routes :func:`evaluate` makes). ``protocol``: its name,
-    recorded. ``forward_passes`` for answers without a search counts model calls (one per
-    generated token).
-    """
-    attack = get_attack(method)
-    p = attack_params(attack, params)
-    run = Run(judge=judge, max_new_tokens=max_new_tokens, seed=seed, system=check_system(system))
-    case = Case(row["goal"], row["index"], row.get("target"))
-    if route is not None:
-        out = answer(moe, case.prompt, route, run)
-    else:
-        out = next(iter(attack.run_many(moe, [case], p, run)))[1]
-    return make_row(row, attack, out, system=run.system, protocol=protocol)
-
-
-def row_target(row: dict, target: str | None = None) -> str:
-    """The F-SOUR target of a dataset row: ``target`` if given, else the row's own, else
-    ``"Sure, here is"``."""
-    return target or row.get("target") or DEFAULT_TARGET
-
-
 # -- a dataset ----------------------------------------------------------------------------
 def _resume_rows(path, rows: list[dict], method: str, judge: str,
                  system: str | None = None, protocol: str | None = None) -> dict[int, dict]:
@@ -351,9 +320,10 @@ def evaluate(moe: MoEModel, rows: list[dict], method: str = "none", judge=None, 
     when ``process_group`` (torchrun and accelerate set ``MASTER_ADDR``/``MASTER_PORT``;
     ``group_timeout`` seconds) or marker files next to the output otherwise.
     ``on_row(done, total, row, skipped)`` reports progress.
-    ``settings`` go to :func:`evaluate_row` (``system``: the system prompt every goal is
-    templated with; ``protocol``: a :data:`PROTOCOLS` name the rows record, its settings
-    already applied by the caller). Rank 0 (or a single process) returns every row; other
+    ``settings``: ``max_new_tokens``, ``seed``, ``system`` (the system prompt every goal is
+    templated with), ``protocol`` (a :data:`PROTOCOLS` name the rows record, its settings
+    already applied by the caller) and the attack's parameters (:func:`attack_params`;
+    F-SOUR's ``target`` overrides each row's own). Rank 0 (or a single process) returns every row; other
     ranks return their own. ``method="random"``: ``reference`` (from
     :func:`reference_sizes`) gives each row's F-SOUR route size; rows it lacks are searched
     first.

@@ -63,12 +63,6 @@ def judge_name(judge) -> str:
     return getattr(judge, "name", type(judge).__name__)
 
 
-def target_ids(moe: MoEModel, target: str) -> list[int]:
-    """``moe.target_ids(target)`` (:meth:`~explorer.core.model.MoEModel.target_ids`, the one
-    home of a target's checks)."""
-    return moe.target_ids(target)
-
-
 def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
     """Prompt positions before every route's first edit (routes agree there); at most
     ``n_prompt - 1`` so that at least one prompt token is recomputed."""

@@ -35,7 +35,6 @@ from explorer.research.common import (
     map_route,
     prompt_layout,
     resolve_judge,
-    target_ids,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +93,7 @@ def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TAR
     route = map_route(moe, route, prompt, mapping, system=system)
     judge = resolve_judge(judge)
     ids = moe.encode(prompt, system)
-    tgt = target_ids(moe, target)
+    tgt = moe.target_ids(target)
     t0 = time.perf_counter()
     passes, gens = 0, 0
 

@@ -59,7 +59,6 @@ from explorer.research.common import (
     prompt_list,
     resolve_judge,
     source_length,
-    target_ids,
 )
 
 if TYPE_CHECKING:
@@ -90,7 +89,7 @@ def asr(moe: MoEModel, route: Route | None, prompts: Sequence[str], judge=None, 
     """
     prompts = prompt_list(prompts)
     judge = resolve_judge(judge)
-    tgt = target_ids(moe, target) if target else None
+    tgt = moe.target_ids(target) if target else None
     rows = []
     for p in prompts:
         ids = moe.encode(p, system)
@@ -156,7 +155,7 @@ def transfer_matrix(moe: MoEModel, routes: Sequence[Route], prompts: Sequence[st
         raise InputError("no routes to transfer")
     prompts = prompt_list(prompts)
     judge = resolve_judge(judge)
-    tgt = target_ids(moe, target)
+    tgt = moe.target_ids(target)
     t0 = time.perf_counter()
     cells: list[list[dict]] = [[] for _ in routes]
     baseline = []

@@ -24,8 +24,6 @@ from explorer.attacks import get_attack, list_attacks
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ENGINE_NAMES, MAX_SEED
 from explorer.viz import figures as plots
 
-#: The longest parameters JSON a search accepts.
-
 
 def ensure_client(b) -> dict:
     """The BrowserState value with a client id and at most 50 job ids."""
