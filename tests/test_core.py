@@ -378,3 +378,22 @@ def test_model_wide_defense_applies_under_every_route(tiny):
     with tiny.control(forced_bad, record=True, defense=defense) as ctl:
         tiny.model(torch.tensor([tiny.encode("Tell me a joke")]))
     assert not set(ctl.collected(0)["experts"][0, 1].tolist()) & {0, 1, 2}
+
+
+def test_trace_validates_its_route_once(tiny, monkeypatch):
+    """trace checks a route against the model and the prompt's length once: the forwards
+    that apply it do not check it again (a route valid for a model stays valid)."""
+    from explorer.core.trace import trace
+    calls = []
+    validate = Route.validate
+
+    def counted(self, *a, **k):
+        calls.append(k.get("num_tokens"))
+        return validate(self, *a, **k)
+    monkeypatch.setattr(Route, "validate", counted)
+    route = Route().force(tiny.moe_layers[0], 1, list(range(tiny.handle(
+        tiny.moe_layers[0]).info.top_k)))
+    route.info["trace-once"] = True  # another route than any other test's
+    tiny.cache.valid_routes.clear()
+    tr = trace(tiny, "Count the validations, please.", max_new_tokens=2, route=route)
+    assert tr.route is route and len(calls) == 1 and calls[0] == tr.prompt_tokens

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from explorer.core.control import remember_valid
 from explorer.core.errors import InputError
 from explorer.core.forward import generate_recorded
 from explorer.core.route import Route
@@ -163,6 +164,7 @@ def trace(moe: MoEModel, prompt: str | Prompt, max_new_tokens: int = 0,
     ids = list(p.ids)
     if route is not None and validate:
         route.validate(moe.info, num_tokens=len(ids))
+        remember_valid(moe, route)  # the forwards below need not check it again
     gen, ctl = generate_recorded(moe, ids, route, max_new_tokens=max_new_tokens,
                                  on_token=on_token)
     experts, weights, logits = [], [], []

@@ -623,7 +623,7 @@ class JobManager:
             log.warning("job %s failed: %s", job_id, one_line(exc, limit=500, with_type=True))
             self._fail(job_id, one_line(exc, limit=500, with_type=True), tracker.snapshot())
             return
-        self._finish(job_id, params, _outcome(result, params), tracker.snapshot())
+        self._finish(job_id, rec.kind, params, _outcome(result, params), tracker.snapshot())
 
     def _run_chunked(self, job_id: str) -> None:
         """The job as a sequence of GPU windows (see the module docs)."""
@@ -665,10 +665,11 @@ class JobManager:
             self.store.update_job(job_id, status=self._stop_status(job_id),
                                   where_status="running")
         elif out["cancelled"] and out["stop"] == "budget":  # stopped between two windows
-            self._finish(job_id, rec.params, out, dict(out["progress"], kind="cancelled",
-                                                       eta_seconds=None, eta_max_seconds=None))
+            self._finish(job_id, rec.kind, rec.params, out,
+                         dict(out["progress"], kind="cancelled", eta_seconds=None,
+                              eta_max_seconds=None))
         else:
-            self._finish(job_id, rec.params, out, out["progress"])
+            self._finish(job_id, rec.kind, rec.params, out, out["progress"])
 
     def _chunk(self, store: RouteStore, job_id: str, longest: float, here: bool) -> dict:
         rec = store.get_job(job_id)
@@ -711,9 +712,9 @@ class JobManager:
         return "cancelled" if job_id in self._user_cancelled or not self._stopping \
             else "interrupted"
 
-    def _finish(self, job_id: str, params: dict, out: dict, progress: dict) -> None:
+    def _finish(self, job_id: str, kind: str, params: dict, out: dict, progress: dict) -> None:
         """Store a runner's outcome: 'cancelled' or 'interrupted' with its checkpoint, or
-        'done' with its route saved to the library."""
+        'done' with its route saved to the library (its source: the job's ``kind``)."""
         extra = {"state": out["state"]} if out["state"] is not None else {}
         if out["cancelled"]:
             self.store.update_job(job_id, status=self._stop_status(job_id),
@@ -721,7 +722,6 @@ class JobManager:
                                   where_status="running", **extra)
             return
         route = Route.from_dict(out["route"])
-        kind = self.store.get_job(job_id).kind
         self.store.finish_job(
             job_id, route, params["prompt"], getattr(self.moe, "name", "") or "",
             route_fields={
