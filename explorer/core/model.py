@@ -285,7 +285,7 @@ class MoEModel:
         text again costs a lookup. A :class:`Prompt` is returned as it is when it was
         prepared for this model (``system`` and ``thinking``, when given, must be the ones
         it was prepared with); one prepared for another model is prepared again from its
-        text. Raises ``ValueError`` as :meth:`encode` does."""
+        text. Raises ``InputError`` as :meth:`encode` does."""
         if isinstance(prompt, Prompt):
             if system is not None and check_system(system) != prompt.system:
                 raise InputError("the prompt was prepared with another system prompt")

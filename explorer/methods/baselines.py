@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
 
-
 def expert_frequencies(moe: MoEModel, prompts: Sequence[str],
                        system: str | None = None) -> list[list[float]]:
     """Per MoE layer (``moe.moe_layers`` order) and expert: the share of the templated

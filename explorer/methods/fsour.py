@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from explorer.core.control import active_defense
-from explorer.core.errors import InputError
 from explorer.core.defaults import (
     DEFAULT_TARGET,
     DEFAULT_THRESHOLD,
@@ -35,6 +34,7 @@ from explorer.core.defaults import (
     TIE_BAND,
     TIE_BAND_REL,
 )
+from explorer.core.errors import InputError
 from explorer.core.forward import generate, generate_many
 from explorer.core.route import Route
 from explorer.engine.scoring import MultiScorer, make_engine
@@ -190,7 +190,6 @@ def _check_args(candidates, max_iters, max_new_tokens, order) -> None:
         raise InputError("candidates and max_iters must be at least 1")
     if order not in FSOUR_ORDERS:
         raise InputError(f"unknown order {order!r}; choose {' or '.join(FSOUR_ORDERS)}")
-
 
 
 def tie_band(moe: MoEModel, value: float) -> float:

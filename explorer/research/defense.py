@@ -58,9 +58,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from explorer.attacks import Attack, Case, Outcome, Run, get_attack, list_attacks
 from explorer.core.chat import check_system
+from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.errors import InputError
 from explorer.core.params import Params
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.route import Route, RouteError
 from explorer.research.common import ResultMixin, as_route, judge_name, prompt_list, resolve_judge
 

@@ -21,8 +21,8 @@ Exports are written only under ``<data dir>/exports/``; imports are read only fr
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import sqlite3
 import tempfile
 import threading

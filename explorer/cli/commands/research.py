@@ -25,9 +25,9 @@ from explorer.cli.options import (
     Command,
     UsageError,
     add_model_args,
+    add_param_options,
     add_system_args,
     count,
-    add_param_options,
     emit,
     load_from_args,
     log_prob,
@@ -38,8 +38,8 @@ from explorer.cli.options import (
     system_from_args,
 )
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ROSAIS_MASK_RATIO
-from explorer.judges import judge_help
 from explorer.core.errors import InputError
+from explorer.judges import judge_help
 from explorer.viz.text import pct
 
 
