@@ -101,7 +101,7 @@ def search_start(visit: Visit, prompt: str, target: str = DEFAULT_TARGET,
               "seed": seed, "engine": text_arg(engine, "engine"),
               "max_new_tokens": max_new_tokens, "judge": text_arg(judge, "judge"),
               "system": visit.system(text_arg(system, "system"))}
-    return {"job_id": searches.submit(visit, "fsour", params, visit.app.owner(visit.request))}
+    return {"job_id": searches.submit(visit, "fsour", params, visit.owner())}
 
 
 def attack_start(visit: Visit, method: str, prompt: str, params: str = "{}",
@@ -119,7 +119,7 @@ def attack_start(visit: Visit, method: str, prompt: str, params: str = "{}",
     if clash:
         fail(f"params may not set {clash}: they are this endpoint's own arguments")
     return {"job_id": searches.submit(visit, method, {**values, **run},
-                                      visit.app.owner(visit.request))}
+                                      visit.owner())}
 
 
 def search_status(visit: Visit, job_id: str) -> dict:
@@ -127,19 +127,19 @@ def search_status(visit: Visit, job_id: str) -> dict:
     --json` object once done), error, route_id, created, updated. Only the client that
     started a search can read, cancel or resume it."""
     return searches.status(visit.app, text_arg(job_id, "job_id"),
-                           visit.app.owner(visit.request))
+                           visit.owner())
 
 
 def search_cancel(visit: Visit, job_id: str) -> dict:
     """Cancel a queued or running search (resumable); returns its status."""
     return searches.cancel(visit.app, text_arg(job_id, "job_id"),
-                           visit.app.owner(visit.request))
+                           visit.owner())
 
 
 def search_resume(visit: Visit, job_id: str) -> dict:
     """Queue an 'interrupted' or 'cancelled' search again; it continues from its last
     checkpoint (same seed, same route as an uninterrupted run). Returns its status."""
-    return searches.resume(visit, text_arg(job_id, "job_id"), visit.app.owner(visit.request))
+    return searches.resume(visit, text_arg(job_id, "job_id"), visit.owner())
 
 
 def routes(visit: Visit, model: str = "", text: str = "", success: str = "", source: str = "",

@@ -115,7 +115,7 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
     list, the system prompt."""
     from explorer.app.tabs import library, search
     app = visit.app
-    b = search.ensure_client(b)
+    b = search.ensure_client(app, b)
     skip = gr.skip()
     tab = skip
     view = (skip,) * 6  # route id, prompt, max new tokens, Inspect's state, edits, system

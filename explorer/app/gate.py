@@ -38,7 +38,7 @@ from explorer.app.errors import as_toasts, user_errors
 from explorer.app.gpu import gpu
 from explorer.app.hosted import PolicyError
 from explorer.app.inputs import need_prompt, whole_number
-from explorer.app.owners import session_of
+from explorer.app.owners import LOCAL_SESSION, session_of
 from explorer.app.verdicts import keyword_verdict
 from explorer.core.defaults import MAX_GENERATION
 
@@ -131,8 +131,15 @@ class Visit:
 
     @property
     def session(self) -> str:
-        """The caller's Gradio session."""
-        return session_of(self.request)
+        """The caller's Gradio session (local callers without one:
+        :data:`~explorer.app.owners.LOCAL_SESSION`; hosted mode refuses them at entry)."""
+        return session_of(self.request) or LOCAL_SESSION
+
+    def owner(self, browser: Any = None) -> str:
+        """The caller's owner key: the browser's (``browser``: its BrowserState value, with
+        a client id this server signed) or, without one, the API session's."""
+        client = browser.get("client") if isinstance(browser, dict) else None
+        return self.app.owners.owner(self.request, client=client)
 
     @property
     def address(self) -> str | None:
@@ -240,7 +247,12 @@ class Gate:
     # -- admission --------------------------------------------------------------------------
     def admit(self, visit: Visit, cost: float | None = None) -> None:
         """Charge ``cost`` (default: the door's) to the caller's session, client address and
-        the whole server (hosted mode; see :meth:`HostedPolicy.check_rate`)."""
+        the whole server (hosted mode; see :meth:`HostedPolicy.check_rate`). A hosted call
+        that comes with a request but no session is refused: callers never share one."""
+        if self.policy.enabled and visit.request is not None and \
+                session_of(visit.request) is None:
+            raise PolicyError("this call has no session: call through the queue (e.g. with "
+                              "gradio_client) or send a session_hash")
         self.policy.check_rate(visit.session, visit.door.cost if cost is None else cost,
                                visit.address)
 
