@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     s = args.settings
     s.apply_threads()
-    from explorer.app.build import build_app, launch_options
+    from explorer.app.build import build_app, launch_options, queue_options
     from explorer.attacks import load_plugins
     from explorer.core.errors import ExplorerError
     try:
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         # data folder: one line, status 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo.queue(default_concurrency_limit=1,
-               max_size=64 if s.policy.enabled else None).launch(
+    demo.queue(**queue_options(s.policy)).launch(
         server_name=s.host, server_port=s.port, **launch_options(demo))
 
 

@@ -1,9 +1,9 @@
 """The Gradio app: the layout of every tab and the table of its events, each registered
 through the gate.
 
-:func:`build_app` returns a ``gr.Blocks``; launch it with ``demo.queue().launch(
-**launch_options(demo), ...)`` (Gradio 6 takes theme, css and the middleware in
-``launch``).
+:func:`build_app` returns a ``gr.Blocks``; launch it with
+``demo.queue(**queue_options(policy)).launch(**launch_options(demo), ...)`` (Gradio 6
+takes theme, css and the middleware in ``launch``).
 
 One model per process (:class:`~explorer.app.context.Explorer`: the model host, the
 owners of searches and the gate), shared by every browser session. What belongs to one
@@ -34,7 +34,7 @@ from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.core.route import Route
 from explorer.settings import Settings
 
-__all__ = ["CSS", "EXAMPLES", "build_app", "launch_options"]
+__all__ = ["CSS", "EXAMPLES", "build_app", "launch_options", "queue_options"]
 
 #: The example prompts under the prompt box (the project's own sets).
 EXAMPLES = tuple(HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3])
@@ -64,20 +64,34 @@ CSS = """
 
 def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     """Keyword arguments for ``launch()`` (theme and css moved there in Gradio 6). With
-    the app ``demo``, its HTTP edge too (:class:`explorer.app.http.RequestCheck`: bounded
-    bodies, unknown API names and missing arguments answered with one line) and
-    ``show_error``: a value Gradio itself cannot take (text in a slider, say) is answered
-    with Gradio's one-line reason instead of ``{"error": null}``. Every view's failures
-    become one-line messages at the gate, so no internal detail travels this way."""
+    the app ``demo``, its HTTP edge too (:class:`explorer.app.http.Edge`: only the app's
+    routes, bounded bodies and uploads, the hosted policy's admission of uploads and
+    shares of the queue, unknown API names and missing arguments answered with one line),
+    Gradio's own upload limit and ``show_error``: a value Gradio itself cannot take (text in
+    a slider, say) is answered with Gradio's one-line reason instead of ``{"error": null}``.
+    Every view's failures become one-line messages at the gate, so no internal detail
+    travels this way."""
     out: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"),
                            "css": CSS}
     if demo is not None:
         from starlette.middleware import Middleware
 
-        from explorer.app.http import RequestCheck
-        out["app_kwargs"] = {"middleware": [Middleware(RequestCheck, blocks=lambda: demo)]}
+        from explorer.app.http import MAX_FILE_SIZE, Edge
+        policy = demo.explorer.policy if hasattr(demo, "explorer") else None
+        out["app_kwargs"] = {"middleware": [Middleware(Edge, blocks=lambda: demo,
+                                                       policy=lambda: policy)]}
         out["show_error"] = True
+        out["max_file_size"] = MAX_FILE_SIZE
     return out
+
+
+def queue_options(policy: HostedPolicy | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``demo.queue()``: Gradio's direct ``/run/`` and ``/api/`` routes
+    closed (the edge answers them 404 anyway), one event at a time unless a door says
+    otherwise, and in hosted mode a bounded queue."""
+    hosted = policy is not None and policy.enabled
+    return {"default_concurrency_limit": 1, "api_open": False,
+            "max_size": 64 if hosted else None}
 
 
 def _hosted_note(policy: HostedPolicy) -> str:

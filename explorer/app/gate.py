@@ -36,7 +36,7 @@ import gradio as gr
 
 from explorer.app.errors import as_toasts, user_errors
 from explorer.app.gpu import gpu
-from explorer.app.hosted import PolicyError
+from explorer.app.hosted import MODEL_SLOTS, PolicyError
 from explorer.app.inputs import need_prompt, whole_number
 from explorer.app.owners import LOCAL_SESSION, session_of
 from explorer.app.verdicts import keyword_verdict
@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 
 #: What one call costs the caller's rate buckets, by the kind of work a door does.
 COSTS = {"model": 1.0, "job": 1.0, "write": 1.0, "light": 0.1, "poll": 0.02, "page": 0.25}
-#: Event settings: model work shares one concurrency slot; the rest runs freely.
-MODEL_SLOT = dict(concurrency_limit=1, concurrency_id="model")
+#: Event settings: model work shares :data:`~explorer.app.hosted.MODEL_SLOTS` slots (the
+#: requests in them take turns on the model's first-come-first-served lock, a pass at a
+#: time); the rest runs freely.
+MODEL_SLOT = dict(concurrency_limit=MODEL_SLOTS, concurrency_id="model")
 FREE = dict(concurrency_limit=None)
 #: What a redacted generated token shows in heatmaps and trace JSON.
 HIDDEN_TOKEN = "…"

@@ -26,6 +26,13 @@ Environment (flags passed to :meth:`~HostedPolicy.from_env` win):
                                        600; burst a tenth of it, at least 20)
 ``EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS`` queued or running jobs per client address
                                        (default twice the per-session cap)
+``EXPLORER_HOSTED_MODEL_PER_ADDRESS``  model requests (trace, generate, RoSais...) one
+                                       client address may have queued or running at once
+                                       (default 2; the server runs
+                                       :data:`MODEL_SLOTS` at once, so others' work
+                                       starts while one address waits)
+``EXPLORER_HOSTED_WAITING_PER_ADDRESS`` requests of any kind one client address may have
+                                       queued or running at once (default 16)
 ``EXPLORER_HOSTED_TRUST_PROXY=1``      take the client address from the last
                                        ``X-Forwarded-For`` entry (default on when
                                        ``SPACE_ID`` is set: Spaces runs behind a proxy)
@@ -52,6 +59,10 @@ TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("0", "false", "no", "off", "")
 REDACTION_NOTE = ("[... the rest is hidden: this server shows only the first sentence of "
                   "a harmful answer from a real model]")
+#: Model requests the server runs at once (they take turns on the model, a forward pass
+#: at a time, first come first served): with one address holding at most
+#: ``max_model_per_address``, another address's request starts at once.
+MODEL_SLOTS = 3
 MAX_SESSIONS = 10_000  # rate-limit buckets kept before idle ones are dropped
 _HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|\Z)|[\u3002\uff01\uff1f]|\n")
@@ -95,6 +106,12 @@ def _as_count(name: str, v: Any, minimum: int = 1) -> int:
     if v < minimum:
         raise PolicyError(f"{name} must be at least {minimum}, got {v}")
     return v
+
+
+def _key(session: Any) -> str | None:
+    """A session's bucket key (None: a request without one, e.g. an upload, is charged to
+    its address and the server only)."""
+    return None if session is None else str(session)
 
 
 def is_demo_name(name: str | None) -> bool:
@@ -141,6 +158,8 @@ class HostedPolicy:
     address_rate: float | None = None  # default 2 x rate (per second)
     global_rate: float = 10.0          # per second (600 per minute)
     max_jobs_per_address: int | None = None  # default 2 x max_jobs_per_session
+    max_model_per_address: int = 2      # model requests queued or running per address
+    max_waiting_per_address: int = 16   # requests of any kind queued or running per address
     trust_proxy: bool = False
     allowed_judges: tuple[str, ...] = ("keyword",)
     full_text: bool = False
@@ -156,7 +175,8 @@ class HostedPolicy:
         self.model_allowlist = tuple(m.strip() for m in self.model_allowlist if m.strip())
         self.allowed_judges = tuple(j.strip() for j in self.allowed_judges if j.strip())
         for name in ("max_prompt_tokens", "max_new_tokens", "max_search_budget",
-                     "max_jobs_per_session"):
+                     "max_jobs_per_session", "max_model_per_address",
+                     "max_waiting_per_address"):
             setattr(self, name, _as_count(name, getattr(self, name)))
         for name in ("rate", "burst"):
             v = getattr(self, name)
@@ -208,6 +228,8 @@ class HostedPolicy:
             address_rate=_per_second(_positive(env, "EXPLORER_HOSTED_ADDRESS_RATE", None, float)),
             global_rate=_positive(env, "EXPLORER_HOSTED_GLOBAL_RATE", 600.0, float) / 60.0,
             max_jobs_per_address=_positive(env, "EXPLORER_HOSTED_MAX_JOBS_PER_ADDRESS", None),
+            max_model_per_address=_positive(env, "EXPLORER_HOSTED_MODEL_PER_ADDRESS", 2),
+            max_waiting_per_address=_positive(env, "EXPLORER_HOSTED_WAITING_PER_ADDRESS", 16),
             trust_proxy=_flag(env, "EXPLORER_HOSTED_TRUST_PROXY")
             if env.get("EXPLORER_HOSTED_TRUST_PROXY", "").strip() else bool(env.get("SPACE_ID")),
             full_text=_flag(env, "EXPLORER_HOSTED_FULL_TEXT") if full_text is None
@@ -232,6 +254,8 @@ class HostedPolicy:
                 "requests_per_minute_per_address": self.address_rate * 60,
                 "requests_per_minute_global": self.global_rate * 60,
                 "max_jobs_per_address": self.max_jobs_per_address,
+                "max_model_per_address": self.max_model_per_address,
+                "max_waiting_per_address": self.max_waiting_per_address,
                 "allowed_judges": list(self.allowed_judges), "full_text": self.full_text}
 
     # -- checks -------------------------------------------------------------------------
@@ -297,14 +321,16 @@ class HostedPolicy:
                               "one to finish or cancel it")
 
     # -- rate limit: per session, per client address, for the whole server ---------------
-    def _buckets_for(self, session: str, address: str | None) -> list[tuple[tuple, float, float]]:
-        out = [(("session", session), self.rate, self.burst)]
+    def _buckets_for(self, session: str | None,
+                     address: str | None) -> list[tuple[tuple, float, float]]:
+        out = [] if session is None else [(("session", session), self.rate, self.burst)]
         if address:
             out.append((("address", address), self.address_rate, 2 * self.burst))
         out.append((("global",), self.global_rate, max(20.0, self.global_rate * 6)))
         return out
 
-    def _take(self, session: str, cost: float, address: str | None = None) -> tuple[float, str]:
+    def _take(self, session: str | None, cost: float,
+              address: str | None = None) -> tuple[float, str]:
         """Take ``cost`` tokens from each bucket (the session's, the address's, the
         server's) when all have them: ``(0.0, "")``; else nothing is taken and the seconds
         until they do, with the name of the limit that holds."""
@@ -335,14 +361,14 @@ class HostedPolicy:
         hosted mode off."""
         if not self.enabled:
             return True
-        return self._take(str(session), float(cost), address)[0] == 0.0
+        return self._take(_key(session), float(cost), address)[0] == 0.0
 
     def check_rate(self, session: str | None, cost: float = 1.0,
                    address: str | None = None) -> None:
         """Like :meth:`allow`, raising PolicyError (with the wait) instead of False."""
         if not self.enabled:
             return
-        wait, who = self._take(str(session), float(cost), address)
+        wait, who = self._take(_key(session), float(cost), address)
         if wait > 0:
             whom = {"session": "this session", "address": "your address",
                     "global": "all visitors of this server"}[who]

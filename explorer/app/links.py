@@ -13,10 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from explorer.core.defaults import MAX_ROUTE_EDITS
 from explorer.core.errors import InputError
 
 #: The longest query value a link may carry (an encoded route of a few hundred edits).
 MAX_LINK_CHARS = 16_000
+#: The most a link's route may inflate to: :data:`MAX_ROUTE_EDITS` edits of at most
+#: :data:`EDIT_JSON_BYTES` bytes each (a bigger one is refused while it is being
+#: decompressed, not after).
+EDIT_JSON_BYTES = 96
+MAX_LINK_JSON_BYTES = MAX_ROUTE_EDITS * EDIT_JSON_BYTES
 
 
 class LinkError(InputError):
@@ -46,8 +52,16 @@ def decode_edits(text: str) -> list[dict]:
     if len(text) > MAX_LINK_CHARS:
         raise LinkError("the link's route is too long")
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
-                              bufsize=MAX_LINK_CHARS * 8)
+        packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(packed, MAX_LINK_JSON_BYTES)  # a hard limit on the output
+        big = bool(inflate.unconsumed_tail)
+    except Exception:  # noqa: BLE001 - any malformed link gets the same answer
+        raise LinkError("the link's route is damaged (copy the link again)") from None
+    if big:
+        raise LinkError(f"the link's route is too big (more than {MAX_LINK_JSON_BYTES:,} "
+                        "bytes of edits)")
+    try:
         edits = json.loads(raw.decode("utf-8"))["edits"]
     except Exception:  # noqa: BLE001 - any malformed link gets the same answer
         raise LinkError("the link's route is damaged (copy the link again)") from None

@@ -7,7 +7,6 @@ import hashlib
 import math
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from explorer.core.control import RouteControl, defended
 from explorer.core.defaults import MAX_TARGET_CHARS, MAX_TARGET_TOKENS
 from explorer.core.errors import InputError, ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
+from explorer.core.locks import FairRLock
 from explorer.core.paths import DEMO_MODEL_DIR
 from explorer.core.prompt import Prompt
 from explorer.core.quantize import (
@@ -140,7 +140,7 @@ class MoEModel:
         self.prompt_cap = max_prompt_tokens  # the operator's cap on prompt tokens (or None)
         self.tokenizer = tokenizer
         self.name = name
-        self.lock = threading.RLock()
+        self.lock = FairRLock()  # first come, first served: see explorer.core.locks
         self.cache = ModelCache()  # this model's memo tables (see explorer.core.cache)
         found = discover_layers(model)
         self.handles: list[LayerHandles] = [x for x in found if isinstance(x, LayerHandles)]
