@@ -372,6 +372,260 @@ def test_unwritable_data_folder_stops_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+
+# -- 7. the second round: the edge, identities, uploads, links, fair share, messages ----------
+DENIED = ("/gradio_api/api/routes", "/gradio_api/run/rosais", "/gradio_api/api/on_generate",
+          "/gradio_api/run/trace", "/gradio_api/call/on_generate", "/gradio_api/call/v2/trace",
+          "/gradio_api/component_server", "/gradio_api/vibe-edit", "/gradio_api/stream/x",
+          "/gradio_api/process_recording", "/login", "/gradio_api/monitoring",
+          "/gradio_api/run-history/connect", "/gradio_api/profiling/clear", "/no/such/route")
+
+
+def _rss(server) -> float:
+    from test_concurrency import rss_mb
+    return rss_mb(server.proc.pid)
+
+
+def _post_stream(server, path: str, size: int, content_type: str = "application/json"):
+    """POST ``size`` bytes in chunks with a declared length: (status, one line or None)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", content_type)
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        chunk, sent = b"[" * 65536, 0
+        try:
+            while sent < size:
+                conn.send(chunk[:min(len(chunk), size - sent)])
+                sent += len(chunk)
+        except OSError:  # the server answered and closed before the end: fine
+            pass
+        r = conn.getresponse()
+        body = r.read().decode(errors="replace")
+        try:
+            return r.status, json.loads(body).get("error")
+        except ValueError:
+            return r.status, None
+    except OSError:
+        return None, None
+    finally:
+        conn.close()
+
+
+def test_direct_routes_are_closed_before_their_body(open_server):
+    """Finding 1: Gradio's direct routes, private events by name and every route the app
+    does not need answer 404 with one line, without reading the body."""
+    s = open_server
+    for path in DENIED:
+        status, text = s.post(path, json.dumps({"data": ["hi", 2, ""]}).encode())
+        assert status == 404 and one_line(json.loads(text)["error"]), (path, status, text)
+    for path in ("/gradio_api/openapi.json", "/gradio_api/user", "/gradio_api/app_id",
+                 "/gradio_api/dev/reload", "/monitoring", "/gradio_api/runs"):
+        assert s.get(path)[0] == 404, path
+    before = _rss(s)
+    for path in DENIED[:3] + ("/gradio_api/queue/join", "/gradio_api/call/trace",
+                              "/gradio_api/cancel", "/gradio_api/upload"):
+        status, msg = _post_stream(s, path, 6 * 1024 * 1024)
+        assert status in (404, 413, None) and (msg is None or one_line(msg)), (path, status)
+    assert _rss(s) - before < 50, (before, _rss(s))
+    status, msg = _post_stream(s, "/gradio_api/api/routes", 300 * 1024 * 1024)
+    assert status in (404, None)
+    assert _rss(s) - before < 50, (before, _rss(s))
+    assert s.trace_seconds() < 10
+
+
+def test_deep_nesting_is_refused_before_parsing(open_server):
+    """Finding 8: bodies nested 1,000 levels deep get a 4xx line, no RecursionError."""
+    s = open_server
+    deep = b'{"data": ["hi", 2, ' + b"[" * 1000 + b"]" * 1000 + b"]}"
+    for path in ("/gradio_api/call/trace", "/gradio_api/queue/join", "/gradio_api/cancel"):
+        status, text = s.post(path, deep)
+        assert status == 400 and "nests deeper" in json.loads(text)["error"], (path, text)
+    assert "RecursionError" not in tail(s.log, 10**7)
+
+
+def test_callers_without_a_session_share_nothing(open_server):
+    """Finding 2: /call/ without a session_hash is a fresh identity each time: another such
+    caller cannot read or cancel a search whose id it was given."""
+    s = open_server
+    kind, out = s.call("search_start", PROMPT, "Sure, here is", 64, -0.0001, 3, 0,
+                       "reference", 8, "keyword")
+    assert kind == "ok", out
+    job = out["job_id"]
+    for name in ("search_status", "search_cancel"):
+        refused(s.call(name, job), "no job with that id")
+    # its owner (the queue's session of the call that started it) is nobody else's
+    assert "anonymous" not in (s.data / "explorer.sqlite3").read_bytes().decode(errors="replace")
+
+
+def test_uploads_are_bounded_and_admitted(tmp_path):
+    """Finding 3: uploads have a size limit and pass the address's rate limits."""
+    s = Server(tmp_path, EXPLORER_HOSTED_ADDRESS_RATE=6, EXPLORER_HOSTED_BURST=2)
+    try:
+        boundary = "x" + uuid.uuid4().hex
+
+        def upload(payload: bytes):
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                    f"filename=\"r.json\"\r\nContent-Type: application/json\r\n\r\n").encode() \
+                + payload + f"\r\n--{boundary}--\r\n".encode()
+            return s.post("/gradio_api/upload", body, headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        status, text = upload(b'{"edits": []}')
+        assert status == 200, text
+        before = _rss(s)
+        status, msg = _post_stream(s, "/gradio_api/upload", 6 * 1024 * 1024,
+                                   f"multipart/form-data; boundary={boundary}")
+        assert status in (413, None) and _rss(s) - before < 50
+        statuses = [upload(b"{}")[0] for _ in range(8)]
+        assert 429 in statuses  # the address's bucket (burst 4) runs out
+        status, text = upload(b"{}")
+        assert status == 429 and "too many requests" in json.loads(text)["error"]
+    finally:
+        s.close()
+
+
+def test_owner_secret_never_on_the_wire(open_server):
+    """Finding 4: owner keys come from a secret no response carries; the BrowserState key
+    Gradio sends to every page is another one."""
+    s = open_server
+    s.trace_seconds()
+    owner_secret = (s.data / ".owner_secret").read_text().strip()
+    browser_key = (s.data / ".browser_state_secret").read_text().strip()
+    assert owner_secret and owner_secret != browser_key
+    for path in ("/config", "/", "/gradio_api/info"):
+        status, text = s.get(path)
+        assert status == 200 and owner_secret not in text, path
+
+
+def test_planted_client_ids_own_nothing(tmp_path):
+    """Finding 4: a browser's claimed id must be one this server signed."""
+    from explorer.app.owners import Owners
+    owners = Owners(tmp_path)
+    b = owners.ensure_client({})
+    mine = owners.owner(client=b["client"])
+    assert owners.ensure_client(b) == b  # a signed id is kept
+    for planted in ("0123456789abcdef", b["client"][:-1] + "0", b["client"].split(".")[0],
+                    "f" * 32 + "." + "0" * 32, None, 7):
+        fresh = owners.ensure_client({"client": planted, "jobs": ["x"]})
+        assert fresh["client"] != planted and owners.owner(client=fresh["client"]) != mine
+    with pytest.raises(ValueError, match="not issued by this server"):
+        owners.owner(client="f" * 32 + "." + "0" * 32)
+    assert Owners(tmp_path).owner(client=b["client"]) == mine  # the secret is kept
+
+
+def test_link_bombs_are_cut_while_inflating():
+    """Finding 6: a 14 KB link that inflates to 11 MB is refused after at most the edit
+    cap's worth of output, in milliseconds."""
+    import base64
+    import resource
+    import zlib
+
+    from explorer.app.links import MAX_LINK_CHARS, LinkError, decode_edits, parse_link
+    bomb = b'{"edits":[' + b"{}," * 3_700_000 + b"{}]}"
+    text = base64.urlsafe_b64encode(zlib.compress(bomb, 9)).decode().rstrip("=")
+    assert len(text) < MAX_LINK_CHARS and len(bomb) > 10**7
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(LinkError, match="too big"):
+        decode_edits(text)
+    with pytest.raises(LinkError, match="too big"):
+        parse_link({"prompt": "hi", "edits": text})
+    assert time.perf_counter() - t0 < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 20_000  # KB
+
+
+def _call_from(server, source: str, name: str, *data, session: str | None = None):
+    """A named endpoint called from the loopback address ``source`` (another client)."""
+    import http.client
+
+    def request(method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300,
+                                          source_address=(source, 0))
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            conn.close()
+    payload = {"data": list(data), **({"session_hash": session} if session else {})}
+    status, text = request("POST", f"/gradio_api/call/{name}", json.dumps(payload).encode())
+    if status != 200:
+        return "error", _http_error(status, text)
+    event = json.loads(text)["event_id"]
+    return _sse_result(request("GET", f"/gradio_api/call/{name}/{event}")[1])
+
+
+def test_fair_share_under_one_address_flood(tmp_path):
+    """Finding 7: one address with 12 sessions asking for RoSais at just under the budget
+    holds at most its share of the model; a trace from another address is served within
+    3 times its unloaded latency."""
+    import concurrent.futures
+    import statistics
+    s = Server(tmp_path, EXPLORER_HOSTED_RATE=10**6, EXPLORER_HOSTED_BURST=10**5,
+               EXPLORER_HOSTED_ADDRESS_RATE=10**6, EXPLORER_HOSTED_GLOBAL_RATE=10**6)
+    try:
+        def victim() -> float:
+            t0 = time.perf_counter()
+            kind, out = _call_from(s, "127.0.0.2", "trace", "hi", 16, "",
+                                   session=uuid.uuid4().hex[:11])
+            assert kind == "ok", out
+            return time.perf_counter() - t0
+        victim()
+        alone = statistics.median(victim() for _ in range(5))
+        stop = time.monotonic() + 25
+        results: collections.Counter = collections.Counter()
+
+        def flood(i: int):
+            while time.monotonic() < stop:
+                kind, out = _call_from(s, "127.0.0.1", "rosais", PROMPT, 830, 3, 0.5, i, 4,
+                                       session=f"flood{i}")
+                results[kind if kind == "ok" else out.split(":")[0][:40]] += 1
+                if kind != "ok":
+                    time.sleep(0.2)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(flood, i) for i in range(12)]
+            time.sleep(6)  # the flood is under way
+            loaded = [victim() for _ in range(5)]
+            for f in futures:
+                f.result()
+        assert results["ok"] >= 1, results
+        assert any("model request" in k for k in results), results
+        bound = max(3 * alone, 1.0)
+        assert statistics.median(loaded) <= bound, (alone, loaded, results)
+        print(f"fair share: trace alone {alone:.2f} s, under the flood {loaded}, {results}")
+    finally:
+        s.close()
+
+
+def test_errors_name_no_internals():
+    """Finding 8: failures that are bugs or file errors say what failed, never a path, a
+    class of the server's or a database message, when hosted."""
+    import errno
+    import sqlite3
+
+    from explorer.app.errors import message_of
+    for exc in (OSError(errno.EROFS, "Read-only file system", "/srv/secret/exports/r.json"),
+                OSError(errno.ENOSPC, "No space left on device", "/srv/secret/db"),
+                OSError(errno.EIO, "I/O error", "/srv/secret/x"),
+                sqlite3.OperationalError("database or disk is full"),
+                TypeError("unsupported operand type(s) for +: 'Foo' and 'int'")):
+        msg = message_of(exc, "Export", detail=False)
+        assert one_line(msg) and msg.startswith("Export failed")
+        for leak in ("/srv", "secret", "OperationalError", "TypeError", "Foo", "database"):
+            assert leak not in msg, (exc, msg)
+    assert "TypeError" in message_of(TypeError("x"), "Export")  # a local app says more
+
+
+def test_judges_the_server_does_not_offer_stay_unnamed(open_server):
+    """Finding 8: an unknown judge is refused without listing the judges the server has
+    but does not offer."""
+    msg = refused(open_server.call("search_start", PROMPT, "Sure", 4, -0.22, 1, 0, "fast", 8,
+                                   "nope", session=uuid.uuid4().hex[:11]), "not allowed")
+    assert "rubric" not in msg and "classifier" not in msg
+
+
 # -- the fuzz ------------------------------------------------------------------------------------
 text = st.one_of(st.text(max_size=40), st.just(""), st.just("\ud800"), st.just("a\x00b"),
                  st.text(alphabet="Sure, here is", max_size=12), st.just(PROMPT))

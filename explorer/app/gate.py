@@ -246,6 +246,12 @@ class Gate:
     def policy(self):
         return self.app.policy
 
+    @property
+    def detail(self) -> bool:
+        """Whether failures that are bugs show their type and message (a local app) or
+        only that they failed (hosted: no internals on the wire)."""
+        return not self.policy.enabled
+
     # -- admission --------------------------------------------------------------------------
     def admit(self, visit: Visit, cost: float | None = None) -> None:
         """Charge ``cost`` (default: the door's) to the caller's session, client address and
@@ -281,7 +287,7 @@ class Gate:
 
         def run(args, kwargs, request=None):  # in the GPU window, where there is one
             from explorer.engine.tuning import tuned
-            with user_errors(door.name), tuned(app.app.settings.tuning):
+            with user_errors(door.name, app.detail), tuned(app.app.host.tuning):
                 return view(Visit(app.app, request, door), *args, **kwargs)
 
         def run_gen(args, kwargs, request=None):
@@ -290,7 +296,7 @@ class Gate:
             from explorer.engine.tuning import tuned
             steps = view(Visit(app.app, request, door), *args, **kwargs)
             while True:
-                with user_errors(door.name), tuned(app.app.settings.tuning):
+                with user_errors(door.name, app.detail), tuned(app.app.host.tuning):
                     try:
                         item = next(steps)
                     except StopIteration:
@@ -304,7 +310,7 @@ class Gate:
         def enter(args, kwargs):
             bound = shown.bind(*args, **kwargs)
             req = bound.arguments.pop("request", None)
-            with user_errors(door.name):
+            with user_errors(door.name, app.detail):
                 app.admit(Visit(app.app, req, door))
             return bound.args, bound.kwargs, req
 
@@ -316,7 +322,7 @@ class Gate:
             def call(*args, **kwargs):
                 a, kw, req = enter(args, kwargs)
                 return inner(a, kw, req)
-        fn = call if door.api else as_toasts(call, n_outputs, door.name)
+        fn = call if door.api else as_toasts(call, n_outputs, door.name, app.detail)
         # Gradio names a UI event's function after it (research views keep their names of
         # old: on_utility, on_defense...)
         name = view.__name__

@@ -71,8 +71,21 @@ class ModelHost:
                 max_queued_per_session=self.policy.max_jobs_per_session if hosted else 4,
                 max_queued_per_group=self.policy.max_jobs_per_address if hosted else 8,
                 window=gpu_window(seconds), chunk_seconds=seconds,
-                tuning=self.settings.tuning)
+                tuning=self.tuning)
             self._tokens.clear()
+
+    @property
+    def tuning(self):
+        """The engines' tuning for this app's work: the settings', and on a shared
+        (hosted) server batches of at most :data:`~explorer.engine.batching.SHARED_ROWS`
+        rows, so that requests take short turns on the model."""
+        import dataclasses
+
+        from explorer.engine.batching import SHARED_ROWS
+        t = self.settings.tuning
+        if self.policy.enabled and t.max_rows is None:
+            t = dataclasses.replace(t, max_rows=SHARED_ROWS)
+        return t
 
     def require(self) -> MoEModel:
         """The model, or a one-line "No model is loaded" error."""

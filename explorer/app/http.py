@@ -160,6 +160,14 @@ _ACCEPTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "Radio": ("one of its choices", lambda v: isinstance(v, (str, int, float))),
     "Dropdown": ("one of its choices", lambda v: isinstance(v, (str, int, float)) or (
         isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v))),
+    "Dataset": ("a row number", lambda v: _number(v) and int(v) == v),
+    "Dataframe": ('a table {"headers": [...], "data": [[...], ...]}', lambda v: (
+        isinstance(v, dict) and isinstance(v.get("headers", []), list)
+        and isinstance(v.get("data"), list) and all(isinstance(r, list) for r in v["data"]))),
+    "File": ('an uploaded file {"path": ...}', lambda v: isinstance(v, dict) and isinstance(
+        v.get("path"), str) and all(isinstance(x, (str, int, float, bool, dict)) or x is None
+                                    for x in v.values())),
+    "BrowserState": ("an object", lambda v: isinstance(v, dict)),
 }
 
 

@@ -52,10 +52,10 @@ def check_search(visit: Visit, kind: str, params: dict) -> dict:
     from explorer.storage.jobs import job_attack, validate_params
     attack = job_attack(kind)
     need_prompt(params.get("prompt") if isinstance(params, dict) else None)
+    visit.judge(params.get("judge"))  # first: only the judges this server offers are named
     params = validate_params(kind, params)
     prompt = visit.prompt(params.get("prompt"), params.get("system"))
     n = visit.tokens(params.get("max_new_tokens", MAX_NEW_TOKENS), "max_new_tokens")
-    visit.judge(params.get("judge"))
     specs = attack.Params.specs()
     own = attack.Params(**{k: v for k, v in params.items() if k in specs})  # checked above
     target = (getattr(own, "target", None) or DEFAULT_TARGET) if "target" in specs else None

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 DEFAULT_SHARE = 0.25  # of the free memory one batch may use
 MAX_BATCH = 1024
+#: Rows per batch on a shared (hosted) server: each batch holds the model's lock once, so a
+#: request from another visitor waits for at most a batch of this size per request ahead.
+SHARED_ROWS = 64
 
 
 def free_bytes(device: torch.device | str) -> int | None:
@@ -63,17 +66,18 @@ def row_bytes(moe: MoEModel, tokens: int, context: int, logit_rows: int) -> int:
 def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int, *,
                       share: float | None = None, free: int | None = None) -> int:
     """Rows per cone batch: ``share`` (default: the active tuning's ``memory_share``, else
-    0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024; 64 where the free memory
-    is unknown."""
+    0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024 (or the
+    tuning's ``max_rows``); 64 where the free memory is unknown."""
+    from explorer.engine.tuning import active_tuning
     if share is None:
-        from explorer.engine.tuning import active_tuning
         share = active_tuning().memory_share or DEFAULT_SHARE
     if free is None:
         free = free_bytes(moe.device)
+    cap = active_tuning().max_rows or MAX_BATCH
     if free is None:
-        return 64
+        return min(64, cap)
     per = max(1, row_bytes(moe, tokens, context, logit_rows))
-    return max(1, min(MAX_BATCH, int(free * share) // per))
+    return max(1, min(cap, int(free * share) // per))
 
 
 def search_batch_size(moe: MoEModel, n_prompt: int, n_target: int) -> int:

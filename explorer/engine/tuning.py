@@ -27,6 +27,10 @@ class Tuning:
     #: token rows (batch rows x positions) per multi-prompt batch; None: 4096 per thread on CPU (larger
     #: products leave the CPU's caches and run slower), the memory cap alone on a GPU
     multi_tokens: int | None = None
+    #: rows per cone batch at most (None: :data:`explorer.engine.batching.MAX_BATCH`); a
+    #: server shared by many takes turns on the model between batches, so smaller batches
+    #: make shorter turns (hosted mode: :data:`explorer.engine.batching.SHARED_ROWS`)
+    max_rows: int | None = None
 
 
 _ACTIVE: contextvars.ContextVar[Tuning] = contextvars.ContextVar("explorer_tuning",
