@@ -17,6 +17,7 @@ from explorer.storage.library import (
     SCHEMA_VERSION,
     RouteStore,
     StoredRoute,
+    UNRESTRICTED,
     StoreError,
     default_data_dir,
 )
@@ -349,10 +350,11 @@ def test_a_deleted_route_comes_back_under_its_id(store):
         (old.route, old.prompt, old.success, old.completion, old.created)
 
 
-def test_schema_1_library_migrates_to_2(tmp_path):
+def test_schema_1_library_migrates_to_3(tmp_path):
     """A library made by an explorer with schema version 1 (four fixed route sources, a
     CHECK that SQLite cannot alter) opens with its routes and jobs intact, a job's route
-    reference included, and then takes routes from an attack's background job."""
+    reference included, and then takes routes from an attack's background job; through
+    version 2 its routes get no owner and are not shared."""
     import sqlite3
 
     from explorer.storage.library import SCHEMA_VERSION, SOURCES
@@ -378,13 +380,189 @@ def test_schema_1_library_migrates_to_2(tmp_path):
         PRAGMA user_version=1;""")
     con.close()
     with RouteStore(path) as s:
-        assert s._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+        assert s._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
         (old,) = s.list_routes()
         assert (old.id, old.prompt, old.source) == (1, "old prompt", "fsour")
+        assert (old.owner, old.shared) == (None, False)
         assert s.get_job("a" * 32).route_id == 1
         rid = s.save_route(make_route(), "p", "m", source="my_attack")
         assert s.get_route(rid).source == "my_attack"
         s.delete_route(1)  # the job's reference follows the foreign key still
         assert s.get_job("a" * 32).route_id is None
-    with RouteStore(path) as s:  # opening a version-2 library again changes nothing
+    with RouteStore(path) as s:  # opening a version-3 library again changes nothing
         assert [r.source for r in s.list_routes()] == ["my_attack"]
+
+
+def _schema_2_library(path: Path) -> None:
+    """A library as schema version 2 wrote it: a route found by a job, a manual one."""
+    con = sqlite3.connect(path)
+    con.executescript(f"""
+        CREATE TABLE routes (id INTEGER PRIMARY KEY AUTOINCREMENT, route_json TEXT NOT NULL,
+            prompt TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
+            n_edits INTEGER NOT NULL, target TEXT, target_logprob REAL,
+            success INTEGER CHECK (success IN (0, 1)), judge TEXT, completion TEXT,
+            source TEXT NOT NULL CHECK (length(source) BETWEEN 1 AND 40),
+            created TEXT NOT NULL, meta_json TEXT NOT NULL DEFAULT '{{}}');
+        CREATE INDEX routes_model ON routes(model);
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, session TEXT,
+            status TEXT NOT NULL, params_json TEXT NOT NULL,
+            progress_json TEXT NOT NULL DEFAULT '{{}}', state_json TEXT, result_json TEXT,
+            error TEXT, route_id INTEGER REFERENCES routes(id) ON DELETE SET NULL,
+            created TEXT NOT NULL, updated TEXT NOT NULL);
+        INSERT INTO routes (route_json, prompt, model, n_edits, success, source, created,
+                            meta_json)
+            VALUES ('{make_route().to_json()}', 'old prompt', 'demo', 4, 1, 'fsour', 't1',
+                    '{{"job_id": "{"b" * 32}"}}');
+        INSERT INTO routes (route_json, prompt, model, n_edits, source, created)
+            VALUES ('{{"edits": [], "info": {{}}}}', 'another', 'demo', 0, 'my_attack', 't2');
+        INSERT INTO jobs (id, kind, session, status, params_json, route_id, created, updated)
+            VALUES ('{"b" * 32}', 'fsour', 'o:someone', 'done', '{{"prompt": "old prompt"}}',
+                    1, 't', 't');
+        PRAGMA user_version=2;""")
+    con.close()
+
+
+def test_schema_2_library_migrates_to_3(tmp_path):
+    """Version 3 adds each route's owner (none for the routes saved before) and a shared
+    flag (off): the rows, their order of columns and the jobs' references stay, the CHECK
+    on the flag holds, and a second open changes nothing."""
+    path = tmp_path / "v2.sqlite3"
+    _schema_2_library(path)
+    with RouteStore(path) as s:
+        assert s._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+        old = s.list_routes()
+        assert [(r.id, r.prompt, r.source, r.success, r.owner, r.shared) for r in old] == [
+            (2, "another", "my_attack", None, None, False),
+            (1, "old prompt", "fsour", True, None, False)]
+        assert old[1].route == make_route() and old[1].meta == {"job_id": "b" * 32}
+        assert s.get_job("b" * 32).route_id == 1
+        cols = [r["name"] for r in s._read("PRAGMA table_info(routes)")]
+        assert cols[-2:] == ["owner", "shared"]
+        with pytest.raises(sqlite3.IntegrityError):
+            s._write("UPDATE routes SET shared = 2 WHERE id = 1")
+        assert s._read("SELECT name FROM sqlite_master WHERE name = 'routes_owner'")
+        # what a viewer sees of the ownerless routes: the unrestricted library, or nothing
+        assert [r.id for r in s.list_routes(viewer="o:x")] == []
+        assert [r.id for r in s.list_routes(viewer=None)] == [2, 1]  # the ownerless
+        s.delete_route(1)
+        assert s.get_job("b" * 32).route_id is None
+    with RouteStore(path) as s:
+        assert [r.id for r in s.list_routes()] == [2]
+    # a new library has the same columns, in the same order, as a migrated one
+    with RouteStore(tmp_path / "new.sqlite3") as s:
+        assert [r["name"] for r in s._read("PRAGMA table_info(routes)")] == cols
+
+
+def test_a_failed_migration_leaves_version_2(tmp_path, monkeypatch):
+    """The 2 -> 3 migration is one transaction: when it fails half-way, the library is
+    still a whole version-2 library (no column added), and it migrates on the next open."""
+    from explorer.storage import library
+    path = tmp_path / "v2.sqlite3"
+    _schema_2_library(path)
+    monkeypatch.setattr(library, "_OWNER_INDEX", "CREATE INDEX broken ON nowhere(x);")
+    with pytest.raises(StoreError):
+        RouteStore(path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "owner" not in [r[1] for r in con.execute("PRAGMA table_info(routes)")]
+    con.close()
+    monkeypatch.undo()
+    with RouteStore(path) as s:
+        assert [r.owner for r in s.list_routes()] == [None, None]
+
+
+def test_owners_see_their_own_routes_and_the_shared_ones(store):
+    """A viewer sees its own routes and the shared ones; another owner's private route is
+    answered exactly like an unknown id, for every read and write; the default viewer (the
+    CLI, scripts, the app when not hosted) sees everything."""
+    a = store.save_route(make_route(), "alice's prompt", "m", owner="o:alice")
+    b = store.save_route(make_route(1), "bob's prompt", "m", owner="o:bob")
+    c = store.save_route(make_route(3), "nobody's", "m")
+    assert [r.id for r in store.list_routes()] == [c, b, a]
+    assert [r.id for r in store.list_routes(viewer="o:alice")] == [a]
+    assert [r.id for r in store.list_routes(viewer="o:bob", text="PROMPT")] == [b]
+    assert [r.id for r in store.list_routes(viewer=None)] == [c]
+    assert store.get_route(a, viewer="o:alice").prompt == "alice's prompt"
+    unknown = 999
+
+    def refusal(fn, rid):
+        with pytest.raises(StoreError) as e:
+            fn(rid)
+        return str(e.value).replace(str(rid), "ID")
+
+    for fn in (lambda i: store.get_route(i, viewer="o:bob"),
+               lambda i: store.export_route(i, viewer="o:bob"),
+               lambda i: store.delete_route(i, owner="o:bob"),
+               lambda i: store.share_route(i, "o:bob")):
+        assert refusal(fn, a) == refusal(fn, unknown) == "no route with id ID"
+    assert not list(store.exports_dir.glob("*.json"))
+    # the owner shares it: everyone sees it, marked shared, without the owner key
+    store.share_route(a, "o:alice")
+    sr = store.get_route(a, viewer="o:bob")
+    assert sr.shared and "owner" not in sr.to_dict() and sr.to_dict()["shared"] is True
+    assert "o:alice" not in json.dumps(sr.to_dict()) and "o:alice" not in repr(sr)
+    assert [r.id for r in store.list_routes(viewer="o:bob")] == [b, a]
+    assert [r.id for r in store.list_routes(viewer=None)] == [c, a]
+    assert store.export_route(a, viewer="o:bob").exists()
+    # ...but only its owner may unshare or delete it
+    for fn in (lambda: store.share_route(a, "o:bob", shared=False),
+               lambda: store.delete_route(a, owner="o:bob")):
+        with pytest.raises(StoreError, match=f"route #{a} is not yours"):
+            fn()
+    assert store.get_route(a).shared
+    store.share_route(a, "o:alice", shared=False)
+    with pytest.raises(StoreError, match=f"no route with id {a}"):
+        store.get_route(a, viewer="o:bob")
+    store.delete_route(a, owner="o:alice")
+    with pytest.raises(StoreError, match=f"no route with id {a}"):
+        store.get_route(a)
+    # the ownerless route is shared by whoever runs the library (or the ownerless viewer)
+    store.share_route(c, UNRESTRICTED)
+    assert [r.id for r in store.list_routes(viewer="o:alice")] == [c]
+    store.share_route(c, None, shared=False)
+    assert store.list_routes(viewer="o:alice") == []
+    with pytest.raises(StoreError, match="owner"):
+        store.save_route(make_route(), "p", "m", owner="")
+
+
+def test_identical_routes_are_stored_once_per_owner(store):
+    """Saving the same route again returns its id for the same owner only: another owner
+    who saves it gets a route of their own (not the id of someone's private route)."""
+    a = store.save_route(make_route(), "p", "m", owner="o:alice")
+    assert store.save_route(make_route(), "p", "m", owner="o:alice") == a
+    b = store.save_route(make_route(), "p", "m", owner="o:bob")
+    n = store.save_route(make_route(), "p", "m")
+    assert len({a, b, n}) == 3
+    assert store.find_route(make_route(), "p", "m", owner="o:bob") == b
+    assert store.find_route(make_route(), "p", "m", owner="o:carol") is None
+    assert store.find_route(make_route(), "p", "m") == a  # any owner's
+    job = store.create_job("fsour", {"prompt": "p"}, session="o:bob")
+    assert store.finish_job(job, make_route(), "p", "m", owner="o:bob", status="done") == b
+    imp = store.import_route(store.export_route(a).read_text(), owner="o:carol")
+    assert store.get_route(imp, viewer="o:carol").source == "import"
+    assert store.get_route(imp).owner == "o:carol"
+
+
+def test_private_exports_go_in_unguessable_folders(store):
+    """A private export lands in a new folder with a random name under exports/; the
+    route's JSON is the same as a plain export's, and a path import reads it back."""
+    rid = store.save_route(make_route(), "p", "tiny", owner="o:alice")  # the route's model
+    plain = store.export_route(rid)
+    one = store.export_route(rid, viewer="o:alice", private=True)
+    two = store.export_route(rid, viewer="o:alice", private=True)
+    assert one.name == two.name == plain.name == f"route-{rid}.json"
+    assert one.parent != two.parent and one.parent.parent == store.exports_dir
+    assert len(one.parent.name) >= 20 and oct(one.parent.stat().st_mode & 0o777) == "0o700"
+    assert one.read_text() == plain.read_text()
+    rel = one.relative_to(store.data_dir)
+    assert store.import_route(str(rel), owner="o:alice") == rid
+
+
+def test_a_restored_route_keeps_its_owner_and_flag(store):
+    rid = store.save_route(make_route(), "p", "m", owner="o:alice")
+    store.share_route(rid, "o:alice")
+    old = store.get_route(rid)
+    store.delete_route(rid, owner="o:alice")
+    assert store.restore_route(old) == rid
+    back = store.get_route(rid, viewer="o:bob")
+    assert (back.owner, back.shared) == ("o:alice", True)

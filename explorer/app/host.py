@@ -28,7 +28,8 @@ log = logging.getLogger("explorer.app")
 class ModelHost:
     """The one model of this process (``moe``; None with ``error`` saying why when it could
     not be loaded), the route ``store`` in ``data_dir`` and the job manager ``jobs``.
-    ``policy`` sizes the job caps (hosted mode: its per-session and per-address caps);
+    ``policy`` sizes the job caps (hosted mode: its per-session and per-address caps) and,
+    hosted, makes a finished search's route its owner's;
     ``settings`` give the device, quantization, prompt cap, experts kernel, judge options,
     the engine's tuning (in force in the job threads) and ZeroGPU's window length."""
 
@@ -71,7 +72,7 @@ class ModelHost:
                 max_queued_per_session=self.policy.max_jobs_per_session if hosted else 4,
                 max_queued_per_group=self.policy.max_jobs_per_address if hosted else 8,
                 window=gpu_window(seconds), chunk_seconds=seconds,
-                tuning=self.tuning)
+                tuning=self.tuning, owned_routes=hosted)
             self._tokens.clear()
 
     @property

@@ -60,7 +60,7 @@ from explorer.core.errors import InputError, one_line
 from explorer.core.params import Spec, check_value
 from explorer.core.route import Route
 from explorer.engine.tuning import Tuning, tuned
-from explorer.storage.library import ACTIVE_STATUSES, RouteStore, StoreError
+from explorer.storage.library import ACTIVE_STATUSES, JobRecord, RouteStore, StoreError
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -365,7 +365,9 @@ class JobManager:
     ``spaces.GPU(duration=chunk_seconds)``): each job then runs as a sequence of such
     windows, each resuming from the last checkpoint (see module docs); None (default), or
     a window that returns the function itself: a job runs in one call in the worker
-    thread.
+    thread. ``owned_routes``: a finished job's route is saved as its session's (the owner
+    key the job was submitted with: private to it until shared, see
+    :mod:`explorer.storage.library`); False (default): with no owner.
     """
 
     def __init__(self, moe: MoEModel, store: RouteStore, *, max_queued_per_session: int = 4,
@@ -374,11 +376,13 @@ class JobManager:
                  progress_interval: float = 0.5,
                  judge_options: Callable[[str], dict] | None = None,
                  window: Callable[[Callable], Callable] | None = None,
-                 chunk_seconds: float = GPU_CHUNK_SECONDS, tuning: Tuning | None = None):
+                 chunk_seconds: float = GPU_CHUNK_SECONDS, tuning: Tuning | None = None,
+                 owned_routes: bool = False):
         if window is not None and not (isinstance(chunk_seconds, (int, float))
                                        and math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
         self.moe, self.store = moe, store
+        self.owned_routes = owned_routes
         self.runner = runner
         self.judge_options = judge_options
         self.tuning = tuning if tuning is not None else Tuning()
@@ -623,7 +627,7 @@ class JobManager:
             log.warning("job %s failed: %s", job_id, one_line(exc, limit=500, with_type=True))
             self._fail(job_id, one_line(exc, limit=500, with_type=True), tracker.snapshot())
             return
-        self._finish(job_id, rec.kind, params, _outcome(result, params), tracker.snapshot())
+        self._finish(rec, params, _outcome(result, params), tracker.snapshot())
 
     def _run_chunked(self, job_id: str) -> None:
         """The job as a sequence of GPU windows (see the module docs)."""
@@ -665,11 +669,11 @@ class JobManager:
             self.store.update_job(job_id, status=self._stop_status(job_id),
                                   where_status="running")
         elif out["cancelled"] and out["stop"] == "budget":  # stopped between two windows
-            self._finish(job_id, rec.kind, rec.params, out,
+            self._finish(rec, rec.params, out,
                          dict(out["progress"], kind="cancelled", eta_seconds=None,
                               eta_max_seconds=None))
         else:
-            self._finish(job_id, rec.kind, rec.params, out, out["progress"])
+            self._finish(rec, rec.params, out, out["progress"])
 
     def _chunk(self, store: RouteStore, job_id: str, longest: float, here: bool) -> dict:
         rec = store.get_job(job_id)
@@ -712,9 +716,11 @@ class JobManager:
         return "cancelled" if job_id in self._user_cancelled or not self._stopping \
             else "interrupted"
 
-    def _finish(self, job_id: str, kind: str, params: dict, out: dict, progress: dict) -> None:
-        """Store a runner's outcome: 'cancelled' or 'interrupted' with its checkpoint, or
-        'done' with its route saved to the library (its source: the job's ``kind``)."""
+    def _finish(self, rec: JobRecord, params: dict, out: dict, progress: dict) -> None:
+        """Store a runner's outcome for job ``rec``: 'cancelled' or 'interrupted' with its
+        checkpoint, or 'done' with its route saved to the library (its source: the job's
+        kind; its owner: the job's session when :attr:`owned_routes`)."""
+        job_id, kind = rec.id, rec.kind
         extra = {"state": out["state"]} if out["state"] is not None else {}
         if out["cancelled"]:
             self.store.update_job(job_id, status=self._stop_status(job_id),
@@ -732,4 +738,4 @@ class JobManager:
                          "forward_passes": out["forward_passes"],
                          "seconds": out["seconds"]}},
             where_status="running", status="done", result=out["result"], error=None,
-            progress=progress, **extra)
+            progress=progress, owner=rec.session if self.owned_routes else None, **extra)

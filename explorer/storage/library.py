@@ -16,13 +16,23 @@ file (WAL lets readers and a writer proceed together; writers wait up to 30 s).
 
 Exports are written only under ``<data dir>/exports/``; imports are read only from
 ``<data dir>/imports/`` or ``exports/`` (or passed as JSON text), and only as JSON.
+
+Owners (schema version 3): a route may belong to an owner (an opaque key the app derives
+for a hosted visitor; None for routes saved before, locally or by scripts) and may be
+``shared``. Reads take a ``viewer``: by default (:data:`UNRESTRICTED`) every route is
+visible, as in a single-user library; given a viewer (an owner key, or None for the
+ownerless), only that viewer's own routes and the routes their owners shared are, and any
+other id is answered exactly like an unknown one. The owner key is stored and compared,
+never returned in a route's dict.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
+import secrets
 import sqlite3
 import tempfile
 import threading
@@ -36,7 +46,7 @@ from typing import Any, Iterable
 from explorer.core.errors import InputError
 from explorer.core.route import Route, RouteError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "explorer.sqlite3"
 #: The sources of the routes the explorer saves itself; a background job of another
 #: attack saves its routes under the attack's name (:data:`SOURCE_NAME`).
@@ -47,8 +57,8 @@ JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted
 ACTIVE_STATUSES = ("queued", "running")
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS routes (
+# The routes table of schema version 2 (its columns); version 3 adds _OWNER_COLUMNS.
+_ROUTES_V2 = """
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     route_json     TEXT NOT NULL,
     prompt         TEXT NOT NULL DEFAULT '',
@@ -61,9 +71,19 @@ CREATE TABLE IF NOT EXISTS routes (
     completion     TEXT,
     source         TEXT NOT NULL CHECK (length(source) BETWEEN 1 AND 40),
     created        TEXT NOT NULL,
-    meta_json      TEXT NOT NULL DEFAULT '{{}}'
+    meta_json      TEXT NOT NULL DEFAULT '{}'"""
+# Added by schema version 3: who saved a route (an owner key; NULL: nobody in particular)
+# and whether its owner shared it. A new table ends with them and the 2 -> 3 migration adds
+# them (ALTER TABLE ... ADD COLUMN), so both have the same columns in the same order.
+_OWNER_COLUMNS = ("owner TEXT", "shared INTEGER NOT NULL DEFAULT 0 CHECK (shared IN (0, 1))")
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS routes_owner ON routes(owner);"
+_ROUTES_V3 = _ROUTES_V2 + "".join(f",\n    {c}" for c in _OWNER_COLUMNS)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS routes ({_ROUTES_V3}
 );
 CREATE INDEX IF NOT EXISTS routes_model ON routes(model);
+{_OWNER_INDEX}
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
     kind          TEXT NOT NULL,
@@ -95,6 +115,35 @@ STOP_REASONS = ("cancel", "shutdown")
 class StoreError(InputError):
     """A store request that cannot be served (unknown id, bad JSON, path outside the
     data folder...); the message is one line, fit to show to a user."""
+
+
+class Viewer(enum.Enum):
+    """Who reads the library when no owner key is given (see :data:`UNRESTRICTED`)."""
+
+    UNRESTRICTED = "unrestricted"
+
+
+#: The default ``viewer`` of the route reads: every route is visible (a single-user
+#: library: scripts, the CLI, the app when it is not hosted). Distinct from None, which is
+#: the viewer without an owner key (it sees the ownerless routes and the shared ones).
+UNRESTRICTED = Viewer.UNRESTRICTED
+#: The longest owner key the store takes (the app's are 34 characters).
+MAX_OWNER_CHARS = 200
+
+
+def _owner_key(value: Any, what: str = "owner") -> str | None:
+    """``value`` as an owner key (text or None), or a :class:`StoreError`."""
+    if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_OWNER_CHARS):
+        return value
+    raise StoreError(f"an {what} is None or a key of 1 to {MAX_OWNER_CHARS} characters")
+
+
+def _visible(viewer: Any) -> tuple[str, tuple]:
+    """The SQL condition (and its arguments) on the routes ``viewer`` may see: every one
+    (:data:`UNRESTRICTED`), else the viewer's own and the shared ones."""
+    if viewer is UNRESTRICTED:
+        return "1", ()
+    return "(owner IS ? OR shared = 1)", (_owner_key(viewer, "viewer"),)
 
 
 def default_data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -141,14 +190,18 @@ class StoredRoute:
     source: str
     created: str
     meta: dict[str, Any] = field(default_factory=dict)
+    shared: bool = False
+    #: Who saved it (an owner key; None: nobody in particular). Compared, never shown.
+    owner: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every column (``route`` as its public JSON object)."""
+        """A JSON-able dict of every column but the owner (``route`` as its public JSON
+        object)."""
         return {"id": self.id, "route": self.route.to_dict(), "prompt": self.prompt,
                 "model": self.model, "n_edits": self.n_edits, "target": self.target,
                 "target_logprob": self.target_logprob, "success": self.success,
                 "judge": self.judge, "completion": self.completion, "source": self.source,
-                "created": self.created, "meta": dict(self.meta)}
+                "created": self.created, "meta": dict(self.meta), "shared": self.shared}
 
     @classmethod
     def _from_row(cls, r: sqlite3.Row) -> "StoredRoute":
@@ -157,7 +210,8 @@ class StoredRoute:
                    target_logprob=r["target_logprob"],
                    success=None if r["success"] is None else bool(r["success"]),
                    judge=r["judge"], completion=r["completion"], source=r["source"],
-                   created=r["created"], meta=_loads(r["meta_json"], {}))
+                   created=r["created"], meta=_loads(r["meta_json"], {}),
+                   shared=bool(r["shared"]), owner=r["owner"])
 
 
 @dataclass
@@ -239,9 +293,7 @@ class RouteStore:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this explorer "
                              f"knows up to {SCHEMA_VERSION} (upgrade the explorer)")
-        if version == 1:
-            self._migrate_1_to_2()
-        elif version < SCHEMA_VERSION:  # idempotent: CREATE ... IF NOT EXISTS
+        if version == 0:  # a new file (idempotent: CREATE ... IF NOT EXISTS)
             try:
                 self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA +
                                          f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
@@ -249,28 +301,49 @@ class RouteStore:
                 if self._conn.in_transaction:
                     self._conn.rollback()
                 raise
+            return
+        if version == 1:
+            self._migrate_1_to_2()
+        if version <= 2:
+            self._migrate_2_to_3()
 
     def _migrate_1_to_2(self) -> None:
         """Version 2 lets a route's source be an attack's name (version 1 allowed four
         fixed sources): the routes table is rebuilt (SQLite cannot change a CHECK), its
         rows copied as they are, in one transaction with foreign keys off, so the jobs'
         references to routes stay."""
-        routes = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS routes"):
-                         _SCHEMA.index("CREATE INDEX IF NOT EXISTS routes_model")]
-        new = routes.replace("CREATE TABLE IF NOT EXISTS routes", "CREATE TABLE routes_v2")
         self._conn.execute("PRAGMA foreign_keys=OFF")
         try:
             self._conn.executescript(
-                "BEGIN IMMEDIATE;" + new + "INSERT INTO routes_v2 SELECT * FROM routes;"
+                f"BEGIN IMMEDIATE;CREATE TABLE routes_v2 ({_ROUTES_V2});"
+                "INSERT INTO routes_v2 SELECT * FROM routes;"
                 "DROP TABLE routes; ALTER TABLE routes_v2 RENAME TO routes;"
                 "CREATE INDEX IF NOT EXISTS routes_model ON routes(model);"
-                f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+                "PRAGMA user_version=2;COMMIT;")
         except sqlite3.Error:
             if self._conn.in_transaction:
                 self._conn.rollback()
             raise
         finally:
             self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate_2_to_3(self) -> None:
+        """Version 3 gives routes an owner (NULL for every route saved before) and a
+        ``shared`` flag (0): two columns added in one transaction, rows and references
+        kept. Another process that migrated first (the version is read again inside the
+        transaction) leaves nothing to do."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            if self._conn.execute("PRAGMA user_version").fetchone()[0] == 2:
+                for column in _OWNER_COLUMNS:
+                    self._conn.execute(f"ALTER TABLE routes ADD COLUMN {column}")
+                self._conn.execute(_OWNER_INDEX)
+                self._conn.execute("PRAGMA user_version=3")
+            self._conn.commit()
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise
 
     def _add_stops(self) -> None:
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
@@ -305,79 +378,94 @@ class RouteStore:
     def save_route(self, route: Route, prompt: str, model: str, *, target: str | None = None,
                    target_logprob: float | None = None, success: bool | None = None,
                    judge: str | None = None, completion: str | None = None,
-                   source: str = "manual", meta: dict | None = None) -> int:
-        """Save ``route`` with its provenance; returns the new route id. A route with the
-        same edits for the same prompt and model is stored once: saving it again returns
-        the id it already has (see :meth:`find_route`)."""
+                   source: str = "manual", meta: dict | None = None,
+                   owner: str | None = None) -> int:
+        """Save ``route`` with its provenance, as ``owner``'s (an owner key; None: nobody
+        in particular) and not shared; returns the new route id. A route with the same
+        edits for the same prompt and model is stored once per owner: saving it again
+        returns the id it already has (see :meth:`find_route`)."""
         with self._lock, self._conn:
             return self._insert_route(route, prompt, model, target, target_logprob, success,
-                                      judge, completion, source, meta)
+                                      judge, completion, source, meta, owner)
 
     def _insert_route(self, route, prompt, model, target, target_logprob, success, judge,
-                      completion, source, meta) -> int:
+                      completion, source, meta, owner, shared=False) -> int:
         if not isinstance(route, Route):
             raise StoreError(f"save_route needs a Route, got {type(route).__name__}")
         if not isinstance(source, str) or not SOURCE_NAME.match(source):
             raise StoreError(f"a route's source is one of {SOURCES} or an attack's name, "
                              f"got {source!r}")
-        same = self._same_route(route, prompt, model)
+        owner = _owner_key(owner)
+        same = self._same_route(route, prompt, model, owner)
         if same is not None:
             return same
         cur = self._conn.execute(
             "INSERT INTO routes (route_json, prompt, model, n_edits, target, target_logprob,"
-            " success, judge, completion, source, created, meta_json)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " success, judge, completion, source, created, meta_json, owner, shared)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (route.to_json(), prompt or "", model or "", len(route.edits), target,
              None if target_logprob is None else float(target_logprob),
              None if success is None else int(bool(success)), judge, completion, source,
-             utcnow(), _dumps(meta or {})))
+             utcnow(), _dumps(meta or {}), owner, int(bool(shared))))
         return int(cur.lastrowid)
 
-    def find_route(self, route: Route, prompt: str, model: str) -> int | None:
+    def find_route(self, route: Route, prompt: str, model: str, *,
+                   owner: str | None | Viewer = UNRESTRICTED) -> int | None:
         """The id of a stored route with the same edits (in any order) and system prompt
-        (``info["system"]``) for the same prompt and model, or None."""
+        (``info["system"]``) for the same prompt and model, or None; given an ``owner``
+        (an owner key or None), only among that owner's routes (what :meth:`save_route`
+        for that owner would return)."""
         with self._lock:
-            return self._same_route(route, prompt, model)
+            return self._same_route(route, prompt, model, owner)
 
-    def _same_route(self, route: Route, prompt: str, model: str) -> int | None:
+    def _same_route(self, route: Route, prompt: str, model: str, owner) -> int | None:
         key = _edits_key(route)
-        rows = self._conn.execute(
-            "SELECT id, route_json FROM routes WHERE prompt = ? AND model = ? AND n_edits = ?"
-            " ORDER BY id", (prompt or "", model or "", len(route.edits))).fetchall()
-        for row in rows:
+        sql = "SELECT id, route_json FROM routes WHERE prompt = ? AND model = ? AND n_edits = ?"
+        args: tuple = (prompt or "", model or "", len(route.edits))
+        if owner is not UNRESTRICTED:
+            sql, args = sql + " AND owner IS ?", (*args, _owner_key(owner))
+        for row in self._conn.execute(sql + " ORDER BY id", args).fetchall():
             other = Route.from_json(row["route_json"])
             if _edits_key(other) == key and other.system == route.system:
                 return int(row["id"])
         return None
 
     def restore_route(self, stored: StoredRoute) -> int:
-        """Put a deleted route back under its old id (undo a delete); when that id has
-        been taken since, under a new one. Returns the id."""
+        """Put a deleted route back under its old id (undo a delete), with its owner and
+        shared flag; when that id has been taken since, under a new one. Returns the id."""
         with self._lock, self._conn:
             taken = self._conn.execute("SELECT 1 FROM routes WHERE id = ?",
                                        (_int_id(stored.id),)).fetchone()
             rid = self._insert_route(stored.route, stored.prompt, stored.model, stored.target,
                                      stored.target_logprob, stored.success, stored.judge,
-                                     stored.completion, stored.source, stored.meta)
+                                     stored.completion, stored.source, stored.meta,
+                                     stored.owner, stored.shared)
             if not taken and rid != stored.id:
                 self._conn.execute("UPDATE routes SET id = ?, created = ? WHERE id = ?",
                                    (stored.id, stored.created, rid))
                 rid = stored.id
             return rid
 
-    def get_route(self, route_id: int) -> StoredRoute:
-        """The stored route ``route_id``; :class:`StoreError` when there is none."""
-        rows = self._read("SELECT * FROM routes WHERE id = ?", (_int_id(route_id),))
+    def get_route(self, route_id: int, *,
+                  viewer: str | None | Viewer = UNRESTRICTED) -> StoredRoute:
+        """The stored route ``route_id`` if ``viewer`` may see it (see the module docs);
+        :class:`StoreError` "no route with id ..." when there is none, and the same when
+        it is another owner's and not shared."""
+        cond, args = _visible(viewer)
+        rows = self._read(f"SELECT * FROM routes WHERE id = ? AND {cond}",
+                          (_int_id(route_id), *args))
         if not rows:
             raise StoreError(f"no route with id {route_id}")
         return StoredRoute._from_row(rows[0])
 
     def list_routes(self, model: str | None = None, text: str | None = None,
                     success: bool | None = None, source: str | None = None,
-                    limit: int = 500) -> list[StoredRoute]:
-        """Routes, newest first, filtered by model, prompt substring (case-insensitive),
-        success and source."""
-        where, args = [], []
+                    limit: int = 500, *,
+                    viewer: str | None | Viewer = UNRESTRICTED) -> list[StoredRoute]:
+        """Routes ``viewer`` may see (see the module docs), newest first, filtered by model,
+        prompt substring (case-insensitive), success and source."""
+        cond, vargs = _visible(viewer)
+        where, args = ([], []) if viewer is UNRESTRICTED else ([cond], list(vargs))
         if model is not None:
             where.append("model = ?"), args.append(model)
         if text:
@@ -390,10 +478,35 @@ class RouteStore:
         rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*args, max(0, int(limit))))
         return [StoredRoute._from_row(r) for r in rows]
 
-    def delete_route(self, route_id: int) -> None:
-        """Delete a route (jobs that found it keep their result, lose the link)."""
-        if self._write("DELETE FROM routes WHERE id = ?", (_int_id(route_id),)).rowcount == 0:
-            raise StoreError(f"no route with id {route_id}")
+    def delete_route(self, route_id: int, *,
+                     owner: str | None | Viewer = UNRESTRICTED) -> None:
+        """Delete a route (jobs that found it keep their result, lose the link); given an
+        ``owner``, only that owner's: another's shared route is refused, and one it may not
+        see gets the same error as an unknown id."""
+        self._owned_write("DELETE FROM routes WHERE id = ?", (), route_id, owner, "delete")
+
+    def share_route(self, route_id: int, owner: str | None | Viewer,
+                    shared: bool = True) -> None:
+        """Share (``shared``) or unshare ``owner``'s route ``route_id``: a shared route is
+        visible to every viewer. Only its owner may (:data:`UNRESTRICTED`: whoever runs
+        the library, for any route); another's shared route is refused, and one ``owner``
+        may not see gets the same error as an unknown id."""
+        self._owned_write("UPDATE routes SET shared = ? WHERE id = ?", (int(bool(shared)),),
+                          route_id, owner, "share or unshare")
+
+    def _owned_write(self, sql: str, args: tuple, route_id: Any, owner: Any,
+                     what: str) -> None:
+        """Run ``sql`` (its last parameter: the route id) on ``owner``'s route only."""
+        rid = _int_id(route_id)
+        if owner is not UNRESTRICTED:
+            sql, args = sql + " AND owner IS ?", (*args, rid, _owner_key(owner))
+        else:
+            args = (*args, rid)
+        with self._lock:
+            if self._write(sql, args).rowcount:
+                return
+            self.get_route(rid, viewer=owner)  # "no route with id ..." when out of sight
+        raise StoreError(f"route #{rid} is not yours: only its owner can {what} it")
 
     # -- export / import ----------------------------------------------------------------
     @property
@@ -406,12 +519,17 @@ class RouteStore:
         """``<data dir>/imports``: where :meth:`import_route` looks for bare file names."""
         return self.data_dir / "imports"
 
-    def export_route(self, route_id: int, filename: str | None = None) -> Path:
+    def export_route(self, route_id: int, filename: str | None = None, *,
+                     viewer: str | None | Viewer = UNRESTRICTED,
+                     private: bool = False) -> Path:
         """Write the route's public JSON (provenance and prompt in ``info``) to
         ``<data dir>/exports/<filename>`` and return that path. ``filename`` must be a
         plain file name (no folders, no '..', not absolute); '.json' is appended when
-        missing. An existing file is replaced, a symlink is never followed."""
-        sr = self.get_route(route_id)
+        missing. An existing file is replaced, a symlink is never followed. Only a route
+        ``viewer`` may see is exported (:meth:`get_route`). ``private``: the file goes in a
+        new folder with an unguessable name, ``exports/<random>/``, so that only whoever
+        gets the path back can name it (e.g. to import it)."""
+        sr = self.get_route(route_id, viewer=viewer)
         name = f"route-{sr.id}.json" if filename is None else str(filename)
         if (not name or "/" in name or "\\" in name or "\x00" in name or name in (".", "..")
                 or os.path.isabs(name)):
@@ -423,6 +541,9 @@ class RouteStore:
         if folder.is_symlink():
             raise StoreError("the exports folder is a symlink; refusing to write through it")
         folder.mkdir(parents=True, exist_ok=True)
+        if private:
+            folder = folder / secrets.token_urlsafe(16)
+            folder.mkdir(mode=0o700)
         dest = folder / name
         if dest.is_symlink() or dest.resolve().parent != folder.resolve():
             raise StoreError(f"export file name {filename!r} escapes the exports folder")
@@ -466,10 +587,12 @@ class RouteStore:
         return real
 
     def import_route(self, text_or_path: str | os.PathLike | bytes,
-                     check: Callable[[Route], None] | None = None) -> int:
+                     check: Callable[[Route], None] | None = None, *,
+                     owner: str | None = None) -> int:
         """Import a route from JSON text, or from a ``.json`` file inside
-        ``<data dir>/imports/`` or ``exports/``; returns the new route id (source
-        'import'; an identical route for the same prompt and model keeps its id). Only
+        ``<data dir>/imports/`` or ``exports/``, as ``owner``'s (see :meth:`save_route`);
+        returns the new route id (source 'import'; an identical route of that owner for
+        the same prompt and model keeps its id). Only
         JSON is ever parsed. ``info.prompt``, ``info.model`` and the export's
         target/log-prob/success/judge/completion are restored when present. ``check``
         (e.g. validation against a loaded model) sees the parsed route before anything is
@@ -516,7 +639,8 @@ class RouteStore:
             route, text_of("prompt") or "", text_of("model") or "", target=text_of("target"),
             target_logprob=lp, success=ok if isinstance(ok, bool) else None,
             judge=text_of("judge"), completion=text_of("completion"), source="import",
-            meta={"imported_from": origin, "original_source": info.get("source")})
+            meta={"imported_from": origin, "original_source": info.get("source")},
+            owner=owner)
 
     # -- jobs ---------------------------------------------------------------------------
     def create_job(self, kind: str, params: dict, session: str | None = None) -> str:
@@ -572,19 +696,20 @@ class RouteStore:
     def finish_job(self, job_id: str, route: Route, prompt: str, model: str, *,
                    route_fields: dict[str, Any] | None = None,
                    where_status: str | Iterable[str] | None = None,
-                   **job_fields: Any) -> int | None:
-        """Save a job's found route and update the job (``route_id`` linked) in ONE
-        transaction; returns the route id, or None (nothing written) when the job's
-        status is not in ``where_status``. ``route_fields`` are :meth:`save_route`'s
-        keyword arguments. A route without edits (the prompt already gave the target) is
-        not saved: the job is updated with no ``route_id``; an identical route for the same
-        prompt and model links the stored one (:meth:`save_route`)."""
+                   owner: str | None = None, **job_fields: Any) -> int | None:
+        """Save a job's found route (as ``owner``'s: see :meth:`save_route`) and update the
+        job (``route_id`` linked) in ONE transaction; returns the route id, or None
+        (nothing written) when the job's status is not in ``where_status``.
+        ``route_fields`` are :meth:`save_route`'s keyword arguments. A route without edits
+        (the prompt already gave the target) is not saved: the job is updated with no
+        ``route_id``; an identical route of that owner for the same prompt and model links
+        the stored one (:meth:`save_route`)."""
         with self._lock, self._conn:
             rf = dict(route_fields or {})
             route_id = None if not route.edits else self._insert_route(
                 route, prompt, model, rf.get("target"), rf.get("target_logprob"),
                 rf.get("success"), rf.get("judge"), rf.get("completion"),
-                rf.get("source", "fsour"), rf.get("meta"))
+                rf.get("source", "fsour"), rf.get("meta"), owner)
             sql, args = self._job_update_sql(job_id, where_status,
                                              dict(job_fields, route_id=route_id))
             if self._conn.execute(sql, args).rowcount == 0:
