@@ -130,7 +130,8 @@ def test_utility_of_library_and_json_routes(ctx):
     assert table["ASR on harmful"].isna().all()  # no harmful prompts: not measured
     assert all(_in(v, -100, 100) for v in table["Δ benign refusals (pp)"])
     assert "1 benign prompts" in md
-    assert f"#{rid}" in ur.library_md(ctx)
+    from explorer.app.library_access import Library
+    assert f"#{rid}" in ur.library_md(Library(ctx.store))
 
 
 def test_bad_input_is_one_line(ctx):

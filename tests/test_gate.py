@@ -9,6 +9,7 @@ that does not carry its :class:`~explorer.app.gate.Door` was not made by the gat
 from __future__ import annotations
 
 import inspect
+import json
 import types
 
 import pytest
@@ -194,3 +195,195 @@ def test_tabs_hold_only_tabs(hosted):
         if isinstance(block, gr.Tabs):
             kinds = {type(c).__name__ for c in block.children}
             assert kinds == {"Tab"}, (block.elem_id, kinds)
+
+
+# -- the route library when hosted: private by default, shared explicitly (issue 28) -------
+class _Visitor:
+    """One browser of an in-process app: its session, its BrowserState (a client id the
+    server signed) and its calls through the gate, the rate buckets refilled before each."""
+
+    def __init__(self, ctx, clock, session: str, host: str):
+        self.ctx, self.clock = ctx, clock
+        self.request = _request(session, host)
+        self.browser = ctx.owners.ensure_client(None)
+
+    def __call__(self, view, *args, link: dict | None = None):
+        self.clock.advance(600.0)
+        self.request.query_params = dict(link or {})
+        out = self.ctx.gate.call(view, *args, request=self.request)
+        return list(out) if inspect.isgenerator(out) else out
+
+    def refused(self, view, *args, link: dict | None = None) -> str:
+        with pytest.raises(gr.Error) as info:
+            self(view, *args, link=link)
+        return str(info.value.message)
+
+
+@pytest.fixture
+def visitors(demo, tmp_path):
+    """An app of the demo model in hosted mode and two of its visitors."""
+    from explorer.app.context import Explorer
+    clock = FakeClock()
+    ctx = Explorer(demo, data_dir=tmp_path, policy=HostedPolicy(enabled=True, clock=clock))
+    yield ctx, _Visitor(ctx, clock, "alice-tab", "10.0.0.7"), \
+        _Visitor(ctx, clock, "bob-tab", "10.0.0.8")
+    ctx.jobs.shutdown(wait=True, timeout=30)
+
+
+def _rows(out) -> list[tuple]:
+    """The (id, access) rows of a routes table view's table."""
+    df = out[0] if isinstance(out, tuple) else out
+    return [(int(r["id"]), r["access"]) for _, r in df.iterrows()]
+
+
+def test_hosted_routes_are_private_until_their_owner_shares_them(visitors):
+    """Alice saves a route in Inspect (with a system prompt). Bob cannot list it (routes
+    endpoint, library table, research list), replay it (endpoint, library, a ?route= link),
+    compare, load, export, import, delete or share it: every refusal is the one an unknown
+    id gets. Once Alice shares it, Bob lists, replays and exports it, marked shared, but
+    cannot unshare or delete it; Alice can, and her undo brings it back as it was."""
+    from explorer.app import api, build
+    from explorer.app.tabs import inspect as insp
+    from explorer.app.tabs import library as lib
+    from explorer.app.tabs.research import tab as ur
+    ctx, alice, bob = visitors
+    st = InspectState(route=Route().force(ctx.moe.moe_layers[0], 0, [0, 1]))
+    rid = alice(insp.on_save, PROMPT, "Answer in one word.", st, alice.browser)
+    owner = ctx.owners.owner(client=alice.browser["client"])
+    assert ctx.store.get_route(rid).owner == owner
+    unknown = rid + 1000
+    filters = ("any", "", "any", "any")
+
+    def same_as_unknown(view, *args, after=(), typed=lambda i: i):
+        """Bob's refusal for Alice's id is the one for an id nobody has."""
+        mine = bob.refused(view, *args, typed(rid), *after)
+        none = bob.refused(view, *args, typed(unknown), *after)
+        assert mine.replace(str(rid), "ID") == none.replace(str(unknown), "ID"), (mine, none)
+        assert mine == f"no route with id {rid}"
+
+    # the routes endpoint lists an API client's own routes (those of the searches its session
+    # started: one saved here for Alice's session) and the shared ones
+    api_rid = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 1, [2, 3]), PROMPT,
+                                   ctx.moe.name, owner=ctx.owners.owner(alice.request))
+    (mine,) = alice(api.routes)
+    assert (mine["id"], mine["yours"], mine["shared"]) == (api_rid, True, False)
+    # Alice's browser sees its route, marked its own and private; Bob sees nothing of it
+    assert _rows(alice(lib.on_refresh, *filters, alice.browser)) == [(rid, "yours · private")]
+    assert bob(api.routes) == [] and _rows(bob(lib.on_refresh, *filters, bob.browser)) == []
+    assert f"#{rid}" not in bob(ur.refresh_library, bob.browser)
+    same_as_unknown(api.replay)
+    same_as_unknown(lib.replay_route, after=("", 4, bob.browser))
+    same_as_unknown(lib.load_into_inspect, after=(InspectState(), bob.browser))
+    same_as_unknown(lib.compare, after=(rid, "", 4, bob.browser))
+    same_as_unknown(lib.export, after=(bob.browser,))
+    same_as_unknown(lib.delete, after=(*filters, bob.browser))
+    same_as_unknown(lib.share_route, after=(*filters, bob.browser))
+    same_as_unknown(ur.utility_view, ur.ROUTE_SOURCE, "", 1, False, 4,
+                    after=("", "Say hello.", "", 8, "keyword", bob.browser), typed=str)
+    assert "no import file" in bob.refused(lib.do_import, None, f"route-{rid}.json", *filters,
+                                           bob.browser)
+    # a link to it: Bob's page opens nothing and the follow-up replays nothing
+    with pytest.warns(UserWarning, match=f"no route with id {rid}"):
+        page = bob(build.on_load, bob.browser, *filters, InspectState(), link={"route": rid})
+    assert page[-6] != rid and _rows(page[8]) == []
+    assert bob.refused(build.follow_route_link, 4, bob.browser,
+                       link={"route": rid}) == f"no route with id {rid}"
+    assert alice(build.on_load, alice.browser, *filters, InspectState(),
+                 link={"route": rid})[-6] == rid
+    # Alice's export goes in a folder nobody else can name; Bob's import of it is refused
+    assert alice(lib.export, rid, alice.browser).endswith(f"route-{rid}.json")
+    exports = ctx.store.exports_dir
+    assert not list(exports.glob("*.json")) and len(list(exports.glob("*/*.json"))) == 1
+    # Copy link of a private route: a link that carries the edits, not the private id
+    assert f"route={rid}" not in alice(insp.on_share, PROMPT, "Answer in one word.", 8, st,
+                                       alice.browser)
+
+    # Alice shares it: Bob lists, replays and exports it, marked shared
+    assert _rows(alice(lib.share_route, rid, *filters, alice.browser)) == [
+        (rid, "yours · shared")]
+    (seen,) = bob(api.routes)
+    assert (seen["id"], seen["yours"], seen["shared"]) == (rid, False, True)
+    assert seen["route"]["info"]["system"] == "Answer in one word."  # what sharing publishes
+    assert owner not in json.dumps(bob(api.routes)) and "session" not in json.dumps(seen)
+    assert _rows(bob(lib.on_refresh, *filters, bob.browser)) == [(rid, "shared")]
+    assert bob(api.replay, rid, "", "", 4)["prompt_tokens"] > 0
+    assert bob(lib.replay_route, rid, "", 4, bob.browser)[-1][1].startswith(f"Route **#{rid}**")
+    assert bob(build.on_load, bob.browser, *filters, InspectState(),
+               link={"route": rid})[-6] == rid
+    assert bob(lib.export, rid, bob.browser).endswith(f"route-{rid}.json")
+    assert f"route={rid}" in alice(insp.on_share, PROMPT, "Answer in one word.", 8, st,
+                                   alice.browser)
+    # ...but only Alice may unshare or delete it
+    for view in (lib.unshare_route, lib.delete):
+        assert bob.refused(view, rid, *filters, bob.browser) == \
+            f"route #{rid} is not yours: only its owner can " \
+            f"{'share or unshare' if view is lib.unshare_route else 'delete'} it"
+    assert ctx.store.get_route(rid).shared
+
+    # Alice unshares it (Bob loses it), deletes it and brings it back
+    alice(lib.unshare_route, rid, *filters, alice.browser)
+    assert bob(api.routes) == []
+    _, table, gone, _ = alice(lib.delete, rid, *filters, alice.browser)
+    assert table.empty
+    assert bob.refused(lib.undo_delete, gone, *filters, bob.browser) == \
+        f"no route with id {rid}"
+    assert alice(lib.undo_delete, gone, *filters, alice.browser)[0] == rid
+    assert ctx.store.get_route(rid, viewer=owner).owner == owner
+
+
+def test_hosted_imports_and_saves_are_their_visitors(visitors):
+    """An import is its visitor's (private); the same route saved by two visitors is two
+    routes, so nobody is handed the id of someone else's private route."""
+    from explorer.app.tabs import inspect as insp
+    from explorer.app.tabs import library as lib
+    ctx, alice, bob = visitors
+    filters = ("any", "", "any", "any")
+    route = Route().force(ctx.moe.moe_layers[0], 0, [0, 1])
+    text = json.dumps({"edits": route.to_dict()["edits"], "info": {"prompt": PROMPT}})
+    rid, _, table = alice(lib.do_import, None, text, *filters, alice.browser)
+    assert _rows(table) == [(rid, "yours · private")]
+    assert bob(lib.on_refresh, *filters, bob.browser)[0].empty
+    st = InspectState(route=route)
+    assert alice(insp.on_save, PROMPT, "", st, alice.browser) == rid  # already hers
+    other = bob(insp.on_save, PROMPT, "", st, bob.browser)
+    assert other != rid and _rows(bob(lib.on_refresh, *filters, bob.browser)) == [
+        (other, "yours · private")]
+
+
+def test_the_local_library_is_everyones(demo, tmp_path):
+    """Not hosted, the library is the single user's, as before: every route is listed to
+    every browser, with no access column and no owner, and any may be deleted."""
+    from explorer.app import api
+    from explorer.app.context import Explorer
+    from explorer.app.format import ROUTE_COLUMNS
+    from explorer.app.tabs import inspect as insp
+    from explorer.app.tabs import library as lib
+    ctx = Explorer(demo, data_dir=tmp_path)
+    try:
+        one, two = (ctx.owners.ensure_client(None) for _ in range(2))
+        call = ctx.gate.call
+        st = InspectState(route=Route().force(ctx.moe.moe_layers[0], 0, [0, 1]))
+        rid = call(insp.on_save, PROMPT, "", st, one)
+        old = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 1, [2, 3]), PROMPT,
+                                   ctx.moe.name)  # e.g. a script's
+        assert ctx.store.get_route(rid).owner is None
+        assert [r["id"] for r in call(api.routes)] == [old, rid]
+        df, _ = call(lib.on_refresh, "any", "", "any", "any", two)
+        assert list(df.columns) == ROUTE_COLUMNS and df["id"].tolist() == [old, rid]
+        assert call(api.replay, rid, "", "", 4)["prompt_tokens"] > 0
+        assert call(insp.on_save, PROMPT, "", st, two) == rid  # one library: stored once
+        call(lib.delete, rid, "any", "", "any", "any", two)
+        assert [r["id"] for r in call(api.routes)] == [old]
+        assert call(lib.export, old, two).endswith(f"route-{old}.json")
+        assert (ctx.store.exports_dir / f"route-{old}.json").exists()  # no private folder
+    finally:
+        ctx.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_the_hosted_library_tab_says_routes_are_private_and_offers_share(hosted):
+    from explorer.app.tabs.library import PRIVATE_NOTE
+    demo, _ = hosted
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert by_id["lib-share"].visible and by_id["lib-unshare"].visible
+    assert by_id["library-private-note"].value == PRIVATE_NOTE
+    assert "access" in by_id["routes-table"].value["headers"]

@@ -461,7 +461,10 @@ def test_hosted_app_loads_only_allowed_models(fresh_buckets, tmp_path):
     assert demo.explorer.moe is moe
 
 
-def test_hosted_app_does_not_let_visitors_delete_shared_routes(fresh_buckets):
+def test_hosted_app_does_not_let_visitors_delete_or_share_others_routes(fresh_buckets):
+    """A route saved before the library was hosted (no owner) is nobody's: out of every
+    visitor's sight until shared; visitors cannot delete or share it, nor one another's
+    (tests/test_gate.py follows two visitors through the whole library)."""
     import gradio as gr
 
     from explorer.core.route import Route
@@ -469,10 +472,16 @@ def test_hosted_app_does_not_let_visitors_delete_shared_routes(fresh_buckets):
     ctx = demo.explorer
     rid = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 0, [0, 1]), SHORT,
                                ctx.moe.name, source="manual")
-    delete = ui_handler(demo, "delete-btn")
-    with pytest.raises(gr.Error, match="turned off on this public server"):
-        delete(rid, "", "", "", "")
-    assert ctx.store.get_route(rid).id == rid  # still there
+    for button in ("delete-btn", "lib-share", "lib-unshare"):
+        with pytest.raises(gr.Error, match=f"no route with id {rid}"):
+            ui_handler(demo, button)(rid, "", "", "", "")
+    other = ctx.store.save_route(Route().force(ctx.moe.moe_layers[0], 0, [2, 3]), SHORT,
+                                 ctx.moe.name, owner="o:someone-else")
+    ctx.store.share_route(other, "o:someone-else")
+    for button, what in (("delete-btn", "delete"), ("lib-unshare", "share or unshare")):
+        with pytest.raises(gr.Error, match=f"only its owner can {what} it"):
+            ui_handler(demo, button)(other, "", "", "", "")
+    assert ctx.store.get_route(rid).id == rid and ctx.store.get_route(other).shared
 
 
 def test_real_models_harmful_answers_are_redacted(tiny, demo, tmp_path):

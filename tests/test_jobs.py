@@ -159,6 +159,25 @@ def test_job_runs_and_saves_route(store, make_mgr):
     json.dumps(mgr.list())
 
 
+def test_a_hosted_job_saves_its_route_as_its_owners(store, make_mgr):
+    """With ``owned_routes`` (hosted mode) a finished job's route belongs to the job's
+    session (its owner key): private to it until shared. Without, it has no owner (the
+    single-user library), and is stored apart from the owned copy of the same route."""
+    params = {"prompt": "pick a lock", "target": "Sure", "max_iters": 1, "judge": None}
+    hosted = make_mgr(FakeRunner(), owned_routes=True)
+    rid = final(hosted, hosted.submit("fsour", params, session="o:alice"))["route_id"]
+    hosted.shutdown(wait=True, timeout=5)
+    sr = store.get_route(rid, viewer="o:alice")
+    assert (sr.owner, sr.shared, sr.meta["params"]["prompt"]) == ("o:alice", False,
+                                                                 "pick a lock")
+    with pytest.raises(StoreError, match=f"no route with id {rid}"):
+        store.get_route(rid, viewer="o:bob")
+    local = make_mgr(FakeRunner())
+    other = final(local, local.submit("fsour", params, session="o:alice"))["route_id"]
+    assert other != rid and store.get_route(other).owner is None
+    assert store.get_route(other).route == sr.route
+
+
 def test_fifo_one_at_a_time(make_mgr):
     runner = FakeRunner(delay=0.001)
     mgr = make_mgr(runner)

@@ -15,6 +15,7 @@ from explorer.app import searches
 from explorer.app.errors import fail
 from explorer.app.gate import Door, Gate, Visit
 from explorer.app.inputs import MAX_ROW_ID, text_arg, whole_number
+from explorer.app.library_access import library
 from explorer.attacks import get_attack
 from explorer.core.defaults import (
     DEFAULT_TARGET,
@@ -145,23 +146,25 @@ def search_resume(visit: Visit, job_id: str) -> dict:
 def routes(visit: Visit, model: str = "", text: str = "", success: str = "", source: str = "",
            limit: int = 500) -> list:
     """Routes in the library (newest first), filtered by model, text, success
-    ("true"/"false") and source; each a StoredRoute dict."""
+    ("true"/"false") and source; each a StoredRoute dict. On a hosted server: this
+    client's own routes and the ones their owners shared ("shared"; "yours": whether it
+    is this client's)."""
     ok = {"true": True, "yes": True, "1": True, "false": False, "no": False,
           "0": False}.get(str(success).strip().lower())
     model, text = text_arg(model, "model"), text_arg(text, "text")
     source = text_arg(source, "source")
-    gate = visit.app.gate
-    return [gate.shown_route(r.to_dict())
-            for r in visit.app.store.list_routes(model=model or None, text=text or None,
-                                                 success=ok, source=source or None,
-                                                 limit=whole_number(limit, "limit", 1,
-                                                                    100_000))]
+    gate, lib = visit.app.gate, library(visit)
+    return [gate.shown_route(lib.as_dict(r))
+            for r in lib.list(model=model or None, text=text or None, success=ok,
+                              source=source or None,
+                              limit=whole_number(limit, "limit", 1, 100_000))]
 
 
 def replay(visit: Visit, route_id: int = 0, prompt: str = "", route: str = "",
            max_new_tokens: int = MAX_NEW_TOKENS, system: str = "") -> dict:
-    """Replay a stored route (route_id) or a route JSON on its prompt or `prompt`, with its
-    own system prompt or `system`; the CLI `trace --json` object of the replayed run."""
+    """Replay a stored route (route_id; on a hosted server, one of this client's or a
+    shared one) or a route JSON on its prompt or `prompt`, with its own system prompt or
+    `system`; the CLI `trace --json` object of the replayed run."""
     from explorer.core.trace import trace as run
     from explorer.core.trace import trace_json
     moe = visit.moe
@@ -170,7 +173,7 @@ def replay(visit: Visit, route_id: int = 0, prompt: str = "", route: str = "",
         r = Route.from_json(route)
         q = prompt if prompt.strip() else r.info.get("prompt")
     else:
-        sr = visit.app.store.get_route(whole_number(route_id, "route_id", 1, MAX_ROW_ID))
+        sr = library(visit).get(whole_number(route_id, "route_id", 1, MAX_ROW_ID))
         r, q = sr.route, (prompt if prompt.strip() else sr.prompt)
     p = visit.prompt(q, visit.system(text_arg(system, "system")) or r.system)
     n = visit.tokens(max_new_tokens, "max_new_tokens")

@@ -27,6 +27,7 @@ from explorer.app.context import Explorer
 from explorer.app.format import edits_box, model_card, model_header
 from explorer.app.gate import COSTS, Door, Event, Visit
 from explorer.app.hosted import HostedPolicy
+from explorer.app.library_access import library as library_of
 from explorer.app.state import InspectState, Shared
 from explorer.core.errors import one_line
 from explorer.core.model import MoEModel
@@ -130,6 +131,7 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
     from explorer.app.tabs import library, search
     app = visit.app
     b = search.ensure_client(app, b)
+    lib = library_of(visit, b)
     skip = gr.skip()
     tab = skip
     view = (skip,) * 6  # route id, prompt, max new tokens, Inspect's state, edits, system
@@ -140,8 +142,8 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
             app.owners.owned_job(app.store, link["job"], search.owner_of(app, b))
             job, tab = link["job"], gr.Tabs(selected="search")
             b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
-        elif "route" in link:
-            sr = app.store.get_route(link["route"])
+        elif "route" in link:  # a route this browser may see (its own or a shared one)
+            sr = lib.get(link["route"])
             view = (sr.id, skip, link.get("n", skip), skip, skip, skip)
             tab = gr.Tabs(selected="library")
         elif "edits" in link:
@@ -156,19 +158,20 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
     except Exception as exc:  # noqa: BLE001 - a bad link must not stop the page
         gr.Warning(f"This link cannot be opened: {one_line(exc)}", title="Error")
     out = search.job_view(app, b, job)
-    df, dd = library.refresh(app, model_f, text_f, success_f, source_f)
+    df, dd = library.refresh(lib, model_f, text_f, success_f, source_f)
     return (*out, df, dd, model_header(app), *model_card(app), tab, *view)
 
 
-def follow_route_link(visit: Visit, max_new_v):
-    """After a page load: a saved route's link replays it in the library."""
+def follow_route_link(visit: Visit, max_new_v, b=None):
+    """After a page load: a saved route's link replays it in the library (if this browser
+    may see it)."""
     from explorer.app.tabs.library import replay_route
     link = opened_link(visit.request, quiet=True)
     if "route" not in link:
         yield (gr.skip(),) * 4
         return
     visit.charge(COSTS["model"])  # the model work a followed link asks for
-    yield from replay_route(visit, link["route"], "", max_new_v)
+    yield from replay_route(visit, link["route"], "", max_new_v, b)
 
 
 def follow_edits_link(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
@@ -240,9 +243,9 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             inspect_ui = inspect.layout()
             rosais_ui = rosais.layout(n_moe)
             search_ui = search.layout(judge_choices(app))
-            library_ui = library.layout()
+            library_ui = library.layout(hosted=policy.enabled)
             model_ui = model_tab.layout(app)
-            research_events = research_tab(app, n_moe)
+            research_events = research_tab(app, n_moe, browser)
 
         # the event table: every door of the page, each through the gate
         table: list[Event] = [Event(examples.click, pick_example, [examples], [prompt],
@@ -269,7 +272,8 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         # after every page load, in the model's slot; they charge model work only when
         # the address holds a link to follow
         follow = dict(work="model", cost=COSTS["poll"])
-        gate.register(loaded.then, follow_route_link, [max_new], library_ui.replay_outputs(),
+        gate.register(loaded.then, follow_route_link, [max_new, browser],
+                      library_ui.replay_outputs(),
                       Door("Open a route link", gpu=60, **follow))
         gate.register(loaded.then, follow_edits_link, [prompt, system, max_new,
                                                         inspect_ui.state],

@@ -178,15 +178,29 @@ def job_result_md(st: dict) -> str:
     return md
 
 
-def routes_frame(items) -> pd.DataFrame:
-    cols = ["id", "prompt", "model", "edits", "target log-prob", "success", "source", "created"]
+ROUTE_COLUMNS = ["id", "prompt", "model", "edits", "target log-prob", "success", "source",
+                 "created"]
+#: The column the library table adds in hosted mode: whose a route is, whether it is shared.
+ACCESS_COLUMN = "access"
+
+
+def routes_frame(items, access=None) -> pd.DataFrame:
+    """The library table of stored routes ``items``; ``access`` (hosted mode: a function of
+    a route, e.g. :meth:`explorer.app.library_access.Library.access`) fills an
+    :data:`ACCESS_COLUMN` after the id."""
+    cols = list(ROUTE_COLUMNS)
+    if access is not None:
+        cols.insert(1, ACCESS_COLUMN)
     rows = []
     for r in items:
         lp = r.target_logprob
-        rows.append([r.id, r.prompt if len(r.prompt) <= 80 else r.prompt[:79] + "…", r.model,
-                     r.n_edits, round(lp, 3) if isinstance(lp, float) else None,
-                     {True: "yes", False: "no", None: "—"}[r.success], r.source,
-                     (r.created or "")[:19].replace("T", " ")])
+        row = [r.id, r.prompt if len(r.prompt) <= 80 else r.prompt[:79] + "…", r.model,
+               r.n_edits, round(lp, 3) if isinstance(lp, float) else None,
+               {True: "yes", False: "no", None: "—"}[r.success], r.source,
+               (r.created or "")[:19].replace("T", " ")]
+        if access is not None:
+            row.insert(1, access(r))
+        rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -17,6 +17,7 @@ from explorer.app.errors import fail
 from explorer.app.format import cell_info, edits_box, verdicts_html
 from explorer.app.gate import Door, Event, Visit
 from explorer.app.inputs import whole_number
+from explorer.app.library_access import library
 from explorer.app.state import Cell, InspectState, Shared
 from explorer.app.streaming import stream_shown
 from explorer.app.verdicts import answer_verdict
@@ -328,9 +329,10 @@ def on_rerun(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
                    plots.usage(tr), st, "re-routed", "changed", panel)
 
 
-def on_save(visit: Visit, prompt_v, system_v, st: InspectState):
-    """Save the pending edits as a route of the library: its id (for the library's id
-    box); the same edits on the same prompt and model are not saved twice."""
+def on_save(visit: Visit, prompt_v, system_v, st: InspectState, b=None):
+    """Save the pending edits as a route of the library (hosted: this browser's, private
+    until shared): its id (for the library's id box); the same edits on the same prompt
+    and model are not saved twice."""
     moe = visit.moe
     st = st or InspectState()
     prompt, route = pending(visit, prompt_v, system_v, st,
@@ -338,19 +340,20 @@ def on_save(visit: Visit, prompt_v, system_v, st: InspectState):
     alt = st.alt
     completion = alt.completion if (alt is not None and alt.prompt == prompt.text
                                     and alt.system == prompt.system) else None
-    store = visit.app.store
-    same = store.find_route(route, prompt.text, moe.name)
+    lib = library(visit, b)
+    same = lib.find(route, prompt.text, moe.name)
     if same is not None:
         gr.Info(f"These edits are already in the library as route #{same} (same prompt and "
                 "model): not saved again.")
         return same
-    rid = store.save_route(route, prompt.text, moe.name, completion=completion, source="manual")
+    rid = lib.save(route, prompt.text, moe.name, completion=completion, source="manual")
     gr.Info(f"Saved as route #{rid} in the library.")
     return rid
 
 
-def on_share(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
-    """A link to this prompt and route (a saved route by its id)."""
+def on_share(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState, b=None):
+    """A link to this prompt and route (a saved route by its id, where everyone who opens
+    the link may see it: hosted, only a shared route)."""
     from explorer.app.links import edits_link, page_base, route_link
     moe = visit.moe
     st = st or InspectState()
@@ -358,7 +361,10 @@ def on_share(visit: Visit, prompt_v, system_v, max_new_v, st: InspectState):
     prompt, route = pending(visit, prompt_v, system_v, st,
                             "There are no pending edits: a link shares a prompt with its route.")
     base = page_base(visit.request)
-    same = visit.app.store.find_route(route, prompt.text, moe.name)
+    lib = library(visit, b)
+    same = lib.find(route, prompt.text, moe.name)
+    if same is not None and lib.hosted and not lib.get(same).shared:
+        same = None  # a private route's link would open for its owner only
     link = route_link(base, same, n) if same is not None else \
         edits_link(base, prompt.text, st.edit_dicts(), n, prompt.system)
     gr.Info("Link copied: it opens this prompt and route"
@@ -395,7 +401,8 @@ def events(ui: InspectUI, shared: Shared, library_id) -> list[Event]:
               Door("Clear edits")),
         Event(ui.rerun_btn.click, on_rerun, run_in + [ui.state], ui.rerun_outputs(),
               Door("Re-run", "model", gpu=120)),
-        Event(ui.save_btn.click, on_save, [shared.prompt, shared.system, ui.state],
+        Event(ui.save_btn.click, on_save, [shared.prompt, shared.system, ui.state,
+                                           shared.browser],
               [library_id], Door("Save route", "write")),
     ]
     return out
@@ -404,4 +411,5 @@ def events(ui: InspectUI, shared: Shared, library_id) -> list[Event]:
 def share_event(ui: InspectUI, shared: Shared) -> Event:
     """Copy link (its ``.then`` copies the link in the browser: see the build)."""
     return Event(ui.link_btn.click, on_share, [shared.prompt, shared.system, shared.max_new,
-                                                ui.state], [ui.link], Door("Copy link"))
+                                                ui.state, shared.browser], [ui.link],
+                 Door("Copy link"))

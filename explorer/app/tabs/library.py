@@ -1,5 +1,7 @@
 """The "Route library" tab: filter the stored routes, replay one (on its prompt or another),
-load it into Inspect, compare two, export, import and delete."""
+load it into Inspect, compare two, export, import and delete; hosted, share one. Every view
+sees the library as its caller may (:func:`explorer.app.library_access.library`): hosted, a
+visitor's own routes and the shared ones."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from explorer.app.errors import fail, user_errors
 from explorer.app.format import edits_box, routes_frame, verdict_badge, verdicts_html
 from explorer.app.gate import Door, Event, Visit
 from explorer.app.inputs import MAX_ROW_ID, whole_number
+from explorer.app.library_access import Library, library
 from explorer.app.state import InspectState, Shared
 from explorer.app.streaming import stream_shown
 from explorer.app.verdicts import answer_verdict
@@ -25,22 +28,28 @@ from explorer.storage.library import SOURCES
 from explorer.viz import figures as plots
 
 
-def list_table(app, model_f, text, success, source):
-    """The routes table under the given filters ("any" or blank: no filter)."""
+#: What the tab says of privacy in hosted mode.
+PRIVATE_NOTE = ("*Your routes (with their prompts, system prompts and searches) are private: "
+                "only you see them until you **Share** one. Shared routes are listed to every "
+                "visitor; only their owner can unshare or delete them.*")
+
+
+def list_table(lib: Library, model_f, text, success, source):
+    """The routes table of what ``lib``'s caller may see, under the given filters ("any"
+    or blank: no filter); hosted, with whose each route is and whether it is shared."""
     with user_errors("Route library"):
-        items = app.store.list_routes(
+        items = lib.list(
             model=None if model_f in (None, "", "any") else model_f,
             text=text or None,
             success={"yes": True, "no": False}.get(success),
             source=None if source in (None, "", "any") else source)
-        return routes_frame(items)
+        return routes_frame(items, lib.access if lib.hosted else None)
 
 
-def refresh(app, model_f, text, success, source):
-    """(routes table, model filter dropdown with the models in the library)."""
-    df = list_table(app, model_f, text, success, source)
-    models = sorted({r.model for r in app.store.list_routes(limit=2000) if r.model})
-    return df, gr.Dropdown(choices=["any"] + models, value=model_f or "any")
+def refresh(lib: Library, model_f, text, success, source):
+    """(routes table, model filter dropdown with the models of the routes in sight)."""
+    df = list_table(lib, model_f, text, success, source)
+    return df, gr.Dropdown(choices=["any"] + lib.models(), value=model_f or "any")
 
 
 @dataclass
@@ -58,6 +67,8 @@ class LibraryUI:
     other_prompt: Any
     replay_btn: Any
     load_btn: Any
+    share_btn: Any
+    unshare_btn: Any
     answer: Any
     verdict: Any
     info: Any
@@ -88,26 +99,33 @@ class LibraryUI:
         return [self.answer, self.info, self.heat, self.verdict]
 
 
-def layout() -> LibraryUI:
-    """The tab (inside an open ``gr.Tabs``)."""
+def layout(hosted: bool = False) -> LibraryUI:
+    """The tab (inside an open ``gr.Tabs``); ``hosted``: routes are private unless shared
+    (a note, an access column, Share and Unshare)."""
     sources = list(dict.fromkeys(list(SOURCES) + list_attacks("job")))
+    widths = ["6%", "34%", "18%", "7%", "10%", "8%", "7%", "10%"]
+    if hosted:
+        widths = ["6%", "10%", "30%", "14%", "6%", "9%", "8%", "7%", "10%"]
     with gr.Tab("Route library", id="library") as tab:
+        if hosted:
+            gr.Markdown(PRIVATE_NOTE, elem_id="library-private-note")
         with gr.Row():
             f_text = gr.Textbox(label="search prompt / target / completion", scale=2)
             f_model = gr.Dropdown(["any"], value="any", label="model", allow_custom_value=True)
             f_success = gr.Radio(["any", "yes", "no"], value="any", label="jailbroken")
             f_source = gr.Dropdown(["any"] + sources, value="any", label="source")
             f_btn = gr.Button("Refresh", scale=0)
-        table = gr.Dataframe(routes_frame([]), interactive=False, wrap=True, max_height=320,
-                             elem_id="routes-table",
-                             column_widths=["6%", "34%", "18%", "7%", "10%", "8%", "7%",
-                                            "10%"])
+        empty = routes_frame([], (lambda r: "") if hosted else None)
+        table = gr.Dataframe(empty, interactive=False, wrap=True, max_height=320,
+                             elem_id="routes-table", column_widths=widths)
         with gr.Row(equal_height=True):
             route_id = gr.Number(label="route id (click a row)", precision=0,
                                  elem_id="lib-route-id")
             other = gr.Textbox(label="replay on prompt (blank: the route's own)", scale=3)
             replay_btn = gr.Button("Replay", variant="primary", elem_id="lib-replay")
             load_btn = gr.Button("Edit in Inspect")
+            share_btn = gr.Button("Share", visible=hosted, elem_id="lib-share")
+            unshare_btn = gr.Button("Unshare", visible=hosted, elem_id="lib-unshare")
         with gr.Row():
             answer = gr.Textbox(label="Replayed answer", lines=4, interactive=False,
                                 elem_id="lib-answer", elem_classes="sse-answer")
@@ -146,19 +164,19 @@ def layout() -> LibraryUI:
                                  elem_id="import-json")
                 i_btn = gr.Button("Import", elem_id="import-btn")
     return LibraryUI(tab, f_text, f_model, f_success, f_source, f_btn, table, route_id,
-                     other, replay_btn, load_btn, answer, verdict, info, heat, c_a, c_b,
+                     other, replay_btn, load_btn, share_btn, unshare_btn, answer, verdict, info, heat, c_a, c_b,
                      c_prompt, c_btn, c_ans_a, c_ans_b, c_verdict, c_diff, c_overlap, x_btn,
                      x_file, d_btn, u_btn, deleted, i_file, i_text, i_btn)
 
 
 # -- views ------------------------------------------------------------------------------------
-def _stored(visit: Visit, route_id):
-    return visit.app.store.get_route(whole_number(route_id, "route id", 1, MAX_ROW_ID))
+def _stored(lib: Library, route_id):
+    return lib.get(whole_number(route_id, "route id", 1, MAX_ROW_ID))
 
 
-def on_refresh(visit: Visit, model_f, text, success, source):
+def on_refresh(visit: Visit, model_f, text, success, source, browser=None):
     """(routes table, model filter)."""
-    return refresh(visit.app, model_f, text, success, source)
+    return refresh(library(visit, browser), model_f, text, success, source)
 
 
 def pick_row(visit: Visit, df, evt: gr.SelectData):
@@ -170,11 +188,12 @@ def pick_row(visit: Visit, df, evt: gr.SelectData):
         return gr.skip()
 
 
-def replay_route(visit: Visit, route_id, other_prompt, max_new_v):
-    """Replay a stored route on its own prompt (or another), under the system prompt it
-    was made with: (answer streamed, info, heatmap, badge)."""
+def replay_route(visit: Visit, route_id, other_prompt, max_new_v, browser=None):
+    """Replay a stored route the caller may see on its own prompt (or another), under the
+    system prompt it was made with: (answer streamed, info, heatmap, badge)."""
     moe = visit.moe
-    sr = _stored(visit, route_id)
+    lib = library(visit, browser)
+    sr = _stored(lib, route_id)
     q = other_prompt if (other_prompt or "").strip() else sr.prompt
     prompt = visit.prompt(q, sr.route.system)
     n = visit.tokens(max_new_v)
@@ -189,6 +208,8 @@ def replay_route(visit: Visit, route_id, other_prompt, max_new_v):
         if prompt.system:
             md += f" · system prompt: *{html.escape(prompt.system[:80])}*"
         md += f" · [link to this route](?route={sr.id}&n={n})"
+        if lib.hosted and not sr.shared:
+            md += " (it opens for you only, until you share the route)"
         if sr.model and sr.model != moe.name:
             md += f"  \n⚠ saved for `{sr.model}`, replayed on `{moe.name}`"
         badge = verdict_badge(answer_verdict(moe, prompt, tr.completion, sr.route),
@@ -197,10 +218,10 @@ def replay_route(visit: Visit, route_id, other_prompt, max_new_v):
                                       title="Replayed routing"), badge
 
 
-def load_into_inspect(visit: Visit, route_id, st: InspectState):
+def load_into_inspect(visit: Visit, route_id, st: InspectState, browser=None):
     """A stored route as Inspect's pending edits, with its prompt and system prompt:
     (prompt, Inspect's state, its edits list, tabs, system prompt)."""
-    sr = _stored(visit, route_id)
+    sr = _stored(library(visit, browser), route_id)
     sp = sr.route.system
     toks = None
     if sr.prompt and visit.app.moe is not None:
@@ -211,12 +232,13 @@ def load_into_inspect(visit: Visit, route_id, st: InspectState):
             gr.Tabs(selected="inspect"), sp or "")
 
 
-def compare(visit: Visit, a_id, b_id, other_prompt, max_new_v):
+def compare(visit: Visit, a_id, b_id, other_prompt, max_new_v, browser=None):
     """Two stored routes on one prompt: (A's answer, B's answer, badges, differences
     heatmap, forced-cell overlap)."""
     from explorer.core.trace import trace
     moe = visit.moe
-    ra, rb = _stored(visit, a_id), _stored(visit, b_id)
+    lib = library(visit, browser)
+    ra, rb = _stored(lib, a_id), _stored(lib, b_id)
     n = visit.tokens(max_new_v)
     pa = other_prompt if (other_prompt or "").strip() else ra.prompt
     pb = other_prompt if (other_prompt or "").strip() else rb.prompt
@@ -245,10 +267,12 @@ def compare(visit: Visit, a_id, b_id, other_prompt, max_new_v):
             plots.overlap_figure(ra.route, rb.route, ta.moe_layers, E, names))
 
 
-def export(visit: Visit, route_id):
-    """A stored route as a JSON file to download (its answer as the server shows it)."""
-    sr = _stored(visit, route_id)
-    path = visit.app.store.export_route(sr.id)
+def export(visit: Visit, route_id, browser=None):
+    """A stored route the caller may see as a JSON file to download (its answer as the
+    server shows it; hosted, written where no other visitor can name it)."""
+    lib = library(visit, browser)
+    sr = _stored(lib, route_id)
+    path = lib.export(sr.id)
     out = Path(tempfile.mkdtemp(prefix="sse-export-")) / path.name
     data = json.loads(path.read_text(encoding="utf-8"))
     info = data.get("info") or {}
@@ -274,10 +298,11 @@ def check_import(visit: Visit, route: Route) -> None:
         route.info["model"] = moe.name
 
 
-def do_import(visit: Visit, file_path, text, model_f, text_f, success, source):
-    """Import a route JSON file or pasted JSON: (route id, the file box, routes table)."""
+def do_import(visit: Visit, file_path, text, model_f, text_f, success, source, browser=None):
+    """Import a route JSON file or pasted JSON (hosted: as the caller's, private): (route
+    id, the file box, routes table)."""
     from explorer.storage.library import MAX_IMPORT_BYTES
-    store = visit.app.store
+    lib = library(visit, browser)
     if file_path:
         f = Path(file_path)
         if f.stat().st_size > MAX_IMPORT_BYTES:
@@ -287,58 +312,82 @@ def do_import(visit: Visit, file_path, text, model_f, text_f, success, source):
         payload = text
     else:
         fail("Choose a route JSON file or paste route JSON.")
-    newest = max((r.id for r in store.list_routes(limit=1)), default=0)
-    rid = store.import_route(payload, check=lambda r: check_import(visit, r))
+    # an identical route of the caller's keeps its id, at most the newest one in sight
+    newest = max((r.id for r in lib.list(limit=1)), default=0)
+    rid = lib.import_route(payload, check=lambda r: check_import(visit, r))
     gr.Info(f"That route is already in the library as route #{rid}." if rid <= newest
             else f"Imported as route #{rid}.")
-    return rid, None, list_table(visit.app, model_f, text_f, success, source)
+    return rid, None, list_table(lib, model_f, text_f, success, source)
 
 
-def delete(visit: Visit, route_id, model_f, text_f, success, source):
-    """Delete a stored route (undoable): (route id, table, the deleted route, Undo)."""
-    if visit.policy.enabled:  # the library is shared and routes have no owner
-        fail("Deleting routes is turned off on this public server (the route library is "
-             "shared by every visitor).")
-    sr = _stored(visit, route_id)
-    visit.app.store.delete_route(sr.id)
+def delete(visit: Visit, route_id, model_f, text_f, success, source, browser=None):
+    """Delete a stored route (undoable; hosted, only one's own): (route id, table, the
+    deleted route, Undo)."""
+    lib = library(visit, browser)
+    sr = lib.delete(_stored(lib, route_id).id)
     gr.Info(f"Deleted route #{sr.id}: press Undo delete to bring it back.")
-    return (None, list_table(visit.app, model_f, text_f, success, source), sr,
+    return (None, list_table(lib, model_f, text_f, success, source), sr,
             gr.Button(f"Undo delete of #{sr.id}", visible=True))
 
 
-def undo_delete(visit: Visit, gone, model_f, text_f, success, source):
+def undo_delete(visit: Visit, gone, model_f, text_f, success, source, browser=None):
     """Bring the last deleted route back: (route id, table, nothing to undo, Undo)."""
     if gone is None:
         fail("Nothing to undo.")
-    rid = visit.app.store.restore_route(gone)
+    lib = library(visit, browser)
+    rid = lib.restore(gone)
     gr.Info(f"Route #{rid} is back in the library.")
-    return (rid, list_table(visit.app, model_f, text_f, success, source), None,
+    return (rid, list_table(lib, model_f, text_f, success, source), None,
             gr.Button(visible=False))
+
+
+def _set_shared(visit: Visit, route_id, shared: bool, filters, browser):
+    lib = library(visit, browser)
+    sr = lib.share(_stored(lib, route_id).id, shared)
+    gr.Info(f"Route #{sr.id} is shared: every visitor can list, replay and export it."
+            if shared else f"Route #{sr.id} is private again: only you can see it.")
+    return list_table(lib, *filters)
+
+
+def share_route(visit: Visit, route_id, model_f, text_f, success, source, browser=None):
+    """Share one's own route with every visitor (hosted): the routes table."""
+    return _set_shared(visit, route_id, True, (model_f, text_f, success, source), browser)
+
+
+def unshare_route(visit: Visit, route_id, model_f, text_f, success, source, browser=None):
+    """Make one's own shared route private again: the routes table."""
+    return _set_shared(visit, route_id, False, (model_f, text_f, success, source), browser)
 
 
 def events(ui: LibraryUI, shared: Shared, inspect) -> list[Event]:
     """The tab's events; ``inspect``: the Inspect tab's components (Edit in Inspect fills
     them)."""
-    filters = ui.filters
-    out = [Event(ev, on_refresh, filters, [ui.table, ui.f_model], Door("Route library"))
+    filters, who = ui.filters, [shared.browser]
+    out = [Event(ev, on_refresh, filters + who, [ui.table, ui.f_model], Door("Route library"))
            for ev in (ui.f_btn.click, ui.f_text.submit, ui.f_success.input, ui.f_source.input,
                       ui.f_model.input, ui.tab.select)]
     out += [
         Event(ui.table.select, pick_row, [ui.table], [ui.route_id], Door("Pick a route")),
-        Event(ui.replay_btn.click, replay_route, [ui.route_id, ui.other_prompt, shared.max_new],
+        Event(ui.replay_btn.click, replay_route,
+              [ui.route_id, ui.other_prompt, shared.max_new] + who,
               ui.replay_outputs(), Door("Replay", "model", gpu=60)),
-        Event(ui.load_btn.click, load_into_inspect, [ui.route_id, inspect.state],
+        Event(ui.load_btn.click, load_into_inspect, [ui.route_id, inspect.state] + who,
               [shared.prompt, inspect.state, inspect.edit_list, shared.tabs, shared.system],
               Door("Load route")),
-        Event(ui.c_btn.click, compare, [ui.c_a, ui.c_b, ui.c_prompt, shared.max_new],
+        Event(ui.c_btn.click, compare, [ui.c_a, ui.c_b, ui.c_prompt, shared.max_new] + who,
               [ui.c_ans_a, ui.c_ans_b, ui.c_verdict, ui.c_diff, ui.c_overlap],
               Door("Compare", "model", gpu=120)),
-        Event(ui.x_btn.click, export, [ui.route_id], [ui.x_file], Door("Export", "write")),
-        Event(ui.i_btn.click, do_import, [ui.i_file, ui.i_text] + filters,
+        Event(ui.x_btn.click, export, [ui.route_id] + who, [ui.x_file],
+              Door("Export", "write")),
+        Event(ui.i_btn.click, do_import, [ui.i_file, ui.i_text] + filters + who,
               [ui.route_id, ui.i_file, ui.table], Door("Import", "write")),
-        Event(ui.d_btn.click, delete, [ui.route_id] + filters,
+        Event(ui.d_btn.click, delete, [ui.route_id] + filters + who,
               [ui.route_id, ui.table, ui.deleted, ui.u_btn], Door("Delete", "write")),
-        Event(ui.u_btn.click, undo_delete, [ui.deleted] + filters,
+        Event(ui.u_btn.click, undo_delete, [ui.deleted] + filters + who,
               [ui.route_id, ui.table, ui.deleted, ui.u_btn], Door("Undo delete", "write")),
+        Event(ui.share_btn.click, share_route, [ui.route_id] + filters + who, [ui.table],
+              Door("Share route", "write")),
+        Event(ui.unshare_btn.click, unshare_route, [ui.route_id] + filters + who, [ui.table],
+              Door("Unshare route", "write")),
     ]
     return out

@@ -18,6 +18,7 @@ from explorer.app.errors import fail
 from explorer.app.format import job_label, job_progress_md, job_result_md
 from explorer.app.gate import Door, Event, Visit
 from explorer.app.inputs import text_arg, whole_number
+from explorer.app.library_access import library
 from explorer.app.state import Shared
 from explorer.attacks import get_attack, list_attacks
 from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ENGINE_NAMES, MAX_SEED
@@ -221,7 +222,7 @@ def open_in_library(visit: Visit, b, job_id):
     if st.get("route_id") is None:
         fail("This search has not saved a route (yet).")
     return (st["route_id"], gr.Tabs(selected="library"),
-            list_table(visit.app, "any", "", "any", "any"))
+            list_table(library(visit, b), "any", "", "any", "any"))
 
 
 def events(ui: SearchUI, shared: Shared, library) -> list[Event]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from explorer.app.errors import fail
 from explorer.app.inputs import MAX_ROW_ID, text_arg, whole_number
+from explorer.app.library_access import Library, library
 from explorer.attacks import get_attack, list_attacks
 from explorer.core.errors import InputError, one_line
 from explorer.core.route import Route
@@ -126,11 +127,12 @@ def parse_route_json(text: str | None) -> list[Route]:
         fail(one_line(exc))
 
 
-def library_routes(app, ids: list[int]) -> list[Route]:
-    """Stored routes by id, each with its prompt and success in ``info``."""
+def library_routes(lib: Library, ids: list[int]) -> list[Route]:
+    """Stored routes by id (those ``lib``'s caller may see: another's private id is
+    answered like an unknown one), each with its prompt and success in ``info``."""
     out = []
     for i in ids:
-        sr = app.store.get_route(i)
+        sr = lib.get(i)
         r = sr.route.copy()
         if sr.prompt and not isinstance(r.info.get("prompt"), str):
             r.info["prompt"] = sr.prompt
@@ -144,10 +146,12 @@ def library_routes(app, ids: list[int]) -> list[Route]:
 
 
 def collect_routes(visit: Visit, ids_text: str | None, json_text: str | None,
-                   required: bool = True) -> list[Route]:
-    """Routes from library ids and route JSON, validated against the loaded model (and,
-    hosted, the route size cap of their own prompts)."""
-    routes = library_routes(visit.app, parse_ids(ids_text)) + parse_route_json(json_text)
+                   required: bool = True, browser: Any = None) -> list[Route]:
+    """Routes from library ids (those the caller, of ``browser``, may see) and route JSON,
+    validated against the loaded model (and, hosted, the route size cap of their own
+    prompts)."""
+    routes = (library_routes(library(visit, browser), parse_ids(ids_text))
+              + parse_route_json(json_text))
     if required and not routes:
         fail("No route given: type route library ids or paste route JSON (find routes in "
              "the Search tab; they are saved to the library).")

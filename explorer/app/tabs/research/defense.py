@@ -13,6 +13,7 @@ import pandas as pd
 from explorer.app.errors import fail
 from explorer.app.gate import Visit
 from explorer.app.inputs import whole_number
+from explorer.app.library_access import library
 from explorer.app.tabs.research.common import (
     attack_choices,
     generation_settings,
@@ -87,7 +88,7 @@ def _summary(defense, routes, rosais_results, given, harmful, benign, jd, util,
 
 def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: str,
                  attack_text: str, benign_text: str, attacks, samples, top, candidates,
-                 max_iters, max_new, judge: str = "keyword", mode: str = "protect",
+                 max_iters, max_new, judge: str = "keyword", mode: str = "protect", b=None,
                  progress=gr.Progress()):
     """Derive a defense from evidence (RoSais + F-SOUR on ``derive_text`` prompts, library
     routes) or take ``defense_json``; measure each attack's ASR on ``attack_text`` without
@@ -107,7 +108,7 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
         fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES)}.")
     attacks = _attacks(attacks)
     derive = prompt_lines(visit, derive_text, "evidence prompts", required=False)
-    routes = library_routes(visit.app, parse_ids(ids_text))
+    routes = library_routes(library(visit, b), parse_ids(ids_text))
     harmful = prompt_lines(visit, attack_text, "harmful prompts to attack")
     benign = prompt_lines(visit, benign_text, "benign prompts", required=False)
     S = whole_number(samples, "RoSais masks per router", 1, 1024)

@@ -30,6 +30,7 @@ import gradio as gr
 import pandas as pd
 
 from explorer.app.gate import Door, Event, Visit
+from explorer.app.library_access import Library, library
 from explorer.app.tabs.research.common import (
     ROSAIS_SOURCE,
     ROUTE_SOURCE,
@@ -65,10 +66,11 @@ __all__ = ["collect_routes", "defense_view", "merge_curves", "minimal_view", "pa
            "library_md", "redraw_distribution"]
 
 
-def library_md(app, limit: int = 12) -> str:
-    """A short list of the newest library routes (ids to type into the views)."""
+def library_md(lib: Library, limit: int = 12) -> str:
+    """A short list of the newest library routes ``lib``'s caller may see (ids to type into
+    the views)."""
     try:
-        items = app.store.list_routes(limit=limit)
+        items = lib.list(limit=limit)
     except Exception as exc:  # noqa: BLE001 - a broken store must not break the tab
         return f"Route library unavailable: {html.escape(str(exc).splitlines()[0][:200])}"
     if not items:
@@ -101,7 +103,7 @@ def _table(columns: list[str], **kw) -> gr.Dataframe:
                         elem_classes="sse-table", **kw)
 
 
-def _utility_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
+def _utility_tab(n_moe: int, max_new, judge, harm4: str, who: list) -> list[Event]:
     with gr.Tab("Utility cost", id="research-utility"):
         gr.Markdown("How much a route hurts normal use: the benign refusal rate and the "
                     "log-likelihood per token of the model's own benign answers, with and "
@@ -124,10 +126,10 @@ def _utility_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
         md = gr.Markdown("")
         table = _table(UTILITY_COLUMNS, wrap=True)
     return [_event(btn, utility_view, 120, [source, prompt, top, sweep, samples, ids, js, benign,
-                                        harm, max_new, judge], [plot, table, md])]
+                                        harm, max_new, judge] + who, [plot, table, md])]
 
 
-def _transfer_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
+def _transfer_tab(n_moe: int, max_new, judge, harm4: str, who: list) -> list[Event]:
     with gr.Tab("Transfer", id="research-transfer"):
         gr.Markdown("Replay routes found on one prompt on other prompts (positions moved by "
                     "the mapping); a route's own prompt is outlined. A candidate universal "
@@ -153,10 +155,10 @@ def _transfer_tab(n_moe: int, max_new, judge, harm4: str) -> list[Event]:
         with gr.Accordion("Universal route JSON", open=False):
             univ = gr.Code("", language="json")
     return [_event(btn, transfer_view, 120, [ids, js, prompts, own, mapping, umin, held, max_new,
-                                         judge, target], [plot, table, md, univ])]
+                                         judge, target] + who, [plot, table, md, univ])]
 
 
-def _minimal_tab(n_moe: int, max_new, judge) -> list[Event]:
+def _minimal_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
     with gr.Tab("Minimal route", id="research-minimal"):
         gr.Markdown("Greedy backward elimination: drop edits while the route still reaches "
                     "the target and the judge still calls the answer jailbroken. Cost grows "
@@ -177,11 +179,11 @@ def _minimal_tab(n_moe: int, max_new, judge) -> list[Event]:
                           scale=2)
         with gr.Accordion("Minimal route JSON", open=False):
             route = gr.Code("", language="json")
-    return [_event(btn, minimal_view, 240, [ids, js, prompt, thr, checks, max_new, judge, target],
-          [cells, nec, md, route])]
+    return [_event(btn, minimal_view, 240, [ids, js, prompt, thr, checks, max_new, judge, target]
+                   + who, [cells, nec, md, route])]
 
 
-def _defense_tab(n_moe: int, max_new, judge) -> list[Event]:
+def _defense_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
     with gr.Tab("Defense", id="research-defense"):
         gr.Markdown("Safety-aware route disabling, derived from RoSais and F-SOUR on the "
                     "evidence prompts and from library routes. **protect**: the most "
@@ -219,7 +221,7 @@ def _defense_tab(n_moe: int, max_new, judge) -> list[Event]:
         with gr.Accordion("Defense route JSON", open=False):
             route = gr.Code("", language="json")
     return [_event(btn, defense_view, 240, [derive, ids, js, prompts, benign, attacks, samples,
-                                        top, cand, iters, max_new, judge, mode],
+                                        top, cand, iters, max_new, judge, mode] + who,
           [plot, table, md, route])]
 
 
@@ -261,9 +263,11 @@ def on_redraw_distribution(visit: Visit, curve, kind):
     return redraw_distribution(curve, kind)
 
 
-def research_tab(app, n_moe: int) -> list[Event]:
+def research_tab(app, n_moe: int, browser=None) -> list[Event]:
     """Add the ``Research`` tab (inside an open ``gr.Blocks`` / ``gr.Tabs``); its events.
-    ``n_moe``: the model's MoE layers (the sliders' range)."""
+    ``n_moe``: the model's MoE layers (the sliders' range); ``browser``: the page's
+    BrowserState (whose library routes the views may use; hosted mode needs it)."""
+    who = [] if browser is None else [browser]
     judges = judge_choices(app)
     harm4 = "\n".join(HARMFUL_PROMPTS[:4])
     with gr.Tab("Research", id="research") as tab:
@@ -280,18 +284,19 @@ def research_tab(app, n_moe: int) -> list[Event]:
                                 label="max new tokens (greedy answers judged)", scale=2,
                                 elem_id="research-max-new")
         with gr.Accordion("Route library", open=False):
-            lib = gr.Markdown(library_md(app))
+            # hosted, the list is filled for each visitor (when the tab is selected)
+            lib = gr.Markdown("" if app.policy.enabled else library_md(Library(app.store)))
             lib_btn = gr.Button("Refresh", size="sm")
         with gr.Tabs():
-            events = (_utility_tab(n_moe, max_new, judge, harm4)
-                      + _transfer_tab(n_moe, max_new, judge, harm4)
-                      + _minimal_tab(n_moe, max_new, judge)
-                      + _defense_tab(n_moe, max_new, judge)
+            events = (_utility_tab(n_moe, max_new, judge, harm4, who)
+                      + _transfer_tab(n_moe, max_new, judge, harm4, who)
+                      + _minimal_tab(n_moe, max_new, judge, who)
+                      + _defense_tab(n_moe, max_new, judge, who)
                       + _curve_tab(n_moe, max_new, judge, harm4))
-    return events + [Event(trigger, refresh_library, [], [lib], Door("Research library"))
+    return events + [Event(trigger, refresh_library, who, [lib], Door("Research library"))
                      for trigger in (lib_btn.click, tab.select)]
 
 
-def refresh_library(visit: Visit):
-    """The newest library routes, again."""
-    return library_md(visit.app)
+def refresh_library(visit: Visit, browser=None):
+    """The newest library routes the caller may see, again."""
+    return library_md(library(visit, browser))

@@ -57,7 +57,7 @@ def utility_frame(result) -> pd.DataFrame:
 
 def utility_view(visit: Visit, source: str, rosais_prompt: str, top, sweep: bool, samples,
                  ids_text: str, json_text: str, benign_text: str, harmful_text: str,
-                 max_new, judge: str = "keyword", progress=gr.Progress()):
+                 max_new, judge: str = "keyword", b=None, progress=gr.Progress()):
     """Utility cost of RoSais top-L masks (found on ``rosais_prompt``; with ``sweep`` every
     L from 1 to ``top``) or of given routes; ASR on ``harmful_text`` when given.
     Returns (figure, table, markdown)."""
@@ -77,7 +77,7 @@ def utility_view(visit: Visit, source: str, rosais_prompt: str, top, sweep: bool
             "RoSais on the prompt", 0.0, 0.2, 5.0)
         routes = [rosais_route(res, lv) for lv in (range(1, L + 1) if sweep else [L])]
     elif source == ROUTE_SOURCE:
-        routes = collect_routes(visit, ids_text, json_text)
+        routes = collect_routes(visit, ids_text, json_text, browser=b)
     else:
         fail(f"Unknown source {source!r}")
     k = len(routes)
@@ -104,7 +104,7 @@ TRANSFER_COLUMNS = ["route", "source prompt", "edits", "transfer rate (other pro
 
 def transfer_view(visit: Visit, ids_text: str, json_text: str, prompts_text: str, include_own: bool,
                   mapping: str, universal_min, heldout_text: str, max_new,
-                  judge: str = "keyword", target: str = DEFAULT_TARGET,
+                  judge: str = "keyword", target: str = DEFAULT_TARGET, b=None,
                   progress=gr.Progress()):
     """Replay routes on prompts (heatmap) and, with ``universal_min`` >= 1, measure a
     candidate universal route (cells in >= ``universal_min`` routes) on held-out prompts.
@@ -114,7 +114,7 @@ def transfer_view(visit: Visit, ids_text: str, json_text: str, prompts_text: str
     moe = visit.moe
     if mapping not in MAPPINGS:
         fail(f"Unknown mapping {mapping!r}; choose one of {list(MAPPINGS)}")
-    routes = collect_routes(visit, ids_text, json_text)
+    routes = collect_routes(visit, ids_text, json_text, browser=b)
     own = [r.info["prompt"] for r in routes if isinstance(r.info.get("prompt"), str)]
     extra = prompt_lines(visit, prompts_text, "prompts", required=not (include_own and own))
     prompts = at_most(list(dict.fromkeys((own if include_own else []) + extra)),
@@ -172,13 +172,13 @@ def _universal(visit, moe, routes, prompts, own, umin, heldout_text, mapping, n,
 
 # -- minimal route ---------------------------------------------------------------------------
 def minimal_view(visit: Visit, ids_text: str, json_text: str, prompt: str, threshold_p, checks,
-                 max_new, judge: str = "keyword", target: str = "",
+                 max_new, judge: str = "keyword", target: str = "", b=None,
                  progress=gr.Progress()):
     """Greedy minimal form of one route on its own prompt (or ``prompt``).
     Returns (kept-edits heatmap, necessity bars, markdown, minimal route JSON)."""
     from explorer.research.minimal import minimize
     moe = visit.moe
-    routes = collect_routes(visit, ids_text, json_text)
+    routes = collect_routes(visit, ids_text, json_text, browser=b)
     if len(routes) != 1:
         fail(f"Give exactly one route to minimise (got {len(routes)}).")
     route = routes[0]
