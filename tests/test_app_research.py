@@ -99,7 +99,9 @@ def test_tab_builds_with_five_views(blocks):
     # every model-using event shares the model slot; none is on the API page
     for fn in blocks.fns.values():
         assert fn.api_visibility == "private"
-    slots = {fn.concurrency_id for fn in blocks.fns.values() if fn.concurrency_limit == 1}
+    from explorer.app.hosted import MODEL_SLOTS
+    slots = {fn.concurrency_id for fn in blocks.fns.values()
+             if fn.concurrency_limit == MODEL_SLOTS}
     assert slots == {"model"}
 
 

@@ -14,6 +14,8 @@ import types
 
 import pytest
 
+from explorer.app.hosted import MODEL_SLOTS
+
 gr = pytest.importorskip("gradio")
 
 from conftest import FakeClock  # noqa: E402
@@ -54,10 +56,10 @@ def test_every_registered_function_went_through_the_gate(hosted):
         door = getattr(block_fn.fn, "__gate__", None)
         assert isinstance(door, Door), f"{block_fn.name}: registered outside the gate"
         doors.append(door)
-        # model work waits for the model's one slot; nothing else does
+        # model work waits for the model's slots; nothing else does
         model = door.work == "model"
         assert (block_fn.concurrency_id == "model") == model, block_fn.name
-        assert (block_fn.concurrency_limit == 1) == model, block_fn.name
+        assert (block_fn.concurrency_limit == MODEL_SLOTS) == model, block_fn.name
         # the named endpoints are exactly the API doors; every UI event stays off the page
         if door.api:
             assert block_fn.api_visibility == "public" and block_fn.name == door.name

@@ -289,7 +289,7 @@ def test_research_events_pass_the_policy(open_server):
     refused(s.queue(curve, [eight, 3, 128, 0, 0.5, "box", 8, "keyword"]), "forward passes")
     defense = s.fn_index("on_defense")  # and F-SOUR at 32 candidates x 5 restarts
     refused(s.queue(defense, [PROMPT, "", "", PROMPT, "", ["fsour"], 64, 2, 32, 5, 8,
-                              "keyword", "protect"]), "forward passes")
+                              "keyword", "protect", None]), "forward passes")
     assert s.trace_seconds() < 10
 
 
@@ -699,11 +699,65 @@ def _component_value(component: dict):
 def test_fuzz_research_events(open_server, data):
     name = data.draw(st.sampled_from(RESEARCH))
     dep = next(d for d in open_server.config["dependencies"] if d.get("api_name") == name)
-    comps = {c["id"]: c for c in open_server.config["components"]}
+    _fuzz_event(open_server, dep, data)
+
+
+def _fuzz_event(server, dep: dict, data) -> None:
+    comps = {c["id"]: c for c in server.config["components"]}
     args = [data.draw(_component_value(comps[i])) for i in dep["inputs"]]
-    if data.draw(st.integers(0, 3)) == 0:  # now and then any value where any argument goes
+    if args and data.draw(st.integers(0, 3)) == 0:  # now and then any value anywhere
         args[data.draw(st.integers(0, len(args) - 1))] = data.draw(anything)
-    _check(open_server.queue(dep["id"], args))
+    _check(server.queue(dep["id"], args))
+    COUNTS["calls"] += 1
+
+
+@settings(max_examples=200, **FUZZ)
+@given(data=st.data())
+def test_fuzz_every_ui_event(open_server, data):
+    """Every event the page registers (the page load included), with values the browser
+    could send and odd ones."""
+    deps = [d for d in open_server.config["dependencies"] if d.get("backend_fn")]
+    assert len(deps) > 40
+    _fuzz_event(open_server, data.draw(st.sampled_from(deps)), data)
+
+
+ROUTES_TO_FUZZ = DENIED + ("/gradio_api/queue/join", "/gradio_api/call/trace",
+                           "/gradio_api/call/routes", "/gradio_api/cancel", "/gradio_api/reset",
+                           "/gradio_api/upload", "/config", "/", "/gradio_api/info",
+                           "/gradio_api/file=/etc/passwd")  # no event streams: they stay open
+json_value = st.recursive(st.one_of(st.none(), st.booleans(), number, text),
+                          lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                  st.dictionaries(text, inner, max_size=4)),
+                          max_leaves=12)
+
+
+@settings(max_examples=250, **FUZZ)
+@given(data=st.data())
+def test_fuzz_every_route(open_server, data):
+    """Raw HTTP to the app's routes and to those it closes: never a 500, errors in one
+    line."""
+    path = data.draw(st.one_of(st.sampled_from(ROUTES_TO_FUZZ),
+                               st.text("abcdef/_=.-", max_size=30).map(lambda t: "/" + t)))
+    if "heartbeat" in path or "queue/data" in path or path.count("/call/") and \
+            path.count("/") > 3:
+        return  # event streams stay open by design
+    method = data.draw(st.sampled_from(["GET", "POST"]))
+    if method == "GET":
+        status, answer = open_server.get(path, timeout=30)
+    else:
+        body = data.draw(st.one_of(
+            json_value.map(lambda v: json.dumps(v).encode()),
+            st.fixed_dictionaries({"data": st.lists(json_value, max_size=5),
+                                   "fn_index": st.integers(-2, 200),
+                                   "session_hash": st.one_of(text, st.none())})
+            .map(lambda v: json.dumps(v).encode()),
+            st.binary(max_size=200)))
+        status, answer = open_server.post(path, body, timeout=30)
+    assert status < 500, (method, path, status, answer[:300])
+    if status >= 400 and answer.startswith("{"):
+        msg = json.loads(answer).get("error") or json.loads(answer).get("detail")
+        assert msg is None or one_line(msg if isinstance(msg, str) else json.dumps(msg)), \
+            answer
     COUNTS["calls"] += 1
 
 
@@ -714,3 +768,5 @@ def test_fuzz_count_and_server_still_answers(open_server):
         pytest.skip("the fuzz tests did not run (selected out)")
     assert COUNTS["calls"] >= 1000
     assert open_server.trace_seconds() < 10
+    log = tail(open_server.log, 10**8)
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]

@@ -37,7 +37,7 @@ PRIVATE_NOTE = ("*Your routes (with their prompts, system prompts and searches) 
 def list_table(lib: Library, model_f, text, success, source):
     """The routes table of what ``lib``'s caller may see, under the given filters ("any"
     or blank: no filter); hosted, with whose each route is and whether it is shared."""
-    with user_errors("Route library"):
+    with user_errors("Route library", detail=not lib.hosted):
         items = lib.list(
             model=None if model_f in (None, "", "any") else model_f,
             text=text or None,
