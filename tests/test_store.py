@@ -361,18 +361,7 @@ def test_schema_1_library_migrates_to_3(tmp_path):
     path = tmp_path / "v1.sqlite3"
     con = sqlite3.connect(path)
     con.executescript(f"""
-        CREATE TABLE routes (id INTEGER PRIMARY KEY AUTOINCREMENT, route_json TEXT NOT NULL,
-            prompt TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
-            n_edits INTEGER NOT NULL, target TEXT, target_logprob REAL,
-            success INTEGER CHECK (success IN (0, 1)), judge TEXT, completion TEXT,
-            source TEXT NOT NULL CHECK (source IN {SOURCES}), created TEXT NOT NULL,
-            meta_json TEXT NOT NULL DEFAULT '{{}}');
-        CREATE INDEX routes_model ON routes(model);
-        CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, session TEXT,
-            status TEXT NOT NULL, params_json TEXT NOT NULL,
-            progress_json TEXT NOT NULL DEFAULT '{{}}', state_json TEXT, result_json TEXT,
-            error TEXT, route_id INTEGER REFERENCES routes(id) ON DELETE SET NULL,
-            created TEXT NOT NULL, updated TEXT NOT NULL);
+{_old_tables(f'source IN {SOURCES}')}
         INSERT INTO routes (route_json, prompt, model, n_edits, source, created)
             VALUES ('{{"edits": [], "info": {{}}}}', 'old prompt', 'demo', 0, 'fsour', 't');
         INSERT INTO jobs (id, kind, status, params_json, route_id, created, updated)
@@ -393,22 +382,29 @@ def test_schema_1_library_migrates_to_3(tmp_path):
         assert [r.source for r in s.list_routes()] == ["my_attack"]
 
 
-def _schema_2_library(path: Path) -> None:
-    """A library as schema version 2 wrote it: a route found by a job, a manual one."""
-    con = sqlite3.connect(path)
-    con.executescript(f"""
+def _old_tables(source_check: str) -> str:
+    """The routes and jobs tables as schema versions 1 and 2 made them (they differ in the
+    CHECK on a route's source only)."""
+    return f"""
         CREATE TABLE routes (id INTEGER PRIMARY KEY AUTOINCREMENT, route_json TEXT NOT NULL,
             prompt TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
             n_edits INTEGER NOT NULL, target TEXT, target_logprob REAL,
             success INTEGER CHECK (success IN (0, 1)), judge TEXT, completion TEXT,
-            source TEXT NOT NULL CHECK (length(source) BETWEEN 1 AND 40),
-            created TEXT NOT NULL, meta_json TEXT NOT NULL DEFAULT '{{}}');
+            source TEXT NOT NULL CHECK ({source_check}), created TEXT NOT NULL,
+            meta_json TEXT NOT NULL DEFAULT '{{}}');
         CREATE INDEX routes_model ON routes(model);
         CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, session TEXT,
             status TEXT NOT NULL, params_json TEXT NOT NULL,
             progress_json TEXT NOT NULL DEFAULT '{{}}', state_json TEXT, result_json TEXT,
             error TEXT, route_id INTEGER REFERENCES routes(id) ON DELETE SET NULL,
-            created TEXT NOT NULL, updated TEXT NOT NULL);
+            created TEXT NOT NULL, updated TEXT NOT NULL);"""
+
+
+def _schema_2_library(path: Path) -> None:
+    """A library as schema version 2 wrote it: a route found by a job, a manual one."""
+    con = sqlite3.connect(path)
+    con.executescript(f"""
+{_old_tables('length(source) BETWEEN 1 AND 40')}
         INSERT INTO routes (route_json, prompt, model, n_edits, success, source, created,
                             meta_json)
             VALUES ('{make_route().to_json()}', 'old prompt', 'demo', 4, 1, 'fsour', 't1',
