@@ -77,12 +77,12 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     if demo is not None:
         from starlette.middleware import Middleware
 
-        from explorer.app.http import MAX_FILE_SIZE, Edge
+        from explorer.app.http import MAX_UPLOAD_BYTES, Edge
         policy = demo.explorer.policy if hasattr(demo, "explorer") else None
         out["app_kwargs"] = {"middleware": [Middleware(Edge, blocks=lambda: demo,
                                                        policy=lambda: policy)]}
         out["show_error"] = True
-        out["max_file_size"] = MAX_FILE_SIZE
+        out["max_file_size"] = MAX_UPLOAD_BYTES
     return out
 
 
@@ -130,7 +130,7 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
     list, the system prompt."""
     from explorer.app.tabs import library, search
     app = visit.app
-    b = search.ensure_client(app, b)
+    b = app.owners.ensure_client(b)
     lib = library_of(visit, b)
     skip = gr.skip()
     tab = skip

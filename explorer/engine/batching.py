@@ -69,11 +69,12 @@ def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int,
     0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024 (or the
     tuning's ``max_rows``); 64 where the free memory is unknown."""
     from explorer.engine.tuning import active_tuning
+    tuning = active_tuning()
     if share is None:
-        share = active_tuning().memory_share or DEFAULT_SHARE
+        share = tuning.memory_share or DEFAULT_SHARE
     if free is None:
         free = free_bytes(moe.device)
-    cap = active_tuning().max_rows or MAX_BATCH
+    cap = tuning.max_rows or MAX_BATCH
     if free is None:
         return min(64, cap)
     per = max(1, row_bytes(moe, tokens, context, logit_rows))

@@ -25,15 +25,10 @@ from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, ENGINE_NAM
 from explorer.viz import figures as plots
 
 
-def ensure_client(app, b) -> dict:
-    """The BrowserState value with a client id this server signed (see
-    :meth:`explorer.app.owners.Owners.ensure_client`)."""
-    return app.owners.ensure_client(b)
-
-
 def owner_of(app, b) -> str:
-    """The owner key of this browser (from its signed BrowserState client id)."""
-    return app.owners.owner(client=ensure_client(app, b)["client"])
+    """The owner key of this browser (from its signed BrowserState client id; a missing or
+    forged one is a fresh id that owns nothing)."""
+    return app.owners.owner(client=app.owners.ensure_client(b)["client"])
 
 
 def job_buttons(st: dict | None):
@@ -176,7 +171,7 @@ def start_search(visit: Visit, method, prompt_v, system_v, target, n, thr, iters
                   "threshold": math.log(_probability(thr))}
     else:
         values = searches.params_from_json(text_arg(params_json, "parameters"), "Parameters")
-    b = ensure_client(visit.app, b)
+    b = visit.app.owners.ensure_client(b)
     params = {**values, "prompt": prompt_v, "system": visit.system(system_v),
               "seed": whole_number(seed, "seed", 0, MAX_SEED), "judge": judge or "keyword",
               "max_new_tokens": visit.tokens(max_new_v)}
@@ -193,7 +188,7 @@ def _probability(value) -> float:
 
 def poll(visit: Visit, b, job_id):
     """The timer's (and the job list's) refresh of the panel."""
-    return job_view(visit.app, ensure_client(visit.app, b), job_id)
+    return job_view(visit.app, visit.app.owners.ensure_client(b), job_id)
 
 
 def stop(visit: Visit, b, job_id):
@@ -201,14 +196,14 @@ def stop(visit: Visit, b, job_id):
     if not job_id:
         fail("No search selected.")
     searches.cancel(visit.app, job_id, owner_of(visit.app, b))
-    return job_view(visit.app, ensure_client(visit.app, b), job_id)
+    return job_view(visit.app, visit.app.owners.ensure_client(b), job_id)
 
 
 def resume(visit: Visit, b, job_id):
     """Resume the chosen search from its checkpoint (checked like a new one)."""
     if not job_id:
         fail("No search selected.")
-    b = ensure_client(visit.app, b)
+    b = visit.app.owners.ensure_client(b)
     searches.resume(visit, job_id, owner_of(visit.app, b))
     return job_view(visit.app, b, job_id)
 
