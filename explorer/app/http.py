@@ -29,13 +29,13 @@ import re
 from typing import Any, Callable
 
 import numpy as np
+from starlette.requests import Request
 
 #: The largest JSON request body accepted.
 MAX_BODY_BYTES = 4 * 1024 * 1024
-#: The largest upload (a route or library file to import) and its multipart framing.
+#: The largest upload (a route or library file to import) and its multipart framing; also
+#: Gradio's own upload limit (``launch(max_file_size=...)``).
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024 + 64 * 1024
-#: Gradio's own upload limit (``launch(max_file_size=...)``), the same size.
-MAX_FILE_SIZE = MAX_UPLOAD_BYTES
 #: How much of an oversized body is read (and dropped, never kept) before the answer, so
 #: that an ordinary client hears it; a longer body is cut off.
 DRAIN_BYTES = 64 * 1024 * 1024
@@ -111,7 +111,8 @@ class _Fn:
     function the gate did not register, e.g. Gradio's own)."""
 
     def __init__(self, fn: Any):
-        self.kinds = [type(c).__name__ for c in (getattr(fn, "inputs", []) or [])]
+        self.inputs = list(getattr(fn, "inputs", []) or [])
+        self.kinds = [type(c).__name__ for c in self.inputs]
         call = getattr(fn, "fn", None)
         self.door = getattr(call, "__gate__", None)
         self.defaults = _defaults(call, len(self.kinds)) if self.api else []
@@ -229,7 +230,7 @@ class Edge:
             return await _answer(send, 400, "the request body must be a JSON object")
         if not hosted or fn is None:
             return await self.app(scope, _replay(body, receive), send)
-        address = policy.address_of(_Peer(scope)) or "?"
+        address = policy.address_of(Request(scope)) or "?"
         problem = self._share(policy, address, fn)
         if problem is not None:
             return await _answer(send, 429, problem)
@@ -311,11 +312,11 @@ class Edge:
             data = data + list(defaults[len(data):])
             payload["data"] = data
             body = json.dumps(payload).encode("utf-8")
-        return self._check_values(what, kinds, data), body, fn
+        return self._check_values(what, fn, data, session), body, fn
 
-    @staticmethod
-    def _check_values(what: str, kinds: list[str], data: list) -> tuple[int, str] | None:
-        for i, (kind, value) in enumerate(zip(kinds, data)):
+    def _check_values(self, what: str, fn: _Fn, data: list,
+                      session: str | None) -> tuple[int, str] | None:
+        for i, (kind, value) in enumerate(zip(fn.kinds, data)):
             if not _valid_text(value):
                 return 422, (f"{what}: argument {i + 1} is not valid Unicode text (lone "
                              "surrogates)")
@@ -325,18 +326,22 @@ class Edge:
             if not rule[1](value):
                 return 422, (f"{what}: argument {i + 1} (a {kind.lower()}) must be "
                              f"{rule[0]}, got {type(value).__name__}")
+            if kind in _CHOICES and not _chosen(self._block(fn.inputs[i], session), value):
+                return 422, f"{what}: argument {i + 1} is not one of the {kind.lower()}'s choices"
+            if kind in _BOUNDED:
+                lo, hi = _bounds(self._block(fn.inputs[i], session))
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    return 422, (f"{what}: argument {i + 1} (a {kind.lower()}) must lie "
+                                 f"between {lo} and {hi}, got {value}")
         return None
 
-
-class _Peer:
-    """What :meth:`HostedPolicy.address_of` reads of a request (client, headers), from an
-    ASGI scope."""
-
-    def __init__(self, scope):
-        from starlette.datastructures import Headers
-        client = scope.get("client") or (None, None)
-        self.client = type("Client", (), {"host": client[0]})()
-        self.headers = Headers(scope=scope)
+    def _block(self, component: Any, session: str | None) -> Any:
+        """``component`` as the browser of ``session`` has it (a view may have given it
+        other choices; Gradio keeps them with the session), else as built."""
+        holder = getattr(getattr(self.blocks(), "server_app", None), "state_holder", None)
+        state = getattr(holder, "session_data", {}).get(session) if session else None
+        blocks = getattr(getattr(state, "blocks_config", None), "blocks", None) or {}
+        return blocks.get(getattr(component, "_id", None), component)
 
 
 def _admit(policy, scope) -> str | None:
@@ -345,7 +350,7 @@ def _admit(policy, scope) -> str | None:
     from explorer.app.gate import COSTS
     from explorer.app.hosted import PolicyError
     try:
-        policy.check_rate(None, COSTS["write"], policy.address_of(_Peer(scope)))
+        policy.check_rate(None, COSTS["write"], policy.address_of(Request(scope)))
     except PolicyError as exc:
         return str(exc)
     return None
@@ -429,6 +434,31 @@ def _is_object(body: bytes) -> bool:
         return isinstance(json.loads(body or b"{}"), dict)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
+
+
+#: Components whose values must be among their choices (Gradio refuses others in its
+#: preprocessing, with a traceback in the log).
+_CHOICES = ("Radio", "Dropdown", "CheckboxGroup")
+
+
+def _chosen(block: Any, value: Any) -> bool:
+    """Whether ``value`` (one value or a list) is among ``block``'s choices, as Gradio's
+    preprocessing asks (a dropdown that takes custom values takes any)."""
+    if value is None or getattr(block, "allow_custom_value", False):
+        return True
+    choices = [c[1] if isinstance(c, (list, tuple)) else c
+               for c in getattr(block, "choices", None) or []]
+    values = value if isinstance(value, list) else [value]
+    return all(v in choices for v in values)
+
+
+#: Components whose values must lie within their bounds (as Gradio asks).
+_BOUNDED = ("Slider", "Number")
+
+
+def _bounds(block: Any) -> tuple[float | None, float | None]:
+    """A slider's or number's (minimum, maximum); None where it has none."""
+    return getattr(block, "minimum", None), getattr(block, "maximum", None)
 
 
 #: Components whose value may not be None (Gradio cannot compare or convert it).
