@@ -626,6 +626,29 @@ def test_judges_the_server_does_not_offer_stay_unnamed(open_server):
     assert "rubric" not in msg and "classifier" not in msg
 
 
+def test_values_gradio_would_refuse_are_refused_at_the_edge(open_server):
+    """Finding 8 (the fuzz's log check): a choice not among a component's choices, a
+    slider value out of its bounds, get a one-line 422 at the edge, not a traceback from
+    Gradio's preprocessing."""
+    s = open_server
+    comps = {c["id"]: c for c in s.config["components"]}
+    dep = next(d for d in s.config["dependencies"] if d.get("api_name") == "on_redraw")
+    args = [None] * len(dep["inputs"])
+    radio = next(i for i, c in enumerate(dep["inputs"]) if comps[c]["type"] == "radio")
+    args[radio] = "no such view"
+    refused(s.queue(dep["id"], args), "choices")
+    dep = next(d for d in s.config["dependencies"] if d.get("api_name") == "run_rosais")
+    args = [_default(comps[c]) for c in dep["inputs"]]
+    slider = next(i for i, c in enumerate(dep["inputs"]) if comps[c]["type"] == "slider")
+    args[slider] = -5
+    refused(s.queue(dep["id"], args), "must lie between")
+    assert "Traceback" not in tail(s.log, 10**8)
+
+
+def _default(component: dict):
+    return (component.get("props") or {}).get("value")
+
+
 # -- the fuzz ------------------------------------------------------------------------------------
 text = st.one_of(st.text(max_size=40), st.just(""), st.just("\ud800"), st.just("a\x00b"),
                  st.text(alphabet="Sure, here is", max_size=12), st.just(PROMPT))
