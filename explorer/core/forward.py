@@ -167,9 +167,29 @@ def target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, prefix_cache=N
     P, n = len(prompt_ids), len(target_ids)
     # logits row j predicts token prefix_len + j + 1
     start = P - 1 - prefix_len
-    lp = torch.log_softmax(logits[:, start:start + n].float(), dim=-1)
-    tgt = torch.tensor(target_ids, device=lp.device).unsqueeze(0).expand(lp.shape[0], -1)
-    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
+    return joint_logprob(logits[:, start:start + n], target_ids)
+
+
+def token_logprobs(logits: torch.Tensor, target_ids) -> torch.Tensor:
+    """log P(token) per row of ``logits`` (R, V) for the tokens ``target_ids`` (R,),
+    as float32: each row's log-softmax is taken on that row alone."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    tgt = torch.as_tensor(list(target_ids), device=lp.device)
+    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+
+
+def joint_logprob(logits: torch.Tensor, target_ids) -> torch.Tensor:
+    """Joint log-prob (B,) of ``target_ids`` (n) from the logits (B, n, V) predicting them.
+
+    The one home of how every engine turns logits into a score: per-token log-probs in
+    float32, then summed in float64 in token order. The sum then adds no rounding of its
+    own (a float32 sum of 30 tokens at log-prob -150 rounds by up to ~1e-5, and differently
+    for each summation order), so two engines' scores differ only by what their logits
+    differ by, per token. Returned as float64 on the CPU.
+    """
+    B, n = logits.shape[0], logits.shape[1]
+    picked = token_logprobs(logits.reshape(B * n, -1), list(target_ids) * B)
+    return picked.view(B, n).double().sum(-1).cpu()
 
 
 def next_token_logprobs(moe: MoEModel, ids, routes, token_ids: Sequence[int]) -> torch.Tensor:

@@ -561,6 +561,12 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
             model.set_experts_implementation(impl)
         except (ValueError, NotImplementedError, KeyError):  # dense models, undecorated experts
             pass
+    if device == "cpu" and getattr(model.config, "_attn_implementation", None) == "sdpa":
+        from explorer.core.attention_cpu import register as register_attention
+        try:  # SDPA with no query block of 1-3 rows (see explorer.core.attention_cpu)
+            model.set_attn_implementation(register_attention())
+        except (ValueError, NotImplementedError, KeyError, ImportError):
+            pass
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - a model without tokenizer is still inspectable by ids

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from explorer.core.defaults import ENGINE_NAMES  # noqa: F401  (its home; a public name here too)
+from explorer.core.defaults import TIE_BAND, TIE_BAND_EXACT, TIE_BAND_EXACT_REL, TIE_BAND_REL
 from explorer.core.errors import InputError
 from explorer.core.forward import (
     cache_of,
@@ -30,6 +31,8 @@ from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
 from explorer.engine.cone import (
     capture_layer_inputs,
+    exact_arithmetic,
+    full_shape_prefix,
     cone_target_logprob,
     multi_cone_target_logprob,
     output_head,
@@ -80,6 +83,14 @@ class ReferenceEngine:
         # the unbatched forwards those re-checks and each attempt's reported log-prob ran
         self.recheck_passes = 0
         self._exact: dict[tuple, float] = {}  # route edits -> reference score
+
+    def tie_band(self, value: float) -> float:
+        """Half-width of the near-tie band of a decision on log-prob ``value``: how far the
+        engine's scores may lie from the reference computation's (per parameter precision,
+        see :data:`explorer.core.defaults.TIE_BAND`). The reference engine's own scores are
+        the reference; its band only makes it take the decisions the others re-check."""
+        rel = TIE_BAND_REL.get(self.moe.info.dtype, TIE_BAND_REL["float16"])
+        return TIE_BAND + rel * abs(value)
 
     def reference_score(self, route: Route) -> float:
         """The reference computation's score of ``route``: one unbatched full forward (the
@@ -142,8 +153,12 @@ class FastEngine(ReferenceEngine):
         # narrow: the edited layer at the edited position only, in a model call of its own.
         # It saves FLOPs (15% of CPU time on a wider model) but costs launches: on a GPU,
         # where the search is launch-bound, it was slower (H100, olmoe-wide: 15.1 s vs
-        # 11.6 s). Default: on for CPU, off for GPU; $EXPLORER_CONE_NARROW=1/0 forces it.
-        self.narrow = _cpu_default(narrow, "narrow", moe)
+        # 11.6 s). Its one-query attention rounds differently from the full forward's, so
+        # it is off where the arithmetic is exact (below); $EXPLORER_CONE_NARROW=1/0 forces it.
+        forced = narrow if narrow is not None else active_tuning().narrow
+        # exact: every score is the reference computation's to the bit (see exact_arithmetic)
+        self.exact = cone and not forced and exact_arithmetic(moe)
+        self.narrow = forced if forced is not None else (moe.device.type == "cpu" and not self.exact)
         # direct: the layers above the edited one are called one by one with inputs
         # captured once per position (no model call per batch: no embedding, mask or rotary
         # work). Checked against the model call on the first batch; any difference turns
@@ -164,8 +179,24 @@ class FastEngine(ReferenceEngine):
         self._layer_kwargs: dict = {}  # rows -> direct layer-call inputs at the current position
         self._direct_kwargs: dict = {}  # (rows, prefix length) -> the same for the whole cone
 
+    def tie_band(self, value: float) -> float:
+        """Half-width of the near-tie band of a decision on log-prob ``value`` (see
+        :func:`explorer.methods.fsour.choose`): how far this engine's score of a route may
+        lie from the reference computation's. Exact arithmetic (see :func:`exact_arithmetic`):
+        :data:`~explorer.core.defaults.TIE_BAND_EXACT` (a float32 ulp or so, a guard only);
+        else the measured float noise of the model's precision."""
+        if self.exact:
+            return TIE_BAND_EXACT + TIE_BAND_EXACT_REL * abs(value)
+        return super().tie_band(value)
+
     def begin_position(self, route: Route, position: int) -> None:
         self.flush()
+        if self.exact:
+            # the prefix cache and the kept states from one forward of the whole scored
+            # sequence: a cache grown token by token (one-row products, attention over a
+            # shorter key range) rounds differently from the reference's one call
+            self._restart_at(route, position)
+            return
         key = tuple(route.edits)
         step = (self._cache is not None or self._cache_pos == 0) and position == self._cache_pos + 1
         if step and self.cone and self._resolve(key):
@@ -183,6 +214,14 @@ class FastEngine(ReferenceEngine):
 
     def _restart_at(self, route: Route, position: int) -> None:
         self._reset()
+        if self.exact:
+            cache, inputs = full_shape_prefix(self.moe, scored_ids(self.prompt_ids, self.target_ids),
+                                              route, position)
+            if position == 0 or cache is not None:
+                self._cache, self._cache_pos = cache, position
+                self._inputs, self._inputs_key = inputs, tuple(route.edits)
+                return
+            self.exact = False  # a cache that cannot be cut: grow it token by token
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
             if cache is not None and reusable(cache):

@@ -31,8 +31,6 @@ from explorer.core.defaults import (
     FSOUR_ORDERS,
     IMPROVE_EPS,
     MAX_NEW_TOKENS,
-    TIE_BAND,
-    TIE_BAND_REL,
 )
 from explorer.core.errors import InputError
 from explorer.core.forward import generate, generate_many
@@ -192,11 +190,11 @@ def _check_args(candidates, max_iters, max_new_tokens, order) -> None:
         raise InputError(f"unknown order {order!r}; choose {' or '.join(FSOUR_ORDERS)}")
 
 
-def tie_band(moe: MoEModel, value: float) -> float:
-    """Half-width of the near-tie band around a decision on log-prob ``value`` (see
-    :data:`explorer.core.defaults.TIE_BAND`), from the model's parameter precision."""
-    rel = TIE_BAND_REL.get(moe.info.dtype, TIE_BAND_REL["float16"])
-    return TIE_BAND + rel * abs(value)
+def tie_band(eng, value: float) -> float:
+    """Half-width of the near-tie band around a decision on log-prob ``value``: the
+    engine's own (see :meth:`~explorer.engine.scoring.ReferenceEngine.tie_band`; tiny where
+    its arithmetic is exact, else :data:`explorer.core.defaults.TIE_BAND` per precision)."""
+    return eng.tie_band(value)
 
 
 def choose(eng, scores: list[float], cands: list[Route], route: Route, best: float,
@@ -332,7 +330,7 @@ class _Search:
     def run(self, should_stop=None):
         """The search: yields :class:`ScoreRequest` and :class:`GenerateRequest` objects,
         is sent their scores or generations, and returns the :class:`FsourResult`."""
-        st, eng, moe, layers = self.state, self.eng, self.moe, self.layers
+        st, eng, layers = self.state, self.eng, self.layers
         P, threshold = len(self.ids), self.threshold
         if st.phase == "start":  # the unattacked answer first
             gen = yield GenerateRequest(self.ids, None, self.max_new_tokens)
@@ -354,7 +352,7 @@ class _Search:
             route = Route.from_dict(st.route)
             rng = _rng_from(st.rng_state, self.seed + i)
             done = reached(eng, route, st.best_logprob, threshold,
-                           tie_band(moe, st.best_logprob))
+                           tie_band(eng, st.best_logprob))
             while st.phase == "search" and st.t_index < P and not done:
                 t = st.t_index
                 eng.begin_position(route, t)  # positions < t are final: cacheable
@@ -368,7 +366,7 @@ class _Search:
                     cands = [route.with_force(layers[li], t, sample_set(rng, self.infos[li]))
                              for _ in range(self.candidates)]
                     scores = yield ScoreRequest(cands, t, layers[li], li, route)
-                    band = tie_band(moe, st.best_logprob)
+                    band = tie_band(eng, st.best_logprob)
                     j, st.best_logprob = choose(eng, scores, cands, route, st.best_logprob, band)
                     if j is not None:
                         route = cands[j]
