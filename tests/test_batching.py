@@ -48,11 +48,11 @@ def test_engine_splits_candidates_when_memory_is_short_and_scores_stay_exact(tin
     k = tiny.handle(lay).info.top_k
     routes = [Route().force(lay, 2, sorted({(e + j) % E for j in range(k)})) for e in range(8)]
     eng.begin_position(Route(), 2)
-    got = torch.tensor(eng.score(routes, position=2, layer=lay, base=Route()))
+    got = torch.tensor(eng.score(routes, position=2, layer=lay, base=Route()), dtype=torch.float64)
     assert eng.forward_passes == 8
     whole = FastEngine(tiny, prompt, target, batch_size=64)
     whole.begin_position(Route(), 2)
-    one = torch.tensor(whole.score(routes, position=2, layer=lay, base=Route()))
+    one = torch.tensor(whole.score(routes, position=2, layer=lay, base=Route()), dtype=torch.float64)
     assert torch.allclose(got, one, atol=1e-5, rtol=0)
     assert torch.allclose(got, target_logprob(tiny, prompt, target, routes), atol=1e-4, rtol=0)
 
@@ -76,4 +76,4 @@ def test_replaying_many_routes_shares_the_prefix_before_their_first_edit(tiny):
     assert shared_prefix([Route()], len(ids)) == len(ids) - 1
     got = batched_logprob(tiny, ids, tgt, routes, batch_size=4)
     full = target_logprob(tiny, ids, tgt, routes)
-    assert torch.allclose(torch.tensor(got), full, atol=1e-4, rtol=0)
+    assert torch.allclose(torch.tensor(got, dtype=full.dtype), full, atol=1e-4, rtol=0)

@@ -16,6 +16,7 @@ from explorer.engine.cone import (
     capture_layer_inputs,
     cone_logits_direct,
     cone_target_logprob,
+    exact_arithmetic,
     scored_ids,
 )
 from explorer.engine.scoring import FastEngine
@@ -93,7 +94,7 @@ def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
             got = eng.score(routes, position=t, layer=lay, base=Route())
             layers_run = sum(calls)
             want = target_logprob(tiny, prompt, target, routes)
-            assert torch.allclose(torch.tensor(got), want, atol=1e-5, rtol=0)
+            assert torch.allclose(torch.tensor(got, dtype=want.dtype), want, atol=1e-5, rtol=0)
             if computed:  # the last prompt position predicts the first target token
                 assert calls and len(set(got)) > 1
             else:
@@ -164,14 +165,18 @@ def test_rosais_cone_is_direct_where_it_matches_the_model_call(family, scaling):
     assert direct["checked"] and direct["on"] == (scaling is None)
 
 
-def test_a_search_captures_states_once_and_extends_its_cache(tiny, monkeypatch):
-    """The kept states follow the search from position to position (one capture, no
-    prefill after the first position), including across skipped last-layer steps."""
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_search_captures_states_once_and_extends_its_cache(tiny, monkeypatch, exact):
+    """Growing the cache (the narrow step forced: no exact arithmetic): the kept states
+    follow the search from position to position (one capture, no prefill after the first
+    position), including across skipped last-layer steps. Exact arithmetic: one
+    full-shape forward per position walked, nothing else."""
     from conftest import NeverJudge
 
     import explorer.engine.scoring as engines
+    from explorer.engine.tuning import Tuning, tuned
     from explorer.methods.fsour import fsour
-    calls = {"capture": 0, "prefill": 0}
+    calls = {"capture": 0, "prefill": 0, "full": 0}
 
     def counted(name, fn):
         def wrapper(*a, **k):
@@ -180,8 +185,14 @@ def test_a_search_captures_states_once_and_extends_its_cache(tiny, monkeypatch):
         return wrapper
     monkeypatch.setattr(engines, "capture_layer_inputs", counted("capture", engines.capture_layer_inputs))
     monkeypatch.setattr(engines, "prefill", counted("prefill", engines.prefill))
-    res = fsour(tiny, "How do I pick a lock?", candidates=3, max_iters=1, seed=3, engine="fast",
-                judge=NeverJudge(), threshold=0.0, max_new_tokens=1)
+    monkeypatch.setattr(engines, "full_shape_prefix", counted("full", engines.full_shape_prefix))
+    with tuned(None if exact else Tuning(narrow=True)):
+        res = fsour(tiny, "How do I pick a lock?", candidates=3, max_iters=1, seed=3,
+                    engine="fast", judge=NeverJudge(), threshold=0.0, max_new_tokens=1)
     P = len(tiny.encode("How do I pick a lock?"))
     assert res.forward_passes >= 3 * P * len(tiny.moe_layers)  # every position was walked
-    assert calls == {"capture": 1, "prefill": 0}
+    if exact:
+        assert exact_arithmetic(tiny)
+        assert calls == {"capture": 0, "prefill": 0, "full": P}
+    else:
+        assert calls == {"capture": 1, "prefill": 0, "full": 0}

@@ -290,7 +290,7 @@ def _engine_scores_exact(moe, expect_direct: bool):
     eng.begin_position(Route(), 0)
     lay = moe.moe_layers[-1]
     routes = [Route().with_force(lay, 0, _differs(moe.handle(lay), {e})) for e in range(3)]
-    got = torch.tensor(eng.score(routes, position=0, layer=lay, base=Route()))
+    got = torch.tensor(eng.score(routes, position=0, layer=lay, base=Route()), dtype=torch.float64)
     assert eng.direct == expect_direct
     assert torch.allclose(got, target_logprob(moe, prompt, target, routes), atol=1e-4, rtol=0)
     assert not any(layer._forward_pre_hooks for layer in decoder_layers(moe.model))

@@ -138,6 +138,12 @@ def dataset_bench(moe: MoEModel, rows: list[dict], *, target: str | None = None,
            "cells": sum(sum(1 for _, lay in st if lay is not None) for st in steps),
            "asr": sum(x["success"] for x in a) / n,
            "cone_gflop": cone / 1e9, "matmul_gflop_s": rate / 1e9, "ideal_seconds": ideal}
+    if prompts:  # operator calls of one search (the first row's), as run one at a time
+        from explorer.bench.flops import OperatorCount
+        with OperatorCount() as ops:
+            fsour(moe, prompts[0], target=targets[0], **opts)
+        out["operator_calls"] = {"per_search": ops.calls, "besides_views": ops.calls - ops.views,
+                                 "row": 0}
     m = min(count_products, len(prompts))
     if m:
         with ProductLog(moe.model) as log_a:
@@ -169,7 +175,12 @@ def dataset_bench_text(b: dict) -> str:
     lines.append(f"multi-prompt vs one at a time: x{b['speedup']:.2f} prompts per hour; identical "
                  f"rows {b['identical_rows']}/{b['prompts']}; log-probs within "
                  f"{b['max_logprob_difference']:.1e}; near-tie re-checks "
-                 f"{b['rechecks']['one_at_a_time']} / {b['rechecks']['multi_prompt']}; ideal "
+                 f"{b['rechecks']['one_at_a_time']} / {b['rechecks']['multi_prompt']} "
+                 f"({100 * b['rechecks']['one_at_a_time'] / max(1, b['cells']):.2f}% of cells); ideal "
                  f"{b['ideal_seconds']:.1f} s ({b['cone_gflop']:.1f} GFLOP at "
                  f"{b['matmul_gflop_s']:.1f} GFLOP/s)")
+    if "operator_calls" in b:
+        o = b["operator_calls"]
+        lines.append(f"operator calls of one search (row {o['row']}): {o['per_search']:,} "
+                     f"({o['besides_views']:,} besides views)")
     return "\n".join(lines)

@@ -215,3 +215,26 @@ def replay_in_order_seconds(log: ProductLog, repeat: int = 3) -> float:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+
+
+#: Operators that only describe or re-view a tensor (no data written).
+VIEW_OPS = ("view", "_unsafe_view", "expand", "slice", "select", "unsqueeze", "squeeze",
+            "t", "transpose", "permute", "as_strided", "alias", "detach", "reshape",
+            "unbind", "split", "chunk", "narrow", "_reshape_alias")
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the ATen operator calls run inside ``with OperatorCount() as c:``: ``c.calls``
+    in all and ``c.views`` of them that only re-view a tensor (see :data:`VIEW_OPS`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        if func.overloadpacket.__name__ in VIEW_OPS:
+            self.views += 1
+        return func(*args, **(kwargs or {}))
+

@@ -158,7 +158,8 @@ def target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, prefix_cache=N
                    prefix_len: int = 0) -> torch.Tensor:
     """Joint log-prob of ``target_ids`` after ``prompt_ids`` (teacher-forced), per route.
 
-    Returns a float32 tensor of shape (B,): sum over target tokens of log P(token).
+    Returns a float64 tensor of shape (B,): sum over target tokens of log P(token) (see
+    :func:`joint_logprob`).
     """
     prompt_ids = list(prompt_ids)
     target_ids = list(target_ids)
