@@ -89,8 +89,13 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
         ParamError,
         RouteError,
     )
-    from explorer.core.forward import (generate, generate_recorded, logits_for_routes, prefill,
-                                       target_logprob)
+    from explorer.core.forward import (
+        generate,
+        generate_recorded,
+        logits_for_routes,
+        prefill,
+        target_logprob,
+    )
     from explorer.core.layers import LayerInfo
     from explorer.core.model import ModelInfo, MoEModel, load_model
     from explorer.core.paths import DEMO_MODEL_DIR

@@ -31,6 +31,7 @@ from explorer.core.defaults import (
 )
 from explorer.core.route import Route
 
+
 def _route_arg(route: str) -> Route | None:
     route = text_arg(route, "route")
     return Route.from_json(route) if route.strip() else None

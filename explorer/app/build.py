@@ -197,11 +197,10 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     starts and says why. ``demo.explorer`` is the app's :class:`Explorer`.
     """
     from explorer.app.api import register_api
-    from explorer.app.tabs import inspect, library
+    from explorer.app.tabs import inspect, library, rosais, search, tour
     from explorer.app.tabs import model as model_tab
-    from explorer.app.tabs import rosais, search, tour
-    from explorer.app.tabs.research.tab import research_tab
     from explorer.app.tabs.research.common import judge_choices
+    from explorer.app.tabs.research.tab import research_tab
     app = Explorer(model, data_dir=data_dir, device=device, policy=policy, settings=settings)
     gate, policy = app.gate, app.policy
     max_tokens = policy.max_new_tokens if policy.enabled else 256

@@ -33,6 +33,14 @@ class ModelCache:
     #: whether the model's cache is of full-attention or sliding-window layers only, so
     #: that left-padded prompts can generate in one batch (None: not probed yet)
     paddable_cache: bool | None = None
+    #: whether the fast engine's direct cone (decoder layers called one by one, then the
+    #: final norm and the output projection) gives the model call's scores on this model
+    #: (None: not checked yet; see :class:`explorer.engine.scoring.FastEngine`)
+    direct_head: bool | None = None
+    #: whether a decoder layer's output at one position equals, to the bit, its residual
+    #: plus its feed-forward block run on that row alone (None: not checked yet; see
+    #: :func:`explorer.engine.cone.feed_forward_rows_hold`)
+    feed_forward_rows: bool | None = None
     #: where the chat template puts a system prompt: "role" or "merged" (None: not probed)
     system_placement: str | None = None
     #: what the chat template was probed for, by name (absent: not probed yet):
@@ -67,5 +75,7 @@ class ModelCache:
             self.valid_routes.clear()
             self.logits_to_keep = None
             self.paddable_cache = None
+            self.direct_head = None
+            self.feed_forward_rows = None
             self.system_placement = None
             self.template_probes.clear()

@@ -312,7 +312,8 @@ def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, la
                         prefix_cache=None, prefix_len: int = 0, *, capture: dict | None = None,
                         validate: bool = True, next_input: torch.Tensor | None = None,
                         layer_kwargs: dict | None = None,
-                        direct_kwargs: dict | None = None, control=None) -> torch.Tensor:
+                        direct_kwargs: dict | None = None, control=None,
+                        ff_rows: tuple | None = None) -> torch.Tensor:
     """Joint target log-prob per route (B,), computed over the causal cone only; logits
     only for the target rows.
 
@@ -324,7 +325,10 @@ def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, la
     ``prefix_len`` (attention there reads its inputs, the MoE is per token), so that one
     row is computed and layers > ``layer`` run from the base's states with it swapped in.
     ``layer_kwargs``: passed on to :func:`layer_output_at` for that row (reuse one dict per
-    batch size and position). ``direct_kwargs``: a dict (one per batch size and position)
+    batch size and position). ``ff_rows``: the base's (residual, feed-forward input) at
+    that cell (see :func:`feed_forward_row`): with ``next_input``, only the layer's
+    feed-forward block runs for that row (the same bits as the whole layer, see
+    :func:`feed_forward_rows_hold`). ``direct_kwargs``: a dict (one per batch size and position)
     that turns on :func:`cone_logits_direct` for the layers above (no model call); there
     the last layer's feed-forward block runs on the target rows only. ``control``: an
     active route control for ``routes``, shared by the edited row and the direct layers
@@ -340,8 +344,13 @@ def cone_target_logprob(moe: MoEModel, prompt_ids, target_ids, routes, layer, la
     layer_input = layer_input[:, :S]
     if next_input is not None:
         next_input = next_input[:, :S]
-        row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
-                              prefix_len, validate, layer_kwargs, control)
+        if ff_rows is not None:  # the attention part is the base's: the block alone
+            with moe.lock, torch.inference_mode(), \
+                    _controlled(moe, routes, validate, control) as ctl:
+                row = feed_forward_row(ctl, moe, layer, ff_rows, len(routes), prefix_len)
+        else:
+            row = layer_output_at(moe, ids, routes, layer, layer_input[:, :1], prefix_cache,
+                                  prefix_len, validate, layer_kwargs, control)
         hidden = next_input.expand(len(routes), -1, -1).clone()
         hidden[:, :1] = row
         if capture is not None:
@@ -492,7 +501,7 @@ def exact_arithmetic(moe: MoEModel) -> bool:
     demo model: fast vs reference, differences of 0.0 over every cell tried, where the
     previous path differed by up to 2.9e-5 at 20-25 target tokens.
     """
-    from explorer.core.experts_cpu import NAME, _PROBE_HEIGHTS, invariant_rows
+    from explorer.core.experts_cpu import _PROBE_HEIGHTS, NAME, invariant_rows
     if moe.device.type != "cpu":
         return False
     cfg = moe.model.config
@@ -508,16 +517,75 @@ def exact_arithmetic(moe: MoEModel) -> bool:
     return invariant_rows(dtype) < _PROBE_HEIGHTS
 
 
-def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int):
+def _feed_forward_parts(layer: torch.nn.Module):
+    """(the norm before the feed-forward block, the block) of a decoder layer built as
+    ``h + mlp(post_attention_layernorm(h))``, or None where it has no such parts."""
+    norm = getattr(layer, "post_attention_layernorm", None)
+    mlp = _mlp_block(layer)
+    if not isinstance(norm, torch.nn.Module) or mlp is None:
+        return None
+    return norm, mlp
+
+
+@contextlib.contextmanager
+def _capturing_rows(moe: MoEModel, position: int, rows: dict):
+    """Record, for each decoder layer with feed-forward parts (see
+    :func:`_feed_forward_parts`), the residual entering its post-attention norm and its
+    feed-forward block's input at ``position``: ``rows[i] = (residual, block input)``, each
+    (1, 1, H)."""
+    hooks = []
+    try:
+        for i, layer in enumerate(decoder_layers(moe.model)):
+            parts = _feed_forward_parts(layer)
+            if parts is None:
+                continue
+
+            def grab(slot, i=i):
+                def pre(mod, args, kwargs):
+                    h = args[0] if args else kwargs.get("hidden_states")
+                    if isinstance(h, torch.Tensor) and h.dim() == 3:
+                        rows.setdefault(i, [None, None])[slot] = h[:, position:position + 1]
+                return pre
+            hooks += [parts[0].register_forward_pre_hook(grab(0), with_kwargs=True),
+                      parts[1].register_forward_pre_hook(grab(1), with_kwargs=True)]
+        yield rows
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def feed_forward_row(ctl, moe: MoEModel, layer: int, rows: tuple, batch: int,
+                     position: int) -> torch.Tensor:
+    """(B, 1, H): decoder ``layer``'s output at ``position`` for ``batch`` routes that differ
+    from a base only in that layer's routing there. ``rows`` = (residual, block input) of
+    the base at that cell (:func:`full_shape_prefix`): the attention part is the base's, so
+    only the feed-forward block runs, on one row per route (``ctl`` routes them)."""
+    residual, block_in = rows
+    mlp = _feed_forward_parts(decoder_layers(moe.model)[layer])[1]
+    ctl.set_window(batch, 1, position)
+    out = mlp(block_in.expand(batch, -1, -1).contiguous())
+    out = out[0] if isinstance(out, tuple) else out
+    return residual + out.reshape(batch, 1, -1)
+
+
+def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int,
+                      rows: dict | None = None):
     """``(cache, inputs)`` for a search at ``position`` from one forward of all of ``ids``
     under ``route``: the KV cache of positions < ``position`` (None at position 0, or where
     the cache cannot be cut) and the (1, S, H) states entering every decoder layer at
     positions >= ``position``. Same shape as the reference computation's forward, so the
-    same bits (see :func:`exact_arithmetic`)."""
+    same bits (see :func:`exact_arithmetic`). ``rows``: a dict that receives each layer's
+    feed-forward inputs at ``position`` (see :func:`_capturing_rows`)."""
     from explorer.core.forward import cache_of, reusable
     ids = as_ids(moe, ids)
     seen: dict[int, torch.Tensor] = {}
-    with moe.lock, torch.inference_mode(), _capturing(moe, 0, seen), moe.control(route):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(moe.lock)
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(_capturing(moe, 0, seen))
+        if rows is not None:
+            stack.enter_context(_capturing_rows(moe, position, rows))
+        stack.enter_context(moe.control(route))
         out = moe.model(input_ids=ids, use_cache=position > 0, **keep_kwargs(moe, 1))
     inputs = {i: h[:, position:] for i, h in seen.items()}
     if position == 0:
@@ -527,3 +595,20 @@ def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int):
         return None, inputs
     cache.crop(position - ids.shape[1])
     return cache, inputs
+
+
+def feed_forward_rows_hold(moe: MoEModel, route: Route, position: int, inputs: dict,
+                           rows: dict, batch: int) -> bool:
+    """Does :func:`feed_forward_row` give, for ``route`` itself at ``position``, the states
+    its full forward passed on (``inputs``, ``rows`` from :func:`full_shape_prefix`), to the
+    bit, at every MoE layer below the last? Checked once per model (the engine remembers
+    it): a family whose decoder layer is built otherwise fails it."""
+    layers = [i for i in moe.moe_layers if i + 1 in inputs]
+    if not layers or any(i not in rows or None in rows[i] for i in layers):
+        return False
+    with moe.lock, torch.inference_mode(), moe.control([route] * batch, validate=False) as ctl:
+        for i in layers:
+            got = feed_forward_row(ctl, moe, i, rows[i], batch, position)
+            if not torch.equal(got, inputs[i + 1][:, :1].expand(batch, -1, -1)):
+                return False
+    return True

@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from explorer.core.defaults import ENGINE_NAMES  # noqa: F401  (its home; a public name here too)
-from explorer.core.defaults import TIE_BAND, TIE_BAND_EXACT, TIE_BAND_EXACT_REL, TIE_BAND_REL
+from explorer.core.defaults import (
+    ENGINE_NAMES,  # noqa: F401  (its home; a public name here too)
+    TIE_BAND,
+    TIE_BAND_EXACT,
+    TIE_BAND_EXACT_REL,
+    TIE_BAND_REL,
+)
 from explorer.core.errors import InputError
 from explorer.core.forward import (
     cache_of,
@@ -31,9 +36,10 @@ from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
 from explorer.engine.cone import (
     capture_layer_inputs,
-    exact_arithmetic,
-    full_shape_prefix,
     cone_target_logprob,
+    exact_arithmetic,
+    feed_forward_rows_hold,
+    full_shape_prefix,
     multi_cone_target_logprob,
     output_head,
     scored_ids,
@@ -159,13 +165,23 @@ class FastEngine(ReferenceEngine):
         # exact: every score is the reference computation's to the bit (see exact_arithmetic)
         self.exact = cone and not forced and exact_arithmetic(moe)
         self.narrow = forced if forced is not None else (moe.device.type == "cpu" and not self.exact)
+        # the exact narrow step: the edited layer's feed-forward block alone at the edited
+        # position (its attention part is the base's), from the base's rows captured by a
+        # full-shape forward; checked to the bit once per model (see feed_forward_rows_hold)
+        self.ff_narrow = self.exact and forced is None and moe.cache.feed_forward_rows is not False
+        self._rows: dict = {}
+        self._rows_key: tuple | None = None
         # direct: the layers above the edited one are called one by one with inputs
         # captured once per position (no model call per batch: no embedding, mask or rotary
         # work). Checked against the model call on the first batch; any difference turns
         # it off for the search. Default: on for CPU (measured there), off for GPU (not
         # measured); $EXPLORER_CONE_DIRECT=1/0 forces it.
         self.direct = _cpu_default(direct, "direct", moe) and output_head(moe) is not None
-        self._direct_checked = False
+        # checked once per model (the first batch of its first search): a model property,
+        # so later searches, first cells included, can join multi-prompt batches at once
+        self._direct_checked = self.direct and moe.cache.direct_head is not None
+        if self._direct_checked:
+            self.direct = moe.cache.direct_head
         self._last_layer = len(decoder_layers(moe.model)) - 1
         self._known: dict = {}  # route edits -> score, for the last batch and its base
         self._reset()
@@ -215,11 +231,17 @@ class FastEngine(ReferenceEngine):
     def _restart_at(self, route: Route, position: int) -> None:
         self._reset()
         if self.exact:
+            rows: dict = {}
             cache, inputs = full_shape_prefix(self.moe, scored_ids(self.prompt_ids, self.target_ids),
-                                              route, position)
+                                              route, position, rows if self.ff_narrow else None)
             if position == 0 or cache is not None:
                 self._cache, self._cache_pos = cache, position
                 self._inputs, self._inputs_key = inputs, tuple(route.edits)
+                self._rows, self._rows_key = rows, tuple(route.edits)
+                if self.ff_narrow and self.moe.cache.feed_forward_rows is None:
+                    self.moe.cache.feed_forward_rows = feed_forward_rows_hold(
+                        self.moe, route, position, inputs, rows, self._ff_min_rows)
+                    self.ff_narrow = self.moe.cache.feed_forward_rows
                 return
             self.exact = False  # a cache that cannot be cut: grow it token by token
         if position > 0:
@@ -285,18 +307,29 @@ class FastEngine(ReferenceEngine):
             self._pending = {}
         return self._inputs
 
+    @property
+    def _ff_min_rows(self) -> int:
+        from explorer.core.experts_cpu import invariant_rows
+        return invariant_rows(next(self.moe.model.parameters()).dtype)
+
     def _cone_batch(self, chunk: list[Route], position: int, layer: int, base: Route,
                     use_cache: bool):
         """Scores of one batch over the causal cone, and the states it captured."""
+        ff = (self.ff_narrow and position == self._cache_pos and len(chunk) >= self._ff_min_rows
+              and layer + 1 < len(decoder_layers(self.moe.model)))
+        if ff and self._rows_key != tuple(base.edits):
+            self._restart_at(base, position)  # the new base's rows (one full-shape forward)
+        ff = ff and layer in self._rows
         inputs = self._layer_inputs(base)
         seen: dict = {}
         # candidates differ from base only at (layer, position): see the API above
-        narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
+        narrow = (self.narrow or ff) and position == self._cache_pos and layer + 1 in inputs
         pre = self._cache_pos if use_cache else 0
         args = (self.moe, self.prompt_ids, self.target_ids, chunk, layer, inputs[layer],
                 self._cache if use_cache else None, pre)
         kw = dict(validate=False, next_input=inputs[layer + 1] if narrow else None,
-                  layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None)
+                  layer_kwargs=self._layer_kwargs.setdefault(len(chunk), {}) if narrow else None,
+                  ff_rows=tuple(self._rows[layer]) if narrow and ff else None)
         direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
         if direct is not None:  # one route control for the edited row and the layers above
             with self.moe.lock, self.moe.control(chunk, validate=False) as ctl:
@@ -310,6 +343,7 @@ class FastEngine(ReferenceEngine):
             if not torch.allclose(lp, ref, rtol=1e-5, atol=1e-5):
                 self.direct, seen = False, {}  # recompute: the capture came from the direct path
                 lp = cone_target_logprob(*args, capture=seen, **kw)
+            self.moe.cache.direct_head = self.direct
         return lp, seen
 
     def _unread(self, position: int | None, layer: int | None, base: Route | None) -> float | None:

@@ -27,7 +27,6 @@ from explorer.core.route import Route
 from explorer.storage.library import SOURCES
 from explorer.viz import figures as plots
 
-
 #: What the tab says of privacy in hosted mode.
 PRIVATE_NOTE = ("*Your routes (with their prompts, system prompts and searches) are private: "
                 "only you see them until you **Share** one. Shared routes are listed to every "
