@@ -89,6 +89,16 @@ def _wait_text(page, sel, text, timeout=90_000):
         arg=[sel, text], timeout=timeout)
 
 
+def _settled_text(page, sel, timeout=90_000):
+    """The element's text once no progress timer (Gradio's "1.0s" while an event runs)
+    shows in it."""
+    page.wait_for_function(
+        "(s) => { const e = document.querySelector(s); "
+        "return e && !/(^|\\n)\\s*\\d+(\\.\\d+)?s(\\s|$)/.test(e.innerText) }",
+        arg=sel, timeout=timeout)
+    return page.inner_text(sel)
+
+
 def _set_slider(page, elem_id, value):
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -490,18 +500,18 @@ def test_a_failed_model_load_leaves_the_header_and_layers(served, browser, tmp_p
     demo, _ = served
     moe = demo.explorer.moe  # an earlier test may have loaded a fresh copy
     page, errors = _open(browser, demo)
-    header = page.inner_text("#sse-header")
+    header = _settled_text(page, "#sse-header")
     assert "MoE" in header
     page.get_by_role("tab", name="Model", exact=True).click()
     _wait_text(page, "#model-layers", "MoE")
-    layers = page.inner_text("#model-layers")
+    layers = _settled_text(page, "#model-layers")  # not while a progress timer shows
     page.fill("#model-name textarea", str(tmp_path / "missing-model"))
     page.click("#load-model-btn")
     _toast(page, "does not exist")
     time.sleep(1.0)
-    assert page.inner_text("#sse-header") == header
+    assert _settled_text(page, "#sse-header") == header
     assert page.evaluate(NO_BADGE, "#sse-header") and page.evaluate(NO_BADGE, "#model-layers")
-    assert page.inner_text("#model-layers") == layers
+    assert _settled_text(page, "#model-layers") == layers
     assert demo.explorer.moe is moe
     assert not errors, errors
 

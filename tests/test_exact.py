@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from explorer.core.attention_cpu import QUERY_BLOCK, _causal_mask
-from explorer.core.experts_cpu import _product, invariant_rows
+from explorer.core.experts_cpu import _product, good_heights, invariant_rows, padded_height
 from explorer.core.forward import joint_logprob, target_logprob
 from explorer.core.route import Route
 from explorer.engine.cone import exact_arithmetic
@@ -17,15 +17,23 @@ from explorer.engine.scoring import FastEngine, MultiScorer
 from explorer.methods.fsour import sample_set
 
 
-def test_padded_products_give_each_row_the_bits_of_a_tall_product():
-    rows = invariant_rows(torch.float32)
-    assert 1 <= rows <= 16
-    gen = torch.Generator().manual_seed(1)
-    x, w = torch.randn(40, 64, generator=gen), torch.randn(96, 64, generator=gen)
-    tall = x @ w.t()
-    for m in (1, 2, 3, 5):
-        for start in (0, 7, 30):
-            assert torch.equal(_product(x[start:start + m], w, False, rows), tall[start:start + m])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_padded_products_give_each_row_the_bits_of_a_tall_product(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        good = good_heights(torch.float32)
+        assert good[-1]  # tall products are row-invariant
+        assert all(good[h - 1] for h in range(invariant_rows(torch.float32), len(good) + 1))
+        gen = torch.Generator().manual_seed(1)
+        x, w = torch.randn(90, 64, generator=gen), torch.randn(96, 64, generator=gen)
+        tall = x @ w.t()
+        for m in (1, 2, 3, 5, 6, 9, 11, 13):
+            assert padded_height(m) >= m and good[padded_height(m) - 1]
+            for start in (0, 7, 30):
+                assert torch.equal(_product(x[start:start + m], w, False), tall[start:start + m])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_joint_logprob_sums_in_float64_in_token_order():

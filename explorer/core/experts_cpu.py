@@ -5,10 +5,11 @@ transformers' ``grouped_mm`` runs one matrix product per expert over the tokens 
 it, so a token's output depends on how many other tokens share its expert: on CPU the
 products of 1-3 rows take another path than taller ones (measured with this build's
 kernels: rows of a product of height >= 4 are bit-identical whatever the height and
-offset, heights 1-3 differ by ~1 ulp). That made the same route score differently alone
-and in a batch (2.3e-5 at log-prob -60 on the demo model, the noise F-SOUR's near-tie
-re-checks had to cover). :func:`experts_forward` runs each used expert's two products on
-at least :func:`invariant_rows` rows (a short group is padded with zero rows), so a
+offset, heights 1-3 differ by ~1 ulp; at 2 threads heights 5-7 and 9-11 too). That made the
+same route score differently alone and in a batch (2.3e-5 at log-prob -60 on the demo
+model, the noise F-SOUR's near-tie re-checks had to cover). :func:`experts_forward` runs
+each used expert's two products at a row-invariant height (:func:`padded_height`: a short
+group is padded with zero rows), so a
 token's experts output is a function of that token alone: a route scores the same bits in
 a batch of one and of a thousand, in one prompt's batch and in a multi-prompt one. It
 also skips the experts no token uses (``grouped_mm`` on CPU runs a product for each).
@@ -23,32 +24,59 @@ import functools
 import torch
 
 NAME = "explorer_cpu"
-#: Heights probed by :func:`invariant_rows`.
-_PROBE_HEIGHTS = 16
+#: Heights probed by :func:`good_heights` (taller products are taken as row-invariant).
+PROBE_HEIGHTS = 64
 
 
 @functools.lru_cache(maxsize=None)
-def invariant_rows(dtype: torch.dtype = torch.float32) -> int:
-    """The smallest product height from which this machine's matrix products give every
-    row the same bits whatever the height (probed once per dtype: heights up to 16 of a
-    (h, 192) x (192, 384) product; 4 with this build's CPU kernels). A product padded to
-    at least this many rows is row-invariant."""
+def _probe(dtype: torch.dtype, threads: int) -> tuple[bool, ...]:
+    from torch.utils._python_dispatch import _disable_current_modes
+    with _disable_current_modes(), torch.inference_mode():  # not seen by a product log
+        return _probe_products(dtype)
+
+
+def _probe_products(dtype: torch.dtype) -> tuple[bool, ...]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(_PROBE_HEIGHTS + 8, 192, generator=gen).to(dtype)
+    x = torch.randn(2 * PROBE_HEIGHTS + 8, 192, generator=gen).to(dtype)
     w = torch.randn(384, 192, generator=gen).to(dtype)
     full = x @ w.t()
-    smallest = _PROBE_HEIGHTS
-    for m in range(_PROBE_HEIGHTS - 1, 0, -1):
-        if all(torch.equal(x[i:i + m] @ w.t(), full[i:i + m]) for i in (0, 3, 8)):
-            smallest = m
-        else:
-            break
-    return smallest
+    return tuple(all(torch.equal(x[i:i + m] @ w.t(), full[i:i + m]) for i in (0, 5, 37))
+                 for m in range(1, PROBE_HEIGHTS + 1))
 
 
-def _product(x: torch.Tensor, w: torch.Tensor, transposed: bool, rows: int) -> torch.Tensor:
-    """``x @ w`` (``transposed``) or ``x @ w.T``, on at least ``rows`` rows (zero padding)."""
+def good_heights(dtype: torch.dtype = torch.float32) -> tuple[bool, ...]:
+    """For each product height 1..:data:`PROBE_HEIGHTS`: do this machine's matrix products of
+    that height give every row the bits it gets in a tall product, whatever its offset?
+    Probed once per dtype and torch thread count ((h, 192) x (192, 384) products). With
+    this build's CPU kernels: at 1 thread every height from 4; at 2 threads the multiples
+    of 4 and every height from 12 (the threads split the rows)."""
+    return _probe(dtype, torch.get_num_threads())
+
+
+def invariant_rows(dtype: torch.dtype = torch.float32) -> int:
+    """The smallest height from which every product height is row-invariant (see
+    :func:`good_heights`; 4 at one thread here); :data:`PROBE_HEIGHTS` + 1 if none."""
+    good = good_heights(dtype)
+    h = len(good)
+    while h > 0 and good[h - 1]:
+        h -= 1
+    return h + 1
+
+
+def padded_height(m: int, dtype: torch.dtype = torch.float32) -> int:
+    """The smallest row-invariant height >= ``m`` (``m`` itself past the probed heights)."""
+    good = good_heights(dtype)
+    for h in range(m, len(good) + 1):
+        if good[h - 1]:
+            return h
+    return m
+
+
+def _product(x: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """``x @ w`` (``transposed``) or ``x @ w.T``, padded with zero rows to a row-invariant
+    height (see :func:`padded_height`)."""
     m = x.shape[0]
+    rows = padded_height(m, x.dtype)
     if m < rows:
         x = torch.cat([x, x.new_zeros(rows - m, x.shape[1])])
     out = x @ (w if transposed else w.t())
@@ -58,7 +86,7 @@ def _product(x: torch.Tensor, w: torch.Tensor, transposed: bool, rows: int) -> t
 def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
     """An experts module's forward (transformers' experts interface): the used experts one
-    by one, each product on at least :func:`invariant_rows` rows; the same bias additions,
+    by one, each product padded to a row-invariant height; the same bias additions,
     gating, post-expert norm and weighting as ``grouped_mm``."""
     if getattr(self, "_is_expert_parallel", False):
         from transformers.integrations.moe import grouped_mm_experts_forward
@@ -70,18 +98,17 @@ def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor
     x_all = hidden_states.to(self.down_proj.dtype)[order // k]
     up = self.gate_up_proj if self.has_gate else self.up_proj
     up_bias = (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias) if self.has_bias else None
-    rows = invariant_rows(x_all.dtype)
     out = x_all.new_empty(n * k, self.down_proj.shape[2 if self.is_transposed else 1])
     start = 0
     for e, m in enumerate(counts):
         if not m:
             continue
         sl = slice(start, start + m)
-        h = _product(x_all[sl], up[e], self.is_transposed, rows)
+        h = _product(x_all[sl], up[e], self.is_transposed)
         if up_bias is not None:
             h.add_(up_bias[e])
         h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
-        y = _product(h, self.down_proj[e], self.is_transposed, rows)
+        y = _product(h, self.down_proj[e], self.is_transposed)
         if self.has_bias:
             y.add_(self.down_proj_bias[e])
         if self.has_post_expert_norm:
@@ -96,4 +123,5 @@ def register() -> str:
     """Make :data:`NAME` a valid ``experts_implementation`` (idempotent); returns it."""
     from transformers.integrations.moe import ExpertsInterface
     ExpertsInterface.register(NAME, experts_forward)
+    good_heights(torch.float32)  # probed now (at this thread count), not inside a first call
     return NAME

@@ -485,6 +485,11 @@ def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int,
     return [sums[r0:r0 + c] for r0, c in zip(starts, counts)]
 
 
+#: The product height from which every height must be row-invariant for exact arithmetic:
+#: candidate batches (the feed-forward rows of the narrow step) have at least this many.
+EXACT_MIN_ROWS = 4
+
+
 def exact_arithmetic(moe: MoEModel) -> bool:
     """Does every way the fast engines compute a route's score give the reference
     computation's bits on this model?
@@ -497,11 +502,13 @@ def exact_arithmetic(moe: MoEModel) -> bool:
     prefix cache comes from a forward of the whole scored sequence
     (:func:`full_shape_prefix`) and the edited layer is not computed at one position alone
     (the engine's ``narrow`` step): the fast and multi-prompt engines score each route
-    exactly as the reference does, so their decisions need no re-check. Measured on the
-    demo model: fast vs reference, differences of 0.0 over every cell tried, where the
+    exactly as the reference does, so their decisions need no re-check. With more than one
+    torch thread this machine's products split their rows between threads and heights
+    5-11 lose the property, so exact arithmetic is a one-thread mode here (``--threads 1``,
+    the setting of every figure in docs/performance.md). Measured on the demo model: fast vs reference, differences of 0.0 over every cell tried, where the
     previous path differed by up to 2.9e-5 at 20-25 target tokens.
     """
-    from explorer.core.experts_cpu import _PROBE_HEIGHTS, NAME, invariant_rows
+    from explorer.core.experts_cpu import NAME, invariant_rows
     if moe.device.type != "cpu":
         return False
     cfg = moe.model.config
@@ -514,7 +521,9 @@ def exact_arithmetic(moe: MoEModel) -> bool:
         if getattr(experts, "down_proj", None) is None or experts.down_proj.dim() != 3:
             return False  # experts as separate modules: products of any height
     dtype = next(moe.model.parameters()).dtype
-    return invariant_rows(dtype) < _PROBE_HEIGHTS
+    # every product of 4 rows or more row-invariant (at one torch thread here; with more
+    # threads, other products than the experts' come in heights the threads split badly)
+    return invariant_rows(dtype) <= EXACT_MIN_ROWS
 
 
 def _feed_forward_parts(layer: torch.nn.Module):

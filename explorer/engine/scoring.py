@@ -37,6 +37,7 @@ from explorer.engine.batching import search_batch_size
 from explorer.engine.cone import (
     capture_layer_inputs,
     cone_target_logprob,
+    EXACT_MIN_ROWS,
     exact_arithmetic,
     feed_forward_rows_hold,
     full_shape_prefix,
@@ -307,10 +308,7 @@ class FastEngine(ReferenceEngine):
             self._pending = {}
         return self._inputs
 
-    @property
-    def _ff_min_rows(self) -> int:
-        from explorer.core.experts_cpu import invariant_rows
-        return invariant_rows(next(self.moe.model.parameters()).dtype)
+    _ff_min_rows = EXACT_MIN_ROWS
 
     def _cone_batch(self, chunk: list[Route], position: int, layer: int, base: Route,
                     use_cache: bool):

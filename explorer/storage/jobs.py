@@ -22,8 +22,8 @@ the route it finds is saved to the library with the kind as its source.
 into a GPU window: the app passes ``spaces.GPU(duration=chunk_seconds)``), a job runs as a
 sequence of chunks, each one call of the wrapped :meth:`JobManager.run_chunk`. A chunk
 runs the runner until its time budget is spent (``chunk_seconds`` less the
-:data:`CHUNK_RESERVE` share, and less the longest gap between two ``should_stop`` polls
-seen so far: the next step or answer generation must fit), then returns the checkpoint;
+:data:`CHUNK_RESERVE` share, and less :data:`STEP_SAFETY` times the longest gap between two
+``should_stop`` polls seen so far: the next step or answer generation must fit), then returns the checkpoint;
 the worker thread starts the next chunk from it until the search is done, cancelled or
 interrupted. Between chunks the job stays 'running' and its progress (history, ETA) keeps
 flowing. A window may run the chunk in a forked process that shares nothing with the app
@@ -79,6 +79,12 @@ PROGRESS_KEYS = ("kind", "iteration", "position", "layer", "num_positions", "num
 #: worker, the model's move to the GPU), a step longer than any seen before, the last
 #: checkpoint write and the return.
 CHUNK_RESERVE = 0.2
+#: A chunk stops when the next step would end past its budget were it this many times the
+#: longest gap between two polls seen so far: steps vary (a position's first cell runs a
+#: full forward; a loaded machine slows one step more than another), and a window that
+#: overruns is aborted. On the 2-core CI machine under load one step came out 35% longer
+#: than any before it.
+STEP_SAFETY = 2.0
 #: Seconds between a chunk's reads of the store's stop requests (cancel, shutdown).
 STOP_POLL_SECONDS = 0.1
 #: GPU windows in a row that may fail without a new checkpoint before the job fails.
@@ -317,8 +323,8 @@ class _Reporter:
 class _ChunkClock:
     """``should_stop`` of one GPU window: a stop request (``stopped()``, polled every
     ``poll`` s), a lost job, or the window's ``budget`` (seconds): after at least one step,
-    the chunk stops when the next step would end past the budget, were it as long as the
-    longest gap between two polls seen so far (``longest``, carried from chunk to chunk;
+    the chunk stops when the next step would end past the budget, were it :data:`STEP_SAFETY`
+    times the longest gap between two polls seen so far (``longest``, carried from chunk to chunk;
     a gap holds a step, and at a restart's end the answer generation). ``reason`` says why
     it stopped: 'stop', 'lost' or 'budget'."""
 
@@ -345,7 +351,7 @@ class _ChunkClock:
             if self.stopped():
                 self.reason = "stop"
                 return True
-        if self.polls > 1 and now - self.start + self.longest > self.budget:
+        if self.polls > 1 and now - self.start + STEP_SAFETY * self.longest > self.budget:
             self.reason = "budget"
         return self.reason is not None
 
