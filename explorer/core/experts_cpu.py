@@ -40,7 +40,13 @@ def _probe_products(dtype: torch.dtype) -> tuple[bool, ...]:
     x = torch.randn(2 * PROBE_HEIGHTS + 8, 192, generator=gen).to(dtype)
     w = torch.randn(384, 192, generator=gen).to(dtype)
     full = x @ w.t()
-    return tuple(all(torch.equal(x[i:i + m] @ w.t(), full[i:i + m]) for i in (0, 5, 37))
+    ws = w.t().unsqueeze(0)
+
+    def grouped(rows):  # the experts kernel's primitive, one group
+        return torch.nn.functional.grouped_mm(
+            rows, ws, offs=torch.tensor([rows.shape[0]], dtype=torch.int32))
+    return tuple(all(torch.equal(x[i:i + m] @ w.t(), full[i:i + m])
+                     and torch.equal(grouped(x[i:i + m]), full[i:i + m]) for i in (0, 5, 37))
                  for m in range(1, PROBE_HEIGHTS + 1))
 
 
@@ -83,38 +89,60 @@ def _product(x: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Tensor
     return out[:m] if m < rows else out
 
 
+@functools.lru_cache(maxsize=None)
+def _table(dtype: torch.dtype, threads: int) -> torch.Tensor:
+    return torch.tensor([0] + [padded_height(m, dtype) for m in range(1, PROBE_HEIGHTS + 1)],
+                        dtype=torch.int64)
+
+
+def padded_heights(counts: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`padded_height` of each group size in ``counts`` (int64; 0 stays 0)."""
+    table = _table(dtype, torch.get_num_threads())
+    return torch.where(counts > PROBE_HEIGHTS, counts, table[counts.clamp(max=PROBE_HEIGHTS)])
+
+
 def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
-    """An experts module's forward (transformers' experts interface): the used experts one
-    by one, each product padded to a row-invariant height; the same bias additions,
-    gating, post-expert norm and weighting as ``grouped_mm``."""
+    """An experts module's forward (transformers' experts interface): the tokens of each
+    expert in a group padded with zero rows to a row-invariant height, all groups in one
+    ``grouped_mm`` per projection (a loop of one product per group, each of that height);
+    the same bias additions, gating, post-expert norm and weighting as transformers'
+    ``grouped_mm`` kernel."""
     if getattr(self, "_is_expert_parallel", False):
         from transformers.integrations.moe import grouped_mm_experts_forward
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
     n, k = top_k_index.shape
+    E = self.num_experts
     flat = top_k_index.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=1).tolist()
-    x_all = hidden_states.to(self.down_proj.dtype)[order // k]
+    counts = torch.bincount(flat, minlength=E)
+    x_dtype = self.down_proj.dtype
+    heights = padded_heights(counts, x_dtype)  # each group's padded height
+    starts = torch.cumsum(counts, 0) - counts
+    pstarts = torch.cumsum(heights, 0) - heights
+    sorted_e = flat[order]
+    # row of each sorted (token, expert) pair in the padded groups
+    dest = pstarts[sorted_e] + torch.arange(n * k) - starts[sorted_e]
+    total = int(heights.sum())
+    x = hidden_states.new_zeros(total, hidden_states.shape[-1], dtype=x_dtype)
+    x[dest] = hidden_states.to(x_dtype)[order // k]
+    offs = torch.cumsum(heights, 0).to(torch.int32)
     up = self.gate_up_proj if self.has_gate else self.up_proj
     up_bias = (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias) if self.has_bias else None
-    out = x_all.new_empty(n * k, self.down_proj.shape[2 if self.is_transposed else 1])
-    start = 0
-    for e, m in enumerate(counts):
-        if not m:
-            continue
-        sl = slice(start, start + m)
-        h = _product(x_all[sl], up[e], self.is_transposed)
-        if up_bias is not None:
-            h.add_(up_bias[e])
-        h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
-        y = _product(h, self.down_proj[e], self.is_transposed)
-        if self.has_bias:
-            y.add_(self.down_proj_bias[e])
-        if self.has_post_expert_norm:
-            y = self.post_expert_norm(y)
-        out[order[sl]] = y
-        start += m
+    grouped = torch.nn.functional.grouped_mm
+    expert_of_row = torch.repeat_interleave(torch.arange(E), heights) if self.has_bias else None
+    h = grouped(x, up if self.is_transposed else up.transpose(-2, -1), offs=offs)
+    if up_bias is not None:
+        h.add_(up_bias[expert_of_row])
+    h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+    y = grouped(h, self.down_proj if self.is_transposed else self.down_proj.transpose(-2, -1),
+                offs=offs)
+    if self.has_bias:
+        y.add_(self.down_proj_bias[expert_of_row])
+    if self.has_post_expert_norm:
+        y = self.post_expert_norm(y)
+    out = torch.empty_like(y[:n * k])
+    out[order] = y[dest]
     out = out * top_k_weights.reshape(-1).unsqueeze(-1).to(out.dtype)
     return out.view(n, k, -1).sum(dim=1).to(hidden_states.dtype)
 
