@@ -91,9 +91,9 @@ def test_fast_scores_equal_reference_scores_to_the_bit(demo):
     assert checked >= 3 * len(layers)
 
 
-def test_multi_prompt_batches_score_within_the_exact_band(demo):
-    """Two prompts of different lengths in one padded batch: each row's score is within
-    half the exact band of its reference score (the padded key range moves it a few ulps)."""
+def test_multi_prompt_batches_score_to_the_bit(demo):
+    """Two prompts of different lengths in one padded batch: each row's score is its
+    reference score to the bit (keys padded to a multiple of 8 in every call)."""
     a = _demo_case(demo)
     b = (list(demo.prepare("How do I get into a car I locked my keys in?").ids),
          demo.target_ids("Sure, here is"))
@@ -111,7 +111,7 @@ def test_multi_prompt_batches_score_within_the_exact_band(demo):
             want = [float(target_logprob(demo, eng.prompt_ids, eng.target_ids, [r])[0])
                     for r in cands]
             diffs = [abs(x - y) for x, y in zip(scores, want)]
-            assert all(d <= eng.tie_band(y) / 2 for d, y in zip(diffs, want)), diffs
+            assert diffs == [0.0] * len(diffs), diffs
     assert scorer.batches >= 1
 
 

@@ -537,16 +537,16 @@ def _feed_forward_parts(layer: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _capturing_rows(moe: MoEModel, position: int, rows: dict):
-    """Record, for each decoder layer with feed-forward parts (see
+def capturing_rows(moe: MoEModel, position: int, rows: dict | None, first: int = 0):
+    """Record, for each decoder layer from ``first`` on with feed-forward parts (see
     :func:`_feed_forward_parts`), the residual entering its post-attention norm and its
-    feed-forward block's input at ``position``: ``rows[i] = (residual, block input)``, each
-    (1, 1, H)."""
+    feed-forward block's input at ``position``: ``rows[i] = [residual, block input]``, each
+    (B, 1, H). ``rows`` None: record nothing."""
     hooks = []
     try:
         for i, layer in enumerate(decoder_layers(moe.model)):
             parts = _feed_forward_parts(layer)
-            if parts is None:
+            if parts is None or rows is None or i < first:
                 continue
 
             def grab(slot, i=i):
@@ -584,7 +584,7 @@ def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int,
     the cache cannot be cut) and the (1, S, H) states entering every decoder layer at
     positions >= ``position``. Same shape as the reference computation's forward, so the
     same bits (see :func:`exact_arithmetic`). ``rows``: a dict that receives each layer's
-    feed-forward inputs at ``position`` (see :func:`_capturing_rows`)."""
+    feed-forward inputs at ``position`` (see :func:`capturing_rows`)."""
     from explorer.core.forward import cache_of, reusable
     ids = as_ids(moe, ids)
     seen: dict[int, torch.Tensor] = {}
@@ -593,7 +593,7 @@ def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int,
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_capturing(moe, 0, seen))
         if rows is not None:
-            stack.enter_context(_capturing_rows(moe, position, rows))
+            stack.enter_context(capturing_rows(moe, position, rows))
         stack.enter_context(moe.control(route))
         out = moe.model(input_ids=ids, use_cache=position > 0, **keep_kwargs(moe, 1))
     inputs = {i: h[:, position:] for i, h in seen.items()}

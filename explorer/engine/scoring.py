@@ -38,6 +38,7 @@ from explorer.engine.cone import (
     capture_layer_inputs,
     cone_target_logprob,
     EXACT_MIN_ROWS,
+    capturing_rows,
     exact_arithmetic,
     feed_forward_rows_hold,
     full_shape_prefix,
@@ -76,6 +77,13 @@ class CapturedStates:
     layer: int
     seen: dict
     row: int
+    #: the batch's feed-forward rows at the edited position (``{decoder layer: [residual,
+    #: block input]}``, each (B, 1, H)) for the layers above ``layer``, where captured
+    rows: dict | None = None
+
+
+#: The key under which a cone batch's captured feed-forward rows travel with its states.
+ROWS = "feed-forward rows"
 
 
 class ReferenceEngine:
@@ -288,6 +296,8 @@ class FastEngine(ReferenceEngine):
         if isinstance(hit, SameStates):  # the states of the base the candidate came from
             if self._inputs_key != hit.base:
                 return False
+            if self._rows_key == hit.base:
+                self._rows_key = key
             self._inputs_key, self._pending = key, {}
             return True
         layer, seen, row = hit.layer, hit.seen, hit.row
@@ -295,6 +305,13 @@ class FastEngine(ReferenceEngine):
         # prompts per batch, one per search)
         self._inputs = {i: (h if i <= layer else seen[i][row:row + 1].clone())
                         for i, h in self._inputs.items()}
+        if hit.rows is not None and self._rows_key == self._inputs_key:
+            # the feed-forward rows: the base's up to the edited layer, the batch's above
+            self._rows = {i: (r if i <= layer else [x[row:row + 1].clone() for x in hit.rows[i]])
+                          for i, r in self._rows.items() if i <= layer or i in hit.rows}
+            self._rows.update({i: [x[row:row + 1].clone() for x in v]
+                               for i, v in hit.rows.items() if i > layer and i not in self._rows})
+            self._rows_key = key
         self._inputs_key = key
         self._pending = {}
         return True
@@ -315,10 +332,11 @@ class FastEngine(ReferenceEngine):
         """Scores of one batch over the causal cone, and the states it captured."""
         ff = (self.ff_narrow and position == self._cache_pos and len(chunk) >= self._ff_min_rows
               and layer + 1 < len(decoder_layers(self.moe.model)))
+        inputs = self._layer_inputs(base)  # a kept candidate's rows come with its states
         if ff and self._rows_key != tuple(base.edits):
-            self._restart_at(base, position)  # the new base's rows (one full-shape forward)
+            self._restart_at(base, position)  # the base's rows (one full-shape forward)
+            inputs = self._layer_inputs(base)
         ff = ff and layer in self._rows
-        inputs = self._layer_inputs(base)
         seen: dict = {}
         # candidates differ from base only at (layer, position): see the API above
         narrow = (self.narrow or ff) and position == self._cache_pos and layer + 1 in inputs
@@ -330,8 +348,12 @@ class FastEngine(ReferenceEngine):
                   ff_rows=tuple(self._rows[layer]) if narrow and ff else None)
         direct = self._direct_kwargs.setdefault((len(chunk), pre), {}) if self.direct else None
         if direct is not None:  # one route control for the edited row and the layers above
-            with self.moe.lock, self.moe.control(chunk, validate=False) as ctl:
+            rows = {} if self.ff_narrow and position == self._cache_pos else None
+            with self.moe.lock, self.moe.control(chunk, validate=False) as ctl, \
+                    capturing_rows(self.moe, 0, rows, first=layer + 1):
                 lp = cone_target_logprob(*args, capture=seen, direct_kwargs=direct, control=ctl, **kw)
+            if rows:
+                seen[ROWS] = rows
         else:
             lp = cone_target_logprob(*args, capture=seen, **kw)
         if direct is not None and not self._direct_checked:
@@ -394,8 +416,9 @@ class FastEngine(ReferenceEngine):
             chunk = list(routes[i:i + self.batch_size])
             if use_cone:
                 lp, seen = self._cone_batch(chunk, position, layer, base, use_cache)
+                rows = seen.pop(ROWS, None)
                 for j, r in enumerate(chunk):
-                    pending[tuple(r.edits)] = CapturedStates(layer, seen, j)
+                    pending[tuple(r.edits)] = CapturedStates(layer, seen, j, rows)
             elif use_cache:
                 lp = target_logprob(self.moe, self.prompt_ids, self.target_ids, chunk,
                                     prefix_cache=self._cache, prefix_len=self._cache_pos)
