@@ -578,31 +578,39 @@ def feed_forward_row(ctl, moe: MoEModel, layer: int, rows: tuple, batch: int,
 
 
 def full_shape_prefix(moe: MoEModel, ids, route: Route | None, position: int,
-                      rows: dict | None = None):
-    """``(cache, inputs)`` for a search at ``position`` from one forward of all of ``ids``
-    under ``route``: the KV cache of positions < ``position`` (None at position 0, or where
-    the cache cannot be cut) and the (1, S, H) states entering every decoder layer at
-    positions >= ``position``. Same shape as the reference computation's forward, so the
-    same bits (see :func:`exact_arithmetic`). ``rows``: a dict that receives each layer's
-    feed-forward inputs at ``position`` (see :func:`capturing_rows`)."""
+                      rows: dict | None = None, cache=None, cache_len: int = 0):
+    """``(cache, inputs)`` for a search at ``position`` from one forward of ``ids`` under
+    ``route``: the KV cache of positions < ``position`` (None at position 0, or where the
+    cache cannot be cut) and the (1, S, H) states entering every decoder layer at positions
+    >= ``position``. ``cache`` (of positions < ``cache_len`` <= ``position``, under a route
+    that agrees there; it is extended in place): only positions >= ``cache_len`` are run.
+    Exact arithmetic makes that the reference forward's bits either way (see
+    :func:`exact_arithmetic`). ``rows``: a dict that receives each layer's feed-forward
+    inputs at ``position`` (see :func:`capturing_rows`)."""
     from explorer.core.forward import cache_of, reusable
     ids = as_ids(moe, ids)
+    T = ids.shape[1]
+    start = cache_len if cache is not None else 0
     seen: dict[int, torch.Tensor] = {}
+    kw: dict = {"use_cache": position > 0}
+    if start:
+        kw.update(cache=cache, position_ids=torch.arange(start, T, device=ids.device)[None],
+                  attention_mask=torch.ones(1, T, dtype=torch.long, device=ids.device))
     with contextlib.ExitStack() as stack:
         stack.enter_context(moe.lock)
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_capturing(moe, 0, seen))
         if rows is not None:
-            stack.enter_context(capturing_rows(moe, position, rows))
+            stack.enter_context(capturing_rows(moe, position - start, rows))
         stack.enter_context(moe.control(route))
-        out = moe.model(input_ids=ids, use_cache=position > 0, **keep_kwargs(moe, 1))
-    inputs = {i: h[:, position:] for i, h in seen.items()}
+        out = moe.model(input_ids=ids[:, start:], **kw, **keep_kwargs(moe, 1))
+    inputs = {i: h[:, position - start:] for i, h in seen.items()}
     if position == 0:
         return None, inputs
     cache = cache_of(out)
     if cache is None or not reusable(cache):
         return None, inputs
-    cache.crop(position - ids.shape[1])
+    cache.crop(position - T)
     return cache, inputs
 
 

@@ -61,6 +61,14 @@ def _cpu_default(value: bool | None, switch: str, moe) -> bool:
     return tuned if tuned is not None else moe.device.type == "cpu"
 
 
+def _edits_before(route: Route | None, position: int) -> tuple:
+    """The edits of ``route`` that can change positions < ``position`` (every edit at an
+    earlier position, and those at every position), in order."""
+    if route is None:
+        return ()
+    return tuple(e for e in route.edits if e.position is None or e.position < position)
+
+
 @dataclass(frozen=True)
 class SameStates:
     """A candidate whose kept states equal those of the base route ``base`` (it differs
@@ -197,6 +205,7 @@ class FastEngine(ReferenceEngine):
 
     def _reset(self) -> None:
         self._cache, self._cache_pos = None, 0
+        self._cache_route: Route | None = None  # the route the exact path built the cache under
         self._extension: tuple | None = None  # (route, position): a deferred cache extension
         self._inputs, self._inputs_key = None, None
         # candidates whose states are known without a forward, by their edits
@@ -238,13 +247,19 @@ class FastEngine(ReferenceEngine):
         self._restart_at(route, position)
 
     def _restart_at(self, route: Route, position: int) -> None:
+        # the prefix cache so far covers positions < its length, final under every later
+        # route: the next one only runs the positions from there on
+        prev, prev_len, prev_route = self._cache, self._cache_pos, self._cache_route
         self._reset()
         if self.exact:
             rows: dict = {}
+            reuse = (prev is not None and 0 < prev_len <= position
+                     and _edits_before(prev_route, prev_len) == _edits_before(route, prev_len))
             cache, inputs = full_shape_prefix(self.moe, scored_ids(self.prompt_ids, self.target_ids),
-                                              route, position, rows if self.ff_narrow else None)
+                                              route, position, rows if self.ff_narrow else None,
+                                              prev if reuse else None, prev_len if reuse else 0)
             if position == 0 or cache is not None:
-                self._cache, self._cache_pos = cache, position
+                self._cache, self._cache_pos, self._cache_route = cache, position, route
                 self._inputs, self._inputs_key = inputs, tuple(route.edits)
                 self._rows, self._rows_key = rows, tuple(route.edits)
                 if self.ff_narrow and self.moe.cache.feed_forward_rows is None:
