@@ -379,7 +379,8 @@ def _padded(h: torch.Tensor, rows: int, length: int) -> torch.Tensor:
 
 def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int, prefix_len: int,
                               cache, *, narrow: bool, memo: dict, capture: dict | None = None,
-                              direct: bool = True) -> list[torch.Tensor]:
+                              direct: bool = True, ff_rows: list | None = None,
+                              capture_rows: dict | None = None) -> list[torch.Tensor]:
     """:func:`cone_target_logprob` for several prompts in one batch (the direct path).
 
     ``parts``: one ``(prompt_ids, target_ids, routes, inputs)`` per prompt, where
@@ -395,7 +396,10 @@ def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int,
     skipped (for models whose head is more than a norm and a projection). ``memo``: a dict
     reused across calls for the layer arguments per batch shape. ``capture`` receives the
     (B, S, H) states entering every layer above ``layer``. Returns one (N_p,) tensor of
-    joint target log-probs per part.
+    joint target log-probs per part. ``ff_rows`` (with ``narrow`` and ``direct``): each
+    part's base feed-forward rows at the cell, so that the edited layer runs its
+    feed-forward block alone there (see :func:`feed_forward_row`); ``capture_rows`` then
+    receives the batch's rows of the layers above (see :func:`capturing_rows`).
     """
     parts = list(parts)
     layers = decoder_layers(moe.model)
@@ -432,11 +436,16 @@ def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int,
             tgt += list(t_ids)
     keep = S - min(n - len(t) for (_, t, _, _), n in zip(parts, sizes))
     with moe.lock, torch.inference_mode(), moe.control(routes, validate=False) as ctl:
-        if narrow:
+        if narrow and ff_rows is not None:  # the edited layer's feed-forward block alone
+            stacked_rows = tuple(torch.cat([r[i].expand(c, -1, -1) for r, c in zip(ff_rows, counts)])
+                                 for i in (0, 1))
+            row = feed_forward_row(ctl, moe, layer, stacked_rows, B, prefix_len)
+        elif narrow:
             row_in = torch.cat([inp[layer][:, :1].expand(c, -1, -1)
                                 for (_, _, _, inp), c in zip(parts, counts)])
             row = _call_layer(ctl, layers[layer], row_in, kwargs(1, row_in)[layer], fresh(),
                               prefix_len)
+        if narrow:
             hidden = stacked(layer + 1).clone()
             hidden[:, :1] = row
             if capture is not None:
@@ -447,12 +456,13 @@ def multi_cone_target_logprob(moe: MoEModel, parts: Sequence[tuple], layer: int,
         if direct:
             kw = kwargs(S, hidden)
             cache_now = fresh()
-            for i in range(first, len(layers)):
-                if capture is not None and i > layer:
-                    capture[i] = hidden
-                last = i == len(layers) - 1
-                hidden = _call_layer(ctl, layers[i], hidden, kw[i], cache_now, prefix_len,
-                                     mlp_rows=keep if last else None)
+            with capturing_rows(moe, 0, capture_rows, first=layer + 1):
+                for i in range(first, len(layers)):
+                    if capture is not None and i > layer:
+                        capture[i] = hidden
+                    last = i == len(layers) - 1
+                    hidden = _call_layer(ctl, layers[i], hidden, kw[i], cache_now, prefix_len,
+                                         mlp_rows=keep if last else None)
             norm, head = output_head(moe)
             rows_out, offset = hidden, 0
         else:  # one model call; its layers below ``first`` return ``hidden``

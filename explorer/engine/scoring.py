@@ -458,9 +458,13 @@ class FastEngine(ReferenceEngine):
                 and len(routes) <= self.batch_size):
             return None
         inputs = self._layer_inputs(base)
-        narrow = self.narrow and position == self._cache_pos and layer + 1 in inputs
+        ff = (self.ff_narrow and self.direct and position == self._cache_pos
+              and len(routes) >= self._ff_min_rows and layer + 1 in inputs
+              and self._rows_key == tuple(base.edits) and layer in self._rows)
+        narrow = (self.narrow or ff) and position == self._cache_pos and layer + 1 in inputs
         return ConePart(self, list(routes), position, layer, base, inputs, narrow, self.direct,
-                        self._cache_pos if self._cache is not None else 0, self._cache)
+                        self._cache_pos if self._cache is not None else 0, self._cache,
+                        tuple(self._rows[layer]) if ff else None)
 
 
 @dataclass
@@ -478,6 +482,8 @@ class ConePart:
     direct: bool
     prefix_len: int
     cache: object
+    #: the base's feed-forward rows at the cell (the exact narrow step), or None
+    ff_rows: tuple | None = None
 
 
 class MultiScorer:
@@ -527,11 +533,14 @@ class MultiScorer:
         if len(parts) == 1 or (p0.prefix_len and cache is None):
             return [p.engine.score(p.routes, p.position, p.layer, p.base) for p in parts]
         seen: dict = {}
+        ff = p0.ff_rows is not None
+        rows: dict | None = {} if ff else None
         lps = multi_cone_target_logprob(
             self.moe, [(p.engine.prompt_ids, p.engine.target_ids, p.routes, p.inputs)
                        for p in parts],
             p0.layer, p0.prefix_len, cache, narrow=p0.narrow, memo=self._memo, capture=seen,
-            direct=p0.direct)
+            direct=p0.direct, ff_rows=[p.ff_rows for p in parts] if ff else None,
+            capture_rows=rows)
         self.batches += 1
         self.rows += sum(len(p.routes) for p in parts)
         self.tokens += sum(len(p.routes) for p in parts) * max(p.engine.suffix_len(p.prefix_len)
@@ -540,7 +549,9 @@ class MultiScorer:
         for p, lp in zip(parts, lps):
             n = len(p.routes)
             mine = {i: h[r0:r0 + n] for i, h in seen.items()}
-            pending = {tuple(r.edits): CapturedStates(p.layer, mine, j)
+            my_rows = ({i: [x[r0:r0 + n] for x in v] for i, v in rows.items()}
+                       if rows else None)
+            pending = {tuple(r.edits): CapturedStates(p.layer, mine, j, my_rows)
                        for j, r in enumerate(p.routes)}
             out.append(p.engine._settle(p.routes, p.base, [float(x) for x in lp], pending))
             r0 += n
@@ -595,7 +606,8 @@ class MultiScorer:
                     continue
                 part = eng._cone_part(routes, position, layer, base)
                 if part is not None:
-                    key = (part.position, part.layer, part.prefix_len, part.narrow, part.direct)
+                    key = (part.position, part.layer, part.prefix_len, part.narrow, part.direct,
+                           part.ff_rows is not None)
                     groups.setdefault(key, []).append((i, part))
                     continue
             results[i] = eng.score(routes, position=position, layer=layer, base=base)
