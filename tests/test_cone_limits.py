@@ -89,6 +89,7 @@ def test_edits_at_the_last_layer_before_the_scored_rows_cost_no_forward(tiny):
     try:
         for t, computed in ((0, False), (len(prompt) - 2, False), (len(prompt) - 1, True)):
             eng.begin_position(Route(), t)
+            eng.flush()  # the position's own prefix forward (deferred), not the candidates'
             calls.clear()
             routes = [Route().with_force(lay, t, _other(tiny, lay, {e})) for e in range(3)]
             got = eng.score(routes, position=t, layer=lay, base=Route())

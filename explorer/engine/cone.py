@@ -58,6 +58,11 @@ def _capturing(moe: MoEModel, first: int, seen: dict):
             h.remove()
 
 
+def capturing_inputs(moe: MoEModel, seen: dict):
+    """Record the hidden states entering every decoder layer into ``seen`` ({i: (B, S, H)})."""
+    return _capturing(moe, 0, seen)
+
+
 def capture_layer_inputs(moe: MoEModel, ids, route: Route | None, prefix_cache=None,
                          prefix_len: int = 0) -> dict[int, torch.Tensor]:
     """Hidden states entering every decoder layer for positions >= prefix_len: {i: (1,S,H)}."""

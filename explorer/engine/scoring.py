@@ -38,6 +38,7 @@ from explorer.engine.cone import (
     capture_layer_inputs,
     cone_target_logprob,
     EXACT_MIN_ROWS,
+    capturing_inputs,
     capturing_rows,
     exact_arithmetic,
     feed_forward_rows_hold,
@@ -92,6 +93,8 @@ class CapturedStates:
 
 #: The key under which a cone batch's captured feed-forward rows travel with its states.
 ROWS = "feed-forward rows"
+#: Marks a deferred exact-path prefix forward (see :meth:`FastEngine.begin_position`).
+EXACT = "exact prefix"
 
 
 class ReferenceEngine:
@@ -226,10 +229,12 @@ class FastEngine(ReferenceEngine):
     def begin_position(self, route: Route, position: int) -> None:
         self.flush()
         if self.exact:
-            # the prefix cache and the kept states from one forward of the whole scored
-            # sequence: a cache grown token by token (one-row products, attention over a
-            # shorter key range) rounds differently from the reference's one call
-            self._restart_at(route, position)
+            # the prefix cache and the kept states from one forward of the positions past
+            # the kept cache (see _restart_at): a cache grown token by token (one-row
+            # products) rounds differently from the reference's one call. Deferred to the
+            # next use (flush), so that a multi-prompt scorer can run those of several
+            # searches in one call
+            self._extension = (EXACT, route, position)
             return
         key = tuple(route.edits)
         step = (self._cache is not None or self._cache_pos == 0) and position == self._cache_pos + 1
@@ -245,6 +250,19 @@ class FastEngine(ReferenceEngine):
             self._direct_kwargs = {}
             return
         self._restart_at(route, position)
+
+    def _exact_reuse(self, route: Route, position: int) -> bool:
+        """Can the exact path's next forward start from the kept prefix cache?"""
+        return (self._cache is not None and 0 < self._cache_pos <= position
+                and _edits_before(self._cache_route, self._cache_pos)
+                == _edits_before(route, self._cache_pos))
+
+    def _adopt(self, cache, position: int, route: Route, inputs: dict, rows: dict) -> None:
+        """Make ``cache``, ``inputs`` and ``rows`` (of ``route`` at ``position``) the kept ones."""
+        self._reset()
+        self._cache, self._cache_pos, self._cache_route = cache, position, route
+        self._inputs, self._inputs_key = inputs, tuple(route.edits)
+        self._rows, self._rows_key = rows, tuple(route.edits)
 
     def _restart_at(self, route: Route, position: int) -> None:
         # the prefix cache so far covers positions < its length, final under every later
@@ -276,6 +294,11 @@ class FastEngine(ReferenceEngine):
     def flush(self) -> None:
         """Run a deferred prefix-cache extension (see :meth:`begin_position`)."""
         if self._extension is None:
+            return
+        if self._extension[0] is EXACT:
+            _, route, position = self._extension
+            self._extension = None
+            self._restart_at(route, position)
             return
         route, prev = self._extension
         self._extension = None
@@ -562,10 +585,20 @@ class MultiScorer:
         :meth:`FastEngine.begin_position`): those at the same prefix length in one call with
         a row per engine, each row under its engine's route; the rest one by one."""
         waiting: dict[int, list] = {}
+        exact: dict[tuple, list] = {}
         for eng in engines:
             ext = getattr(eng, "_extension", None)
-            if ext is not None:
-                waiting.setdefault(ext[1], []).append(eng)
+            if ext is None:
+                continue
+            if ext[0] is EXACT:  # batched where they share a kept prefix length and position
+                if eng._exact_reuse(ext[1], ext[2]) and self.moe.cache.feed_forward_rows is not None:
+                    exact.setdefault((eng._cache_pos, ext[2]), []).append(eng)
+                else:
+                    eng.flush()
+                continue
+            waiting.setdefault(ext[1], []).append(eng)
+        for (start, position), engs in exact.items():
+            self._exact_prefixes(engs, start, position)
         for prev, engs in waiting.items():
             if len(engs) < 2:
                 engs[0].flush()
@@ -589,6 +622,44 @@ class MultiScorer:
                     e.flush()
                 else:
                     e._extended(c)
+
+    def _exact_prefixes(self, engs: list, start: int, position: int) -> None:
+        """The exact path's per-position forwards of ``engs`` (each with a kept prefix cache
+        of ``start`` positions, moving to ``position``) in one call: suffixes right-padded,
+        each row under its engine's route (the same bits as each alone: see
+        :func:`~explorer.engine.cone.exact_arithmetic`)."""
+        caches = [e._cache for e in engs]
+        stacked = stack_caches(caches, [1] * len(engs)) if len(engs) > 1 else None
+        if stacked is None:
+            for e in engs:
+                e.flush()
+            return
+        seqs = [scored_ids(e.prompt_ids, e.target_ids)[start:] for e in engs]
+        S = max(len(x) for x in seqs)
+        dev = self.moe.device
+        ids = torch.tensor([x + [0] * (S - len(x)) for x in seqs], device=dev)
+        seen: dict = {}
+        rows: dict = {}
+        ff = self.moe.cache.feed_forward_rows is True
+        with self.moe.lock, torch.inference_mode(), capturing_inputs(self.moe, seen), \
+                capturing_rows(self.moe, position - start, rows if ff else None), \
+                self.moe.control([e._extension[1] for e in engs], validate=False):
+            out = self.moe.model(input_ids=ids, cache=stacked, use_cache=True,
+                                 position_ids=torch.arange(start, start + S, device=dev)
+                                 .unsqueeze(0).expand(len(engs), -1),
+                                 attention_mask=torch.ones(len(engs), start + S, dtype=torch.long,
+                                                           device=dev),
+                                 **keep_kwargs(self.moe, 1))
+        for b, (e, c, x) in enumerate(zip(engs, split_cache(cache_of(out), len(engs)), seqs)):
+            route = e._extension[1]
+            e._extension = None
+            if c is None:
+                e._restart_at(route, position)
+                continue
+            c.crop(position - (start + S))
+            e._adopt(c, position, route,
+                     {i: h[b:b + 1, position - start:len(x)] for i, h in seen.items()},
+                     {i: [v[b:b + 1] for v in r] for i, r in rows.items()})
 
     def score(self, requests: Sequence[tuple]) -> list[list[float]]:
         """Scores for ``requests``, each ``(engine, routes, position, layer, base)``, as
