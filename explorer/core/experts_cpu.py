@@ -7,12 +7,11 @@ products of 1-3 rows take another path than taller ones (measured with this buil
 kernels: rows of a product of height >= 4 are bit-identical whatever the height and
 offset, heights 1-3 differ by ~1 ulp; at 2 threads heights 5-7 and 9-11 too). That made the
 same route score differently alone and in a batch (2.3e-5 at log-prob -60 on the demo
-model, the noise F-SOUR's near-tie re-checks had to cover). :func:`experts_forward` runs
-each used expert's two products at a row-invariant height (:func:`padded_height`: a short
-group is padded with zero rows), so a
+model, the noise F-SOUR's near-tie re-checks had to cover). :func:`experts_forward` pads
+each expert's group of tokens with zero rows to a row-invariant height
+(:func:`padded_height`) and runs all groups in one ``grouped_mm`` per projection, so a
 token's experts output is a function of that token alone: a route scores the same bits in
-a batch of one and of a thousand, in one prompt's batch and in a multi-prompt one. It
-also skips the experts no token uses (``grouped_mm`` on CPU runs a product for each).
+a batch of one and of a thousand, in one prompt's batch and in a multi-prompt one.
 Registered with transformers as :data:`NAME`; :func:`explorer.core.model.load_model`
 selects it on CPU.
 """
@@ -61,8 +60,14 @@ def good_heights(dtype: torch.dtype = torch.float32) -> tuple[bool, ...]:
 
 def invariant_rows(dtype: torch.dtype = torch.float32) -> int:
     """The smallest height from which every product height is row-invariant (see
-    :func:`good_heights`; 4 at one thread here); :data:`PROBE_HEIGHTS` + 1 if none."""
-    good = good_heights(dtype)
+    :func:`good_heights`; 4 at one thread here); :data:`PROBE_HEIGHTS` + 1 if none.
+    Remembered per dtype and thread count (the attention asks on every call)."""
+    return _invariant_rows(dtype, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _invariant_rows(dtype: torch.dtype, threads: int) -> int:
+    good = _probe(dtype, threads)
     h = len(good)
     while h > 0 and good[h - 1]:
         h -= 1
@@ -76,17 +81,6 @@ def padded_height(m: int, dtype: torch.dtype = torch.float32) -> int:
         if good[h - 1]:
             return h
     return m
-
-
-def _product(x: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """``x @ w`` (``transposed``) or ``x @ w.T``, padded with zero rows to a row-invariant
-    height (see :func:`padded_height`)."""
-    m = x.shape[0]
-    rows = padded_height(m, x.dtype)
-    if m < rows:
-        x = torch.cat([x, x.new_zeros(rows - m, x.shape[1])])
-    out = x @ (w if transposed else w.t())
-    return out[:m] if m < rows else out
 
 
 @functools.lru_cache(maxsize=None)

@@ -514,20 +514,21 @@ def exact_arithmetic(moe: MoEModel) -> bool:
     (:mod:`explorer.core.attention_cpu`), and this machine's products are row-invariant from a small height on (probed
     once, see :func:`~explorer.core.experts_cpu.invariant_rows`). Then a token's numbers
     depend on its own inputs only, whatever else shares its batch or call, provided the
-    prefix cache comes from a forward of the whole scored sequence
-    (:func:`full_shape_prefix`) and the edited layer is not computed at one position alone
-    (the engine's ``narrow`` step): the fast and multi-prompt engines score each route
+    prefix cache comes from a forward of whole suffixes (:func:`full_shape_prefix`, not
+    token by token) and the edited layer is not computed at one position by a one-query
+    attention call (the engine's ``narrow`` step; its feed-forward block alone is fine, see
+    :func:`feed_forward_row`): the fast and multi-prompt engines score each route
     exactly as the reference does, so their decisions need no re-check. With more than one
     torch thread this machine's products split their rows between threads and heights
     5-11 lose the property, so exact arithmetic is a one-thread mode here (``--threads 1``,
     the setting of every figure in docs/performance.md). Measured on the demo model: fast vs reference, differences of 0.0 over every cell tried, where the
     previous path differed by up to 2.9e-5 at 20-25 target tokens.
     """
+    from explorer.core.attention_cpu import NAME as ATTENTION
     from explorer.core.experts_cpu import NAME, invariant_rows
     if moe.device.type != "cpu":
         return False
     cfg = moe.model.config
-    from explorer.core.attention_cpu import NAME as ATTENTION
     if getattr(cfg, "_experts_implementation", None) != NAME or \
             getattr(cfg, "_attn_implementation", None) != ATTENTION:
         return False

@@ -35,11 +35,11 @@ from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
 from explorer.engine.batching import search_batch_size
 from explorer.engine.cone import (
-    capture_layer_inputs,
-    cone_target_logprob,
     EXACT_MIN_ROWS,
+    capture_layer_inputs,
     capturing_inputs,
     capturing_rows,
+    cone_target_logprob,
     exact_arithmetic,
     feed_forward_rows_hold,
     full_shape_prefix,
@@ -267,25 +267,22 @@ class FastEngine(ReferenceEngine):
     def _restart_at(self, route: Route, position: int) -> None:
         # the prefix cache so far covers positions < its length, final under every later
         # route: the next one only runs the positions from there on
-        prev, prev_len, prev_route = self._cache, self._cache_pos, self._cache_route
-        self._reset()
         if self.exact:
             rows: dict = {}
-            reuse = (prev is not None and 0 < prev_len <= position
-                     and _edits_before(prev_route, prev_len) == _edits_before(route, prev_len))
+            reuse = self._exact_reuse(route, position)
             cache, inputs = full_shape_prefix(self.moe, scored_ids(self.prompt_ids, self.target_ids),
                                               route, position, rows if self.ff_narrow else None,
-                                              prev if reuse else None, prev_len if reuse else 0)
+                                              self._cache if reuse else None,
+                                              self._cache_pos if reuse else 0)
             if position == 0 or cache is not None:
-                self._cache, self._cache_pos, self._cache_route = cache, position, route
-                self._inputs, self._inputs_key = inputs, tuple(route.edits)
-                self._rows, self._rows_key = rows, tuple(route.edits)
+                self._adopt(cache, position, route, inputs, rows)
                 if self.ff_narrow and self.moe.cache.feed_forward_rows is None:
                     self.moe.cache.feed_forward_rows = feed_forward_rows_hold(
-                        self.moe, route, position, inputs, rows, self._ff_min_rows)
+                        self.moe, route, position, inputs, rows, EXACT_MIN_ROWS)
                     self.ff_narrow = self.moe.cache.feed_forward_rows
                 return
             self.exact = False  # a cache that cannot be cut: grow it token by token
+        self._reset()
         if position > 0:
             _, cache = prefill(self.moe, self.prompt_ids[:position], route)
             if cache is not None and reusable(cache):
@@ -345,10 +342,9 @@ class FastEngine(ReferenceEngine):
                         for i, h in self._inputs.items()}
         if hit.rows is not None and self._rows_key == self._inputs_key:
             # the feed-forward rows: the base's up to the edited layer, the batch's above
-            self._rows = {i: (r if i <= layer else [x[row:row + 1].clone() for x in hit.rows[i]])
-                          for i, r in self._rows.items() if i <= layer or i in hit.rows}
+            self._rows = {i: r for i, r in self._rows.items() if i <= layer}
             self._rows.update({i: [x[row:row + 1].clone() for x in v]
-                               for i, v in hit.rows.items() if i > layer and i not in self._rows})
+                               for i, v in hit.rows.items() if i > layer})
             self._rows_key = key
         self._inputs_key = key
         self._pending = {}
@@ -363,12 +359,10 @@ class FastEngine(ReferenceEngine):
             self._pending = {}
         return self._inputs
 
-    _ff_min_rows = EXACT_MIN_ROWS
-
     def _cone_batch(self, chunk: list[Route], position: int, layer: int, base: Route,
                     use_cache: bool):
         """Scores of one batch over the causal cone, and the states it captured."""
-        ff = (self.ff_narrow and position == self._cache_pos and len(chunk) >= self._ff_min_rows
+        ff = (self.ff_narrow and position == self._cache_pos and len(chunk) >= EXACT_MIN_ROWS
               and layer + 1 < len(decoder_layers(self.moe.model)))
         inputs = self._layer_inputs(base)  # a kept candidate's rows come with its states
         if ff and self._rows_key != tuple(base.edits):
@@ -482,7 +476,7 @@ class FastEngine(ReferenceEngine):
             return None
         inputs = self._layer_inputs(base)
         ff = (self.ff_narrow and self.direct and position == self._cache_pos
-              and len(routes) >= self._ff_min_rows and layer + 1 in inputs
+              and len(routes) >= EXACT_MIN_ROWS and layer + 1 in inputs
               and self._rows_key == tuple(base.edits) and layer in self._rows)
         narrow = (self.narrow or ff) and position == self._cache_pos and layer + 1 in inputs
         return ConePart(self, list(routes), position, layer, base, inputs, narrow, self.direct,

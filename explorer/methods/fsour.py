@@ -190,13 +190,6 @@ def _check_args(candidates, max_iters, max_new_tokens, order) -> None:
         raise InputError(f"unknown order {order!r}; choose {' or '.join(FSOUR_ORDERS)}")
 
 
-def tie_band(eng, value: float) -> float:
-    """Half-width of the near-tie band around a decision on log-prob ``value``: the
-    engine's own (see :meth:`~explorer.engine.scoring.ReferenceEngine.tie_band`; tiny where
-    its arithmetic is exact, else :data:`explorer.core.defaults.TIE_BAND` per precision)."""
-    return eng.tie_band(value)
-
-
 def choose(eng, scores: list[float], cands: list[Route], route: Route, best: float,
            band: float) -> tuple[int | None, float]:
     """The search's decision at one cell: (index of the kept candidate or None, new best).
@@ -352,7 +345,7 @@ class _Search:
             route = Route.from_dict(st.route)
             rng = _rng_from(st.rng_state, self.seed + i)
             done = reached(eng, route, st.best_logprob, threshold,
-                           tie_band(eng, st.best_logprob))
+                           eng.tie_band(st.best_logprob))
             while st.phase == "search" and st.t_index < P and not done:
                 t = st.t_index
                 eng.begin_position(route, t)  # positions < t are final: cacheable
@@ -366,7 +359,7 @@ class _Search:
                     cands = [route.with_force(layers[li], t, sample_set(rng, self.infos[li]))
                              for _ in range(self.candidates)]
                     scores = yield ScoreRequest(cands, t, layers[li], li, route)
-                    band = tie_band(eng, st.best_logprob)
+                    band = eng.tie_band(st.best_logprob)
                     j, st.best_logprob = choose(eng, scores, cands, route, st.best_logprob, band)
                     if j is not None:
                         route = cands[j]
