@@ -562,8 +562,10 @@ def _call_from(server, source: str, name: str, *data, session: str | None = None
 
 def test_fair_share_under_one_address_flood(tmp_path):
     """Finding 7: one address with 12 sessions asking for RoSais at just under the budget
-    holds at most its share of the model; a trace from another address is served within
-    3 times its unloaded latency."""
+    holds at most its share of the model; a trace from another address never waits behind
+    the flood's queue: it is served within 3 times its unloaded latency or half the
+    shortest flood request, whichever is longer (the flood's two running requests share
+    the CPU with it; a wait in their queue would last at least one whole request)."""
     import concurrent.futures
     import statistics
     s = Server(tmp_path, EXPLORER_HOSTED_RATE=10**6, EXPLORER_HOSTED_BURST=10**5,
@@ -580,10 +582,15 @@ def test_fair_share_under_one_address_flood(tmp_path):
         stop = time.monotonic() + 25
         results: collections.Counter = collections.Counter()
 
+        served: list[float] = []  # seconds each flood request that was served took
+
         def flood(i: int):
             while time.monotonic() < stop:
+                t0 = time.perf_counter()
                 kind, out = _call_from(s, "127.0.0.1", "rosais", PROMPT, 830, 3, 0.5, i, 4,
                                        session=f"flood{i}")
+                if kind == "ok":
+                    served.append(time.perf_counter() - t0)
                 results[kind if kind == "ok" else out.split(":")[0][:40]] += 1
                 if kind != "ok":
                     time.sleep(0.2)
@@ -595,9 +602,10 @@ def test_fair_share_under_one_address_flood(tmp_path):
                 f.result()
         assert results["ok"] >= 1, results
         assert any("model request" in k for k in results), results
-        bound = max(3 * alone, 1.0)
-        assert statistics.median(loaded) <= bound, (alone, loaded, results)
-        print(f"fair share: trace alone {alone:.2f} s, under the flood {loaded}, {results}")
+        bound = max(3 * alone, min(served) / 2)
+        assert statistics.median(loaded) <= bound, (alone, loaded, served, results)
+        print(f"fair share: trace alone {alone:.2f} s, under the flood {loaded}, flood "
+              f"requests {served}, {results}")
     finally:
         s.close()
 
