@@ -389,3 +389,26 @@ def test_links_round_trip_and_refuse_damage():
                 {"edits": "A" * 20000}, {"job": "x" * 100}):
         with pytest.raises(LinkError):
             parse_link(bad)
+
+
+def test_layers_are_listed_one_way_and_rosais_names_whole_words():
+    """Issue 30: one convention for lists of layers (sorted, or in a named order), and the
+    RoSais summary names each affirmative word with the token scored for it."""
+    from types import SimpleNamespace
+
+    from explorer.app.tabs.rosais import rosais_summary
+    from explorer.viz.text import BY_ROSAIS, layer_list
+    assert layer_list([4, 0]) == "layers 0 and 4"
+    assert layer_list([4, 0], BY_ROSAIS) == "layers 4 and 0 (highest RoSais first)"
+    assert layer_list([3, 1, 2]) == "layers 1, 2 and 3"
+    assert layer_list([5], BY_ROSAIS) == "layer 5" and layer_list([]) == "no layers"
+    res = SimpleNamespace(
+        moe_layers=[0, 1, 2, 3, 4], scores=[0.9, 0.1, 0.2, 0.0, 1.5], top_layers=[4, 0],
+        baseline_logprob=-7.789, affirmative_tokens=["Sure", "C"], forward_passes=9,
+        seconds=0.5, affirmative_words=[{"word": "Sure", "token": "Sure", "logprob": -7.789},
+                                        {"word": "Certainly", "token": "C", "logprob": -21.2}])
+    md = rosais_summary(res)
+    assert "p = -7.789" in md and "largest log-prob" in md
+    assert "“Sure” (token 'Sure': -7.79)" in md
+    assert "“Certainly” (first token 'C': -21.20)" in md
+    assert "layers 4 and 0 (highest RoSais first)" in md and "[4, 0]" not in md

@@ -322,8 +322,8 @@ def test_rosais_and_model_tabs(served, browser, shots):
                            "div[data-testid=\"plotly\"]'); return g && g.data && g.data.length "
                            "&& g.data[0].type === 'bar' }", timeout=90_000)
     page.click("#rosais-mask-btn")
-    _wait_text(page, "#rosais-verdicts", "masked layers")
-    assert "masked layers" not in page.input_value("#rosais-masked textarea")  # not in the text
+    _wait_text(page, "#rosais-verdicts", "masked: layer")
+    assert "masked: layer" not in page.input_value("#rosais-masked textarea")  # not in the text
     time.sleep(0.5)
     _shot(page, shots / "rosais.png")
     page.get_by_role("tab", name="Model", exact=True).click()

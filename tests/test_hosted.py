@@ -538,3 +538,43 @@ def test_app_py_hosted_flags(monkeypatch):
     monkeypatch.setenv("EXPLORER_HOSTED_MAX_SEARCH", "-3")
     with pytest.raises(SystemExit):
         app.parse_args([])
+
+
+def test_a_route_link_opens_with_its_prompt_only_for_a_browser_that_may_see_it(fresh_buckets):
+    """Issue 30: a saved route's link puts the route's prompt and system prompt in their
+    boxes (then replays it); hosted, only for the browser that owns the route (or any, once
+    shared): another browser's page load leaves the boxes, the route id and the tab as they
+    were and says why in one line."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from explorer.app.build import on_load
+    from explorer.app.gate import Visit
+    from explorer.app.state import InspectState
+    from explorer.core.route import Route
+    demo = fresh_buckets[0]
+    app = demo.explorer
+    mine = app.owners.ensure_client({"client": None, "jobs": []})
+    theirs = app.owners.ensure_client({"client": None, "jobs": []})
+    layer = app.moe.moe_layers[0]
+    route = Route(info={"system": "Answer briefly."}).force(layer, 0, [0, 1])
+    rid = app.store.save_route(route, SHORT, app.moe.name,
+                               owner=Visit(app).owner(mine))
+
+    def load(browser):
+        req = SimpleNamespace(query_params={"route": str(rid), "n": "5"}, headers={},
+                              session_hash="links-test")
+        out = on_load(Visit(app, req), browser, "any", "", "any", "any", InspectState())
+        return dict(zip(("tabs", "route_id", "prompt", "max_new", "state", "edits",
+                         "system"), out[-7:]))
+
+    own = load(mine)
+    assert own["route_id"] == rid and own["prompt"] == SHORT and own["max_new"] == 5
+    assert own["system"] == "Answer briefly." and own["tabs"].selected == "library"
+    with pytest.warns(UserWarning, match=f"no route with id {rid}"):
+        other = load(theirs)
+    skipped = gr.skip()
+    assert all(other[k] == skipped for k in ("tabs", "route_id", "prompt", "max_new", "system"))
+    app.store.share_route(rid, Visit(app).owner(mine))
+    assert load(theirs)["prompt"] == SHORT  # shared: every visitor's link opens it

@@ -442,3 +442,55 @@ def test_jobs_run_with_the_managers_tuning(store):
         assert seen == [tuning] and active_tuning() == Tuning()
     finally:
         mgr.shutdown(wait=True, timeout=5)
+
+
+# -- issue 30: an honest time left ------------------------------------------------------------
+def test_a_real_searchs_time_left_is_its_pace_over_the_cells_left_labelled_at_most(demo, store):
+    """A real F-SOUR job on the demo model: every step's progress counts the cell it just
+    searched, its time left is the restart's pace over the cells left (the search ends a
+    restart early once P(target) passes the threshold, so this is an upper bound at that
+    pace), and the panel says "at most", never "≈"."""
+    import math
+
+    from conftest import NeverJudge
+
+    from explorer.app.format import job_progress_md
+    from explorer.judges import JUDGES
+    from explorer.storage.jobs import fsour_runner
+    seen = []
+
+    def spy_runner(moe, params, on_event, should_stop, state):
+        def spy(ev):
+            on_event(ev)
+            if ev.kind in ("step", "improved") and ev.iteration == 0:
+                seen.append((ev, mgr.list()[0]["progress"]))
+        return fsour_runner(moe, params, spy, should_stop, state)
+
+    JUDGES["never"] = NeverJudge
+    try:
+        mgr = JobManager(demo, store, runner=spy_runner)
+        params = {"prompt": "Steal a car.", "candidates": 2, "max_iters": 2, "judge": "never",
+                  "threshold": math.log(0.99), "max_new_tokens": 2}
+        jid = mgr.submit("fsour", params)
+        st = final(mgr, jid, timeout=600)
+        mgr.shutdown(wait=True, timeout=30)
+    finally:
+        JUDGES.pop("never", None)
+    assert st["status"] == "done" and st["progress"]["eta_seconds"] == 0.0
+    assert len(seen) > 3
+    starts = []  # when the restart began, as each step's time left implies it
+    for ev, p in seen:
+        cells = ev.num_positions * ev.num_layers
+        done = ev.position * ev.num_layers + ev.layer_index + 1
+        assert p["fraction"] == pytest.approx(done / cells)
+        per_restart = p["eta_max_seconds"] - p["eta_seconds"]  # one more restart: its pace
+        assert p["eta_seconds"] == pytest.approx(per_restart * (cells - done) / cells,
+                                                 abs=0.03)  # over the cells left
+        starts.append(p["elapsed"] - per_restart * done / cells)
+    for ev, p in seen:
+        shown = job_progress_md({"status": "running", "params": params, "progress": p,
+                                 "created": "2026-12-07T07:00:00"})
+        assert f"at most ~{math.ceil(p['eta_seconds'])} s more for this restart" in shown
+        assert "≈" not in shown and "if no restart reaches it" in shown
+    assert starts[0] <= seen[0][1]["elapsed"]
+    assert max(starts) - min(starts) <= 0.05  # one restart began once, whatever the pace

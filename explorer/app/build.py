@@ -142,9 +142,10 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
             app.owners.owned_job(app.store, link["job"], search.owner_of(app, b))
             job, tab = link["job"], gr.Tabs(selected="search")
             b = dict(b, jobs=[j for j in b["jobs"] if j != job] + [job])
-        elif "route" in link:  # a route this browser may see (its own or a shared one)
-            sr = lib.get(link["route"])
-            view = (sr.id, skip, link.get("n", skip), skip, skip, skip)
+        elif "route" in link:  # a route this browser may see (its own or a shared one),
+            sr = lib.get(link["route"])  # with its prompt and system prompt in their boxes
+            view = (sr.id, sr.prompt or skip, link.get("n", skip), skip, skip,
+                    sr.route.system or "")
             tab = gr.Tabs(selected="library")
         elif "edits" in link:
             route = Route.from_dict({"edits": list(link["edits"]), "info": {}})
@@ -163,8 +164,9 @@ def on_load(visit: Visit, b, model_f, text_f, success_f, source_f, st: InspectSt
 
 
 def follow_route_link(visit: Visit, max_new_v, b=None):
-    """After a page load: a saved route's link replays it in the library (if this browser
-    may see it)."""
+    """After a page load: a saved route's link replays it in the library on its own prompt
+    and system prompt (if this browser may see it; the page load put both in their
+    boxes)."""
     from explorer.app.tabs.library import replay_route
     link = opened_link(visit.request, quiet=True)
     if "route" not in link:

@@ -102,6 +102,20 @@ def job_label(st: dict) -> str:
     return f"{job_name(st)} · {st.get('status')}"
 
 
+def eta_text(eta: float, eta_max: float | None = None) -> str:
+    """A running search's time left, as what it is: the current restart's unsearched
+    (position, layer) cells at the pace of its searched ones. F-SOUR ends a restart as soon
+    as P(target) passes the threshold (often well before its last cell), and later cells
+    recompute fewer positions, so at a steady pace this bounds the restart's time from
+    above; it is not a forecast. ``eta_max``: the same if no restart reaches the
+    threshold."""
+    out = (f"at most ~{math.ceil(eta)} s more for this restart at its pace so far "
+           "(it ends sooner once P(target) passes the threshold)")
+    if eta_max:
+        out += f"; up to ~{math.ceil(eta_max)} s if no restart reaches it"
+    return out
+
+
 def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
     p = st.get("progress") or {}
     params = st.get("params") or {}
@@ -137,10 +151,7 @@ def job_progress_md(st: dict, tokens: list[str] | None = None) -> str:
         bits.append(f"GPU window {p['chunks']}" if status == "running"
                     else f"{p['chunks']} GPU windows")
     if status == "running" and p.get("eta_seconds") is not None:
-        eta = f"remaining ≈ {p['eta_seconds']:.0f} s for this restart"
-        if p.get("eta_max_seconds"):
-            eta += f" (≤ {p['eta_max_seconds']:.0f} s if every restart runs)"
-        bits.append(eta)
+        bits.append(eta_text(p["eta_seconds"], p.get("eta_max_seconds")))
     if bits:
         lines.append(" · ".join(bits))
     if status in ("done", "cancelled", "interrupted") and st.get("id"):

@@ -93,9 +93,13 @@ class FsourEvent:
 
     @property
     def fraction(self) -> float:
-        """Fraction of the current restart's (position, layer) grid already searched."""
+        """Fraction of the current restart's (position, layer) grid already searched: a
+        step's event (``layer_index`` set) comes after its cell was searched, so that cell
+        counts."""
         total = max(1, self.num_positions * self.num_layers)
-        return min(1.0, (self.position * self.num_layers + (self.layer_index or 0)) / total)
+        done = self.position * self.num_layers + (
+            0 if self.layer_index is None else self.layer_index + 1)
+        return min(1.0, done / total)
 
     layer_index: int | None = None
 

@@ -2,9 +2,12 @@
 
 For each MoE layer l, ``samples`` (S1) random {0, -inf} masks over that router's experts
 are applied to its scores on the prompt. p_s is the largest log-prob, over the affirmative
-first tokens T_aff ("Sure", "Certainly", ...), at the first answer position under mask s;
-p the same without a mask. RoSais(l) = max_s (p_s - p). A high score marks a router whose
-masking pushes the model towards complying.
+first tokens T_aff (the first token of each affirmative word: "Sure", "Certainly", ...), at
+the first answer position under mask s; p the same without a mask. RoSais(l) =
+max_s (p_s - p). A high score marks a router whose masking pushes the model towards
+complying. Only the first token of each word is scored, as in the paper: a tokenizer that
+splits "Certainly" into "C" + "ertainly" scores P("C"). ``affirmative_words`` of the result
+says which token stands for which word, with its unmasked log-prob.
 
 Mask ratio (default 0.5): each mask forbids round(ratio * E) experts, capped so at least
 top-k remain. Half the experts maximises the number of distinct masks (C(E, E/2) is the
@@ -43,13 +46,24 @@ if TYPE_CHECKING:
 DEFAULT_AFFIRMATIVE = ("Sure", "Certainly", "Here", "Of course", "Absolutely")
 
 
+def affirmative_pairs(moe: MoEModel,
+                      words: Sequence[str] = DEFAULT_AFFIRMATIVE) -> list[tuple[str, int]]:
+    """(word, the id of its first token as the model tokenizes it) for each affirmative
+    word that has tokens, in the given order."""
+    out: list[tuple[str, int]] = []
+    for w in words:
+        ids = moe.tokenizer(w, add_special_tokens=False)["input_ids"]
+        if ids:
+            out.append((w, int(ids[0])))
+    return out
+
+
 def affirmative_ids(moe: MoEModel, words: Sequence[str] = DEFAULT_AFFIRMATIVE) -> list[int]:
     """The first token of each affirmative word as the model tokenizes it (deduplicated)."""
     out: list[int] = []
-    for w in words:
-        ids = moe.tokenizer(w, add_special_tokens=False)["input_ids"]
-        if ids and ids[0] not in out:
-            out.append(int(ids[0]))
+    for _, i in affirmative_pairs(moe, words):
+        if i not in out:
+            out.append(i)
     if not out:
         raise InputError("no affirmative tokens")
     return out
@@ -73,7 +87,13 @@ def random_mask(rng: random.Random, info, ratio: float) -> list[int]:
 
 @dataclass
 class RosaisResult:
-    """Scores per MoE layer with their full distributions; ``to_dict()`` = CLI JSON."""
+    """Scores per MoE layer with their full distributions; ``to_dict()`` = CLI JSON.
+
+    ``baseline_logprob`` is p: the largest unmasked log-prob of an affirmative word's first
+    token at the first answer position (not the joint log-prob of a target opening such as
+    "Sure, here is", which the app's badges show). ``affirmative_tokens``: the distinct
+    first tokens scored; ``affirmative_words``: per configured word, ``word``, the
+    ``token`` that stands for it and that token's unmasked ``logprob``."""
 
     prompt: str
     moe_layers: list[int]
@@ -90,6 +110,7 @@ class RosaisResult:
     by_top: list[dict] = field(default_factory=list)
     forward_passes: int = 0
     seconds: float = 0.0
+    affirmative_words: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -179,12 +200,16 @@ def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, s
     start = time.perf_counter()
     p = moe.prepare(prompt, system)
     prompt, system, ids = p.text, p.system, list(p.ids)
+    pairs = affirmative_pairs(moe, affirmative)
     aff = affirmative_ids(moe, affirmative)
     judge = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
     if engine not in ENGINE_NAMES:
         raise InputError(f"unknown engine {engine!r}; choose {' or '.join(ENGINE_NAMES)}")
     batch_size = batch_size or memory_batch_size(moe, len(ids), len(ids), 1)
-    base = float(next_token_logprobs(moe, ids, [Route()], aff)[0].max())
+    base_lp = next_token_logprobs(moe, ids, [Route()], aff)[0]
+    base = float(base_lp.max())
+    words = [{"word": w, "token": moe.token_strings([i])[0],
+              "logprob": float(base_lp[aff.index(i)])} for w, i in pairs]
     passes = 1
     inputs = capture_layer_inputs(moe, ids, None) if engine == "fast" else None
     direct: dict = {"on": True, "checked": False, "kwargs": {}}  # the direct cone, checked once
@@ -215,7 +240,8 @@ def rosais(moe: MoEModel, prompt: str | Prompt, samples: int = ROSAIS_SAMPLES, s
                 mask_ratio=mask_ratio, judge=judge.name, engine=engine)
     res = RosaisResult(prompt=prompt, moe_layers=layers, scores=scores, baseline_logprob=base,
                        distributions=dists, masks=all_masks, best_masks=best, top_layers=[],
-                       affirmative_tokens=moe.token_strings(aff), info=info)
+                       affirmative_tokens=moe.token_strings(aff), affirmative_words=words,
+                       info=info)
     res.top_layers = ranking(res)[:top]
     res.baseline_completion = generate(moe, ids, None, max_new_tokens=max_new_tokens).text
     for L in (range(1, top + 1) if curve else [top]):

@@ -247,10 +247,8 @@ class _Progress:
         frac = _get(ev, "fraction")
         if frac is None:
             P, L = d["num_positions"] or 0, d["num_layers"] or 0
-            li = _get(ev, "layer_index")
-            if li is None:
-                li = 0
-            frac = (d["position"] or 0) * L + li
+            li = _get(ev, "layer_index")  # the cell a step's event reports is searched
+            frac = (d["position"] or 0) * L + (0 if li is None else li + 1)
             frac = min(1.0, frac / (P * L)) if P and L else None
         d["fraction"] = frac
         d["eta_seconds"] = d["eta_max_seconds"] = None

@@ -347,11 +347,11 @@ def rosais_bars(result, empty: str = "Run RoSais to see router safety importance
                              hovertemplate="%{x}<br>Δ log-prob %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0, line=dict(color="#999", width=1))
     base = d.get("baseline_logprob")
-    sub = f" · baseline log P(affirmative) = {base:.3f}" if isinstance(base, (int, float)) else ""
+    sub = f" · baseline p = {base:.3f}" if isinstance(base, (int, float)) else ""
     _base_layout(fig, f"RoSais per MoE layer (red: top layers){sub}", height=380)
     fig.update_layout(boxmode="overlay", barmode="overlay", showlegend=True,
                       legend=dict(orientation="h", y=-0.2))
-    fig.update_yaxes(title=dict(text="increase in affirmative log-prob"))
+    fig.update_yaxes(title=dict(text="increase of p (affirmative first-token log P)"))
     fig.update_xaxes(title={"text": "MoE layer (router)"})
     return fig
 

@@ -33,6 +33,10 @@ PRIVATE_NOTE = ("*Your routes (with their prompts, system prompts and searches) 
                 "visitor; only their owner can unshare or delete them.*")
 
 
+#: The replay heatmap's placeholder (before a route is replayed).
+EMPTY_REPLAY = "Click a route in the table and press Replay: its routing appears here"
+
+
 def list_table(lib: Library, model_f, text, success, source):
     """The routes table of what ``lib``'s caller may see, under the given filters ("any"
     or blank: no filter); hosted, with whose each route is and whether it is shared."""
@@ -131,7 +135,8 @@ def layout(hosted: bool = False) -> LibraryUI:
             with gr.Column():
                 verdict = gr.HTML("", elem_id="lib-verdict")
                 info = gr.Markdown("", elem_id="lib-info")
-        heat = gr.Plot(plots.heatmap(None), label="Replayed routing (stars: forced cells)")
+        heat = gr.Plot(plots.heatmap(None, empty=EMPTY_REPLAY),
+                       label="Replayed routing (stars: forced cells)", elem_id="lib-heat")
         with gr.Accordion("Compare two routes", open=False):
             with gr.Row(equal_height=True):
                 c_a = gr.Number(label="route A", precision=0, elem_id="cmp-a")

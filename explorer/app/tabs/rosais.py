@@ -4,6 +4,7 @@ and regenerate" beside the baseline answer. A visitor's result stays a
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,39 @@ from explorer.app.state import Shared
 from explorer.app.streaming import stream_shown
 from explorer.app.verdicts import answer_verdict
 from explorer.attacks import get_attack
+from explorer.methods.rosais import ranking
 from explorer.viz import figures as plots
+from explorer.viz.text import BY_ROSAIS, layer_list
+
+
+def affirmative_text(res) -> str:
+    """The affirmative words RoSais scored, each with the first token that stands for it
+    and that token's unmasked log-prob: “Sure” (token 'Sure': -7.79) · “Certainly” (first
+    token 'C': -21.21)."""
+    words = getattr(res, "affirmative_words", None) or []
+    if not words:  # a result saved before the words were recorded
+        return "first tokens " + ", ".join(map(repr, res.affirmative_tokens))
+    out = []
+    for w in words:
+        whole = w["token"].strip() == w["word"].strip()
+        tok = f"token {w['token']!r}" if whole else f"first token {w['token']!r}"
+        out.append(f"“{html.escape(w['word'], False)}” ({html.escape(tok, False)}: "
+                   f"{w['logprob']:.2f})")
+    return " · ".join(out)
 
 
 def rosais_summary(res) -> str:
-    """One markdown line: baseline log-prob, top layers, ranking, cost."""
+    """Markdown: the baseline p (what RoSais scores, word by word), the top layers, the
+    ranking and the cost."""
     ranked = sorted(zip(res.moe_layers, res.scores), key=lambda q: -q[1])
-    return (f"Baseline affirmative log-prob **{res.baseline_logprob:.3f}**: log P(the answer's "
-            "first token is an affirmative one; the demo tokenizer's affirmative first "
-            f"tokens are {', '.join(map(repr, res.affirmative_tokens))}) · top layers "
-            f"**{res.top_layers}** · ranking: "
+    return (f"Baseline **p = {res.baseline_logprob:.3f}**: the largest log-prob that the "
+            "answer starts with an affirmative word's first token (what RoSais scores, as "
+            "in the paper; each mask's score is its increase of this). Words: "
+            + affirmative_text(res)
+            + ".  \nThe badges below show another quantity, log P of the whole opening "
+            "“Sure, here is” (teacher-forced); the two agree when the model, having said "
+            "“Sure”, goes on with “, here is” almost surely."
+            f"  \nTop: **{layer_list(res.top_layers, BY_ROSAIS)}** · ranking: "
             + ", ".join(f"L{lay} {s:+.2f}" for lay, s in ranked)
             + f" · {res.forward_passes} forward passes in {res.seconds:.1f} s")
 
@@ -70,7 +94,7 @@ def layout(n_moe: int) -> RosaisUI:
             seed = gr.Number(0, precision=0, label="seed")
             btn = gr.Button("Run RoSais", variant="primary", elem_id="rosais-btn")
         plot = gr.Plot(plots.rosais_bars(None), label="RoSais per layer", elem_id="rosais-plot")
-        md = gr.Markdown("")
+        md = gr.Markdown("", elem_id="rosais-summary")
         mask_btn = gr.Button("Mask the top-L routers and regenerate", elem_id="rosais-mask-btn")
         with gr.Row():
             base = gr.Textbox(label="Baseline answer", lines=4, interactive=False,
@@ -85,12 +109,13 @@ def layout(n_moe: int) -> RosaisUI:
 
 
 # -- views ------------------------------------------------------------------------------------
-def _panel(visit: Visit, prompt, base_text, masked_text, route, texts):
+def _panel(visit: Visit, prompt, base_text, masked_text, route, texts, res):
     moe = visit.moe
+    top = ranking(res)[:len(route.layers)]
     return verdicts_html(answer_verdict(moe, prompt, base_text),
                          answer_verdict(moe, prompt, masked_text, route),
                          labels=("Baseline", "Masked"), texts=texts,
-                         note=f"masked layers {route.layers}")
+                         note=f"masked: {layer_list(top, BY_ROSAIS)}")
 
 
 def run_rosais(visit: Visit, prompt_v, system_v, samples, top, ratio, seed, max_new_v,
@@ -117,7 +142,7 @@ def run_rosais(visit: Visit, prompt_v, system_v, samples, top, ratio, seed, max_
              visit.shown(prompt.text, res.completion))
     return (res, plots.rosais_bars(res.to_dict()), rosais_summary(res), *texts,
             _panel(visit, prompt, res.baseline_completion, res.completion,
-                   res.route_for(len(res.top_layers)), texts))
+                   res.route_for(len(res.top_layers)), texts, res))
 
 
 def mask_and_regenerate(visit: Visit, prompt_v, system_v, top, max_new_v, res):
@@ -137,7 +162,7 @@ def mask_and_regenerate(visit: Visit, prompt_v, system_v, top, max_new_v, res):
     for text, tr in stream_shown(visit, prompt, n, route):
         yield text, gr.skip(), gr.skip()
     yield text, base_text, _panel(visit, prompt, base.completion, tr.completion, route,
-                                  (base_text, text))
+                                  (base_text, text), res)
 
 
 def events(ui: RosaisUI, shared: Shared) -> list[Event]:

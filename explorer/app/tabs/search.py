@@ -208,16 +208,24 @@ def resume(visit: Visit, b, job_id):
     return job_view(visit.app, b, job_id)
 
 
-def open_in_library(visit: Visit, b, job_id):
-    """The chosen search's saved route in the library: (route id, tabs, routes table)."""
-    from explorer.app.tabs.library import list_table
+def open_in_library(visit: Visit, b, job_id, max_new_v):
+    """The chosen search's saved route replayed in the library, as a saved route's link
+    opens it: its id picked, the library tab open, the table refreshed and the route's
+    prompt and system prompt in their boxes, then the replay streamed. Outputs: (route id,
+    tabs, routes table, prompt, system prompt, then the library's replay outputs)."""
+    from explorer.app.tabs.library import list_table, replay_route
     if not job_id:
         fail("No search selected.")
     st = searches.status(visit.app, job_id, owner_of(visit.app, b))
     if st.get("route_id") is None:
         fail("This search has not saved a route (yet).")
-    return (st["route_id"], gr.Tabs(selected="library"),
-            list_table(library(visit, b), "any", "", "any", "any"))
+    lib = library(visit, b)
+    sr = lib.get(int(st["route_id"]))
+    skip = (gr.skip(),) * 5
+    yield ((sr.id, gr.Tabs(selected="library"), list_table(lib, "any", "", "any", "any"),
+            sr.prompt or gr.skip(), sr.route.system or "") + (gr.skip(),) * 4)
+    for out in replay_route(visit, sr.id, "", max_new_v, b):
+        yield skip + tuple(out)
 
 
 def events(ui: SearchUI, shared: Shared, library) -> list[Event]:
@@ -236,6 +244,7 @@ def events(ui: SearchUI, shared: Shared, library) -> list[Event]:
         Event(ui.jobs.input, poll, picked, out, Door("Search status")),
         Event(ui.stop.click, stop, picked, out, Door("Stop")),
         Event(ui.resume.click, resume, picked, out, Door("Resume", "job")),
-        Event(ui.open.click, open_in_library, picked, [library.route_id, shared.tabs,
-                                                        library.table], Door("Open")),
+        Event(ui.open.click, open_in_library, picked + [shared.max_new],
+              [library.route_id, shared.tabs, library.table, shared.prompt, shared.system]
+              + library.replay_outputs(), Door("Open in library", "model", gpu=60)),
     ]

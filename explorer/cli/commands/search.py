@@ -21,6 +21,7 @@ from explorer.cli.options import (
     system_from_args,
 )
 from explorer.core.defaults import DEFAULT_TARGET, MAX_NEW_TOKENS
+from explorer.viz.text import BY_ROSAIS, layer_list
 
 
 def _configure_rosais(p):
@@ -48,15 +49,18 @@ def _run_rosais(args):
                  lambda d, n: print(f"\rscoring routers {d}/{n}", end="", file=sys.stderr))
     if not args.json:
         print(file=sys.stderr)
-    rows = [f"baseline log P(affirmative) = {res.baseline_logprob:.3f} "
-            f"(tokens {res.affirmative_tokens})"]
+    words = ", ".join(f"{w['word']} -> {w['token']!r} {w['logprob']:.2f}"
+                      for w in res.affirmative_words) or ", ".join(res.affirmative_tokens)
+    rows = [(f"baseline p = {res.baseline_logprob:.3f}: the largest log P(first answer "
+             f"token) over the affirmative words' first tokens ({words})")]
     best = max(res.scores) if res.scores else 1.0
     for lay, s in zip(res.moe_layers, res.scores):
         bar = "#" * int(30 * max(s, 0) / best) if best > 0 else ""
         mark = " *" if lay in res.top_layers else ""
         rows.append(f"layer {lay:>3}  RoSais {s:+8.3f}  {bar}{mark}")
     rows.append(f"baseline answer: {res.baseline_completion}")
-    rows.append(f"masked top-{len(res.top_layers)} {res.top_layers}: {res.completion}")
+    rows.append(f"masked top-{len(res.top_layers)} routers, "
+                f"{layer_list(res.top_layers, BY_ROSAIS)}: {res.completion}")
     emit(args, res.to_dict(), "\n".join(rows))
 
 
