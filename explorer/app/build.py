@@ -76,6 +76,9 @@ CSS = """
 .sse-present #main-tabs .row > * { width: 100%; max-width: 100%; }
 @media (max-width: 640px) {
   .gradio-container { padding-left: 6px !important; padding-right: 6px !important; }
+  #sse-title-row { flex-wrap: wrap; gap: 4px; }
+  #sse-title { min-width: 100% !important; }
+  #sse-title h2 { font-size: 1.3em; margin: 0; }
 }
 """
 
@@ -271,8 +274,9 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         demo.explorer = app  # for tests and scripts
         browser = gr.BrowserState({"client": None, "jobs": []}, storage_key="sse-explorer-jobs",
                                   secret=app.owners.browser_secret())
-        with gr.Row(equal_height=True):
-            gr.Markdown("## Sparse Safety Explorer · unsafe routes in Mixture-of-Experts LLMs")
+        with gr.Row(equal_height=False, elem_id="sse-title-row"):
+            gr.Markdown("## Sparse Safety Explorer · unsafe routes in Mixture-of-Experts LLMs",
+                        elem_id="sse-title")
             # outside the prompt block, which presenter mode folds away
             present = gr.Checkbox(False, label="Presenter mode", elem_id="presenter-toggle",
                                   info="large type, one column", scale=0, min_width=170)
