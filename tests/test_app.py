@@ -349,7 +349,7 @@ def test_expert_colours_stay_distinct_and_heatmaps_name_them():
     def rgb(c):
         return [int(c[i:i + 2], 16) for i in (1, 3, 5)]
 
-    for n in (8, 16, 32, 64):
+    for n in (8, 16, 32, 64, 128):
         cols = plots.expert_colors(n)
         assert len(cols) == n
         closest = min(sum((a - b) ** 2 for a, b in zip(rgb(x), rgb(y))) ** 0.5
@@ -364,11 +364,14 @@ def test_expert_colours_stay_distinct_and_heatmaps_name_them():
     from explorer.core.trace import RoutingTrace
     fig = plots.heatmap(RoutingTrace.from_dict(tr), "expert")
     assert fig.data[0].showscale is False and fig.layout.showlegend
-    assert [t.name for t in fig.data[1:]] == ["expert 0", "expert 3", "expert 5", "expert 15"]
+    assert [t.name for t in fig.data[1:]] == ["0", "3", "5", "15"]
+    assert fig.layout.legend.orientation == "h"  # in rows above the plot, not a scrolled column
     assert "token" in fig.layout.xaxis.title.text
-    # 128 experts: the fallback colour bar
+    # 128 experts (the largest families the README names): still a legend; more: a colour bar
     big = dict(tr, num_experts=[128, 128])
-    assert plots.heatmap(RoutingTrace.from_dict(big), "expert").data[0].showscale is not False
+    assert plots.heatmap(RoutingTrace.from_dict(big), "expert").data[0].showscale is False
+    huge = dict(tr, num_experts=[256, 256])
+    assert plots.heatmap(RoutingTrace.from_dict(huge), "expert").data[0].showscale is not False
 
 
 def test_links_round_trip_and_refuse_damage():

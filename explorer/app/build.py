@@ -35,7 +35,7 @@ from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.core.route import Route
 from explorer.settings import Settings
 
-__all__ = ["CSS", "EXAMPLES", "build_app", "launch_options", "queue_options"]
+__all__ = ["CSS", "EXAMPLES", "PAGE_JS", "PRESENT_JS", "build_app", "launch_options", "queue_options"]
 
 #: The example prompts under the prompt box (the project's own sets).
 EXAMPLES = tuple(HARMFUL_PROMPTS[:6] + BENIGN_PROMPTS[:3])
@@ -57,10 +57,61 @@ CSS = """
 .sse-diff { margin-top: 0.3em; white-space: pre-wrap; }
 .sse-diff del { background: #fee2e2; color: #991b1b; }
 .sse-diff ins { background: #dcfce7; color: #166534; text-decoration: none; }
-.sse-table th, .sse-table th * { white-space: nowrap; word-break: keep-all; }
-#route-heatmap { overflow-x: auto; }
-#route-heatmap .js-plotly-plot, #route-heatmap div[data-testid="plotly"] { min-width: 640px; }
+.sse-table th, .sse-table th * { white-space: normal; word-break: keep-all; }
+.sse-table .table-wrap, .sse-table .table-container { overflow-x: auto; max-width: 100%; }
+/* a plot's label badge sits above the figure, not over its title (or under plotly's toolbar) */
+.block:has(> div[data-testid="plotly"]) > label[data-testid="block-label"] {
+  position: static; margin: 0 0 4px 0; width: fit-content; }
+#prompt-block .sse-prompt-extras { flex-wrap: wrap; }
+#system-acc, #examples-acc { flex: 1 1 300px; min-width: min(300px, 100%); }
+#prompt-block > .label-wrap { font-weight: 600; }
+/* toasts at the bottom right: at the top they covered buttons and sliders near the tabs */
+.toast-wrap { top: auto !important; bottom: var(--size-4, 16px); max-width: min(420px, 94vw); }
+/* presenter mode (the toggle, or ?present=1): large type, one column */
+.sse-present .gradio-container { --text-xxs: 13px; --text-xs: 15px; --text-sm: 17px;
+  --text-md: 20px; --text-lg: 23px; --text-xl: 28px; --text-xxl: 34px; font-size: 20px; }
+.sse-present .gradio-container .prose, .sse-present .gradio-container .prose * { font-size: 20px; }
+.sse-present .gradio-container .prose h2, .sse-present .gradio-container .prose h3 { font-size: 28px; }
+.sse-present #main-tabs .row { flex-direction: column; }
+.sse-present #main-tabs .row > * { width: 100%; max-width: 100%; }
+@media (max-width: 640px) {
+  .gradio-container { padding-left: 6px !important; padding-right: 6px !important; }
+  #sse-title-row { flex-wrap: wrap; gap: 4px; }
+  #sse-title { min-width: 100% !important; }
+  #sse-title h2 { font-size: 1.3em; margin: 0; }
+}
 """
+
+#: Runs once in the page: a rotated token axis shows only labels that do not overlap (a
+#: phone shows every k-th token; the hover still names each).
+PAGE_JS = """() => {
+  const thin = (gd) => {
+    const ax = gd._fullLayout && gd._fullLayout.xaxis;
+    if (!ax || !ax.tickangle || ax.tickangle === 'auto') return;
+    const texts = [...gd.querySelectorAll('.xaxislayer-above .xtick text')];
+    let last = -Infinity;
+    const gap = 1.25 * (ax.tickfont ? ax.tickfont.size : 10);
+    for (const t of texts) {
+      const x = t.getBoundingClientRect().right;
+      const keep = x - last >= gap;
+      t.style.visibility = keep ? '' : 'hidden';
+      if (keep) last = x;
+    }
+  };
+  const bind = () => document.querySelectorAll('div[data-testid="plotly"]').forEach((gd) => {
+    if (typeof gd.on !== 'function') return;
+    if (!gd.__sseThin) { gd.__sseThin = true; gd.on('plotly_afterplot', () => thin(gd)); }
+    thin(gd);
+  });
+  new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+  bind();
+}"""
+
+#: Runs in the browser when the presenter toggle changes: large type and one column.
+PRESENT_JS = """(on) => {
+  document.body.classList.toggle('sse-present', !!on);
+  return on;
+}"""
 
 
 def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
@@ -73,7 +124,7 @@ def launch_options(demo: gr.Blocks | None = None) -> dict[str, Any]:
     Every view's failures become one-line messages at the gate, so no internal detail
     travels this way."""
     out: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="rose"),
-                           "css": CSS}
+                           "css": CSS, "js": PAGE_JS}
     if demo is not None:
         from starlette.middleware import Middleware
 
@@ -114,6 +165,18 @@ def opened_link(request: Any, quiet: bool = False) -> dict:
         if quiet:
             return {}
         raise
+
+
+def on_present(visit: Visit, on):
+    """Presenter mode on or off (the page's type and columns change in the browser first,
+    :data:`PRESENT_JS`): the prompt block folds away while presenting."""
+    return gr.Accordion(open=not bool(on))
+
+
+def present_from_link(visit: Visit):
+    """After a page load: ``?present=1`` turns presenter mode on (a malformed address was
+    already reported by the page load)."""
+    return True if opened_link(visit.request, quiet=True).get("present") else gr.skip()
 
 
 def pick_example(visit: Visit, index):
@@ -213,30 +276,42 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         demo.explorer = app  # for tests and scripts
         browser = gr.BrowserState({"client": None, "jobs": []}, storage_key="sse-explorer-jobs",
                                   secret=app.owners.browser_secret())
-        gr.Markdown("## Sparse Safety Explorer · unsafe routes in Mixture-of-Experts LLMs")
+        with gr.Row(equal_height=False, elem_id="sse-title-row"):
+            gr.Markdown("## Sparse Safety Explorer · unsafe routes in Mixture-of-Experts LLMs",
+                        elem_id="sse-title")
+            # outside the prompt block, which presenter mode folds away
+            present = gr.Checkbox(False, label="Presenter mode", elem_id="presenter-toggle",
+                                  info="large type, one column", scale=0, min_width=170)
         header = gr.Markdown(model_header(app), elem_id="sse-header")
         if policy.enabled:
             gr.Markdown(_hosted_note(policy), elem_id="hosted-note")
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
-                                value=shipped.prompt if shipped else HARMFUL_PROMPTS[0],
-                                lines=1, max_lines=6, scale=4,
-                                info="Enter generates; Shift+Enter starts a new line.",
-                                elem_id="prompt-box")
-            with gr.Column(scale=1, min_width=220):
-                max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
-                                    label="max new tokens (greedy)", elem_id="prompt-max-new")
-                gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-        with gr.Accordion("System prompt (optional)", open=False, elem_id="system-acc"):
-            system = gr.Textbox(
-                label="System prompt", lines=2, max_lines=8, elem_id="system-box",
-                placeholder="e.g. You are a helpful assistant.",
-                info="Goes in the chat template's system turn (merged before the user "
-                     "message where the template has none). Used by Inspect, RoSais and "
-                     "Search; the Tour keeps its own setup. Routes record it, and positions "
-                     "count its tokens.")
-        examples = gr.Dataset(components=[prompt], samples=[[x] for x in EXAMPLES],
-                              type="index", label="Example prompts", elem_id="examples")
+        # the prompt block: one line at 1400 px, its extras folded (they pushed every tab
+        # about 600 px down); presenters fold it all
+        with gr.Accordion("Prompt", open=True, elem_id="prompt-block") as prompt_block:
+            with gr.Row(equal_height=False):
+                prompt = gr.Textbox(label="Prompt (user message; the chat template is applied)",
+                                    value=shipped.prompt if shipped else HARMFUL_PROMPTS[0],
+                                    lines=1, max_lines=6, scale=4,
+                                    info="Enter generates; Shift+Enter starts a new line.",
+                                    elem_id="prompt-box")
+                with gr.Column(scale=1, min_width=340):
+                    max_new = gr.Slider(0, max_tokens, value=min(48, max_tokens), step=1,
+                                        label="max new tokens (greedy)",
+                                        elem_id="prompt-max-new")
+                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            with gr.Row(elem_classes="sse-prompt-extras"):
+                with gr.Accordion("System prompt (optional)", open=False, elem_id="system-acc"):
+                    system = gr.Textbox(
+                        label="System prompt", lines=2, max_lines=8, elem_id="system-box",
+                        placeholder="e.g. You are a helpful assistant.",
+                        info="Goes in the chat template's system turn (merged before the "
+                             "user message where the template has none). Used by Inspect, "
+                             "RoSais and Search; the Tour keeps its own setup. Routes record "
+                             "it, and positions count its tokens.")
+                with gr.Accordion("Example prompts", open=False, elem_id="examples-acc"):
+                    examples = gr.Dataset(components=[prompt], samples=[[x] for x in EXAMPLES],
+                                          type="index", label="Example prompts",
+                                          elem_id="examples")
 
         with gr.Tabs(elem_id="main-tabs", selected="tour" if shipped else "inspect") as tabs:
             shared = Shared(prompt, system, max_new, gen_btn, tabs, header, browser)
@@ -250,7 +325,9 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
 
         # the event table: every door of the page, each through the gate
         table: list[Event] = [Event(examples.click, pick_example, [examples], [prompt],
-                                    Door("Example"))]
+                                    Door("Example")),
+                              Event(present.change, on_present, [present], [prompt_block],
+                                    Door("Presenter mode"), {"js": PRESENT_JS})]
         table += tour.events(tour_ui, shared, inspect_ui)
         table += inspect.events(inspect_ui, shared, library_ui.route_id)
         table += rosais.events(rosais_ui, shared)
@@ -279,5 +356,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         gate.register(loaded.then, follow_edits_link, [prompt, system, max_new,
                                                         inspect_ui.state],
                       inspect_ui.rerun_outputs(), Door("Open a route link", gpu=120, **follow))
+        gate.register(loaded.then, present_from_link, [], [present],
+                      Door("Presenter link", cost=COSTS["poll"]))
         register_api(gate)
     return demo

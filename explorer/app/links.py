@@ -2,7 +2,8 @@
 Route library), ``?job=ID`` (a search, in the Search tab; only for the browser that owns it,
 as every job view), ``?prompt=...&edits=...`` (a prompt and an unsaved route, re-run in
 Inspect; ``&system=...`` adds the system prompt it was made with). The edits travel as
-zlib-compressed, base64url-encoded route JSON."""
+zlib-compressed, base64url-encoded route JSON. ``present=1`` (alone or with any of them)
+opens the page in presenter mode."""
 
 from __future__ import annotations
 
@@ -89,10 +90,17 @@ def edits_link(base: str, prompt: str, edits: list[dict], n: int | None = None,
 
 def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
     """What a page address asks to open: ``{"route": id}``, ``{"job": id}``,
-    ``{"prompt": ..., "edits": [...]}`` (with ``"system"`` when the link has one) or ``{}``;
+    ``{"prompt": ..., "edits": [...]}`` (with ``"system"`` when the link has one) or ``{}``,
+    each with ``"present"`` when the address sets presenter mode (``present=0|1``);
     :class:`LinkError` when it is malformed."""
     q = dict(query or {})
     extra: dict[str, Any] = {}
+    mode: dict[str, Any] = {}
+    if "present" in q:
+        v = str(q["present"]).strip()
+        if v not in ("0", "1"):
+            raise LinkError(f"the link's presenter mode must be 0 or 1, got {v[:20]!r}")
+        mode["present"] = v == "1"
     if "n" in q:
         v = str(q["n"]).strip()
         if not v.isdigit() or len(v) > 5:
@@ -102,12 +110,12 @@ def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
         v = str(q["route"]).strip()
         if not v.isdigit() or len(v) > 18:
             raise LinkError(f"the link's route id must be a whole number, got {v[:20]!r}")
-        return {"route": int(v), **extra}
+        return {"route": int(v), **extra, **mode}
     if "job" in q:
         v = str(q["job"]).strip()
         if len(v) > 64:
             raise LinkError("the link's search id is too long")
-        return {"job": v}
+        return {"job": v, **mode}
     if "edits" in q:
         prompt = str(q.get("prompt") or "")
         if len(prompt) > MAX_LINK_CHARS:
@@ -117,5 +125,5 @@ def parse_link(query: Mapping[str, str] | None) -> dict[str, Any]:
             if len(str(system)) > MAX_LINK_CHARS:
                 raise LinkError("the link's system prompt is too long")
             extra["system"] = str(system)
-        return {"prompt": prompt, "edits": decode_edits(str(q["edits"])), **extra}
-    return {}
+        return {"prompt": prompt, "edits": decode_edits(str(q["edits"])), **extra, **mode}
+    return mode

@@ -79,3 +79,8 @@ MAX_ROUTE_JSON_CHARS = 1_000_000
 #: Seconds of one GPU window (``spaces.GPU(duration=...)``) a background search runs in
 #: before it checkpoints and asks for the next (ZeroGPU's own default duration is 60 s).
 GPU_CHUNK_SECONDS = 60
+
+# -- loading models from the Hugging Face hub -------------------------------------------------
+#: Seconds a hub id's load waits to learn whether the hub answers at all before it falls back
+#: to the local cache (the hub client's own retries took 24-30 s to say it was offline).
+HUB_PROBE_SECONDS = 3.0

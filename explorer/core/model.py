@@ -15,7 +15,7 @@ import torch
 from explorer.core.cache import ModelCache
 from explorer.core.chat import check_system, merge_system
 from explorer.core.control import RouteControl, defended
-from explorer.core.defaults import MAX_TARGET_CHARS, MAX_TARGET_TOKENS
+from explorer.core.defaults import HUB_PROBE_SECONDS, MAX_TARGET_CHARS, MAX_TARGET_TOKENS
 from explorer.core.errors import InputError, ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.locks import FairRLock
@@ -464,6 +464,20 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     return s, s
 
 
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face hub cannot be reached, in one line, or None when it answers (any
+    HTTP answer) within ``timeout`` seconds. Offline mode (the hub client's
+    ``HF_HUB_OFFLINE``) answers at once without asking."""
+    from huggingface_hub import constants, get_session
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode (HF_HUB_OFFLINE=1)"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "unreachable"
+        return f"{constants.ENDPOINT}: {one_line(exc) or type(exc).__name__}"
+    return None
+
+
 def cpu_experts_implementation(override: str | None = None) -> str:
     """The experts kernel used on CPU: ``explorer_cpu`` (:mod:`explorer.core.experts_cpu`:
     each expert's tokens padded to a row-invariant height, all experts in one ``grouped_mm``
@@ -513,12 +527,19 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    # a hub id with the hub unreachable: the local cache only, at once (the hub client's
+    # retries took 24-30 s to say so)
+    offline = None if Path(path).exists() else hub_unreachable()
+    local = {"local_files_only": True} if offline else {}
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **local)
     except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
+        if offline:
+            raise ModelLoadError(f"cannot load {name}: the Hugging Face hub is unreachable "
+                                 f"({offline}) and {name} is not in the local cache") from None
         raise ModelLoadError(f"cannot load a model config from {name}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **local}
     if device == "cpu":
         kwargs["experts_implementation"] = "eager"  # every model accepts it; switched below
     meta = None
@@ -569,7 +590,8 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         except (ValueError, NotImplementedError, KeyError, ImportError):
             pass
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **local)
     except Exception:  # noqa: BLE001 - a model without tokenizer is still inspectable by ids
         tokenizer = None
     try:

@@ -33,6 +33,9 @@ _PALETTE = (list(qualitative.Dark24) + list(qualitative.Light24) + list(qualitat
 #: The font of every figure (the app, the notebook and the research views share it).
 FONT = dict(family="Inter, system-ui, sans-serif", size=12)
 _MAX_TICKS = 140
+#: Roughly how many expert entries a row of the heatmap's legend holds (the figure's height
+#: grows by a row's height for each further row).
+LEGEND_PER_ROW = 12
 
 
 def _trace(tr) -> RoutingTrace:
@@ -69,10 +72,16 @@ def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = 
     return fig
 
 
+#: A placeholder's message wraps at this many characters, so that it fits a phone (390 px).
+PLACEHOLDER_LINE = 34
+
+
 def empty_figure(message: str = "Nothing to show yet", height: int = 320) -> go.Figure:
-    """A blank figure with a centred message (placeholder before the first run)."""
+    """A blank figure with a centred message (placeholder before the first run), wrapped
+    on lines of at most :data:`PLACEHOLDER_LINE` characters so a narrow plot shows it all."""
+    import textwrap
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper",
+    fig.add_annotation(text="<br>".join(textwrap.wrap(message, PLACEHOLDER_LINE)) or message, x=0.5, y=0.5, xref="paper", yref="paper",
                        showarrow=False, font=dict(size=14, color="#777"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -83,9 +92,9 @@ def empty_figure(message: str = "Nothing to show yet", height: int = 320) -> go.
 _KELLY = ["#F3C300", "#875692", "#F38400", "#A1CAF1", "#BE0032", "#C2B280", "#848482",
           "#008856", "#E68FAC", "#0067A5", "#F99379", "#604E97", "#F6A600", "#B3446C",
           "#DCD300", "#882D17", "#8DB600", "#654522", "#E25822", "#2B3D26"]
-#: Up to this many experts get one distinct colour each and a legend; more (128+ expert
-#: models) fall back to a continuous colour bar.
-MAX_DISTINCT_EXPERTS = 64
+#: Up to this many experts get one distinct colour each and a legend (the families the
+#: README names have 8-128 experts a layer); more fall back to a continuous colour bar.
+MAX_DISTINCT_EXPERTS = 128
 
 
 def expert_colors(n: int) -> list[str]:
@@ -217,15 +226,15 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
                                 thickness=12))
     fig = go.Figure(go.Heatmap(**hm))
     for e in legend:  # legend-only markers: the expert ids this heatmap shows
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"expert {e}",
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=str(e),
                                  marker={"symbol": "square", "size": 11, "color": colors[e]},
                                  hoverinfo="skip", showlegend=True))
     # prompt | generated boundary
     if 0 < tr.prompt_tokens < T:
         fig.add_vline(x=tr.prompt_tokens - 0.5, line=dict(color="#222", width=2, dash="dot"))
-        fig.add_annotation(x=tr.prompt_tokens - 0.5, y=1.0, yref="paper", yanchor="bottom",
+        fig.add_annotation(x=tr.prompt_tokens - 0.5, y=1.0, yref="paper", yanchor="top",
                            text="generated →", showarrow=False, xanchor="left",
-                           font=dict(size=11, color="#444"))
+                           bgcolor="rgba(255,255,255,0.8)", font=dict(size=10, color="#333"))
     _draw_edits(fig, tr, edits, size=13 if T <= 40 else 9)
     if selected and selected.get("layer") in tr.moe_layers:
         row = tr.moe_layers.index(selected["layer"])
@@ -237,17 +246,25 @@ def heatmap(tr, mode: str = "expert", baseline=None, edits: Iterable[dict] | Non
     fig.update_xaxes(tickmode="array", tickvals=list(range(0, T, step)),
                      ticktext=labels[::step], tickangle=-60, tickfont=dict(size=10),
                      range=[-0.5, T - 0.5], showgrid=False, zeroline=False,
-                     title={"text": f"token (templated prompt: {tr.prompt_tokens}, then "
-                                    f"generated: {T - tr.prompt_tokens})", "standoff": 4})
+                     title={"text": f"token (prompt {tr.prompt_tokens}, then generated "
+                                    f"{T - tr.prompt_tokens})", "standoff": 4})
     fig.update_yaxes(tickmode="array", tickvals=list(range(L)),
                      ticktext=[f"L{x}" for x in tr.moe_layers], autorange="reversed",
                      range=None, title=dict(text="MoE layer"), showgrid=False, zeroline=False)
     title = title or f"Routing: {COLOR_MODES[mode]}"
-    _base_layout(fig, title, height=max(300, 140 + 34 * L), margin=dict(l=60, r=20, t=50, b=110))
+    # the expert legend runs in rows above the plot (a column beside it scrolled past a few
+    # experts and took most of a phone's width); the title keeps its own room above it
+    rows = math.ceil(len(legend) / LEGEND_PER_ROW) if legend else 0
+    _base_layout(fig, title, height=max(300, 140 + 34 * L) + 22 * rows,
+                 margin=dict(l=60, r=20, t=50, b=110))
     fig.update_layout(clickmode="event", hovermode="closest", dragmode=False,
                       showlegend=bool(legend),
-                      legend={"title": {"text": "top-1"}, "font": {"size": 10},
-                              "tracegroupgap": 0, "itemclick": False, "itemdoubleclick": False})
+                      title={"automargin": True, "yref": "container", "y": 1,
+                             "yanchor": "top", "pad": {"t": 10, "b": 6}},
+                      legend={"title": {"text": "top-1 expert"}, "font": {"size": 10},
+                              "orientation": "h", "x": 0, "xanchor": "left", "y": 1.0,
+                              "yanchor": "bottom", "tracegroupgap": 0, "itemwidth": 30,
+                              "itemclick": False, "itemdoubleclick": False})
     return fig
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.viz.figures import FONT
+from explorer.viz.figures import FONT, empty_figure
 
 _RED, _BLUE, _GREY = "#d62728", "#1f77b4", "#7f7f7f"
 
@@ -45,12 +45,7 @@ def _labelled(values, fmt: str) -> dict:
 
 
 def _empty(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper",
-                       showarrow=False, font=dict(size=14, color="#777"))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, None, 320)
+    return empty_figure(message)
 
 
 def _short(text: str, n: int = 28) -> str:
@@ -210,14 +205,23 @@ def utility_asr_figure(result, title: str | None = "Attack success vs utility co
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         f"ASR on {n_h} harmful prompts (%)" if n_h else "ASR (not measured)",
         f"Δ benign refusals on {n_b} prompts (pp)", "Δ log-likelihood (nats/token)"))
-    fig.add_trace(go.Bar(x=labels, y=[None if r.get("asr") is None else 100 * r["asr"]
-                                      for r in routes],
-                         marker_color=_RED, hovertext=hover, name="ASR"), 1, 1)
-    fig.add_trace(go.Bar(x=labels, y=[100 * r["refusal_change"] for r in routes],
-                         marker_color=_GREY, hovertext=hover, name="Δ refusals"), 1, 2)
-    fig.add_trace(go.Bar(x=labels, y=[r["ll_change"] for r in routes], marker_color=_BLUE,
-                         hovertext=hover, name="Δ log-likelihood"), 1, 3)
-    fig.update_yaxes(range=[0, 100], row=1, col=1)
+    asr = [None if r.get("asr") is None else 100 * r["asr"] for r in routes]
+    refusals = [100 * r["refusal_change"] for r in routes]
+    lls = [r["ll_change"] for r in routes]
+    # every bar carries its value, so a 0 reads "+0" instead of an empty panel
+    fig.add_trace(go.Bar(x=labels, y=asr, marker_color=_RED, hovertext=hover, name="ASR",
+                         **_labelled(asr, "{:.0f}%")), 1, 1)
+    fig.add_trace(go.Bar(x=labels, y=refusals, marker_color=_GREY, hovertext=hover,
+                         name="Δ refusals", **_labelled(refusals, "{:+.0f}")), 1, 2)
+    fig.add_trace(go.Bar(x=labels, y=lls, marker_color=_BLUE, hovertext=hover,
+                         name="Δ log-likelihood", **_labelled(lls, "{:+.3f}")), 1, 3)
+    for col, values, what in ((2, refusals, "no change in benign refusals"),
+                              (3, lls, "no change in log-likelihood")):
+        if values and all(abs(v) < 1e-9 for v in values):
+            fig.add_annotation(text=f"0 for every route:<br>{what}", showarrow=False,
+                               xref=f"x{col} domain", yref=f"y{col} domain", x=0.5, y=0.6,
+                               font=dict(size=12, color=_GREY))
+    fig.update_yaxes(range=[0, 112], row=1, col=1)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, 360)
 

@@ -47,6 +47,18 @@ const bind = () => {
 bind();
 new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
 setInterval(bind, 1500);
+// the hint follows the selection the server confirmed (a click or a typed cell)
+let shown = '';
+const follow = () => {
+  const info = document.querySelector('#cell-info');
+  const m = info && /Selected:\\s*layer (\\d+), position (\\d+)/.exec(info.innerText);
+  const msg = element.querySelector('.sse-bridge-msg');
+  if (!m || !msg || m[0] === shown) return;
+  shown = m[0];
+  msg.textContent = 'Selected layer ' + m[1] + ', position ' + m[2];
+};
+new MutationObserver(follow).observe(document.body, {childList: true, subtree: true,
+                                                     characterData: true});
 """
 
 #: Runs in the browser before Generate's callback: open the Inspect tab (where the trace

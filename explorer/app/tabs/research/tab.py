@@ -88,14 +88,22 @@ def _event(btn: gr.Button, view, duration: int, inputs: list, outputs: list) -> 
     return Event(btn.click, view, inputs, outputs, Door(name, "model", gpu=duration))
 
 
-def _route_inputs(prefix: str):
+def _route_inputs(prefix: str, visible: bool = True):
     with gr.Row():
         ids = gr.Textbox(label="route library ids (comma-separated)", placeholder="e.g. 1, 2",
-                         scale=1, elem_id=f"{prefix}-ids")
+                         scale=1, elem_id=f"{prefix}-ids", visible=visible)
         js = gr.Textbox(label="or route JSON (a route, a list, JSON lines, or F-SOUR / RoSais "
                               "--json output)", lines=3, max_lines=12, scale=2,
-                        elem_id=f"{prefix}-json")
+                        elem_id=f"{prefix}-json", visible=visible)
     return ids, js
+
+
+def on_utility_source(visit: Visit, source):
+    """Utility cost's inputs for the chosen route source: RoSais' prompt and settings, or
+    the route ids and JSON (the other source's inputs hidden)."""
+    rosais = source != ROUTE_SOURCE
+    return (*(gr.update(visible=rosais) for _ in range(4)),
+            *(gr.update(visible=not rosais) for _ in range(2)))
 
 
 def _table(columns: list[str], **kw) -> gr.Dataframe:
@@ -112,21 +120,23 @@ def _utility_tab(n_moe: int, max_new, judge, harm4: str, who: list) -> list[Even
                           label="route source", elem_id="utility-source")
         with gr.Row():
             prompt = gr.Textbox(HARMFUL_PROMPTS[0], label="RoSais: harmful prompt to score "
-                                "routers on", scale=3)
+                                "routers on", scale=3, elem_id="utility-rosais-prompt")
             top = gr.Slider(1, n_moe, value=min(2, n_moe),
                             step=1, label="top-L routers masked")
             sweep = gr.Checkbox(False, label="every L from 1 to L")
             samples = gr.Slider(1, 128, value=16, step=1, label="masks per router")
-        ids, js = _route_inputs("utility")
+        ids, js = _route_inputs("utility", visible=False)  # the source starts as RoSais
         with gr.Row():
             benign = gr.Textbox("\n".join(BENIGN_PROMPTS[:4]), lines=4, label="benign prompts")
             harm = gr.Textbox(harm4, lines=4, label="harmful prompts for the ASR (empty: skip)")
         btn = gr.Button("Measure utility cost", variant="primary", elem_id="utility-btn")
         plot = gr.Plot(pr.utility_asr_figure(None), label="ASR vs utility cost")
         md = gr.Markdown("")
-        table = _table(UTILITY_COLUMNS, wrap=True)
+        table = _table(UTILITY_COLUMNS, wrap=True, elem_id="utility-table")
     return [_event(btn, utility_view, 120, [source, prompt, top, sweep, samples, ids, js, benign,
-                                        harm, max_new, judge] + who, [plot, table, md])]
+                                        harm, max_new, judge] + who, [plot, table, md]),
+            Event(source.change, on_utility_source, [source],
+                  [prompt, top, sweep, samples, ids, js], Door("Utility source"))]
 
 
 def _transfer_tab(n_moe: int, max_new, judge, harm4: str, who: list) -> list[Event]:
