@@ -206,3 +206,57 @@ def test_layer_rosais(demo):
     got = layer_rosais(res, res.top_layers[0])
     assert got["rank"] == 1 and got["score"] == max(res.scores)
     assert layer_rosais(None, 0) is None and layer_rosais(res, 99) is None
+
+
+# -- CLI --------------------------------------------------------------------------------
+def _cli(capsys, argv, data_dir):
+    from explorer.cli.main import main
+    from explorer.settings import Settings
+    code = main(argv, settings=Settings(data_dir=str(data_dir)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_overview_page_and_exports(demo, demo_stats, capsys, tmp_path):
+    data = tmp_path / "data"
+    code, out, err = _cli(capsys, ["experts", "--json", "--bootstrap", "200", "--seed", "3"],
+                          data)
+    assert code == 0, err
+    obj = json.loads(out)
+    assert obj["model"] == "demo" and obj["prompts"] == {"harmful": 12, "benign": 12}
+    assert list(obj["layers"]) == [str(x) for x in demo.moe_layers]
+    for lay in demo.moe_layers:  # the same numbers as the library's
+        assert obj["layers"][str(lay)] == demo_stats.overview(lay)[:3]
+    assert len(list((data / "experts").glob("demo-*.json"))) == 1  # cached for next time
+    # one expert's page, with the library's routes that force or mask it
+    lay = demo.moe_layers[1]
+    best = demo_stats.ranking(lay)[0]
+    store = RouteStore(data / "explorer.sqlite3")
+    rid = store.save_route(Route().force(lay, 2, sorted({best, (best + 1) % 16})), "p", "demo")
+    store.close()
+    csv_path, json_path = tmp_path / "e.csv", tmp_path / "e.json"
+    code, out, err = _cli(capsys, ["experts", "--layer", str(lay), "--expert", str(best),
+                                   "--bootstrap", "200", "--seed", "3", "--json",
+                                   "--csv", str(csv_path), "--out", str(json_path)], data)
+    assert code == 0, err
+    page = json.loads(out)
+    assert page == json.loads(json.dumps(demo_stats.page(lay, best, routes=page["routes"])))
+    assert [(r["id"], r["mode"]) for r in page["routes"]] == [(rid, "force")]
+    assert page["top_tokens"] and page["harmful_token_freq"] > 0
+    assert ExpertStats.from_json(json_path.read_text()).counts == demo_stats.counts
+    assert csv_path.read_text() == demo_stats.to_csv()
+    # the text page
+    code, out, err = _cli(capsys, ["experts", "--layer", str(lay), "--expert", str(best),
+                                   "--bootstrap", "200", "--seed", "3"], data)
+    assert code == 0 and f"expert {best} at layer {lay}" in out and f"#{rid} force" in out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--expert", "1"], "--expert needs --layer"),
+    (["--harmful", "x.csv"], "both --harmful and --benign"),
+    (["--layer", "99"], "not an MoE layer"),
+    (["--layer", "0", "--expert", "99"], "experts 0..15"),
+])
+def test_cli_refuses_bad_input_in_one_line(demo, capsys, tmp_path, argv, msg):
+    code, out, err = _cli(capsys, ["experts", "--bootstrap", "20"] + argv, tmp_path)
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1

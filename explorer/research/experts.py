@@ -188,7 +188,8 @@ class ExpertStats(ResultMixin):
         """The overview of every layer as CSV text (one row per layer and expert)."""
         out = io.StringIO()
         rows = [x for lay in self.moe_layers for x in self.overview(lay)]
-        w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["layer"])
+        w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["layer"],
+                           lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         return out.getvalue()
