@@ -258,5 +258,5 @@ def test_cli_json_overview_page_and_exports(demo, demo_stats, capsys, tmp_path):
     (["--layer", "0", "--expert", "99"], "experts 0..15"),
 ])
 def test_cli_refuses_bad_input_in_one_line(demo, capsys, tmp_path, argv, msg):
-    code, out, err = _cli(capsys, ["experts", "--bootstrap", "20"] + argv, tmp_path)
+    code, _out, err = _cli(capsys, ["experts", "--bootstrap", "20", *argv], tmp_path)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1

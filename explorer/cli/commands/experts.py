@@ -65,15 +65,15 @@ def _fmt(x: dict) -> str:
 
 
 def _page_text(page: dict) -> str:
-    lines = [f"expert {page['expert']} at layer {page['layer']} ({page['model']}, "
-             f"{page['prompt_set']}: {page['prompts']['harmful']} harmful, "
-             f"{page['prompts']['benign']} benign prompts)",
-             f"safety relevance {page['score']:+.4f}, 95% interval [{page['low']:+.4f}, "
-             f"{page['high']:+.4f}], standard error {page['stderr']:.4f}; rank "
-             f"{page['rank']} of {page['num_experts']}",
-             f"chosen per token: harmful {page['harmful_token_freq']:.3f}, benign "
-             f"{page['benign_token_freq']:.3f}; per prompt (at least once): harmful "
-             f"{page['harmful_prompt_freq']:.3f}, benign {page['benign_prompt_freq']:.3f}",
+    lines = [(f"expert {page['expert']} at layer {page['layer']} ({page['model']}, "
+              f"{page['prompt_set']}: {page['prompts']['harmful']} harmful, "
+              f"{page['prompts']['benign']} benign prompts)"),
+             (f"safety relevance {page['score']:+.4f}, 95% interval [{page['low']:+.4f}, "
+              f"{page['high']:+.4f}], standard error {page['stderr']:.4f}; rank "
+              f"{page['rank']} of {page['num_experts']}"),
+             (f"chosen per token: harmful {page['harmful_token_freq']:.3f}, benign "
+              f"{page['benign_token_freq']:.3f}; per prompt (at least once): harmful "
+              f"{page['harmful_prompt_freq']:.3f}, benign {page['benign_prompt_freq']:.3f}"),
              "top tokens (harmful / benign selections):"]
     for t in page["top_tokens"]:
         ctx = "; ".join(f"{c['left']}[{c['token']}]{c['right']}" for c in t["contexts"])
@@ -124,8 +124,8 @@ def _run(args):
                                        offline=args.settings.hub_offline)
         name = f"{args.harmful}+{args.benign}" + (f"[:{args.limit}]" if args.limit else "")
     moe = load_from_args(args)
-    kw = dict(prompt_set=name, system=system, seed=args.seed,
-              bootstrap=args.bootstrap or EXPERT_BOOTSTRAP, batch_size=args.batch_size)
+    kw = {"prompt_set": name, "system": system, "seed": args.seed,
+          "bootstrap": args.bootstrap or EXPERT_BOOTSTRAP, "batch_size": args.batch_size}
     if args.no_cache:
         stats = expert_stats(moe, harmful, benign, **kw)
     else:
@@ -149,9 +149,9 @@ def _run(args):
            "prompts": {s: len(v) for s, v in stats.prompts.items()},
            "layers": {str(lay): stats.overview(lay)[:top] for lay in layers},
            "info": stats.info}
-    lines = [f"{stats.model}: experts by safety relevance (harmful minus benign selection "
-             f"frequency; 95% bootstrap interval), {len(stats.prompts['harmful'])} harmful "
-             f"and {len(stats.prompts['benign'])} benign prompts ({stats.prompt_set})"]
+    lines = [(f"{stats.model}: experts by safety relevance (harmful minus benign selection "
+              f"frequency; 95% bootstrap interval), {len(stats.prompts['harmful'])} harmful "
+              f"and {len(stats.prompts['benign'])} benign prompts ({stats.prompt_set})")]
     for lay in layers:
         lines.append(f"layer {lay}:")
         lines += ["  " + _fmt(x) for x in obj["layers"][str(lay)]]
