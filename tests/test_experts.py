@@ -260,3 +260,49 @@ def test_cli_json_overview_page_and_exports(demo, demo_stats, capsys, tmp_path):
 def test_cli_refuses_bad_input_in_one_line(demo, capsys, tmp_path, argv, msg):
     code, _out, err = _cli(capsys, ["experts", "--bootstrap", "20", *argv], tmp_path)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+# -- app views (the browser flow is in tests/test_browser_experts.py) -------------------
+@pytest.fixture(scope="module")
+def app(demo, tmp_path_factory):
+    pytest.importorskip("gradio")
+    from explorer.app.build import build_app
+    built = build_app(demo, data_dir=tmp_path_factory.mktemp("experts-app"))
+    yield built.explorer
+    built.explorer.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_app_page_export_and_the_layer_rosais(app, demo, demo_stats):
+    import gradio as gr
+
+    from explorer.app.tabs import experts as X
+    from explorer.methods.rosais import rosais
+    lay = demo.moe_layers[3]
+    best = demo_stats.ranking(lay)[0]
+    res = rosais(demo, HARMFUL_PROMPTS[0], samples=2, max_new_tokens=0)
+    st, query, fig, head, freqs, tokens, routes = app.gate.call(
+        X.open_page, f"layer {lay} expert {best}", X.ExpertsState(), res, None)
+    assert query == f"L{lay} E{best}" and (st.layer, st.expert) == (lay, best)
+    assert st.stats.counts == demo_stats.counts  # the same measurement, from the cache
+    assert (app.store.data_dir / "experts").is_dir()
+    ro = layer_rosais(res, lay)
+    assert f"RoSais: **{ro['score']:.3f}** (rank {ro['rank']} of" in head
+    assert f"{demo_stats.scores[3][best]:+.3f}" in head and "rank 1 of 16" in head
+    assert fig.data[0].customdata[0][0] == best and "No route in the library" in routes
+    assert tokens.count("<tr>") == len(demo_stats.top_tokens[3][best]) + 1
+    csv_file, json_file = app.gate.call(X.export, st)
+    assert ExpertStats.from_json(open(json_file).read()).counts == demo_stats.counts
+    assert open(csv_file).read() == st.stats.to_csv()
+    for junk in ("", "x", "1 2 3", "9 1", f"{lay} 16", None):
+        with pytest.raises(gr.Error):
+            app.gate.call(X.open_page, junk, X.ExpertsState(), None, None)
+
+
+def test_hosted_expert_pages_list_the_visitors_own_routes_only(tmp_path):
+    from explorer.app.library_access import Library
+    store = RouteStore(tmp_path / "lib.sqlite3")
+    mine = store.save_route(Route().force(1, 0, [2, 5]), "p1", "demo", owner="alice")
+    theirs = store.save_route(Route().mask(1, None, [5]), "p2", "demo", owner="bob")
+    store.share_route(theirs, "bob")
+    assert [sr.id for sr, _ in Library(store, "alice").with_expert("demo", 1, 5)] == [mine]
+    assert [sr.id for sr, _ in Library(store).with_expert("demo", 1, 5)] == [theirs, mine]
