@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,10 +290,11 @@ def test_app_page_export_and_the_layer_rosais(app, demo, demo_stats):
     assert f"RoSais: **{ro['score']:.3f}** (rank {ro['rank']} of" in head
     assert f"{demo_stats.scores[3][best]:+.3f}" in head and "rank 1 of 16" in head
     assert fig.data[0].customdata[0][0] == best and "No route in the library" in routes
+    assert [b.name for b in freqs.data] == ["harmful", "benign"]
     assert tokens.count("<tr>") == len(demo_stats.top_tokens[3][best]) + 1
     csv_file, json_file = app.gate.call(X.export, st)
-    assert ExpertStats.from_json(open(json_file).read()).counts == demo_stats.counts
-    assert open(csv_file).read() == st.stats.to_csv()
+    assert ExpertStats.from_json(Path(json_file).read_text()).counts == demo_stats.counts
+    assert Path(csv_file).read_text() == st.stats.to_csv()
     for junk in ("", "x", "1 2 3", "9 1", f"{lay} 16", None):
         with pytest.raises(gr.Error):
             app.gate.call(X.open_page, junk, X.ExpertsState(), None, None)
