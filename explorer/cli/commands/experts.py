@@ -40,11 +40,13 @@ def _configure(p):
     p.add_argument("--top", type=count, default=3,
                    help="without --layer: the most safety-relevant experts per layer (3)")
     p.add_argument("--harmful", default=None,
-                   help="harmful prompts: a CSV with a goal column or a hub name (jbb, "
-                        "advbench); default: the built-in sets (with --benign)")
-    p.add_argument("--benign", default=None, help="benign prompts, as --harmful (jbb-benign)")
+                   help="harmful prompts: a file (one a line, or a CSV with a goal column), "
+                        "a hub dataset (jbb, advbench) or 'harmful' (the built-in set, the "
+                        "default with --benign)")
+    p.add_argument("--benign", default=None,
+                   help="benign prompts, as --harmful (jbb-benign; 'benign': the built-in set)")
     p.add_argument("--limit", type=count, default=None,
-                   help="the first N prompts of each dataset")
+                   help="the first N prompts of each set")
     p.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (0)")
     p.add_argument("--bootstrap", type=count, default=None,
                    help="bootstrap resamples of the prompts (1000)")
@@ -89,6 +91,22 @@ def _page_text(page: dict) -> str:
     return "\n".join(lines)
 
 
+def _prompts(spec: str, which: str, limit: int | None, args) -> list[str]:
+    """A prompt set: a hub dataset (:mod:`explorer.evaluation.datasets`), the built-in set
+    named ``which`` (the project's own, exactly), or a file as the research commands read
+    them."""
+    from explorer.cli.commands.research import load_prompts
+    from explorer.evaluation.datasets import HUB_DATASETS, load_dataset_rows
+    from explorer.research.experts import builtin_sets
+    if spec.strip().lower() in HUB_DATASETS and not Path(spec).exists():
+        return [r["goal"] for r in load_dataset_rows(spec, limit,
+                                                     offline=args.settings.hub_offline)]
+    if spec == which:
+        own = dict(zip(("harmful", "benign"), builtin_sets()))[which]
+        return own[:limit] if limit else own
+    return load_prompts(spec, which, limit, data_dir=args.settings.shared_data)
+
+
 def _library_routes(args, model: str, layer: int, expert: int) -> list[dict]:
     """The library's routes that force or mask the expert (none when there is no
     library yet: a query does not create one)."""
@@ -103,9 +121,9 @@ def _library_routes(args, model: str, layer: int, expert: int) -> list[dict]:
 
 def _run(args):
     from explorer.research.experts import (
+        BUILTIN_SET,
         EXPERT_BOOTSTRAP,
         cached_expert_stats,
-        dataset_sets,
         expert_stats,
     )
     from explorer.storage.library import default_data_dir
@@ -113,16 +131,14 @@ def _run(args):
         raise UsageError("--expert needs --layer")
     if (args.harmful is None) != (args.benign is None):
         raise UsageError("name both --harmful and --benign (or neither: the built-in sets)")
-    if args.limit is not None and args.harmful is None:
-        raise UsageError("--limit applies to --harmful and --benign datasets")
     check_out_path(args.csv, "--csv")
     check_out_path(args.out)
     system = system_from_args(args)
-    harmful = benign = name = None
-    if args.harmful is not None:
-        harmful, benign = dataset_sets(args.harmful, args.benign, args.limit,
-                                       offline=args.settings.hub_offline)
-        name = f"{args.harmful}+{args.benign}" + (f"[:{args.limit}]" if args.limit else "")
+    hs, bs = args.harmful or "harmful", args.benign or "benign"
+    harmful = _prompts(hs, "harmful", args.limit, args)
+    benign = _prompts(bs, "benign", args.limit, args)
+    name = (BUILTIN_SET if (hs, bs) == ("harmful", "benign") else f"{hs}+{bs}") \
+        + (f"[:{args.limit}]" if args.limit else "")
     moe = load_from_args(args)
     kw = {"prompt_set": name, "system": system, "seed": args.seed,
           "bootstrap": args.bootstrap or EXPERT_BOOTSTRAP, "batch_size": args.batch_size}
