@@ -30,10 +30,11 @@ LAYERS: dict[str, int] = {
     "storage": 6, "viz": 6,
     "bench": 7, "demo": 7,
     "settings": 8,
-    "cli": 9, "app": 9, "__main__": 10,
+    "cli": 9, "app": 9, "__main__": 10, "experts": 10,
 }
-#: Modules that may import anything below them: the facade re-exports the public API.
-FACADES = {"explorer", "explorer.__main__"}
+#: Modules that may import anything below them: the facades re-export the public API
+#: (``explorer.experts``: the expert pages, from research and storage).
+FACADES = {"explorer", "explorer.__main__", "explorer.experts"}
 #: The only part allowed to import the UI toolkits.
 UI_PART, UI_MODULES = "app", {"gradio", "gradio_client", "spaces"}
 #: The only module allowed to read the environment.

@@ -262,6 +262,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     starts and says why. ``demo.explorer`` is the app's :class:`Explorer`.
     """
     from explorer.app.api import register_api
+    from explorer.app.tabs import experts as experts_tab
     from explorer.app.tabs import inspect, library, rosais, search, tour
     from explorer.app.tabs import model as model_tab
     from explorer.app.tabs.research.common import judge_choices
@@ -321,6 +322,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             search_ui = search.layout(judge_choices(app))
             library_ui = library.layout(hosted=policy.enabled)
             model_ui = model_tab.layout(app)
+            experts_ui = experts_tab.layout()
             research_events = research_tab(app, n_moe, browser)
 
         # the event table: every door of the page, each through the gate
@@ -335,6 +337,8 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         table += library.events(library_ui, shared, inspect_ui)
         table += model_tab.events(model_ui, shared, inspect_ui, rosais_ui)
         table += research_events
+        table += experts_tab.events(experts_ui, shared, inspect_ui, inspect_ui.links,
+                                    rosais_ui.state)
         for event in table:
             gate.on(event)
         gate.on(inspect.share_event(inspect_ui, shared)).then(

@@ -69,6 +69,16 @@ class Library:
         """The models of the routes the caller may see (the model filter's choices)."""
         return sorted({r.model for r in self.list(limit=limit) if r.model})
 
+    def with_expert(self, model: str, layer: int, expert: int,
+                    limit: int = 50) -> list[tuple[StoredRoute, str]]:
+        """The routes of ``model`` that force or mask ``expert`` at ``layer``, as
+        ``(route, "force" | "mask")`` (see
+        :meth:`~explorer.storage.library.RouteStore.routes_with_expert`): hosted, the
+        caller's own only (an expert page lists what the visitor made)."""
+        found = self.store.routes_with_expert(layer, expert, model=model, limit=limit,
+                                              viewer=self.viewer)
+        return [(sr, mode) for sr, mode in found if self.mine(sr)]
+
     def mine(self, sr: StoredRoute) -> bool:
         """Whether the caller owns ``sr`` (not hosted: every route is the user's)."""
         if not self.hosted:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 import os
 import re
 import secrets
@@ -477,6 +478,29 @@ class RouteStore:
         sql = "SELECT * FROM routes" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*args, max(0, int(limit))))
         return [StoredRoute._from_row(r) for r in rows]
+
+    def routes_with_expert(self, layer: int, expert: int, model: str | None = None,
+                           limit: int = 50, scan: int = 5000, *,
+                           viewer: str | None | Viewer = UNRESTRICTED
+                           ) -> list[tuple[StoredRoute, str]]:
+        """Routes ``viewer`` may see (newest first, of ``model`` when given) with an edit
+        that forces ("force") or masks ("mask") ``expert`` at decoder layer ``layer``, as
+        ``(route, mode)`` pairs (a route that does both is listed once, as "force"); at
+        most ``limit`` of them, among the newest ``scan`` routes."""
+        try:
+            layer, expert = operator.index(layer), operator.index(expert)
+        except TypeError:
+            raise StoreError(f"layer and expert must be integers, got {layer!r} and "
+                             f"{expert!r}") from None
+        out: list[tuple[StoredRoute, str]] = []
+        for sr in self.list_routes(model=model, limit=scan, viewer=viewer):
+            modes = {e.mode for e in sr.route.edits
+                     if e.layer == layer and expert in e.experts}
+            if modes:
+                out.append((sr, "force" if "force" in modes else "mask"))
+                if len(out) >= limit:
+                    break
+        return out
 
     def delete_route(self, route_id: int, *,
                      owner: str | None | Viewer = UNRESTRICTED) -> None:

@@ -19,6 +19,7 @@ from explorer.app.gate import Door, Event, Visit
 from explorer.app.inputs import whole_number
 from explorer.app.library_access import library
 from explorer.app.state import Cell, InspectState, Shared
+from explorer.app.tabs import experts as experts_tab
 from explorer.app.streaming import stream_shown
 from explorer.app.verdicts import answer_verdict
 from explorer.core.route import Route
@@ -98,6 +99,7 @@ class InspectUI:
     link_btn: Any
     link: Any
     state: Any
+    links: Any = None  # the Experts tab's links (explorer.app.tabs.experts.InspectLinks)
 
     def run_outputs(self) -> list:
         """What Generate writes (see :func:`on_generate`)."""
@@ -143,6 +145,7 @@ def layout() -> InspectUI:
             with gr.Column(scale=3):
                 sel_md = gr.Markdown("No cell selected.", elem_id="cell-info")
                 experts = gr.CheckboxGroup([], label="experts", elem_id="expert-choices")
+                links = experts_tab.inspect_links()
                 with gr.Row():
                     edit_mode = gr.Radio(["force", "mask"], value="force", label="edit",
                                          info="force: exactly top-k experts; "
@@ -166,7 +169,7 @@ def layout() -> InspectUI:
         state = gr.State(InspectState())  # inside the tab: right under gr.Tabs it is a tab
     return InspectUI(base_ans, alt_ans, verdict, mode, view, heat, usage, bridge, sel_layer,
                      sel_pos, sel_btn, sel_md, experts, edit_mode, every, add_btn, edit_list,
-                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state)
+                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state, links)
 
 
 # -- views ------------------------------------------------------------------------------------
