@@ -236,8 +236,8 @@ def test_the_tour_buttons_show_the_refusal_flipping(tour_app, demo):
     assert st.base is base  # the visitor's state keeps step 1's trace
     assert answer.startswith("Sure, here is") and "jailbroken" in md
     assert f"{len(tour.route().edits)} forced cells of {want['prompt_cells']}" in md
-    assert (f"kept {want['route_edits']}: {want['route_edits']} of the prompt's "
-            f"{want['prompt_cells']} cells ({want['route_share']:g}%)") in texts["replay"]
+    assert (f"kept only {want['route_edits']}, that is {want['route_share']:g}% of the "
+            f"prompt's {want['prompt_cells']} cells") in texts["replay"]
     assert f"a route of {want['searched_edits']} forced cells" in texts["replay"]
 
     st2, diff, md, texts["compare"] = last(ui_handler(tour_app, "tour-compare-btn")(st))
@@ -293,7 +293,9 @@ def test_the_tour_text_is_filled_when_the_app_is_built(tour_app, demo):
           if str(getattr(b, "elem_id", "")).startswith("tour-step-")}
     cells = len(demo.encode(tour.prompt)) * len(demo.moe_layers)
     replay = md[f"tour-step-{tour.step('replay').number}"]
-    assert f"{len(tour.route().edits)} of the prompt's {cells} cells" in replay
+    share = f"{100 * len(tour.route().edits) / cells:.1f}%"
+    assert f"kept only {len(tour.route().edits)}, that is {share} of the prompt's {cells} " \
+        "cells" in replay
     assert UNKNOWN not in replay
     assert UNKNOWN in md[f"tour-step-{tour.step('compare').number}"]
 

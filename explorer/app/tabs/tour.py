@@ -196,6 +196,11 @@ def step_generate(visit: Visit, st: TourState):
             f"{len(tr.moe_layers)} MoE layers", _text(tour, "generate", facts))
 
 
+def _one_line(text: str) -> str:
+    """An answer inside a markdown line: escaped, its line breaks shown as " / "."""
+    return html.escape(" / ".join(x.strip() for x in text.splitlines() if x.strip()))
+
+
 def step_rosais(visit: Visit, st: TourState):
     """Step 2: RoSais per router, then the top 1, 2, ... routers masked until the answer
     flips: (state, bars, summary with both answers, the step's text)."""
@@ -215,9 +220,9 @@ def step_rosais(visit: Visit, st: TourState):
     shown = res.by_top[L - 1] if L else res.by_top[-1]
     masked = ", ".join(f"L{x}" for x in ranking(res)[:shown["top"]])
     md = (rosais_summary(res) + "\n\n**Baseline answer:** "
-          + html.escape(visit.shown(tour.prompt, res.baseline_completion))
+          + _one_line(visit.shown(tour.prompt, res.baseline_completion))
           + f"\n\n**With the top {shown['top']} routers masked ({masked}):** "
-          + html.escape(visit.shown(tour.prompt, shown["completion"]))
+          + _one_line(visit.shown(tour.prompt, shown["completion"]))
           + f" ({'jailbroken' if shown['jailbroken'] else 'not jailbroken'}, keyword judge)")
     return (TourState(st.base, st.alt, facts), plots.rosais_bars(res.to_dict()), md,
             _text(tour, "rosais", facts))
