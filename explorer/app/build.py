@@ -261,6 +261,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     reads them from the environment) the rest. If the model can't be loaded the app still
     starts and says why. ``demo.explorer`` is the app's :class:`Explorer`.
     """
+    from explorer.app import minimize
     from explorer.app.api import register_api
     from explorer.app.tabs import experts as experts_tab
     from explorer.app.tabs import inspect, library, rosais, search, tour
@@ -316,7 +317,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
 
         with gr.Tabs(elem_id="main-tabs", selected="tour" if shipped else "inspect") as tabs:
             shared = Shared(prompt, system, max_new, gen_btn, tabs, header, browser)
-            tour_ui = tour.layout()
+            tour_ui = tour.layout(app.moe)
             inspect_ui = inspect.layout()
             rosais_ui = rosais.layout(n_moe)
             search_ui = search.layout(judge_choices(app))
@@ -339,6 +340,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         table += research_events
         table += experts_tab.events(experts_ui, shared, inspect_ui, inspect_ui.links,
                                     rosais_ui.state)
+        table += minimize.events(search_ui, inspect_ui, shared)
         for event in table:
             gate.on(event)
         gate.on(inspect.share_event(inspect_ui, shared)).then(

@@ -56,10 +56,12 @@ class InspectState:
 
 @dataclass
 class TourState:
-    """The Tour of one visitor: the baseline and the re-routed trace it has shown."""
+    """The Tour of one visitor: the baseline and the re-routed trace it has shown, and the
+    numbers its steps have computed (the placeholders of the tour's text, by name)."""
 
     base: RoutingTrace | None = None
     alt: RoutingTrace | None = None
+    facts: dict = field(default_factory=dict)
 
 
 @dataclass

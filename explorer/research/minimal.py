@@ -73,6 +73,13 @@ class MinimalResult(ResultMixin):
         return Route.from_dict(self.route)
 
 
+def minimize_cost(edits: int, checks: int, max_new_tokens: int) -> int:
+    """The forward passes a server budgets for :func:`minimize` of a route of ``edits``
+    edits (the app's hosted-mode check: two scoring passes per edit and ``checks``
+    generations of ``max_new_tokens``, four passes a token)."""
+    return 2 * edits + checks * max_new_tokens * 4
+
+
 def minimize(moe: MoEModel, prompt: str | None, route, target: str = DEFAULT_TARGET,
              threshold: float = DEFAULT_THRESHOLD, judge=None, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
              checks: int = 3, mapping: str = "end", system: str | None = None) -> MinimalResult:

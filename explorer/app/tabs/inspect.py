@@ -100,6 +100,8 @@ class InspectUI:
     link: Any
     state: Any
     links: Any = None  # the Experts tab's links (explorer.app.tabs.experts.InspectLinks)
+    min_btn: Any = None  # Minimize (its event: explorer.app.minimize)
+    min_md: Any = None
 
     def run_outputs(self) -> list:
         """What Generate writes (see :func:`on_generate`)."""
@@ -164,12 +166,15 @@ def layout() -> InspectUI:
             rerun_btn = gr.Button("Re-run with edits", variant="primary", elem_id="rerun-btn")
             save_btn = gr.Button("Save edits as a route", elem_id="save-route-btn")
             link_btn = gr.Button("Copy link", elem_id="copy-link-btn")
+            min_btn = gr.Button("Minimize", elem_id="minimize-btn")
+        min_md = gr.Markdown("", elem_id="minimize-info")
         link = gr.Textbox(label="Link to this view (prompt and route; saved routes by id)",
                           interactive=False, buttons=["copy"], elem_id="share-link")
         state = gr.State(InspectState())  # inside the tab: right under gr.Tabs it is a tab
     return InspectUI(base_ans, alt_ans, verdict, mode, view, heat, usage, bridge, sel_layer,
                      sel_pos, sel_btn, sel_md, experts, edit_mode, every, add_btn, edit_list,
-                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state, links)
+                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state, links,
+                     min_btn=min_btn, min_md=min_md)
 
 
 # -- views ------------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class SearchUI:
     plot: Any
     result: Any
     timer: Any
+    minimize: Any = None  # its event: explorer.app.minimize
 
     def job_outputs(self, shared: Shared) -> list:
         """What :func:`job_view` fills."""
@@ -140,13 +141,15 @@ def layout(judges: list[str]) -> SearchUI:
                 resume = gr.Button("Resume", size="sm", elem_id="search-resume",
                                    interactive=False)
                 open_ = gr.Button("Open in library", size="sm", elem_id="search-open")
+                minimize = gr.Button("Minimize", size="sm", elem_id="search-minimize")
         md = gr.Markdown("No search yet.", elem_id="search-progress")
         plot = gr.Plot(plots.search_progress(None), label="best log-prob over time",
                        elem_id="search-plot")
         result = gr.Markdown("", elem_id="search-result")
         timer = gr.Timer(1.0, active=False)
     return SearchUI(method, fsour_box, target, n, thr, iters, engine, params, seed, judge,
-                    start, jobs, stop, resume, open_, md, plot, result, timer)
+                    start, jobs, stop, resume, open_, md, plot, result, timer,
+                    minimize=minimize)
 
 
 # -- views ------------------------------------------------------------------------------------

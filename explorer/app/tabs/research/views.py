@@ -176,7 +176,7 @@ def minimal_view(visit: Visit, ids_text: str, json_text: str, prompt: str, thres
                  progress=gr.Progress()):
     """Greedy minimal form of one route on its own prompt (or ``prompt``).
     Returns (kept-edits heatmap, necessity bars, markdown, minimal route JSON)."""
-    from explorer.research.minimal import minimize
+    from explorer.research.minimal import minimize, minimize_cost
     moe = visit.moe
     routes = collect_routes(visit, ids_text, json_text, browser=b)
     if len(routes) != 1:
@@ -190,7 +190,7 @@ def minimal_view(visit: Visit, ids_text: str, json_text: str, prompt: str, thres
     c = whole_number(checks, "checks per round", 1, 50)
     n, jd = generation_settings(visit, max_new, judge)
     visit.prompt(p)
-    visit.budget(2 * len(route) + c * n * 4, "minimising this route")
+    visit.budget(minimize_cost(len(route), c, n), "minimising this route")
     m = run_with_progress(progress, lambda: minimize(
         moe, p, route, target=tgt, threshold=thr, judge=jd, max_new_tokens=n, checks=c),
         f"minimising {len(route)} edits", 0.0, 1.0, 2.5 * max(len(route), 1))
