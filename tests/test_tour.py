@@ -222,7 +222,7 @@ def test_the_tour_buttons_show_the_refusal_flipping(tour_app, demo):
 
     st, bars, md, texts["rosais"] = last(ui_handler(tour_app, "tour-rosais-btn")(st))
     assert st.base is base
-    assert any(t.type == "bar" for t in bars.data) and "top layers" in md
+    assert any(t.type == "bar" for t in bars.data) and "Top: **layer" in md
     assert want["rosais_top"] is not None, "RoSais no longer flips the demo model's answer"
     L = want["rosais_top"]
     assert (f"masking only the top {L} of the {want['moe_layers']} routers (layers "
