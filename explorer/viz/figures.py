@@ -81,7 +81,8 @@ def empty_figure(message: str = "Nothing to show yet", height: int = 320) -> go.
     on lines of at most :data:`PLACEHOLDER_LINE` characters so a narrow plot shows it all."""
     import textwrap
     fig = go.Figure()
-    fig.add_annotation(text="<br>".join(textwrap.wrap(message, PLACEHOLDER_LINE)) or message, x=0.5, y=0.5, xref="paper", yref="paper",
+    text = "<br>".join(textwrap.wrap(message, PLACEHOLDER_LINE)) or message
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper",
                        showarrow=False, font=dict(size=14, color="#777"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
