@@ -153,8 +153,8 @@ def next_tokens(moe: MoEModel, ids: Sequence[int], prompt_tokens: int,
     ids = _ids_of(ids)
     if not 0 < prompt_tokens <= len(ids):
         raise InputError(f"prompt_tokens must be in 1..{len(ids)}, got {prompt_tokens}")
-    last = min(len(ids), prompt_tokens + max(1, int(count))) - 1
-    positions = list(range(prompt_tokens - 1, max(last, prompt_tokens - 1) + 1))
+    positions = list(range(prompt_tokens - 1,
+                           min(len(ids), prompt_tokens - 1 + max(1, int(count)))))
     with moe.lock, torch.inference_mode(), moe.control(route):
         logits = moe.model(input_ids=as_ids(moe, ids[:positions[-1] + 1]),
                            use_cache=False).logits[0]

@@ -20,6 +20,7 @@ from explorer.app.inputs import whole_number
 from explorer.app.library_access import library
 from explorer.app.state import Cell, InspectState, Shared
 from explorer.app.streaming import stream_shown
+from explorer.app.tabs import why
 from explorer.app.verdicts import answer_verdict
 from explorer.core.route import Route
 from explorer.viz import figures as plots
@@ -86,6 +87,7 @@ class InspectUI:
     link_btn: Any
     link: Any
     state: Any
+    why: Any = None  # the "Why it flips" panel (explorer.app.tabs.why)
 
     def run_outputs(self) -> list:
         """What Generate writes (see :func:`on_generate`)."""
@@ -108,6 +110,7 @@ def layout() -> InspectUI:
                                  lines=4, interactive=False, elem_id="rerouted-answer",
                                  elem_classes="sse-answer")
         verdict = gr.HTML("", elem_id="answer-verdicts")
+        why_ui = why.layout()
         with gr.Row():
             mode = gr.Radio(MODE_CHOICES, value="expert", label="Colour", scale=3)
             view = gr.Radio(list(VIEWS), value="baseline", label="Show trace", scale=1)
@@ -154,7 +157,7 @@ def layout() -> InspectUI:
         state = gr.State(InspectState())  # inside the tab: right under gr.Tabs it is a tab
     return InspectUI(base_ans, alt_ans, verdict, mode, view, heat, usage, bridge, sel_layer,
                      sel_pos, sel_btn, sel_md, experts, edit_mode, every, add_btn, edit_list,
-                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state)
+                     rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state, why_ui)
 
 
 # -- views ------------------------------------------------------------------------------------
