@@ -63,9 +63,11 @@ def test_summary_of_a_real_evaluate_run(runs):
         assert m["refusals"] == sum(r["refusal"] for r in f.rows)
         assert m["judge"] == "keyword"
     table = row_table(fsour.rows)
-    assert [r["edits"] for r in table] == [len(r["route"]["edits"]) for r in fsour.rows]
+    by_index = sorted(fsour.rows, key=lambda r: r["index"])
+    assert [r["index"] for r in table] == [0, 1, 2]
+    assert [r["edits"] for r in table] == [len(r["route"]["edits"]) for r in by_index]
     assert all(r["edits"] > 0 for r in table)  # F-SOUR rows carry their routes
-    assert [r["verdict"] for r in table] == [verdict_of(r) for r in fsour.rows]
+    assert [r["verdict"] for r in table] == [verdict_of(r) for r in by_index]
     assert ResultFile.from_json(fsour.to_json()) == fsour
 
 
@@ -92,7 +94,8 @@ def test_compare_two_files(runs):
     none, fsour = (load_results(p) for p in runs)
     cmp = compare_results(none, fsour)
     assert cmp.matched == 3
-    want = [r["index"] for r, s in zip(none.rows, fsour.rows) if verdict_of(r) != verdict_of(s)]
+    vb = {s["index"]: verdict_of(s) for s in fsour.rows}
+    want = [r["index"] for r in none.rows if verdict_of(r) != vb[r["index"]]]
     assert [d["index"] for d in cmp.differ] == want
     assert {d["method_a"] for d in cmp.differ} <= {"none"}
     assert [m["method"] for m in cmp.a] == ["none"] and [m["method"] for m in cmp.b] == ["fsour"]

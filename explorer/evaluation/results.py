@@ -159,11 +159,12 @@ def category_table(rows: list[dict]) -> list[dict]:
 
 
 def row_table(rows: list[dict]) -> list[dict]:
-    """One record per row, in file order: ``index``, ``method``, ``category``,
-    ``verdict`` (:func:`verdict_of`), ``edits`` (its route's size; 0 without a route),
-    ``goal``."""
+    """One record per row, by dataset index (rows of one index in file order): ``index``,
+    ``method``, ``category``, ``verdict`` (:func:`verdict_of`), ``edits`` (its route's
+    size; 0 without a route), ``goal``. (``evaluate`` writes batched searches' rows as
+    they finish, so a file's order need not be the dataset's.)"""
     out = []
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["index"]):
         route = r.get("route") if isinstance(r.get("route"), dict) else None
         edits = route.get("edits") if route is not None else None
         out.append({"index": r["index"], "method": r["method"],

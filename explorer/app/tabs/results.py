@@ -122,7 +122,7 @@ def _summary(rs: ResultsState) -> str:
 def _opened(path, label: str):
     if not path:
         return None
-    return load_results(path, f"{label} ({Path(str(path)).name})")
+    return load_results(path, Path(str(path)).name)
 
 
 def open_files(visit: Visit, path_a, path_b):
