@@ -95,7 +95,7 @@ def _wait_text(page, sel, text, timeout=90_000):
 
 def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
     from explorer.evaluation.results import load_results
-    none, fsour = (load_results(p) for p in runs)
+    fsour = load_results(runs[1])
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -228,3 +228,24 @@ def test_why_it_flips_view(app, runs):
     assert len(fig.data) == 2  # baseline and re-routed lenses
     base_lens = logit_lens(app.explorer.moe, st.base.token_ids, st.base.prompt_tokens, None)
     assert list(fig.data[0].z[-1]) == pytest.approx(base_lens.top[-1].probs)
+
+
+def test_why_it_flips_shows_nothing_of_an_answer_a_hosted_server_shortens(tiny, tmp_path):
+    """Hosted, a real model's jailbroken answer shows only its first sentence: the panel
+    must not list its tokens either (the tiny random model's answer has no refusal)."""
+    from explorer.app.build import build_app
+    from explorer.app.hosted import HostedPolicy
+    from explorer.app.state import InspectState
+    from explorer.app.tabs.why import explain
+    from explorer.core.trace import trace
+    app = build_app(tiny, data_dir=tmp_path, policy=HostedPolicy(enabled=True))
+    try:
+        base = trace(tiny, tiny.prepare(HARMFUL_PROMPTS[0]), max_new_tokens=12)
+        assert app.explorer.gate.shown_trace(base) is not base  # the server shortens it
+        req = types.SimpleNamespace(session_hash="s1", client=types.SimpleNamespace(
+            host="10.0.0.9"), headers={}, query_params={})
+        with pytest.raises(Exception, match="first sentence") as err:
+            app.explorer.gate.call(explain, 0, InspectState(base=base), request=req)
+        assert "\n" not in str(err.value)
+    finally:
+        app.explorer.jobs.shutdown(wait=True, timeout=30)

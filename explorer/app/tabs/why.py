@@ -4,8 +4,8 @@ residual stream after each decoder layer through the final norm and LM head).
 
 Library functions: :func:`explorer.core.lens.next_tokens` and
 :func:`explorer.core.lens.logit_lens`; the figure: :func:`explorer.viz.results.lens_heatmap`.
-Only the first :data:`ANSWER_TOKENS` answer tokens are read (what the answer boxes show of
-an answer even where a hosted server shortens it).
+Only the first :data:`ANSWER_TOKENS` answer tokens are read; where a hosted server shortens
+an answer (a real model's jailbroken one) the panel shows nothing of it.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ def explain(visit: Visit, token_v, st: InspectState):
     if st.base is None:
         fail("Generate first: there is no answer to explain.")
     shown = [("baseline", st.base)] + ([("re-routed", st.alt)] if st.alt is not None else [])
+    for name, tr in shown:  # hosted: an answer this server shortens shows no tokens here
+        if visit.app.gate.shown_trace(tr) is not tr:
+            fail(f"This server shows only the first sentence of the {name} answer, so "
+                 "its tokens and their probabilities are not shown either.")
     tables, lenses = [], []
     for _, tr in shown:
         tables.append(next_tokens(moe, tr.token_ids, tr.prompt_tokens, tr.route,
