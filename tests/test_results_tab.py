@@ -249,3 +249,99 @@ def test_why_it_flips_shows_nothing_of_an_answer_a_hosted_server_shortens(tiny, 
         assert "\n" not in str(err.value)
     finally:
         app.explorer.jobs.shutdown(wait=True, timeout=30)
+
+
+# -- an evaluation as a background job ----------------------------------------------------------
+def _until_finished(app, rs, b, timeout=120):
+    import time
+
+    from explorer.app.tabs.results import poll_evaluation
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = _call(app, poll_evaluation, rs, b)
+        if "running" not in out[6] and "queued" not in out[6]:
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"the evaluation did not finish: {out[6]}")
+
+
+def test_an_evaluation_job_runs_and_shows_its_rows(app):
+    from explorer.app.state import ResultsState
+    from explorer.app.tabs.results import poll_evaluation, start_evaluation
+    from explorer.core.prompt_sets import BENIGN_PROMPTS
+    b = app.explorer.owners.ensure_client({"client": None, "jobs": []})
+    rs, line, _ = _call(app, start_evaluation, "benign", 2, "none", 6, ResultsState(), b)
+    assert rs.job is not None and "Queued" in line
+    out = _until_finished(app, rs, b)
+    rs2, methods, rows = out[0], out[2], out[4]
+    assert rs2.job is None and "done" in out[6]
+    assert [r["goal"] for r in rs2.a.rows] == list(BENIGN_PROMPTS[:2])
+    assert list(methods["k/n"]) == [f"{sum(r['jailbroken'] for r in rs2.a.rows)}/2"]
+    assert len(rows) == 2
+    st = app.explorer.jobs.status(rs.job)
+    assert st["kind"] == "evaluate" and st["route_id"] is None  # rows, no route saved
+    # the Search tab's job list (a ?job= link may put it there) names it as an evaluation
+    from explorer.app.format import job_label, job_progress_md, job_result_md
+    assert "evaluation: none on the first 2 benign prompts" in job_label(st)
+    assert job_result_md(st) == "**Evaluation (done)** · 2 rows"
+    assert "Search" in job_progress_md(st)
+    # another browser cannot read it: its timer stops, nothing of the job is shown
+    other = app.explorer.owners.ensure_client({"client": None, "jobs": []})
+    out = _call(app, poll_evaluation, ResultsState(job=rs.job), other)
+    assert out[0].job is None and out[0].a is None and "not there" in out[6]
+    assert out[7].active is False
+
+
+def test_a_stopped_evaluation_keeps_its_rows_and_a_hosted_server_bounds_it(demo, tmp_path):
+    import time
+
+    from explorer.app import searches
+    from explorer.app.build import build_app
+    from explorer.app.hosted import HostedPolicy
+    from explorer.app.state import ResultsState
+    from explorer.app.tabs.results import start_evaluation, stop_evaluation
+    from explorer.app.tabs.search import owner_of
+    from explorer.storage.jobs import EVALUATE_JOB
+    hosted = build_app(demo, data_dir=tmp_path, policy=HostedPolicy(
+        enabled=True, max_search_budget=500, burst=100))
+    try:
+        req = types.SimpleNamespace(session_hash="s1", client=types.SimpleNamespace(
+            host="10.0.0.9"), headers={}, query_params={})
+        b = hosted.explorer.owners.ensure_client({"client": None, "jobs": []})
+        with pytest.raises(Exception, match="above this server's limit") as err:
+            hosted.explorer.gate.call(start_evaluation, "harmful", 6, "fsour", 8,
+                                      ResultsState(), b, request=req)
+        assert "\n" not in str(err.value)
+        assert hosted.explorer.store.list_jobs(limit=5) == []  # nothing was queued
+        rs, _, _ = hosted.explorer.gate.call(start_evaluation, "harmful", 8, "none", 24,
+                                             ResultsState(), b, request=req)
+        jobs = hosted.explorer.jobs
+        end = time.monotonic() + 60  # stop it once its first row is in
+        while time.monotonic() < end and not (jobs.status(rs.job)["progress"] or {}).get(
+                "fraction"):
+            time.sleep(0.05)
+        hosted.explorer.gate.call(stop_evaluation, rs, b, request=req)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and jobs.status(rs.job)["status"] == "running":
+            time.sleep(0.1)
+        st = jobs.status(rs.job)
+        rows = st["result"]["rows"]
+        assert st["kind"] == EVALUATE_JOB
+        if st["status"] == "cancelled":  # stopped between two rows: the rows done are kept
+            assert 1 <= len(rows) < 8
+            assert hosted.explorer.store.get_job(rs.job).state  # its checkpoint
+            # resumed as its owner, checked like a new evaluation: continues from its rows
+            owner = owner_of(hosted.explorer, b)
+            hosted.explorer.gate.call(searches.resume, rs.job, owner, request=req)
+            end = time.monotonic() + 120
+            while time.monotonic() < end and jobs.status(rs.job)["status"] in ("queued",
+                                                                                "running"):
+                time.sleep(0.1)
+            again = jobs.status(rs.job)
+            assert again["status"] == "done"
+            assert [r["index"] for r in again["result"]["rows"]] == list(range(8))
+            assert again["result"]["rows"][:len(rows)] == rows
+        else:  # it finished before the stop arrived
+            assert st["status"] == "done" and len(rows) == 8
+    finally:
+        hosted.explorer.jobs.shutdown(wait=True, timeout=30)

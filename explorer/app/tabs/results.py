@@ -1,7 +1,9 @@
-"""The "Results" tab: open an ``evaluate`` result file (JSONL), see its method table (ASR
-with k/n), per-category bars (JailbreakBench rows have categories) and one line per row
-with its verdict; click a row to open its prompt and route in Inspect (the route's edits
-pending and re-run); open a second file to compare both side by side.
+"""The "Results" tab: open an ``evaluate`` result file (JSONL), or run an evaluation of the
+project's own prompts as a background job (:data:`explorer.storage.jobs.EVALUATE_JOB`);
+see its method table (ASR with k/n), per-category bars (JailbreakBench rows have
+categories) and one line per row with its verdict; click a row to open its prompt and
+route in Inspect (the route's edits pending and re-run); open a second file to compare
+both side by side.
 
 The summaries are library functions (:mod:`explorer.evaluation.results`), the figures
 :mod:`explorer.viz.results`. An uploaded file is bounded before it is read (and, hosted,
@@ -10,6 +12,7 @@ admitted at the HTTP edge like every upload); it stays in the visitor's session.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from explorer.app.errors import fail
 from explorer.app.format import edits_box
 from explorer.app.gate import Door, Event, Visit
 from explorer.app.state import InspectState, ResultsState, Shared
+from explorer.attacks import list_attacks
+from explorer.core.prompt_sets import HARMFUL_PROMPTS
 from explorer.core.route import Route
 from explorer.evaluation.results import (
     category_table,
@@ -29,6 +34,7 @@ from explorer.evaluation.results import (
     method_table,
     row_table,
 )
+from explorer.storage.jobs import EVALUATE_SETS
 from explorer.viz.figures import empty_figure
 from explorer.viz.results import category_bars
 from explorer.viz.text import pct
@@ -53,6 +59,13 @@ class ResultsUI:
     rows: Any
     differ: Any
     state: Any
+    ev_set: Any = None
+    ev_count: Any = None
+    ev_method: Any = None
+    ev_start: Any = None
+    ev_stop: Any = None
+    ev_status: Any = None
+    timer: Any = None
 
     def open_outputs(self) -> list:
         """What opening files writes (see :func:`open_files`)."""
@@ -69,6 +82,22 @@ def layout() -> ResultsUI:
                              type="filepath", elem_id="results-file-a")
             file_b = gr.File(label="B (optional): compare with", file_types=[".jsonl"],
                              type="filepath", elem_id="results-file-b")
+        with gr.Accordion("…or run an evaluation in the background (the project's own "
+                          "prompts)", open=False, elem_id="results-run"):
+            with gr.Row():
+                ev_set = gr.Radio(list(EVALUATE_SETS), value="harmful", label="prompts",
+                                  elem_id="results-run-set")
+                ev_count = gr.Slider(1, len(HARMFUL_PROMPTS), value=4, step=1,
+                                     label="how many (the first N)", elem_id="results-run-n")
+                ev_method = gr.Dropdown(list(list_attacks("evaluate")), value="none",
+                                        label="method (default parameters)",
+                                        elem_id="results-run-method")
+            with gr.Row():
+                ev_start = gr.Button("Start evaluation", variant="primary",
+                                     elem_id="results-run-start")
+                ev_stop = gr.Button("Stop", elem_id="results-run-stop")
+            ev_status = gr.Markdown("", elem_id="results-run-status")
+            timer = gr.Timer(1.0, active=False)
         summary = gr.Markdown("No result file open.", elem_id="results-summary")
         methods = gr.Dataframe(pd.DataFrame(columns=METHOD_COLUMNS), label="Methods",
                                interactive=False, elem_id="results-methods",
@@ -84,7 +113,8 @@ def layout() -> ResultsUI:
                               interactive=False, max_height=300, elem_id="results-differ",
                               elem_classes="sse-table")
         state = gr.State(ResultsState())
-    return ResultsUI(file_a, file_b, summary, methods, categories, rows, differ, state)
+    return ResultsUI(file_a, file_b, summary, methods, categories, rows, differ, state,
+                     ev_set, ev_count, ev_method, ev_start, ev_stop, ev_status, timer)
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -125,14 +155,20 @@ def _opened(path, label: str):
     return load_results(path, Path(str(path)).name)
 
 
-def open_files(visit: Visit, path_a, path_b):
+def open_files(visit: Visit, path_a, path_b, rs: ResultsState | None = None):
     """Open result file A (and B): (state, summary, method table, category bars, rows,
     rows whose verdict differs). Each file is refused before it is read when too large,
     and with one line when it is not an evaluate result file."""
     a, b = _opened(path_a, "A"), _opened(path_b, "B")
     if a is None and b is not None:
         a, b = b, None
-    rs = ResultsState(a, b)
+    return shown(ResultsState(a, b, job=rs.job if rs is not None else None))
+
+
+def shown(rs: ResultsState):
+    """What the tab shows of the open files ``rs``: (state, summary, method table,
+    category bars, rows, rows whose verdict differs)."""
+    a, b = rs.a, rs.b
     rows = [r for _, f in rs.files() for r in f.rows]
     if a is not None and b is not None:  # the method names say which file a bar is from
         rows = ([dict(r, method=f"A {r['method']}") for r in a.rows]
@@ -195,12 +231,88 @@ def open_row(visit: Visit, rs: ResultsState, max_new_v, st: InspectState,
             yield head + (out[1], out[0]) + out[2:]  # Re-run's order: re-routed first
 
 
+def start_evaluation(visit: Visit, set_v, count_v, method_v, max_new_v,
+                     rs: ResultsState, b=None):
+    """Queue an evaluate job (this browser's): (state, its status line, the timer)."""
+    from explorer.app.inputs import whole_number
+    from explorer.app.searches import check_evaluation
+    from explorer.app.tabs.search import owner_of
+    from explorer.storage.jobs import EVALUATE_JOB
+    rs = rs or ResultsState()
+    params = check_evaluation(visit, {
+        "method": method_v, "prompts": set_v, "count": whole_number(count_v, "prompts", 1),
+        "max_new_tokens": max_new_v})
+    jobs = visit.app.host.require_jobs()
+    job = jobs.submit(EVALUATE_JOB, params, session=owner_of(visit.app, b), checked=True,
+                      group=visit.address if visit.policy.enabled else None)
+    line = (f"Queued: {params['method']} on the first {params['count']} "
+            f"{params['prompts']} prompts…")
+    return ResultsState(rs.a, rs.b, job=job), line, gr.Timer(active=True)
+
+
+def _progress_line(st: dict) -> str:
+    p = st.get("progress") or {}
+    frac = p.get("fraction")
+    done = f" · {pct(frac)}" if isinstance(frac, (int, float)) else ""
+    eta = p.get("eta_seconds")
+    left = f" · about {eta:.0f} s left" if isinstance(eta, (int, float)) and eta > 0 else ""
+    return f"Evaluation **{st['status']}**{done}{left}"
+
+
+def poll_evaluation(visit: Visit, rs: ResultsState, b=None):
+    """The evaluate job's status; when it has finished (or stopped), its rows as file A.
+    Outputs: what opening files writes, the status line, the timer."""
+    from explorer.app.searches import status
+    from explorer.app.tabs.search import owner_of
+    from explorer.evaluation.results import ResultFile
+    rs = rs or ResultsState()
+    skip = gr.skip()
+    if rs.job is None:
+        return (skip,) * 7 + (gr.Timer(active=False),)
+    try:
+        st = status(visit.app, rs.job, owner_of(visit.app, b))
+    except Exception:  # noqa: BLE001 - gone (a cleared store) or not this browser's
+        gone = "That evaluation is not there any more."
+        return (ResultsState(rs.a, rs.b), *(skip,) * 5, gone, gr.Timer(active=False))
+    line = _progress_line(st)
+    if st["status"] in ("queued", "running"):
+        return (skip,) * 6 + (line, skip)
+    res = st.get("result") or {}
+    rows = res.get("rows") or []
+    if st.get("error"):
+        line += f": {html.escape(str(st['error']))}"
+    if not rows:
+        return (ResultsState(rs.a, rs.b), *(skip,) * 5, line, gr.Timer(active=False))
+    name = f"evaluation: {res.get('method')} on {len(rows)} {res.get('prompts')} prompts"
+    out = shown(ResultsState(ResultFile(rows, {"name": name, "job": rs.job}), rs.b))
+    return (*out, line + f" · {len(rows)} rows shown as A", gr.Timer(active=False))
+
+
+def stop_evaluation(visit: Visit, rs: ResultsState, b=None):
+    """Stop the evaluate job (the rows done so far are kept and shown): its status line."""
+    from explorer.app.searches import cancel
+    from explorer.app.tabs.search import owner_of
+    rs = rs or ResultsState()
+    if rs.job is None:
+        fail("There is no evaluation running.")
+    return _progress_line(cancel(visit.app, rs.job, owner_of(visit.app, b)))
+
+
 def events(ui: ResultsUI, shared: Shared, inspect) -> list[Event]:
     """The tab's events; ``inspect``: the Inspect tab's components (a row click fills
     them)."""
-    opened = [Event(f.change, open_files, [ui.file_a, ui.file_b], ui.open_outputs(),
-                    Door("Open results")) for f in (ui.file_a, ui.file_b)]
+    opened = [Event(f.change, open_files, [ui.file_a, ui.file_b, ui.state],
+                    ui.open_outputs(), Door("Open results")) for f in (ui.file_a, ui.file_b)]
+    who = [shared.browser]
     return opened + [
+        Event(ui.ev_start.click, start_evaluation,
+              [ui.ev_set, ui.ev_count, ui.ev_method, shared.max_new, ui.state] + who,
+              [ui.state, ui.ev_status, ui.timer], Door("Start evaluation", "job")),
+        Event(ui.timer.tick, poll_evaluation, [ui.state] + who,
+              ui.open_outputs() + [ui.ev_status, ui.timer], Door("Evaluation status", "poll"),
+              {"show_progress": "hidden"}),
+        Event(ui.ev_stop.click, stop_evaluation, [ui.state] + who, [ui.ev_status],
+              Door("Stop evaluation")),
         Event(ui.rows.select, open_row, [ui.state, shared.max_new, inspect.state],
               [shared.prompt, shared.system, shared.tabs, inspect.edit_list]
               + inspect.rerun_outputs(),
