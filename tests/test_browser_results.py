@@ -1,6 +1,7 @@
 """Issue 30 in a real chromium: the Results tab opens an evaluate JSONL (made by running
 ``evaluate`` on the demo model), compares it with a second, and a click on a row opens
-its prompt and route in Inspect, re-run; "Why it flips" then explains the two answers.
+its prompt and route in Inspect, re-run; "Why it flips" then explains the two answers. An
+evaluation started from the tab runs in the background and fills the method table.
 
 Needs pip ``playwright`` and Debian's ``/usr/bin/chromium`` (or $EXPLORER_CHROMIUM); skips
 cleanly without them. Screenshots go to ``$EXPLORER_SCREENSHOTS`` (e.g.
@@ -151,4 +152,33 @@ def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
     page.locator("#why-flips").scroll_into_view_if_needed()
     time.sleep(0.5)
     _shot(page, shots / "why-it-flips.png")
+    assert not errors, errors
+
+
+def test_results_tab_runs_an_evaluation_in_the_background(served, browser):
+    """Start an evaluation of the first two harmful prompts (no attack) from the tab: its
+    status line follows the job, and when it ends its rows fill the method table."""
+    from explorer.core.prompt_sets import HARMFUL_PROMPTS
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(served.local_url)
+    page.wait_for_selector("#generate-btn")
+    page.get_by_role("tab", name="Results", exact=True).click()
+    page.click("#results-run button")  # open the accordion
+    count = page.locator("#results-run-n input[type=number]")
+    count.fill("2")
+    count.press("Enter")
+    page.wait_for_function("() => document.querySelector('#results-run-n input[type=range]')"
+                           ".value === '2'", timeout=10_000)
+    t = time.perf_counter()
+    page.click("#results-run-start")
+    _wait_text(page, "#results-run-status", "2 rows shown as A", timeout=180_000)
+    TIMINGS["start an evaluation of 2 prompts -> method table (s)"] = time.perf_counter() - t
+    assert "done" in page.inner_text("#results-run-status")
+    methods = page.inner_text("#results-methods")
+    assert "none" in methods and "/2" in methods
+    for goal in HARMFUL_PROMPTS[:2]:  # one line per prompt
+        _wait_text(page, "#results-rows", goal[:40], timeout=10_000)
+    assert HARMFUL_PROMPTS[2][:40] not in page.inner_text("#results-rows")
     assert not errors, errors
