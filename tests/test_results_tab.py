@@ -345,3 +345,41 @@ def test_a_stopped_evaluation_keeps_its_rows_and_a_hosted_server_bounds_it(demo,
             assert st["status"] == "done" and len(rows) == 8
     finally:
         hosted.explorer.jobs.shutdown(wait=True, timeout=30)
+
+
+def test_an_evaluation_in_gpu_windows_gives_the_rows_of_one_in_one_piece(demo, tmp_path):
+    """ZeroGPU: an evaluate job runs as GPU windows (each in a forked process of the fake
+    ``spaces``), continuing from the rows done; it ends with the same rows as in one piece."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from test_jobs import final
+
+    from explorer.storage.jobs import EVALUATE_JOB, JobManager
+    from explorer.storage.library import RouteStore
+    here = Path(__file__).resolve().parent / "fake_spaces" / "spaces" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("fake_zerogpu_spaces_results", here)
+    spaces = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = spaces  # pickled exceptions name their module
+    spec.loader.exec_module(spaces)
+    params = {"method": "none", "prompts": "harmful", "count": 6, "max_new_tokens": 16}
+    whole = JobManager(demo, RouteStore(tmp_path / "whole.sqlite3"))
+    windows = JobManager(demo, RouteStore(tmp_path / "windows.sqlite3"),
+                         window=spaces.GPU(duration=1.0), chunk_seconds=1.0)
+    try:
+        assert windows.chunked
+        a = final(whole, whole.submit(EVALUATE_JOB, params), timeout=120)
+        b = final(windows, windows.submit(EVALUATE_JOB, params), timeout=120)
+        assert a["status"] == b["status"] == "done", (a["error"], b["error"])
+        keys = ("index", "goal", "method", "completion", "jailbroken", "refusal")
+        assert [{k: r.get(k) for k in keys} for r in b["result"]["rows"]] == \
+            [{k: r.get(k) for k in keys} for r in a["result"]["rows"]]
+        assert [r["index"] for r in b["result"]["rows"]] == list(range(6))
+        print(f"\n{b['progress']['chunks']} GPU windows")
+    finally:
+        for m in (whole, windows):
+            m.shutdown(wait=True, timeout=30)
+            m.store.close()
+        spaces.close_workers()
+        sys.modules.pop(spec.name, None)
