@@ -264,7 +264,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
     from explorer.app import minimize
     from explorer.app.api import register_api
     from explorer.app.tabs import experts as experts_tab
-    from explorer.app.tabs import inspect, library, rosais, search, tour
+    from explorer.app.tabs import inspect, library, results, rosais, search, tour, why
     from explorer.app.tabs import model as model_tab
     from explorer.app.tabs.research.common import judge_choices
     from explorer.app.tabs.research.tab import research_tab
@@ -322,6 +322,7 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
             rosais_ui = rosais.layout(n_moe)
             search_ui = search.layout(judge_choices(app))
             library_ui = library.layout(hosted=policy.enabled)
+            results_ui = results.layout()
             model_ui = model_tab.layout(app)
             experts_ui = experts_tab.layout()
             research_events = research_tab(app, n_moe, browser)
@@ -336,6 +337,8 @@ def build_app(model: str | MoEModel | None = None, *, data_dir: str | os.PathLik
         table += rosais.events(rosais_ui, shared)
         table += search.events(search_ui, shared, library_ui)
         table += library.events(library_ui, shared, inspect_ui)
+        table += results.events(results_ui, shared, inspect_ui)
+        table += why.events(inspect_ui.why, inspect_ui.state)
         table += model_tab.events(model_ui, shared, inspect_ui, rosais_ui)
         table += research_events
         table += experts_tab.events(experts_ui, shared, inspect_ui, inspect_ui.links,

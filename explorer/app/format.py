@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from explorer.core.defaults import DEFAULT_THRESHOLD
+from explorer.storage.jobs import EVALUATE_JOB
 
 if TYPE_CHECKING:
     from explorer.app.context import Explorer
@@ -94,6 +95,9 @@ def job_name(st: dict) -> str:
     """A search as people name it: when it started (UTC) and its prompt, not its id."""
     p = st.get("params") or {}
     created = (st.get("created") or "")[11:16] or "?"
+    if st.get("kind") == EVALUATE_JOB:  # the Results tab's evaluation: no prompt of its own
+        return (f"{created} UTC · evaluation: {p.get('method')} on the first "
+                f"{p.get('count')} {p.get('prompts')} prompts")
     prompt = " ".join((p.get("prompt") or "").split())
     return f"{created} UTC · “{prompt if len(prompt) <= 40 else prompt[:39] + '…'}”"
 
@@ -169,6 +173,8 @@ def job_result_md(st: dict) -> str:
     r = st.get("result") or {}
     if st.get("status") not in ("done", "cancelled", "interrupted") or not r:
         return ""
+    if st.get("kind") == EVALUATE_JOB:  # rows, not a route (the Results tab shows them)
+        return f"**Evaluation ({st.get('status')})** · {len(r.get('rows') or [])} rows"
     head = "Jailbroken" if r.get("success") else "Not jailbroken"
     if st.get("status") != "done":
         head = f"Best so far ({st.get('status')})"

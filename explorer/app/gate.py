@@ -429,6 +429,9 @@ class Gate:
         for a in res.get("attempts") or []:
             if isinstance(a, dict) and a.get("completion"):
                 a["completion"] = self.shown(prompt, a["completion"])
+        for r in res.get("rows") or []:  # an evaluate job's rows
+            if isinstance(r, dict) and isinstance(r.get("completion"), str):
+                r["completion"] = self.shown(str(r.get("goal") or ""), r["completion"])
         return st
 
 

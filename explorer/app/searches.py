@@ -1,7 +1,8 @@
 """A visitor's background searches: queued (checked once, against the server's caps and the
 attack's cost), read, stopped and resumed only by their owner, with answers shown as the
 server shows them. Every job kind is an attack of the registry that runs as a job
-(:func:`explorer.attacks.list_attacks`, ``"job"``)."""
+(:func:`explorer.attacks.list_attacks`, ``"job"``), or an evaluation of the project's own
+prompts (:data:`explorer.storage.jobs.EVALUATE_JOB`, the Results tab's)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,36 @@ def check_search(visit: Visit, kind: str, params: dict) -> dict:
     return params
 
 
+def check_evaluation(visit: Visit, params: dict) -> dict:
+    """An evaluate job's ``params`` (:data:`explorer.storage.jobs.EVALUATE_JOB`) checked
+    once before it is queued: their bounds
+    (:func:`explorer.storage.jobs.validate_evaluate_params`), then this server's caps: the
+    judge, every prompt's characters and tokens, the answer's length, and the method's
+    cost summed over the prompts against the search budget. Returns the checked
+    parameters."""
+    from explorer.attacks import Shape
+    from explorer.evaluation.evaluate import method_attack
+    from explorer.storage.jobs import evaluate_rows, validate_evaluate_params
+    moe = visit.moe
+    visit.judge(params.get("judge") if isinstance(params, dict) else None)
+    params = validate_evaluate_params(params)
+    n = visit.tokens(params.get("max_new_tokens", MAX_NEW_TOKENS), "max_new_tokens")
+    attack = method_attack(params["method"])
+    specs = attack.Params.specs()
+    own = attack.Params(**{k: v for k, v in params.items() if k in specs})  # checked above
+    target = (getattr(own, "target", None) or DEFAULT_TARGET) if "target" in specs else None
+    target_tokens = 0 if target is None else len(moe.target_ids(target))
+    rows = evaluate_rows(params)
+    total = 0.0
+    for row in rows:
+        prompt = visit.prompt(row["goal"], params.get("system"))
+        total += attack.cost(own, Shape(prompt_tokens=prompt.num_tokens,
+                                        moe_layers=len(moe.moe_layers), max_new_tokens=n,
+                                        target_tokens=target_tokens))
+    visit.budget(total, f"this evaluation of {len(rows)} prompts")
+    return params
+
+
 def submit(visit: Visit, kind: str, params: dict, owner: str) -> str:
     """Check (:func:`check_search`) and queue a job of ``kind`` owned by ``owner``; returns
     its id. The job caps (per owner, per client address, in all) are the job manager's."""
@@ -93,8 +124,12 @@ def resume(visit: Visit, job_id: Any, owner: str) -> dict:
     """Queue ``owner``'s interrupted or cancelled job again, checked like a new one (it
     counts against the same caps); its status."""
     app = visit.app
+    from explorer.storage.jobs import EVALUATE_JOB
     rec = app.owners.owned_job(app.store, job_id, owner)
     jobs = app.host.require_jobs()
-    check_search(visit, rec.kind, dict(rec.params))
+    if rec.kind == EVALUATE_JOB:
+        check_evaluation(visit, dict(rec.params))
+    else:
+        check_search(visit, rec.kind, dict(rec.params))
     jobs.resume(job_id, group=visit.address if visit.policy.enabled else None)
     return status(app, job_id, owner)

@@ -77,3 +77,18 @@ class Shared:
     tabs: Any
     header: Any
     browser: Any
+
+
+@dataclass
+class ResultsState:
+    """The Results tab of one visitor: the evaluate result files it opened (``a``, and
+    ``b`` to compare with), as :class:`~explorer.evaluation.results.ResultFile` objects
+    (held in the visitor's session only), and the id of the evaluate job it runs."""
+
+    a: Any = None
+    b: Any = None
+    job: str | None = None  # the evaluate job it started and is waiting for
+
+    def files(self) -> list[tuple[str, Any]]:
+        """The opened files with their labels ("A", "B")."""
+        return [(k, f) for k, f in (("A", self.a), ("B", self.b)) if f is not None]

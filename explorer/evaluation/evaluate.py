@@ -21,6 +21,7 @@ One JSONL row::
      "forward_passes": 96, "seconds": 1.7, "route": {"edits": [...], "info": {}},
      "target": "Sure, here is", "success": true, "logprob": -3.2}
 
+``category`` appears where the dataset has a category column (JailbreakBench);
 ``route`` appears for ``rosais``/``fsour``/``steer``/``random``; ``target``/``success``/
 ``logprob`` for ``fsour``; ``top_layers`` for ``rosais``; ``reference_edits`` (the size
 copied) for ``random``; ``system`` and ``protocol`` when set.
@@ -261,6 +262,9 @@ def make_row(row: dict, attack: Attack, out: Outcome, **marks: Any) -> dict:
     """The JSONL row of ``attack``'s outcome on dataset ``row`` (see the module docs);
     ``marks``: ``system`` and ``protocol`` when set."""
     rec: dict[str, Any] = {"index": row["index"], "goal": row["goal"], "method": attack.name}
+    category = (row.get("meta") or {}).get("category")
+    if isinstance(category, str) and category.strip():
+        rec["category"] = category.strip()  # JailbreakBench's, for per-category rates
     if attack.routes:
         rec["route"] = out.route.to_dict() if out.route is not None else None
     rec.update(out.fields)

@@ -39,6 +39,7 @@ message that says why.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -206,6 +207,146 @@ def fsour_runner(moe: MoEModel, params: dict, on_event, should_stop, state: str 
     :func:`explorer.methods.fsour.fsour` with the job's parameters, resumable from
     ``state``."""
     return run_job("fsour", moe, params, on_event, should_stop, state, judge_options)
+
+
+#: The job kind that runs ``evaluate`` (:func:`explorer.evaluation.evaluate.evaluate`, the
+#: multi-prompt path) over the first rows of one of the project's own prompt sets. Not an
+#: attack: its result is the rows (``result["rows"]``, as ``evaluate --out`` writes them),
+#: not a route; its checkpoint is the rows done, so a cancelled, interrupted or GPU-windowed
+#: run continues where it stopped.
+EVALUATE_JOB = "evaluate"
+#: The prompt sets an evaluate job may run over.
+EVALUATE_SETS = ("harmful", "benign")
+#: What an evaluate job has besides its method's parameters.
+EVALUATE_SETTINGS = ("method", "prompts", "count", "judge", "max_new_tokens", "seed",
+                     "system")
+
+
+def evaluate_goals(prompts: str) -> tuple[str, ...]:
+    """The goals of the project's prompt set ``prompts`` (:data:`EVALUATE_SETS`)."""
+    from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
+    return {"harmful": HARMFUL_PROMPTS, "benign": BENIGN_PROMPTS}[prompts]
+
+
+def validate_evaluate_params(params: dict) -> dict:
+    """Check an evaluate job's parameters (:data:`EVALUATE_SETTINGS` and its method's own,
+    each by its declared bounds); the keys given are the keys kept. Raises
+    :class:`StoreError` with one line."""
+    from explorer.evaluation.evaluate import method_attack
+    from explorer.judges import JUDGES
+    if not isinstance(params, dict):
+        raise StoreError("job params must be a dict")
+    out = {k: v for k, v in params.items() if v is not None}
+    try:
+        attack = method_attack(out.get("method", "none"))
+    except InputError as exc:
+        raise StoreError(str(exc)) from None
+    specs = attack.Params.specs()
+    unknown = sorted(str(k) for k in set(out) - set(EVALUATE_SETTINGS) - set(specs))
+    if unknown:
+        raise StoreError(f"unknown evaluate parameter(s) {unknown}; known: "
+                         f"{list(EVALUATE_SETTINGS) + list(specs)}")
+    out.setdefault("method", attack.name)
+    out.setdefault("prompts", "harmful")
+    if out["prompts"] not in EVALUATE_SETS:
+        raise StoreError(f"prompts must be one of {list(EVALUATE_SETS)}")
+    size = len(evaluate_goals(out["prompts"]))
+    try:
+        out["count"] = check_value("count", Spec("int", "prompts", lo=1, hi=size),
+                                   out.get("count", size))
+        for key in ("max_new_tokens", "seed"):
+            if key in out:
+                out[key] = check_value(key, _RUN_SPECS[key], out[key])
+        for key, spec in specs.items():
+            if key in out:
+                out[key] = check_value(key, spec, out[key])
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if "judge" in out and (not isinstance(out["judge"], str) or out["judge"] not in JUDGES):
+        raise StoreError(f"unknown judge; choose one of {sorted(JUDGES)}")
+    if "system" in out:
+        try:
+            out["system"] = check_system(out["system"])
+        except InputError as exc:
+            raise StoreError(str(exc)) from None
+        if out["system"] is None:
+            del out["system"]
+    return out
+
+
+def evaluate_rows(params: dict) -> list[dict]:
+    """The dataset rows an evaluate job with (checked) ``params`` runs over."""
+    goals = evaluate_goals(params["prompts"])[:params["count"]]
+    return [{"index": i, "goal": g, "target": None, "meta": {}} for i, g in enumerate(goals)]
+
+
+class _Stopped(Exception):
+    """An evaluate job asked to stop between two rows."""
+
+
+@dataclasses.dataclass
+class EvaluateOutcome:
+    """What :func:`evaluate_runner` returns: the job's ``result`` (:meth:`to_dict`), its
+    checkpoint ``state`` (the rows done, as JSON text; None when finished) and whether it
+    stopped early (``cancelled``)."""
+
+    result: dict
+    state: str | None = None
+    cancelled: bool = False
+
+    def to_dict(self) -> dict:
+        """The job's ``result`` (a copy)."""
+        return dict(self.result)
+
+
+def evaluate_runner(moe: MoEModel, params: dict, on_event, should_stop, state: str | None,
+                    judge_options: Callable[[str], dict] | None = None) -> EvaluateOutcome:
+    """The evaluate job (see :data:`EVALUATE_JOB`): ``evaluate`` over its rows, continuing
+    from the rows in ``state``; stops between two rows when ``should_stop()``. Its result
+    holds ``rows``, ``summary`` (when finished), ``method`` and ``prompts``."""
+    import tempfile
+    from pathlib import Path
+
+    from explorer.core.jsonl import read_jsonl, write_jsonl
+    from explorer.evaluation.evaluate import evaluate
+    from explorer.judges import get_judge
+    name = params.get("judge") or "keyword"
+    judge = get_judge(name, **(judge_options(name) if judge_options else {}))
+    rows = evaluate_rows(params)
+    done = list(json.loads(state)["rows"]) if state else []
+    own = {k: v for k, v in params.items() if k not in EVALUATE_SETTINGS}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sse-evaluate-") as folder:
+        out = Path(folder) / "rows.jsonl"
+        write_jsonl(out, done)
+        kept = list(done)
+        on_event({"kind": "start", "elapsed": 0.0, "fraction": len(done) / len(rows)})
+
+        def on_row(k: int, total: int, rec: dict, skipped: bool) -> None:
+            if skipped:
+                return
+            kept.append(rec)
+            on_event({"kind": "row", "iteration": None, "fraction": k / total,
+                      "forward_passes": sum(int(r.get("forward_passes") or 0) for r in kept),
+                      "elapsed": time.perf_counter() - t0, "rows": k, "total": total,
+                      "state": json.dumps({"rows": kept})})
+            if k < total and should_stop():
+                raise _Stopped
+
+        try:
+            ev = evaluate(moe, rows, params["method"], judge, out=out, resume=True,
+                          on_row=on_row, max_new_tokens=params.get("max_new_tokens"),
+                          seed=params.get("seed"), system=params.get("system"), **own)
+        except _Stopped:
+            kept = sorted(read_jsonl(out), key=lambda r: r["index"])
+            state_text = json.dumps({"rows": kept})
+            on_event({"kind": "cancelled", "elapsed": time.perf_counter() - t0,
+                      "state": state_text})
+            return EvaluateOutcome({"rows": kept, "method": params["method"],
+                                    "prompts": params["prompts"]}, state_text, True)
+    on_event({"kind": "done", "elapsed": time.perf_counter() - t0, "fraction": 1.0})
+    return EvaluateOutcome({"rows": ev.rows, "summary": ev.summary(),
+                            "method": params["method"], "prompts": params["prompts"]})
 
 
 def _checkpoint_position(state_text: str) -> dict:
@@ -423,7 +564,9 @@ class JobManager:
         parameters or when the session, the group or the server already has its limit of
         queued/running jobs. ``checked``: ``params`` come from :func:`validate_params`
         already (the app checks them once, with its caps)."""
-        if checked:
+        if kind == EVALUATE_JOB:
+            params = params if checked else validate_evaluate_params(params)
+        elif checked:
             job_attack(kind)
         else:
             params = validate_params(kind, params)
@@ -528,6 +671,8 @@ class JobManager:
     def _runner(self, kind: str) -> Runner:
         if self.runner is not None:
             return self.runner
+        if kind == EVALUATE_JOB:
+            return functools.partial(evaluate_runner, judge_options=self.judge_options)
         return functools.partial(run_job, kind, judge_options=self.judge_options)
 
     def _check_room(self, session: str | None, group: str | None = None) -> None:
@@ -730,6 +875,10 @@ class JobManager:
             self.store.update_job(job_id, status=self._stop_status(job_id),
                                   result=out["result"], progress=progress,
                                   where_status="running", **extra)
+            return
+        if kind == EVALUATE_JOB:  # its result is the rows: no route to save
+            self.store.update_job(job_id, status="done", result=out["result"], error=None,
+                                  progress=progress, where_status="running", **extra)
             return
         route = Route.from_dict(out["route"])
         self.store.finish_job(

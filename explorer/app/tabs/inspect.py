@@ -19,8 +19,9 @@ from explorer.app.gate import Door, Event, Visit
 from explorer.app.inputs import whole_number
 from explorer.app.library_access import library
 from explorer.app.state import Cell, InspectState, Shared
-from explorer.app.tabs import experts as experts_tab
 from explorer.app.streaming import stream_shown
+from explorer.app.tabs import experts as experts_tab
+from explorer.app.tabs import why
 from explorer.app.verdicts import answer_verdict
 from explorer.core.route import Route
 from explorer.viz import figures as plots
@@ -102,6 +103,7 @@ class InspectUI:
     links: Any = None  # the Experts tab's links (explorer.app.tabs.experts.InspectLinks)
     min_btn: Any = None  # Minimize (its event: explorer.app.minimize)
     min_md: Any = None
+    why: Any = None  # the "Why it flips" panel (explorer.app.tabs.why)
 
     def run_outputs(self) -> list:
         """What Generate writes (see :func:`on_generate`)."""
@@ -124,6 +126,7 @@ def layout() -> InspectUI:
                                  lines=4, interactive=False, elem_id="rerouted-answer",
                                  elem_classes="sse-answer")
         verdict = gr.HTML("", elem_id="answer-verdicts")
+        why_ui = why.layout()
         with gr.Row():
             mode = gr.Radio(MODE_CHOICES, value="expert", label="Colour", scale=3)
             view = gr.Radio(list(VIEWS), value="baseline", label="Show trace", scale=1)
@@ -174,7 +177,7 @@ def layout() -> InspectUI:
     return InspectUI(base_ans, alt_ans, verdict, mode, view, heat, usage, bridge, sel_layer,
                      sel_pos, sel_btn, sel_md, experts, edit_mode, every, add_btn, edit_list,
                      rm_btn, clear_btn, rerun_btn, save_btn, link_btn, link, state, links,
-                     min_btn=min_btn, min_md=min_md)
+                     min_btn=min_btn, min_md=min_md, why=why_ui)
 
 
 # -- views ------------------------------------------------------------------------------------
