@@ -169,8 +169,9 @@ def test_results_tab_runs_an_evaluation_in_the_background(served, browser):
     count = page.locator("#results-run-n input[type=number]")
     count.fill("2")
     count.press("Enter")
+    count.blur()  # the slider takes a typed value on Enter or on leaving the box
     page.wait_for_function("() => document.querySelector('#results-run-n input[type=range]')"
-                           ".value === '2'", timeout=10_000)
+                           ".value === '2'", timeout=30_000)
     t = time.perf_counter()
     page.click("#results-run-start")
     _wait_text(page, "#results-run-status", "2 rows shown as A", timeout=180_000)
