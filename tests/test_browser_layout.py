@@ -218,3 +218,66 @@ def test_utility_cost_shows_route_inputs_only_for_library_routes(served, browser
     page.wait_for_selector("#utility-rosais-prompt textarea", state="hidden")
     assert page.is_visible("#utility-json textarea")
     assert not errors, errors
+
+
+def _plot_ready(page, elem_id: str, timeout=90_000):
+    page.wait_for_function(
+        "(id) => { const g = document.querySelector(`#${id} div[data-testid=\"plotly\"]`); "
+        "return g && g.data && g.data.length && g.layout && g.layout.title && "
+        "g.layout.title.text }", arg=elem_id, timeout=timeout)
+
+
+def test_the_new_views_keep_titles_clear_and_fit_a_phone(served, browser, demo, tmp_path):
+    """Why it flips, the expert page and the Results tab, with their figures drawn: at
+    1400 px no label covers a title; narrowed to 390 px, no plot is wider than its block
+    and the page does not scroll sideways."""
+    import csv
+
+    from explorer.core.prompt_sets import HARMFUL_PROMPTS
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.evaluation.evaluate import evaluate
+    data = tmp_path / "own.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["goal", "target", "category"])
+        for goal, cat in zip(HARMFUL_PROMPTS[:3], ("burglary", "weapons", "fraud")):
+            w.writerow([goal, "Sure, here is", cat])
+    evaluate(demo, load_dataset_rows(data), "none", out=tmp_path / "none.jsonl",
+             max_new_tokens=6)
+
+    page, errors = _open(browser, served)
+    _generate(page)
+    page.click("#why-flips button")  # open the accordion
+    page.click("#why-btn")
+    _plot_ready(page, "why-lens")
+    views = {"Why it flips": ["why-lens"], "Experts": ["expert-overview", "expert-freqs"],
+             "Results": ["results-categories"]}
+    page.get_by_role("tab", name="Experts", exact=True).click()
+    page.fill("#expert-query input", f"L{demo.moe_layers[1]} E3")
+    page.click("#expert-open-btn")
+    for plot in views["Experts"]:
+        _plot_ready(page, plot)
+    page.get_by_role("tab", name="Results", exact=True).click()
+    page.set_input_files("#results-file-a input[type=file]", str(tmp_path / "none.jsonl"))
+    _plot_ready(page, "results-categories")
+    for tab, ids in (("Inspect & re-route", views["Why it flips"]),
+                     ("Experts", views["Experts"]), ("Results", views["Results"])):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        page.wait_for_timeout(500)
+        _labels_clear(page, tab)
+        titled = {p["id"] for p in page.evaluate(PLOTS) if p["title"]}
+        assert set(ids) <= titled, (tab, ids, titled)
+    for tab, ids in (("Results", views["Results"]), ("Experts", views["Experts"]),
+                     ("Inspect & re-route", views["Why it flips"])):
+        # the tab is chosen wide (at 390 px tabs fold into a menu), then the window narrows
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.get_by_role("tab", name=tab, exact=True).click()
+        page.wait_for_timeout(500)
+        page.set_viewport_size({"width": 390, "height": 1000})
+        page.wait_for_timeout(1200)  # plotly follows the window's resize
+        plots = {p["id"]: p for p in page.evaluate(PLOTS)}
+        for plot in ids:
+            p = plots[plot]
+            assert p["svg"]["w"] <= p["block"]["w"] + 1, (tab, plot, p["svg"], p["block"])
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, tab
+    assert not errors, errors

@@ -72,6 +72,46 @@ def test_every_registered_function_went_through_the_gate(hosted):
     assert len(demo.explorer.gate.doors) == len(doors)  # each counted once, where made
 
 
+def test_typed_event_data_is_built_at_the_gate(hosted, monkeypatch):
+    """Gradio builds a view's event data from what the client sent; a ``gr.SelectData``
+    built there from malformed data was an uncaught traceback. Every registered function
+    asks Gradio for plain ``gr.EventData``; the gate builds the typed one and refuses data
+    it cannot read with one line, before the view runs."""
+    import explorer.app.errors as E
+    from explorer.app.gate import event_data
+    from explorer.core.errors import InputError
+    demo, clock = hosted
+    selects = []
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None:
+            continue
+        for q in inspect.signature(block_fn.fn).parameters.values():
+            hint = q.annotation
+            if isinstance(hint, type) and issubclass(hint, gr.EventData):
+                assert hint is gr.EventData, (block_fn.name, q.name, hint)
+        wanted = inspect.signature(block_fn.fn.__view__).parameters.values()
+        if any("SelectData" in str(q.annotation) for q in wanted):
+            selects.append(block_fn)
+    assert len(selects) >= 2  # the library's table and the Results tab's rows
+    picked = event_data(gr.SelectData, gr.EventData(None, {"index": [2, 0], "value": "x"}))
+    assert isinstance(picked, gr.SelectData) and picked.index == [2, 0]
+    with pytest.raises(InputError, match="without the data it needs"):
+        event_data(gr.SelectData, gr.EventData(None, None))
+    # through a registered door: one toast, the outputs left as they were
+    toasts: list[str] = []
+    monkeypatch.setattr(E, "toast", lambda message, title="Error": toasts.append(message))
+    clock.advance(600)
+    for block_fn in selects:
+        fn = block_fn.fn
+        toasts.clear()
+        args = [gr.EventData(None, None) if q.annotation is gr.EventData else None
+                for q in inspect.signature(fn).parameters.values() if q.name != "request"]
+        out = fn(*args, request=_request("select-fuzz"))
+        if inspect.isgenerator(out):
+            out = list(out)
+        assert toasts and "without the data it needs" in toasts[0], (block_fn.name, toasts)
+
+
 def _positional(fn) -> int:
     return sum(1 for p in inspect.signature(fn).parameters.values()
                if p.name != "request" and p.default is inspect.Parameter.empty)

@@ -41,6 +41,7 @@ from explorer.app.inputs import need_prompt, whole_number
 from explorer.app.owners import LOCAL_SESSION, session_of
 from explorer.app.verdicts import keyword_verdict
 from explorer.core.defaults import MAX_GENERATION
+from explorer.core.errors import InputError
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -275,6 +276,12 @@ class Gate:
         hints = _hints(view)
         params = [q.replace(annotation=hints.get(q.name, q.annotation))
                   for q in list(sig.parameters.values())[1:]]
+        # typed event data (gr.SelectData...) reads the client's event data in its
+        # constructor, inside Gradio, where malformed data is an uncaught traceback: Gradio
+        # passes a plain gr.EventData, and the typed one is built at the gate
+        typed = {q.name: q.annotation for q in params if _typed_event(q.annotation)}
+        params = [q.replace(annotation=gr.EventData) if q.name in typed else q
+                  for q in params]
         if any(q.name == "request" for q in params):
             raise TypeError(f"{view.__name__}: a view gets the request through its Visit")
         if any(q.kind not in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD) for q in params):
@@ -312,6 +319,8 @@ class Gate:
             req = bound.arguments.pop("request", None)
             with user_errors(door.name, app.detail):
                 app.admit(Visit(app.app, req, door))
+                for name, kind in typed.items():
+                    bound.arguments[name] = event_data(kind, bound.arguments.get(name))
             return bound.args, bound.kwargs, req
 
         if is_gen:
@@ -433,6 +442,25 @@ class Gate:
             if isinstance(r, dict) and isinstance(r.get("completion"), str):
                 r["completion"] = self.shown(str(r.get("goal") or ""), r["completion"])
         return st
+
+
+def _typed_event(hint: Any) -> bool:
+    """Whether ``hint`` is a kind of event data narrower than ``gr.EventData``."""
+    return isinstance(hint, type) and issubclass(hint, gr.EventData) and \
+        hint is not gr.EventData
+
+
+def event_data(kind: type, evt: Any) -> Any:
+    """The event data ``kind`` (e.g. ``gr.SelectData``) made from the plain ``evt`` Gradio
+    passed; data that kind cannot read (a client may send anything) is refused with one
+    line, a :class:`~explorer.core.errors.InputError`."""
+    if isinstance(evt, kind):
+        return evt
+    try:
+        return kind(getattr(evt, "target", None), getattr(evt, "_data", None))
+    except Exception:  # noqa: BLE001 - whatever the client sent, one line
+        raise InputError("this event came without the data it needs (e.g. which row was "
+                         "clicked)") from None
 
 
 def _hints(view: Callable) -> dict[str, Any]:
