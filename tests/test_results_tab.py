@@ -196,12 +196,19 @@ def test_upload_refuses_oversize_and_malformed_files_with_one_line(app, tmp_path
     assert says in msg and "\n" not in msg and "Traceback" not in msg
 
 
+def _select(row_value):
+    """What Gradio passes a table's select: plain event data with the row's values (the
+    gate builds the gr.SelectData the view asks for)."""
+    import gradio as gr
+    return gr.EventData(None, {"index": [0, 0], "value": "", "row_value": row_value})
+
+
 def test_clicking_a_row_opens_its_route_in_inspect(app, runs):
     from explorer.app.state import InspectState
     from explorer.app.tabs.results import open_files, open_row
     rs = _call(app, open_files, str(runs[1]), None)[0]
     row = rs.a.rows[1]
-    evt = types.SimpleNamespace(row_value=["A", row["index"], row["method"]])
+    evt = _select(["A", row["index"], row["method"]])
     outs = list(_call(app, open_row, rs, 8, InspectState(), evt))
     first, last = outs[0], outs[-1]
     assert first[0] == row["goal"]  # the prompt box
@@ -210,7 +217,7 @@ def test_clicking_a_row_opens_its_route_in_inspect(app, runs):
     assert st.alt is not None and st.alt.route is not None  # re-run with them
     assert st.alt.completion.startswith(last[4][:8])  # the re-routed answer box
     with pytest.raises(Exception, match="not its header"):
-        list(_call(app, open_row, rs, 8, InspectState(), types.SimpleNamespace(row_value=None)))
+        list(_call(app, open_row, rs, 8, InspectState(), _select(None)))
 
 
 def test_why_it_flips_view(app, runs):
@@ -221,7 +228,7 @@ def test_why_it_flips_view(app, runs):
         _call(app, explain, 0, InspectState())
     rs = _call(app, open_files, str(runs[1]), None)[0]
     row = rs.a.rows[0]
-    evt = types.SimpleNamespace(row_value=["A", row["index"], row["method"]])
+    evt = _select(["A", row["index"], row["method"]])
     st = list(_call(app, open_row, rs, 8, InspectState(), evt))[-1][8]
     table, fig = _call(app, explain, 1, st)
     assert "why-next-tokens" in table and table.count("<tr>") == 1 + 4
