@@ -304,17 +304,27 @@ def test_visitors_cannot_swap_the_model(open_server):
 # -- 4. caps that reset --------------------------------------------------------------------------
 def test_rotating_sessions_gains_nothing(strict_server):
     s = strict_server
+    refill = 30 / 60  # EXPLORER_HOSTED_ADDRESS_RATE, per second
     time.sleep(3)  # a full bucket for this client address
-    ok = 0
+    ok, t0 = 0, time.monotonic()
     for i in range(30):  # a new session every time, as a rotating client would
         kind, _ = s.call("trace", "hi", 0, "", session=uuid.uuid4().hex[:11])
         if kind == "ok":
             ok += 1
         else:
             refused((kind, _), "too many requests from your address")
-    assert ok <= 2 * 4 + 2  # the address bucket (twice a session's burst) and its refill
-    # plain /call requests without a session hash are the same address
-    refused(s.call("trace", "hi", 0, ""), "too many requests")
+    # the address bucket (twice a session's burst) and what refilled while the calls ran
+    assert ok <= 2 * 4 + 1 + refill * (time.monotonic() - t0), ok
+    # plain /call requests without a session hash draw on the same, now empty, bucket:
+    # what they get is bounded by the refill alone (a slow machine may see one or two)
+    ok, t0 = 0, time.monotonic()
+    for i in range(10):
+        kind, msg = s.call("trace", "hi", 0, "")
+        if kind == "ok":
+            ok += 1
+        else:
+            refused((kind, msg), "too many requests")
+    assert ok <= 1 + refill * (time.monotonic() - t0), ok
 
 
 def test_job_caps_hold_across_sessions_and_resume(strict_server):
