@@ -1,4 +1,5 @@
-"""CLI subcommands ``utility``, ``transfer``, ``minimize``, ``defend`` and ``rosais-curve``.
+"""CLI subcommands ``utility``, ``transfer``, ``minimize``, ``defend``, ``grid`` and
+``rosais-curve``.
 
 Prompts: ``--prompts FILE`` (one prompt per line, ``#`` comments; or a CSV with a
 goal/Goal column), ``harmful`` / ``benign`` for the built-in sets (``benign`` adds
@@ -434,6 +435,108 @@ def _run_defend(args):
     emit(args, obj, "\n".join(text))
 
 
+# -- grid ---------------------------------------------------------------------------------
+def _configure_grid(p):
+    from explorer.attacks import attack_help, get_attack, list_attacks
+    from explorer.research.grid import DEFENSES
+    p.add_argument("--dataset", action="append", required=True, metavar="CSV[:N]",
+                   help="a dataset to attack (CSV path or hub name), its first N rows after "
+                        "a colon; repeatable (e.g. advbench.csv:50 --dataset jbb.csv:100)")
+    p.add_argument("--attacks", default="none,rosais,fsour",
+                   help="comma list of " + attack_help("evaluate") + " (default "
+                        "none,rosais,fsour)")
+    p.add_argument("--defenses", default="none,protect,self-reminder",
+                   help="comma list of " + ", ".join(DEFENSES) + " (default "
+                        "none,protect,self-reminder); protect and mask are derived from "
+                        "evidence on the project's own harmful prompts; hardened needs "
+                        "--hardened")
+    p.add_argument("--hardened", default=None, metavar="FOLDER",
+                   help="the hardened checkpoint (from `explorer harden`) the hardened "
+                        "defense answers with")
+    p.add_argument("--benign", default="benign", help="benign prompts for each defense's "
+                   "utility cost: FILE or benign (default: built-in + JBB benign)")
+    p.add_argument("--benign-limit", type=count, default=None)
+    p.add_argument("--out", required=True, metavar="FOLDER",
+                   help="one JSONL file per cell, the derived defenses and grid.json go here")
+    p.add_argument("--fresh", action="store_true", help="start every cell afresh (default: "
+                   "keep the rows already in --out and compute the rest)")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="also write the table as markdown here")
+    p.add_argument("--seed", type=seed_int, default=0)
+    add_param_options(p, {a: get_attack(a).Params for a in list_attacks("evaluate")},
+                      where="evaluate", title="the attacks' parameters (default: each "
+                      "attack's own)")
+    _common(p, max_new=48)
+
+
+def _dataset_arg(spec: str) -> tuple[str, str, int | None]:
+    """``CSV[:N]`` -> (short name, spec, limit)."""
+    head, sep, tail = spec.rpartition(":")
+    path, limit = (head, int(tail)) if sep and tail.isdigit() else (spec, None)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--dataset {spec}: the row count must be positive")
+    name = Path(path).stem if Path(path).suffix else path
+    return name, path, limit
+
+
+def _run_grid(args):
+    import shlex
+    import sys
+
+    from explorer.attacks import get_attack, list_attacks
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.research.grid import DEFENSES, run_grid
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    offered = list_attacks("evaluate")
+    for what, given, known in (("attack", attacks, offered), ("defense", defenses, DEFENSES)):
+        bad = [x for x in given if x not in known]
+        if bad or not given:
+            raise UsageError(f"unknown {what} {bad[0] if bad else '(none given)'}; choose "
+                             f"from {', '.join(known)}")
+    if "hardened" in defenses and not args.hardened:
+        raise UsageError("the hardened defense needs --hardened FOLDER (see `explorer harden`)")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    params = {}
+    for a in attacks:
+        cls = get_attack(a).Params
+        given = params_from_args(args, cls)
+        cls.parse(given)  # refused before anything loads
+        params[a] = given
+    st = args.settings
+    datasets = {}
+    for spec in args.dataset:
+        name, path, limit = _dataset_arg(spec)
+        datasets[name] = load_dataset_rows(path, limit, offline=st.hub_offline)
+    benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=st.shared_data)
+    judge = _judge(args)
+    moe = load_from_args(args)
+    hardened = None
+    if args.hardened:
+        from explorer.core.model import load_model
+        hardened = load_model(args.hardened, device=args.device,
+                              dtype=args.dtype if args.dtype not in (None, "auto") else None)
+    command = "python -m explorer " + shlex.join(sys.argv[1:])
+
+    def say(cell):
+        if not args.json:
+            print(f"{cell.dataset} / {cell.defense} / {cell.attack}: ASR "
+                  f"{pct(cell.asr)} ({cell.jailbroken}/{cell.n}), "
+                  f"{cell.forward_passes:,.0f} passes, {cell.seconds:.2f} s per prompt",
+                  file=sys.stderr)
+
+    res = run_grid(moe, datasets, out, attacks=attacks, defenses=defenses, benign=benign,
+                   hardened=hardened, judge=judge, seed=args.seed,
+                   max_new_tokens=args.max_new_tokens, params=params,
+                   resume=not args.fresh, command=command, on_cell=say)
+    table = res.markdown()
+    if args.markdown:
+        Path(args.markdown).expanduser().write_text(table + "\n", encoding="utf-8")
+    emit(args, res.to_dict(), table)
+
+
 # -- rosais-curve -------------------------------------------------------------------------
 def _configure_curve(p):
     p.add_argument("--prompts", default=None, help="FILE or harmful (default harmful)")
@@ -478,6 +581,8 @@ COMMANDS = {
             "shrink a route to the edits it needs"),
     "defend": Command(_configure_defend, _run_defend,
             "derive a route-disabling defense and measure ASR before/after"),
+    "grid": Command(_configure_grid, _run_grid,
+            "attacks x defenses on dataset slices: one ASR table with costs"),
     "rosais-curve": Command(_configure_curve, _run_curve,
             "RoSais ASR vs number of masked routers, with score spreads"),
 }
