@@ -235,10 +235,10 @@ def test_app_model_tab_plan(tiny, tmp_path):
     pytest.importorskip("gradio")
     import gradio as gr
     from conftest import ui_handler
-    from test_hosted import hosted
 
     from explorer.app.build import build_app
     from explorer.app.context import Explorer
+    from explorer.app.hosted import HostedPolicy
     from explorer.app.tabs.model import plan_view
     demo = build_app(tiny, data_dir=tmp_path / "data")
     plan = ui_handler(demo, "plan-model-btn")  # registered through the gate
@@ -252,6 +252,7 @@ def test_app_model_tab_plan(tiny, tmp_path):
     with pytest.raises(gr.Error, match="GPU memory"):
         plan(str(REAL / "Mixtral-8x7B-v0.1"), 0, "bf16", 64)
     # hosted: only the models the server could load
-    app = Explorer(tiny, data_dir=tmp_path / "hosted", policy=hosted())
+    hosted = HostedPolicy.from_env({"EXPLORER_HOSTED": "1"})
+    app = Explorer(tiny, data_dir=tmp_path / "hosted", policy=hosted)
     with pytest.raises(gr.Error, match="local model paths"):
         app.gate.call(plan_view, str(REAL / "Mixtral-8x7B-v0.1"), 80, "bf16", 64)

@@ -87,6 +87,22 @@ def parse_precision(text: str | None) -> str:
     return t
 
 
+#: GPU memory a plan accepts, in GB.
+GPU_GB_RANGE = (0.1, 100_000.0)
+
+
+def check_gpu_memory(value) -> float:
+    """``value`` as GPU memory in GB within :data:`GPU_GB_RANGE`, else :class:`InputError`."""
+    lo, hi = GPU_GB_RANGE
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        v = math.nan
+    if isinstance(value, bool) or not (math.isfinite(v) and lo <= v <= hi):
+        raise InputError(f"GPU memory must be a number of GB in {lo:g}..{hi:g}, got {value!r}")
+    return v
+
+
 def approx_tokens(text: str) -> int:
     """Tokens ``text`` takes, estimated without a tokenizer: one per word and one per
     punctuation mark (``"Sure, here is"``: 4, what BPE tokenizers of the supported
@@ -253,9 +269,7 @@ def plan_model(name_or_path: str | None = None, *, precision: str | None = None,
     from explorer.engine.batching import DEFAULT_SHARE, MAX_BATCH, config_row_bytes
 
     precision = parse_precision(precision)
-    if not (isinstance(gpu_memory_gb, (int, float)) and math.isfinite(gpu_memory_gb)
-            and 0 < gpu_memory_gb <= 100_000):
-        raise InputError(f"GPU memory must be a number of GB above 0, got {gpu_memory_gb!r}")
+    gpu_memory_gb = check_gpu_memory(gpu_memory_gb)
     if not isinstance(prompt_tokens, int) or not 1 <= prompt_tokens <= 10_000_000:
         raise InputError(f"prompt tokens must be a whole number from 1, got {prompt_tokens!r}")
     if config is None:
@@ -310,6 +324,14 @@ def plan_model(name_or_path: str | None = None, *, precision: str | None = None,
                      f"run one GPU at a time (the others wait), so the search is no faster "
                      f"than on one large GPU, plus a hidden-state copy between GPUs "
                      f"({gpus - 1} per forward)")
+    rope = getattr(text, "qk_rope_head_dim", None)
+    nope = getattr(text, "qk_nope_head_dim", None)
+    if getattr(text, "kv_lora_rank", None) and rope and nope:  # multi-head latent attention
+        v = getattr(text, "v_head_dim", None) or nope
+        ratio = heads * (rope + nope + v) / (2 * kv_heads * hd)
+        notes.append(f"MLA attention: transformers caches each head's full keys and values "
+                     f"({rope + nope} + {v} per head), about {ratio:.1f}x the KV cache the "
+                     f"batching model (and this plan) counts")
     if precision.startswith("bnb-"):
         notes.append("transformers' bitsandbytes path converts nn.Linear modules only: the "
                      "fused routed experts stay in bf16, so --quantize saves little on "

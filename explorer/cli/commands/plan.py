@@ -14,9 +14,8 @@ is built on the meta device, so no weight is downloaded or allocated.
 from __future__ import annotations
 
 import argparse
-import math
 
-from explorer.bench.plan import PRECISIONS, parse_precision
+from explorer.bench.plan import PRECISIONS, check_gpu_memory, parse_precision
 from explorer.cli.options import Command, check_model_name, count, emit
 from explorer.core.defaults import (
     FSOUR_CANDIDATES,
@@ -28,14 +27,11 @@ from explorer.core.errors import InputError
 
 
 def gpu_gb(text: str) -> float:
-    """argparse type: GPU memory in GB, a number above 0."""
+    """argparse type: GPU memory in GB (:func:`~explorer.bench.plan.check_gpu_memory`)."""
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
-    if not (math.isfinite(v) and 0 < v <= 100_000):
-        raise argparse.ArgumentTypeError(f"expected a number of GB above 0, got {text!r}")
-    return v
+        return check_gpu_memory(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def precision_arg(text: str) -> str:
@@ -50,7 +46,7 @@ def _configure(p):
     p.add_argument("--model", default=None,
                    help="hub id or local folder (default: the bundled demo model); only its "
                         "config is read")
-    p.add_argument("--quantize", default="bf16", type=precision_arg, metavar="MODE",
+    p.add_argument("--quantize", default=None, type=precision_arg, metavar="MODE",
                    help=f"the precision the search figures use: {', '.join(PRECISIONS)}, or "
                         "8bit / 4bit (the loader's --quantize) (default bf16); every "
                         "precision's weights are listed")
