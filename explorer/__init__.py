@@ -15,6 +15,8 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   the baselines they are compared with
 - :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
 - :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
+- :func:`plan_model` -> :class:`MemoryPlan`: a model's parameters, memory per precision,
+  GPUs and search cost from its config alone (:mod:`explorer.bench.plan`)
 - :class:`ExplorerError`: the base of every error the explorer raises on purpose;
   :class:`InputError` (bad input, also a ``ValueError``) with :class:`RouteError` and
   :class:`ParamError` under it, and :class:`ModelLoadError`
@@ -62,6 +64,8 @@ _EXPORTS = {
     "steer": "explorer.methods.baselines",
     "random_route": "explorer.methods.baselines",
     "RouteStore": "explorer.storage.library",
+    "plan_model": "explorer.bench.plan",
+    "MemoryPlan": "explorer.bench.plan",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

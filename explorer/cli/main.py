@@ -30,14 +30,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from explorer.cli.commands import bench, evaluate, experts, inspect, research, search
+from explorer.cli.commands import bench, evaluate, experts, inspect, plan, research, search
 from explorer.cli.options import UsageError, check_common, one_line
 from explorer.core.errors import ExplorerError
 from explorer.engine.tuning import tuned
 from explorer.settings import Settings
 
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (inspect, evaluate, search, bench, research, experts)
+GROUPS = (inspect, evaluate, search, bench, plan, research, experts)
 #: Every command by name: ``(configure, run, help)`` (:class:`~explorer.cli.options.Command`).
 COMMANDS = {name: cmd for group in GROUPS for name, cmd in group.COMMANDS.items()}
 

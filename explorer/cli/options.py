@@ -321,7 +321,7 @@ def _model_key(name: str | None) -> tuple:
     return ("dir", str(path.resolve()), stamp)
 
 
-def _check_model_name(name: str | None) -> None:
+def check_model_name(name: str | None) -> None:
     """Refuse, before any loading, a model name that can be neither a folder nor a hub id."""
     if name is None or name in ("", "demo"):
         return
@@ -356,7 +356,7 @@ def load_from_args(args):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     name = args.model
-    _check_model_name(name)
+    check_model_name(name)
     device = args.device
     if device == "auto":  # the same model as "cpu" (or "cuda") for the cache
         import torch

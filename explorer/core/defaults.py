@@ -84,3 +84,13 @@ GPU_CHUNK_SECONDS = 60
 #: Seconds a hub id's load waits to learn whether the hub answers at all before it falls back
 #: to the local cache (the hub client's own retries took 24-30 s to say it was offline).
 HUB_PROBE_SECONDS = 3.0
+#: The share of one GPU's memory a model's weights may fill and still load on that GPU alone;
+#: above it the loader spreads the layers over several GPUs (``device_map="auto"``) and
+#: ``plan`` counts GPUs with the same rule. The rest holds the search's batches.
+ONE_GPU_SHARE = 0.85
+
+# -- plan: a model's memory and cost from its config -------------------------------------------
+#: GPU memory (GB, 10^9 bytes) ``plan`` assumes when none is given: one 80 GB card.
+PLAN_GPU_GB = 80.0
+#: Templated prompt tokens ``plan`` assumes when none are given.
+PLAN_PROMPT_TOKENS = 64

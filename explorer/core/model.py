@@ -15,7 +15,12 @@ import torch
 from explorer.core.cache import ModelCache
 from explorer.core.chat import check_system, merge_system
 from explorer.core.control import RouteControl, defended
-from explorer.core.defaults import HUB_PROBE_SECONDS, MAX_TARGET_CHARS, MAX_TARGET_TOKENS
+from explorer.core.defaults import (
+    HUB_PROBE_SECONDS,
+    MAX_TARGET_CHARS,
+    MAX_TARGET_TOKENS,
+    ONE_GPU_SHARE,
+)
 from explorer.core.errors import InputError, ModelLoadError, RouteError, one_line
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.locks import FairRLock
@@ -464,6 +469,32 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     return s, s
 
 
+def _read_config(path: str, name: str, trust_remote_code: bool, offline: str | None):
+    """The config at ``path`` (a folder or hub id; ``offline``: why the hub cannot be
+    reached, then the local cache only), or one-line :class:`ModelLoadError`."""
+    from transformers import AutoConfig
+    local = {"local_files_only": True} if offline else {}
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **local)
+    except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
+        if offline:
+            raise ModelLoadError(f"cannot load {name}: the Hugging Face hub is unreachable "
+                                 f"({offline}) and {name} is not in the local cache") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot load a model config from {name}: {first}") from None
+
+
+def read_config(name_or_path: str | os.PathLike | None = None, *,
+                trust_remote_code: bool = False):
+    """A model's config and nothing else (no weight is read): the bundled demo model's
+    (None or ``"demo"``), a local folder's ``config.json``, or a hub id's config file (with
+    the hub unreachable: the local cache only, decided at once by :func:`hub_unreachable`).
+    Returns ``(config, name)``; raises :class:`ModelLoadError` with one line."""
+    path, name = _resolve(name_or_path)
+    offline = None if Path(path).exists() else hub_unreachable()
+    return _read_config(path, name, trust_remote_code, offline), name
+
+
 def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
     """Why the Hugging Face hub cannot be reached, in one line, or None when it answers (any
     HTTP answer) within ``timeout`` seconds. Offline mode (the hub client's
@@ -515,7 +546,7 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
     choice.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, name = _resolve(name_or_path)
     quantize = check_quantize(quantize, device)
@@ -531,14 +562,7 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     # retries took 24-30 s to say so)
     offline = None if Path(path).exists() else hub_unreachable()
     local = {"local_files_only": True} if offline else {}
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **local)
-    except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
-        if offline:
-            raise ModelLoadError(f"cannot load {name}: the Hugging Face hub is unreachable "
-                                 f"({offline}) and {name} is not in the local cache") from None
-        raise ModelLoadError(f"cannot load a model config from {name}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    config = _read_config(path, name, trust_remote_code, offline)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **local}
     if device == "cpu":
         kwargs["experts_implementation"] = "eager"  # every model accepts it; switched below
@@ -548,7 +572,7 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         if method is not None:
             raise ModelLoadError(f"{name} is already quantized ({method}); --quantize "
                                  f"applies to full-precision checkpoints: load it without")
-        meta = _meta_model(config, trust_remote_code)
+        meta = meta_model(config, trust_remote_code)
         if meta is None:
             raise ModelLoadError(f"{name} is not a causal language model this version of "
                                  f"transformers can build, so it cannot be quantized")
@@ -600,9 +624,11 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         raise ModelLoadError(f"{name}: {exc}") from None
 
 
-def _meta_model(config, trust_remote_code: bool = False):
-    """An empty copy of the model ``config`` describes, on the meta device (no memory),
-    or None when transformers cannot build one."""
+def meta_model(config, trust_remote_code: bool = False):
+    """An empty copy of the causal LM ``config`` describes, on the meta device (no memory:
+    parameters have shapes and dtypes, no data), or None when transformers cannot build
+    one. Discovery (:func:`~explorer.core.layers.discover_layers`) works on it as on a
+    loaded model."""
     try:
         from accelerate import init_empty_weights
         from transformers import AutoModelForCausalLM
@@ -614,9 +640,9 @@ def _meta_model(config, trust_remote_code: bool = False):
 
 def _too_big(config, dtype, meta=None) -> bool:
     try:
-        meta = meta if meta is not None else _meta_model(config)
+        meta = meta if meta is not None else meta_model(config)
         size = sum(p.numel() for p in meta.parameters()) * torch.finfo(dtype).bits // 8
         free, _ = torch.cuda.mem_get_info()
-        return size > 0.85 * free
+        return size > ONE_GPU_SHARE * free
     except Exception:  # noqa: BLE001 - when unsure, let from_pretrained decide
         return False

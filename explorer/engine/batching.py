@@ -47,15 +47,21 @@ def row_bytes(moe: MoEModel, tokens: int, context: int, logit_rows: int) -> int:
     ``tokens``: positions the batch recomputes; ``context``: the positions attention reads
     (prefix + tokens); ``logit_rows``: rows that get logits (float32 for the softmax).
     """
-    c = moe.text_config
+    elt = next(moe.model.parameters()).element_size()
+    return config_row_bytes(moe.text_config, elt, tokens, context, logit_rows)
+
+
+def config_row_bytes(c, elt: int, tokens: int, context: int, logit_rows: int) -> int:
+    """:func:`row_bytes` from a text config ``c`` alone, with activations of ``elt`` bytes
+    each (the compute dtype's size): no model needed (``plan`` uses it before a download)."""
     H = c.hidden_size
     layers = c.num_hidden_layers
     heads = c.num_attention_heads
     hd = getattr(c, "head_dim", None) or H // heads
     kv = getattr(c, "num_key_value_heads", None) or heads
-    inter = getattr(c, "moe_intermediate_size", None) or getattr(c, "intermediate_size", None) or 4 * H
+    inter = (getattr(c, "moe_intermediate_size", None) or getattr(c, "intermediate_size", None)
+             or 4 * H)
     k = getattr(c, "num_experts_per_tok", None) or getattr(c, "top_k", None) or 2
-    elt = next(moe.model.parameters()).element_size()
     kept = layers * tokens * H
     working = tokens * (6 * H + 2 * heads * hd + 3 * k * inter) + heads * tokens * context
     cache = 2 * layers * context * kv * hd
@@ -66,8 +72,8 @@ def row_bytes(moe: MoEModel, tokens: int, context: int, logit_rows: int) -> int:
 def memory_batch_size(moe: MoEModel, tokens: int, context: int, logit_rows: int, *,
                       share: float | None = None, free: int | None = None) -> int:
     """Rows per cone batch: ``share`` (default: the active tuning's ``memory_share``, else
-    0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`, between 1 and 1024 (or the
-    tuning's ``max_rows``); 64 where the free memory is unknown."""
+    0.25; see :mod:`explorer.engine.tuning`) of the free memory divided by :func:`row_bytes`,
+    between 1 and 1024 (or the tuning's ``max_rows``); 64 where the free memory is unknown."""
     from explorer.engine.tuning import active_tuning
     tuning = active_tuning()
     if share is None:
