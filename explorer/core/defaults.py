@@ -94,3 +94,7 @@ ONE_GPU_SHARE = 0.85
 PLAN_GPU_GB = 80.0
 #: Templated prompt tokens ``plan`` assumes when none are given.
 PLAN_PROMPT_TOKENS = 64
+
+#: The defenses ``explorer grid`` can put in force, in the order its table lists them (see
+#: :mod:`explorer.research.grid`).
+GRID_DEFENSES = ("none", "protect", "mask", "self-reminder", "hardened")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from explorer.attacks import get_attack, list_attacks
-from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
+from explorer.core.defaults import GRID_DEFENSES, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.errors import InputError
 from explorer.core.route import Route
 from explorer.evaluation.evaluate import evaluate, read_jsonl
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
 #: The defenses a grid can put in force, in the order its table lists them.
-DEFENSES = ("none", "protect", "mask", "self-reminder", "hardened")
+DEFENSES = GRID_DEFENSES
 #: Evidence for the derived defenses: the project's own harmful prompts used, and the
 #: search settings (small, as ``defend``'s defaults).
 EVIDENCE_PROMPTS = 8

@@ -438,7 +438,7 @@ def _run_defend(args):
 # -- grid ---------------------------------------------------------------------------------
 def _configure_grid(p):
     from explorer.attacks import attack_help, get_attack, list_attacks
-    from explorer.research.grid import DEFENSES
+    from explorer.core.defaults import GRID_DEFENSES as DEFENSES
     p.add_argument("--dataset", action="append", required=True, metavar="CSV[:N]",
                    help="a dataset to attack (CSV path or hub name), its first N rows after "
                         "a colon; repeatable (e.g. advbench.csv:50 --dataset jbb.csv:100)")
