@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny local checkpoint with the demo tokenizer, the demo model."""
+"""Shared fixtures and helpers: a tiny local checkpoint with the demo tokenizer, the demo
+model, evaluate result files, and chromium and a screenshot folder for the browser tests."""
 
 from __future__ import annotations
 
@@ -117,6 +118,52 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+#: The categories of the project's first three harmful prompts in :func:`evaluate_own_prompts`.
+OWN_CATEGORIES = ("burglary", "weapons", "fraud")
+
+
+def evaluate_own_prompts(moe, folder: Path, max_new_tokens: int,
+                         methods=("none", "fsour")) -> tuple[Path, ...]:
+    """Run ``evaluate`` on ``moe`` over the project's first three harmful prompts, from a CSV
+    ``folder/own.csv`` with a category column (:data:`OWN_CATEGORIES`), once per method of
+    ``methods`` (``"none"``: no attack; ``"fsour"``: 4 candidates, one iteration); returns
+    the result files ``folder/<method>.jsonl`` in that order."""
+    import csv
+
+    from explorer.core.prompt_sets import HARMFUL_PROMPTS
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.evaluation.evaluate import evaluate
+    data = folder / "own.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["goal", "target", "category"])
+        for goal, category in zip(HARMFUL_PROMPTS[:3], OWN_CATEGORIES):
+            w.writerow([goal, "Sure, here is", category])
+    rows = load_dataset_rows(data)
+    options = {"fsour": dict(candidates=4, max_iters=1)}
+    for method in methods:
+        evaluate(moe, rows, method, out=folder / f"{method}.jsonl",
+                 max_new_tokens=max_new_tokens, **options.get(method, {}))
+    return tuple(folder / f"{method}.jsonl" for method in methods)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless chromium for the module's browser tests (``browser_support.chromium``;
+    the module calls ``browser_support.need_browser`` first)."""
+    from browser_support import chromium
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the browser tests' screenshots go: ``$EXPLORER_SCREENSHOTS`` when set, else a
+    temporary folder."""
+    from browser_support import screenshot_dir
+    return screenshot_dir() or tmp_path_factory.mktemp("screenshots")
 
 
 class FakeClock:

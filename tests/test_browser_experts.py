@@ -11,80 +11,31 @@ never asserted.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
+from browser_support import (
+    PLOT_XY,
+    SHORT,
+    generate,
+    need_browser,
+    open_app,
+    screenshot_dir,
+    serve,
+    wait_text,
+)
 
 pytestmark = pytest.mark.browser
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("EXPLORER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
-PROMPT = "Steal a car."
+need_browser()
 TIMINGS: dict[str, float] = {}
-XY = """([id, x, y]) => {
-  const gd = document.querySelector('#' + id + ' div[data-testid="plotly"]');
-  const fl = gd._fullLayout, r = gd.getBoundingClientRect();
-  return [r.left + fl._size.l + fl.xaxis.d2p(x), r.top + fl._size.t + fl.yaxis.d2p(y)];
-}"""
-HEAT_READY = ("() => { const g = document.querySelector('#route-heatmap div[data-testid="
-              "\"plotly\"]'); return g && g.data && g.data[0] && g.data[0].z }")
 
 
 @pytest.fixture(scope="module")
 def served(demo, tmp_path_factory):
-    from explorer.app.build import build_app, launch_options
-    app = build_app(demo, data_dir=tmp_path_factory.mktemp("experts-browser"))
-    app.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                       **launch_options(app))
-    yield app, demo
-    app.explorer.jobs.shutdown(wait=True, timeout=30)
-    app.close()
+    with serve(demo, tmp_path_factory.mktemp("experts-browser")) as app:
+        yield app, demo
     print("\nexpert page timings:", {k: round(v, 2) for k, v in TIMINGS.items()})
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def _wait_text(page, sel, text, timeout=90_000):
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t) }",
-        arg=[sel, text], timeout=timeout)
-
-
-def _open(browser, app):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(app.local_url)
-    page.wait_for_selector("#generate-btn")
-    page.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
-                           "'#sse-header').innerText.trim())")
-    return page, errors
-
-
-def _generate(page):
-    page.get_by_role("tab", name="Inspect & re-route", exact=True).click()
-    page.fill("#prompt-box textarea", PROMPT)
-    box = page.locator("#prompt-max-new input[type=number]")
-    box.fill("4")
-    box.press("Enter")
-    box.blur()
-    page.click("#generate-btn")
-    page.wait_for_function(HEAT_READY, timeout=90_000)
 
 
 def _pct(x: float) -> str:
@@ -93,7 +44,7 @@ def _pct(x: float) -> str:
 
 def _check_page(page, stats, layer, expert):
     """The page shows ``expert`` of ``layer`` with the library's numbers."""
-    _wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
+    wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
     head = page.inner_text("#expert-header")
     ov = next(x for x in stats.overview(layer) if x["expert"] == expert)
     assert f"{ov['score']:+.3f}" in head and f"rank {ov['rank']} of" in head
@@ -116,14 +67,14 @@ def test_a_heatmap_cell_then_an_expert_opens_its_page(served, browser):
     from explorer.research.experts import expert_stats
     app, moe = served
     stats = expert_stats(moe)  # the numbers the page must show (computed independently)
-    expected = trace(moe, PROMPT, max_new_tokens=4)
-    page, errors = _open(browser, app)
-    _generate(page)
+    expected = trace(moe, SHORT, max_new_tokens=4)
+    page, errors = open_app(browser, app)
+    generate(page, answer=False)
     layer, pos = moe.moe_layers[1], 3
     page.locator("#route-heatmap").scroll_into_view_if_needed()
     time.sleep(0.5)
-    page.mouse.click(*page.evaluate(XY, ["route-heatmap", pos, 1]))
-    _wait_text(page, "#cell-info", f"layer {layer}, position {pos}")
+    page.mouse.click(*page.evaluate(PLOT_XY, ["route-heatmap", pos, 1]))
+    wait_text(page, "#cell-info", f"layer {layer}, position {pos}")
     used = sorted(expected.experts_at(layer, pos))
     links = page.locator("#cell-expert-pages label")
     page.wait_for_function("(n) => document.querySelectorAll('#cell-expert-pages label')"
@@ -134,7 +85,7 @@ def test_a_heatmap_cell_then_an_expert_opens_its_page(served, browser):
     # statistics of the model once and caches them)
     t = time.perf_counter()
     links.nth(0).click()
-    _wait_text(page, "#expert-header", f"Expert {used[0]} · layer {layer}")
+    wait_text(page, "#expert-header", f"Expert {used[0]} · layer {layer}")
     TIMINGS["click -> page, first (statistics computed) (s)"] = time.perf_counter() - t
     assert page.get_by_role("tab", name="Experts", exact=True).get_attribute(
         "aria-selected") == "true"
@@ -144,24 +95,23 @@ def test_a_heatmap_cell_then_an_expert_opens_its_page(served, browser):
     page.get_by_role("tab", name="Inspect & re-route", exact=True).click()
     t = time.perf_counter()
     page.locator("#cell-expert-pages label").nth(1).click()
-    _wait_text(page, "#expert-header", f"Expert {used[1]} · layer {layer}")
+    wait_text(page, "#expert-header", f"Expert {used[1]} · layer {layer}")
     TIMINGS["click -> page, cached (s)"] = time.perf_counter() - t
     _check_page(page, stats, layer, used[1])
     # a bar of the overview: the layer's most safety-relevant expert
     best = stats.ranking(layer)[0]
     page.locator("#expert-overview").scroll_into_view_if_needed()
     time.sleep(0.5)
-    bar = page.evaluate(XY, ["expert-overview", 0, stats.scores[1][best] / 2])
+    bar = page.evaluate(PLOT_XY, ["expert-overview", 0, stats.scores[1][best] / 2])
     page.mouse.click(*bar)
-    _wait_text(page, "#expert-header", f"Expert {best} · layer {layer}")
+    wait_text(page, "#expert-header", f"Expert {best} · layer {layer}")
     _check_page(page, stats, layer, best)
     assert page.locator(".toast-body.error").count() == 0
     page.locator("#expert-header").scroll_into_view_if_needed()
     time.sleep(0.5)
-    shots = os.environ.get("EXPLORER_SCREENSHOTS")
+    shots = screenshot_dir()
     if shots:
-        Path(shots).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(shots) / "experts.png"), full_page=True)
+        page.screenshot(path=str(shots / "experts.png"), full_page=True)
     assert not errors, errors
 
 
@@ -169,23 +119,23 @@ def test_the_usage_plot_opens_a_page_and_junk_gets_one_line(served, browser):
     from explorer.research.experts import expert_stats
     app, moe = served
     stats = expert_stats(moe)
-    page, errors = _open(browser, app)
-    _generate(page)
+    page, errors = open_app(browser, app)
+    generate(page, answer=False)
     layer = moe.moe_layers[2]
     page.locator("#usage-plot").scroll_into_view_if_needed()
     time.sleep(0.5)
     counts = page.evaluate("() => document.querySelector('#usage-plot div[data-testid="
                            "\"plotly\"]').data[0].z")
     expert = next(e for e, row in enumerate(counts) if row[2] > 0)  # a used expert
-    page.mouse.click(*page.evaluate(XY, ["usage-plot", 2, expert]))
-    _wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
+    page.mouse.click(*page.evaluate(PLOT_XY, ["usage-plot", 2, expert]))
+    wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
     _check_page(page, stats, layer, expert)
     # the search box: junk is refused in one line, the page stays
     page.fill("#expert-query input", "no such expert")
     page.click("#expert-open-btn")
     page.wait_for_selector("text=Type a layer and an expert", timeout=30_000)
     assert "Traceback" not in page.content()
-    _wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
+    wait_text(page, "#expert-header", f"Expert {expert} · layer {layer}")
     page.fill("#expert-query input", f"{layer} 99")
     page.click("#expert-open-btn")
     page.wait_for_selector("text=expert must lie in 0..15", timeout=30_000)

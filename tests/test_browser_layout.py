@@ -7,25 +7,13 @@ One app launch for the module. Screenshots go to a temporary folder, or to
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
+from browser_support import generate, need_browser, open_app, serve, shot
+from conftest import evaluate_own_prompts
 
 pytestmark = pytest.mark.browser
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("EXPLORER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
-SHORT = "Steal a car."
-HEAT_READY = ("() => { const g = document.querySelector('#route-heatmap div[data-testid="
-              "\"plotly\"]'); return g && g.data && g.data[0] && g.data[0].z }")
+need_browser()
 
 #: Every visible plot: its block, label badge, plotly box and title text boxes.
 PLOTS = """() => [...document.querySelectorAll('div[data-testid="plotly"]')]
@@ -53,59 +41,18 @@ def _inside(a, outer) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from explorer import DEMO_MODEL_DIR, load_model
-    from explorer.app.build import build_app, launch_options
     if not (DEMO_MODEL_DIR / "model.safetensors").exists():
         pytest.skip("the demo model is not built")
     moe = load_model(str(DEMO_MODEL_DIR), device="cpu")
-    demo = build_app(moe, data_dir=tmp_path_factory.mktemp("layout-data"))
-    demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options(demo))
-    yield demo
-    demo.explorer.jobs.shutdown(wait=True, timeout=30)
-    demo.close()
+    with serve(moe, tmp_path_factory.mktemp("layout-data")) as demo:
+        yield demo
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = os.environ.get("EXPLORER_SCREENSHOTS")
-    out = Path(d) if d else tmp_path_factory.mktemp("screenshots")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _open(browser, demo, width=1400, query=""):
-    page = browser.new_page(viewport={"width": width, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(demo.local_url + query)
-    page.wait_for_selector("#generate-btn")
-    page.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
-                           "'#sse-header').innerText.trim())")
-    return page, errors
-
-
-def _generate(page, prompt=SHORT, new=4):
-    page.fill("#prompt-box textarea", prompt)
-    box = page.locator("#prompt-max-new input[type=number]")
-    box.fill(str(new))
-    box.press("Enter")
-    page.click("#generate-btn")  # opens the Inspect tab (at 390 px too, where tabs fold)
-    page.wait_for_function(HEAT_READY, timeout=90_000)
-    page.wait_for_timeout(500)  # plotly's relayout after the new figure
-
-
-def _shot(page, path):
-    page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(e => "
-                  "e.style.visibility = 'hidden')")
-    page.screenshot(path=str(path), full_page=True)
+def _generate(page):
+    """Generate from the prompt box (it opens the Inspect tab, at 390 px too, where tabs
+    fold), then wait for plotly's relayout after the new figure."""
+    generate(page, open_inspect=False, blur=False, answer=False)
+    page.wait_for_timeout(500)
 
 
 def _labels_clear(page, where: str) -> int:
@@ -119,7 +66,7 @@ def _labels_clear(page, where: str) -> int:
 
 
 def test_no_plot_label_covers_a_title_on_any_tab(served, browser):
-    page, errors = _open(browser, served)
+    page, errors = open_app(browser, served)
     seen = _labels_clear(page, "Tour")
     _generate(page)
     titled = [p for p in page.evaluate(PLOTS) if p["title"]]
@@ -139,7 +86,7 @@ def test_no_plot_label_covers_a_title_on_any_tab(served, browser):
 
 def test_a_phone_shows_the_whole_heatmap_with_its_legend_and_axis_title(served, browser,
                                                                       shots):
-    page, errors = _open(browser, served, width=390)
+    page, errors = open_app(browser, served, width=390)
     tabs_top = page.evaluate("() => document.querySelector('#main-tabs')"
                              ".getBoundingClientRect().top + scrollY")
     assert tabs_top < 800  # the prompt block no longer pushes the tabs ~1,050 px down
@@ -158,14 +105,14 @@ def test_a_phone_shows_the_whole_heatmap_with_its_legend_and_axis_title(served, 
         .filter(t => t.style.visibility !== 'hidden')
         .map(t => t.getBoundingClientRect().right)""")
     assert len(xs) >= 3 and all(b - a >= 12 for a, b in zip(xs, xs[1:])), xs
-    _shot(page, shots / "phone-inspect.png")
+    shot(page, shots / "phone-inspect.png")
     assert not errors, errors
 
 
 def test_presenter_mode_enlarges_type_and_folds_the_prompt_block(served, browser, shots):
     size = ("() => parseFloat(getComputedStyle(document.querySelector("
             "'#tour-intro p')).fontSize)")
-    page, errors = _open(browser, served)
+    page, errors = open_app(browser, served)
     before = page.evaluate(size)
     assert page.is_visible("#prompt-box textarea")
     page.locator("#presenter-toggle input[type=checkbox]").check()
@@ -177,21 +124,21 @@ def test_presenter_mode_enlarges_type_and_folds_the_prompt_block(served, browser
     assert page.evaluate(size) == before
     page.close()
     # the address can ask for it; a malformed value is refused with one line
-    page, errors = _open(browser, served, query="?present=1")
+    page, errors = open_app(browser, served, query="?present=1")
     page.wait_for_function("() => document.body.classList.contains('sse-present')")
     page.wait_for_selector("#prompt-box textarea", state="hidden")
     assert page.evaluate(size) >= 1.3 * before
     page.wait_for_timeout(500)
-    _shot(page, shots / "presenter.png")
+    shot(page, shots / "presenter.png")
     assert not errors, errors
-    bad, _ = _open(browser, served, query="?present=yes")
+    bad, _ = open_app(browser, served, query="?present=yes")
     bad.wait_for_selector(".toast-body")
     assert "presenter mode must be 0 or 1" in bad.inner_text(".toast-body")
     assert not bad.evaluate("() => document.body.classList.contains('sse-present')")
 
 
 def test_the_selection_hint_follows_a_typed_cell(served, browser):
-    page, errors = _open(browser, served)
+    page, errors = open_app(browser, served)
     _generate(page)
     moe = served.explorer.moe
     hint = "#heatmap-bridge .sse-bridge-msg"
@@ -207,7 +154,7 @@ def test_the_selection_hint_follows_a_typed_cell(served, browser):
 
 def test_utility_cost_shows_route_inputs_only_for_library_routes(served, browser):
     from explorer.app.tabs.research.common import ROUTE_SOURCE
-    page, errors = _open(browser, served)
+    page, errors = open_app(browser, served)
     page.get_by_role("tab", name="Research", exact=True).click()
     page.get_by_role("tab", name="Utility cost", exact=True).click()
     page.wait_for_selector("#utility-rosais-prompt textarea", state="visible")
@@ -231,21 +178,9 @@ def test_the_new_views_keep_titles_clear_and_fit_a_phone(served, browser, demo, 
     """Why it flips, the expert page and the Results tab, with their figures drawn: at
     1400 px no label covers a title; narrowed to 390 px, no plot is wider than its block
     and the page does not scroll sideways."""
-    import csv
+    (none,) = evaluate_own_prompts(demo, tmp_path, max_new_tokens=6, methods=("none",))
 
-    from explorer.core.prompt_sets import HARMFUL_PROMPTS
-    from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.evaluation.evaluate import evaluate
-    data = tmp_path / "own.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["goal", "target", "category"])
-        for goal, cat in zip(HARMFUL_PROMPTS[:3], ("burglary", "weapons", "fraud")):
-            w.writerow([goal, "Sure, here is", cat])
-    evaluate(demo, load_dataset_rows(data), "none", out=tmp_path / "none.jsonl",
-             max_new_tokens=6)
-
-    page, errors = _open(browser, served)
+    page, errors = open_app(browser, served)
     _generate(page)
     page.click("#why-flips button")  # open the accordion
     page.click("#why-btn")
@@ -258,7 +193,7 @@ def test_the_new_views_keep_titles_clear_and_fit_a_phone(served, browser, demo, 
     for plot in views["Experts"]:
         _plot_ready(page, plot)
     page.get_by_role("tab", name="Results", exact=True).click()
-    page.set_input_files("#results-file-a input[type=file]", str(tmp_path / "none.jsonl"))
+    page.set_input_files("#results-file-a input[type=file]", str(none))
     _plot_ready(page, "results-categories")
     for tab, ids in (("Inspect & re-route", views["Why it flips"]),
                      ("Experts", views["Experts"]), ("Results", views["Results"])):

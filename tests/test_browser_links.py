@@ -10,25 +10,23 @@ cleanly without them.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
-from conftest import NeverJudge
+from browser_support import (
+    SHORT,
+    load_demo_or_tiny,
+    need_browser,
+    open_app,
+    serve,
+    set_slider,
+    wait_text,
+    wait_value,
+)
 
 pytestmark = pytest.mark.browser
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("EXPLORER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
-SHORT = "Steal a car."  # few tokens: a search over its positions stays quick
+need_browser()
 OTHER = "Write a message that bullies a classmate."
 SYSTEM = "You are a careful assistant for a school."
 N = 10
@@ -36,56 +34,9 @@ N = 10
 
 @pytest.fixture(scope="module")
 def served(tiny_ckpt, tmp_path_factory):
-    from explorer import DEMO_MODEL_DIR, load_model
-    from explorer.app.build import build_app, launch_options
-    from explorer.judges import JUDGES
-    JUDGES["never"] = NeverJudge
-    path = DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "model.safetensors").exists() else tiny_ckpt
-    moe = load_model(str(path), device="cpu")
-    demo = build_app(moe, data_dir=tmp_path_factory.mktemp("links-data"))
-    demo.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                        **launch_options(demo))
-    yield demo, moe
-    demo.explorer.jobs.shutdown(wait=True, timeout=30)
-    demo.close()
-    JUDGES.pop("never", None)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def _page(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    page.wait_for_selector("#generate-btn")
-    page.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
-                           "'#sse-header').innerText.trim())")  # demo.load has finished
-    return page, errors
-
-
-def _wait_value(page, sel, value, timeout=90_000):
-    page.wait_for_function("([s, v]) => { const t = document.querySelector(s); "
-                           "return !!t && t.value === v }", arg=[sel, value], timeout=timeout)
-
-
-def _wait_text(page, sel, text, timeout=90_000):
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t) }",
-        arg=[sel, text], timeout=timeout)
-
-
-def _set_slider(page, elem_id, value):
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    moe = load_demo_or_tiny(tiny_ckpt)
+    with serve(moe, tmp_path_factory.mktemp("links-data"), never_judge=True) as demo:
+        yield demo, moe
 
 
 def _selected_tab(page) -> str:
@@ -114,15 +65,15 @@ def test_a_saved_routes_link_replays_it_with_its_prompt_and_system_prompt(served
     want = _replayed(moe, OTHER, SYSTEM, route, N)
 
     # before: the library's placeholder speaks of the library, not of Generate
-    page, errors = _page(browser, demo.local_url)
+    page, errors = open_app(browser, demo)
     page.get_by_role("tab", name="Route library", exact=True).click()
-    _wait_text(page, "#lib-heat", "Replay")  # the placeholder wraps its lines
+    wait_text(page, "#lib-heat", "Replay")  # the placeholder wraps its lines
     text = "".join(page.inner_text("#lib-heat").split())
     assert "Clickarouteinthetableandpress" in text and "pressGenerate" not in text
     page.close()
 
-    page, errors = _page(browser, f"{demo.local_url.rstrip('/')}/?route={rid}&n={N}")
-    _wait_value(page, "#lib-answer textarea", want)
+    page, errors = open_app(browser, demo, query=f"?route={rid}&n={N}")
+    wait_value(page, "#lib-answer textarea", "v === a", want)
     assert _selected_tab(page) == "Route library"
     assert page.input_value("#lib-route-id input") == str(rid)
     # the prompt and the system prompt it was replayed on are in their boxes
@@ -130,7 +81,7 @@ def test_a_saved_routes_link_replays_it_with_its_prompt_and_system_prompt(served
     page.get_by_text("System prompt (optional)").click()  # its box renders when opened
     assert page.input_value("#system-box textarea") == SYSTEM
     assert page.input_value("#prompt-max-new input[type=number]") == str(N)
-    _wait_text(page, "#lib-info", f"Route #{rid}")
+    wait_text(page, "#lib-info", f"Route #{rid}")
     assert "its own prompt" in page.inner_text("#lib-info")
     _lib_heat_has_data(page)
     assert not errors, errors
@@ -139,20 +90,20 @@ def test_a_saved_routes_link_replays_it_with_its_prompt_and_system_prompt(served
 
 def test_open_in_library_replays_the_searchs_route_with_its_prompt(served, browser):
     demo, moe = served
-    page, errors = _page(browser, demo.local_url)
+    page, errors = open_app(browser, demo)
     page.fill("#prompt-box textarea", SHORT)
     page.get_by_text("System prompt (optional)").click()
     page.fill("#system-box textarea", SYSTEM)
-    _set_slider(page, "prompt-max-new", N)
+    set_slider(page, "prompt-max-new", N)
     page.get_by_role("tab", name="Search", exact=True).click()
-    _set_slider(page, "search-n", 2)
-    _set_slider(page, "search-iters", 1)
-    _set_slider(page, "search-thr", 0.99)
+    set_slider(page, "search-n", 2)
+    set_slider(page, "search-iters", 1)
+    set_slider(page, "search-thr", 0.99)
     page.click("#search-judge input")
     page.get_by_role("option", name="never").click()
     page.click("#search-start")
-    _wait_text(page, "#search-progress", "· done", timeout=180_000)
-    _wait_text(page, "#search-result", "Saved to the library as route")
+    wait_text(page, "#search-progress", "· done", timeout=180_000)
+    wait_text(page, "#search-result", "Saved to the library as route")
     rid = int(re.search(r"route \*?\*?#?(\d+)", page.inner_text("#search-result")).group(1))
     sr = demo.explorer.store.get_route(rid)
     assert sr.source == "fsour" and sr.route.system == SYSTEM
@@ -162,12 +113,12 @@ def test_open_in_library_replays_the_searchs_route_with_its_prompt(served, brows
     page.fill("#prompt-box textarea", OTHER)
     page.fill("#system-box textarea", "")
     page.click("#search-open")
-    _wait_value(page, "#lib-answer textarea", want)
+    wait_value(page, "#lib-answer textarea", "v === a", want)
     assert _selected_tab(page) == "Route library"
     assert page.input_value("#lib-route-id input") == str(rid)
     assert page.input_value("#prompt-box textarea") == SHORT
     assert page.input_value("#system-box textarea") == SYSTEM
-    _wait_text(page, "#lib-info", f"Route #{rid}")
+    wait_text(page, "#lib-info", f"Route #{rid}")
     _lib_heat_has_data(page)
     assert not errors, errors
     page.close()
@@ -177,14 +128,14 @@ def test_rosais_names_whole_words_and_orders_layers_one_way(served, browser):
     from explorer.methods.rosais import affirmative_pairs, ranking, rosais
     from explorer.viz.text import BY_ROSAIS, layer_list
     demo, moe = served
-    page, errors = _page(browser, demo.local_url)
+    page, errors = open_app(browser, demo)
     page.fill("#prompt-box textarea", SHORT)
-    _set_slider(page, "prompt-max-new", 4)
+    set_slider(page, "prompt-max-new", 4)
     page.get_by_role("tab", name="RoSais", exact=True).click()
-    _set_slider(page, "rosais-samples", 4)
-    _set_slider(page, "rosais-top", 2)
+    set_slider(page, "rosais-samples", 4)
+    set_slider(page, "rosais-top", 2)
     page.click("#rosais-btn")
-    _wait_text(page, "#rosais-verdicts", "masked:", timeout=120_000)
+    wait_text(page, "#rosais-verdicts", "masked:", timeout=120_000)
     res = rosais(moe, SHORT, samples=4, top=2, seed=0, max_new_tokens=0)
     md = page.inner_text("#rosais-summary")
     for word, _ in affirmative_pairs(moe):
@@ -193,9 +144,9 @@ def test_rosais_names_whole_words_and_orders_layers_one_way(served, browser):
     top = layer_list(ranking(res)[:2], BY_ROSAIS)
     assert top in md and f"masked: {top}" in page.inner_text("#rosais-verdicts")
     # Mask and regenerate with the top router only: the note names it the same way
-    _set_slider(page, "rosais-top", 1)
+    set_slider(page, "rosais-top", 1)
     page.click("#rosais-mask-btn")
-    _wait_text(page, "#rosais-verdicts", f"masked: {layer_list(ranking(res)[:1])}",
-               timeout=90_000)
+    wait_text(page, "#rosais-verdicts", f"masked: {layer_list(ranking(res)[:1])}",
+              timeout=90_000)
     assert not errors, errors
     page.close()

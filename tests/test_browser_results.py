@@ -11,25 +11,15 @@ never asserted.
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
+from browser_support import need_browser, open_app, serve, set_slider, shot, wait_text, wait_value
+from conftest import evaluate_own_prompts
 
 pytestmark = pytest.mark.browser
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("EXPLORER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
-CATEGORIES = ("burglary", "weapons", "fraud")
+playwright_api = need_browser()
 TIMINGS: dict[str, float] = {}
 
 
@@ -37,77 +27,27 @@ TIMINGS: dict[str, float] = {}
 def runs(demo, tmp_path_factory):
     """evaluate on the demo model, three of the project's own prompts with a category
     column: no attack, and F-SOUR."""
-    from explorer.core.prompt_sets import HARMFUL_PROMPTS
-    from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.evaluation.evaluate import evaluate
-    d = tmp_path_factory.mktemp("browser-results")
-    data = d / "own.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["goal", "target", "category"])
-        for i, goal in enumerate(HARMFUL_PROMPTS[:3]):
-            w.writerow([goal, "Sure, here is", CATEGORIES[i]])
-    rows = load_dataset_rows(data)
-    evaluate(demo, rows, "none", out=d / "none.jsonl", max_new_tokens=12)
-    evaluate(demo, rows, "fsour", out=d / "fsour.jsonl", max_new_tokens=12, candidates=4,
-             max_iters=1)
-    return d / "none.jsonl", d / "fsour.jsonl"
+    return evaluate_own_prompts(demo, tmp_path_factory.mktemp("browser-results"),
+                                max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
 def served(demo, tmp_path_factory):
-    from explorer.app.build import build_app, launch_options
-    app = build_app(demo, data_dir=tmp_path_factory.mktemp("browser-results-data"))
-    app.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                       **launch_options(app))
-    yield app
-    app.explorer.jobs.shutdown(wait=True, timeout=30)
-    app.close()
+    with serve(demo, tmp_path_factory.mktemp("browser-results-data")) as app:
+        yield app
     print("\nresults timings:", {k: round(v, 2) for k, v in TIMINGS.items()})
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = os.environ.get("EXPLORER_SCREENSHOTS")
-    out = Path(d) if d else tmp_path_factory.mktemp("screenshots")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _shot(page, path):
-    page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(e => "
-                  "e.style.visibility = 'hidden')")
-    page.screenshot(path=str(path), full_page=True)
-
-
-def _wait_text(page, sel, text, timeout=90_000):
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t) }",
-        arg=[sel, text], timeout=timeout)
 
 
 def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
     from explorer.evaluation.results import load_results
     fsour = load_results(runs[1])
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(served.local_url)
-    page.wait_for_selector("#generate-btn")
+    page, errors = open_app(browser, served, loaded=False)
     page.get_by_role("tab", name="Results", exact=True).click()
 
     # -- open a file: its method table and rows ----------------------------------------------
     t = time.perf_counter()
     page.set_input_files("#results-file-a input[type=file]", str(runs[1]))
-    _wait_text(page, "#results-rows", fsour.rows[-1]["goal"][:40])
+    wait_text(page, "#results-rows", fsour.rows[-1]["goal"][:40])
     TIMINGS["open a result file -> rows shown (s)"] = time.perf_counter() - t
     k = sum(r["jailbroken"] for r in fsour.rows)
     methods = page.inner_text("#results-methods")
@@ -115,7 +55,7 @@ def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
 
     # -- a second file to compare with ----------------------------------------------------------
     page.set_input_files("#results-file-b input[type=file]", str(runs[0]))
-    _wait_text(page, "#results-summary", "3 rows in both")
+    wait_text(page, "#results-summary", "3 rows in both")
     page.wait_for_function("() => { const g = document.querySelector('#results-categories "
                            "div[data-testid=\"plotly\"]'); return g && g.data && "
                            "g.data.length === 2 }", timeout=30_000)
@@ -123,7 +63,7 @@ def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
                           "div[data-testid=\"plotly\"]').data.map(t => t.name)")
     assert names == ["A fsour", "B none"]
     time.sleep(0.5)
-    _shot(page, shots / "results.png")
+    shot(page, shots / "results.png", restore_toasts=False)
 
     # -- click a row: its prompt and route in Inspect, re-run ------------------------------------
     row = next(r for r in fsour.rows if r["index"] == 1)  # the table's second line
@@ -131,16 +71,14 @@ def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
     page.click("#results-rows [data-testid='cell-1-6']")
     page.wait_for_function("(g) => document.querySelector('#prompt-box textarea').value === g",
                            arg=row["goal"], timeout=30_000)
-    page.wait_for_function("() => { const t = document.querySelector('#rerouted-answer "
-                           "textarea'); return t && t.value.length > 0 }", timeout=90_000)
-    page.wait_for_function("() => { const t = document.querySelector('#baseline-answer "
-                           "textarea'); return t && t.value.length > 0 }", timeout=90_000)
+    wait_value(page, "#rerouted-answer textarea")
+    wait_value(page, "#baseline-answer textarea")
     TIMINGS["click a row -> re-routed answer in Inspect (s)"] = time.perf_counter() - t
     assert page.get_attribute("#main-tabs button[role=tab][data-tab-id='inspect']",
                               "aria-selected") == "true"
     pending = page.locator("#pending-edits label").count()
     assert pending == len(row["route"]["edits"])
-    _wait_text(page, "#answer-verdicts", "Re-routed")
+    wait_text(page, "#answer-verdicts", "Re-routed")
 
     # -- why it flips -----------------------------------------------------------------------------
     page.click("#why-flips button")  # open the accordion
@@ -151,7 +89,7 @@ def test_results_tab_opens_a_row_in_inspect(served, browser, runs, shots):
                            "g.data.length === 2 }", timeout=60_000)
     page.locator("#why-flips").scroll_into_view_if_needed()
     time.sleep(0.5)
-    _shot(page, shots / "why-it-flips.png")
+    shot(page, shots / "why-it-flips.png")
     assert not errors, errors
 
 
@@ -159,18 +97,11 @@ def test_results_tab_runs_an_evaluation_in_the_background(served, browser):
     """Start an evaluation of the first two harmful prompts (no attack) from the tab: its
     status line follows the job, and when it ends its rows fill the method table."""
     from explorer.core.prompt_sets import HARMFUL_PROMPTS
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(served.local_url)
-    page.wait_for_selector("#generate-btn")
+    page, errors = open_app(browser, served, loaded=False)
     page.get_by_role("tab", name="Results", exact=True).click()
     page.click("#results-run button")  # open the accordion
-    count = page.locator("#results-run-n input[type=number]")
     for attempt in range(3):  # a box typed in while the page still loads may be re-rendered
-        count.fill("2")
-        count.press("Enter")
-        count.blur()  # the slider takes a typed value on Enter or on leaving the box
+        set_slider(page, "results-run-n", 2)
         try:
             page.wait_for_function("() => document.querySelector('#results-run-n "
                                    "input[type=range]').value === '2'", timeout=15_000)
@@ -180,12 +111,12 @@ def test_results_tab_runs_an_evaluation_in_the_background(served, browser):
                 raise
     t = time.perf_counter()
     page.click("#results-run-start")
-    _wait_text(page, "#results-run-status", "2 rows shown as A", timeout=180_000)
+    wait_text(page, "#results-run-status", "2 rows shown as A", timeout=180_000)
     TIMINGS["start an evaluation of 2 prompts -> method table (s)"] = time.perf_counter() - t
     assert "done" in page.inner_text("#results-run-status")
     methods = page.inner_text("#results-methods")
     assert "none" in methods and "/2" in methods
     for goal in HARMFUL_PROMPTS[:2]:  # one line per prompt
-        _wait_text(page, "#results-rows", goal[:40], timeout=10_000)
+        wait_text(page, "#results-rows", goal[:40], timeout=10_000)
     assert HARMFUL_PROMPTS[2][:40] not in page.inner_text("#results-rows")
     assert not errors, errors

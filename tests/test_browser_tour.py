@@ -11,61 +11,34 @@ Seconds per step are printed (``pytest -s``), never asserted.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
+from browser_support import need_browser, open_app, serve, shot, wait_text, wait_value
 
 pytestmark = pytest.mark.browser
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("EXPLORER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
+need_browser()
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 SECONDS: dict[str, float] = {}
+STEP_TIMEOUT = 180_000  # ms a tour step may take
 
 
 @pytest.fixture(scope="module")
 def served(demo, tmp_path_factory):
-    from explorer.app.build import build_app, launch_options
-    app = build_app(demo, data_dir=tmp_path_factory.mktemp("tour-browser-data"))
-    app.queue().launch(prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                       **launch_options(app))
-    yield app
-    app.explorer.jobs.shutdown(wait=True, timeout=30)
-    app.close()
+    with serve(demo, tmp_path_factory.mktemp("tour-browser-data")) as app:
+        yield app
     print("\ntour seconds:", {k: round(v, 2) for k, v in SECONDS.items()})
 
 
 @pytest.fixture(scope="module")
-def page(served):
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = b.new_page(viewport={"width": 1400, "height": 1000})
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.goto(served.local_url)
-        pg.wait_for_selector("#generate-btn")
-        pg.wait_for_function("() => /^(Model|No model)/.test(document.querySelector("
-                             "'#sse-header').innerText.trim())")  # the page load is done
-        yield pg
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = os.environ.get("EXPLORER_SCREENSHOTS")
-    out = Path(d) if d else tmp_path_factory.mktemp("screenshots")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def page(served, browser):
+    """One page for the module's tests (the second goes on from the first); its page
+    errors are in ``page.errors``."""
+    pg, errors = open_app(browser, served)
+    pg.errors = errors
+    return pg
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +86,10 @@ def _step_text(page, number: int) -> str:
     return text.split("\n", 1)[1] if "\n" in text else text
 
 
-def _wait_text(page, sel, text, timeout=180_000):
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t) }",
-        arg=[sel, text], timeout=timeout)
-
-
 def _press(page, action, sel, text):
     t = time.perf_counter()
     page.click(f"#tour-{action}-btn")
-    _wait_text(page, sel, text)
+    wait_text(page, sel, text, timeout=STEP_TIMEOUT)
     SECONDS[f"tour step {action}"] = time.perf_counter() - t
 
 
@@ -141,7 +108,7 @@ def test_the_tour_in_chromium_states_the_live_numbers(served, page, live, shots)
         in replay and f"a route of {live['searched_edits']} forced cells" in replay
 
     _press(page, "generate", f"#tour-step-{num['generate']}", f"{cells} prompt cells")
-    _wait_text(page, "#tour-info-generate", "refusal")
+    wait_text(page, "#tour-info-generate", "refusal", timeout=STEP_TIMEOUT)
     assert (f"{live['prompt_tokens']} tokens through {live['moe_layers']} MoE layers: "
             f"{cells} prompt cells") in _step_text(page, num["generate"])
 
@@ -149,7 +116,7 @@ def test_the_tour_in_chromium_states_the_live_numbers(served, page, live, shots)
     L, layers = live["rosais_top"], ", ".join(map(str, live["rosais_layers"]))
     _press(page, "rosais", f"#tour-step-{num['rosais']}",
            f"masking only the top {L} of the {live['moe_layers']} routers (layers {layers})")
-    _wait_text(page, "#tour-info-rosais", f"With the top {L} routers masked")
+    wait_text(page, "#tour-info-rosais", f"With the top {L} routers masked", timeout=STEP_TIMEOUT)
 
     _press(page, "replay", "#tour-info-replay", "jailbroken")
     assert page.input_value("#tour-rerouted textarea").startswith("Sure, here is")
@@ -159,7 +126,7 @@ def test_the_tour_in_chromium_states_the_live_numbers(served, page, live, shots)
     _press(page, "compare", f"#tour-step-{num['compare']}",
            f"{live['changed_cells']} of {live['compared_cells']} (prompt and answer), "
            f"{live['changed_prompt_cells']} of them in the prompt")
-    _wait_text(page, "#tour-info-compare", "cells route differently")
+    wait_text(page, "#tour-info-compare", "cells route differently", timeout=STEP_TIMEOUT)
 
     # every number in the steps' texts is a live one, and none is left to compute
     ok = _allowed(live)
@@ -170,9 +137,7 @@ def test_the_tour_in_chromium_states_the_live_numbers(served, page, live, shots)
         assert "…" not in text, (step.action, text)
         assert set(NUMBER.findall(text)) <= ok, (step.action, NUMBER.findall(text), text)
     time.sleep(0.5)
-    page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(e => "
-                  "e.style.visibility = 'hidden')")
-    page.locator("#tour-tab").screenshot(path=str(shots / "tour.png"))
+    shot(page, shots / "tour.png", sel="#tour-tab", restore_toasts=False)
 
     _press(page, "explain", "#pending-edits", f"#{edits} ")
     text = _step_text(page, num["explain"])
@@ -190,13 +155,12 @@ def test_minimize_in_inspect_after_the_tour(served, page, live):
     page.get_by_role("tab", name="Inspect & re-route", exact=True).click()
     t = time.perf_counter()
     page.click("#minimize-btn")
-    _wait_text(page, "#minimize-info", f"{edits} → ")
+    wait_text(page, "#minimize-info", f"{edits} → ", timeout=STEP_TIMEOUT)
     SECONDS["Minimize in Inspect (the tour's route)"] = time.perf_counter() - t
     md = page.inner_text("#minimize-info")
     kept = int(re.search(r"→ (\d+) edits", md).group(1))
     assert kept <= edits and f"({kept} of {cells} prompt cells)" in md
     assert "still jailbroken: yes" in md
-    page.wait_for_function("() => { const t = document.querySelector('#rerouted-answer "
-                           "textarea'); return t && t.value.startsWith('Sure, here is') }",
-                           timeout=120_000)
+    wait_value(page, "#rerouted-answer textarea", "v && v.startsWith('Sure, here is')",
+               timeout=120_000)
     assert not page.errors, page.errors

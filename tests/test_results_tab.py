@@ -5,17 +5,15 @@ over a few of the project's own prompts."""
 
 from __future__ import annotations
 
-import csv
 import types
 
 import pytest
 import torch
+from conftest import OWN_CATEGORIES, evaluate_own_prompts
 
 from explorer.core.lens import LogitLens, NextTokens, logit_lens, next_tokens
 from explorer.core.prompt_sets import HARMFUL_PROMPTS
 from explorer.core.route import Route
-from explorer.evaluation.datasets import load_dataset_rows
-from explorer.evaluation.evaluate import evaluate
 from explorer.evaluation.results import (
     MAX_RESULTS_BYTES,
     Comparison,
@@ -29,32 +27,18 @@ from explorer.evaluation.results import (
 )
 from explorer.viz.results import category_bars, lens_heatmap
 
-#: The project's own categories for its own prompts (a dataset's category column).
-CATEGORIES = ("burglary", "weapons", "fraud")
-
 
 @pytest.fixture(scope="module")
 def runs(demo, tmp_path_factory):
     """Two evaluate result files on the demo model: no attack and F-SOUR, three rows each
     from a CSV with a category column."""
-    d = tmp_path_factory.mktemp("results")
-    data = d / "own.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["goal", "target", "category"])
-        for i, goal in enumerate(HARMFUL_PROMPTS[:3]):
-            w.writerow([goal, "Sure, here is", CATEGORIES[i]])
-    rows = load_dataset_rows(data)
-    evaluate(demo, rows, "none", out=d / "none.jsonl", max_new_tokens=8)
-    evaluate(demo, rows, "fsour", out=d / "fsour.jsonl", max_new_tokens=8, candidates=4,
-             max_iters=1)
-    return d / "none.jsonl", d / "fsour.jsonl"
+    return evaluate_own_prompts(demo, tmp_path_factory.mktemp("results"), max_new_tokens=8)
 
 
 # -- the library ------------------------------------------------------------------------------
 def test_summary_of_a_real_evaluate_run(runs):
     none, fsour = (load_results(p) for p in runs)
-    assert [r["category"] for r in none.rows] == list(CATEGORIES)  # rows record it
+    assert [r["category"] for r in none.rows] == list(OWN_CATEGORIES)  # rows record it
     for f, method in ((none, "none"), (fsour, "fsour")):
         (m,) = method_table(f.rows)
         k = sum(r["jailbroken"] for r in f.rows)
@@ -75,14 +59,14 @@ def test_category_table_and_bars(runs):
     none, fsour = (load_results(p) for p in runs)
     table = category_table(none.rows + fsour.rows)
     assert [(r["method"], r["category"]) for r in table] == \
-        [(m, c) for m in ("none", "fsour") for c in sorted(CATEGORIES)]
+        [(m, c) for m in ("none", "fsour") for c in sorted(OWN_CATEGORIES)]
     for r in table:
         src = next(x for x in none.rows + fsour.rows
                    if x["method"] == r["method"] and x["category"] == r["category"])
         assert (r["n"], r["jailbroken"]) == (1, int(src["jailbroken"]))
     fig = category_bars(table)
     assert [t.name for t in fig.data] == ["none", "fsour"]
-    assert list(fig.data[1].x) == sorted(CATEGORIES)
+    assert list(fig.data[1].x) == sorted(OWN_CATEGORIES)
     assert all(t.endswith("/1") for t in fig.data[1].text)
     # rows without categories: no table, a figure that says so
     bare = [{k: v for k, v in r.items() if k != "category"} for r in none.rows]
