@@ -51,12 +51,20 @@ def served(tiny_ckpt, tmp_path_factory):
 
 def _settled_text(page, sel, timeout=90_000):
     """The element's text once no progress timer (Gradio's "1.0s" while an event runs)
-    shows in it."""
-    page.wait_for_function(
-        "(s) => { const e = document.querySelector(s); "
-        "return e && !/(^|\\n)\\s*\\d+(\\.\\d+)?s(\\s|$)/.test(e.innerText) }",
-        arg=sel, timeout=timeout)
-    return page.inner_text(sel)
+    shows in it and it stays the same for half a second (a page-load event may start
+    after the page first shows)."""
+    end = time.monotonic() + timeout / 1000
+    last = None
+    while True:  # the same text twice, half a second apart: an event starting late shows
+        page.wait_for_function(
+            "(s) => { const e = document.querySelector(s); "
+            "return e && !/(^|\\s)\\d+(\\.\\d+)?s(\\s|$)/.test(e.innerText) }",
+            arg=sel, timeout=timeout)
+        text = page.inner_text(sel)
+        if text == last or time.monotonic() > end:
+            return text
+        last = text
+        time.sleep(0.5)
 
 
 def _add_everywhere(page, layer, forced):
