@@ -242,6 +242,58 @@ def builtin_sets() -> tuple[list[str], list[str]]:
     return list(HARMFUL_PROMPTS), list(BENIGN_PROMPTS)
 
 
+def selection_sets(path: str | Path | None = None) -> tuple[list[str], list[str], str]:
+    """The harmful and benign prompts an expert selection is computed on, and their name:
+    the project's own sets (:data:`BUILTIN_SET`) when ``path`` is None, else a JSON file
+    ``{"harmful": [...], "benign": [...]}`` of the user's own prompts (named by its file
+    name). :class:`InputError` in one line when the file cannot be read or holds no
+    prompts. Benchmarks are for evaluation, never for selection: there is no CSV form."""
+    if path is None:
+        h, b = builtin_sets()
+        return h, b, BUILTIN_SET
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read the prompt sets {str(path)[:80]!r}: "
+                         f"{type(exc).__name__}") from None
+    sets = []
+    for key in SETS:
+        got = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(got, list) or not got or not all(
+                isinstance(x, str) and x.strip() for x in got):
+            raise InputError(f"the prompt sets file {p.name!r} needs a non-empty list of "
+                             f"prompts under {key!r}")
+        sets.append([str(x) for x in got])
+    return sets[0], sets[1], p.name
+
+
+def memo_expert_stats(moe: MoEModel, harmful: Sequence[str], benign: Sequence[str],
+                      prompt_set: str, *, system: str | None = None,
+                      answer_tokens: int = 0) -> ExpertStats:
+    """:func:`expert_stats` of these sets on ``moe``, computed once per model (kept in the
+    model's own cache, :attr:`~explorer.core.cache.ModelCache.results`, keyed by the
+    prompts, system prompt and positions): what the ``safex`` and ``l3`` attacks read."""
+    key = ("expert_stats", set_hash(harmful, benign, system), int(answer_tokens))
+    return moe.cache.memo(moe.cache.results, key, lambda: expert_stats(
+        moe, harmful, benign, prompt_set=prompt_set, system=system,
+        answer_tokens=answer_tokens), limit=64)
+
+
+def mask_route(cells: Sequence[dict], info: dict[str, Any] | None = None):
+    """The :class:`~explorer.core.route.Route` that masks ``cells`` (dicts with ``layer``
+    and ``expert``) model-wide: ``mask(layer, None, experts)``, every position, generated
+    tokens included; ``info``: its provenance."""
+    from explorer.core.route import Route
+    route = Route(info=dict(info or {}))
+    by_layer: dict[int, list[int]] = {}
+    for c in cells:
+        by_layer.setdefault(int(c["layer"]), []).append(int(c["expert"]))
+    for lay in sorted(by_layer):
+        route.mask(lay, None, sorted(by_layer[lay]))
+    return route
+
+
 # -- the measurement --------------------------------------------------------------------
 def _record(moe: MoEModel, seqs: list[list[int]]) -> tuple[dict, dict]:
     """Right-padded forward of ``seqs``: per MoE layer, experts (B, T, k) and the gap
@@ -488,4 +540,5 @@ def cached_expert_stats(moe: MoEModel, cache_dir: str | Path,
 
 
 __all__ = ["BUILTIN_SET", "ExpertStats", "bootstrap_weights", "builtin_sets", "cache_path",
-           "cached_expert_stats", "expert_stats", "layer_rosais", "route_rows", "set_hash"]
+           "cached_expert_stats", "expert_stats", "layer_rosais", "mask_route",
+           "memo_expert_stats", "route_rows", "selection_sets", "set_hash"]
