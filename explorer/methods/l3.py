@@ -22,9 +22,12 @@ experts, adaptive silencing of under 20% of a layer's experts). Here:
   ``z = 0`` is the average training prompt: the method is then the same as Integrated
   Gradients from that baseline (completeness holds), so a pair's attribution is its exact
   share of how much more harmful-looking this prompt's routing is than the average
-  prompt's. Pairs with the largest positive attribution are the ones whose use pushes the
-  decision towards refusal; the ranking is per prompt (a pair the prompt does not use
-  more than average scores zero or less and is never silenced).
+  prompt's. Silencing an expert can only lower its use, so the candidates are the pairs
+  this prompt uses *more* than the average prompt (``z_i > 0``) whose use pushes the
+  decision towards "harmful" (``w_i > 0``): exactly the pairs of positive attribution
+  that silencing can act on (a pair of positive attribution because the prompt uses it
+  *less* than average, ``w_i < 0`` and ``z_i < 0``, is left alone). They are ranked by
+  attribution, per prompt.
 - **Silencing** (in :mod:`explorer.attacks.l3`): the first 0, 1, 2, ... pairs of the
   prompt's ranking are masked model-wide (every position, generated tokens included)
   until the judge calls the answer jailbroken or ``max_silenced`` is reached, never more
@@ -107,9 +110,11 @@ class RoutingClassifier(ResultMixin):
 
     def ranking(self, x: torch.Tensor, layer_share: float = L3_LAYER_SHARE) -> list[dict]:
         """The pairs to silence for features ``x``, most refusal-relevant first: those with
-        a positive attribution, at most :func:`layer_cap` a layer. Each ``{"layer",
-        "expert", "attribution"}``."""
+        a positive attribution that the prompt uses more than the average prompt (see the
+        module docs), at most :func:`layer_cap` a layer. Each ``{"layer", "expert",
+        "attribution"}``."""
         att = self.attribution(x)
+        above = self.standardise(x) > 0
         caps = {lay: layer_cap(n, k, layer_share)
                 for lay, n, k in zip(self.moe_layers, self.num_experts, self.top_k)}
         order = sorted(range(len(att)), key=lambda i: (-float(att[i]), i))
@@ -118,7 +123,7 @@ class RoutingClassifier(ResultMixin):
             if float(att[i]) <= 0:
                 break
             lay, e = self.cells()[i]
-            if used.get(lay, 0) >= caps[lay]:
+            if not bool(above[i]) or used.get(lay, 0) >= caps[lay]:
                 continue
             used[lay] = used.get(lay, 0) + 1
             out.append({"layer": lay, "expert": e, "attribution": float(att[i])})
