@@ -12,7 +12,9 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   (:mod:`explorer.core.forward`)
 - :func:`rosais` -> :class:`RosaisResult` and :func:`fsour` -> :class:`FsourResult`: the
   paper's two methods (:mod:`explorer.methods`); :func:`steer` and :func:`random_route`:
-  the baselines they are compared with
+  the baselines they are compared with; :func:`safex_select` -> :class:`SafexSelection`
+  (SAFEx-style stable experts) and :func:`l3_classifier` -> :class:`RoutingClassifier`
+  (L3-style routing classifier), the field's expert attacks (``safex``, ``l3``)
 - :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
 - :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
 - :func:`plan_model` -> :class:`MemoryPlan`: a model's parameters, memory per precision,
@@ -63,6 +65,10 @@ _EXPORTS = {
     "FsourResult": "explorer.methods.fsour",
     "steer": "explorer.methods.baselines",
     "random_route": "explorer.methods.baselines",
+    "safex_select": "explorer.methods.safex",
+    "SafexSelection": "explorer.methods.safex",
+    "l3_classifier": "explorer.methods.l3",
+    "RoutingClassifier": "explorer.methods.l3",
     "RouteStore": "explorer.storage.library",
     "plan_model": "explorer.bench.plan",
     "MemoryPlan": "explorer.bench.plan",
@@ -108,5 +114,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from explorer.judges import Verdict, get_judge
     from explorer.methods.baselines import random_route, steer
     from explorer.methods.fsour import FsourResult, fsour
+    from explorer.methods.l3 import RoutingClassifier, l3_classifier
     from explorer.methods.rosais import RosaisResult, rosais
+    from explorer.methods.safex import SafexSelection, safex_select
     from explorer.storage.library import RouteStore

@@ -47,6 +47,10 @@ class ModelCache:
     #: "thinking" (the default of its thinking switch, None: no switch) and "end_of_turn"
     #: (the token id that ends an assistant turn, None: none found); see MoEModel
     template_probes: dict = field(default_factory=dict)
+    #: pure results of methods on this model, keyed by what they were computed from (the
+    #: expert statistics of a prompt-set pair, a SAFEx selection, an L3 classifier), so that
+    #: an attack run over many prompts computes them once
+    results: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def memo(self, table: dict, key: Any, build: Callable[[], Any], limit: int = 8192) -> Any:
@@ -73,6 +77,7 @@ class ModelCache:
             self.layouts.clear()
             self.prompts.clear()
             self.valid_routes.clear()
+            self.results.clear()
             self.logits_to_keep = None
             self.paddable_cache = None
             self.direct_head = None

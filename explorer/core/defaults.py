@@ -42,6 +42,19 @@ FSOUR_ORDERS = ("paper", "rosais")
 ENGINE_NAMES = ("fast", "reference")
 #: Experts the SteerMoE-style baseline deactivates per MoE layer at most.
 STEER_PER_LAYER = 2
+#: SAFEx-style stable expert selection (``safex``): (layer, expert) pairs masked at most, the
+#: bootstrap resamples of the stability selection, the selection probability a pair needs
+#: (pi), and the answer tokens measured for the answer phase.
+SAFEX_EXPERTS = 12
+SAFEX_RESAMPLES = 200
+SAFEX_PI = 0.6
+SAFEX_ANSWER_TOKENS = 32
+#: The phases SAFEx selects on: the request's tokens, the answer's decoding steps, or both.
+SAFEX_PHASES = ("request", "answer", "both")
+#: L3-style adaptive silencing (``l3``): experts silenced per prompt at most, and the share
+#: of a layer's experts silenced at most (strictly below it; the paper reports < 20%).
+L3_MAX_SILENCED = 16
+L3_LAYER_SHARE = 0.2
 #: RoSais's random masks per router (the paper's S1).
 ROSAIS_SAMPLES = 32
 #: Routers RoSais masks together after scoring them (the paper's L).

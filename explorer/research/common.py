@@ -7,7 +7,6 @@ layout and position mapping that replay a route on another prompt (see
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from explorer.core.control import active_defense
@@ -21,6 +20,7 @@ from explorer.core.layout import (  # noqa: F401  (their home; public names here
     prompt_layout,
     source_length,
 )
+from explorer.core.result import ResultMixin  # noqa: F401  (its home is core; public here too)
 from explorer.core.route import Route
 from explorer.engine.batching import memory_batch_size
 
@@ -28,29 +28,6 @@ if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
 # -- shared helpers -----------------------------------------------------------------------
-class ResultMixin:
-    """``to_dict`` / ``to_json`` / ``from_dict`` / ``from_json`` for JSON-ready dataclasses.
-
-    Fields hold only JSON types (lists, dicts with string keys, numbers, strings, None), so
-    ``from_dict(to_dict(x)) == x`` and the JSON form is the CLI's ``--json`` object.
-    """
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
-
-
 def resolve_judge(judge):
     """A judge object from a name, an object or None (keyword)."""
     from explorer.judges import get_judge
@@ -71,7 +48,8 @@ def shared_prefix(routes: Sequence[Route], n_prompt: int) -> int:
     return max(0, min(first, n_prompt - 1))
 
 
-def batched_logprob(moe: MoEModel, ids, tgt, routes: Sequence[Route], batch_size: int | None = None) -> list[float]:
+def batched_logprob(moe: MoEModel, ids, tgt, routes: Sequence[Route],
+                    batch_size: int | None = None) -> list[float]:
     """Joint target log-prob for each route, in batches of ``batch_size`` (default: sized
     to the free memory). The positions before the earliest edit of any route are computed
     once (a shared prefix KV cache) where the model's cache allows it."""

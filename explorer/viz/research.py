@@ -190,6 +190,23 @@ def asr_curve_figure(curve, title: str | None = "ASR vs routers masked") -> go.F
     return _layout(fig, (title or "") + (f" ({n} prompts)" if n else ""), 340)
 
 
+def sweep_figure(rows, title: str | None = "ASR vs SAFEx experts masked") -> go.Figure:
+    """ASR against the number of SAFEx-selected experts masked: the rows of
+    :func:`explorer.research.sweep.safex_sweep` (0: no mask)."""
+    rows = list(rows or [])
+    if not rows:
+        return _empty("No sweep yet")
+    xs = [r["masked"] for r in rows]
+    fig = go.Figure(go.Scatter(
+        x=xs, y=[100 * r["asr"] for r in rows], mode="lines+markers", line=dict(color=_RED),
+        customdata=[[r["jailbroken"], r["n"]] for r in rows],
+        hovertemplate="%{x} experts masked: %{y:.0f}% (%{customdata[0]}/%{customdata[1]})"
+                      "<extra></extra>"))
+    fig.update_xaxes(title="experts masked (most stable first)")
+    fig.update_yaxes(title="ASR (%)", range=[0, 100])
+    return _layout(fig, (title or "") + f" ({rows[0]['n']} prompts)", 340)
+
+
 def utility_asr_figure(result, title: str | None = "Attack success vs utility cost") -> go.Figure:
     """Per route, side by side: ASR on the harmful prompts (%, when measured), change in the
     benign refusal rate (pp) and change in mean log-likelihood per token of the model's own
@@ -301,5 +318,5 @@ def defense_overview_figure(result, title: str | None = "Defense: ASR and utilit
 
 
 __all__ = ["asr_curve_figure", "defense_figure", "defense_overview_figure", "minimal_figure",
-           "rosais_distribution_figure", "route_cells_figure", "transfer_figure",
-           "utility_asr_figure", "utility_figure"]
+           "rosais_distribution_figure", "route_cells_figure", "sweep_figure",
+           "transfer_figure", "utility_asr_figure", "utility_figure"]
