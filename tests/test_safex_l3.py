@@ -243,8 +243,8 @@ def test_evaluate_runs_safex_and_l3_on_the_demo_model(demo, tmp_path, method, ca
     out = tmp_path / f"{method}.jsonl"
     extra = ["--safex-experts", "6", "--safex-resamples", "50"] if method == "safex" else [
         "--l3-max-silenced", "2"]
-    code = main(["evaluate", "--model", str(ROOT / "assets" / "demo-model"), "--dataset",
-                 str(data), "--method", method, "--out", str(out), "--max-new-tokens", "8",
+    code = main(["evaluate", "--model", "demo", "--dataset", str(data), "--method", method,
+                 "--out", str(out), "--max-new-tokens", "8",
                  *extra])
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
