@@ -195,6 +195,9 @@ class ModelInfo:
     chat_template_hash: str | None = None
     parameters: int = 0
     quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes), a checkpoint's method
+    #: for a pre-quantized checkpoint (``quantization`` is its method): whether its weights
+    #: were expanded to ``dtype`` while loading (see explorer.core.prequantized); else None
+    dequantized: bool | None = None
 
     @property
     def moe_layers(self) -> list[int]:
@@ -209,12 +212,15 @@ class ModelInfo:
 
     def provenance(self) -> dict[str, Any]:
         """The provenance dict stored in routes, traces and results; ``quantization`` is
-        there only for a quantized model (absent: full precision, as in older results)."""
+        there only for a quantized model (absent: full precision, as in older results), and
+        ``dequantized`` only for a pre-quantized checkpoint."""
         out = {"model": self.name, "revision": self.revision,
                "transformers_version": self.transformers_version,
                "chat_template_hash": self.chat_template_hash}
         if self.quantization:
             out["quantization"] = self.quantization
+        if self.dequantized is not None:
+            out["dequantized"] = self.dequantized
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,4 +231,5 @@ class ModelInfo:
                 "transformers_version": self.transformers_version,
                 "chat_template_hash": self.chat_template_hash,
                 "parameters": self.parameters, "quantization": self.quantization,
+                "dequantized": self.dequantized,
                 "layers": [lay.to_dict() for lay in self.layers]}

@@ -20,6 +20,7 @@ from explorer.core.errors import InputError, ModelLoadError, RouteError, one_lin
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.locks import FairRLock
 from explorer.core.paths import DEMO_MODEL_DIR
+from explorer.core.prequantized import Prequantized, loaded, plan_load
 from explorer.core.prompt import Prompt
 from explorer.core.quantize import (
     bitsandbytes_config,
@@ -128,10 +129,13 @@ class MoEModel:
 
     Use :func:`load_model` to get one, or wrap an existing transformers model with
     ``MoEModel(model, tokenizer, name)``. ``lock`` serialises model use between threads.
+    ``prequantized``: what :func:`load_model` loaded from a pre-quantized checkpoint
+    (:mod:`explorer.core.prequantized`), recorded in :attr:`info`.
     """
 
     def __init__(self, model, tokenizer=None, name: str = "model", *,
-                 max_prompt_tokens: int | None = None):
+                 max_prompt_tokens: int | None = None,
+                 prequantized: Prequantized | None = None):
         if max_prompt_tokens is not None and (not isinstance(max_prompt_tokens, int)
                                               or max_prompt_tokens <= 0):
             raise InputError(f"{PROMPT_CAP_NAME} must be a positive integer, "
@@ -161,7 +165,9 @@ class MoEModel:
             transformers_version=transformers.__version__,
             chat_template_hash=(hashlib.sha256(template.encode()).hexdigest()[:16]
                                 if isinstance(template, str) else None),
-            parameters=parameter_count(model), quantization=quantization_of(model))
+            parameters=parameter_count(model),
+            quantization=quantization_of(model) or (prequantized.format if prequantized else None),
+            dequantized=prequantized.dequantized if prequantized else None)
 
     # -- basics -----------------------------------------------------------------------
     @property
@@ -540,6 +546,9 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         raise ModelLoadError(f"cannot load a model config from {name}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **local}
+    # transformers 5.25 swaps in hub kernels by default (downloaded; a kernel may replace a
+    # block's forward, router call included): off, as in 5.24, so routers stay hookable
+    kwargs["use_kernels"] = False
     if device == "cpu":
         kwargs["experts_implementation"] = "eager"  # every model accepts it; switched below
     meta = None
@@ -560,6 +569,9 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
                                                             compute_dtype=dtype)
     if device.startswith("cuda") and device_map is None and _too_big(config, dtype, meta):
         device_map = "auto"
+    plan = plan_load(config, device, name) if quantize is None else None
+    if plan is not None:
+        kwargs.update(plan.kwargs)  # pre-quantized checkpoints: dequantized where needed
     if quantize is not None and device_map is None:
         device_map = device  # bitsandbytes places weights while loading; no .to() after
     if device_map is not None:
@@ -595,7 +607,8 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     except Exception:  # noqa: BLE001 - a model without tokenizer is still inspectable by ids
         tokenizer = None
     try:
-        return MoEModel(model, tokenizer, name, max_prompt_tokens=max_prompt_tokens)
+        return MoEModel(model, tokenizer, name, max_prompt_tokens=max_prompt_tokens,
+                        prequantized=loaded(plan, model) if plan is not None else None)
     except RouteError as exc:
         raise ModelLoadError(f"{name}: {exc}") from None
 
