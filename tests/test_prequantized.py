@@ -16,13 +16,12 @@ import tempfile
 import pytest
 import torch
 from prequant_checkpoints import save_compressed, save_fp8, save_mxfp4
+from route_checks import check_route_control
 from tiny_models import tiny_model
 
 from explorer.core.errors import ModelLoadError
-from explorer.core.forward import generate_recorded
 from explorer.core.model import load_model
 from explorer.core.prequantized import Prequantized, checkpoint_format, plan_load
-from explorer.core.route import Route
 
 IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
 FOUR = ["mixtral", "olmoe", "qwen3_moe", "deepseek_v3"]
@@ -57,35 +56,6 @@ def case(request):
     return fmt, family, _loaded(fmt, family)
 
 
-class Dispatched:
-    """The experts each token was dispatched to, per MoE layer, read from the experts
-    modules' inputs (not through explorer's recorder)."""
-
-    def __init__(self, moe):
-        self.moe, self.seen, self.hooks = moe, {}, []
-
-    def __enter__(self):
-        for h in self.moe.handles:
-            assert h.capture == "experts-args"
-            self.hooks.append(h.experts.register_forward_pre_hook(
-                lambda m, a, lay=h.info.index: self.seen.setdefault(lay, []).append(
-                    a[1].reshape(-1, a[1].shape[-1]).sort(-1).values.clone())))
-        return self
-
-    def __exit__(self, *exc):
-        for hk in self.hooks:
-            hk.remove()
-
-
-def _other_experts(info, natural: set[int]) -> list[int]:
-    """top_k experts outside ``natural``, inside one expert group for group-limited routers."""
-    others = [e for e in range(info.num_experts) if e not in natural]
-    if info.n_group:
-        g = info.group_of(others[0])
-        others = [e for e in others if info.group_of(e) == g] + others
-    return sorted(list(dict.fromkeys(others))[: info.top_k])
-
-
 def test_loads_dequantized_to_the_stored_values_with_provenance(case):
     fmt, family, moe = case
     assert moe.info.quantization == fmt and moe.info.dequantized is True
@@ -106,31 +76,7 @@ def test_loads_dequantized_to_the_stored_values_with_provenance(case):
 
 
 def test_route_control_on_a_prequantized_checkpoint(case):
-    _, _, moe = case
-    with Dispatched(moe) as seen, moe.control(record=True) as ctl, torch.no_grad():
-        base = moe.model(torch.tensor([IDS])).logits
-    for lay in moe.moe_layers:  # what was recorded is what the experts received
-        rec = ctl.collected(lay)["experts"].reshape(-1, moe.handle(lay).info.top_k)
-        assert torch.equal(rec.sort(-1).values, seen.seen[lay][0]), lay
-    t = 4
-    for lay in moe.moe_layers:
-        natural = set(ctl.collected(lay)["experts"][0, t].tolist())
-        forced = _other_experts(moe.handle(lay).info, natural)
-        with Dispatched(moe) as seen, moe.control(Route().force(lay, t, forced), record=True) \
-                as c2, torch.no_grad():
-            out = moe.model(torch.tensor([IDS])).logits
-        assert seen.seen[lay][0][t].tolist() == forced
-        assert sorted(c2.collected(lay)["experts"][0, t].tolist()) == forced
-        assert torch.allclose(out[0, :t], base[0, :t], atol=1e-5, rtol=0)
-        assert not torch.allclose(out[0, t:], base[0, t:])
-    route = Route()
-    for lay in moe.moe_layers:
-        route.mask(lay, [0, 1, 2])
-    with Dispatched(moe) as seen:
-        gen, ctl = generate_recorded(moe, IDS, route, max_new_tokens=3)
-    for lay in moe.moe_layers:
-        assert not (ctl.collected(lay)["experts"] < 3).any()
-        assert len(seen.seen[lay]) >= 3 and all(not (c < 3).any() for c in seen.seen[lay])
+    check_route_control(case[2], IDS)
 
 
 def test_plan_and_format_of_checkpoints():

@@ -506,7 +506,8 @@ def cpu_experts_implementation(override: str | None = None) -> str:
 def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None,
                trust_remote_code: bool = False, device_map: str | None = None, *,
                max_prompt_tokens: int | None = None, quantize: str | None = None,
-               experts_impl: str | None = None) -> MoEModel:
+               experts_impl: str | None = None,
+               offload_folder: str | os.PathLike | None = None) -> MoEModel:
     """Load an MoE causal LM: the bundled demo model (default), a local folder or a hub id.
 
     ``device="auto"`` picks cuda when available, else cpu; ``dtype`` defaults to bfloat16
@@ -519,7 +520,11 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     transformers 5.24 so do the fused routed experts); what cannot run is refused with a
     :class:`ModelLoadError` before any weight is read. ``experts_impl`` (keyword-only, for
     contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
-    choice.
+    choice. ``device_map`` (accelerate's: ``"auto"`` or a dict of module name to device,
+    ``"cpu"`` or ``"disk"``) with ``offload_folder`` (where ``"disk"`` weights go) offloads
+    part of a model too big for the device; route control works on it unchanged (see
+    docs/performance.md for what it costs). A pre-quantized checkpoint (FP8, MXFP4,
+    compressed-tensors) is loaded as :mod:`explorer.core.prequantized` says.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -576,6 +581,11 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
         device_map = device  # bitsandbytes places weights while loading; no .to() after
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if isinstance(device_map, dict) and "disk" in device_map.values() and offload_folder is None:
+        raise ModelLoadError(f"the device map of {name} offloads weights to disk: pass an "
+                             f"offload folder for them (offload_folder)")
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
