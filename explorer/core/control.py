@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from explorer.core.cache import ModelCache
-from explorer.core.layers import LayerHandles, ModelInfo
+from explorer.core.layers import LayerHandles, ModelInfo, choice_biases, router_weight
 from explorer.core.route import Route, RouteError
 
 
@@ -61,9 +61,21 @@ class _RouterMode(TorchFunctionMode):
         self.weights = {id(handles.weight): handles.weight}
         self.biases = {id(b): b for b in handles.choice_biases}
         self.done = False
+        # accelerate's offload hook (device_map with "cpu"/"disk" entries) puts fresh
+        # tensors in the router inside its forward, after this mode is entered: look them
+        # up as the router's ops run
+        self.offloaded = hasattr(handles.router, "_hf_hook")
+
+    def _refresh(self) -> None:
+        w = router_weight(self.h.router)
+        self.weights.setdefault(id(w), w)
+        for b in choice_biases(self.h.router):
+            self.biases.setdefault(id(b), b)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.offloaded and not self.done and args:
+            self._refresh()
         if (func in _LINEARS and not self.done and len(args) >= 2
                 and id(args[1]) in self.weights):
             self.done = True

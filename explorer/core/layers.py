@@ -92,7 +92,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise RouteError("could not find the decoder layers of this model")
 
 
-def _router_weight(router: nn.Module) -> torch.Tensor:
+def router_weight(router: nn.Module) -> torch.Tensor:
+    """The router's linear weight (E, hidden) as the module holds it now (accelerate's
+    offload hooks put a fresh tensor there for each call of an offloaded layer)."""
     w = getattr(router, "weight", None)
     if isinstance(w, torch.Tensor) and w.dim() == 2:
         return w
@@ -100,6 +102,13 @@ def _router_weight(router: nn.Module) -> torch.Tensor:
         if p.dim() == 2:
             return p
     raise RouteError(f"router {type(router).__name__} has no 2-D weight")
+
+
+def choice_biases(router: nn.Module) -> list[torch.Tensor]:
+    """The selection-only biases a router adds after its softmax or sigmoid (deepseek_v3's
+    ``e_score_correction_bias`` and kin) as the module holds them now."""
+    return [t for name, t in list(router.named_buffers()) + list(router.named_parameters())
+            if "correction_bias" in name]
 
 
 def _find_router(layer: nn.Module) -> tuple[str, nn.Module] | None:
@@ -141,7 +150,7 @@ def discover_layers(model: nn.Module) -> list[LayerHandles | LayerInfo]:
             continue
         path, router = found
         parent = layer.get_submodule(path.rsplit(".", 1)[0]) if "." in path else layer
-        weight = _router_weight(router)
+        weight = router_weight(router)
         if not weight.is_floating_point():  # e.g. a router's nn.Linear converted by bnb
             raise RouteError(
                 f"the router of layer {i} ({type(router).__name__}) holds quantized weights "
@@ -158,10 +167,7 @@ def discover_layers(model: nn.Module) -> list[LayerHandles | LayerInfo]:
         if getattr(router, "topk_method", "group_limited_greedy") == "greedy":
             n_group = topk_group = None
         kind = ROUTER_KINDS.get(mtype, "unknown")
-        biases = []
-        for bname, buf in list(router.named_buffers()) + list(router.named_parameters()):
-            if "correction_bias" in bname:
-                biases.append(buf)
+        biases = choice_biases(router)
         experts = getattr(parent, "experts", None)
         capture = "experts-args"
         if mtype in ("llama4_text", "llama4"):
@@ -195,6 +201,9 @@ class ModelInfo:
     chat_template_hash: str | None = None
     parameters: int = 0
     quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes), a checkpoint's method
+    #: for a pre-quantized checkpoint (``quantization`` is its method): whether its weights
+    #: were expanded to ``dtype`` while loading (see explorer.core.prequantized); else None
+    dequantized: bool | None = None
 
     @property
     def moe_layers(self) -> list[int]:
@@ -209,12 +218,15 @@ class ModelInfo:
 
     def provenance(self) -> dict[str, Any]:
         """The provenance dict stored in routes, traces and results; ``quantization`` is
-        there only for a quantized model (absent: full precision, as in older results)."""
+        there only for a quantized model (absent: full precision, as in older results), and
+        ``dequantized`` only for a pre-quantized checkpoint."""
         out = {"model": self.name, "revision": self.revision,
                "transformers_version": self.transformers_version,
                "chat_template_hash": self.chat_template_hash}
         if self.quantization:
             out["quantization"] = self.quantization
+        if self.dequantized is not None:
+            out["dequantized"] = self.dequantized
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,4 +237,5 @@ class ModelInfo:
                 "transformers_version": self.transformers_version,
                 "chat_template_hash": self.chat_template_hash,
                 "parameters": self.parameters, "quantization": self.quantization,
+                "dequantized": self.dequantized,
                 "layers": [lay.to_dict() for lay in self.layers]}

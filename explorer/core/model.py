@@ -25,6 +25,7 @@ from explorer.core.errors import InputError, ModelLoadError, RouteError, one_lin
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.locks import FairRLock
 from explorer.core.paths import DEMO_MODEL_DIR
+from explorer.core.prequantized import Prequantized, loaded, plan_load
 from explorer.core.prompt import Prompt
 from explorer.core.quantize import (
     bitsandbytes_config,
@@ -133,10 +134,13 @@ class MoEModel:
 
     Use :func:`load_model` to get one, or wrap an existing transformers model with
     ``MoEModel(model, tokenizer, name)``. ``lock`` serialises model use between threads.
+    ``prequantized``: what :func:`load_model` loaded from a pre-quantized checkpoint
+    (:mod:`explorer.core.prequantized`), recorded in :attr:`info`.
     """
 
     def __init__(self, model, tokenizer=None, name: str = "model", *,
-                 max_prompt_tokens: int | None = None):
+                 max_prompt_tokens: int | None = None,
+                 prequantized: Prequantized | None = None):
         if max_prompt_tokens is not None and (not isinstance(max_prompt_tokens, int)
                                               or max_prompt_tokens <= 0):
             raise InputError(f"{PROMPT_CAP_NAME} must be a positive integer, "
@@ -166,7 +170,9 @@ class MoEModel:
             transformers_version=transformers.__version__,
             chat_template_hash=(hashlib.sha256(template.encode()).hexdigest()[:16]
                                 if isinstance(template, str) else None),
-            parameters=parameter_count(model), quantization=quantization_of(model))
+            parameters=parameter_count(model),
+            quantization=quantization_of(model) or (prequantized.format if prequantized else None),
+            dequantized=prequantized.dequantized if prequantized else None)
 
     # -- basics -----------------------------------------------------------------------
     @property
@@ -531,7 +537,8 @@ def cpu_experts_implementation(override: str | None = None) -> str:
 def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None,
                trust_remote_code: bool = False, device_map: str | None = None, *,
                max_prompt_tokens: int | None = None, quantize: str | None = None,
-               experts_impl: str | None = None) -> MoEModel:
+               experts_impl: str | None = None,
+               offload_folder: str | os.PathLike | None = None) -> MoEModel:
     """Load an MoE causal LM: the bundled demo model (default), a local folder or a hub id.
 
     ``device="auto"`` picks cuda when available, else cpu; ``dtype`` defaults to bfloat16
@@ -544,7 +551,11 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     transformers 5.24 so do the fused routed experts); what cannot run is refused with a
     :class:`ModelLoadError` before any weight is read. ``experts_impl`` (keyword-only, for
     contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
-    choice.
+    choice. ``device_map`` (accelerate's: ``"auto"`` or a dict of module name to device,
+    ``"cpu"`` or ``"disk"``) with ``offload_folder`` (where ``"disk"`` weights go) offloads
+    part of a model too big for the device; route control works on it unchanged (see
+    docs/performance.md for what it costs). A pre-quantized checkpoint (FP8, MXFP4,
+    compressed-tensors) is loaded as :mod:`explorer.core.prequantized` says.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -564,6 +575,9 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     local = {"local_files_only": True} if offline else {}
     config = _read_config(path, name, trust_remote_code, offline)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **local}
+    # transformers 5.25 swaps in hub kernels by default (downloaded; a kernel may replace a
+    # block's forward, router call included): off, as in 5.24, so routers stay hookable
+    kwargs["use_kernels"] = False
     if device == "cpu":
         kwargs["experts_implementation"] = "eager"  # every model accepts it; switched below
     meta = None
@@ -584,10 +598,18 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
                                                             compute_dtype=dtype)
     if device.startswith("cuda") and device_map is None and _too_big(config, dtype, meta):
         device_map = "auto"
+    plan = plan_load(config, device, name) if quantize is None else None
+    if plan is not None:
+        kwargs.update(plan.kwargs)  # pre-quantized checkpoints: dequantized where needed
     if quantize is not None and device_map is None:
         device_map = device  # bitsandbytes places weights while loading; no .to() after
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if isinstance(device_map, dict) and "disk" in device_map.values() and offload_folder is None:
+        raise ModelLoadError(f"the device map of {name} offloads weights to disk: pass an "
+                             f"offload folder for them (offload_folder)")
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001 - turn any loader failure into one message
@@ -619,7 +641,8 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     except Exception:  # noqa: BLE001 - a model without tokenizer is still inspectable by ids
         tokenizer = None
     try:
-        return MoEModel(model, tokenizer, name, max_prompt_tokens=max_prompt_tokens)
+        return MoEModel(model, tokenizer, name, max_prompt_tokens=max_prompt_tokens,
+                        prequantized=loaded(plan, model) if plan is not None else None)
     except RouteError as exc:
         raise ModelLoadError(f"{name}: {exc}") from None
 
