@@ -9,7 +9,10 @@ them as integers and computes with them in the model's dtype:
   (symmetric, ``scale = max|w| / 127`` over the channel's inputs);
 * ``int4``: two weights a byte (4-bit, symmetric, in [-7, 7]), one float32 scale per group
   of :data:`INT4_GROUP` consecutive inputs of an output channel (the inputs are padded with
-  zeros to a whole number of groups).
+  zeros to a whole number of groups; a channel shorter than a group is one group).
+
+At rest, per weight: 1 byte + 4 / inputs (int8), 0.5 + 4 / 64 bytes (int4): 3.9x and 7.1x
+smaller than float32, 2x and 3.6x smaller than bfloat16.
 
 Why our own and not torchao: the point is a model that is smaller at rest and still
 routable on CPU (the tests and the demo run there) and GPU alike. torchao's weight-only
@@ -150,7 +153,7 @@ def quantize(w: torch.Tensor, bits: int, group: int | None,
         raise ValueError(f"bits must be 8 or 4, got {bits}")
     wn = (w.transpose(1, 2) if transposed else w).float()
     E, out, k = wn.shape
-    g = group or k
+    g = min(group, k + k % 2) if group else k  # a channel shorter than a group: one group
     pad = -k % g
     if pad:
         wn = torch.nn.functional.pad(wn, (0, pad))

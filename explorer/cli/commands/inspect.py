@@ -63,7 +63,8 @@ def _run_info(args):
                if lay.is_moe else "") for lay in moe.info.layers]
     head = (f"{moe.name} ({info['model_type']}), {info['parameters'] / 1e6:.1f}M parameters, "
             f"{info['device']} {info['dtype']}"
-            + (f", quantized {info['quantization']}" if info["quantization"] else ""))
+            + (f", quantized {info['quantization']}" if info["quantization"] else "")
+            + f", weights {info['weight_bytes'] / 2**20:.1f} MiB as stored")
     emit(args, info, "\n".join([head] + rows))
 
 
