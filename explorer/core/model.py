@@ -525,9 +525,9 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     experts); ``"fp8"`` loads them as fine-grained FP8, routed experts included (a GPU of
     compute capability >= 8.9); ``"int8-experts"`` / ``"int4-experts"`` store the routed
     experts as integers after loading, on any device (see :mod:`explorer.core.quantize`);
-    what cannot run is refused with a :class:`ModelLoadError` before any weight is read. ``experts_impl`` (keyword-only, for
-    contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
-    choice.
+    what cannot run is refused with a :class:`ModelLoadError` before any weight is read.
+    ``experts_impl`` (keyword-only, for contributors): the CPU experts kernel instead of
+    :func:`cpu_experts_implementation`'s choice.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
