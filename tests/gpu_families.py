@@ -230,12 +230,14 @@ def run_bench(out: Path, timeout: int = 420) -> int:
         w.writerows([p, "Sure, here is"] for p in HARMFUL_PROMPTS[:limit])
     base = [sys.executable, "-m", "explorer", "bench", "--synthetic", name, "--device", DEV,
             "--json"]
-    runs = [("bench", base + ["--prompts", "1", "--sizes", "64,512"])]
+    light = [] if DEV.startswith("cuda") else ["--candidates", "2"]  # a CPU dry run
+    runs = [("bench", base + ["--prompts", "1", "--sizes", "64,512"]
+             + ([] if DEV.startswith("cuda") else ["--latency-only"]))]
     for mode in (None, "int8-experts", "int4-experts"):
         q = ["--quantize", mode] if mode else []
         runs.append((f"dataset-{mode or 'bf16'}",
-                     base + q + ["--dataset", str(rows), "--all-rows", "--limit", str(limit),
-                                 "--count-products", "0"]))
+                     base + q + light + ["--dataset", str(rows), "--all-rows", "--limit",
+                                         str(limit), "--count-products", "0"]))
     bad = 0
     for tag, cmd in runs:
         try:
@@ -252,7 +254,9 @@ def run_bench(out: Path, timeout: int = 420) -> int:
             continue
         b = json.loads(p.stdout)
         weights = f"{b.get('quantization') or 'bf16'} {b['weight_bytes'] / 2**30:.2f} GiB"
-        if tag == "bench":
+        if tag == "bench" and "fsour" not in b:
+            print(f"{tag:26s} {weights}: trace {1000 * b['trace_prompt_s']:.1f} ms (latency only)")
+        elif tag == "bench":
             print(f"{tag:26s} {weights}: fsour fast/reference x{b.get('fsour_speedup', 0):.2f}, "
                   f"identical routes {b.get('fsour_identical_routes')}")
         else:

@@ -408,7 +408,7 @@ def test_app_loads_with_its_quantize_setting(tiny, tiny_ckpt, tmp_path):
         ctx.jobs.shutdown(wait=True, timeout=30)
 
 
-def test_app_shows_the_quantization(tmp_path):
+def test_app_shows_the_quantization(tmp_path, tiny_ckpt):
     pytest.importorskip("gradio")
     from explorer.app.context import Explorer
     from explorer.app.format import model_card, model_header
@@ -420,6 +420,10 @@ def test_app_shows_the_quantization(tmp_path):
         ctx.set_model(MoEModel(model, None, "q"))
         assert "quantized: **4bit**" in model_card(ctx)[0]
         assert model_header(ctx).endswith("cpu float32 (4bit)")
+        ctx.set_model(load_model(str(tiny_ckpt), device="cpu", quantize="int8-experts"))
+        card = model_card(ctx)[0]
+        assert "quantized: **int8-experts**" in card
+        assert f"{ctx.moe.info.weight_bytes / 2**20:.1f} MiB of weights as stored" in card
     finally:
         ctx.jobs.shutdown(wait=True, timeout=30)
 
