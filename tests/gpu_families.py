@@ -253,7 +253,7 @@ def run_bench(out: Path, timeout: int = 420) -> int:
             bad += 1
             continue
         b = json.loads(p.stdout)
-        weights = f"{b.get('quantization') or 'bf16'} {b['weight_bytes'] / 2**30:.2f} GiB"
+        weights = f"{b.get('quantization') or b['dtype']} {b['weight_bytes'] / 2**30:.2f} GiB"
         if tag == "bench" and "fsour" not in b:
             print(f"{tag:26s} {weights}: trace {1000 * b['trace_prompt_s']:.1f} ms (latency only)")
         elif tag == "bench":
