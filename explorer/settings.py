@@ -55,7 +55,7 @@ def _quantize(name: str, text: str) -> str | None:
     try:
         return parse_quantize(text)
     except InputError:
-        raise InputError(f"{name} must be {' or '.join(QUANTIZE_MODES)} (or empty), "
+        raise InputError(f"{name} must be one of {', '.join(QUANTIZE_MODES)} (or empty), "
                          f"got {text!r}") from None
 
 

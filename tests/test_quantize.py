@@ -64,8 +64,10 @@ def gpu_and_bnb(monkeypatch):
 def test_parse_quantize():
     assert parse_quantize("8bit") == "8bit" and parse_quantize(" 4BIT ") == "4bit"
     assert parse_quantize(None) is None and parse_quantize("  ") is None
-    for bad in ("int8", "16bit", "8", 8):
-        with pytest.raises(ValueError, match="quantize must be one of 8bit, 4bit"):
+    assert parse_quantize("FP8") == "fp8" and parse_quantize("Int4-Experts") == "int4-experts"
+    for bad in ("int8", "16bit", "8", 8, "int8-expert"):
+        with pytest.raises(ValueError, match="quantize must be one of 8bit, 4bit, fp8, "
+                                             "int8-experts, int4-experts"):
             parse_quantize(bad)
 
 
@@ -91,7 +93,8 @@ def test_no_cuda_is_refused(tiny_ckpt, no_loading, device):
 
 
 def test_unknown_value_is_refused(tiny_ckpt, no_loading):
-    with pytest.raises(ModelLoadError, match="quantize must be one of 8bit, 4bit, got 'int4'"):
+    with pytest.raises(ModelLoadError, match="quantize must be one of 8bit, 4bit, fp8, "
+                                             "int8-experts, int4-experts, got 'int4'"):
         load_model(str(tiny_ckpt), device="cpu", quantize="int4")
     assert no_loading == []
 
@@ -314,7 +317,11 @@ def test_every_command_that_loads_a_model_takes_quantize():
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--quantize", "3bit"], "argument --quantize: expected 8bit or 4bit, got '3bit'"),
+    (["--quantize", "3bit"], "argument --quantize: expected one of 8bit, 4bit, fp8, "
+                             "int8-experts, int4-experts, got '3bit'"),
+    (["--quantize", "fp8", "--device", "cpu"],
+     "--quantize fp8 needs a CUDA GPU of compute capability 8.9 or newer, but the device "
+     "asked for is cpu; use --quantize int8-experts or int4-experts there"),
     (["--quantize", "8bit", "--device", "cpu"],
      "--quantize 8bit (bitsandbytes) needs a CUDA GPU, but the device asked for is cpu"),
 ])
@@ -370,8 +377,10 @@ def test_setting_from_environment_and_flag():
     assert Settings.from_env({"EXPLORER_QUANTIZE": " 8BIT "}).quantize == "8bit"
     assert Settings.from_env({"EXPLORER_QUANTIZE": ""}).quantize is None
     assert Settings.from_env({"EXPLORER_QUANTIZE": "8bit"}, quantize="4bit").quantize == "4bit"
-    with pytest.raises(ValueError, match="EXPLORER_QUANTIZE must be 8bit or 4bit"):
-        Settings.from_env({"EXPLORER_QUANTIZE": "fp8"})
+    assert Settings.from_env({"EXPLORER_QUANTIZE": "INT8-experts"}).quantize == "int8-experts"
+    with pytest.raises(ValueError, match="EXPLORER_QUANTIZE must be one of 8bit, 4bit, fp8, "
+                                         "int8-experts, int4-experts"):
+        Settings.from_env({"EXPLORER_QUANTIZE": "fp4"})
     import app
     assert app.parse_args(["--quantize", "4bit"], env={}).settings.quantize == "4bit"
     assert app.parse_args([], env={"EXPLORER_QUANTIZE": "8bit"}).settings.quantize == "8bit"
@@ -399,7 +408,7 @@ def test_app_loads_with_its_quantize_setting(tiny, tiny_ckpt, tmp_path):
         ctx.jobs.shutdown(wait=True, timeout=30)
 
 
-def test_app_shows_the_quantization(tmp_path):
+def test_app_shows_the_quantization(tmp_path, tiny_ckpt):
     pytest.importorskip("gradio")
     from explorer.app.context import Explorer
     from explorer.app.format import model_card, model_header
@@ -411,5 +420,339 @@ def test_app_shows_the_quantization(tmp_path):
         ctx.set_model(MoEModel(model, None, "q"))
         assert "quantized: **4bit**" in model_card(ctx)[0]
         assert model_header(ctx).endswith("cpu float32 (4bit)")
+        ctx.set_model(load_model(str(tiny_ckpt), device="cpu", quantize="int8-experts"))
+        card = model_card(ctx)[0]
+        assert "quantized: **int8-experts**" in card
+        assert f"{ctx.moe.info.weight_bytes / 2**20:.1f} MiB of weights as stored" in card
     finally:
         ctx.jobs.shutdown(wait=True, timeout=30)
+
+
+# -- fp8 (transformers' fine-grained FP8, routed experts included) ---------------------------
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_fp8_off_a_gpu_is_refused_in_one_line(tiny_ckpt, no_loading, device):
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(tiny_ckpt), device=device, quantize="fp8")
+    assert str(e.value) == (f"--quantize fp8 needs a CUDA GPU of compute capability 8.9 or "
+                            f"newer, but the device asked for is {device}; use --quantize "
+                            f"int8-experts or int4-experts there")
+    assert no_loading == []
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_fp8_without_cuda_is_refused(tiny_ckpt, no_loading, device):
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(tiny_ckpt), device=device, quantize="fp8")
+    assert str(e.value) == (f"--quantize fp8 needs a CUDA GPU of compute capability 8.9 or "
+                            f"newer, but none is available (device {device}); use --quantize "
+                            f"int8-experts or int4-experts there")
+    assert no_loading == []
+
+
+@pytest.fixture
+def fp8_gpu(monkeypatch):
+    """Pretend a CUDA GPU of capability 9.0 and the kernels package are there (the load
+    itself is replaced where a test gets that far: see the module's docs)."""
+    import transformers.utils
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H100")
+    monkeypatch.setattr(transformers.utils, "is_kernels_available", lambda: True)
+
+
+def test_fp8_needs_capability_and_kernels(tiny_ckpt, no_loading, fp8_gpu, monkeypatch):
+    import transformers.utils
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA A100")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(tiny_ckpt), device="cuda", quantize="fp8")
+    assert str(e.value) == ("--quantize fp8 needs a CUDA GPU of compute capability 8.9 or "
+                            "newer, but NVIDIA A100 has 8.0; use --quantize int8-experts or "
+                            "int4-experts there")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 9))
+    monkeypatch.setattr(transformers.utils, "is_kernels_available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"^--quantize fp8 needs the kernels package .*"
+                                             r"pip install kernels$"):
+        load_model(str(tiny_ckpt), quantize="fp8")
+    assert no_loading == []
+
+
+def test_fp8_config_reaches_from_pretrained(tiny_ckpt, fp8_gpu, monkeypatch):
+    seen = _unquantized_stand_in(monkeypatch)
+    moe = load_model(str(tiny_ckpt), quantize="fp8")
+    (kw,) = seen
+    qc = kw["quantization_config"]
+    assert isinstance(qc, transformers.FineGrainedFP8Config)
+    assert sorted(qc.modules_to_not_convert) == ["lm_head", "model.layers.0.mlp.gate",
+                                                 "model.layers.1.mlp.gate"]
+    assert qc.weight_block_size == (32, 32)  # the tiny model's experts: 32 x 32 and 64 x 32
+    assert qc.activation_scheme == "dynamic" and kw["device_map"] == "cuda"
+    assert moe.info.quantization == "fp8" and moe.info.provenance()["quantization"] == "fp8"
+
+
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen3_moe", "deepseek_v3"])
+def test_fp8_converts_experts_but_not_routers_or_output(family):
+    """transformers' own conversion (on an empty model) with our config: the routed
+    experts become FP8Experts and the attention FP8Linear; routers and lm_head stay."""
+    from accelerate import init_empty_weights
+    from transformers.integrations.finegrained_fp8 import (
+        FP8Experts,
+        FP8Linear,
+        replace_with_fp8_linear,
+    )
+
+    from explorer.core.layers import LayerHandles, discover_layers
+    from explorer.core.quantize import fp8_block_size, fp8_config, fp8_refusal
+    _, config = tiny_model(family)
+    with init_empty_weights():
+        meta = transformers.AutoModelForCausalLM.from_config(config)
+    assert fp8_refusal(meta) is None
+    routers = [x.router for x in discover_layers(meta) if isinstance(x, LayerHandles)]
+    router_types = [type(r) for r in routers]
+    cfg = fp8_config(skip=skip_modules(meta), block=fp8_block_size(meta))
+    replace_with_fp8_linear(meta, modules_to_not_convert=cfg.modules_to_not_convert,
+                            quantization_config=cfg)
+    experts = [m for n, m in meta.named_modules() if n.endswith(".experts")]
+    assert experts and all(isinstance(m, FP8Experts) for m in experts)
+    after = [x.router for x in discover_layers(meta) if isinstance(x, LayerHandles)]
+    assert [type(r) for r in after] == router_types
+    assert all(not isinstance(m, FP8Linear) for r in after for m in r.modules())
+    assert type(meta.lm_head) is nn.Linear
+    assert isinstance(meta.model.layers[0].self_attn.o_proj, FP8Linear)
+
+
+@pytest.mark.parametrize("family,why", [
+    ("gpt_oss", "its GptOssExperts have biases, which FP8 experts do not support"),
+    ("dbrx", "its DbrxExperts modules are not fused experts FP8 can hold"),
+])
+def test_fp8_refuses_experts_it_cannot_hold(tmp_path, fp8_gpu, monkeypatch, family, why):
+    tiny_model(family)[0].save_pretrained(tmp_path)
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append(k))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(tmp_path), quantize="fp8")
+    assert str(e.value) == (f"{tmp_path} cannot be loaded with --quantize fp8: {why}; use "
+                            f"--quantize int8-experts or int4-experts")
+    assert calls == []
+
+
+# -- int8 / int4 routed experts (explorer.core.experts_quant) ---------------------------------
+EXPERT_FAMILIES = ["mixtral", "olmoe", "qwen3_moe", "deepseek_v3", "gpt_oss"]
+IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
+#: Largest |logit - float logit| allowed on the tiny models (measured: int8 <= 2.6e-3,
+#: int4 <= 6.5e-2, with logits of magnitude ~0.5).
+LOGIT_TOL = {"int8-experts": 5e-3, "int4-experts": 0.15}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """``saved(family)``: the tiny model saved once to a folder."""
+    folders = {}
+
+    def get(family):
+        if family not in folders:
+            folders[family] = tmp_path_factory.mktemp(family)
+            tiny_model(family)[0].save_pretrained(folders[family])
+        return str(folders[family])
+    return get
+
+
+def _expected_bytes(module, mode) -> tuple[int, int]:
+    """(float bytes, bytes as stored once quantized) of an experts module's projections,
+    computed from the format's description (not from the code under test)."""
+    fl = q = 0
+    for name in ("gate_up_proj", "up_proj", "down_proj"):
+        p = module._parameters.get(name)
+        if p is None:
+            continue
+        E, a, b = p.shape
+        out, k = (b, a) if module.is_transposed else (a, b)
+        fl += p.numel() * p.element_size()
+        if mode == "int8-experts":
+            q += E * out * k + E * out * 4
+        else:
+            g = min(64, k)
+            groups = -(-k // g)
+            q += E * out * groups * g // 2 + E * out * groups * 4
+    return fl, q
+
+
+@pytest.mark.parametrize("mode", ["int8-experts", "int4-experts"])
+@pytest.mark.parametrize("family", EXPERT_FAMILIES)
+def test_experts_quantized_load(saved, family, mode):
+    from explorer.core.experts_quant import is_quantized, weight_bytes
+    plain = load_model(saved(family), device="cpu")
+    moe = load_model(saved(family), device="cpu", quantize=mode)
+    assert moe.info.quantization == mode and plain.info.quantization is None
+    prov = moe.info.provenance()
+    assert prov["quantization"] == mode and prov["weight_bytes"] == weight_bytes(moe.model)
+    assert moe.info.to_dict()["weight_bytes"] == moe.info.weight_bytes
+    assert moe.info.parameters == plain.info.parameters  # the weights they stand for
+    # every routed experts module converted; everything else as it was, bit for bit
+    assert all(is_quantized(h.experts) for h in moe.handles)
+    converted = {f"{n}.{p}" for n, m in plain.model.named_modules() for p in
+                 ("gate_up_proj", "up_proj", "down_proj") if any(
+                     m is h.experts for h in plain.handles) and p in m._parameters}
+    kept = dict(moe.model.named_parameters())
+    assert set(kept) == set(dict(plain.model.named_parameters())) - converted
+    for name, p in plain.model.named_parameters():
+        if name not in converted:
+            assert kept[name].dtype == p.dtype and torch.equal(kept[name], p), name
+    # the memory: exactly the experts' saving, by the expected ratio
+    fl = q = 0
+    for h in plain.handles:
+        a, b = _expected_bytes(h.experts, mode)
+        fl, q = fl + a, q + b
+    assert weight_bytes(plain.model) - weight_bytes(moe.model) == fl - q
+    assert fl / q >= (3.5 if mode == "int8-experts" else 6.0)
+    # the logits: close to the float model's, within the mode's bound
+    ids = torch.tensor([IDS])
+    with torch.inference_mode():
+        diff = float((moe.model(ids).logits - plain.model(ids).logits).abs().max())
+    assert 0 < diff <= LOGIT_TOL[mode], diff
+
+
+def test_int4_is_coarser_than_int8(saved):
+    ids = torch.tensor([IDS])
+    with torch.inference_mode():
+        base = load_model(saved("mixtral"), device="cpu").model(ids).logits
+        d8, d4 = (float((load_model(saved("mixtral"), device="cpu", quantize=m).model(ids)
+                         .logits - base).abs().max()) for m in ("int8-experts", "int4-experts"))
+    assert 4 * d8 < d4
+
+
+@pytest.mark.parametrize("bits,transposed", [(8, False), (8, True), (4, False), (4, True)])
+def test_quantize_error_is_within_half_a_step(bits, transposed):
+    from explorer.core.experts_quant import dequantize, quantize
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 70, 150, generator=gen)  # 150 inputs: int4 pads the third group
+    if transposed:  # the layout (E, in, out)
+        w = w.transpose(1, 2).contiguous()
+    wn = w.transpose(1, 2) if transposed else w  # a view (E, out, in)
+    wn[1, 2] = 0.0  # an all-zero output channel stays zero
+    group = 64 if bits == 4 else None
+    q, scale, spec = quantize(w, bits, group, transposed)
+    back = dequantize(q, scale, spec)
+    assert back.shape == w.shape and back.dtype == w.dtype
+    assert q.dtype == (torch.int8 if bits == 8 else torch.uint8)
+    assert q.numel() == (3 * 70 * 150 if bits == 8 else 3 * 70 * 192 // 2)
+    step = {8: 127, 4: 7}[bits]
+    if bits == 8:
+        s = wn.abs().amax(-1, keepdim=True) / step
+    else:
+        s = torch.nn.functional.pad(wn, (0, 42)).reshape(3, 70, 3, 64).abs().amax(-1) / step
+        s = s.repeat_interleave(64, -1)[..., :150]
+    back_n = back.transpose(1, 2) if transposed else back
+    err = back_n - wn
+    assert bool((err.abs() <= s / 2 + 1e-6).all())
+    assert float(err.abs().max()) > 1e-3  # it did round
+    assert torch.equal(back_n[1, 2], torch.zeros(150))
+    # values on the grid come back (to float rounding)
+    again = dequantize(*quantize(back, bits, group, transposed))
+    assert torch.allclose(again, back, rtol=0, atol=1e-6)
+
+
+def _other(h, natural):
+    info = h.info
+    pool = [e for e in range(info.num_experts) if e not in natural]
+    if info.n_group:
+        g = info.group_of(pool[0])
+        pool = [e for e in pool if info.group_of(e) == g]
+    return sorted(pool[: info.top_k])
+
+
+def _computed(log, module) -> set[int]:
+    return {e for m, experts in log if m is module for e in experts}
+
+
+@pytest.mark.parametrize("mode", ["int8-experts", "int4-experts"])
+@pytest.mark.parametrize("family", EXPERT_FAMILIES)
+def test_route_control_on_quantized_experts(saved, family, mode):
+    from explorer.core.experts_quant import dequantize_log
+    from explorer.core.route import Route
+    moe = load_model(saved(family), device="cpu", quantize=mode)
+    ids = torch.tensor([IDS])
+    with moe.control(record=True) as ctl, torch.inference_mode():
+        base = moe.model(ids).logits
+    t, lay = 4, moe.moe_layers[-1]
+    h = moe.handle(lay)
+    natural = set(ctl.collected(lay)["experts"][0, t].tolist())
+    forced = _other(h, natural)
+    with dequantize_log() as log, moe.control(Route().force(lay, t, forced), record=True) \
+            as c2, torch.inference_mode():
+        new = moe.model(ids).logits
+    assert sorted(c2.collected(lay)["experts"][0, t].tolist()) == forced
+    assert set(forced) <= _computed(log, h.experts)
+    assert torch.equal(new[0, :t], base[0, :t])  # earlier positions: the same bits
+    assert not torch.equal(new[0, t:], base[0, t:])
+    # forced at every position: exactly the forced experts are dequantized and computed
+    with dequantize_log() as log, moe.control(Route().force(lay, None, forced), record=True) \
+            as c3, torch.inference_mode():
+        moe.model(ids)
+    assert _computed(log, h.experts) == set(forced)
+    assert set(c3.collected(lay)["experts"].flatten().tolist()) == set(forced)
+    # masked: never recorded, never dequantized
+    nat_all = set(ctl.collected(lay)["experts"][0].flatten().tolist())
+    masked = sorted(nat_all)[: max(1, min(len(nat_all), h.info.num_experts - h.info.top_k))]
+    if h.info.n_group:  # keep group limits satisfiable: mask one expert
+        masked = masked[:1]
+    with dequantize_log() as log, moe.control(Route().mask(lay, None, masked), record=True) \
+            as c4, torch.inference_mode():
+        moe.model(ids)
+    assert not set(c4.collected(lay)["experts"].flatten().tolist()) & set(masked)
+    assert _computed(log, h.experts) and not _computed(log, h.experts) & set(masked)
+
+
+def test_dequantize_log_is_scoped(saved):
+    from explorer.core.experts_quant import dequantize_log
+    moe = load_model(saved("olmoe"), device="cpu", quantize="int8-experts")
+    with dequantize_log() as log, torch.inference_mode():
+        moe.model(torch.tensor([IDS]))
+    n = len(log)
+    assert n == len(moe.handles)  # one entry per MoE layer and call
+    with torch.inference_mode():
+        moe.model(torch.tensor([IDS]))
+    assert len(log) == n  # nothing recorded outside the block
+
+
+def test_experts_modes_need_fused_experts(tmp_path):
+    tiny_model("dbrx")[0].save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(tmp_path), device="cpu", quantize="int8-experts")
+    assert str(e.value) == (f"{tmp_path} has no fused routed experts that --quantize "
+                            f"int8-experts can convert; load it without --quantize")
+
+
+def test_info_and_bench_report_the_weights(tiny_ckpt, capsys):
+    import json
+
+    from explorer.bench.cost import synthetic_model
+    from explorer.bench.runner import run_bench
+    from explorer.cli.commands.bench import bench_text
+    from explorer.core.errors import InputError
+    clear_model_cache()
+    try:
+        assert main(["info", "--model", str(tiny_ckpt), "--device", "cpu", "--json"]) == 0
+        plain = json.loads(capsys.readouterr().out)
+        assert main(["info", "--model", str(tiny_ckpt), "--device", "cpu", "--quantize",
+                     "int4-experts", "--json"]) == 0
+        q = json.loads(capsys.readouterr().out)
+        assert main(["info", "--model", str(tiny_ckpt), "--device", "cpu", "--quantize",
+                     "int4-experts"]) == 0
+        head = capsys.readouterr().out.splitlines()[0]
+    finally:
+        clear_model_cache()
+    assert plain["quantization"] is None and q["quantization"] == "int4-experts"
+    assert 0 < q["weight_bytes"] < plain["weight_bytes"]
+    assert q["parameters"] == plain["parameters"]
+    assert f", quantized int4-experts, weights {q['weight_bytes'] / 2**20:.1f} MiB as " \
+           f"stored" in head
+    with pytest.raises(InputError, match="--quantize fp8 needs a checkpoint"):
+        synthetic_model("olmoe-small", device="cpu", quantize="fp8")
+    moe = synthetic_model("olmoe-small", device="cpu", quantize="int8-experts")
+    b = run_bench(moe, sizes=(), search=False)
+    assert b["quantization"] == "int8-experts" and b["weight_bytes"] == moe.info.weight_bytes
+    assert f"weights: int8-experts, {b['weight_bytes'] / 2**20:.1f} MiB as stored" \
+        in bench_text(b)

@@ -39,7 +39,9 @@ def model_card(app: Explorer) -> tuple[str, pd.DataFrame]:
         return (f"No model loaded. {html.escape(app.error or '')}", pd.DataFrame(columns=cols))
     i = moe.info
     md = (f"### `{moe.name}`\n"
-          f"- family: `{i.model_type}` · {i.parameters / 1e6:.1f}M parameters\n"
+          f"- family: `{i.model_type}` · {i.parameters / 1e6:.1f}M parameters"
+          + (f" · {i.weight_bytes / 2**20:.1f} MiB of weights as stored"
+             if i.weight_bytes else "") + "\n"
           f"- device: **{i.device}** · dtype: **{i.dtype}**"
           + (f" · quantized: **{i.quantization}**" if i.quantization else "") + "\n"
           f"- layers: {i.num_layers} ({len(i.moe_layers)} MoE: {i.moe_layers}"

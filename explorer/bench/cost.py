@@ -231,14 +231,22 @@ SYNTHETIC = {
 }
 
 
-def synthetic_model(name: str, device: str = "auto", dtype=None, seed: int = 0):
+def synthetic_model(name: str, device: str = "auto", dtype=None, seed: int = 0,
+                    quantize: str | None = None):
     """A random-weight MoE of a real family (see :data:`SYNTHETIC`), with the demo
-    tokenizer and chat template, built in memory on ``device``."""
+    tokenizer and chat template, built in memory on ``device``. ``quantize``:
+    ``int8-experts`` or ``int4-experts`` converts its routed experts once built (the other
+    modes quantize while reading a checkpoint, so ``InputError`` here)."""
     from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM
 
     from explorer.core.model import DEMO_MODEL_DIR, MoEModel
+    from explorer.core.quantize import EXPERT_MODES, parse_quantize, quantize_experts_of
     if name not in SYNTHETIC:
         raise InputError(f"unknown synthetic model {name!r}; choose from {sorted(SYNTHETIC)}")
+    quantize = parse_quantize(quantize)
+    if quantize is not None and quantize not in EXPERT_MODES:
+        raise InputError(f"a synthetic model is built in memory: --quantize {quantize} needs a "
+                         f"checkpoint; use {' or '.join(EXPERT_MODES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
@@ -256,6 +264,8 @@ def synthetic_model(name: str, device: str = "auto", dtype=None, seed: int = 0):
         for layer in model.model.layers:  # spread the routers' choices
             torch.nn.init.normal_(layer.mlp.gate.weight, std=0.5)
     model.eval()
+    if quantize is not None:
+        quantize_experts_of(model, quantize)
     if not device.startswith("cuda") and hasattr(model, "set_experts_implementation"):
         from explorer.core.model import cpu_experts_implementation
         model.set_experts_implementation(cpu_experts_implementation())  # OLMoE accepts both

@@ -114,6 +114,7 @@ def dataset_bench(moe: MoEModel, rows: list[dict], *, target: str | None = None,
     ideal = cone / rate
     n = max(1, len(prompts))
     out = {"model": moe.name, "device": str(dev), "dtype": moe.info.dtype,
+           "quantization": moe.info.quantization, "weight_bytes": moe.info.weight_bytes,
            "threads": torch.get_num_threads(), "prompts": len(prompts), "prompt_batch": k,
            "candidates": candidates, "max_iters": max_iters, "seed": seed,
            "target": target or "per row",
@@ -156,11 +157,19 @@ def dataset_bench(moe: MoEModel, rows: list[dict], *, target: str | None = None,
     return out
 
 
+def weights_text(b: dict) -> str:
+    """The weights line of a bench report (:func:`dataset_bench` or
+    :func:`~explorer.bench.runner.run_bench`): the quantization and the bytes as stored."""
+    return (f"weights: {b.get('quantization') or 'not quantized'}, "
+            f"{b.get('weight_bytes', 0) / 2**20:.1f} MiB as stored")
+
+
 def dataset_bench_text(b: dict) -> str:
     """The text report of :func:`dataset_bench`."""
     lines = [f"model {b['model']} on {b['device']} ({b['dtype']}, {b['threads']} threads): "
              f"{b['prompts']} prompts, N = {b['candidates']}, {b['max_iters']} restart(s), "
-             f"target {b['target']}, {b['cells']} cells searched, ASR {b['asr']:.2f}"]
+             f"target {b['target']}, {b['cells']} cells searched, ASR {b['asr']:.2f}",
+             weights_text(b)]
     for key, name in (("one_at_a_time", "one at a time"), ("multi_prompt", "multi-prompt")):
         r = b[key]
         line = (f"{name:14s} {r['seconds']:8.1f} s = {r['seconds_per_prompt']:.2f} s/prompt, "

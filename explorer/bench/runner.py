@@ -118,6 +118,7 @@ def run_bench(moe: MoEModel, prompts=BENCH_PROMPTS, seed: int = 0, candidates: i
     from explorer.methods.rosais import rosais
     out: dict = {"model": moe.name, "device": str(moe.device), "device_name": _device_name(moe),
                  "dtype": str(next(moe.model.parameters()).dtype).replace("torch.", ""),
+                 "quantization": moe.info.quantization, "weight_bytes": moe.info.weight_bytes,
                  "threads": torch.get_num_threads()}
     p0 = prompts[0]
     out["trace_prompt_s"] = median_seconds(lambda: trace(moe, p0, max_new_tokens=0), 3)

@@ -44,8 +44,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint (off by default)")
     p.add_argument("--quantize", default=None, type=quantize_arg,
-                   help="load the weights in 8bit or 4bit through bitsandbytes (a CUDA GPU "
-                        "and the quantize extra needed; routers stay unquantized)")
+                   help="8bit | 4bit: bitsandbytes, linear layers only (a CUDA GPU and the "
+                        "quantize extra); fp8: FP8 weights, routed experts included (a GPU "
+                        "of compute capability >= 8.9); int8-experts | int4-experts: integer "
+                        "routed experts (CPU or GPU). Routers stay unquantized")
     p.add_argument("--threads", type=count, default=None,
                    help="torch threads (default $EXPLORER_THREADS, else $OMP_NUM_THREADS, "
                         "else the physical cores this process may use)")
@@ -159,7 +161,7 @@ def quantize_arg(text: str) -> str:
     except InputError:
         mode = None
     if mode is None:
-        raise argparse.ArgumentTypeError(f"expected {' or '.join(QUANTIZE_MODES)}, "
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(QUANTIZE_MODES)}, "
                                          f"got {text!r}")
     return mode
 

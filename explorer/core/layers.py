@@ -200,10 +200,12 @@ class ModelInfo:
     transformers_version: str = ""
     chat_template_hash: str | None = None
     parameters: int = 0
-    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes), a checkpoint's method
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes), "fp8", "int8-experts",
+    # "int4-experts", a checkpoint's method
     #: for a pre-quantized checkpoint (``quantization`` is its method): whether its weights
     #: were expanded to ``dtype`` while loading (see explorer.core.prequantized); else None
     dequantized: bool | None = None
+    weight_bytes: int = 0  # bytes of parameters and buffers as stored (0: not measured)
 
     @property
     def moe_layers(self) -> list[int]:
@@ -218,13 +220,16 @@ class ModelInfo:
 
     def provenance(self) -> dict[str, Any]:
         """The provenance dict stored in routes, traces and results; ``quantization`` is
-        there only for a quantized model (absent: full precision, as in older results), and
-        ``dequantized`` only for a pre-quantized checkpoint."""
+        there only for a quantized model (absent: full precision, as in older results), with
+        ``weight_bytes``, the memory its weights take as stored, and ``dequantized`` only for
+        a pre-quantized checkpoint."""
         out = {"model": self.name, "revision": self.revision,
                "transformers_version": self.transformers_version,
                "chat_template_hash": self.chat_template_hash}
         if self.quantization:
             out["quantization"] = self.quantization
+            if self.weight_bytes:
+                out["weight_bytes"] = self.weight_bytes
         if self.dequantized is not None:
             out["dequantized"] = self.dequantized
         return out
@@ -238,4 +243,5 @@ class ModelInfo:
                 "chat_template_hash": self.chat_template_hash,
                 "parameters": self.parameters, "quantization": self.quantization,
                 "dequantized": self.dequantized,
+                "weight_bytes": self.weight_bytes,
                 "layers": [lay.to_dict() for lay in self.layers]}

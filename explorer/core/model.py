@@ -22,16 +22,24 @@ from explorer.core.defaults import (
     ONE_GPU_SHARE,
 )
 from explorer.core.errors import InputError, ModelLoadError, RouteError, one_line
+from explorer.core.experts_quant import weight_bytes
 from explorer.core.layers import LayerHandles, ModelInfo, decoder_layers, discover_layers
 from explorer.core.locks import FairRLock
 from explorer.core.paths import DEMO_MODEL_DIR
 from explorer.core.prequantized import Prequantized, loaded, plan_load
 from explorer.core.prompt import Prompt
 from explorer.core.quantize import (
+    BNB_MODES,
+    EXPERT_MODES,
+    FP8_MODE,
     bitsandbytes_config,
     check_quantize,
+    fp8_block_size,
+    fp8_config,
+    fp8_refusal,
     prequantized_method,
     quantization_of,
+    quantize_experts_of,
     skip_modules,
 )
 from explorer.core.route import Route
@@ -172,7 +180,8 @@ class MoEModel:
                                 if isinstance(template, str) else None),
             parameters=parameter_count(model),
             quantization=quantization_of(model) or (prequantized.format if prequantized else None),
-            dequantized=prequantized.dequantized if prequantized else None)
+            dequantized=prequantized.dequantized if prequantized else None,
+            weight_bytes=weight_bytes(model))
 
     # -- basics -----------------------------------------------------------------------
     @property
@@ -450,8 +459,11 @@ class MoEModel:
 
 def parameter_count(model) -> int:
     """The model's parameter count. A bitsandbytes 4-bit weight packs two values a byte
-    (its ``numel`` is half); its ``quant_state.shape`` is the unpacked shape."""
-    n = 0
+    (its ``numel`` is half); its ``quant_state.shape`` is the unpacked shape. Integer
+    routed experts (``--quantize int8-experts|int4-experts``) are buffers, counted by the
+    weights they stand for."""
+    from explorer.core.experts_quant import logical_parameters
+    n = logical_parameters(model)
     for p in model.parameters():
         shape = getattr(getattr(p, "quant_state", None), "shape", None)
         n += math.prod(int(d) for d in shape) if shape is not None else p.numel()
@@ -546,16 +558,19 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
     ``device_map="auto"`` (accelerate). ``trust_remote_code`` is off unless asked for.
     ``max_prompt_tokens``: an operator's cap on templated prompt tokens (see
     :attr:`MoEModel.max_prompt_tokens`). ``quantize``: ``"8bit"`` or ``"4bit"`` loads the
-    weights through bitsandbytes (a CUDA GPU and the ``quantize`` extra needed; see
-    :mod:`explorer.core.quantize`: routers and the output layer stay in ``dtype``, and in
-    transformers 5.24 so do the fused routed experts); what cannot run is refused with a
-    :class:`ModelLoadError` before any weight is read. ``experts_impl`` (keyword-only, for
-    contributors): the CPU experts kernel instead of :func:`cpu_experts_implementation`'s
-    choice. ``device_map`` (accelerate's: ``"auto"`` or a dict of module name to device,
-    ``"cpu"`` or ``"disk"``) with ``offload_folder`` (where ``"disk"`` weights go) offloads
-    part of a model too big for the device; route control works on it unchanged (see
-    docs/performance.md for what it costs). A pre-quantized checkpoint (FP8, MXFP4,
-    compressed-tensors) is loaded as :mod:`explorer.core.prequantized` says.
+    weights through bitsandbytes (a CUDA GPU and the ``quantize`` extra needed; routers and
+    the output layer stay in ``dtype``, and in transformers 5.24 so do the fused routed
+    experts); ``"fp8"`` loads them as fine-grained FP8, routed experts included (a GPU of
+    compute capability >= 8.9); ``"int8-experts"`` / ``"int4-experts"`` store the routed
+    experts as integers after loading, on any device (see :mod:`explorer.core.quantize`);
+    what cannot run is refused with a :class:`ModelLoadError` before any weight is read.
+    ``experts_impl`` (keyword-only, for contributors): the CPU experts kernel instead of
+    :func:`cpu_experts_implementation`'s choice. ``device_map`` (accelerate's: ``"auto"`` or
+    a dict of module name to device, ``"cpu"`` or ``"disk"``) with ``offload_folder`` (where
+    ``"disk"`` weights go) offloads part of a model too big for the device; route control
+    works on it unchanged (see docs/performance.md for what it costs). A pre-quantized
+    checkpoint (FP8, MXFP4, compressed-tensors) is loaded as :mod:`explorer.core.prequantized`
+    says.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -594,15 +609,24 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
             skip = skip_modules(meta)
         except RouteError as exc:
             raise ModelLoadError(f"{name}: {exc}") from None
-        kwargs["quantization_config"] = bitsandbytes_config(quantize, skip=skip,
-                                                            compute_dtype=dtype)
-    if device.startswith("cuda") and device_map is None and _too_big(config, dtype, meta):
+        if quantize in BNB_MODES:
+            kwargs["quantization_config"] = bitsandbytes_config(quantize, skip=skip,
+                                                                compute_dtype=dtype)
+        elif quantize == FP8_MODE:
+            why = fp8_refusal(meta)
+            if why is not None:
+                raise ModelLoadError(f"{name} cannot be loaded with --quantize fp8: {why}; "
+                                     f"use --quantize int8-experts or int4-experts")
+            kwargs["quantization_config"] = fp8_config(skip=skip, block=fp8_block_size(meta))
+    experts_mode = quantize in EXPERT_MODES  # quantized after loading, before .to(device)
+    if device.startswith("cuda") and device_map is None and not experts_mode and \
+            _too_big(config, dtype, meta):
         device_map = "auto"
     plan = plan_load(config, device, name) if quantize is None else None
     if plan is not None:
         kwargs.update(plan.kwargs)  # pre-quantized checkpoints: dequantized where needed
-    if quantize is not None and device_map is None:
-        device_map = device  # bitsandbytes places weights while loading; no .to() after
+    if quantize is not None and not experts_mode and device_map is None:
+        device_map = device  # bitsandbytes and FP8 place weights while loading; no .to()
     if device_map is not None:
         kwargs["device_map"] = device_map
     if isinstance(device_map, dict) and "disk" in device_map.values() and offload_folder is None:
@@ -621,6 +645,9 @@ def load_model(name_or_path: str | None = None, device: str = "auto", dtype=None
             raise ModelLoadError(f"{name} is not a causal language model this version of "
                                  f"transformers can load: {first}") from None
         raise ModelLoadError(f"cannot load {name}: {first}") from None
+    if experts_mode and not quantize_experts_of(model, quantize):
+        raise ModelLoadError(f"{name} has no fused routed experts that --quantize {quantize} "
+                             f"can convert; load it without --quantize")
     if device_map is None:
         model = model.to(device)
     impl = cpu_experts_implementation(experts_impl) if device == "cpu" else "eager"

@@ -1,4 +1,5 @@
-"""Quantized loading through bitsandbytes (``load_model(..., quantize="8bit" | "4bit")``).
+"""Quantized loading (``load_model(..., quantize=...)``): bitsandbytes' ``8bit`` / ``4bit``,
+transformers' fine-grained ``fp8`` and our ``int8-experts`` / ``int4-experts``.
 
 bitsandbytes is an optional extra (``pip install "sparse-safety-explorer[quantize]"``),
 imported only when quantization is asked for; it needs a CUDA GPU. This module checks
@@ -17,6 +18,22 @@ so every router is put in the skip list (found by :func:`explorer.core.layers.
 discover_layers` on an empty meta-device copy of the model, the same way as on the real
 one), with transformers' own default skips (the output embeddings).
 
+Two more modes quantize the routed experts themselves:
+
+* ``fp8``: transformers' fine-grained FP8 (``FineGrainedFP8Config``): float8 e4m3 weights
+  with one scale per block (:func:`fp8_block_size`) in the ``nn.Linear`` layers and, through
+  its ``FP8Experts``, in the fused routed experts; activations are quantized per block on
+  the fly. The skip list is the same as bitsandbytes' (routers, output embeddings). It
+  needs a CUDA GPU of compute capability 8.9 or newer and the ``kernels`` package (its
+  Triton kernel); :func:`check_quantize` refuses anything else before a weight is read, and
+  :func:`fp8_refusal` the experts FP8Experts cannot represent (biases, transposed or
+  interleaved layouts: gpt-oss, for one, whose checkpoints come in MXFP4 anyway).
+* ``int8-experts`` / ``int4-experts``: weight-only integer routed experts, our own scheme,
+  on CPU and GPU (see :mod:`explorer.core.experts_quant` for the format and why);
+  everything else stays in the compute dtype.
+
+``8bit`` and ``4bit`` keep their meaning (bitsandbytes, ``nn.Linear`` only).
+
 Importing this module needs neither torch nor transformers (the CLI's ``--help`` uses
 :data:`QUANTIZE_MODES`).
 """
@@ -27,9 +44,19 @@ from typing import Any
 
 from explorer.core.errors import InputError, ModelLoadError
 
-#: The values of ``quantize`` (``--quantize``, ``EXPLORER_QUANTIZE``): bitsandbytes
-#: LLM.int8 weights, or 4-bit NF4 weights with double quantization.
-QUANTIZE_MODES = ("8bit", "4bit")
+#: The bitsandbytes modes: LLM.int8 weights, or 4-bit NF4 weights with double quantization
+#: (``nn.Linear`` layers only).
+BNB_MODES = ("8bit", "4bit")
+#: Fine-grained FP8 (transformers), routed experts included; a GPU of capability >= 8.9.
+FP8_MODE = "fp8"
+#: Weight-only integer routed experts (:mod:`explorer.core.experts_quant`), CPU or GPU.
+EXPERT_MODES = ("int8-experts", "int4-experts")
+#: The values of ``quantize`` (``--quantize``, ``EXPLORER_QUANTIZE``).
+QUANTIZE_MODES = BNB_MODES + (FP8_MODE,) + EXPERT_MODES
+#: The compute capability FP8 matrix products need (Ada, Hopper and newer).
+FP8_MIN_CAPABILITY = (8, 9)
+#: The largest FP8 scale block (transformers' default, DeepSeek-V3's checkpoints').
+FP8_BLOCK = 128
 #: The extra that installs bitsandbytes, and the plain alternative, as messages name them.
 INSTALL_HINT = 'pip install "sparse-safety-explorer[quantize]" (or pip install bitsandbytes)'
 
@@ -52,16 +79,20 @@ def parse_quantize(text: str | None) -> str | None:
 
 def check_quantize(quantize: str | None, device: str) -> str | None:
     """Check, before anything is loaded, that ``quantize`` can run on ``device`` (the
-    device asked for: ``auto``, ``cpu``, ``cuda[:N]``...): a known value, a CUDA GPU,
-    bitsandbytes importable and recent enough for this transformers. Returns the parsed
-    value (None: no quantization); raises :class:`ModelLoadError` with one line naming
-    what to change. Imports bitsandbytes only when ``quantize`` is set."""
+    device asked for: ``auto``, ``cpu``, ``cuda[:N]``...): a known value; for the
+    bitsandbytes modes a CUDA GPU and bitsandbytes importable and recent enough for this
+    transformers; for ``fp8`` a CUDA GPU of compute capability >= 8.9 and the ``kernels``
+    package; the ``*-experts`` modes run anywhere. Returns the parsed value (None: no
+    quantization); raises :class:`ModelLoadError` with one line naming what to change.
+    Imports bitsandbytes only for a bitsandbytes mode."""
     try:
         mode = parse_quantize(quantize)
     except InputError as exc:
         raise ModelLoadError(str(exc)) from None
-    if mode is None:
-        return None
+    if mode is None or mode in EXPERT_MODES:
+        return mode
+    if mode == FP8_MODE:
+        return _check_fp8(device)
     import torch
     what = f"--quantize {mode} (bitsandbytes)"
     if not (device == "auto" or device.startswith("cuda")):
@@ -90,6 +121,85 @@ def check_quantize(quantize: str | None, device: str) -> str | None:
     return mode
 
 
+def _check_fp8(device: str) -> str:
+    import torch
+    need = ".".join(map(str, FP8_MIN_CAPABILITY))
+    what = f"--quantize fp8 needs a CUDA GPU of compute capability {need} or newer"
+    instead = "use --quantize int8-experts or int4-experts there"
+    if not (device == "auto" or device.startswith("cuda")):
+        raise ModelLoadError(f"{what}, but the device asked for is {device}; {instead}")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"{what}, but none is available (device {device}); {instead}")
+    index = int(device.split(":", 1)[1]) if ":" in device else None
+    try:
+        cap = tuple(torch.cuda.get_device_capability(index))
+        gpu = torch.cuda.get_device_name(index)
+    except Exception as exc:  # noqa: BLE001 - a device index that does not exist, say
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"--quantize fp8: cannot query {device}: {first}") from None
+    if cap < FP8_MIN_CAPABILITY:
+        raise ModelLoadError(f"{what}, but {gpu} has {cap[0]}.{cap[1]}; {instead}")
+    from transformers.utils import is_kernels_available
+    if not is_kernels_available():
+        raise ModelLoadError("--quantize fp8 needs the kernels package for its FP8 matrix "
+                             "products: pip install kernels")
+    return FP8_MODE
+
+
+def fp8_refusal(model) -> str | None:
+    """Why transformers' FP8 conversion cannot take ``model`` (an empty copy, typically on
+    the meta device), or None. It replaces every module named ``*.experts`` with an
+    ``FP8Experts``, which holds gate-and-up weights as (E, 2I, H) with the gate half first
+    and no biases: a module named so that is not such a fused experts module would be
+    computed wrongly."""
+    for name, mod in model.named_modules():
+        if not name.endswith(".experts"):
+            continue
+        kind = type(mod).__name__
+        if not hasattr(mod, "has_gate"):
+            return f"its {kind} modules are not fused experts FP8 can hold"
+        if getattr(mod, "has_bias", False):
+            return f"its {kind} have biases, which FP8 experts do not support"
+        if getattr(mod, "is_transposed", False) or not getattr(mod, "is_concatenated", True):
+            return f"its {kind} store their weights in a layout FP8 experts do not support"
+    return None
+
+
+def fp8_block_size(model) -> int:
+    """The FP8 scale block (square): :data:`FP8_BLOCK`, halved until it divides every
+    dimension of the routed experts' weights (down to 16; real checkpoints' dimensions are
+    multiples of 128, the tiny test models' of 32)."""
+    dims = set()
+    for name, mod in model.named_modules():
+        if name.endswith(".experts"):
+            for p in mod.parameters(recurse=False):
+                if p.dim() == 3:
+                    dims.update(int(d) for d in p.shape[1:])
+    block = FP8_BLOCK
+    while block > 16 and any(d % block for d in dims):
+        block //= 2
+    return block
+
+
+def fp8_config(*, skip: list[str], block: int = FP8_BLOCK) -> Any:
+    """transformers' ``FineGrainedFP8Config``: dynamic activation scales, square weight
+    blocks of ``block``, and ``skip`` (from :func:`skip_modules`: the routers and output
+    embeddings) as ``modules_to_not_convert``."""
+    from transformers import FineGrainedFP8Config
+    return FineGrainedFP8Config(activation_scheme="dynamic", weight_block_size=(block, block),
+                                modules_to_not_convert=list(skip))
+
+
+def quantize_experts_of(model, mode: str) -> int:
+    """Convert ``model``'s routed experts for an ``*-experts`` mode (see
+    :func:`explorer.core.experts_quant.quantize_experts`); returns how many modules were
+    converted."""
+    from explorer.core.experts_quant import quantize_experts
+    if mode not in EXPERT_MODES:
+        raise ValueError(f"quantize_experts_of needs one of {EXPERT_MODES}, got {mode!r}")
+    return quantize_experts(model, 8 if mode == "int8-experts" else 4)
+
+
 def prequantized_method(config) -> str | None:
     """The quantization method a checkpoint's config already declares (``fp8``,
     ``mxfp4``, ``bitsandbytes``...), else None. Such a checkpoint cannot be quantized
@@ -108,8 +218,13 @@ def prequantized_method(config) -> str | None:
 
 def quantization_of(model) -> str | None:
     """How a loaded transformers model is quantized, for :class:`~explorer.core.layers.
-    ModelInfo`: ``"8bit"`` / ``"4bit"`` for bitsandbytes, another checkpoint method's
-    name (``fp8``, ``mxfp4``...), None for a full-precision model."""
+    ModelInfo`: ``"8bit"`` / ``"4bit"`` for bitsandbytes, ``"int8-experts"`` /
+    ``"int4-experts"`` for integer routed experts, another checkpoint method's name
+    (``fp8``, ``mxfp4``...), None for a full-precision model."""
+    from explorer.core.experts_quant import experts_quantization
+    experts = experts_quantization(model)
+    if experts is not None:
+        return experts
     method = prequantized_method(model.config)
     if method != "bitsandbytes":
         return method
@@ -151,6 +266,6 @@ def bitsandbytes_config(quantize: str, *, skip: list[str], compute_dtype) -> Any
                                   bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype,
                                   llm_int8_skip_modules=list(skip))
-    # a bare ValueError: load_model asks for a config only when a mode is set (a bad mode
-    # is refused above by parse_quantize), so reaching this is a bug
+    # a bare ValueError: load_model asks for a config only for these modes (a bad mode is
+    # refused above by parse_quantize), so reaching this is a bug
     raise ValueError("bitsandbytes_config needs quantize='8bit' or '4bit'")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from explorer.core.experts_quant import is_quantized
 from explorer.core.forward import as_ids, expand_cache, joint_logprob, keep_kwargs, token_logprobs
 from explorer.core.layers import decoder_layers
 from explorer.core.route import Route
@@ -534,6 +535,8 @@ def exact_arithmetic(moe: MoEModel) -> bool:
         return False
     for layer in moe.moe_layers:
         experts = getattr(_mlp_block(decoder_layers(moe.model)[layer]), "experts", None)
+        if is_quantized(experts):
+            continue  # integer experts: dequantized, then the same kernel
         if getattr(experts, "down_proj", None) is None or experts.down_proj.dim() != 3:
             return False  # experts as separate modules: products of any height
     dtype = next(moe.model.parameters()).dtype

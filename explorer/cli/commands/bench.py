@@ -17,9 +17,11 @@ from explorer.cli.options import (
 
 def bench_text(b: dict) -> str:
     """The text report of a :func:`~explorer.bench.runner.run_bench` result."""
+    from explorer.bench.dataset import weights_text
     rec = b["recording"]
     lines = [f"model {b['model']} on {b['device']} ({b['device_name']}, {b['dtype']}, "
              f"{b['threads']} threads)",
+             weights_text(b),
              f"trace, prompt only:        {1000 * b['trace_prompt_s']:8.1f} ms",
              f"trace, +16 new tokens:     {1000 * b['trace_generate16_s']:8.1f} ms",
              f"forward {rec['tokens']} tokens:         {1000 * rec['forward_s']:8.2f} ms; "
@@ -152,7 +154,8 @@ def _run(args):
     sizes = _sizes(args.sizes)
     if args.synthetic:
         from explorer.bench.cost import synthetic_model
-        moe = synthetic_model(args.synthetic, device=args.device, dtype=args.dtype)
+        moe = synthetic_model(args.synthetic, device=args.device, dtype=args.dtype,
+                              quantize=args.quantize)
     else:
         moe = load_from_args(args)
     if args.dataset:

@@ -64,7 +64,8 @@ def _run_info(args):
     head = (f"{moe.name} ({info['model_type']}), {info['parameters'] / 1e6:.1f}M parameters, "
             f"{info['device']} {info['dtype']}"
             + (f", quantized {info['quantization']}" if info["quantization"] else "")
-            + (" (dequantized at load)" if info.get("dequantized") else ""))
+            + (" (dequantized at load)" if info.get("dequantized") else "")
+            + f", weights {info['weight_bytes'] / 2**20:.1f} MiB as stored")
     emit(args, info, "\n".join([head] + rows))
 
 
