@@ -195,3 +195,36 @@ def test_harden_and_defend_cli(demo, demo_routes, tmp_path, capsys):
     assert cli_main(["harden", "--out", str(tmp_path / "x"), "--prompts",
                      str(data / "bench.csv")], settings=Settings(shared_data=str(data))) == 2
     assert "evaluation only" in capsys.readouterr().err
+
+
+def test_defense_view_hardened_mode(demo, tmp_path):
+    """The Research tab's Defense view names ``hardened``: the bundled checkpoint is
+    attacked beside the model, and its utility cost is reported."""
+    pytest.importorskip("gradio")
+    from explorer.app.context import Explorer
+    from explorer.app.tabs.research import tab as ur
+    from explorer.research.harden import DEMO_HARDENED_DIR
+    if not (DEMO_HARDENED_DIR / "model.safetensors").exists():
+        pytest.skip("the hardened demo model is not built")
+    ctx = Explorer(demo, data_dir=tmp_path)
+    fig, table, md, dj = ctx.gate.call(ur.defense_view, "", "", "", HARMFUL_PROMPTS[0],
+                                       BENIGN_PROMPTS[0], ["none"], 2, 1, 1, 1, 6,
+                                       "keyword", "hardened")
+    assert table["attack"].tolist() == ["none"] and table["prompts"].tolist() == [1]
+    assert "hardened checkpoint" in md and "Utility cost" in md
+    assert Route.from_json(dj).info["settings"] == {"mode": "hardened"}
+    assert len(fig.data) == 3  # before / after, and the benign refusals
+
+
+def test_harden_rounds_search_again_against_the_hardened_model(tiny, tiny_routes):
+    targets = {r.info["prompt"]: REFUSAL for r in tiny_routes}
+    before = _snapshot(tiny)
+    hard, res = harden(tiny, routes=tiny_routes, benign_prompts=BENIGN_PROMPTS[:1],
+                       targets=targets, steps=2, lr=1e-2, experts=2, rounds=2, candidates=2,
+                       samples=2, top=1, max_new_tokens=4)
+    assert [x["round"] for x in res.losses] == [0, 0, 1, 1]
+    fresh = [p for p in res.pairs if p["route"]["info"].get("round") == 1]
+    assert fresh and {p["method"] for p in fresh} <= {"fsour", "rosais"}
+    assert len(res.pairs) == len(tiny_routes) + len(fresh)
+    assert 2 <= len(res.experts) <= 4 and {e["round"] for e in res.experts} <= {0, 1}
+    _check_only_chosen_changed(hard, before, res)

@@ -242,7 +242,7 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
            benign_weight: float = HARDEN_BENIGN_WEIGHT, seed: int = 0,
            candidates: int = 4, max_iters: int = 1, samples: int = 8, top: int = 2,
            max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, judge=None,
-           targets: Mapping[str, str] | None = None,
+           targets: Mapping[str, str] | None = None, rounds: int = 1,
            on_step=None) -> tuple[MoEModel, HardenResult]:
     """Harden ``moe`` against routing attacks (see the module docs); returns the hardened
     copy and a :class:`HardenResult`. ``moe`` itself is not changed.
@@ -253,12 +253,17 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
     (``candidates``, ``max_iters``) and RoSais (``samples``, ``top``) on ``prompts``.
     ``experts``: how many (layer, expert) pairs learn. ``targets``: prompt -> the refusal
     text to train on, instead of the model's own refusals (for a model that refuses
-    nothing yet, such as a random one). ``on_step(step, losses)``: progress.
+    nothing yet, such as a random one). ``rounds``: after the first round of ``steps``,
+    each further round searches F-SOUR and RoSais routes afresh against the model hardened
+    so far (seed ``seed + round``), adds the experts those routes use more (``experts``
+    more at most) and trains again on all routes so far. ``on_step(step, losses)``:
+    progress.
     """
     from explorer.core.model import MoEModel
     from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
-    if steps < 1 or experts < 1 or lr <= 0 or benign_weight < 0:
-        raise InputError("steps and experts must be >= 1, lr > 0, benign_weight >= 0")
+    if steps < 1 or experts < 1 or rounds < 1 or lr <= 0 or benign_weight < 0:
+        raise InputError("steps, experts and rounds must be >= 1, lr > 0, "
+                         "benign_weight >= 0")
     t0 = time.perf_counter()
     judge = resolve_judge(judge)
     prompts = prompt_list(prompts if prompts is not None else HARMFUL_PROMPTS)
@@ -280,54 +285,52 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
                          "to harden against")
     if not answers:
         raise InputError("the model gave no answer to the benign prompts")
-    items = [(moe.encode(p), refusals[p]) for p, _ in pairs]
-    proutes = [r for _, r in pairs]
     bitems = [(moe.encode(p), a) for p, a in answers.items()]
-    chosen = select_experts(moe, items, proutes, experts)
-    if not chosen:
-        raise InputError("the attack routes use no expert more than the model does: "
-                         "nothing to harden")
-
     work = MoEModel(copy.deepcopy(moe.model), moe.tokenizer, f"{moe.name} (hardened)",
                     max_prompt_tokens=moe.prompt_cap)
     for p in work.model.parameters():
         p.requires_grad_(False)
+    chosen: list[dict] = []
     masks: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-    for lay in sorted({c["layer"] for c in chosen}):
-        rows = [c["expert"] for c in chosen if c["layer"] == lay]
-        for name, w in expert_weights(work, lay).items():
-            keep = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
-            keep[rows] = True
-            w.requires_grad_(True)
-            masks[name] = (w, keep)
-    params = [w for w, _ in masks.values()]
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
+    losses: list[dict] = []
+    refused = list(dict.fromkeys(p for p, _ in pairs))
+    for rnd in range(rounds):
+        if rnd:  # a fresh search against the model hardened so far (an adaptive attacker)
+            with torch.no_grad():
+                new = gather_attack_routes(work, refused, candidates=candidates,
+                                           max_iters=max_iters, samples=samples, top=top,
+                                           seed=seed + rnd, max_new_tokens=max_new_tokens,
+                                           judge=judge)
+            new_pairs = [(r.info.get("prompt"), r) for r in new]
+            for _, r in new_pairs:
+                r.info["round"] = rnd
+        else:
+            new_pairs = pairs
+        pairs = pairs + new_pairs if rnd else pairs
+        n_items = [(moe.encode(p), refusals[p]) for p, _ in new_pairs]
+        picked = select_experts(work, n_items, [r for _, r in new_pairs], experts) \
+            if new_pairs else []
+        for c in picked:
+            if (c["layer"], c["expert"]) not in {(x["layer"], x["expert"]) for x in chosen}:
+                chosen.append(dict(c, round=rnd))
+        if not chosen:
+            raise InputError("the attack routes use no expert more than the model does: "
+                             "nothing to harden")
+        for c in chosen:
+            for name, w in expert_weights(work, c["layer"]).items():
+                if name not in masks:
+                    masks[name] = (w, torch.zeros(w.shape[0], dtype=torch.bool,
+                                                  device=w.device))
+                masks[name][1][c["expert"]] = True
+        items = [(moe.encode(p), refusals[p]) for p, _ in pairs]
+        proutes = [r for _, r in pairs]
+        losses += _train(work, masks, items, proutes, bitems, steps=steps, lr=lr,
+                         benign_weight=benign_weight, seed=seed + rnd, round_=rnd,
+                         on_step=on_step)
+    chosen.sort(key=lambda c: (c["layer"], c["expert"]))
     with torch.no_grad():
-        lp_before = _mean_token_lp(work, items, proutes).tolist()
-        ll_before = _mean_token_lp(work, bitems, None).tolist()
-    losses = []
-    try:
-        for step in range(steps):
-            opt.zero_grad(set_to_none=False)
-            with torch.enable_grad():
-                refusal_nll = -_mean_token_lp(work, items, proutes).mean()
-                benign_nll = -_mean_token_lp(work, bitems, None).mean()
-                loss = refusal_nll + benign_weight * benign_nll
-                loss.backward()
-            for w, keep in masks.values():  # only the chosen experts' rows learn
-                w.grad[~keep] = 0
-            opt.step()
-            rec = {"step": step, "loss": loss.item(), "refusal_nll": refusal_nll.item(),
-                   "benign_nll": benign_nll.item()}
-            losses.append(rec)
-            if on_step is not None:
-                on_step(step, rec)
-    finally:
-        for w in params:
-            w.requires_grad_(False)
-            w.grad = None
-    with torch.no_grad():
+        lp_before = _mean_token_lp(moe, items, proutes).tolist()
+        ll_before = _mean_token_lp(moe, bitems, None).tolist()
         lp_after = _mean_token_lp(work, items, proutes).tolist()
         ll_after = _mean_token_lp(work, bitems, None).tolist()
     n_b = len(bitems)
@@ -351,9 +354,43 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
                             "max_iters": max_iters, "samples": samples, "top": top,
                             "max_new_tokens": max_new_tokens, "optimizer": "adam",
                             "given_targets": targets is not None,
-                            "threads": torch.get_num_threads()},
+                            "rounds": rounds, "threads": torch.get_num_threads()},
                   harmful_prompts=prompts, benign_prompts=benign))
     return work, result
+
+
+def _train(work: MoEModel, masks: dict, items, routes, bitems, *, steps: int, lr: float,
+           benign_weight: float, seed: int, round_: int, on_step=None) -> list[dict]:
+    """``steps`` full-batch Adam steps on ``work``'s expert weights in ``masks`` (name ->
+    (parameter, rows that learn)); the loss of the module docs. Returns the per-step
+    losses (taken before each update)."""
+    params = [w for w, _ in masks.values()]
+    for w in params:
+        w.requires_grad_(True)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
+    out = []
+    try:
+        for step in range(steps):
+            opt.zero_grad(set_to_none=False)
+            with torch.enable_grad():
+                refusal_nll = -_mean_token_lp(work, items, routes).mean()
+                benign_nll = -_mean_token_lp(work, bitems, None).mean()
+                loss = refusal_nll + benign_weight * benign_nll
+                loss.backward()
+            for w, keep in masks.values():  # only the chosen experts' rows learn
+                w.grad[~keep] = 0
+            opt.step()
+            rec = {"round": round_, "step": step, "loss": loss.item(),
+                   "refusal_nll": refusal_nll.item(), "benign_nll": benign_nll.item()}
+            out.append(rec)
+            if on_step is not None:
+                on_step(step, rec)
+    finally:
+        for w in params:
+            w.requires_grad_(False)
+            w.grad = None
+    return out
 
 
 # -- checkpoints ---------------------------------------------------------------------------

@@ -515,6 +515,9 @@ def _configure_harden(p):
                    help=f"(layer, expert) pairs trained (default {HARDEN_EXPERTS})")
     p.add_argument("--benign-weight", type=float, default=HARDEN_BENIGN_WEIGHT,
                    help=f"weight of the benign-answer term (default {HARDEN_BENIGN_WEIGHT})")
+    p.add_argument("--rounds", type=positive_int, default=1,
+                   help="rounds: each after the first searches routes afresh against the "
+                        "model hardened so far and trains on all routes (default 1)")
     p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
     p.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts")
     p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
@@ -563,16 +566,19 @@ def _run_harden(args):
 
     def step(i, rec):
         if not args.json:
-            print(f"step {i + 1}/{args.steps}: loss {rec['loss']:.4f}", file=sys.stderr)
+            print(f"round {rec['round'] + 1}/{args.rounds}, step {i + 1}/{args.steps}: "
+                  f"loss {rec['loss']:.4f}", file=sys.stderr)
     hardened, res = harden(moe, prompts, benign, routes, steps=args.steps, lr=args.lr,
                            experts=args.experts, benign_weight=args.benign_weight,
                            seed=args.seed, candidates=args.candidates,
                            max_iters=args.max_iters, samples=args.samples, top=args.top,
-                           max_new_tokens=args.max_new_tokens, judge=judge, on_step=step)
+                           max_new_tokens=args.max_new_tokens, judge=judge,
+                           rounds=args.rounds, on_step=step)
     dtype = args.save_dtype or checkpoint_dtype(moe)
     res.info["command"] = (f"python -m explorer harden --out {out} --steps {args.steps} "
                            f"--lr {args.lr} --experts {args.experts} --benign-weight "
-                           f"{args.benign_weight} --seed {args.seed} --candidates "
+                           f"{args.benign_weight} --rounds {args.rounds} --seed {args.seed} "
+                           f"--candidates "
                            f"{args.candidates} --max-iters {args.max_iters} --samples "
                            f"{args.samples} --top {args.top} --max-new-tokens "
                            f"{args.max_new_tokens} --threads {torch_threads()}")
