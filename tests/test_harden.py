@@ -76,7 +76,7 @@ def test_harden_trains_only_the_chosen_experts(tiny, tiny_routes):
     targets = {r.info["prompt"]: REFUSAL for r in tiny_routes}
     lp0 = [_lp(tiny, r.info["prompt"], r) for r in tiny_routes]
     hard, res = harden(tiny, routes=tiny_routes, benign_prompts=BENIGN_PROMPTS[:2],
-                       targets=targets, steps=6, lr=1e-2, experts=3, seed=1,
+                       targets=targets, steps=6, lr=1e-2, experts=3, seed=1, rounds=1,
                        max_new_tokens=6)
     # the model passed in is untouched; the copy differs only in the chosen experts' rows
     assert all(torch.equal(p, before[n]) for n, p in tiny.model.named_parameters())
@@ -100,7 +100,7 @@ def test_harden_trains_only_the_chosen_experts(tiny, tiny_routes):
 def test_harden_is_deterministic(tiny, tiny_routes):
     targets = {r.info["prompt"]: REFUSAL for r in tiny_routes}
     kw = dict(routes=tiny_routes, benign_prompts=BENIGN_PROMPTS[:1], targets=targets,
-              steps=3, lr=1e-2, experts=2, seed=0, max_new_tokens=4)
+              steps=3, lr=1e-2, experts=2, seed=0, max_new_tokens=4, rounds=1)
     a, ra = harden(tiny, **kw)
     b, rb = harden(tiny, **kw)
     assert ra.losses == rb.losses and ra.experts == rb.experts
@@ -126,7 +126,8 @@ def test_select_experts_finds_the_forced_ones(tiny):
 def test_hardened_checkpoint_round_trip(tiny, tiny_routes, tmp_path):
     targets = {r.info["prompt"]: REFUSAL for r in tiny_routes}
     hard, res = harden(tiny, routes=tiny_routes, benign_prompts=BENIGN_PROMPTS[:1],
-                       targets=targets, steps=2, lr=1e-2, experts=2, max_new_tokens=4)
+                       targets=targets, steps=2, lr=1e-2, experts=2, max_new_tokens=4,
+                       rounds=1)
     folder = save_hardened(hard, res, tmp_path / "hardened")
     back = load_model(str(folder), device="cpu")
     assert load_provenance(folder) == res
@@ -140,7 +141,10 @@ def test_harden_refuses_bad_settings(tiny, tiny_routes):
     with pytest.raises(InputError):
         harden(tiny, routes=tiny_routes, steps=0, targets={})
     with pytest.raises(InputError, match="nothing to harden"):
-        harden(tiny, routes=tiny_routes, targets={"another prompt": REFUSAL}, steps=1)
+        harden(tiny, routes=tiny_routes, targets={"another prompt": REFUSAL}, steps=1,
+               rounds=1)
+    with pytest.raises(InputError, match="refuses none"):  # a random model refuses nothing
+        harden(tiny, HARMFUL_PROMPTS[:1], routes=tiny_routes, steps=1, rounds=1)
 
 
 # -- the demo model -----------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def test_harden_demo_model(demo, demo_routes):
     assert {r.info["method"] for r in demo_routes} == {"fsour", "rosais"}
     before = _snapshot(demo)
     hard, res = harden(demo, HARMFUL_PROMPTS[:2], BENIGN_PROMPTS[:3], demo_routes, steps=4,
-                       experts=4, max_new_tokens=16)
+                       experts=4, max_new_tokens=16, rounds=1)
     assert all(torch.equal(p, before[n]) for n, p in demo.model.named_parameters())
     assert _check_only_chosen_changed(hard, before, res) >= 1
     assert res.losses[-1]["loss"] < res.losses[0]["loss"]
@@ -174,7 +178,7 @@ def test_harden_and_defend_cli(demo, demo_routes, tmp_path, capsys):
     routes.write_text(json.dumps([r.to_dict() for r in demo_routes]))
     out = tmp_path / "hardened"
     assert cli_main(["harden", "--out", str(out), "--route", str(routes), "--steps", "2",
-                     "--experts", "2", "--max-new-tokens", "12", "--json"]) == 0
+                     "--rounds", "1", "--experts", "2", "--max-new-tokens", "12", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["out"] == str(out) and len(obj["losses"]) == 2
     assert "--steps 2" in obj["info"]["command"]

@@ -24,6 +24,9 @@ fine-tune only those with the jailbreak's routing held fixed), in four steps:
    logits into the experts) plus ``benign_weight`` times the mean per-token NLL of the
    model's own benign answers without a route (the utility term). Full batch, seeded,
    deterministic on a CPU with a fixed thread count.
+5. **Rounds** (``rounds``, default :data:`HARDEN_ROUNDS`): each round after the first
+   searches F-SOUR and RoSais routes afresh against the model hardened so far (an adaptive
+   attacker), adds the experts those routes use more and trains again on all routes.
 
 The model passed in is never changed: training runs on a copy, returned as a new
 :class:`~explorer.core.model.MoEModel` with a :class:`HardenResult` (JSON, provenance).
@@ -65,6 +68,7 @@ HARDEN_STEPS = 40
 HARDEN_LR = 2e-3
 HARDEN_EXPERTS = 8
 HARDEN_BENIGN_WEIGHT = 1.0
+HARDEN_ROUNDS = 3
 
 
 @dataclass
@@ -242,7 +246,7 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
            benign_weight: float = HARDEN_BENIGN_WEIGHT, seed: int = 0,
            candidates: int = 4, max_iters: int = 1, samples: int = 8, top: int = 2,
            max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS, judge=None,
-           targets: Mapping[str, str] | None = None, rounds: int = 1,
+           targets: Mapping[str, str] | None = None, rounds: int = HARDEN_ROUNDS,
            on_step=None) -> tuple[MoEModel, HardenResult]:
     """Harden ``moe`` against routing attacks (see the module docs); returns the hardened
     copy and a :class:`HardenResult`. ``moe`` itself is not changed.
@@ -250,7 +254,8 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
     ``prompts``: harmful prompts (default: the project's own); ``benign_prompts``: the
     utility set (default: the project's own). ``routes``: attack routes (Routes, route
     JSON or search results, each with ``info["prompt"]``) instead of running F-SOUR
-    (``candidates``, ``max_iters``) and RoSais (``samples``, ``top``) on ``prompts``.
+    (``candidates``, ``max_iters``) and RoSais (``samples``, ``top``) on the ``prompts``
+    the model refuses.
     ``experts``: how many (layer, expert) pairs learn. ``targets``: prompt -> the refusal
     text to train on, instead of the model's own refusals (for a model that refuses
     nothing yet, such as a random one). ``rounds``: after the first round of ``steps``,
@@ -269,15 +274,19 @@ def harden(moe: MoEModel, prompts: Sequence[str] | None = None,
     prompts = prompt_list(prompts if prompts is not None else HARMFUL_PROMPTS)
     benign = prompt_list(benign_prompts if benign_prompts is not None else BENIGN_PROMPTS)
     with torch.no_grad():
-        if routes is None:
-            routes = gather_attack_routes(moe, prompts, candidates=candidates,
-                                          max_iters=max_iters, samples=samples, top=top,
-                                          seed=seed, max_new_tokens=max_new_tokens, judge=judge)
-        routes = [as_route(r) for r in routes]
         refusals = ({p: moe.target_ids(t) for p, t in targets.items()}
                     if targets is not None else
                     own_answers(moe, prompts, refusals_only=True,
                                 max_new_tokens=max_new_tokens, judge=judge))
+        if not refusals:
+            raise InputError("the model refuses none of the harmful prompts unattacked: "
+                             "nothing to harden (harden() takes refusal texts as targets)")
+        if routes is None:  # only where the model refuses: the attacks' work to undo
+            routes = gather_attack_routes(moe, [p for p in prompts if p in refusals],
+                                          candidates=candidates, max_iters=max_iters,
+                                          samples=samples, top=top, seed=seed,
+                                          max_new_tokens=max_new_tokens, judge=judge)
+        routes = [as_route(r) for r in routes]
         answers = own_answers(moe, benign, max_new_tokens=max_new_tokens, judge=judge)
     pairs = [(r.info.get("prompt"), r) for r in routes if r.info.get("prompt") in refusals]
     if not pairs:

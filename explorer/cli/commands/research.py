@@ -498,6 +498,7 @@ def _configure_harden(p):
         HARDEN_BENIGN_WEIGHT,
         HARDEN_EXPERTS,
         HARDEN_LR,
+        HARDEN_ROUNDS,
         HARDEN_STEPS,
     )
     p.add_argument("--out", required=True, help="folder to write the hardened checkpoint to")
@@ -515,9 +516,10 @@ def _configure_harden(p):
                    help=f"(layer, expert) pairs trained (default {HARDEN_EXPERTS})")
     p.add_argument("--benign-weight", type=float, default=HARDEN_BENIGN_WEIGHT,
                    help=f"weight of the benign-answer term (default {HARDEN_BENIGN_WEIGHT})")
-    p.add_argument("--rounds", type=positive_int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=HARDEN_ROUNDS,
                    help="rounds: each after the first searches routes afresh against the "
-                        "model hardened so far and trains on all routes (default 1)")
+                        f"model hardened so far and trains on all routes (default "
+                        f"{HARDEN_ROUNDS})")
     p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
     p.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts")
     p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
