@@ -232,3 +232,12 @@ def test_harden_rounds_search_again_against_the_hardened_model(tiny, tiny_routes
     assert len(res.pairs) == len(tiny_routes) + len(fresh)
     assert 2 <= len(res.experts) <= 4 and {e["round"] for e in res.experts} <= {0, 1}
     _check_only_chosen_changed(hard, before, res)
+
+
+@pytest.mark.parametrize("bad", [["--lr", "nan"], ["--lr", "0"], ["--benign-weight", "inf"],
+                                 ["--save-dtype", "int8"]])
+def test_harden_cli_refuses_bad_settings(tmp_path, capsys, bad):
+    assert cli_main(["harden", "--out", str(tmp_path / "h")] + bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "h").exists()

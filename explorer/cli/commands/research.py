@@ -555,8 +555,12 @@ def _run_harden(args):
         return torch.get_num_threads()
     if system_from_args(args) is not None:
         raise UsageError("harden runs without a system prompt")
-    if not args.lr > 0 or args.benign_weight < 0:
-        raise UsageError("--lr must be > 0 and --benign-weight >= 0")
+    import math
+    if not (math.isfinite(args.lr) and args.lr > 0) or \
+            not (math.isfinite(args.benign_weight) and args.benign_weight >= 0):
+        raise UsageError("--lr must be a finite number > 0 and --benign-weight one >= 0")
+    if args.save_dtype not in (None, "float32", "bfloat16", "float16"):
+        raise UsageError("--save-dtype: choose float32, bfloat16 or float16")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} is a file")
