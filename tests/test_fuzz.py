@@ -305,7 +305,8 @@ def _options_of(command: str) -> set[str]:
 CAPS = {"--max-new-tokens": "2", "--samples": "1", "--candidates": "1", "--max-iters": "1",
         "--limit": "1", "--top": "1", "--max-top": "1", "--derive-limit": "1",
         "--harmful-limit": "1", "--benign-limit": "1", "--heldout-limit": "1",
-        "--checks": "1", "--no-reference": None}
+        "--checks": "1", "--no-reference": None, "--steps": "1", "--rounds": "1",
+        "--experts": "1"}
 OPTIONS = _all_options()
 COMMAND_NAMES = sorted(cli.COMMANDS)
 safe_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\~"),

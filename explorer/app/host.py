@@ -44,6 +44,7 @@ class ModelHost:
         self.error: str | None = None
         self._swap = threading.Lock()
         self._tokens: dict[tuple, list[str]] = {}
+        self._hardened: tuple[str, MoEModel] | None = None
         try:
             self.set_model(model if isinstance(model, MoEModel) else self.load_model(model))
         except ModelLoadError as exc:
@@ -56,6 +57,15 @@ class ModelHost:
         return load_model(name, device=self.device, quantize=self.settings.quantize,
                           max_prompt_tokens=self.settings.max_prompt_tokens,
                           experts_impl=self.settings.experts_impl)
+
+    def hardened(self, path) -> MoEModel:
+        """The hardened checkpoint at ``path`` (the Defense view's ``hardened`` mode), loaded
+        with this host's settings on first use and kept (one at a time)."""
+        key = str(path)
+        with self._swap:
+            if self._hardened is None or self._hardened[0] != key:
+                self._hardened = (key, self.load_model(key))
+            return self._hardened[1]
 
     def set_model(self, moe: MoEModel) -> None:
         """Make ``moe`` the model; a running search is stopped (resumable)."""

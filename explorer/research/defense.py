@@ -236,6 +236,11 @@ def _derive_protect(moe: MoEModel, rosais_results: list, routes: list[Route], ca
 def describe_defense(defense: Route) -> str:
     """One line: what ``defense`` forbids and protects."""
     parts = [f"L{e.layer} forbid {list(e.experts)}" for e in defense.edits]
+    if defense.info.get("hardened"):  # explorer.research.harden.hardened_defense
+        cells = defense.info.get("hardened_experts") or []
+        parts.append(f"hardened checkpoint {defense.info['hardened']}" + (
+            " (trained experts " + ", ".join(f"L{a}E{b}" for a, b in cells) + ")"
+            if cells else ""))
     if defense.protected_layers:
         parts.append("protect layers " + ", ".join(map(str, defense.protected_layers)) +
                      " (edits there are ignored)")

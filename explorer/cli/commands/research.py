@@ -338,12 +338,16 @@ def _configure_defend(p):
     p.add_argument("--rosais-layers", type=positive_int, default=2)
     p.add_argument("--rosais-experts", type=positive_int, default=1)
     p.add_argument("--max-per-layer", type=positive_int, default=2)
-    p.add_argument("--mode", choices=("protect", "mask", "self-reminder"), default="protect",
+    p.add_argument("--mode", choices=("protect", "mask", "self-reminder", "hardened"),
+                   default="protect",
                    help="protect (default): pin the most safety-critical routers, route "
                    "edits there are ignored; mask: forbid the experts attacks use "
                    "(backfires on the demo model, see docs/results.md); self-reminder: a "
                    "system prompt reminding the model to answer responsibly (needs no "
-                   "evidence)")
+                   "evidence); hardened: attack a hardened checkpoint (see `harden`) "
+                   "instead of the model (needs no evidence)")
+    p.add_argument("--hardened", default=None, help="hardened mode: the checkpoint folder "
+                   "(default: the bundled hardened demo model, for the demo model)")
     p.add_argument("--protect-layers", type=positive_int, default=2,
                    help="protect mode: routers pinned")
     p.add_argument("--top", type=count, default=2, help="RoSais attack: routers masked")
@@ -374,15 +378,11 @@ def _run_defend(args):
         gather_evidence,
     )
     _check_out(args.out)
-    from explorer.attacks import get_attack, list_attacks
-    offered = list_attacks("defend")
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    bad = [a for a in attacks if a not in offered]
-    if bad or not attacks:
-        raise UsageError(f"unknown attack {bad[0] if bad else '(none given)'}; choose from "
-                         f"{', '.join(a for a in offered if not get_attack(a).needs_routes)}")
-    params = {a: get_attack(a).Params.parse(params_from_args(args, get_attack(a).Params))
-              for a in attacks}
+    if args.mode == "hardened":
+        return _run_defend_hardened(args)
+    if args.hardened is not None:
+        raise UsageError("--hardened goes with --mode hardened")
+    attacks, params = _attack_list(args)
     routes = load_routes(args.route)
     rosais_results = load_rosais(args.rosais)
     derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=args.settings.shared_data) \
@@ -537,6 +537,167 @@ def _run_grid(args):
     emit(args, res.to_dict(), table)
 
 
+def _attack_list(args) -> tuple[list[str], dict]:
+    """defend's ``--attacks`` and each attack's parameters."""
+    from explorer.attacks import get_attack, list_attacks
+    offered = list_attacks("defend")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in attacks if a not in offered]
+    if bad or not attacks:
+        raise UsageError(f"unknown attack {bad[0] if bad else '(none given)'}; choose from "
+                         f"{', '.join(a for a in offered if not get_attack(a).needs_routes)}")
+    return attacks, {a: get_attack(a).Params.parse(params_from_args(args, get_attack(a).Params))
+                     for a in attacks}
+
+
+def _run_defend_hardened(args):
+    """``defend --mode hardened``: the attacks against the model and against a hardened
+    checkpoint, and the checkpoint's utility cost."""
+    import argparse
+
+    from explorer.research.defense import describe_defense
+    from explorer.research.harden import (
+        evaluate_hardened,
+        hardened_defense,
+        hardened_path,
+        load_provenance,
+    )
+    if args.defense or args.derive_prompts or args.rosais:
+        raise UsageError("--mode hardened takes no --defense, --derive-prompts or --rosais")
+    if system_from_args(args) is not None:
+        raise UsageError("--mode hardened is evaluated without a system prompt")
+    attacks, params = _attack_list(args)
+    routes = load_routes(args.route)
+    data = args.settings.shared_data
+    prompts = load_prompts(args.prompts or "harmful", limit=args.limit, data_dir=data)
+    benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=data)
+    judge = _judge(args)
+    moe = load_from_args(args)
+    path = hardened_path(moe, args.hardened)
+    hardened = load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
+    defense = hardened_defense(path, load_provenance(path))
+    if args.out:
+        defense.save(args.out)
+    res = evaluate_hardened(moe, hardened, prompts, benign, defense=defense, attacks=attacks,
+                            routes=routes, before=not args.no_before, rosais_top=args.top,
+                            samples=args.samples, candidates=args.candidates,
+                            max_iters=args.max_iters, threshold=args.threshold,
+                            target=args.target, max_new_tokens=args.max_new_tokens,
+                            judge=judge, seed=args.seed, params=params)
+    obj = res.to_dict()
+    obj["evidence"] = {"routes": len(routes), "rosais_results": 0, "derive_prompts": []}
+    text = [f"defense: {describe_defense(defense)}; {len(prompts)} harmful, {len(benign)} "
+            "benign prompts"]
+    if not args.prompts:
+        text.append("note: the built-in harmful prompts are the hardening's training "
+                    "prompts (in-sample): pass --prompts for held-out ones")
+    text += res.summary_lines()
+    emit(args, obj, "\n".join(text))
+
+
+# -- harden -------------------------------------------------------------------------------
+def _configure_harden(p):
+    from explorer.research.harden import (
+        HARDEN_BENIGN_WEIGHT,
+        HARDEN_EXPERTS,
+        HARDEN_LR,
+        HARDEN_ROUNDS,
+        HARDEN_STEPS,
+    )
+    p.add_argument("--out", required=True, help="folder to write the hardened checkpoint to")
+    p.add_argument("--prompts", default=None, help="harmful prompts to harden against: FILE "
+                   "or harmful (default: the project's own; never a benchmark's)")
+    p.add_argument("--benign", default=None, help="benign prompts whose answers are kept: "
+                   "FILE (default: the project's own)")
+    p.add_argument("--route", action="append", default=[], help="attack routes to train "
+                   "under instead of searching them (repeatable)")
+    p.add_argument("--steps", type=positive_int, default=HARDEN_STEPS,
+                   help=f"training steps (default {HARDEN_STEPS})")
+    p.add_argument("--lr", type=float, default=HARDEN_LR,
+                   help=f"Adam learning rate (default {HARDEN_LR})")
+    p.add_argument("--experts", type=positive_int, default=HARDEN_EXPERTS,
+                   help=f"(layer, expert) pairs trained (default {HARDEN_EXPERTS})")
+    p.add_argument("--benign-weight", type=float, default=HARDEN_BENIGN_WEIGHT,
+                   help=f"weight of the benign-answer term (default {HARDEN_BENIGN_WEIGHT})")
+    p.add_argument("--rounds", type=positive_int, default=HARDEN_ROUNDS,
+                   help="rounds: each after the first searches routes afresh against the "
+                        f"model hardened so far and trains on all routes (default "
+                        f"{HARDEN_ROUNDS})")
+    p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
+    p.add_argument("--max-iters", type=count, default=1, help="F-SOUR restarts")
+    p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
+    p.add_argument("--top", type=count, default=2, help="RoSais routers masked")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--save-dtype", default=None, help="dtype of the saved weights (default: "
+                   "the source checkpoint's, e.g. bfloat16 for the demo model)")
+    _common(p)
+
+
+def _own_prompts(spec, default, args) -> list[str]:
+    """Training prompts: never a file from the benchmark folder (evaluation only)."""
+    from explorer.core.paths import shared_data_dir
+    if spec not in (None, "harmful", "benign"):
+        shared = shared_data_dir(args.settings.shared_data)
+        if shared is not None and Path(spec).expanduser().resolve().is_relative_to(
+                shared.resolve()):
+            raise UsageError(f"{spec}: benchmark data is for evaluation only; harden on "
+                             "your own prompts")
+    if spec == "benign":
+        from explorer.core.prompt_sets import BENIGN_PROMPTS
+        return list(BENIGN_PROMPTS)
+    return load_prompts(spec, default, data_dir=None)
+
+
+def _run_harden(args):
+    import sys
+
+    from explorer.research.harden import checkpoint_dtype, harden, save_hardened
+
+    def torch_threads() -> int:
+        import torch
+        return torch.get_num_threads()
+    if system_from_args(args) is not None:
+        raise UsageError("harden runs without a system prompt")
+    import math
+    if not (math.isfinite(args.lr) and args.lr > 0) or \
+            not (math.isfinite(args.benign_weight) and args.benign_weight >= 0):
+        raise UsageError("--lr must be a finite number > 0 and --benign-weight one >= 0")
+    if args.save_dtype not in (None, "float32", "bfloat16", "float16"):
+        raise UsageError("--save-dtype: choose float32, bfloat16 or float16")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} is a file")
+    prompts = _own_prompts(args.prompts, "harmful", args)
+    benign = _own_prompts(args.benign, "benign", args) if args.benign else None
+    routes = load_routes(args.route) or None
+    judge = _judge(args)
+    moe = load_from_args(args)
+
+    def step(i, rec):
+        if not args.json:
+            print(f"round {rec['round'] + 1}/{args.rounds}, step {i + 1}/{args.steps}: "
+                  f"loss {rec['loss']:.4f}", file=sys.stderr)
+    hardened, res = harden(moe, prompts, benign, routes, steps=args.steps, lr=args.lr,
+                           experts=args.experts, benign_weight=args.benign_weight,
+                           seed=args.seed, candidates=args.candidates,
+                           max_iters=args.max_iters, samples=args.samples, top=args.top,
+                           max_new_tokens=args.max_new_tokens, judge=judge,
+                           rounds=args.rounds, on_step=step)
+    dtype = args.save_dtype or checkpoint_dtype(moe)
+    res.info["command"] = (f"python -m explorer harden --out {out} --steps {args.steps} "
+                           f"--lr {args.lr} --experts {args.experts} --benign-weight "
+                           f"{args.benign_weight} --rounds {args.rounds} --seed {args.seed} "
+                           f"--candidates "
+                           f"{args.candidates} --max-iters {args.max_iters} --samples "
+                           f"{args.samples} --top {args.top} --max-new-tokens "
+                           f"{args.max_new_tokens} --threads {torch_threads()}")
+    save_hardened(hardened, res, out, dtype=dtype)
+    text = res.summary_lines() + [f"wrote {out} ({dtype or 'as loaded'}); evaluate it with "
+                                  f"`python -m explorer defend --mode hardened --hardened "
+                                  f"{out}` or load it with --model {out}"]
+    emit(args, dict(res.to_dict(), out=str(out)), "\n".join(text))
+
+
 # -- rosais-curve -------------------------------------------------------------------------
 def _configure_curve(p):
     p.add_argument("--prompts", default=None, help="FILE or harmful (default harmful)")
@@ -579,6 +740,8 @@ COMMANDS = {
             "replay routes on other prompts; universal route"),
     "minimize": Command(_configure_minimize, _run_minimize,
             "shrink a route to the edits it needs"),
+    "harden": Command(_configure_harden, _run_harden,
+            "fine-tune the experts attacks rely on, under their routes; save a checkpoint"),
     "defend": Command(_configure_defend, _run_defend,
             "derive a route-disabling defense and measure ASR before/after"),
     "grid": Command(_configure_grid, _run_grid,

@@ -30,6 +30,8 @@ from explorer.viz.text import pct
 
 __all__ = ["DEFENSE_COLUMNS", "defense_view"]
 
+#: The Defense view's mode that attacks a hardened checkpoint (:mod:`explorer.research.harden`).
+HARDENED = "hardened"
 DEFENSE_COLUMNS = ["attack", "prompts", "ASR without defense", "ASR with defense"]
 #: About how many forward passes the demo model runs a second on a CPU (progress only).
 PASSES_PER_SECOND = 60.0
@@ -86,6 +88,57 @@ def _summary(defense, routes, rosais_results, given, harmful, benign, jd, util,
     return md
 
 
+def _hardened_view(visit: Visit, harmful, benign, attacks, S, L, N, It, n, jd, progress):
+    """The ``hardened`` mode: each attack against the model and against its hardened
+    checkpoint (the bundled one for the demo model), and the checkpoint's utility cost."""
+    from explorer.attacks import Shape, get_attack
+    from explorer.core.errors import InputError
+    from explorer.research.defense import defense_params
+    from explorer.research.harden import (
+        evaluate_hardened,
+        hardened_defense,
+        hardened_path,
+        load_provenance,
+    )
+    moe = visit.moe
+    if any(get_attack(a).needs_routes for a in attacks):
+        fail("The hardened mode runs attacks that search their own routes.")
+    try:
+        path = hardened_path(moe)
+    except InputError as exc:
+        fail(str(exc))
+    shape = Shape(prompt_tokens=prompt_tokens(visit, harmful), moe_layers=len(moe.moe_layers),
+                  max_new_tokens=n, target_tokens=len(moe.target_ids(DEFAULT_TARGET)))
+    costs = {a: get_attack(a).cost(defense_params(get_attack(a), top=L, samples=S,
+                                                  candidates=N, max_iters=It), shape) + n
+             for a in attacks}
+    visit.budget(sum(2 * len(harmful) * c for c in costs.values()) + 2 * n * len(benign),
+                 "this defense evaluation")
+    hardened = visit.app.host.hardened(path)
+    defense = hardened_defense(path, load_provenance(path))
+    res = run_with_progress(progress, lambda: evaluate_hardened(
+        moe, hardened, harmful, benign or None, defense=defense, attacks=attacks,
+        rosais_top=L, samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
+        "attacks against the model and the hardened checkpoint", 0.0, 1.0,
+        2 * len(harmful) * sum(costs.values()) / PASSES_PER_SECOND + 2.0 * len(benign))
+    result = res.to_dict()
+    rows = [[a, next((x["n"] for x in res.attacks if x["attack"] == a), 0),
+             pct(t.get("before")), pct(t.get("after"))] for a, t in res.table.items()]
+    from explorer.research.defense import describe_defense
+    md = (f"**Defense:** {describe_defense(defense)} · {len(harmful)} harmful prompts "
+          f"attacked on the model and on the checkpoint · judge `{res.judge}`")
+    util = result["utility"]
+    if util:
+        md += (f"\n\n**Utility cost** on {len(benign)} benign prompts: refusals "
+               f"{pct(util['baseline_refusal_rate'])} → "
+               f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
+               f"{util['ll_change']:+.3f} nats/token (the model's own answers)")
+    md += ("\n\nThe hardened checkpoint was trained on the project's own harmful prompts: "
+           "attacking those is in-sample.")
+    return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
+            md, defense.to_json(indent=2))
+
+
 def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: str,
                  attack_text: str, benign_text: str, attacks, samples, top, candidates,
                  max_iters, max_new, judge: str = "keyword", mode: str = "protect", b=None,
@@ -104,8 +157,8 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     )
     from explorer.research.utility import utility_cost
     moe = visit.moe
-    if mode not in MODES:
-        fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES)}.")
+    if mode not in MODES + (HARDENED,):
+        fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES + (HARDENED,))}.")
     attacks = _attacks(attacks)
     derive = prompt_lines(visit, derive_text, "evidence prompts", required=False)
     routes = library_routes(library(visit, b), parse_ids(ids_text))
@@ -119,6 +172,8 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     needy = [a for a in attacks if get_attack(a).needs_routes]
     if needy and not routes:
         fail(f"The {needy[0]} attack needs library routes (type their ids).")
+    if mode == HARDENED:
+        return _hardened_view(visit, harmful, benign, attacks, S, L, N, It, n, jd, progress)
     given = _given_defense(moe, defense_json)
     if given is None and mode != "self-reminder" and not (derive or routes):
         fail("Give evidence (prompts to attack, or library route ids) or a defense route.")

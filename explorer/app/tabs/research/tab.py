@@ -201,8 +201,10 @@ def _defense_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
                     "naturally; no cost without an attack). **mask**: forbid, model-wide, "
                     "the (layer, expert) cells that attacks rely on. **self-reminder**: no "
                     "routing change, a system prompt that reminds the model to answer "
-                    "responsibly (needs no evidence). Then attack held-out prompts without "
-                    "and with the defense.")
+                    "responsibly (needs no evidence). **hardened**: attack a checkpoint "
+                    "whose attack-used experts were fine-tuned to refuse under the attacks' "
+                    "routes (`python -m explorer harden`; bundled for the demo model). Then "
+                    "attack held-out prompts without and with the defense.")
         with gr.Row():
             derive = gr.Textbox("\n".join(HARMFUL_PROMPTS[:2]), lines=3,
                                 label="evidence prompts (RoSais + F-SOUR)")
@@ -222,7 +224,7 @@ def _defense_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
                             step=1, label="RoSais top-L")
             cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
             iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
-            mode = gr.Radio(["protect", "mask", "self-reminder"], value="protect",
+            mode = gr.Radio(["protect", "mask", "self-reminder", "hardened"], value="protect",
                             label="defense mode", elem_id="defense-mode")
         btn = gr.Button("Derive and evaluate", variant="primary", elem_id="defense-btn")
         plot = gr.Plot(pr.defense_overview_figure(None), label="ASR and cost")
