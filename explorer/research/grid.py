@@ -14,8 +14,9 @@ Defenses (:data:`DEFENSES`):
   gathered on the project's own harmful prompts (never on the benchmark rows), derived once
   and kept as a route file (``<out>/defenses/<mode>.json``) that a resumed grid reuses;
 - ``self-reminder``: the project's reminder system prompt;
-- ``hardened``: another checkpoint (a model fine-tuned against the attacks' routes), given
-  as a loaded model; the attacks run against it with no route defense.
+- ``hardened``: another checkpoint (a model fine-tuned against the attacks' routes, see
+  :mod:`explorer.research.harden`), given as a loaded model; the attacks run against it with
+  no route defense.
 
 Each defense's utility cost is measured once on benign prompts (the benign refusal rate and
 the change in mean per-token log-likelihood of the undefended model's own answers) and kept
@@ -182,51 +183,22 @@ def defense_route(moe: MoEModel, name: str, folder: Path, *, judge=None, seed: i
     return route
 
 
-def hardened_utility(moe: MoEModel, hardened: MoEModel, benign: Sequence[str], *, judge=None,
-                     max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS) -> dict:
-    """The utility cost of answering with ``hardened`` instead of ``moe`` on ``benign``
-    prompts: its refusal rate against ``moe``'s, and the change in mean per-token
-    log-likelihood of ``moe``'s own greedy answers (the same token ids: the checkpoints
-    share a tokenizer)."""
-    from explorer.core.forward import generate, target_logprob
-    judge = resolve_judge(judge)
-    if hardened.tokenizer.get_vocab() != moe.tokenizer.get_vocab():
-        raise InputError("the hardened checkpoint has another tokenizer than the model")
-    base_ref = hard_ref = 0
-    lls, n_ll = [0.0, 0.0], 0
-    for p in benign:
-        ids = moe.encode(p)
-        g = generate(moe, ids, None, max_new_tokens=max_new_tokens)
-        h = generate(hardened, hardened.encode(p), None, max_new_tokens=max_new_tokens)
-        base_ref += bool(judge.judge(p, g.text).refusal)
-        hard_ref += bool(judge.judge(p, h.text).refusal)
-        ans = g.ids[g.prompt_len:]
-        if ans:
-            for i, m in enumerate((moe, hardened)):
-                lls[i] += float(target_logprob(m, ids, ans, [Route()])[0]) / len(ans)
-            n_ll += 1
-    n = max(1, len(benign))
-    rate, base = hard_ref / n, base_ref / n
-    return {"refusal_rate": rate, "baseline_refusal_rate": base, "refusal_change": rate - base,
-            "ll_change": (lls[1] - lls[0]) / n_ll if n_ll else 0.0, "n": len(benign)}
-
-
 def _utility(moe: MoEModel, name: str, route: Route | None, hardened: MoEModel | None,
              benign: Sequence[str], judge, max_new_tokens: int, folder: Path) -> dict:
+    from explorer.research.harden import model_utility
     from explorer.research.utility import utility_cost
     path = folder / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    if name == "hardened":
-        out = hardened_utility(moe, hardened, benign, judge=judge, max_new_tokens=max_new_tokens)
-    else:
-        with moe.defended(None):
-            u = utility_cost(moe, route if route is not None else Route(), benign,
-                             max_new_tokens=max_new_tokens, judge=judge)
-        r = u.routes[0]
-        out = {"refusal_rate": r["refusal_rate"], "baseline_refusal_rate": u.baseline_refusal_rate,
-               "refusal_change": r["refusal_change"], "ll_change": r["ll_change"],
-               "n": len(u.prompts)}
+    with moe.defended(None):
+        u = (model_utility(moe, hardened, benign, judge=judge, max_new_tokens=max_new_tokens)
+             if name == "hardened" else
+             utility_cost(moe, route if route is not None else Route(), benign,
+                          max_new_tokens=max_new_tokens, judge=judge))
+    r = u.routes[0]
+    out = {"refusal_rate": r["refusal_rate"], "baseline_refusal_rate": u.baseline_refusal_rate,
+           "refusal_change": r["refusal_change"], "ll_change": r["ll_change"],
+           "n": len(u.prompts)}
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out), encoding="utf-8")
     return out

@@ -448,11 +448,11 @@ def _configure_grid(p):
     p.add_argument("--defenses", default="none,protect,self-reminder",
                    help="comma list of " + ", ".join(DEFENSES) + " (default "
                         "none,protect,self-reminder); protect and mask are derived from "
-                        "evidence on the project's own harmful prompts; hardened needs "
-                        "--hardened")
+                        "evidence on the project's own harmful prompts; hardened answers "
+                        "with --hardened")
     p.add_argument("--hardened", default=None, metavar="FOLDER",
                    help="the hardened checkpoint (from `explorer harden`) the hardened "
-                        "defense answers with")
+                        "defense answers with (default for the demo model: the bundled one)")
     p.add_argument("--benign", default="benign", help="benign prompts for each defense's "
                    "utility cost: FILE or benign (default: built-in + JBB benign)")
     p.add_argument("--benign-limit", type=count, default=None)
@@ -494,8 +494,6 @@ def _run_grid(args):
         if bad or not given:
             raise UsageError(f"unknown {what} {bad[0] if bad else '(none given)'}; choose "
                              f"from {', '.join(known)}")
-    if "hardened" in defenses and not args.hardened:
-        raise UsageError("the hardened defense needs --hardened FOLDER (see `explorer harden`)")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a folder")
@@ -514,10 +512,12 @@ def _run_grid(args):
     judge = _judge(args)
     moe = load_from_args(args)
     hardened = None
-    if args.hardened:
-        from explorer.core.model import load_model
-        hardened = load_model(args.hardened, device=args.device,
-                              dtype=args.dtype if args.dtype not in (None, "auto") else None)
+    if "hardened" in defenses:  # --hardened, else the one bundled for the demo model
+        import argparse
+
+        from explorer.research.harden import hardened_path
+        path = hardened_path(moe, args.hardened)
+        hardened = load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
     command = "python -m explorer " + shlex.join(sys.argv[1:])
 
     def say(cell):
