@@ -256,3 +256,18 @@ def test_app_model_tab_plan(tiny, tmp_path):
     app = Explorer(tiny, data_dir=tmp_path / "hosted", policy=hosted)
     with pytest.raises(gr.Error, match="local model paths"):
         app.gate.call(plan_view, str(REAL / "Mixtral-8x7B-v0.1"), 80, "bf16", 64)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_the_loaders_integer_experts_match_the_plan(family, tmp_path):
+    """``--quantize int8-experts|int4-experts`` as loaded (bf16 around the experts), against
+    the plan's rows for those modes: within 10% of the measured weight memory."""
+    from explorer import load_model
+    folder = _saved(family, tmp_path / family)
+    plan = plan_model(str(folder))
+    for mode in ("int8-experts", "int4-experts"):
+        moe = load_model(str(folder), device="cpu", dtype="bfloat16", quantize=mode)
+        measured = moe.info.weight_bytes
+        assert abs(plan.weights[mode] / measured - 1) < 0.10, (mode, plan.weights[mode],
+                                                               measured)
+    assert plan.weights["int4-experts"] < plan.weights["int8-experts"] < plan.weights["bf16"]

@@ -51,7 +51,12 @@ PART_LABELS = {"routed_experts": "routed experts", "shared_experts": "shared exp
 #: fp8 and int8 keep one scale per block or row, under 0.1%; int4 one fp16 scale per group
 #: of 128; mxfp4 one 8-bit scale per 32; NF4 with double quantization 4.127).
 BITS = {"fp32": 32.0, "bf16": 16.0, "fp8": 8.0, "int8": 8.0, "int4": 4.125, "mxfp4": 4.25,
-        "bnb-8bit": 8.0, "bnb-4bit": 4.127}
+        "bnb-8bit": 8.0, "bnb-4bit": 4.127, "int8-experts": 8.0, "int4-experts": 4.0}
+#: The loader's own integer-experts modes (``--quantize int8-experts|int4-experts``, see
+#: :mod:`explorer.core.experts_quant`): routed experts only, with one float32 scale per
+#: output channel (int8) or per :data:`~explorer.core.experts_quant.INT4_GROUP` inputs
+#: (int4) on top of :data:`BITS`; the rest, shared experts included, in bf16.
+EXPERT_MODES = {"int8-experts": None, "int4-experts": "group"}
 #: The precisions a plan sizes, in display order: the whole model in fp32 or bf16; the
 #: experts (routed and shared) in fp8, int8, int4 or mxfp4 with everything else in bf16;
 #: and ``--quantize 8bit`` / ``4bit`` as the loader applies them (bitsandbytes).
@@ -60,6 +65,10 @@ PRECISION_NOTES = {
     "fp32": "every weight in float32",
     "bf16": "every weight in bfloat16",
     "fp8": "routed and shared experts in fp8; attention, routers, embeddings, head in bf16",
+    "int8-experts": "--quantize int8-experts: routed experts in int8 with a float32 scale per "
+                    "output channel; the rest in bf16",
+    "int4-experts": "--quantize int4-experts: routed experts in int4 with a float32 scale per "
+                    "64 inputs; the rest in bf16",
     "int8": "routed and shared experts in int8; attention, routers, embeddings, head in bf16",
     "int4": "routed and shared experts in int4 (group 128); the rest in bf16",
     "mxfp4": "routed and shared experts in MXFP4 (gpt-oss's format); the rest in bf16",
@@ -221,10 +230,24 @@ def count_parts(model) -> dict[str, Any]:
             "shared_experts": max(i.shared_experts for i in moe)}
 
 
+def scale_bits(precision: str, dims: tuple[int, int] | None) -> float:
+    """Bits of scales per routed-expert weight in the loader's integer-experts modes
+    (:data:`EXPERT_MODES`; 0 elsewhere): ``dims`` = (hidden, expert intermediate), the
+    inputs of the gate-and-up and of the down projection (two thirds and one third of an
+    expert's weights)."""
+    if precision not in EXPERT_MODES or not dims:
+        return 0.0
+    from explorer.core.experts_quant import INT4_GROUP
+    group = INT4_GROUP if EXPERT_MODES[precision] else None
+    per = [32.0 / (min(group, k) if group else k) for k in dims]
+    return (2 * per[0] + per[1]) / 3
+
+
 def weight_bytes(params: dict[str, int], bnb_linear: dict[str, int], buffers: int,
-                 precision: str) -> int:
+                 precision: str, dims: tuple[int, int] | None = None) -> int:
     """Bytes of the weights at ``precision`` (see :data:`PRECISION_NOTES`) from the counts
-    of :func:`count_parts`. Buffers follow the compute dtype (4 bytes in fp32, else 2)."""
+    of :func:`count_parts`. Buffers follow the compute dtype (4 bytes in fp32, else 2).
+    ``dims``: (hidden, expert intermediate) for the integer-experts modes' scales."""
     bits = BITS[precision]
     if precision in ("fp32", "bf16"):
         return int(round((sum(params.values()) + buffers) * bits / 8))
@@ -232,10 +255,26 @@ def weight_bytes(params: dict[str, int], bnb_linear: dict[str, int], buffers: in
     for p in PARTS:
         if precision.startswith("bnb-"):
             q = bnb_linear[p]
+        elif precision in EXPERT_MODES:
+            q = params[p] if p == "routed_experts" else 0
         else:
             q = params[p] if p in ("routed_experts", "shared_experts") else 0
-        total += q * bits / 8 + (params[p] - q) * 2
+        total += q * (bits + scale_bits(precision, dims)) / 8 + (params[p] - q) * 2
     return int(round(total))
+
+
+def expert_dims(config) -> tuple[int, int] | None:
+    """(hidden size, routed expert intermediate size) of ``config``, or None."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", None)
+    inter = None
+    for name in ("moe_intermediate_size", "expert_intermediate_size", "intermediate_size",
+                 "ffn_hidden_size"):
+        inter = inter or getattr(text, name, None)
+    ffn = getattr(text, "ffn_config", None)  # dbrx
+    if inter is None and ffn is not None:
+        inter = getattr(ffn, "ffn_hidden_size", None)
+    return (int(hidden), int(inter)) if hidden and inter else None
 
 
 def gpus_needed(weights: int, gpu_bytes: float) -> int:
@@ -289,7 +328,8 @@ def plan_model(name_or_path: str | None = None, *, precision: str | None = None,
     E, k = counts["experts"], counts["top_k"]
     active = total - params["routed_experts"] + params["routed_experts"] * k // max(1, E)
     gpu_bytes = gpu_memory_gb * GB
-    weights = {p: weight_bytes(params, bnb, buffers, p) for p in PRECISIONS}
+    dims = expert_dims(config)
+    weights = {p: weight_bytes(params, bnb, buffers, p, dims) for p in PRECISIONS}
     fits = {p: {"fits_one_gpu": w <= ONE_GPU_SHARE * gpu_bytes,
                 "gpus": gpus_needed(w, gpu_bytes)} for p, w in weights.items()}
 
