@@ -111,3 +111,12 @@ PLAN_PROMPT_TOKENS = 64
 #: The defenses ``explorer grid`` can put in force, in the order its table lists them (see
 #: :mod:`explorer.research.grid`).
 GRID_DEFENSES = ("none", "protect", "mask", "self-reminder", "hardened")
+
+#: Defaults of :func:`explorer.research.harden.harden` (the ``harden`` command's too):
+#: training steps, Adam learning rate, (layer, expert) pairs trained, the benign-answer
+#: term's weight and the rounds of fresh attack searches.
+HARDEN_STEPS = 40
+HARDEN_LR = 2e-3
+HARDEN_EXPERTS = 8
+HARDEN_BENIGN_WEIGHT = 1.0
+HARDEN_ROUNDS = 3

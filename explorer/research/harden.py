@@ -49,7 +49,16 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
-from explorer.core.defaults import DEFAULT_TARGET, DEFAULT_THRESHOLD, RESEARCH_MAX_NEW_TOKENS
+from explorer.core.defaults import (
+    DEFAULT_TARGET,
+    DEFAULT_THRESHOLD,
+    HARDEN_BENIGN_WEIGHT,
+    HARDEN_EXPERTS,
+    HARDEN_LR,
+    HARDEN_ROUNDS,
+    HARDEN_STEPS,
+    RESEARCH_MAX_NEW_TOKENS,
+)
 from explorer.core.errors import InputError
 from explorer.core.forward import generate
 from explorer.core.paths import ASSETS_DIR
@@ -63,12 +72,6 @@ if TYPE_CHECKING:
 PROVENANCE_FILE = "harden.json"
 #: The bundled hardened demo model (built by ``python -m explorer harden --out`` it).
 DEMO_HARDENED_DIR = ASSETS_DIR / "demo-hardened"
-#: Defaults of :func:`harden` (the ``harden`` command's too).
-HARDEN_STEPS = 40
-HARDEN_LR = 2e-3
-HARDEN_EXPERTS = 8
-HARDEN_BENIGN_WEIGHT = 1.0
-HARDEN_ROUNDS = 3
 
 
 @dataclass

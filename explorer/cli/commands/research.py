@@ -597,7 +597,7 @@ def _run_defend_hardened(args):
 
 # -- harden -------------------------------------------------------------------------------
 def _configure_harden(p):
-    from explorer.research.harden import (
+    from explorer.core.defaults import (
         HARDEN_BENIGN_WEIGHT,
         HARDEN_EXPERTS,
         HARDEN_LR,
