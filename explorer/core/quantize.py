@@ -202,18 +202,11 @@ def quantize_experts_of(model, mode: str) -> int:
 
 def prequantized_method(config) -> str | None:
     """The quantization method a checkpoint's config already declares (``fp8``,
-    ``mxfp4``, ``bitsandbytes``...), else None. Such a checkpoint cannot be quantized
-    again with ``--quantize``."""
-    qc = getattr(config, "quantization_config", None)
-    if qc is None:
-        get = getattr(config, "get_text_config", None)
-        text = get() if callable(get) else None
-        qc = getattr(text, "quantization_config", None) if text is not None else None
-    if qc is None:
-        return None
-    d = qc if isinstance(qc, dict) else qc.to_dict()
-    method = d.get("quant_method")
-    return str(getattr(method, "value", method) or "unknown")
+    ``mxfp4``, ``bitsandbytes``...), else None (read by
+    :func:`explorer.core.prequantized.checkpoint_format`). Such a checkpoint cannot be
+    quantized again with ``--quantize``."""
+    from explorer.core.prequantized import checkpoint_format
+    return checkpoint_format(config)
 
 
 def quantization_of(model) -> str | None:
