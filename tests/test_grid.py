@@ -141,3 +141,26 @@ def test_cli_writes_the_table(tiny_ckpt, tmp_path, capsys):
     assert obj["datasets"] == ["g"] and len(obj["cells"]) == 2
     assert obj["command"].startswith("python -m explorer ")
     assert md.read_text().startswith("**g** (1 rows)")
+
+
+def test_a_report_tables_the_cells_so_far_without_computing(grid, tmp_path, capsys):
+    from explorer.research.grid import grid_report
+    res, rows, out = grid
+    rep = grid_report(out, ["goals"], ["none", "fsour", "random"], ["none", "self-reminder"])
+    def counts(cells):  # seconds move when an earlier test resumed a cell
+        return sorted((c["defense"], c["attack"], c["n"], c["jailbroken"], c["forward_passes"],
+                       c["file"]) for c in cells)
+    assert counts(rep.cells) == counts(res.cells)
+    assert rep.utility == res.utility
+    # a torn cell shows the rows it has; a cell with none is left out
+    part = tmp_path / "part"
+    (part / "goals" / "none").mkdir(parents=True)
+    write_jsonl(part / "goals" / "none" / "fsour.jsonl",
+                read_jsonl(out / "goals" / "none" / "fsour.jsonl")[:2])
+    rc = main(["grid", "--dataset", "goals.csv", "--attacks", "none,fsour", "--defenses",
+               "none", "--out", str(part), "--report", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    obj = json.loads(cap.out)
+    assert [(c["attack"], c["n"]) for c in obj["cells"]] == [("fsour", 2)]
+    assert "--report" not in obj["command"]

@@ -288,6 +288,30 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
     return res
 
 
+def grid_report(out, datasets: Sequence[str], attacks: Sequence[str],
+                defenses: Sequence[str], *, judge: str = "keyword",
+                command: str = "") -> GridResult:
+    """The grid of the cells already under ``out`` (see :func:`run_grid`), computing
+    nothing: a cell with no rows yet is left out, a cell still running shows the rows it
+    has so far (its ``n``); each defense's utility cost where it was measured. For watching
+    a long grid, or tabling one that was stopped."""
+    out = Path(out)
+    cells, utility = [], {}
+    for d in defenses:
+        for ds in datasets:
+            for a in attacks:
+                path = out / ds / d / f"{a}.jsonl"
+                rows = read_jsonl(path) if path.is_file() else []
+                if rows:
+                    cells.append(_cell(ds, d, a, rows, path).__dict__.copy())
+        u = out / "utility" / f"{d}.json"
+        if u.is_file():
+            utility[d] = json.loads(u.read_text(encoding="utf-8"))
+    return GridResult(datasets=list(datasets), attacks=list(attacks), defenses=list(defenses),
+                      cells=cells, utility=utility, judge=judge, command=command,
+                      info={"out": str(out), "report": True})
+
+
 def load_grid(path) -> GridResult:
     """A grid written by :func:`run_grid` (its ``grid.json``, or the folder holding it)."""
     p = Path(path)

@@ -462,6 +462,8 @@ def _configure_grid(p):
                    "keep the rows already in --out and compute the rest)")
     p.add_argument("--markdown", default=None, metavar="FILE",
                    help="also write the table as markdown here")
+    p.add_argument("--report", action="store_true", help="only table the cells already in "
+                   "--out (rows so far), computing nothing and loading no model")
     p.add_argument("--seed", type=seed_int, default=0)
     add_param_options(p, {a: get_attack(a).Params for a in list_attacks("evaluate")},
                       where="evaluate", title="the attacks' parameters (default: each "
@@ -504,6 +506,16 @@ def _run_grid(args):
         cls.parse(given)  # refused before anything loads
         params[a] = given
     st = args.settings
+    command = "python -m explorer " + shlex.join(sys.argv[1:])
+    if args.report:
+        from explorer.research.grid import grid_report
+        res = grid_report(out, [_dataset_arg(d)[0] for d in args.dataset], attacks, defenses,
+                          judge=args.judge, command=command.replace(" --report", ""))
+        table = res.markdown()
+        if args.markdown:
+            Path(args.markdown).expanduser().write_text(table + "\n", encoding="utf-8")
+        emit(args, res.to_dict(), table)
+        return
     datasets = {}
     for spec in args.dataset:
         name, path, limit = _dataset_arg(spec)
@@ -518,7 +530,6 @@ def _run_grid(args):
         from explorer.research.harden import hardened_path
         path = hardened_path(moe, args.hardened)
         hardened = load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
-    command = "python -m explorer " + shlex.join(sys.argv[1:])
 
     def say(cell):
         if not args.json:
