@@ -60,7 +60,7 @@ class GridCell:
     n: int
     jailbroken: int
     forward_passes: float
-    seconds: float
+    seconds: float | None  # None: not known yet (a cell still running)
     file: str
     errors: int = 0
 
@@ -117,8 +117,9 @@ class GridResult(ResultMixin):
             rows = sum(c.n for c in cs)
             if rows:
                 fp = sum(c.forward_passes * c.n for c in cs) / rows
-                sec = sum(c.seconds * c.n for c in cs) / rows
-                out.append(f"| {a} | {fp:,.0f} | {sec:.2f} |")
+                sec = ("-" if any(c.seconds is None for c in cs) else
+                       f"{sum(c.seconds * c.n for c in cs) / rows:.2f}")
+                out.append(f"| {a} | {fp:,.0f} | {sec} |")
         out += ["", "Utility cost of each defense on benign prompts:", "",
                 "| defense | benign refusal rate | change | log-likelihood change (nats/token) |",
                 "| --- | --- | --- | --- |"]
@@ -142,13 +143,14 @@ def _meta(path: Path) -> dict:
 def _cell(ds: str, defense: str, attack: str, rows: list[dict], path: Path) -> GridCell:
     meta = _meta(path.with_suffix(".meta.json"))
     n = len(rows)
-    per = (meta["wall_seconds"] / meta["computed_rows"] if meta.get("computed_rows")
-           else (sum(float(r.get("seconds") or 0) for r in rows) / n if n else 0.0))
+    # a cell still running has no wall time yet (its rows' own seconds are each search's
+    # time while sharing a batch with others: not a cost per prompt)
+    per = meta["wall_seconds"] / meta["computed_rows"] if meta.get("computed_rows") else None
     return GridCell(dataset=ds, defense=defense, attack=attack, n=n,
                     jailbroken=sum(bool(r.get("jailbroken")) for r in rows),
                     forward_passes=(sum(int(r.get("forward_passes") or 0) for r in rows) / n
                                     if n else 0.0),
-                    seconds=round(per, 4), file=str(path),
+                    seconds=round(per, 4) if per is not None else None, file=str(path),
                     errors=sum(1 for r in rows if r.get("error")))
 
 

@@ -535,7 +535,9 @@ def _run_grid(args):
         if not args.json:
             print(f"{cell.dataset} / {cell.defense} / {cell.attack}: ASR "
                   f"{pct(cell.asr)} ({cell.jailbroken}/{cell.n}), "
-                  f"{cell.forward_passes:,.0f} passes, {cell.seconds:.2f} s per prompt",
+                  f"{cell.forward_passes:,.0f} passes, "
+                  + (f"{cell.seconds:.2f} s per prompt" if cell.seconds is not None
+                     else "seconds not recorded"),
                   file=sys.stderr)
 
     res = run_grid(moe, datasets, out, attacks=attacks, defenses=defenses, benign=benign,
