@@ -180,6 +180,30 @@ def test_upload_refuses_oversize_and_malformed_files_with_one_line(app, tmp_path
     assert says in msg and "\n" not in msg and "Traceback" not in msg
 
 
+def test_a_grid_opens_as_its_table_and_junk_gets_one_line(app, demo, tmp_path):
+    import gradio as gr
+
+    from explorer.app.tabs.results import NO_GRID, open_grid
+    from explorer.evaluation.datasets import load_dataset_rows
+    from explorer.research.grid import run_grid
+    data = tmp_path / "g.csv"
+    data.write_text("goal\n" + "\n".join(HARMFUL_PROMPTS[:2]) + "\n")
+    res = run_grid(demo, {"g": load_dataset_rows(data)}, tmp_path / "grid", attacks=["none"],
+                   defenses=["none", "self-reminder"], max_new_tokens=6,
+                   command="python -m explorer grid ...")
+    shown = _call(app, open_grid, str(tmp_path / "grid" / "grid.json"))
+    assert shown == res.markdown() and "| none |" in shown and "(2 rows)" in shown
+    assert _call(app, open_grid, None) == NO_GRID
+    for content, says in (('{"cells": 3}', "not a grid"), ("[1, 2]", "not a grid"),
+                          ("{oops", "not a grid"), (b"\xff\xfe", "not a grid")):
+        f = tmp_path / "bad.json"
+        f.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(gr.Error) as err:
+            _call(app, open_grid, str(f))
+        msg = str(err.value.message if hasattr(err.value, "message") else err.value)
+        assert says in msg and "\n" not in msg and "Traceback" not in msg
+
+
 def _select(row_value):
     """What Gradio passes a table's select: plain event data with the row's values (the
     gate builds the gr.SelectData the view asks for)."""

@@ -315,14 +315,25 @@ def grid_report(out, datasets: Sequence[str], attacks: Sequence[str],
 
 
 def load_grid(path) -> GridResult:
-    """A grid written by :func:`run_grid` (its ``grid.json``, or the folder holding it)."""
+    """A grid written by :func:`run_grid` (its ``grid.json``, or the folder holding it),
+    refused with one line before it is read when it is larger than
+    :data:`~explorer.evaluation.results.MAX_RESULTS_BYTES`, and when it is not a grid."""
+    from explorer.evaluation.results import MAX_RESULTS_BYTES
     p = Path(path)
     if p.is_dir():
         p = p / "grid.json"
+    if not p.is_file():
+        raise InputError(f"{p.name}: no such file")
+    if p.stat().st_size > MAX_RESULTS_BYTES:
+        raise InputError(f"{p.name} is larger than {MAX_RESULTS_BYTES // (1024 * 1024)} MiB; "
+                         "a grid of that size is not read here")
     try:
-        return GridResult.from_json(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{p}: not a grid written by `explorer grid` ({exc})") from None
+        res = GridResult.from_dict(json.loads(p.read_bytes().decode("utf-8")))
+        res.markdown()  # every field it shows is checked here
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise InputError(f"{p.name}: not a grid written by `explorer grid` "
+                         f"({type(exc).__name__})") from None
+    return res
 
 
 def cell_rows(cell: GridCell) -> list[dict]:

@@ -43,6 +43,7 @@ METHOD_COLUMNS = ["file", "method", "judge", "ASR", "k/n", "refusals", "passes/r
                   "s/row", "errors"]
 ROW_COLUMNS = ["file", "index", "method", "category", "verdict", "edits", "goal"]
 DIFF_COLUMNS = ["index", "goal", "A method", "A verdict", "B method", "B verdict"]
+NO_GRID = "No grid open."
 INTRO = ("Open a result file of `explorer evaluate --out FILE.jsonl` (and a second one to "
          "compare). **Click a row** to open its prompt and route in Inspect and re-run it.")
 
@@ -66,6 +67,8 @@ class ResultsUI:
     ev_stop: Any = None
     ev_status: Any = None
     timer: Any = None
+    grid_file: Any = None
+    grid_view: Any = None
 
     def open_outputs(self) -> list:
         """What opening files writes (see :func:`open_files`)."""
@@ -98,6 +101,11 @@ def layout() -> ResultsUI:
                 ev_stop = gr.Button("Stop", elem_id="results-run-stop")
             ev_status = gr.Markdown("", elem_id="results-run-status")
             timer = gr.Timer(1.0, active=False)
+        with gr.Accordion("…or open an attacks x defenses grid (grid.json of `explorer grid`)",
+                          open=False, elem_id="results-grid-open"):
+            grid_file = gr.File(label="grid.json", file_types=[".json"], type="filepath",
+                                elem_id="results-grid-file")
+            grid_view = gr.Markdown(NO_GRID, elem_id="results-grid")
         summary = gr.Markdown("No result file open.", elem_id="results-summary")
         methods = gr.Dataframe(pd.DataFrame(columns=METHOD_COLUMNS), label="Methods",
                                interactive=False, elem_id="results-methods",
@@ -114,7 +122,8 @@ def layout() -> ResultsUI:
                               elem_classes="sse-table")
         state = gr.State(ResultsState())
     return ResultsUI(file_a, file_b, summary, methods, categories, rows, differ, state,
-                     ev_set, ev_count, ev_method, ev_start, ev_stop, ev_status, timer)
+                     ev_set, ev_count, ev_method, ev_start, ev_stop, ev_status, timer,
+                     grid_file, grid_view)
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -163,6 +172,16 @@ def open_files(visit: Visit, path_a, path_b, rs: ResultsState | None = None):
     if a is None and b is not None:
         a, b = b, None
     return shown(ResultsState(a, b, job=rs.job if rs is not None else None))
+
+
+def open_grid(visit: Visit, path) -> str:
+    """The table of a grid file (``grid.json`` of ``explorer grid``): ASR per attack and
+    defense, the attacks' costs and the defenses' utility, with the command that made it;
+    refused before it is read when too large, and with one line when it is not a grid."""
+    from explorer.research.grid import load_grid
+    if not path:
+        return NO_GRID
+    return load_grid(path).markdown()
 
 
 def shown(rs: ResultsState):
@@ -305,6 +324,8 @@ def events(ui: ResultsUI, shared: Shared, inspect) -> list[Event]:
                     ui.open_outputs(), Door("Open results")) for f in (ui.file_a, ui.file_b)]
     who = [shared.browser]
     return opened + [
+        Event(ui.grid_file.change, open_grid, [ui.grid_file], [ui.grid_view],
+              Door("Open a grid")),
         Event(ui.ev_start.click, start_evaluation,
               [ui.ev_set, ui.ev_count, ui.ev_method, shared.max_new, ui.state] + who,
               [ui.state, ui.ev_status, ui.timer], Door("Start evaluation", "job")),
