@@ -53,19 +53,54 @@ def ready(folder: Path, version: str) -> bool:
     return any(folder.glob(f"transformers-{version}.dist-info"))
 
 
+def missing_requirements(folder: Path, version: str) -> list[str]:
+    """The requirements of transformers ``version`` in ``folder`` (its own, not its extras')
+    that neither this environment nor ``folder`` satisfies (5.25 needs ``kernels``, which
+    5.24 does not)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from packaging.requirements import Requirement
+    meta = next(folder.glob(f"transformers-{version}.dist-info"), None)
+    if meta is None:
+        return []
+    out = []
+    for line in (meta / "METADATA").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = Requirement(line.split(":", 1)[1].strip())
+        if req.marker is not None and "extra" in str(req.marker):
+            continue
+        names = [p.name[:-len(".dist-info")].split("-") for p in folder.glob("*.dist-info")]
+        have = [n[1] for n in names
+                if len(n) > 1 and n[0].lower().replace("_", "-") == req.name.lower()]
+        try:
+            have.append(installed(req.name))
+        except PackageNotFoundError:
+            pass
+        if not any(req.specifier.contains(v, prereleases=True) for v in have):
+            out.append(str(req))
+    return out
+
+
 def fetch(cache: str | os.PathLike | None = None) -> tuple[bool, str]:
     version = other_version()
     folder = cache_dir(cache, version)
-    if ready(folder, version):
+    if ready(folder, version) and not missing_requirements(folder, version):
         return True, f"transformers {version}: cached in {folder}"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
-           "--target", str(folder), f"transformers=={version}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not ready(folder, version):
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
+           "--target", str(folder)]
+    done = subprocess.run(pip + [f"transformers=={version}"], capture_output=True, text=True)
+    extra = missing_requirements(folder, version) if done.returncode == 0 else []
+    if extra:  # its own requirements this environment lacks, beside it
+        done = subprocess.run(pip + extra, capture_output=True, text=True)
+    if done.returncode != 0 or not ready(folder, version) or \
+            missing_requirements(folder, version):
         last = (done.stderr or done.stdout).strip().splitlines()
         why = last[-1] if last else "pip failed"
         return False, f"transformers {version}: not installed ({why})"
-    return True, f"transformers {version}: installed in {folder}"
+    return True, f"transformers {version}: installed in {folder}" + \
+        (f" with {', '.join(extra)}" if extra else "")
 
 
 def main() -> int:
