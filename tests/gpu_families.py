@@ -41,7 +41,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # tiny_models, and this checkout's explorer
 
-from tiny_models import FAMILIES, tiny_model  # noqa: E402
+from tiny_models import FAMILIES, other_experts, tiny_model  # noqa: E402
 
 from explorer.core.errors import ModelLoadError  # noqa: E402
 from explorer.core.forward import logits_for_routes, target_logprob  # noqa: E402
@@ -51,15 +51,6 @@ from explorer.engine.cone import capture_layer_inputs, cone_target_logprob  # no
 
 IDS = [5, 17, 33, 9, 64, 21, 40, 77, 12, 3]
 DEV = os.environ.get("EXPLORER_CHECK_DEVICE", "cuda")  # cpu: a dry run here
-
-
-def _other(h, natural):
-    info = h.info
-    pool = [e for e in range(info.num_experts) if e not in natural]
-    if info.n_group:
-        g = info.group_of(pool[0])
-        pool = [e for e in pool if info.group_of(e) == g]
-    return sorted(pool[: info.top_k])
 
 
 MODES = ("8bit", "4bit", "fp8", "int8-experts", "int4-experts")
@@ -123,7 +114,7 @@ def _check_routes(moe: MoEModel, out: dict, quantize: str | None) -> dict:
     t, lay = 4, moe.moe_layers[-1]
     h = moe.handle(lay)
     natural = set(ctl.collected(lay)["experts"][0, t].tolist())
-    forced = _other(h, natural)
+    forced = other_experts(h, natural)
     route = Route().force(lay, t, forced)
     with moe.control(route, record=True) as c2, torch.inference_mode():
         new = moe.model(ids).logits

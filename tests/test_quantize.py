@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 import transformers
-from tiny_models import tiny_model
+from tiny_models import other_experts, tiny_model
 from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
 
@@ -654,15 +654,6 @@ def test_quantize_error_is_within_half_a_step(bits, transposed):
     assert torch.allclose(again, back, rtol=0, atol=1e-6)
 
 
-def _other(h, natural):
-    info = h.info
-    pool = [e for e in range(info.num_experts) if e not in natural]
-    if info.n_group:
-        g = info.group_of(pool[0])
-        pool = [e for e in pool if info.group_of(e) == g]
-    return sorted(pool[: info.top_k])
-
-
 def _computed(log, module) -> set[int]:
     return {e for m, experts in log if m is module for e in experts}
 
@@ -679,7 +670,7 @@ def test_route_control_on_quantized_experts(saved, family, mode):
     t, lay = 4, moe.moe_layers[-1]
     h = moe.handle(lay)
     natural = set(ctl.collected(lay)["experts"][0, t].tolist())
-    forced = _other(h, natural)
+    forced = other_experts(h, natural)
     with dequantize_log() as log, moe.control(Route().force(lay, t, forced), record=True) \
             as c2, torch.inference_mode():
         new = moe.model(ids).logits

@@ -330,3 +330,15 @@ if __name__ == "__main__":  # quick smoke test: python tests/tiny_models.py
         n = sum(p.numel() for p in m.parameters())
         print(f"{fam:14s} params={n:7d} logits={tuple(out.logits.shape)} gen={tuple(gen.shape)} "
               f"finite={bool(torch.isfinite(out.logits).all())}")
+
+
+def other_experts(h, natural) -> list[int]:
+    """A top-k set of layer handle ``h``'s experts outside ``natural`` (the ones it chose),
+    within one expert group where the router limits groups: a route that forces it changes
+    the routing and stays valid."""
+    info = h.info
+    pool = [e for e in range(info.num_experts) if e not in natural]
+    if info.n_group:
+        g = info.group_of(pool[0])
+        pool = [e for e in pool if info.group_of(e) == g]
+    return sorted(pool[: info.top_k])
