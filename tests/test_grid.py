@@ -164,3 +164,19 @@ def test_a_report_tables_the_cells_so_far_without_computing(grid, tmp_path, caps
     obj = json.loads(cap.out)
     assert [(c["attack"], c["n"]) for c in obj["cells"]] == [("fsour", 2)]
     assert "--report" not in obj["command"]
+
+
+def test_a_system_prompt_templates_every_cell(tiny, tmp_path):
+    from explorer.core.errors import InputError
+    rows = _rows(tmp_path)[:1]
+    res = run_grid(tiny, {"goals": rows}, tmp_path / "s", attacks=["none"],
+                   defenses=["none", "self-reminder"], max_new_tokens=3,
+                   system="Answer briefly.")
+    none = read_jsonl(tmp_path / "s" / "goals" / "none" / "none.jsonl")
+    sr = read_jsonl(tmp_path / "s" / "goals" / "self-reminder" / "none.jsonl")
+    assert [r["system"] for r in none] == ["Answer briefly."]
+    assert sr[0]["system"].startswith("Answer briefly.") and SELF_REMINDER in sr[0]["system"]
+    assert res.info["system"] == "Answer briefly."
+    with pytest.raises(InputError, match="without a system prompt"):
+        run_grid(tiny, {"goals": rows}, tmp_path / "h", attacks=["none"],
+                 defenses=["hardened"], hardened=tiny, system="Answer briefly.")

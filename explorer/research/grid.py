@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from explorer.attacks import get_attack, list_attacks
+from explorer.core.chat import check_system
 from explorer.core.defaults import GRID_DEFENSES, RESEARCH_MAX_NEW_TOKENS
 from explorer.core.errors import InputError
 from explorer.core.route import Route
@@ -186,7 +187,8 @@ def defense_route(moe: MoEModel, name: str, folder: Path, *, judge=None, seed: i
 
 
 def _utility(moe: MoEModel, name: str, route: Route | None, hardened: MoEModel | None,
-             benign: Sequence[str], judge, max_new_tokens: int, folder: Path) -> dict:
+             benign: Sequence[str], judge, max_new_tokens: int, folder: Path,
+             system: str | None = None) -> dict:
     from explorer.research.harden import model_utility
     from explorer.research.utility import utility_cost
     path = folder / f"{name}.json"
@@ -196,7 +198,7 @@ def _utility(moe: MoEModel, name: str, route: Route | None, hardened: MoEModel |
         u = (model_utility(moe, hardened, benign, judge=judge, max_new_tokens=max_new_tokens)
              if name == "hardened" else
              utility_cost(moe, route if route is not None else Route(), benign,
-                          max_new_tokens=max_new_tokens, judge=judge))
+                          max_new_tokens=max_new_tokens, judge=judge, system=system))
     r = u.routes[0]
     out = {"refusal_rate": r["refusal_rate"], "baseline_refusal_rate": u.baseline_refusal_rate,
            "refusal_change": r["refusal_change"], "ll_change": r["ll_change"],
@@ -212,13 +214,16 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
              seed: int = 0, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
              params: Mapping[str, Mapping[str, Any]] | None = None, resume: bool = True,
              evidence_prompts: Sequence[str] | None = None, command: str = "",
+             system: str | None = None,
              on_cell: Callable[[GridCell], None] | None = None,
              on_row: Callable[[str, str, str, int, int], None] | None = None) -> GridResult:
     """Run every attack against every defense on every dataset (rows from
     :func:`explorer.evaluation.datasets.load_dataset_rows`, keyed by a short name) and
     return the grid (see the module docs). ``params``: per attack, its parameters (as
     ``evaluate`` takes them). ``resume``: keep the rows already in the output folder (the
-    default); False starts every cell afresh. ``on_cell`` gets each finished cell;
+    default); False starts every cell afresh. ``system``: the system prompt every prompt is
+    templated with (a defense's own, the self-reminder's, comes after it; the hardened
+    checkpoint is measured without one). ``on_cell`` gets each finished cell;
     ``on_row(dataset, defense, attack, done, total)`` each row."""
     offered = list_attacks("evaluate")
     bad = [a for a in attacks if a not in offered]
@@ -233,6 +238,9 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
         raise InputError("the hardened defense needs the hardened checkpoint (--hardened FOLDER)")
     if not datasets:
         raise InputError("no dataset given")
+    system = check_system(system)
+    if system is not None and "hardened" in defenses:
+        raise InputError("the hardened defense is measured without a system prompt")
     judge = resolve_judge(judge)
     out = Path(out)
     params = {a: dict(v) for a, v in (params or {}).items()}
@@ -247,7 +255,7 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
         route = defense_route(moe, d, out / "defenses", judge=judge, seed=seed,
                               evidence_prompts=evidence_prompts,
                               max_new_tokens=max_new_tokens)
-        system = route.system_under(None) if route is not None else None
+        templated = route.system_under(system) if route is not None else system
         for ds, rows in datasets.items():
             sizes: dict[int, int] = {}
             for a in order:
@@ -259,7 +267,7 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
                 with model.defended(route):
                     ev = evaluate(model, rows, method=a, judge=judge, out=path,
                                   resume=resume and path.is_file(), seed=seed,
-                                  max_new_tokens=max_new_tokens, system=system,
+                                  max_new_tokens=max_new_tokens, system=templated,
                                   on_row=(lambda k, total, rec, skipped, a=a, d=d, ds=ds:
                                           on_row(ds, d, a, k, total)) if on_row else None,
                                   dataset=ds, **params.get(a, {}), **extra)
@@ -278,10 +286,10 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
                     on_cell(cell)
         if benign:
             utility[d] = _utility(moe, d, route, hardened, benign, judge, max_new_tokens,
-                                  out / "utility")
+                                  out / "utility", system)
     res = GridResult(datasets=list(datasets), attacks=list(attacks), defenses=list(defenses),
                      cells=cells, utility=utility, judge=judge_name(judge), command=command,
-                     info=dict(moe.info.provenance(), seed=seed, max_new_tokens=max_new_tokens,
+                     info=dict(moe.provenance(system), seed=seed, max_new_tokens=max_new_tokens,
                                params=params, out=str(out),
                                hardened=(hardened.info.provenance() if hardened is not None
                                          else None),

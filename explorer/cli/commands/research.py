@@ -543,7 +543,8 @@ def _run_grid(args):
     res = run_grid(moe, datasets, out, attacks=attacks, defenses=defenses, benign=benign,
                    hardened=hardened, judge=judge, seed=args.seed,
                    max_new_tokens=args.max_new_tokens, params=params,
-                   resume=not args.fresh, command=command, on_cell=say)
+                   resume=not args.fresh, command=command, on_cell=say,
+                   system=system_from_args(args))
     table = res.markdown()
     if args.markdown:
         Path(args.markdown).expanduser().write_text(table + "\n", encoding="utf-8")
