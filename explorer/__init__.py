@@ -16,6 +16,9 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   (SAFEx-style stable experts) and :func:`l3_classifier` -> :class:`RoutingClassifier`
   (L3-style routing classifier), the field's expert attacks (``safex``, ``l3``)
 - :func:`get_judge`: refusal / jailbreak judges (:mod:`explorer.judges`)
+- :func:`get_defense` / :func:`list_defenses`: the defenses' registry
+  (:mod:`explorer.defenses`); :func:`run_grid` -> :class:`GridResult`: every attack against
+  every defense on dataset slices (:mod:`explorer.bench.grid`)
 - :class:`RouteStore`: the SQLite route library (:mod:`explorer.storage`)
 - :func:`plan_model` -> :class:`MemoryPlan`: a model's parameters, memory per precision,
   GPUs and search cost from its config alone (:mod:`explorer.bench.plan`)
@@ -24,8 +27,8 @@ The public API (names load lazily, so ``import explorer`` is cheap and the CLI's
   :class:`ParamError` under it, and :class:`ModelLoadError`
 
 The package is layered (lowest first): ``core``, ``engine`` / ``judges``, ``methods``,
-``evaluation``, ``research``, ``storage`` / ``viz``, ``bench`` / ``demo``, ``cli`` /
-``app``; see ``docs/design.md``.
+``attacks``, ``evaluation``, ``research``, ``storage`` / ``viz`` / ``defenses``, ``bench`` /
+``demo``, ``cli`` / ``app``; see ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ _EXPORTS = {
     "l3_classifier": "explorer.methods.l3",
     "RoutingClassifier": "explorer.methods.l3",
     "RouteStore": "explorer.storage.library",
+    "get_defense": "explorer.defenses",
+    "list_defenses": "explorer.defenses",
+    "run_grid": "explorer.bench.grid",
+    "GridResult": "explorer.bench.grid",
     "plan_model": "explorer.bench.plan",
     "MemoryPlan": "explorer.bench.plan",
 }
@@ -91,6 +98,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
+    from explorer.bench.grid import GridResult, run_grid
     from explorer.core.control import RouteControl, defended
     from explorer.core.errors import (
         ExplorerError,
@@ -111,6 +119,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from explorer.core.paths import DEMO_MODEL_DIR
     from explorer.core.route import Route, RouteEdit
     from explorer.core.trace import RoutingTrace, trace
+    from explorer.defenses import get_defense, list_defenses
     from explorer.judges import Verdict, get_judge
     from explorer.methods.baselines import random_route, steer
     from explorer.methods.fsour import FsourResult, fsour

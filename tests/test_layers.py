@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "attacks": 3,
     "evaluation": 4,
     "research": 5,
-    "storage": 6, "viz": 6,
+    "storage": 6, "viz": 6, "defenses": 6,
     "bench": 7, "demo": 7,
     "settings": 8,
     "cli": 9, "app": 9, "__main__": 10, "experts": 10,

@@ -185,7 +185,7 @@ def test_a_grid_opens_as_its_table_and_junk_gets_one_line(app, demo, tmp_path):
 
     from explorer.app.tabs.results import NO_GRID, open_grid
     from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.research.grid import run_grid
+    from explorer.bench.grid import run_grid
     data = tmp_path / "g.csv"
     data.write_text("goal\n" + "\n".join(HARMFUL_PROMPTS[:2]) + "\n")
     res = run_grid(demo, {"g": load_dataset_rows(data)}, tmp_path / "grid", attacks=["none"],

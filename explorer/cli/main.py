@@ -68,13 +68,14 @@ _PARSER: tuple[tuple, argparse.ArgumentParser] | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The parser, built once per set of registered commands, attacks and judges (its
+    """The parser, built once per set of registered commands, attacks, defenses and judges (its
     choices and options come from their registries; parsing keeps no state)."""
     global _PARSER
     from explorer.attacks import registry_version
+    from explorer.defenses import defenses_version
     from explorer.judges import JUDGES
     key = (tuple((n, id(c), id(r)) for n, (c, r, _) in COMMANDS.items()), registry_version(),
-           tuple(JUDGES.items()))
+           defenses_version(), tuple(JUDGES.items()))
     if _PARSER is None or _PARSER[0] != key:
         _PARSER = (key, build_parser())
     return _PARSER[1]

@@ -108,10 +108,6 @@ PLAN_GPU_GB = 80.0
 #: Templated prompt tokens ``plan`` assumes when none are given.
 PLAN_PROMPT_TOKENS = 64
 
-#: The defenses ``explorer grid`` can put in force, in the order its table lists them (see
-#: :mod:`explorer.research.grid`).
-GRID_DEFENSES = ("none", "protect", "mask", "self-reminder", "hardened")
-
 #: Defaults of :func:`explorer.research.harden.harden` (the ``harden`` command's too):
 #: training steps, Adam learning rate, (layer, expert) pairs trained, the benign-answer
 #: term's weight and the rounds of fresh attack searches.

@@ -178,7 +178,7 @@ def open_grid(visit: Visit, path) -> str:
     """The table of a grid file (``grid.json`` of ``explorer grid``): ASR per attack and
     defense, the attacks' costs and the defenses' utility, with the command that made it;
     refused before it is read when too large, and with one line when it is not a grid."""
-    from explorer.research.grid import load_grid
+    from explorer.bench.grid import load_grid
     if not path:
         return NO_GRID
     return load_grid(path).markdown()

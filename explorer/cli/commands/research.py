@@ -333,23 +333,14 @@ def _configure_defend(p):
                    help="comma list of " + attack_help("defend").replace("; replay: ", "; "
                         "replay (added with --route): ") + " (default none,rosais,fsour)")
     p.add_argument("--no-before", action="store_true", help="skip the undefended run")
-    p.add_argument("--min-count", type=count, default=2,
-                   help="forbid experts forced in >= this many routes")
-    p.add_argument("--rosais-layers", type=positive_int, default=2)
-    p.add_argument("--rosais-experts", type=positive_int, default=1)
-    p.add_argument("--max-per-layer", type=positive_int, default=2)
-    p.add_argument("--mode", choices=("protect", "mask", "self-reminder", "hardened"),
-                   default="protect",
-                   help="protect (default): pin the most safety-critical routers, route "
-                   "edits there are ignored; mask: forbid the experts attacks use "
-                   "(backfires on the demo model, see docs/results.md); self-reminder: a "
-                   "system prompt reminding the model to answer responsibly (needs no "
-                   "evidence); hardened: attack a hardened checkpoint (see `harden`) "
-                   "instead of the model (needs no evidence)")
-    p.add_argument("--hardened", default=None, help="hardened mode: the checkpoint folder "
-                   "(default: the bundled hardened demo model, for the demo model)")
-    p.add_argument("--protect-layers", type=positive_int, default=2,
-                   help="protect mode: routers pinned")
+    from explorer.defenses import defense_help, get_defense, list_defenses
+    modes = list_defenses("defend")
+    p.add_argument("--mode", choices=modes, default="protect" if "protect" in modes else None,
+                   help=defense_help("defend") + " (default protect; mask backfires on the "
+                   "demo model, see docs/results.md; a defense derived from evidence needs "
+                   "--route, --rosais or --derive-prompts)")
+    add_param_options(p, {d: get_defense(d).Params for d in modes}, where="defend",
+                      title="the defenses' parameters (default: each defense's own)")
     p.add_argument("--top", type=count, default=2, help="RoSais attack: routers masked")
     p.add_argument("--samples", type=count, default=8, help="RoSais masks per router")
     p.add_argument("--candidates", type=count, default=4, help="F-SOUR sets per step")
@@ -369,39 +360,59 @@ def _configure_defend(p):
 _DEFEND_SHARED = ("top", "samples", "candidates", "max_iters", "target", "threshold")
 
 
+def _defense_params(args, name: str):
+    """The parameters of defense ``name`` given on the command line, checked."""
+    from explorer.defenses import get_defense
+    cls = get_defense(name).Params
+    return cls.parse(params_from_args(args, cls))
+
+
+def _given_params(args, names) -> list[str]:
+    """Options given for defenses other than ``names`` (they would be ignored)."""
+    from explorer.defenses import get_defense, list_defenses
+    mine = {k for n in names for k in get_defense(n).Params.specs()}
+    other = {k: get_defense(d).Params.specs()[k] for d in list_defenses("defend")
+             for k in get_defense(d).Params.specs() if k not in mine}
+    return [spec.option(k) for k, spec in other.items() if getattr(args, k, None) is not None]
+
+
 def _run_defend(args):
     from explorer.core.route import Route
-    from explorer.research.defense import (
-        derive_defense,
-        describe_defense,
-        evaluate_defense,
-        gather_evidence,
-    )
+    from explorer.defenses import Evidence, get_defense
+    from explorer.research.defense import describe_defense, gather_evidence
     _check_out(args.out)
-    if args.mode == "hardened":
-        return _run_defend_hardened(args)
-    if args.hardened is not None:
-        raise UsageError("--hardened goes with --mode hardened")
-    attacks, params = _attack_list(args)
+    defense_cls = get_defense(args.mode)
+    params = _defense_params(args, args.mode)
+    stray = _given_params(args, [args.mode])
+    if stray:  # accepted (earlier scripts pass them with any mode), but said
+        import sys
+        print(f"note: --mode {args.mode} ignores {', '.join(stray)} (another defense's "
+              "parameters)", file=sys.stderr)
+    if defense_cls.replaces_model:
+        return _run_defend_replaced(args, defense_cls, params)
+    attacks, attack_params = _attack_list(args)
     routes = load_routes(args.route)
     rosais_results = load_rosais(args.rosais)
-    derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=args.settings.shared_data) \
+    data = args.settings.shared_data
+    derive = load_prompts(args.derive_prompts, limit=args.derive_limit, data_dir=data) \
         if args.derive_prompts else []
-    if args.defense is None and args.mode != "self-reminder" and \
+    if args.defense is None and defense_cls.needs_evidence and \
             not (routes or rosais_results or derive):
         raise UsageError("give --defense, or evidence: --route, --rosais or --derive-prompts "
-                         "(--mode self-reminder needs none)")
+                         f"(the {args.mode} defense is derived from evidence)")
     if args.prompts:
-        prompts = load_prompts(args.prompts, limit=args.limit, data_dir=args.settings.shared_data)
+        prompts = load_prompts(args.prompts, limit=args.limit, data_dir=data)
     else:  # held out: not a prompt any evidence came from
         seen = set(derive) | {r.info.get("prompt") for r in routes} | \
             {r.prompt for r in rosais_results}
-        prompts = [p for p in load_prompts("harmful", data_dir=args.settings.shared_data) if p not in seen][:args.limit or None]
+        prompts = [p for p in load_prompts("harmful", data_dir=data)
+                   if p not in seen][:args.limit or None]
         if not prompts:
             raise UsageError("no held-out prompts left: pass --prompts")
-    benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=args.settings.shared_data)
+    benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=data)
     defense = Route.load(args.defense) if args.defense else None
     system = system_from_args(args)
+    defense_cls.check_system(system)
     judge = _judge(args)
     moe = load_from_args(args)
     if derive:
@@ -411,24 +422,21 @@ def _run_defend(args):
                                  max_new_tokens=args.max_new_tokens, judge=judge, system=system)
         rosais_results += r2
         routes += f2
-    if defense is None:
-        defense = derive_defense(moe, rosais_results, routes, min_count=args.min_count,
-                                 rosais_layers=args.rosais_layers,
-                                 rosais_experts=args.rosais_experts,
-                                 max_per_layer=args.max_per_layer, mode=args.mode,
-                                 protect_layers=args.protect_layers)
+    applied = (defense_cls.in_force(moe, defense) if defense is not None else
+               defense_cls.build(moe, params, evidence=Evidence(rosais_results, routes)))
     if args.out:
-        defense.save(args.out)
-    res = evaluate_defense(moe, defense, prompts, benign, attacks=attacks, routes=routes,
-                           before=not args.no_before, rosais_top=args.top,
-                           samples=args.samples, candidates=args.candidates,
-                           max_iters=args.max_iters, threshold=args.threshold,
-                           target=args.target, max_new_tokens=args.max_new_tokens,
-                           judge=judge, seed=args.seed, system=system, params=params)
+        applied.record.save(args.out)
+    res = defense_cls.evaluate(moe, applied, prompts, benign, attacks=attacks, routes=routes,
+                               before=not args.no_before, rosais_top=args.top,
+                               samples=args.samples, candidates=args.candidates,
+                               max_iters=args.max_iters, threshold=args.threshold,
+                               target=args.target, max_new_tokens=args.max_new_tokens,
+                               judge=judge, seed=args.seed, system=system,
+                               params=attack_params)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
                        "derive_prompts": derive}
-    text = [f"defense: {describe_defense(defense)} (from {len(routes)} routes, "
+    text = [f"defense: {describe_defense(applied.record)} (from {len(routes)} routes, "
             f"{len(rosais_results)} RoSais results); {len(prompts)} harmful, {len(benign)} "
             "benign prompts"]
     text += res.summary_lines()
@@ -438,7 +446,7 @@ def _run_defend(args):
 # -- grid ---------------------------------------------------------------------------------
 def _configure_grid(p):
     from explorer.attacks import attack_help, get_attack, list_attacks
-    from explorer.core.defaults import GRID_DEFENSES as DEFENSES
+    from explorer.defenses import defense_help, get_defense, list_defenses
     p.add_argument("--dataset", action="append", required=True, metavar="CSV[:N]",
                    help="a dataset to attack (CSV path or hub name), its first N rows after "
                         "a colon; repeatable (e.g. advbench.csv:50 --dataset jbb.csv:100)")
@@ -446,13 +454,9 @@ def _configure_grid(p):
                    help="comma list of " + attack_help("evaluate") + " (default "
                         "none,rosais,fsour)")
     p.add_argument("--defenses", default="none,protect,self-reminder",
-                   help="comma list of " + ", ".join(DEFENSES) + " (default "
+                   help="comma list of " + defense_help("grid") + " (default "
                         "none,protect,self-reminder); protect and mask are derived from "
-                        "evidence on the project's own harmful prompts; hardened answers "
-                        "with --hardened")
-    p.add_argument("--hardened", default=None, metavar="FOLDER",
-                   help="the hardened checkpoint (from `explorer harden`) the hardened "
-                        "defense answers with (default for the demo model: the bundled one)")
+                        "evidence on the project's own harmful prompts")
     p.add_argument("--benign", default="benign", help="benign prompts for each defense's "
                    "utility cost: FILE or benign (default: built-in + JBB benign)")
     p.add_argument("--benign-limit", type=count, default=None)
@@ -468,6 +472,9 @@ def _configure_grid(p):
     add_param_options(p, {a: get_attack(a).Params for a in list_attacks("evaluate")},
                       where="evaluate", title="the attacks' parameters (default: each "
                       "attack's own)")
+    add_param_options(p, {d: get_defense(d).Params for d in list_defenses("grid")},
+                      where="grid", title="the defenses' parameters (default: each "
+                      "defense's own)")
     _common(p, max_new=48)
 
 
@@ -486,12 +493,14 @@ def _run_grid(args):
     import sys
 
     from explorer.attacks import get_attack, list_attacks
+    from explorer.bench.grid import check_defenses, run_grid
+    from explorer.defenses import get_defense, list_defenses
     from explorer.evaluation.datasets import load_dataset_rows
-    from explorer.research.grid import DEFENSES, run_grid
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     offered = list_attacks("evaluate")
-    for what, given, known in (("attack", attacks, offered), ("defense", defenses, DEFENSES)):
+    for what, given, known in (("attack", attacks, offered),
+                               ("defense", defenses, list_defenses("grid"))):
         bad = [x for x in given if x not in known]
         if bad or not given:
             raise UsageError(f"unknown {what} {bad[0] if bad else '(none given)'}; choose "
@@ -505,10 +514,17 @@ def _run_grid(args):
         given = params_from_args(args, cls)
         cls.parse(given)  # refused before anything loads
         params[a] = given
+    defense_params = {d: params_from_args(args, get_defense(d).Params) for d in defenses}
+    mine = {k for d in defenses for k in defense_params[d]}
+    stray = [get_defense(d).Params.specs()[k].option(k) for d in list_defenses("grid")
+             for k in params_from_args(args, get_defense(d).Params) if k not in mine]
+    if stray:
+        raise UsageError(f"{stray[0]} is a parameter of a defense not in --defenses")
+    check_defenses(defenses, defense_params, system_from_args(args))
     st = args.settings
     command = "python -m explorer " + shlex.join(sys.argv[1:])
     if args.report:
-        from explorer.research.grid import grid_report
+        from explorer.bench.grid import grid_report
         res = grid_report(out, [_dataset_arg(d)[0] for d in args.dataset], attacks, defenses,
                           judge=args.judge, command=command.replace(" --report", ""))
         table = res.markdown()
@@ -523,14 +539,6 @@ def _run_grid(args):
     benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=st.shared_data)
     judge = _judge(args)
     moe = load_from_args(args)
-    hardened = None
-    if "hardened" in defenses:  # --hardened, else the one bundled for the demo model
-        import argparse
-
-        from explorer.research.harden import hardened_path
-        path = hardened_path(moe, args.hardened)
-        hardened = load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
-
     def say(cell):
         if not args.json:
             print(f"{cell.dataset} / {cell.defense} / {cell.attack}: ASR "
@@ -541,8 +549,9 @@ def _run_grid(args):
                   file=sys.stderr)
 
     res = run_grid(moe, datasets, out, attacks=attacks, defenses=defenses, benign=benign,
-                   hardened=hardened, judge=judge, seed=args.seed,
+                   load=_checkpoint_loader(args), judge=judge, seed=args.seed,
                    max_new_tokens=args.max_new_tokens, params=params,
+                   defense_params=defense_params,
                    resume=not args.fresh, command=command, on_cell=say,
                    system=system_from_args(args))
     table = res.markdown()
@@ -564,44 +573,47 @@ def _attack_list(args) -> tuple[list[str], dict]:
                      for a in attacks}
 
 
-def _run_defend_hardened(args):
-    """``defend --mode hardened``: the attacks against the model and against a hardened
-    checkpoint, and the checkpoint's utility cost."""
+def _checkpoint_loader(args):
+    """How the command loads another checkpoint (a defense's that replaces the model) with
+    its own device, dtype and quantization options."""
     import argparse
 
+    def load(path: str):
+        return load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
+    return load
+
+
+def _run_defend_replaced(args, defense_cls, params):
+    """``defend --mode hardened`` (a defense that replaces the model): the attacks against
+    the model and against the defense's checkpoint, and its utility cost."""
     from explorer.research.defense import describe_defense
-    from explorer.research.harden import (
-        evaluate_hardened,
-        hardened_defense,
-        hardened_path,
-        load_provenance,
-    )
     if args.defense or args.derive_prompts or args.rosais:
-        raise UsageError("--mode hardened takes no --defense, --derive-prompts or --rosais")
-    if system_from_args(args) is not None:
-        raise UsageError("--mode hardened is evaluated without a system prompt")
-    attacks, params = _attack_list(args)
+        raise UsageError(f"--mode {args.mode} takes no --defense, --derive-prompts or --rosais")
+    system = system_from_args(args)
+    if system is not None and not defense_cls.takes_system:
+        raise UsageError(f"--mode {args.mode} is evaluated without a system prompt")
+    attacks, attack_params = _attack_list(args)
     routes = load_routes(args.route)
     data = args.settings.shared_data
     prompts = load_prompts(args.prompts or "harmful", limit=args.limit, data_dir=data)
     benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=data)
     judge = _judge(args)
     moe = load_from_args(args)
-    path = hardened_path(moe, args.hardened)
-    hardened = load_from_args(argparse.Namespace(**dict(vars(args), model=str(path))))
-    defense = hardened_defense(path, load_provenance(path))
+    load = _checkpoint_loader(args)
+    defense_cls.check(moe, params, load=load)
+    applied = defense_cls.build(moe, params, load=load)
     if args.out:
-        defense.save(args.out)
-    res = evaluate_hardened(moe, hardened, prompts, benign, defense=defense, attacks=attacks,
-                            routes=routes, before=not args.no_before, rosais_top=args.top,
-                            samples=args.samples, candidates=args.candidates,
-                            max_iters=args.max_iters, threshold=args.threshold,
-                            target=args.target, max_new_tokens=args.max_new_tokens,
-                            judge=judge, seed=args.seed, params=params)
+        applied.record.save(args.out)
+    res = defense_cls.evaluate(moe, applied, prompts, benign, attacks=attacks, routes=routes,
+                               before=not args.no_before, rosais_top=args.top,
+                               samples=args.samples, candidates=args.candidates,
+                               max_iters=args.max_iters, threshold=args.threshold,
+                               target=args.target, max_new_tokens=args.max_new_tokens,
+                               judge=judge, seed=args.seed, params=attack_params)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": 0, "derive_prompts": []}
-    text = [f"defense: {describe_defense(defense)}; {len(prompts)} harmful, {len(benign)} "
-            "benign prompts"]
+    text = [f"defense: {describe_defense(applied.record)}; {len(prompts)} harmful, "
+            f"{len(benign)} benign prompts"]
     if not args.prompts:
         text.append("note: the built-in harmful prompts are the hardening's training "
                     "prompts (in-sample): pass --prompts for held-out ones")

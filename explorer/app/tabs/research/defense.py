@@ -30,8 +30,6 @@ from explorer.viz.text import pct
 
 __all__ = ["DEFENSE_COLUMNS", "defense_view"]
 
-#: The Defense view's mode that attacks a hardened checkpoint (:mod:`explorer.research.harden`).
-HARDENED = "hardened"
 DEFENSE_COLUMNS = ["attack", "prompts", "ASR without defense", "ASR with defense"]
 #: About how many forward passes the demo model runs a second on a CPU (progress only).
 PASSES_PER_SECOND = 60.0
@@ -88,23 +86,20 @@ def _summary(defense, routes, rosais_results, given, harmful, benign, jd, util,
     return md
 
 
-def _hardened_view(visit: Visit, harmful, benign, attacks, S, L, N, It, n, jd, progress):
-    """The ``hardened`` mode: each attack against the model and against its hardened
-    checkpoint (the bundled one for the demo model), and the checkpoint's utility cost."""
+def _replaced_view(visit: Visit, defense_cls, harmful, benign, attacks, S, L, N, It, n, jd,
+                   progress):
+    """A defense that replaces the model (``hardened``): each attack against the model and
+    against the defense's checkpoint (its default: the bundled one for the demo model; the
+    app offers no other path), and the checkpoint's utility cost."""
     from explorer.attacks import Shape, get_attack
     from explorer.core.errors import InputError
     from explorer.research.defense import defense_params
-    from explorer.research.harden import (
-        evaluate_hardened,
-        hardened_defense,
-        hardened_path,
-        load_provenance,
-    )
     moe = visit.moe
     if any(get_attack(a).needs_routes for a in attacks):
-        fail("The hardened mode runs attacks that search their own routes.")
+        fail(f"The {defense_cls.name} mode runs attacks that search their own routes.")
+    params = defense_cls.Params()
     try:
-        path = hardened_path(moe)
+        defense_cls.check(moe, params, load=visit.app.host.hardened)
     except InputError as exc:
         fail(str(exc))
     shape = Shape(prompt_tokens=prompt_tokens(visit, harmful), moe_layers=len(moe.moe_layers),
@@ -114,12 +109,12 @@ def _hardened_view(visit: Visit, harmful, benign, attacks, S, L, N, It, n, jd, p
              for a in attacks}
     visit.budget(sum(2 * len(harmful) * c for c in costs.values()) + 2 * n * len(benign),
                  "this defense evaluation")
-    hardened = visit.app.host.hardened(path)
-    defense = hardened_defense(path, load_provenance(path))
-    res = run_with_progress(progress, lambda: evaluate_hardened(
-        moe, hardened, harmful, benign or None, defense=defense, attacks=attacks,
+    applied = defense_cls.build(moe, params, load=visit.app.host.hardened)
+    defense = applied.record
+    res = run_with_progress(progress, lambda: defense_cls.evaluate(
+        moe, applied, harmful, benign or None, attacks=attacks,
         rosais_top=L, samples=S, candidates=N, max_iters=It, max_new_tokens=n, judge=jd),
-        "attacks against the model and the hardened checkpoint", 0.0, 1.0,
+        f"attacks against the model and the {defense_cls.label}", 0.0, 1.0,
         2 * len(harmful) * sum(costs.values()) / PASSES_PER_SECOND + 2.0 * len(benign))
     result = res.to_dict()
     rows = [[a, next((x["n"] for x in res.attacks if x["attack"] == a), 0),
@@ -133,8 +128,9 @@ def _hardened_view(visit: Visit, harmful, benign, attacks, S, L, N, It, n, jd, p
                f"{pct(util['baseline_refusal_rate'])} → "
                f"{pct(util['routes'][0]['refusal_rate'])}, ΔLL "
                f"{util['ll_change']:+.3f} nats/token (the model's own answers)")
-    md += ("\n\nThe hardened checkpoint was trained on the project's own harmful prompts: "
-           "attacking those is in-sample.")
+    if defense.info.get("hardened"):
+        md += ("\n\nThe hardened checkpoint was trained on the project's own harmful "
+               "prompts: attacking those is in-sample.")
     return (pr.defense_overview_figure(result), pd.DataFrame(rows, columns=DEFENSE_COLUMNS),
             md, defense.to_json(indent=2))
 
@@ -148,17 +144,13 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     and with it, and its utility cost on ``benign_text``.
     Returns (figure, table, markdown, defense route JSON)."""
     from explorer.attacks import Shape, get_attack
-    from explorer.research.defense import (
-        MODES,
-        defense_params,
-        derive_defense,
-        evaluate_defense,
-        gather_evidence,
-    )
-    from explorer.research.utility import utility_cost
+    from explorer.defenses import Evidence, get_defense, list_defenses
+    from explorer.research.defense import defense_params, gather_evidence
     moe = visit.moe
-    if mode not in MODES + (HARDENED,):
-        fail(f"Unknown defense mode {mode!r}: choose {', '.join(MODES + (HARDENED,))}.")
+    modes = list_defenses("defend")
+    if mode not in modes:
+        fail(f"Unknown defense mode {str(mode)[:40]!r}: choose {', '.join(modes)}.")
+    defense_cls = get_defense(mode)
     attacks = _attacks(attacks)
     derive = prompt_lines(visit, derive_text, "evidence prompts", required=False)
     routes = library_routes(library(visit, b), parse_ids(ids_text))
@@ -172,12 +164,13 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     needy = [a for a in attacks if get_attack(a).needs_routes]
     if needy and not routes:
         fail(f"The {needy[0]} attack needs library routes (type their ids).")
-    if mode == HARDENED:
-        return _hardened_view(visit, harmful, benign, attacks, S, L, N, It, n, jd, progress)
+    if defense_cls.replaces_model:
+        return _replaced_view(visit, defense_cls, harmful, benign, attacks, S, L, N, It, n, jd,
+                              progress)
     given = _given_defense(moe, defense_json)
-    if given is None and mode != "self-reminder" and not (derive or routes):
+    if given is None and defense_cls.needs_evidence and not (derive or routes):
         fail("Give evidence (prompts to attack, or library route ids) or a defense route.")
-    if given is not None or mode == "self-reminder":  # the self-reminder needs no evidence
+    if given is not None or not defense_cls.needs_evidence:  # e.g. the self-reminder
         derive = []
     shape = Shape(prompt_tokens=prompt_tokens(visit, derive + harmful),
                   moe_layers=len(moe.moe_layers), max_new_tokens=n,
@@ -202,8 +195,10 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
         rosais_results += r2
         routes += f2
         done += 1
-    defense = given if given is not None else derive_defense(moe, rosais_results, routes,
-                                                             mode=mode)
+    applied = (defense_cls.in_force(moe, given) if given is not None else
+               defense_cls.build(moe, defense_cls.Params(),
+                                 evidence=Evidence(rosais_results, routes)))
+    defense = applied.record
     done += 1
     if not defense.defends:
         fail("The evidence names no cell to forbid or router to protect: add evidence "
@@ -211,8 +206,8 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
              f"{len(rosais_results)} RoSais results).")
     table, out_attacks = {}, []
     for group in groups:
-        res = run_with_progress(progress, lambda group=group: evaluate_defense(
-            moe, defense, harmful, None, attacks=group,
+        res = run_with_progress(progress, lambda group=group: defense_cls.evaluate(
+            moe, applied, harmful, None, attacks=group,
             routes=routes if any(get_attack(a).needs_routes for a in group) else (),
             rosais_top=L, samples=S, candidates=N, max_iters=It, max_new_tokens=n,
             judge=jd),
@@ -225,8 +220,8 @@ def defense_view(visit: Visit, derive_text: str, ids_text: str, defense_json: st
     table = {a: table[a] for a in attacks if a in table}  # in the order asked
     util = None
     if benign:
-        util = run_with_progress(progress, lambda: utility_cost(
-            moe, defense, benign, max_new_tokens=n, judge=jd),
+        util = run_with_progress(progress, lambda: defense_cls.utility(
+            moe, applied, benign, max_new_tokens=n, judge=jd),
             f"utility cost on {len(benign)} benign prompts", done / steps, 1.0,
             2.0 * len(benign)).to_dict()
     result = {"defense": defense.to_dict(), "prompts": harmful, "attacks": out_attacks,

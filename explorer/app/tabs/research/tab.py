@@ -56,6 +56,7 @@ from explorer.app.tabs.research.views import (
     utility_view,
 )
 from explorer.core.defaults import DEFAULT_TARGET
+from explorer.defenses import get_defense, list_defenses
 from explorer.core.layout import MAPPINGS
 from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
 from explorer.viz import research as pr
@@ -195,16 +196,12 @@ def _minimal_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
 
 def _defense_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
     with gr.Tab("Defense", id="research-defense"):
-        gr.Markdown("Safety-aware route disabling, derived from RoSais and F-SOUR on the "
-                    "evidence prompts and from library routes. **protect**: the most "
-                    "safety-critical routers ignore every route edit (they always choose "
-                    "naturally; no cost without an attack). **mask**: forbid, model-wide, "
-                    "the (layer, expert) cells that attacks rely on. **self-reminder**: no "
-                    "routing change, a system prompt that reminds the model to answer "
-                    "responsibly (needs no evidence). **hardened**: attack a checkpoint "
-                    "whose attack-used experts were fine-tuned to refuse under the attacks' "
-                    "routes (`python -m explorer harden`; bundled for the demo model). Then "
-                    "attack held-out prompts without and with the defense.")
+        gr.Markdown("Defenses against unsafe routes, each measured by attacking held-out "
+                    "prompts without and with it. " + " ".join(
+                        f"**{d}**: {get_defense(d).summary}." for d in list_defenses("defend"))
+                    + " Derived defenses read RoSais and F-SOUR on the evidence prompts and "
+                    "library routes; the hardened checkpoint is built by `python -m explorer "
+                    "harden` (bundled for the demo model).")
         with gr.Row():
             derive = gr.Textbox("\n".join(HARMFUL_PROMPTS[:2]), lines=3,
                                 label="evidence prompts (RoSais + F-SOUR)")
@@ -224,7 +221,7 @@ def _defense_tab(n_moe: int, max_new, judge, who: list) -> list[Event]:
                             step=1, label="RoSais top-L")
             cand = gr.Slider(1, 32, value=4, step=1, label="F-SOUR candidates")
             iters = gr.Slider(1, 5, value=1, step=1, label="F-SOUR restarts")
-            mode = gr.Radio(["protect", "mask", "self-reminder", "hardened"], value="protect",
+            mode = gr.Radio(list_defenses("defend"), value="protect",
                             label="defense mode", elem_id="defense-mode")
         btn = gr.Button("Derive and evaluate", variant="primary", elem_id="defense-btn")
         plot = gr.Plot(pr.defense_overview_figure(None), label="ASR and cost")

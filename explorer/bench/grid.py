@@ -7,20 +7,17 @@ from that row with ``resume=True`` and every row can be read and replayed on its
 cell's wall time and computed rows are added up across resumed runs in
 ``<attack>.meta.json`` beside it, so its seconds per prompt stay honest.
 
-Defenses (:data:`DEFENSES`):
-
-- ``none``: the model as it is;
-- ``protect`` / ``mask``: :func:`explorer.research.defense.derive_defense` from evidence
-  gathered on the project's own harmful prompts (never on the benchmark rows), derived once
-  and kept as a route file (``<out>/defenses/<mode>.json``) that a resumed grid reuses;
-- ``self-reminder``: the project's reminder system prompt;
-- ``hardened``: another checkpoint (a model fine-tuned against the attacks' routes, see
-  :mod:`explorer.research.harden`), given as a loaded model; the attacks run against it with
-  no route defense.
+Defenses are the registry's (:func:`explorer.defenses.list_defenses`, ``"grid"``, in its
+order): by default ``none`` (the model as it is), ``protect`` and ``mask`` (derived from
+RoSais and F-SOUR evidence gathered on the project's own harmful prompts, never on the
+benchmark rows, once, and kept as route files ``<out>/defenses/<name>.json`` that a resumed
+grid reuses), ``self-reminder`` (the project's reminder system prompt) and ``hardened``
+(another checkpoint, loaded with the caller's ``load``; the attacks run against it with no
+route defense).
 
 Each defense's utility cost is measured once on benign prompts (the benign refusal rate and
-the change in mean per-token log-likelihood of the undefended model's own answers) and kept
-in ``<out>/utility/<defense>.json``.
+the change in mean per-token log-likelihood of the undefended model's own answers,
+:meth:`explorer.defenses.Defense.utility`) and kept in ``<out>/utility/<defense>.json``.
 """
 
 from __future__ import annotations
@@ -33,17 +30,16 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from explorer.attacks import get_attack, list_attacks
 from explorer.core.chat import check_system
-from explorer.core.defaults import GRID_DEFENSES, RESEARCH_MAX_NEW_TOKENS
+from explorer.core.defaults import RESEARCH_MAX_NEW_TOKENS
 from explorer.core.errors import InputError
 from explorer.core.route import Route
+from explorer.defenses import Defense, Evidence, InForce, get_defense, list_defenses
 from explorer.evaluation.evaluate import evaluate, read_jsonl
 from explorer.research.common import ResultMixin, judge_name, resolve_judge
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
 
-#: The defenses a grid can put in force, in the order its table lists them.
-DEFENSES = GRID_DEFENSES
 #: Evidence for the derived defenses: the project's own harmful prompts used, and the
 #: search settings (small, as ``defend``'s defaults).
 EVIDENCE_PROMPTS = 8
@@ -155,50 +151,62 @@ def _cell(ds: str, defense: str, attack: str, rows: list[dict], path: Path) -> G
                     errors=sum(1 for r in rows if r.get("error")))
 
 
-def defense_route(moe: MoEModel, name: str, folder: Path, *, judge=None, seed: int = 0,
-                  evidence_prompts: Sequence[str] | None = None,
-                  max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS) -> Route | None:
-    """The route defense ``name`` puts in force (None for ``none`` and ``hardened``): the
-    self-reminder, or a ``protect`` / ``mask`` defense derived from evidence on
-    ``evidence_prompts`` (default: the first :data:`EVIDENCE_PROMPTS` of the project's own
-    harmful prompts), kept in ``folder/<name>.json`` and reused from there."""
-    from explorer.research.defense import derive_defense, gather_evidence, self_reminder_defense
-    if name in ("none", "hardened"):
+def _kept(moe: MoEModel, defense: Defense, params, path: Path) -> InForce | None:
+    """A derived defense kept at ``path`` by an earlier run, or None; refused in one line
+    when it was derived with other parameters."""
+    if not path.is_file():
         return None
-    if name == "self-reminder":
-        return self_reminder_defense(moe)
-    if name not in ("protect", "mask"):
-        raise InputError(f"unknown defense {name!r}; choose from {list(DEFENSES)}")
+    record = Route.load(path)
+    kept = record.info.get("params", defense.Params.defaults())
+    if kept != params.to_dict():
+        raise InputError(f"{path} was derived with other {defense.name} parameters "
+                         f"({kept}); give another --out, or remove that file")
+    return defense.in_force(moe, record)
+
+
+def defense_in_force(moe: MoEModel, name: str, folder: Path, *, params=None, judge=None,
+                     seed: int = 0, evidence_prompts: Sequence[str] | None = None,
+                     max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
+                     load: Callable[[str], MoEModel] | None = None,
+                     evidence: list | None = None) -> InForce:
+    """Defense ``name`` of the registry, with ``params`` (its Params, or a dict of them),
+    built for ``moe``. One derived from evidence reads RoSais and F-SOUR evidence gathered
+    on ``evidence_prompts`` (default: the first :data:`EVIDENCE_PROMPTS` of the project's
+    own harmful prompts) and is kept in ``folder/<name>.json`` and reused from there;
+    ``evidence``: a one-item list the gathered evidence is cached in across defenses.
+    ``load(path)``: how a defense that replaces the model loads its checkpoint."""
+    from explorer.research.defense import gather_evidence
+    defense = get_defense(name)
+    params = defense.Params.parse(params)
+    if not defense.needs_evidence:
+        return defense.build(moe, params, load=load)
     path = folder / f"{name}.json"
-    if path.is_file():
-        route = Route.load(path)
-        route.validate(moe.info)
-        return route
+    kept = _kept(moe, defense, params, path)
+    if kept is not None:
+        return kept
+    if evidence is None:
+        evidence = []
     if evidence_prompts is None:
         from explorer.research.common import harmful_prompts
         evidence_prompts = harmful_prompts()[:EVIDENCE_PROMPTS]
-    rosais_results, routes = gather_evidence(moe, list(evidence_prompts), seed=seed,
-                                             judge=judge, max_new_tokens=max_new_tokens)
-    route = derive_defense(moe, rosais_results, routes, mode=name)
-    route.info["evidence_prompts"] = list(evidence_prompts)
+    if not evidence:
+        rosais_results, routes = gather_evidence(moe, list(evidence_prompts), seed=seed,
+                                                 judge=judge, max_new_tokens=max_new_tokens)
+        evidence.append(Evidence(rosais_results, routes))
+    applied = defense.build(moe, params, evidence=evidence[0])
+    applied.record.info["evidence_prompts"] = list(evidence_prompts)
     folder.mkdir(parents=True, exist_ok=True)
-    route.save(path)
-    return route
+    applied.record.save(path)
+    return applied
 
 
-def _utility(moe: MoEModel, name: str, route: Route | None, hardened: MoEModel | None,
-             benign: Sequence[str], judge, max_new_tokens: int, folder: Path,
-             system: str | None = None) -> dict:
-    from explorer.research.harden import model_utility
-    from explorer.research.utility import utility_cost
+def _utility(moe: MoEModel, name: str, applied: InForce, benign: Sequence[str], judge,
+             max_new_tokens: int, folder: Path, system: str | None = None) -> dict:
     path = folder / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    with moe.defended(None):
-        u = (model_utility(moe, hardened, benign, judge=judge, max_new_tokens=max_new_tokens)
-             if name == "hardened" else
-             utility_cost(moe, route if route is not None else Route(), benign,
-                          max_new_tokens=max_new_tokens, judge=judge, system=system))
+    u = get_defense(name).utility(moe, applied, benign, max_new_tokens=max_new_tokens,
+                                  judge=judge, system=system)
     r = u.routes[0]
     out = {"refusal_rate": r["refusal_rate"], "baseline_refusal_rate": u.baseline_refusal_rate,
            "refusal_change": r["refusal_change"], "ll_change": r["ll_change"],
@@ -208,11 +216,31 @@ def _utility(moe: MoEModel, name: str, route: Route | None, hardened: MoEModel |
     return out
 
 
+def check_defenses(defenses: Sequence[str], defense_params: Mapping[str, Any] | None = None,
+                   system: str | None = None) -> dict:
+    """Each of ``defenses`` (names the grid offers) with its parameters checked (a dict of
+    name -> Params), before anything loads; :class:`InputError` in one line naming the
+    first unknown defense, a bad parameter, or a system prompt a defense refuses."""
+    offered = list_defenses("grid")
+    bad = [d for d in defenses if d not in offered]
+    if bad or not defenses:
+        raise InputError(f"unknown defense {bad[0] if bad else '(none given)'!r}; choose from "
+                         f"{offered}")
+    out = {}
+    for d in defenses:
+        defense = get_defense(d)
+        defense.check_system(system)
+        out[d] = defense.Params.parse((defense_params or {}).get(d))
+    return out
+
+
 def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
              attacks: Sequence[str], defenses: Sequence[str] = ("none",),
-             benign: Sequence[str] = (), hardened: MoEModel | None = None, judge=None,
+             benign: Sequence[str] = (), load: Callable[[str], MoEModel] | None = None,
+             judge=None,
              seed: int = 0, max_new_tokens: int = RESEARCH_MAX_NEW_TOKENS,
-             params: Mapping[str, Mapping[str, Any]] | None = None, resume: bool = True,
+             params: Mapping[str, Mapping[str, Any]] | None = None,
+             defense_params: Mapping[str, Any] | None = None, resume: bool = True,
              evidence_prompts: Sequence[str] | None = None, command: str = "",
              system: str | None = None,
              on_cell: Callable[[GridCell], None] | None = None,
@@ -220,27 +248,26 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
     """Run every attack against every defense on every dataset (rows from
     :func:`explorer.evaluation.datasets.load_dataset_rows`, keyed by a short name) and
     return the grid (see the module docs). ``params``: per attack, its parameters (as
-    ``evaluate`` takes them). ``resume``: keep the rows already in the output folder (the
-    default); False starts every cell afresh. ``system``: the system prompt every prompt is
-    templated with (a defense's own, the self-reminder's, comes after it; the hardened
-    checkpoint is measured without one). ``on_cell`` gets each finished cell;
-    ``on_row(dataset, defense, attack, done, total)`` each row."""
+    ``evaluate`` takes them); ``defense_params``: per defense, its parameters.
+    ``load(path)``: how a defense that replaces the model (``hardened``) loads its
+    checkpoint (``defense_params["hardened"]["checkpoint"]``, or the bundled one for the
+    demo model). ``resume``: keep
+    the rows already in the output folder (the default); False starts every cell afresh.
+    ``system``: the system prompt every prompt is templated with (a defense's own, the
+    self-reminder's, comes after it; a defense that takes none, the hardened checkpoint,
+    refuses it). ``on_cell`` gets each finished cell; ``on_row(dataset, defense, attack,
+    done, total)`` each row."""
     offered = list_attacks("evaluate")
     bad = [a for a in attacks if a not in offered]
     if bad or not attacks:
         raise InputError(f"unknown attack {bad[0] if bad else '(none given)'!r}; choose from "
                          f"{offered}")
-    bad = [d for d in defenses if d not in DEFENSES]
-    if bad or not defenses:
-        raise InputError(f"unknown defense {bad[0] if bad else '(none given)'!r}; choose from "
-                         f"{list(DEFENSES)}")
-    if "hardened" in defenses and hardened is None:
-        raise InputError("the hardened defense needs the hardened checkpoint (--hardened FOLDER)")
     if not datasets:
         raise InputError("no dataset given")
     system = check_system(system)
-    if system is not None and "hardened" in defenses:
-        raise InputError("the hardened defense is measured without a system prompt")
+    chosen = check_defenses(defenses, defense_params, system)
+    for d, p in chosen.items():  # before any cell runs: a missing checkpoint, ...
+        get_defense(d).check(moe, p, load=load)
     judge = resolve_judge(judge)
     out = Path(out)
     params = {a: dict(v) for a, v in (params or {}).items()}
@@ -249,13 +276,18 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
     givers = [a for a in attacks if get_attack(a).gives_sizes]
     cells: list[dict] = []
     utility: dict[str, dict] = {}
+    evidence: list = []
+    replaced: dict[str, Any] = {}
     t0 = time.perf_counter()
     for d in defenses:
-        model = hardened if d == "hardened" else moe
-        route = defense_route(moe, d, out / "defenses", judge=judge, seed=seed,
-                              evidence_prompts=evidence_prompts,
-                              max_new_tokens=max_new_tokens)
-        templated = route.system_under(system) if route is not None else system
+        applied = defense_in_force(moe, d, out / "defenses", params=chosen[d], judge=judge,
+                                   seed=seed, evidence_prompts=evidence_prompts,
+                                   max_new_tokens=max_new_tokens, load=load,
+                                   evidence=evidence)
+        if applied.model is not moe:
+            replaced[d] = applied.model.info.provenance()
+        model, route = applied.model, applied.route
+        templated = applied.system(system)
         for ds, rows in datasets.items():
             sizes: dict[int, int] = {}
             for a in order:
@@ -285,14 +317,14 @@ def run_grid(moe: MoEModel, datasets: Mapping[str, list[dict]], out, *,
                 if on_cell:
                     on_cell(cell)
         if benign:
-            utility[d] = _utility(moe, d, route, hardened, benign, judge, max_new_tokens,
+            utility[d] = _utility(moe, d, applied, benign, judge, max_new_tokens,
                                   out / "utility", system)
     res = GridResult(datasets=list(datasets), attacks=list(attacks), defenses=list(defenses),
                      cells=cells, utility=utility, judge=judge_name(judge), command=command,
                      info=dict(moe.provenance(system), seed=seed, max_new_tokens=max_new_tokens,
                                params=params, out=str(out),
-                               hardened=(hardened.info.provenance() if hardened is not None
-                                         else None),
+                               defense_params={d: p.to_dict() for d, p in chosen.items()},
+                               hardened=replaced.get("hardened"), replaced=replaced,
                                seconds=round(time.perf_counter() - t0, 3)))
     (out / "grid.json").write_text(res.to_json(indent=1), encoding="utf-8")
     return res
