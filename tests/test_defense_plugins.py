@@ -119,8 +119,9 @@ def test_defend_offers_and_runs_it_with_its_parameters(plugin, tiny_ckpt, tmp_pa
     help_text = capsys.readouterr().out
     assert "toy-no-expert" in help_text and "--toy-expert" in help_text
     out = tmp_path / "defense.json"
+    benign = _csv(tmp_path, ("Boil an egg.",), "benign")
     assert main(["defend", "--mode", "toy-no-expert", "--toy-expert", "3", "--attacks", "none",
-                 "--prompts", _csv(tmp_path), "--benign", _csv(tmp_path, ("Boil an egg.",), "benign"),
+                 "--prompts", _csv(tmp_path), "--benign", benign,
                  "--max-new-tokens", "2", "--model", str(tiny_ckpt), "--out", str(out),
                  "--json", "--threads", "1"]) == 0
     obj = json.loads(capsys.readouterr().out)
@@ -131,7 +132,7 @@ def test_defend_offers_and_runs_it_with_its_parameters(plugin, tiny_ckpt, tmp_pa
     # another defense's parameter is accepted, as it always was, but said to be ignored
     assert main(["defend", "--mode", "toy-no-expert", "--protect-layers", "1", "--attacks",
                  "none", "--prompts", _csv(tmp_path, ("Steal a car.",), "one"), "--benign",
-                 _csv(tmp_path, ("Boil an egg.",), "benign"), "--no-before", "--max-new-tokens", "1",
+                 benign, "--no-before", "--max-new-tokens", "1",
                  "--model", str(tiny_ckpt), "--json", "--threads", "1"]) == 0
     assert "ignores --protect-layers" in capsys.readouterr().err
     assert main(["defend", "--mode", "toy-no-expert", "--toy-expert", "999",

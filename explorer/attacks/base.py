@@ -16,13 +16,13 @@ used, the forward passes it ran and the fields it adds to an ``evaluate`` row.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from explorer.core.defaults import MAX_NEW_TOKENS
 from explorer.core.params import NoParams, Params
+from explorer.core.registry import Registry
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -234,62 +234,39 @@ class Remembered:
 
 
 # -- the registry ---------------------------------------------------------------------------
-_ATTACKS: dict[str, Attack] = {}
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
-#: Changes whenever an attack is registered or removed (caches of generated choices key
-#: on it, e.g. the CLI's parser).
-_VERSION = [0]
+_ATTACKS: Registry[Attack] = Registry("attack", Attack, unknown="method")
 
 
 def register_attack(attack: Any, *, replace: bool = False) -> Any:
     """Add ``attack`` (a subclass of :class:`Attack`, or an instance) to the registry under
     its ``name``; returns its argument, so that it can decorate a class. A name already
     taken is refused unless ``replace``."""
-    inst = attack() if isinstance(attack, type) else attack
-    if not isinstance(inst, Attack):
-        raise TypeError(f"an attack must be an Attack subclass, got {type(inst).__name__}")
-    name = inst.name
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"an attack name is 1-32 lower-case letters, digits or _, starting "
-                         f"with a letter; got {name!r}")
-    if name in _ATTACKS and not replace:
-        raise ValueError(f"an attack named {name!r} is already registered")
-    if not (isinstance(inst.Params, type) and issubclass(inst.Params, Params)):
-        raise TypeError(f"attack {name!r}: Params must be a Params dataclass")
-    inst.Params.specs()  # every field declared with param()
-    _ATTACKS[name] = inst
-    _VERSION[0] += 1
-    return attack
+    return _ATTACKS.add(attack, replace=replace)
 
 
 def unregister_attack(name: str) -> None:
     """Remove the attack ``name`` (tests; unknown names are ignored)."""
-    if _ATTACKS.pop(name, None) is not None:
-        _VERSION[0] += 1
+    _ATTACKS.remove(name)
 
 
 def get_attack(name: str) -> Attack:
     """The registered attack ``name``; :class:`~explorer.core.errors.InputError` naming
     the choices when there is none."""
-    from explorer.core.errors import InputError
-    attack = _ATTACKS.get(name) if isinstance(name, str) else None
-    if attack is None:
-        raise InputError(f"unknown method {str(name)[:40]!r}; choose one of "
-                         f"{list_attacks()}")
-    return attack
+    return _ATTACKS.get(name)
 
 
 def list_attacks(where: str | None = None) -> list[str]:
     """Registered attack names in registration order; ``where``: only those offered by
     ``"evaluate"``, ``"defend"`` or as a ``"job"``."""
-    keep = {None: lambda a: True, "evaluate": lambda a: a.in_evaluate,
+    keep = {None: None, "evaluate": lambda a: a.in_evaluate,
             "defend": lambda a: a.in_defend, "job": lambda a: a.job}[where]
-    return [n for n, a in _ATTACKS.items() if keep(a)]
+    return _ATTACKS.names(keep)
 
 
 def registry_version() -> int:
-    """A number that changes whenever the registry does."""
-    return _VERSION[0]
+    """A number that changes whenever the registry does (caches of generated choices key
+    on it, e.g. the CLI's parser)."""
+    return _ATTACKS.version
 
 
 def load_plugins(modules: Sequence[str]) -> list[str]:
@@ -316,4 +293,4 @@ def load_plugins(modules: Sequence[str]) -> list[str]:
 
 def attack_help(where: str | None = None) -> str:
     """``name: summary`` of every attack ``where`` offers, for help texts."""
-    return "; ".join(f"{n}: {_ATTACKS[n].summary}" for n in list_attacks(where))
+    return _ATTACKS.help(list_attacks(where))

@@ -20,12 +20,12 @@ The module imports no torch: ``--help`` lists the defenses without loading a mod
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from explorer.core.errors import InputError
 from explorer.core.params import NoParams, Params
+from explorer.core.registry import Registry
 
 if TYPE_CHECKING:
     from explorer.core.model import MoEModel
@@ -146,62 +146,47 @@ def no_evidence(name: str) -> InputError:
 
 
 # -- the registry ---------------------------------------------------------------------------
-_DEFENSES: dict[str, Defense] = {}
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
-_VERSION = [0]
+def _offered_somewhere(defense: Defense) -> None:
+    bad = [w for w in defense.where if w not in PLACES]
+    if bad:
+        raise ValueError(f"defense {defense.name!r}: unknown place {bad[0]!r}; choose from "
+                         f"{PLACES}")
+
+
+_DEFENSES: Registry[Defense] = Registry(
+    "defense", Defense, pattern=r"[a-z][a-z0-9_-]{0,31}",
+    pattern_words="1-32 lower-case letters, digits, - or _, starting with a letter")
 
 
 def register_defense(defense: Any, *, replace: bool = False) -> Any:
     """Add ``defense`` (a subclass of :class:`Defense`, or an instance) to the registry
     under its ``name``; returns its argument, so that it can decorate a class. A name
     already taken is refused unless ``replace``."""
-    inst = defense() if isinstance(defense, type) else defense
-    if not isinstance(inst, Defense):
-        raise TypeError(f"a defense must be a Defense subclass, got {type(inst).__name__}")
-    name = inst.name
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"a defense name is 1-32 lower-case letters, digits, - or _, "
-                         f"starting with a letter; got {name!r}")
-    if name in _DEFENSES and not replace:
-        raise ValueError(f"a defense named {name!r} is already registered")
-    if not (isinstance(inst.Params, type) and issubclass(inst.Params, Params)):
-        raise TypeError(f"defense {name!r}: Params must be a Params dataclass")
-    bad = [w for w in inst.where if w not in PLACES]
-    if bad:
-        raise ValueError(f"defense {name!r}: unknown place {bad[0]!r}; choose from {PLACES}")
-    inst.Params.specs()  # every field declared with param()
-    _DEFENSES[name] = inst
-    _VERSION[0] += 1
-    return defense
+    return _DEFENSES.add(defense, replace=replace, check=_offered_somewhere)
 
 
 def unregister_defense(name: str) -> None:
     """Remove the defense ``name`` (tests; unknown names are ignored)."""
-    if _DEFENSES.pop(name, None) is not None:
-        _VERSION[0] += 1
+    _DEFENSES.remove(name)
 
 
 def get_defense(name: str) -> Defense:
     """The registered defense ``name``; :class:`~explorer.core.errors.InputError` naming
     the choices when there is none."""
-    defense = _DEFENSES.get(name) if isinstance(name, str) else None
-    if defense is None:
-        raise InputError(f"unknown defense {str(name)[:40]!r}; choose from "
-                         f"{list_defenses()}")
-    return defense
+    return _DEFENSES.get(name)
 
 
 def list_defenses(where: str | None = None) -> list[str]:
     """Registered defense names in registration order (a grid's column order); ``where``:
     only those a place of :data:`PLACES` offers."""
-    return [n for n, d in _DEFENSES.items() if where is None or where in d.where]
+    return _DEFENSES.names(None if where is None else (lambda d: where in d.where))
 
 
 def defenses_version() -> int:
     """A number that changes whenever the defense registry does."""
-    return _VERSION[0]
+    return _DEFENSES.version
 
 
 def defense_help(where: str | None = None) -> str:
     """``name: summary`` of every defense ``where`` offers, for help texts."""
-    return "; ".join(f"{n}: {_DEFENSES[n].summary}" for n in list_defenses(where))
+    return _DEFENSES.help(list_defenses(where))

@@ -376,6 +376,19 @@ def _given_params(args, names) -> list[str]:
     return [spec.option(k) for k, spec in other.items() if getattr(args, k, None) is not None]
 
 
+def _evaluate(args, defense_cls, moe, applied, prompts, benign, attacks, routes, judge,
+              system, attack_params):
+    """``defend``'s measurement of the defense in force: the defense's own
+    :meth:`~explorer.defenses.Defense.evaluate` with the command's settings."""
+    return defense_cls.evaluate(moe, applied, prompts, benign, attacks=attacks, routes=routes,
+                                before=not args.no_before, rosais_top=args.top,
+                                samples=args.samples, candidates=args.candidates,
+                                max_iters=args.max_iters, threshold=args.threshold,
+                                target=args.target, max_new_tokens=args.max_new_tokens,
+                                judge=judge, seed=args.seed, system=system,
+                                params=attack_params)
+
+
 def _run_defend(args):
     from explorer.core.route import Route
     from explorer.defenses import Evidence, get_defense
@@ -426,13 +439,8 @@ def _run_defend(args):
                defense_cls.build(moe, params, evidence=Evidence(rosais_results, routes)))
     if args.out:
         applied.record.save(args.out)
-    res = defense_cls.evaluate(moe, applied, prompts, benign, attacks=attacks, routes=routes,
-                               before=not args.no_before, rosais_top=args.top,
-                               samples=args.samples, candidates=args.candidates,
-                               max_iters=args.max_iters, threshold=args.threshold,
-                               target=args.target, max_new_tokens=args.max_new_tokens,
-                               judge=judge, seed=args.seed, system=system,
-                               params=attack_params)
+    res = _evaluate(args, defense_cls, moe, applied, prompts, benign, attacks, routes, judge,
+                    system, attack_params)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": len(rosais_results),
                        "derive_prompts": derive}
@@ -604,12 +612,8 @@ def _run_defend_replaced(args, defense_cls, params):
     applied = defense_cls.build(moe, params, load=load)
     if args.out:
         applied.record.save(args.out)
-    res = defense_cls.evaluate(moe, applied, prompts, benign, attacks=attacks, routes=routes,
-                               before=not args.no_before, rosais_top=args.top,
-                               samples=args.samples, candidates=args.candidates,
-                               max_iters=args.max_iters, threshold=args.threshold,
-                               target=args.target, max_new_tokens=args.max_new_tokens,
-                               judge=judge, seed=args.seed, params=attack_params)
+    res = _evaluate(args, defense_cls, moe, applied, prompts, benign, attacks, routes, judge,
+                    system, attack_params)
     obj = res.to_dict()
     obj["evidence"] = {"routes": len(routes), "rosais_results": 0, "derive_prompts": []}
     text = [f"defense: {describe_defense(applied.record)}; {len(prompts)} harmful, "
