@@ -55,8 +55,21 @@ def _generate(page):
     page.wait_for_timeout(500)
 
 
+def _settled_plots(page, timeout_ms: int = 8000) -> list:
+    """The tab's plots once their number has stayed the same twice, 300 ms apart (a busy
+    machine renders a freshly opened tab's figures late)."""
+    last, plots, waited = None, page.evaluate(PLOTS), 0
+    while waited < timeout_ms:
+        page.wait_for_timeout(300)
+        waited += 300
+        last, plots = len(plots), page.evaluate(PLOTS)
+        if len(plots) == last and all(p["label"] is not None for p in plots):
+            break
+    return plots
+
+
 def _labels_clear(page, where: str) -> int:
-    plots = page.evaluate(PLOTS)
+    plots = _settled_plots(page)
     for p in plots:
         assert p["label"] is not None, (where, p["id"])
         # the badge sits above the figure: it covers neither the title nor the plot
