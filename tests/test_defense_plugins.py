@@ -192,3 +192,10 @@ def test_a_kept_derived_defense_with_other_parameters_is_refused(tiny, tmp_path)
     with pytest.raises(InputError, match="derived with other protect parameters"):
         defense_in_force(tiny, "protect", folder, params={"protect_layers": 1},
                          evidence_prompts=["Steal a car."], max_new_tokens=2)
+
+
+def test_defend_refuses_a_system_prompt_the_defense_cannot_take(capsys):
+    # refused in one line before any model loads (no --model: the demo model is not read)
+    assert main(["defend", "--mode", "hardened", "--system", "Be brief."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "hardened defense is measured without a system prompt" in err and "\n" not in err

@@ -7,7 +7,7 @@ Pure Python: no torch, so the CLI's ``--help`` lists plugins without loading a m
 from __future__ import annotations
 
 import re
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from explorer.core.errors import InputError
 from explorer.core.params import Params
@@ -83,6 +83,3 @@ class Registry(Generic[T]):
     def version(self) -> int:
         """A number that changes whenever the registry does."""
         return self._version
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._items))

@@ -31,15 +31,21 @@ class HardenedDefense(Defense):
     takes_system = False
 
     def check(self, moe, params, *, load=None) -> None:
+        self._checkpoint(moe, params, load)
+
+    @staticmethod
+    def _checkpoint(moe, params, load):
+        """The checkpoint folder to load; :class:`InputError` when there is none or no
+        ``load`` to load it with."""
         from explorer.research.harden import hardened_path
-        hardened_path(moe, params.checkpoint)  # a folder holding a checkpoint
+        path = hardened_path(moe, params.checkpoint)  # a folder holding a checkpoint
         if load is None:
             raise InputError("the hardened defense needs a way to load its checkpoint")
+        return path
 
     def build(self, moe, params, *, evidence=None, load=None) -> InForce:
-        from explorer.research.harden import hardened_defense, hardened_path, load_provenance
-        self.check(moe, params, load=load)
-        path = hardened_path(moe, params.checkpoint)
+        from explorer.research.harden import hardened_defense, load_provenance
+        path = self._checkpoint(moe, params, load)
         return InForce(route=None, model=load(str(path)),
                        record=hardened_defense(path, load_provenance(path)))
 

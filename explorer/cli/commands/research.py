@@ -367,11 +367,12 @@ def _defense_params(args, name: str):
     return cls.parse(params_from_args(args, cls))
 
 
-def _given_params(args, names) -> list[str]:
-    """Options given for defenses other than ``names`` (they would be ignored)."""
+def _stray_options(args, names, where: str) -> list[str]:
+    """The options given on the command line that belong only to defenses ``where`` offers
+    other than ``names`` (nothing would read them)."""
     from explorer.defenses import get_defense, list_defenses
     mine = {k for n in names for k in get_defense(n).Params.specs()}
-    other = {k: get_defense(d).Params.specs()[k] for d in list_defenses("defend")
+    other = {k: get_defense(d).Params.specs()[k] for d in list_defenses(where)
              for k in get_defense(d).Params.specs() if k not in mine}
     return [spec.option(k) for k, spec in other.items() if getattr(args, k, None) is not None]
 
@@ -396,13 +397,15 @@ def _run_defend(args):
     _check_out(args.out)
     defense_cls = get_defense(args.mode)
     params = _defense_params(args, args.mode)
-    stray = _given_params(args, [args.mode])
+    stray = _stray_options(args, [args.mode], "defend")
     if stray:  # accepted (earlier scripts pass them with any mode), but said
         import sys
         print(f"note: --mode {args.mode} ignores {', '.join(stray)} (another defense's "
               "parameters)", file=sys.stderr)
+    system = system_from_args(args)
+    defense_cls.check_system(system)
     if defense_cls.replaces_model:
-        return _run_defend_replaced(args, defense_cls, params)
+        return _run_defend_replaced(args, defense_cls, params, system)
     attacks, attack_params = _attack_list(args)
     routes = load_routes(args.route)
     rosais_results = load_rosais(args.rosais)
@@ -424,8 +427,6 @@ def _run_defend(args):
             raise UsageError("no held-out prompts left: pass --prompts")
     benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=data)
     defense = Route.load(args.defense) if args.defense else None
-    system = system_from_args(args)
-    defense_cls.check_system(system)
     judge = _judge(args)
     moe = load_from_args(args)
     if derive:
@@ -523,9 +524,7 @@ def _run_grid(args):
         cls.parse(given)  # refused before anything loads
         params[a] = given
     defense_params = {d: params_from_args(args, get_defense(d).Params) for d in defenses}
-    mine = {k for d in defenses for k in defense_params[d]}
-    stray = [get_defense(d).Params.specs()[k].option(k) for d in list_defenses("grid")
-             for k in params_from_args(args, get_defense(d).Params) if k not in mine]
+    stray = _stray_options(args, defenses, "grid")
     if stray:
         raise UsageError(f"{stray[0]} is a parameter of a defense not in --defenses")
     check_defenses(defenses, defense_params, system_from_args(args))
@@ -591,15 +590,13 @@ def _checkpoint_loader(args):
     return load
 
 
-def _run_defend_replaced(args, defense_cls, params):
+def _run_defend_replaced(args, defense_cls, params, system):
     """``defend --mode hardened`` (a defense that replaces the model): the attacks against
-    the model and against the defense's checkpoint, and its utility cost."""
+    the model and against the defense's checkpoint, and its utility cost. ``system``: the
+    system prompt, already checked against the defense."""
     from explorer.research.defense import describe_defense
     if args.defense or args.derive_prompts or args.rosais:
         raise UsageError(f"--mode {args.mode} takes no --defense, --derive-prompts or --rosais")
-    system = system_from_args(args)
-    if system is not None and not defense_cls.takes_system:
-        raise UsageError(f"--mode {args.mode} is evaluated without a system prompt")
     attacks, attack_params = _attack_list(args)
     routes = load_routes(args.route)
     data = args.settings.shared_data
@@ -607,9 +604,7 @@ def _run_defend_replaced(args, defense_cls, params):
     benign = load_prompts(args.benign, "benign", args.benign_limit, data_dir=data)
     judge = _judge(args)
     moe = load_from_args(args)
-    load = _checkpoint_loader(args)
-    defense_cls.check(moe, params, load=load)
-    applied = defense_cls.build(moe, params, load=load)
+    applied = defense_cls.build(moe, params, load=_checkpoint_loader(args))
     if args.out:
         applied.record.save(args.out)
     res = _evaluate(args, defense_cls, moe, applied, prompts, benign, attacks, routes, judge,

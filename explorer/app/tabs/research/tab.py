@@ -56,9 +56,9 @@ from explorer.app.tabs.research.views import (
     utility_view,
 )
 from explorer.core.defaults import DEFAULT_TARGET
-from explorer.defenses import get_defense, list_defenses
 from explorer.core.layout import MAPPINGS
 from explorer.core.prompt_sets import BENIGN_PROMPTS, HARMFUL_PROMPTS
+from explorer.defenses import get_defense, list_defenses
 from explorer.viz import research as pr
 
 __all__ = ["collect_routes", "defense_view", "merge_curves", "minimal_view", "parse_prompts",
