@@ -358,15 +358,11 @@ def load_grid(path) -> GridResult:
     """A grid written by :func:`run_grid` (its ``grid.json``, or the folder holding it),
     refused with one line before it is read when it is larger than
     :data:`~explorer.evaluation.results.MAX_RESULTS_BYTES`, and when it is not a grid."""
-    from explorer.evaluation.results import MAX_RESULTS_BYTES
+    from explorer.evaluation.results import bounded_file
     p = Path(path)
     if p.is_dir():
         p = p / "grid.json"
-    if not p.is_file():
-        raise InputError(f"{p.name}: no such file")
-    if p.stat().st_size > MAX_RESULTS_BYTES:
-        raise InputError(f"{p.name} is larger than {MAX_RESULTS_BYTES // (1024 * 1024)} MiB; "
-                         "a grid of that size is not read here")
+    p = bounded_file(p, p.name, "a grid")
     try:
         res = GridResult.from_dict(json.loads(p.read_bytes().decode("utf-8")))
         res.markdown()  # every field it shows is checked here

@@ -94,16 +94,24 @@ def parse_results(text: str, name: str = "results") -> ResultFile:
     return ResultFile(rows, {"name": name, "lines": len(lines)})
 
 
-def load_results(path, name: str | None = None) -> ResultFile:
-    """:func:`parse_results` of the file at ``path``, refused before it is read when it is
-    larger than :data:`MAX_RESULTS_BYTES` or not UTF-8 text."""
+def bounded_file(path, name: str, what: str) -> Path:
+    """``path`` as a file that may be read: :class:`InputError` in one line, naming it
+    ``name``, when there is no such file or it is larger than :data:`MAX_RESULTS_BYTES`
+    (``what``: the kind of file, for that message: "an evaluate result file")."""
     p = Path(path)
-    name = name or p.name
     if not p.is_file():
         raise InputError(f"{name}: no such file")
     if p.stat().st_size > MAX_RESULTS_BYTES:
         raise InputError(f"{name} is larger than {MAX_RESULTS_BYTES // (1024 * 1024)} MiB; "
-                         "an evaluate result file of that size is not read here")
+                         f"{what} of that size is not read here")
+    return p
+
+
+def load_results(path, name: str | None = None) -> ResultFile:
+    """:func:`parse_results` of the file at ``path``, refused before it is read when it is
+    larger than :data:`MAX_RESULTS_BYTES` or not UTF-8 text."""
+    name = name or Path(path).name
+    p = bounded_file(path, name, "an evaluate result file")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
